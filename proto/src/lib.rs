@@ -1,0 +1,30 @@
+//! omnigent-proto: every type that crosses a process boundary, and every version constant, once.
+//!
+//! - [`api`] and [`events`]: the public HTTP API and SSE events (clients ⇄ server), omnigent-compatible.
+//! - [`runner_frames`]: runner tunnel v1 frames (runner ⇄ server), omnigent-compatible.
+//! - [`host_frames`]: host tunnel v1 frames (daemon ⇄ server), omnigent-compatible.
+//! - [`control`]: the local control API (CLI ⇄ daemon), ours.
+//! - [`ids`]: id formats shared by all of them.
+//! - [`paths`]: where each process finds the files the others write.
+//!
+//! This crate depends on no internal crate.
+
+pub mod api;
+pub mod control;
+pub mod events;
+pub mod host_frames;
+pub mod ids;
+pub mod paths;
+pub mod runner_frames;
+
+/// The build version of every omnigent-rs binary (what `host.hello.version` and the control hello carry).
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Frame protocol major spoken on the runner and host tunnels. Peers with another major are refused.
+pub const FRAME_PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the local control API (CLI ⇄ daemon). Bump on any incompatible change.
+pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
+
+/// Largest tunnel frame accepted, checked before allocating (reference §3.5).
+pub const MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;

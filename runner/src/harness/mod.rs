@@ -1,0 +1,202 @@
+//! Harnesses: what runs one agent turn. The runner's turn loop (see `crate::turn`) owns the session state and
+//! the turn's framing events (`session.status`, `response.in_progress`, `response.completed`…); a harness only
+//! produces the turn's content through an [`EventSink`] and returns how the turn ended.
+//!
+//! Dispatch is one exhaustive `match` over [`HarnessKind`], no trait objects.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub mod anthropic;
+pub mod echo;
+pub mod exec;
+pub mod openai;
+pub mod tools;
+
+/// The harnesses this runner can run. The name on the wire is [`HarnessKind::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HarnessKind {
+    Echo,
+    OpenAi,
+    Anthropic,
+    Exec,
+}
+
+impl HarnessKind {
+    pub const ALL: [HarnessKind; 4] = [
+        HarnessKind::Echo,
+        HarnessKind::OpenAi,
+        HarnessKind::Anthropic,
+        HarnessKind::Exec,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HarnessKind::Echo => "echo",
+            HarnessKind::OpenAi => "openai",
+            HarnessKind::Anthropic => "anthropic",
+            HarnessKind::Exec => "exec",
+        }
+    }
+
+    /// Parse a harness name. Python omnigent names map onto ours (`openai-agents` → openai,
+    /// `claude-sdk` → anthropic) so a Python server can launch our runners.
+    pub fn parse(name: &str) -> Option<HarnessKind> {
+        match name {
+            "echo" => Some(HarnessKind::Echo),
+            "openai" | "openai-agents" | "open-responses" => Some(HarnessKind::OpenAi),
+            "anthropic" | "claude-sdk" => Some(HarnessKind::Anthropic),
+            "exec" | "claude-native" | "codex" => Some(HarnessKind::Exec),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a session's conversation, as the harnesses see it. The runner keeps this history per session
+/// and appends what each turn produced (user input, assistant text, tool calls and their results).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HistoryEntry {
+    User { text: String },
+    Assistant { text: String },
+    ToolCall { call_id: String, name: String, arguments: String },
+    ToolResult { call_id: String, output: String },
+}
+
+/// Settings a harness reads, resolved once by the runner from its environment and config.
+#[derive(Debug, Clone, Default)]
+pub struct HarnessConfig {
+    /// Model name (`OMNIGENT_MODEL`, or the harness default).
+    pub model: Option<String>,
+    /// `OPENAI_BASE_URL` / `ANTHROPIC_BASE_URL`.
+    pub base_url: Option<String>,
+    /// `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`.
+    pub api_key: Option<String>,
+    /// For `exec`: the command line to run per turn (`OMNIGENT_EXEC_COMMAND`), the prompt appended as last arg.
+    pub exec_command: Option<Vec<String>>,
+}
+
+/// Everything a harness needs for one turn.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub session_id: String,
+    /// The id of the `response` this turn produces (`resp_…`); items the harness emits carry it.
+    pub response_id: String,
+    /// The session's workspace: the cwd of tools and of `exec`; tools are confined to it.
+    pub workspace: PathBuf,
+    /// Conversation before this turn, oldest first; the last entry is this turn's user input.
+    pub history: Vec<HistoryEntry>,
+    pub config: HarnessConfig,
+}
+
+/// How a turn ended, when it was not an error.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TurnOutcome {
+    /// What the turn added to the conversation, in order (assistant text, tool calls, tool results).
+    pub new_history: Vec<HistoryEntry>,
+    /// Token usage if the vendor reported it: `{"input_tokens":…, "output_tokens":…}`.
+    pub usage: Option<Value>,
+}
+
+/// Why a turn failed. Rendered to the session as `response.error` + `response.failed` with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The vendor answered with an error status (401, 429, 5xx…); `message` is the vendor's own text.
+    #[error("{vendor} returned HTTP {status}: {message}")]
+    Vendor {
+        vendor: &'static str,
+        status: u16,
+        message: String,
+        /// Seconds from a `retry-after` header, when given.
+        retry_after: Option<u64>,
+    },
+    /// The vendor's stream broke off or sent something that is not its protocol.
+    #[error("{vendor} stream failed: {message}")]
+    Stream { vendor: &'static str, message: String },
+    /// The harness is not set up (no API key, no exec command…). `message` says what to set.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The exec harness's command failed to start or exited non-zero.
+    #[error("{0}")]
+    Exec(String),
+    /// The turn was cancelled (interrupt); not an error for the user, the runner emits `response.incomplete`.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Where a harness sends the events it produces. Each value is one runner SSE event (a JSON object with a
+/// `type`), in the shapes of reference/omnigent-server-v1.md §2.3. Send failures mean the turn has no
+/// listener left; harnesses ignore them and finish (the runner discards the events).
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<Value>,
+}
+
+impl EventSink {
+    pub fn new(tx: mpsc::UnboundedSender<Value>) -> Self {
+        EventSink { tx }
+    }
+
+    /// Any event.
+    pub fn emit(&self, event: Value) {
+        let _ = self.tx.send(event);
+    }
+
+    /// `response.output_text.delta` (response-scoped: the server assembles and persists the text).
+    pub fn text_delta(&self, delta: &str) {
+        self.emit(serde_json::json!({"type": "response.output_text.delta", "delta": delta}));
+    }
+
+    /// `response.output_item.done` for a completed `function_call` item.
+    pub fn function_call(&self, response_id: &str, call_id: &str, name: &str, arguments: &str) {
+        self.emit(serde_json::json!({
+            "type": "response.output_item.done",
+            "item": {
+                "id": crate::harness::new_item_id(),
+                "type": "function_call",
+                "status": "completed",
+                "response_id": response_id,
+                "call_id": call_id,
+                "name": name,
+                "arguments": arguments,
+            }
+        }));
+    }
+
+    /// `response.output_item.done` for a `function_call_output` item.
+    pub fn function_call_output(&self, response_id: &str, call_id: &str, output: &str) {
+        self.emit(serde_json::json!({
+            "type": "response.output_item.done",
+            "item": {
+                "id": crate::harness::new_item_id(),
+                "type": "function_call_output",
+                "status": "completed",
+                "response_id": response_id,
+                "call_id": call_id,
+                "output": output,
+            }
+        }));
+    }
+}
+
+/// A fresh item id (bare 32 hex).
+pub fn new_item_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Run one turn on the harness `kind`. The caller emits the framing events around it.
+pub async fn run_turn(
+    kind: HarnessKind,
+    turn: &Turn,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<TurnOutcome, HarnessError> {
+    match kind {
+        HarnessKind::Echo => echo::run_turn(turn, sink, cancel).await,
+        HarnessKind::OpenAi => openai::run_turn(turn, sink, cancel).await,
+        HarnessKind::Anthropic => anthropic::run_turn(turn, sink, cancel).await,
+        HarnessKind::Exec => exec::run_turn(turn, sink, cancel).await,
+    }
+}
