@@ -23,7 +23,9 @@ pub struct Paths {
 
 /// No home directory could be found for the user (and `OMNIGENT_HOME` is not set).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot find a home directory for this user; set {HOME_ENV}=<dir> to choose where omnigent keeps its files")]
+#[error(
+    "cannot find a home directory for this user; set {HOME_ENV}=<dir> to choose where omnigent keeps its files"
+)]
 pub struct NoHomeDir;
 
 impl Paths {

@@ -5,6 +5,7 @@
 //! Dispatch is one exhaustive `match` over [`HarnessKind`], no trait objects.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -15,6 +16,7 @@ pub mod echo;
 pub mod exec;
 pub mod openai;
 pub mod tools;
+mod vendor;
 
 /// The harnesses this runner can run. The name on the wire is [`HarnessKind::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,10 +61,21 @@ impl HarnessKind {
 /// and appends what each turn produced (user input, assistant text, tool calls and their results).
 #[derive(Debug, Clone, PartialEq)]
 pub enum HistoryEntry {
-    User { text: String },
-    Assistant { text: String },
-    ToolCall { call_id: String, name: String, arguments: String },
-    ToolResult { call_id: String, output: String },
+    User {
+        text: String,
+    },
+    Assistant {
+        text: String,
+    },
+    ToolCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    ToolResult {
+        call_id: String,
+        output: String,
+    },
 }
 
 /// Settings a harness reads, resolved once by the runner from its environment and config.
@@ -76,6 +89,15 @@ pub struct HarnessConfig {
     pub api_key: Option<String>,
     /// For `exec`: the command line to run per turn (`OMNIGENT_EXEC_COMMAND`), the prompt appended as last arg.
     pub exec_command: Option<Vec<String>>,
+    /// Vendor streams: how long the harness waits for the next byte (or for response headers) before failing
+    /// the turn, so a silent vendor never hangs it. `None`: 300 s.
+    pub idle_timeout: Option<Duration>,
+    /// The built-in `shell` tool's default time limit (the model may ask for up to 600 s). `None`: 120 s.
+    pub tool_timeout: Option<Duration>,
+    /// How many model ⇄ tools rounds one turn may take before the harness stops asking. `None`: 50.
+    pub max_tool_rounds: Option<u32>,
+    /// `exec` on interrupt: time between SIGTERM and SIGKILL to the command's process group. `None`: 2 s.
+    pub kill_grace: Option<Duration>,
 }
 
 /// Everything a harness needs for one turn.
@@ -114,7 +136,10 @@ pub enum HarnessError {
     },
     /// The vendor's stream broke off or sent something that is not its protocol.
     #[error("{vendor} stream failed: {message}")]
-    Stream { vendor: &'static str, message: String },
+    Stream {
+        vendor: &'static str,
+        message: String,
+    },
     /// The harness is not set up (no API key, no exec command…). `message` says what to set.
     #[error("{0}")]
     NotConfigured(String),

@@ -1,0 +1,586 @@
+//! The commands that talk to the daemon: start, stop, restart, status, logs, server start|status|stop.
+//! Text for people on stdout, decoration and progress on stderr; `--json` prints the documented schemas of
+//! docs/cli.md on stdout.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use omnigent_daemon::client::{ClientError, ControlClient};
+use omnigent_daemon::launch::{self, Connected, LaunchError};
+use omnigent_daemon::runtime;
+use omnigent_proto::control::{ChildState, DaemonStatus, HelloReply, ServerStatus};
+use omnigent_proto::paths::Paths;
+use serde_json::json;
+
+use crate::exit::ConfigError;
+
+#[derive(Debug, clap::Args)]
+pub struct JsonArgs {
+    /// Print JSON (schema in docs/cli.md) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Address the local server listens on. Only loopback (127.0.0.1) until LAN access lands.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    /// Print JSON (schema in docs/cli.md) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// Do not wait for a graceful stop: SIGKILL children (and an unresponsive daemon) at once.
+    #[arg(long)]
+    force: bool,
+    /// Print JSON (schema in docs/cli.md) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Which log: `daemon`, `server`, or `runner <ID>`.
+    #[arg(default_value = "daemon")]
+    which: String,
+    /// The runner id, with `runner`.
+    id: Option<String>,
+    /// Keep printing new lines as they are written.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    lines: usize,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    crate::logging::init_cli();
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn paths() -> Result<Paths> {
+    Ok(Paths::from_env()?)
+}
+
+fn exe() -> Result<std::path::PathBuf> {
+    std::env::current_exe().context("cannot find the omnigent executable to start the daemon")
+}
+
+fn progress(msg: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("{msg}");
+    }
+}
+
+/// Map library errors to exit codes: environment/permission problems are configuration errors (78).
+fn launch_err(e: LaunchError) -> anyhow::Error {
+    if e.is_config() {
+        ConfigError(e.to_string()).into()
+    } else {
+        e.into()
+    }
+}
+
+fn client_err(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::RuntimeDir(_) => ConfigError(e.to_string()).into(),
+        other => other.into(),
+    }
+}
+
+/// Connect to a running daemon without starting one. `Ok(None)` when none runs.
+async fn connect_existing(paths: &Paths) -> Result<Option<ControlClient>> {
+    match ControlClient::connect(paths).await {
+        Ok(client) => {
+            warn_if_older(&client.daemon);
+            Ok(Some(client))
+        }
+        Err(ClientError::NotRunning { .. }) => Ok(None),
+        Err(ClientError::ProtocolMismatch { daemon, .. }) => {
+            eprintln!(
+                "the running daemon (pid {}, omnigent {}) speaks control protocol {}, this CLI speaks {}: \
+                 restarting it",
+                daemon.pid,
+                daemon.build_version,
+                daemon.protocol_version,
+                omnigent_proto::CONTROL_PROTOCOL_VERSION
+            );
+            let (client, _) = launch::ensure_daemon(paths, &exe()?, &progress)
+                .await
+                .map_err(launch_err)?;
+            Ok(Some(client))
+        }
+        Err(e) => Err(client_err(e)),
+    }
+}
+
+/// Connect to the daemon, starting it if needed; says so on stderr when it replaced an incompatible one.
+async fn connect_or_start(paths: &Paths) -> Result<(ControlClient, Connected)> {
+    let (client, how) = launch::ensure_daemon(paths, &exe()?, &progress)
+        .await
+        .map_err(launch_err)?;
+    match &how {
+        Connected::Replaced { old } => eprintln!(
+            "the running daemon (pid {}, omnigent {}) spoke control protocol {}, this CLI speaks {}: stopped it \
+             and started a new one",
+            old.pid,
+            old.build_version,
+            old.protocol_version,
+            omnigent_proto::CONTROL_PROTOCOL_VERSION
+        ),
+        Connected::Reused => warn_if_older(&client.daemon),
+        Connected::Started => {}
+    }
+    Ok((client, how))
+}
+
+fn version_tuple(v: &str) -> Vec<u64> {
+    v.split(['.', '-', '+'])
+        .map_while(|p| p.parse().ok())
+        .collect()
+}
+
+fn warn_if_older(daemon: &HelloReply) {
+    if version_tuple(&daemon.build_version) < version_tuple(omnigent_proto::BUILD_VERSION) {
+        eprintln!(
+            "note: the running daemon is omnigent {}, older than this CLI ({}); run `omnigent restart` to use the \
+             new version",
+            daemon.build_version,
+            omnigent_proto::BUILD_VERSION
+        );
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn check_bind(bind: &str) -> Result<()> {
+    match bind {
+        "127.0.0.1" | "localhost" => Ok(()),
+        other => Err(ConfigError(format!(
+            "refusing to serve on {other}: LAN access is not available yet (it comes with device pairing); \
+             `omnigent start` serves on 127.0.0.1 only"
+        ))
+        .into()),
+    }
+}
+
+pub fn start(args: StartArgs) -> Result<()> {
+    check_bind(&args.bind)?;
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let (mut client, how) = connect_or_start(&paths).await?;
+        let server = client.server_start().await.map_err(client_err)?;
+        let daemon_pid = client.daemon.pid;
+        if args.json {
+            return print_json(&json!({
+                "daemon": {
+                    "pid": daemon_pid,
+                    "version": client.daemon.build_version,
+                    "started": how != Connected::Reused,
+                },
+                "server": server,
+            }));
+        }
+        match how {
+            Connected::Reused => println!("omnigent is running (daemon pid {daemon_pid})."),
+            _ => println!("Started omnigent (daemon pid {daemon_pid})."),
+        }
+        print_server_lines(&server);
+        println!("  logs:   {}", paths.logs_dir().display());
+        println!("Stop it with:\n  omnigent stop");
+        Ok(())
+    })
+}
+
+fn print_server_lines(s: &ServerStatus) {
+    match (&s.url, s.pid) {
+        (Some(url), Some(pid)) => println!("  server: {url} (pid {pid})"),
+        (Some(url), None) => println!("  server: {url}"),
+        _ => println!("  server: {}", state_word(s.state)),
+    }
+    if let Some(f) = &s.foreign {
+        eprintln!("note: {}", foreign_text(f));
+    }
+}
+
+fn foreign_text(f: &omnigent_proto::control::ForeignListener) -> String {
+    let who = match (f.pid, &f.command) {
+        (Some(pid), Some(cmd)) => format!("pid {pid}: {cmd}"),
+        (Some(pid), None) => format!("pid {pid}"),
+        _ => "the OS does not say which process".to_owned(),
+    };
+    format!(
+        "port {} is held by another program ({who}); the server uses a free port instead",
+        f.port
+    )
+}
+
+fn state_word(s: ChildState) -> &'static str {
+    match s {
+        ChildState::Stopped => "stopped",
+        ChildState::Starting => "starting",
+        ChildState::Running => "running",
+        ChildState::Backoff => "restarting (backoff)",
+        ChildState::Crashloop => "crash loop (not restarting; `omnigent server start` retries)",
+        ChildState::Adopted => "running (adopted, not started by this daemon)",
+        ChildState::Stopping => "stopping",
+        ChildState::Unknown => "unknown",
+    }
+}
+
+pub fn stop(args: StopArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let stopped = stop_all(&paths, args.force).await?;
+        if args.json {
+            return print_json(&json!({ "stopped": stopped }));
+        }
+        if stopped.is_empty() {
+            println!("Nothing to stop.");
+        } else {
+            println!("Stopped {}.", stopped.join(", "));
+        }
+        Ok(())
+    })
+}
+
+/// Stop everything; returns what was stopped. Waits for an in-progress start (the start lock) first, so a
+/// `stop` racing a `start` always wins.
+async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
+    if !paths.runtime_dir.exists() {
+        return Ok(vec![]);
+    }
+    runtime::check_private_dir(&paths.runtime_dir).map_err(|e| ConfigError(e.to_string()))?;
+    let _start = runtime::StartLock::acquire(paths, launch::READY_TIMEOUT).await?;
+    let mut stopped = Vec::new();
+    match ControlClient::connect(paths).await {
+        Ok(mut client) => {
+            let pid = client.daemon.pid;
+            match client.shutdown(force).await {
+                Ok(reply) => stopped.extend(reply.stopped),
+                Err(e) if force => {
+                    eprintln!("the daemon did not answer the shutdown ({e}); killing it")
+                }
+                Err(e) => return Err(anyhow::anyhow!("{e}; retry with `omnigent stop --force`")),
+            }
+            drop(client);
+            if !runtime::wait_lock_released(paths, Duration::from_secs(if force { 2 } else { 10 }))
+                .await
+            {
+                if !force {
+                    anyhow::bail!(
+                        "the daemon (pid {pid}) did not exit within 10s; retry with `omnigent stop --force`"
+                    );
+                }
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGKILL,
+                );
+                runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+            }
+            stopped.push(format!("daemon pid {pid}"));
+        }
+        Err(ClientError::ProtocolMismatch { daemon, .. }) => {
+            launch::stop_pid_and_wait(paths, daemon.pid)
+                .await
+                .map_err(|()| anyhow::anyhow!("the daemon pid {} did not exit", daemon.pid))?;
+            stopped.push(format!(
+                "daemon pid {} (omnigent {})",
+                daemon.pid, daemon.build_version
+            ));
+        }
+        Err(ClientError::NotRunning { .. }) => {
+            if runtime::lock_is_held(paths) {
+                // A daemon that holds the lock but does not answer: hung, or still binding.
+                let pid = runtime::read_lock_pid(&paths.daemon_lock());
+                if let (true, Some(pid)) = (force, pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::SIGKILL,
+                    );
+                    runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+                    stopped.push(format!("daemon pid {pid} (killed)"));
+                } else {
+                    anyhow::bail!(
+                        "a daemon holds {} (pid {}) but does not answer on its socket; retry with `omnigent stop --force`",
+                        paths.daemon_lock().display(),
+                        pid.map_or("unknown".to_owned(), |p| p.to_string())
+                    );
+                }
+            }
+        }
+        Err(e) => return Err(client_err(e)),
+    }
+    // A server left behind by a daemon that was killed: stop it too.
+    if let Some(record) = omnigent_daemon::server::read_record(paths) {
+        if let Some(pid) = record
+            .pid
+            .filter(|p| omnigent_daemon::process::pid_alive(*p))
+        {
+            let grace = if force {
+                Duration::ZERO
+            } else {
+                omnigent_daemon::process::STOP_GRACE
+            };
+            omnigent_daemon::server::terminate_foreign_pid(pid, grace).await;
+            stopped.push(format!("left-over server pid {pid}"));
+        }
+        let _ = std::fs::remove_file(paths.server_json());
+    }
+    Ok(stopped)
+}
+
+pub fn restart(args: StartArgs) -> Result<()> {
+    check_bind(&args.bind)?;
+    let paths = paths()?;
+    let stopped = runtime()?.block_on(stop_all(&paths, false))?;
+    if !stopped.is_empty() && !args.json {
+        println!("Stopped {}.", stopped.join(", "));
+    }
+    start(args)
+}
+
+pub fn status(args: JsonArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let Some(mut client) = connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "running": false }));
+            }
+            println!("omnigent daemon: not running (start it with `omnigent start`)");
+            return Ok(());
+        };
+        let status = client.status().await.map_err(client_err)?;
+        if args.json {
+            let mut v = serde_json::to_value(&status)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("running".into(), true.into());
+            }
+            return print_json(&v);
+        }
+        print_status(&status);
+        Ok(())
+    })
+}
+
+fn duration_text(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn print_status(st: &DaemonStatus) {
+    let d = &st.daemon;
+    println!(
+        "daemon   running, pid {}, omnigent {} (protocol {}), up {}, started by {}",
+        d.pid,
+        d.version,
+        d.protocol_version,
+        duration_text(d.uptime_ms),
+        d.started_by
+    );
+    print_server_block(&st.server, "server   ");
+    if st.targets.is_empty() {
+        println!("targets  none");
+    }
+    for t in &st.targets {
+        println!("targets  {} (host tunnel: {})", t.url, t.tunnel);
+    }
+    if st.runners.is_empty() {
+        println!("runners  none");
+    }
+    for r in &st.runners {
+        println!(
+            "runners  {} {} {}",
+            r.id,
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            state_word(r.state)
+        );
+    }
+    println!(
+        "config   {} (host '{}', id {})",
+        st.config.path, st.config.host_name, st.config.host_id
+    );
+    if let Some(e) = &st.config.error {
+        println!("         error: {e}");
+    }
+    println!("logs     {}\n         {}", st.logs.daemon, st.logs.server);
+}
+
+fn print_server_block(s: &ServerStatus, label: &str) {
+    let pad = " ".repeat(label.len());
+    match (&s.url, s.state) {
+        (Some(url), ChildState::Running | ChildState::Adopted) => {
+            let health = match s.healthy {
+                Some(true) => "healthy",
+                Some(false) => "NOT answering",
+                None => "health unknown",
+            };
+            println!(
+                "{label}{} at {url}, pid {}, {health}",
+                state_word(s.state),
+                s.pid.map_or("?".into(), |p| p.to_string())
+            );
+            if let Some(db) = &s.database {
+                println!("{pad}database {db}");
+            }
+            if let Some(n) = s.session_count {
+                println!("{pad}{n} session(s)");
+            }
+        }
+        _ => println!("{label}{}", state_word(s.state)),
+    }
+    if let Some(f) = &s.foreign {
+        println!("{pad}{}", foreign_text(f));
+    }
+    if s.restarts > 0 {
+        println!("{pad}restarted {} time(s)", s.restarts);
+    }
+    if matches!(
+        s.state,
+        ChildState::Backoff | ChildState::Crashloop | ChildState::Stopped
+    ) {
+        if let Some(e) = &s.last_error {
+            println!("{pad}last error: {e}");
+        }
+        if !s.last_exits.is_empty() && s.state != ChildState::Stopped {
+            let exits: Vec<String> = s
+                .last_exits
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} after {}",
+                        omnigent_daemon::process::exit_text(e.code, e.signal),
+                        duration_text(e.uptime_ms)
+                    )
+                })
+                .collect();
+            println!("{pad}last exits: {}", exits.join("; "));
+        }
+        if !s.log_tail.is_empty() && s.state != ChildState::Stopped {
+            println!("{pad}last lines of {}:", s.log_file);
+            for l in &s.log_tail {
+                println!("{pad}  {l}");
+            }
+        }
+    }
+}
+
+pub fn server_start(args: JsonArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let (mut client, _) = connect_or_start(&paths).await?;
+        let server = client.server_start().await.map_err(client_err)?;
+        if args.json {
+            return print_json(&server);
+        }
+        match (&server.url, server.pid) {
+            (Some(url), Some(pid)) => println!("Local server running at {url} (pid {pid})."),
+            _ => println!("Local server: {}", state_word(server.state)),
+        }
+        if let Some(f) = &server.foreign {
+            eprintln!("note: {}", foreign_text(f));
+        }
+        Ok(())
+    })
+}
+
+pub fn server_status(args: JsonArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let Some(mut client) = connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "state": "stopped", "daemon_running": false }));
+            }
+            println!("Local server: not running (no daemon; start it with `omnigent start`)");
+            return Ok(());
+        };
+        let server = client.server_status().await.map_err(client_err)?;
+        if args.json {
+            return print_json(&server);
+        }
+        print_server_block(&server, "Local server: ");
+        Ok(())
+    })
+}
+
+pub fn server_stop(args: StopArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let Some(mut client) = connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "stopped": false }));
+            }
+            println!("No local server is running.");
+            return Ok(());
+        };
+        let before = client.server_status().await.map_err(client_err)?;
+        let after = client.server_stop(args.force).await.map_err(client_err)?;
+        let stopped = before.pid.is_some();
+        if args.json {
+            return print_json(&json!({ "stopped": stopped, "pid": before.pid, "server": after }));
+        }
+        match before.pid {
+            Some(pid) => println!("Stopped the local server (pid {pid})."),
+            None => println!("No local server is running."),
+        }
+        Ok(())
+    })
+}
+
+pub fn logs(args: LogsArgs) -> Result<()> {
+    let paths = paths()?;
+    let dir = paths.logs_dir();
+    let path = match (args.which.as_str(), &args.id) {
+        ("daemon", None) => dir.join("daemon.log"),
+        ("server", None) => dir.join("server.log"),
+        ("runner", Some(id)) => {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ConfigError(format!("{id:?} is not a runner id")).into());
+            }
+            dir.join("runners").join(format!("{id}.log"))
+        }
+        ("runner", None) => {
+            return Err(ConfigError("`omnigent logs runner` needs a runner id".into()).into());
+        }
+        (other, _) => {
+            return Err(ConfigError(format!(
+                "unknown log {other:?}: use daemon, server or runner <ID>"
+            ))
+            .into());
+        }
+    };
+    if !path.exists() && !args.follow {
+        anyhow::bail!(
+            "{} does not exist yet (has that process run?)",
+            path.display()
+        );
+    }
+    for line in omnigent_daemon::logfile::tail_lines(&path, args.lines) {
+        println!("{line}");
+    }
+    if args.follow {
+        runtime()?.block_on(omnigent_daemon::logfile::follow(&path, |bytes| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush()).is_ok()
+        }))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `omnigent daemon run [--foreground]`: the per-user daemon in this process.
+//!
+//! Without `--foreground` it detaches from whatever started it (new session, cwd /; the spawning CLI already
+//! gave it /dev/null for stdin) and logs only to `daemon.log`. When spawned by a CLI it reports `ready` or
+//! `failed: why` on its stdout pipe; under systemd (`NOTIFY_SOCKET`) it sends `READY=1`. SIGTERM and SIGINT
+//! stop its children in order, then it exits 0.
+
+use std::io::Write;
+
+use anyhow::Result;
+use omnigent_daemon::runtime::LockError;
+use omnigent_daemon::{ControlListener, DaemonConfig, DaemonError};
+use omnigent_proto::control as ctl;
+use omnigent_proto::paths::Paths;
+
+use crate::exit::ConfigError;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Stay attached to the terminal and log to stderr too (for a terminal, systemd or launchd).
+    #[arg(long)]
+    foreground: bool,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let notify_pipe = std::env::var(ctl::NOTIFY_ENV).is_ok_and(|v| v == ctl::NOTIFY_STDOUT);
+    let systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let started_by = if systemd {
+        "systemd".to_owned()
+    } else if notify_pipe {
+        std::env::var(ctl::STARTED_BY_ENV).unwrap_or_else(|_| "cli".to_owned())
+    } else if args.foreground {
+        "foreground".to_owned()
+    } else {
+        "manual".to_owned()
+    };
+    if !args.foreground {
+        // A new session: no controlling terminal, no SIGHUP when the spawning shell exits. Fails only when we
+        // already lead a group (then we are detached enough).
+        let _ = nix::unistd::setsid();
+        let _ = std::env::set_current_dir("/");
+    }
+    let result = run_inner(&args, started_by, notify_pipe, systemd);
+    if let Err(err) = &result {
+        tracing::error!("daemon failed: {err:#}");
+        notify(
+            notify_pipe,
+            &format!(
+                "{}{}",
+                ctl::NOTIFY_FAILED_PREFIX,
+                one_line(&format!("{err:#}"))
+            ),
+        );
+    }
+    result
+}
+
+fn run_inner(args: &RunArgs, started_by: String, notify_pipe: bool, systemd: bool) -> Result<()> {
+    let paths = Paths::from_env()?;
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find the omnigent executable: {e}"))?;
+    // The daemon is single-threaded: small, and every child is spawned from this thread, which lives as long
+    // as the daemon (PR_SET_PDEATHSIG fires when the spawning *thread* exits).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let set_level = crate::logging::init_daemon(&paths, args.foreground)?;
+        let listener = ControlListener::bind(&paths).map_err(classify)?;
+        let config =
+            omnigent_daemon::load_config(&paths).map_err(|e| ConfigError(e.to_string()))?;
+        let daemon_config = DaemonConfig {
+            exe,
+            paths: paths.clone(),
+            config,
+            started_by,
+            policy: Default::default(),
+            on_log_level: Some(set_level),
+        };
+        notify(notify_pipe, ctl::NOTIFY_READY);
+        if systemd {
+            sd_notify("READY=1");
+        }
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received"),
+                        _ = int.recv() => tracing::info!("SIGINT received"),
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+            if systemd {
+                sd_notify("STOPPING=1");
+            }
+        };
+        omnigent_daemon::run(daemon_config, listener, shutdown)
+            .await
+            .map_err(classify)
+    })
+}
+
+/// Permission and config problems exit 78; the rest exit 1.
+fn classify(e: DaemonError) -> anyhow::Error {
+    match e {
+        DaemonError::RuntimeDir(_) | DaemonError::Config(_) => ConfigError(e.to_string()).into(),
+        DaemonError::Lock(LockError::Held { .. }) => {
+            anyhow::anyhow!("{e}; use `omnigent status` to see it")
+        }
+        other => other.into(),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', "; ")
+}
+
+/// Tell the spawning CLI (one line on the stdout pipe), then stop using stdout.
+fn notify(enabled: bool, line: &str) {
+    if !enabled {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// systemd's readiness protocol: one datagram to `$NOTIFY_SOCKET` (a path, or `@name` in the abstract
+/// namespace).
+fn sd_notify(state: &str) {
+    let Some(addr) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = addr.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        send_abstract(&sock, name, state)
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&addr))
+            .map(|_| ())
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn send_abstract(
+    sock: &std::os::unix::net::UnixDatagram,
+    name: &[u8],
+    state: &str,
+) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    sock.send_to_addr(state.as_bytes(), &addr).map(|_| ())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_abstract(_: &std::os::unix::net::UnixDatagram, _: &[u8], _: &str) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "abstract sockets exist only on Linux",
+    ))
+}

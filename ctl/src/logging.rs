@@ -1,0 +1,59 @@
+//! Tracing for the roles this file's owner runs: the daemon (size-rotated `daemon.log`, plus stderr with
+//! `--foreground`, level changeable live from config.toml) and the short-lived CLI commands (stderr, warnings).
+
+use std::sync::{Arc, Mutex};
+
+use omnigent_daemon::logfile::{DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingFile};
+use omnigent_proto::paths::Paths;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt, reload};
+
+/// Environment variable with the initial log filter (tracing `EnvFilter` syntax).
+pub const LOG_ENV: &str = "OMNIGENT_LOG";
+
+/// Callback that swaps the daemon's log filter (for `log_level` in config.toml).
+pub type SetLevel = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Install the daemon's subscriber. Returns a setter for the level.
+pub fn init_daemon(paths: &Paths, foreground: bool) -> anyhow::Result<SetLevel> {
+    let path = paths.logs_dir().join("daemon.log");
+    let file = RotatingFile::open(&path, DEFAULT_MAX_BYTES, DEFAULT_KEEP)
+        .map_err(|e| anyhow::anyhow!("cannot open the daemon log {}: {e}", path.display()))?;
+    let initial = std::env::var(LOG_ENV).unwrap_or_else(|_| "info".to_owned());
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
+    let file_layer = fmt::layer().with_ansi(false).with_writer(Mutex::new(file));
+    let stderr_layer = foreground.then(|| fmt::layer().with_writer(std::io::stderr));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(file_layer.and_then(stderr_layer))
+        .try_init();
+    let env_set = std::env::var(LOG_ENV).is_ok();
+    Ok(Arc::new(move |level: &str| {
+        // An explicit OMNIGENT_LOG wins over the file.
+        if env_set {
+            return;
+        }
+        match EnvFilter::try_new(level) {
+            Ok(f) => {
+                let _ = handle.modify(|cur| *cur = f);
+                tracing::info!(level, "log level changed");
+            }
+            Err(e) => {
+                tracing::warn!(level, error = %e, "ignoring an invalid log_level in config.toml")
+            }
+        }
+    }))
+}
+
+/// Install the CLI's subscriber: warnings and errors on stderr (or `OMNIGENT_LOG`).
+pub fn init_cli() {
+    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .try_init();
+}

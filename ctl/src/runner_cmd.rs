@@ -1,0 +1,102 @@
+//! `omnigent runner`: one runner process. Dials the server's runner tunnel and serves sessions until SIGTERM or
+//! Ctrl-C; a refusal no retry can fix (protocol mismatch, rejected token) exits 78.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use omnigent_runner::CancellationToken;
+use omnigent_runner::harness::HarnessKind;
+use omnigent_runner::{RunnerConfig, RunnerError};
+
+use crate::exit::ConfigError;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server to serve: http(s)://host:port[/prefix].
+    #[arg(long, env = "OMNIGENT_SERVER", default_value = "http://127.0.0.1:6767")]
+    server: String,
+    /// Binding token issued by the server (the runner id derives from it). Without one, the runner dials as a
+    /// random id, which only a loopback server accepts.
+    #[arg(long, env = "OMNIGENT_RUNNER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Workspace of sessions whose init names none (default: the current directory).
+    #[arg(long)]
+    workspace: Option<PathBuf>,
+    /// Harness of sessions whose init names none: echo, openai, anthropic or exec.
+    #[arg(long, default_value = "echo")]
+    harness: String,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    install_tracing();
+    let harness = HarnessKind::parse(&args.harness).ok_or_else(|| {
+        ConfigError(format!(
+            "unknown harness {:?}; use one of: echo, openai, anthropic, exec",
+            args.harness
+        ))
+    })?;
+    let workspace = match args.workspace {
+        Some(dir) => dir,
+        None => {
+            std::env::current_dir().context("cannot read the current directory for --workspace")?
+        }
+    };
+    if !workspace.is_dir() {
+        return Err(ConfigError(format!(
+            "workspace {} is not a directory; pass an existing --workspace",
+            workspace.display()
+        ))
+        .into());
+    }
+    let config = RunnerConfig::new(args.server, args.token, workspace, harness);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match omnigent_runner::run(config, shutdown).await {
+            Ok(()) => Ok(()),
+            Err(
+                err @ (RunnerError::BadServerUrl { .. }
+                | RunnerError::Refused { .. }
+                | RunnerError::Unauthorized { .. }),
+            ) => Err(ConfigError(err.to_string()).into()),
+        }
+    })
+}
+
+fn install_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OMNIGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Cancel `shutdown` on SIGTERM or Ctrl-C.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

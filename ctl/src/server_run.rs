@@ -1,0 +1,128 @@
+//! `omnigent server run`: the server in the foreground.
+//!
+//! Prints exactly one line on stdout once it accepts connections (the daemon reads it):
+//! `{"ready":true,"url":"http://127.0.0.1:PORT","pid":PID,"database":"…"}`. Logs go to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, Result};
+use omnigent_proto::paths::Paths;
+use omnigent_server::ServerConfig;
+use tracing_subscriber::EnvFilter;
+
+use crate::exit::ConfigError;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on. Only loopback addresses are allowed until LAN access with auth lands.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// TCP port (0 picks a free one; the ready line says which).
+    #[arg(long, default_value_t = 6767)]
+    pub port: u16,
+    /// Database URL (`sqlite:///path/to/file.db`); default: omnigent.db in the data directory.
+    #[arg(long, env = "OMNIGENT_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .try_init();
+
+    let ip = parse_bind(&args.bind)?;
+    let paths = Paths::from_env()?;
+    let mut config = ServerConfig::from_paths(&paths);
+    if let Some(url) = &args.database_url {
+        config = config
+            .with_database_url(url)
+            .map_err(|e| ConfigError(e.to_string()))?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(ip, args.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!(
+                    "port {} on {ip} is already in use by another program; pass --port <N> to use another \
+                     port (or --port 0 for any free one), or stop the program listening on {}",
+                    args.port,
+                    args.port
+                )
+            } else {
+                anyhow::anyhow!("cannot listen on {addr}: {e}")
+            }
+        })?;
+        let store = omnigent_server::open_store(&config)
+            .await
+            .map_err(|e| anyhow::anyhow!("the server cannot start: {e}"))?;
+        let local = listener.local_addr().context("cannot read the bound address")?;
+        let ready = serde_json::json!({
+            "ready": true,
+            "url": format!("http://{local}"),
+            "pid": std::process::id(),
+            "database": config.database.display(),
+        });
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{ready}").context("cannot write the ready line on stdout")?;
+        stdout.flush().context("cannot flush stdout")?;
+        drop(stdout);
+        omnigent_server::serve(config, store, listener, shutdown_signal())
+            .await
+            .map_err(|e| anyhow::anyhow!("the server stopped with an error: {e}"))
+    })
+}
+
+fn parse_bind(bind: &str) -> Result<IpAddr> {
+    let ip = if bind.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        bind.parse::<IpAddr>().map_err(|_| {
+            ConfigError(format!(
+                "--bind `{bind}` is not an IP address; use 127.0.0.1 (the default) or ::1"
+            ))
+        })?
+    };
+    if !ip.is_loopback() {
+        return Err(ConfigError(format!(
+            "refusing to listen on {ip}: it is reachable from other machines and this server has no \
+             authentication yet. LAN access needs auth, which comes in a later release; bind 127.0.0.1 (the \
+             default) or ::1"
+        ))
+        .into());
+    }
+    Ok(ip)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,932 @@
+#![allow(clippy::unwrap_used)]
+//! Black-box tests of the real `omnigent` binary: the daemon, start-or-reuse, server supervision, and one test
+//! per failure mode of issue 3. Every test has its own OMNIGENT_HOME in a temp dir and its own free port
+//! (OMNIGENT_SERVER_PORT), so tests run in parallel and never touch 6767 or the real home.
+//!
+//! Waiting is done on signals: command exits, the daemon lock being released, and the control API's
+//! `GET /v1/status?after=<revision>` long-poll, which answers when the daemon's state changes.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
+
+struct Home {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Home {
+    fn new() -> Self {
+        Home {
+            dir: tempfile::Builder::new().prefix("og").tempdir().unwrap(),
+            port: free_port(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(EXE);
+        c.args(args)
+            .env("OMNIGENT_HOME", self.path())
+            .env("OMNIGENT_SERVER_PORT", self.port.to_string())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("OMNIGENT_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Run, assert exit 0, parse stdout as JSON.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "omnigent {args:?} failed: {}",
+            text(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(&out)))
+    }
+
+    fn start(&self) -> Value {
+        self.json(&["start", "--json"])
+    }
+
+    fn status(&self) -> Value {
+        self.json(&["status", "--json"])
+    }
+
+    /// Raw HTTP/1.1 on the control socket (what `curl --unix-socket` does).
+    fn raw(&self, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, Value) {
+        let mut s = UnixStream::connect(self.run_dir().join("daemon.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: omnigent\r\nConnection: close\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        if !body.is_empty() {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        // A daemon may refuse (413) and close before reading an oversized body: ignore the write error and read
+        // its answer.
+        let _ = s.write_all(req.as_bytes());
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let resp = String::from_utf8_lossy(&resp).to_string();
+        let status: u16 = resp.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    /// Wait (by long-poll on the daemon's state revision) until `pred` holds for the status.
+    fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut st = self.raw("GET", "/v1/status", &[], "").1;
+        while !pred(&st) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status: {st:#}"
+            );
+            let rev = st["revision"].as_u64().unwrap();
+            st = self
+                .raw(
+                    "GET",
+                    &format!("/v1/status?after={rev}&timeout_ms=10000"),
+                    &[],
+                    "",
+                )
+                .1;
+        }
+        st
+    }
+
+    fn daemon_lock_held(&self) -> bool {
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.run_dir().join("daemon.lock"))
+        else {
+            return false;
+        };
+        matches!(
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK))
+        )
+    }
+
+    /// Block until the daemon lock is free: the daemon process is gone (a signal from the kernel, not a poll).
+    fn wait_daemon_gone(&self) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.run_dir().join("daemon.lock"))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).is_ok());
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)),
+            Ok(true),
+            "the daemon did not exit"
+        );
+    }
+
+    /// Processes whose environment has our OMNIGENT_HOME and whose command line contains `needle`.
+    fn processes(&self, needle: &str) -> Vec<u32> {
+        let home = format!("OMNIGENT_HOME={}", self.path().display());
+        let mut pids = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !alive(pid) {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if env.split(|b| *b == 0).any(|kv| kv == home.as_bytes()) && cmd.contains(needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd(&["stop", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Alive and not a zombie (killed daemons are reparented to an init that may reap late).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn sigkill(pid: u64) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+fn port_closed(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
+fn health(url: &str) -> bool {
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r);
+    r.starts_with("HTTP/1.1 200") && r.contains("\"ok\"")
+}
+
+#[test]
+fn start_status_stop_round_trip_leaves_nothing_running() {
+    let h = Home::new();
+    let started = h.start();
+    assert_eq!(started["daemon"]["started"], true);
+    let server = &started["server"];
+    assert_eq!(server["state"], "running", "{started:#}");
+    let url = server["url"].as_str().unwrap();
+    assert_eq!(url, format!("http://127.0.0.1:{}", h.port));
+    assert!(health(url));
+
+    // Reuse: a second start finds the same daemon and server.
+    let again = h.start();
+    assert_eq!(again["daemon"]["started"], false);
+    assert_eq!(again["daemon"]["pid"], started["daemon"]["pid"]);
+    assert_eq!(again["server"]["pid"], server["pid"]);
+
+    let st = h.status();
+    assert_eq!(st["running"], true);
+    assert_eq!(st["daemon"]["started_by"], "cli");
+    assert_eq!(st["server"]["healthy"], true);
+    assert_eq!(st["server"]["session_count"], 0);
+    assert!(
+        st["server"]["database"]
+            .as_str()
+            .unwrap()
+            .ends_with("omnigent.db")
+    );
+    assert_eq!(st["config"]["host_id"].as_str().unwrap().len(), 32);
+    let human = h.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("healthy"),
+        "{}",
+        text(&human)
+    );
+    let ss = h.json(&["server", "status", "--json"]);
+    assert_eq!(ss["pid"], server["pid"]);
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(h.run_dir().join("server.json")).unwrap()).unwrap();
+    assert_eq!(record["url"], url);
+
+    // Socket 0600 in a 0700 dir.
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(h.run_dir()), 0o700);
+    assert_eq!(mode(h.run_dir().join("daemon.sock")), 0o600);
+
+    let daemon_pid = started["daemon"]["pid"].as_u64().unwrap() as u32;
+    let server_pid = server["pid"].as_u64().unwrap() as u32;
+    let out = h.run(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("daemon pid {daemon_pid}")),
+        "{}",
+        text(&out)
+    );
+    // `stop` returns once every process is gone and the port is closed.
+    assert!(!alive(daemon_pid) && !alive(server_pid));
+    assert!(port_closed(h.port));
+    assert!(!h.run_dir().join("daemon.sock").exists());
+    assert!(!h.run_dir().join("server.json").exists());
+
+    let out = h.run(&["stop"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Nothing to stop."
+    );
+    assert_eq!(h.status()["running"], false);
+}
+
+#[test]
+fn stale_socket_left_by_a_sigkilled_daemon_does_not_block_the_next_start() {
+    let h = Home::new();
+    let first = h.start();
+    sigkill(first["daemon"]["pid"].as_u64().unwrap());
+    h.wait_daemon_gone();
+    assert!(
+        h.run_dir().join("daemon.sock").exists(),
+        "the test needs a stale socket file"
+    );
+    // A command that does not start anything says so, instead of failing on the stale socket.
+    let st = h.status();
+    assert_eq!(st["running"], false);
+    let second = h.start();
+    assert_eq!(second["daemon"]["started"], true);
+    assert_ne!(second["daemon"]["pid"], first["daemon"]["pid"]);
+    assert!(health(second["server"]["url"].as_str().unwrap()));
+}
+
+#[test]
+fn a_lock_file_whose_recorded_pid_belongs_to_another_live_process_does_not_block_start() {
+    let h = Home::new();
+    std::fs::create_dir_all(h.run_dir()).unwrap();
+    std::fs::set_permissions(h.run_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // As after a reboot: the lock file names a pid that now belongs to some other live process (us).
+    std::fs::write(
+        h.run_dir().join("daemon.lock"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let st = h.start();
+    assert_eq!(st["server"]["state"], "running");
+    assert_ne!(
+        st["daemon"]["pid"].as_u64().unwrap() as u32,
+        std::process::id()
+    );
+}
+
+#[test]
+fn a_runtime_dir_with_wrong_permissions_is_a_clear_configuration_error() {
+    let h = Home::new();
+    std::fs::create_dir_all(h.run_dir()).unwrap();
+    std::fs::set_permissions(h.run_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for args in [&["start"][..], &["status"], &["stop"]] {
+        let out = h.run(args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("mode 0755") && err.contains("chmod 700"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!h.daemon_lock_held());
+    assert!(port_closed(h.port));
+}
+
+#[test]
+fn a_runtime_dir_owned_by_another_user_is_a_clear_configuration_error() {
+    let h = Home::new();
+    std::fs::create_dir_all(h.run_dir()).unwrap();
+    std::fs::set_permissions(h.run_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    if std::os::unix::fs::chown(h.run_dir(), Some(65534), Some(65534)).is_err() {
+        // Only root can give a directory away; as another user the other-owner case cannot be staged.
+        eprintln!("skipped: not root, cannot chown");
+        return;
+    }
+    let out = h.run(&["start"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"),
+        "{}",
+        text(&out)
+    );
+    assert!(port_closed(h.port));
+    std::os::unix::fs::chown(h.run_dir(), Some(0), Some(0)).unwrap();
+}
+
+#[test]
+fn sigkill_of_the_daemon_while_the_server_runs_recovers_without_a_second_server() {
+    let h = Home::new();
+    let first = h.start();
+    let old_server = first["server"]["pid"].as_u64().unwrap() as u32;
+    sigkill(first["daemon"]["pid"].as_u64().unwrap());
+    h.wait_daemon_gone();
+    let second = h.start();
+    assert_eq!(second["server"]["state"], "running", "{second:#}");
+    assert!(health(second["server"]["url"].as_str().unwrap()));
+    // The orphaned server was told to stop (PR_SET_PDEATHSIG) and the new daemon waited for it.
+    assert!(
+        !alive(old_server),
+        "the old server {old_server} survives next to the new one"
+    );
+    assert_eq!(h.processes("server run").len(), 1, "exactly one server");
+    assert_eq!(h.processes("daemon run").len(), 1, "exactly one daemon");
+}
+
+#[test]
+fn sigkill_of_the_server_makes_the_daemon_restart_it() {
+    let h = Home::new();
+    let first = h.start();
+    let old = first["server"]["pid"].as_u64().unwrap();
+    sigkill(old);
+    let st = h.wait_status("a restarted server", |st| {
+        st["server"]["state"] == "running" && st["server"]["pid"].as_u64().is_some_and(|p| p != old)
+    });
+    assert_eq!(st["server"]["restarts"], 1);
+    let exit = &st["server"]["last_exits"][0];
+    assert_eq!(exit["signal"], 9, "{st:#}");
+    assert!(health(st["server"]["url"].as_str().unwrap()));
+    assert_eq!(st["server"]["url"], first["server"]["url"]);
+}
+
+#[test]
+fn stop_during_a_start_leaves_nothing_running() {
+    let h = Home::new();
+    let start = h
+        .cmd(&["start"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the start to be under way: it holds the start lock while it spawns the daemon.
+    let start_lock = h.run_dir().join("start.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(start_lock.exists() || h.run_dir().join("daemon.lock").exists()) {
+        assert!(Instant::now() < deadline, "start never began");
+        std::thread::yield_now();
+    }
+    let stop = h.run(&["stop"]);
+    let start = start.wait_with_output().unwrap();
+    assert!(stop.status.success(), "{}", text(&stop));
+    // The start either completed before the stop took effect (exit 0) or was told it was stopped (exit 1).
+    assert!(
+        matches!(start.status.code(), Some(0) | Some(1)),
+        "{}",
+        text(&start)
+    );
+    if !String::from_utf8_lossy(&stop.stdout).contains("Nothing to stop") {
+        assert!(!h.daemon_lock_held(), "daemon still running after stop");
+        assert!(h.processes("server run").is_empty());
+        assert!(port_closed(h.port));
+    }
+    // Whatever the interleaving, the next start works and the next stop cleans up.
+    assert_eq!(h.start()["server"]["state"], "running");
+    assert!(h.run(&["stop"]).status.success());
+    assert!(!h.daemon_lock_held());
+    assert!(port_closed(h.port));
+}
+
+#[test]
+fn a_foreign_listener_on_the_server_port_is_named_and_never_adopted() {
+    let h = Home::new();
+    let foreign = std::net::TcpListener::bind(("127.0.0.1", h.port)).unwrap();
+    std::thread::spawn(move || {
+        for mut s in foreign.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}");
+        }
+    });
+    let out = h.run(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "port {} is held by another program (pid {}",
+            h.port,
+            std::process::id()
+        )),
+        "{err}"
+    );
+    let st = h.status();
+    let server = &st["server"];
+    assert_eq!(server["state"], "running");
+    assert_ne!(server["port"], h.port);
+    assert_eq!(server["foreign"]["pid"], std::process::id());
+    assert!(
+        server["foreign"]["command"]
+            .as_str()
+            .unwrap()
+            .contains("daemon_cli"),
+        "{server:#}"
+    );
+    assert!(health(server["url"].as_str().unwrap()));
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(h.run_dir().join("server.json")).unwrap()).unwrap();
+    assert_eq!(record["url"], server["url"]);
+    assert_eq!(record["adopted"], false);
+}
+
+#[test]
+fn five_concurrent_starts_end_with_one_daemon_and_one_server() {
+    let h = Home::new();
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            h.cmd(&["start", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Value> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    let daemon = &outs[0]["daemon"]["pid"];
+    let server = &outs[0]["server"]["pid"];
+    for o in &outs {
+        assert_eq!(&o["daemon"]["pid"], daemon);
+        assert_eq!(&o["server"]["pid"], server);
+    }
+    assert_eq!(
+        outs.iter()
+            .filter(|o| o["daemon"]["started"] == true)
+            .count(),
+        1
+    );
+    assert_eq!(h.processes("daemon run").len(), 1);
+    assert_eq!(h.processes("server run").len(), 1);
+}
+
+#[test]
+fn config_edits_apply_live_and_a_broken_edit_keeps_the_previous_config() {
+    let h = Home::new();
+    h.start();
+    let config = h.path().join("config/config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    assert!(original.contains("host_id"), "{original}");
+    std::fs::write(
+        &config,
+        format!("{original}\n[[targets]]\nurl = \"https://team.example.test\"\n"),
+    )
+    .unwrap();
+    let st = h.wait_status("the new target", |st| {
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["url"] == "https://team.example.test")
+    });
+    assert_eq!(st["config"]["loads"], 2);
+    assert_eq!(st["config"]["error"], Value::Null);
+
+    std::fs::write(
+        &config,
+        format!("{original}\n[[targets]]\nurl = \"https://broken\n"),
+    )
+    .unwrap();
+    let broken_line = original.lines().count() + 3;
+    let st = h.wait_status("the config error", |st| st["config"]["error"].is_string());
+    let err = st["config"]["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("line {broken_line}, column")),
+        "{err}"
+    );
+    assert!(
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["url"] == "https://team.example.test"),
+        "{st:#}"
+    );
+    let human = String::from_utf8_lossy(&h.run(&["status"]).stdout).to_string();
+    assert!(human.contains("error:"), "{human}");
+
+    std::fs::write(&config, &original).unwrap();
+    let st = h.wait_status("the fixed config", |st| st["config"]["error"].is_null());
+    assert!(
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["url"] != "https://team.example.test")
+    );
+    assert_eq!(st["config"]["loads"], 3);
+}
+
+#[test]
+fn a_client_speaking_another_protocol_version_gets_a_typed_error_with_the_remedy() {
+    let h = Home::new();
+    let started = h.start();
+    let (code, body) = h.raw(
+        "POST",
+        "/v1/hello",
+        &[],
+        r#"{"protocol_version":999,"build_version":"9.0.0"}"#,
+    );
+    assert_eq!(code, 426, "{body}");
+    assert_eq!(body["code"], "protocol_mismatch");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("omnigent restart"),
+        "{body}"
+    );
+    assert_eq!(body["daemon"]["pid"], started["daemon"]["pid"]);
+    assert_eq!(body["daemon"]["protocol_version"], 1);
+
+    let (code, body) = h.raw("GET", "/v1/status", &["x-omnigent-protocol: 999"], "");
+    assert_eq!(code, 426);
+    assert_eq!(body["code"], "protocol_mismatch");
+
+    let (code, body) = h.raw("POST", "/v1/hello", &[], "not json");
+    assert_eq!(code, 400);
+    assert_eq!(body["code"], "bad_request");
+    let (code, _) = h.raw(
+        "POST",
+        "/v1/hello",
+        &[],
+        &format!("{{\"x\":\"{}\"}}", "a".repeat(2 * 1024 * 1024)),
+    );
+    assert_eq!(code, 413);
+    let (code, body) = h.raw("GET", "/v1/nope", &[], "");
+    assert_eq!((code, body["code"].as_str()), (404, Some("not_found")));
+
+    // The right version works, with no header (curl) or the right one.
+    let (code, body) = h.raw(
+        "POST",
+        "/v1/hello",
+        &[],
+        r#"{"protocol_version":1,"build_version":"0.1.0"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        h.raw("GET", "/v1/status", &["x-omnigent-protocol: 1"], "")
+            .0,
+        200
+    );
+}
+
+#[test]
+fn non_loopback_binds_are_refused_until_lan_access_lands() {
+    let h = Home::new();
+    let out = h.run(&["start", "--bind", "0.0.0.0"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1 only"));
+    assert!(!h.daemon_lock_held());
+}
+
+#[test]
+fn a_failed_daemon_start_prints_the_cause_and_log_tail_and_the_next_start_is_clean() {
+    let h = Home::new();
+    let config = h.path().join("config/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "[server]\nport = \"nope\n").unwrap();
+    let out = h.run(&["start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the daemon failed to start") && err.contains("line 2, column"),
+        "{err}"
+    );
+    assert!(
+        err.contains("last lines of") && err.contains("daemon.log"),
+        "{err}"
+    );
+    assert!(!h.daemon_lock_held(), "a failed start left a daemon");
+    assert!(port_closed(h.port));
+
+    std::fs::write(&config, "[server]\n").unwrap();
+    assert_eq!(h.start()["server"]["state"], "running");
+}
+
+#[test]
+fn a_server_that_cannot_start_is_reported_as_a_crash_loop_with_exits_and_log_tail() {
+    let h = Home::new();
+    // An unusable database path (under a regular file) makes every server start fail fast.
+    std::fs::write(h.path().join("afile"), "").unwrap();
+    let out = h
+        .cmd(&["start"])
+        .env(
+            "OMNIGENT_DATABASE_URL",
+            format!("sqlite://{}/afile/x.db", h.path().display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the local server did not start"),
+        "{}",
+        text(&out)
+    );
+    let st = h.status();
+    assert_eq!(st["server"]["state"], "crashloop", "{st:#}");
+    assert_eq!(st["server"]["last_exits"].as_array().unwrap().len(), 5);
+    assert!(!st["server"]["log_tail"].as_array().unwrap().is_empty());
+    let human = String::from_utf8_lossy(&h.run(&["server", "status"]).stdout).to_string();
+    assert!(
+        human.contains("crash loop") && human.contains("last exits"),
+        "{human}"
+    );
+}
+
+#[test]
+fn a_long_omnigent_home_binds_through_a_short_socket_path() {
+    let base = tempfile::tempdir().unwrap();
+    let deep = base
+        .path()
+        .join("a-very-long-directory-name-that-pushes-the-socket-path-past-sun-path-limits");
+    let h = Home {
+        dir: tempfile::Builder::new()
+            .prefix("og")
+            .tempdir_in({
+                std::fs::create_dir_all(&deep).unwrap();
+                &deep
+            })
+            .unwrap(),
+        port: free_port(),
+    };
+    assert!(h.run_dir().join("daemon.sock").as_os_str().len() > 108);
+    assert_eq!(h.start()["server"]["state"], "running");
+    assert_eq!(h.status()["running"], true);
+    assert!(h.run(&["stop"]).status.success());
+    assert!(!h.daemon_lock_held());
+}
+
+#[test]
+fn server_stop_and_start_keep_the_daemon_and_logs_show_the_server() {
+    let h = Home::new();
+    let first = h.start();
+    let out = h.json(&["server", "stop", "--json"]);
+    assert_eq!(out["stopped"], true);
+    assert!(port_closed(h.port));
+    assert_eq!(h.status()["server"]["state"], "stopped");
+    let again = h.json(&["server", "start", "--json"]);
+    assert_eq!(again["state"], "running");
+    assert_ne!(again["pid"], first["server"]["pid"]);
+    assert_eq!(h.status()["daemon"]["pid"], first["daemon"]["pid"]);
+
+    let logs = h.run(&["logs", "server", "-n", "1000"]);
+    assert!(logs.status.success(), "{}", text(&logs));
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("stopped the server"),
+        "{}",
+        text(&logs)
+    );
+    let logs = h.run(&["logs", "daemon"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("daemon ready"),
+        "{}",
+        text(&logs)
+    );
+    assert_eq!(h.run(&["logs", "bogus"]).status.code(), Some(78));
+}
+
+#[test]
+fn restart_replaces_the_daemon_and_the_server() {
+    let h = Home::new();
+    let first = h.start();
+    let out = h.run(&["restart", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let st = h.status();
+    assert_ne!(st["daemon"]["pid"], first["daemon"]["pid"]);
+    assert_ne!(st["server"]["pid"], first["server"]["pid"]);
+    assert_eq!(st["server"]["healthy"], true);
+}
+
+/// Stand-in for a daemon from another omnigent release (one cannot be built here): holds the daemon lock and
+/// answers the frozen hello on the control socket. Its "pid" is a `sleep` child, so the CLI's SIGTERM lands
+/// on a real process; the lock is released when that process dies, as the kernel would for a real daemon.
+struct OldDaemon {
+    sleeper: u32,
+    exited: std::sync::mpsc::Receiver<std::process::ExitStatus>,
+}
+
+impl OldDaemon {
+    fn start(h: &Home, hello_status: u16, protocol: u32, version: &str) -> Self {
+        std::fs::create_dir_all(h.run_dir()).unwrap();
+        std::fs::set_permissions(h.run_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(h.run_dir().join("daemon.lock"))
+            .unwrap();
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        let mut sleeper = Command::new("sleep").arg("1000").spawn().unwrap();
+        let pid = sleeper.id();
+        let (tx, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let status = sleeper.wait().unwrap();
+            drop(lock);
+            let _ = tx.send(status);
+        });
+        let listener = std::os::unix::net::UnixListener::bind(h.run_dir().join("daemon.sock")).unwrap();
+        let hello = format!(
+            r#"{{"code":"protocol_mismatch","message":"old daemon","daemon":{{"protocol_version":{protocol},"build_version":"{version}","pid":{pid}}}}}"#
+        );
+        let ok_hello = format!(r#"{{"protocol_version":{protocol},"build_version":"{version}","pid":{pid}}}"#);
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let (hello, ok_hello) = (hello.clone(), ok_hello.clone());
+                std::thread::spawn(move || serve_old(s, hello_status, &hello, &ok_hello));
+            }
+        });
+        OldDaemon { sleeper: pid, exited }
+    }
+}
+
+fn serve_old(mut s: UnixStream, hello_status: u16, mismatch: &str, ok_hello: &str) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0);
+        while buf.len() < end + 4 + len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let (status, body) = if head.starts_with("post /v1/hello") {
+            if hello_status == 200 { (200, ok_hello.to_owned()) } else { (hello_status, mismatch.to_owned()) }
+        } else {
+            (500, r#"{"code":"internal","message":"this stand-in only says hello"}"#.to_owned())
+        };
+        let resp = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        if s.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+        buf.drain(..end + 4 + len);
+    }
+}
+
+#[test]
+fn a_protocol_incompatible_daemon_is_drained_and_replaced_by_the_cli() {
+    let h = Home::new();
+    let old = OldDaemon::start(&h, 426, 0, "0.0.1");
+    let out = h.run(&["start", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("pid {}", old.sleeper)) && err.contains("stopped it and started a new one"), "{err}");
+    // The old daemon got SIGTERM (a graceful drain), not SIGKILL.
+    let status = old.exited.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(15));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["server"]["state"], "running");
+    assert_eq!(h.status()["daemon"]["protocol_version"], 1);
+}
+
+#[test]
+fn an_older_compatible_daemon_gets_one_stderr_line_naming_restart() {
+    let h = Home::new();
+    let old = OldDaemon::start(&h, 200, 1, "0.0.1");
+    let out = h.run(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let notes: Vec<&str> = err.lines().filter(|l| l.contains("older than this CLI")).collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(notes[0].contains("0.0.1") && notes[0].contains("omnigent restart"), "{err}");
+    // Nothing was stopped: a compatible daemon is the user's to restart.
+    assert!(old.exited.try_recv().is_err());
+    sigkill(u64::from(old.sleeper));
+    old.exited.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn daemon_run_detaches_and_under_systemd_sends_ready_then_stops_children_on_sigterm() {
+    let h = Home::new();
+    // The spawned daemon: new session, cwd /, stdin /dev/null.
+    let st = h.start();
+    let pid = st["daemon"]["pid"].as_u64().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    assert_eq!(fields[3], pid.to_string(), "session id = pid (setsid): {stat}");
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(), Path::new("/dev/null"));
+    assert!(h.run(&["stop"]).status.success());
+
+    // systemd: Type=notify readiness on NOTIFY_SOCKET, SIGTERM → children stopped, exit 0.
+    let notify_path = h.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut daemon = h
+        .cmd(&["daemon", "run", "--foreground"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let st = h.wait_status("the server", |st| st["server"]["state"] == "running");
+    assert_eq!(st["daemon"]["started_by"], "systemd");
+    let server = st["server"]["pid"].as_u64().unwrap() as u32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert!(!alive(server));
+    assert!(port_closed(h.port));
+}

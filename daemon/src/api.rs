@@ -1,0 +1,314 @@
+//! The control API served on the local socket: one axum router, HTTP/1.1 per accepted connection, peers
+//! of another uid refused before a byte is read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use omnigent_proto::CONTROL_PROTOCOL_VERSION;
+use omnigent_proto::control::{
+    self as ctl, ChildState, ControlError, ControlErrorCode, DaemonInfo, DaemonStatus, Hello,
+    HelloReply, LogPaths, ServerStatus, ShutdownReply, StopRequest, TargetStatus,
+};
+use omnigent_proto::paths::Paths;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::ConfigView;
+use crate::server::{ServerCmd, ServerHandle};
+
+/// Longest `after` wait a status call may ask for.
+const MAX_STATUS_WAIT: Duration = Duration::from_secs(60);
+
+pub(crate) struct ApiState {
+    pub server: ServerHandle,
+    pub revision: watch::Receiver<u64>,
+    pub config: watch::Receiver<ConfigView>,
+    pub shutdown: mpsc::Sender<(StopRequest, oneshot::Sender<ShutdownReply>)>,
+    pub paths: Paths,
+    pub socket: String,
+    pub started_at_ms: u64,
+    pub started: tokio::time::Instant,
+    pub started_by: String,
+}
+
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route(ctl::HELLO_PATH, post(hello))
+        .route(ctl::STATUS_PATH, get(status))
+        .route(ctl::SERVER_PATH, get(server_status))
+        .route(ctl::SERVER_START_PATH, post(server_start))
+        .route(ctl::SERVER_STOP_PATH, post(server_stop))
+        .route(ctl::SHUTDOWN_PATH, post(shutdown))
+        .fallback(not_found)
+        .layer(middleware::from_fn(check_protocol_header))
+        .layer(DefaultBodyLimit::max(ctl::MAX_CONTROL_BODY_BYTES))
+        .with_state(state)
+}
+
+/// A typed control error as an HTTP response.
+pub(crate) struct ApiError(StatusCode, ControlError);
+
+impl ApiError {
+    fn new(status: StatusCode, code: ControlErrorCode, message: impl Into<String>) -> Self {
+        ApiError(
+            status,
+            ControlError {
+                code,
+                message: message.into(),
+                daemon: None,
+            },
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn hello_reply(state: &ApiState) -> HelloReply {
+    HelloReply {
+        protocol_version: CONTROL_PROTOCOL_VERSION,
+        build_version: omnigent_proto::BUILD_VERSION.to_owned(),
+        pid: std::process::id(),
+        started_at_ms: state.started_at_ms,
+    }
+}
+
+fn mismatch(theirs: u32, daemon: HelloReply) -> ApiError {
+    ApiError(
+        StatusCode::UPGRADE_REQUIRED,
+        ControlError {
+            code: ControlErrorCode::ProtocolMismatch,
+            message: format!(
+                "this daemon (omnigent {}, pid {}) speaks control protocol {CONTROL_PROTOCOL_VERSION}, the client \
+                 speaks {theirs}; run `omnigent restart` with the omnigent binary you mean to use",
+                daemon.build_version, daemon.pid
+            ),
+            daemon: Some(daemon),
+        },
+    )
+}
+
+async fn check_protocol_header(req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(ctl::PROTOCOL_HEADER)
+        .map(|v| v.to_str().unwrap_or("").trim().to_owned());
+    if let Some(v) = header
+        && v.parse::<u32>().ok() != Some(CONTROL_PROTOCOL_VERSION)
+    {
+        let daemon = HelloReply {
+            protocol_version: CONTROL_PROTOCOL_VERSION,
+            build_version: omnigent_proto::BUILD_VERSION.to_owned(),
+            pid: std::process::id(),
+            started_at_ms: 0,
+        };
+        return mismatch(v.parse().unwrap_or(0), daemon).into_response();
+    }
+    next.run(req).await
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ControlErrorCode::NotFound,
+        format!(
+            "no control route {} {}; see docs/cli.md for the control API",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn hello(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<HelloReply>, ApiError> {
+    let hello: Hello = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ControlErrorCode::BadRequest,
+            format!("the hello must be {{\"protocol_version\": <int>, \"build_version\": <string>}}: {e}"),
+        )
+    })?;
+    let reply = hello_reply(&state);
+    if hello.protocol_version != CONTROL_PROTOCOL_VERSION {
+        tracing::warn!(theirs = hello.protocol_version, client = %hello.build_version, "client speaks another control protocol");
+        return Err(mismatch(hello.protocol_version, reply));
+    }
+    Ok(Json(reply))
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    after: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+async fn status(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<DaemonStatus>, ApiError> {
+    if let Some(after) = q.after {
+        let wait = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_STATUS_WAIT);
+        let mut rev = state.revision.clone();
+        let _ = tokio::time::timeout(wait, rev.wait_for(|r| *r > after)).await;
+    }
+    let revision = *state.revision.borrow();
+    let server = live_server_status(&state).await;
+    let config = state.config.borrow().clone();
+    let logs = state.paths.logs_dir();
+    let mut targets = vec![];
+    if let Some(url) = &server.url {
+        targets.push(TargetStatus {
+            url: url.clone(),
+            tunnel: "none".into(),
+        });
+    }
+    targets.extend(config.config.targets.iter().map(|t| TargetStatus {
+        url: t.url.clone(),
+        tunnel: "none".into(),
+    }));
+    Ok(Json(DaemonStatus {
+        revision,
+        daemon: DaemonInfo {
+            pid: std::process::id(),
+            version: omnigent_proto::BUILD_VERSION.to_owned(),
+            protocol_version: CONTROL_PROTOCOL_VERSION,
+            started_at_ms: state.started_at_ms,
+            uptime_ms: state.started.elapsed().as_millis() as u64,
+            started_by: state.started_by.clone(),
+            socket: state.socket.clone(),
+            runtime_dir: state.paths.runtime_dir.display().to_string(),
+        },
+        server,
+        targets,
+        runners: vec![],
+        config: ctl::ConfigStatus {
+            path: state.paths.config_file().display().to_string(),
+            error: config.error.clone(),
+            loads: config.loads,
+            host_id: config.config.host_id().to_owned(),
+            host_name: config.config.host_name().to_owned(),
+        },
+        logs: LogPaths {
+            dir: logs.display().to_string(),
+            daemon: logs.join("daemon.log").display().to_string(),
+            server: logs.join("server.log").display().to_string(),
+        },
+    }))
+}
+
+/// The supervisor's snapshot plus what the server itself says right now (health, database, sessions).
+async fn live_server_status(state: &ApiState) -> ServerStatus {
+    let mut s = state.server.status.borrow().clone();
+    if matches!(s.state, ChildState::Running | ChildState::Adopted)
+        && let Some(port) = s.port
+    {
+        match crate::server::probe_info(port, Duration::from_millis(500)).await {
+            Some(info) => {
+                s.healthy = Some(true);
+                s.database = info.database.or(s.database);
+                s.session_count = info.session_count;
+            }
+            None => s.healthy = Some(false),
+        }
+    }
+    s
+}
+
+async fn server_status(State(state): State<Arc<ApiState>>) -> Json<ServerStatus> {
+    Json(live_server_status(&state).await)
+}
+
+async fn ask_server(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<ServerStatus>) -> ServerCmd,
+) -> Result<ServerStatus, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ControlErrorCode::ShuttingDown,
+            "the daemon is shutting down",
+        )
+    };
+    state.server.cmds.send(make(tx)).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+async fn server_start(State(state): State<Arc<ApiState>>) -> Result<Json<ServerStatus>, ApiError> {
+    let s = ask_server(&state, ServerCmd::Start).await?;
+    if matches!(s.state, ChildState::Running | ChildState::Adopted) {
+        return Ok(Json(live_server_status(&state).await));
+    }
+    let mut message = format!(
+        "the local server did not start: {}",
+        s.last_error
+            .clone()
+            .unwrap_or_else(|| format!("it is {:?}", s.state).to_lowercase())
+    );
+    if !s.log_tail.is_empty() {
+        message.push_str(&format!(
+            "\nlast lines of {}:\n{}",
+            s.log_file,
+            s.log_tail.join("\n")
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ControlErrorCode::ServerFailed,
+        message,
+    ))
+}
+
+fn parse_stop(body: &[u8]) -> Result<StopRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(StopRequest::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ControlErrorCode::BadRequest,
+            format!("expected {{\"force\": bool}}: {e}"),
+        )
+    })
+}
+
+async fn server_stop(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<ServerStatus>, ApiError> {
+    let req = parse_stop(&body)?;
+    let s = ask_server(&state, |reply| ServerCmd::Stop {
+        force: req.force,
+        reply,
+    })
+    .await?;
+    Ok(Json(s))
+}
+
+async fn shutdown(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<ShutdownReply>, ApiError> {
+    let req = parse_stop(&body)?;
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ControlErrorCode::ShuttingDown,
+            "the daemon is already shutting down",
+        )
+    };
+    state.shutdown.send((req, tx)).await.map_err(|_| gone())?;
+    rx.await.map(Json).map_err(|_| gone())
+}

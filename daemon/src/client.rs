@@ -1,0 +1,229 @@
+//! The CLI side of the control API: connect to the daemon's socket, say hello, make typed calls.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Method;
+use interprocess::local_socket::GenericFilePath;
+use interprocess::local_socket::tokio::prelude::*;
+use omnigent_proto::control::{
+    self as ctl, ControlError, ControlErrorCode, DaemonStatus, Hello, HelloReply, ServerStatus,
+    ShutdownReply, StopRequest,
+};
+use omnigent_proto::paths::Paths;
+use serde::de::DeserializeOwned;
+
+use crate::http::{Connection, HttpError};
+use crate::runtime::{self, RuntimeDirError};
+
+/// Default time to wait for a quick control call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to wait for calls that start or stop processes.
+pub const SLOW_CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no omnigent daemon is running (nothing answers on {socket})")]
+    NotRunning { socket: PathBuf },
+    #[error("cannot connect to the daemon at {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
+    #[error("talking to the daemon failed: {0}")]
+    Http(#[from] HttpError),
+    #[error("the daemon did not answer {path} within {}s; see its log (`omnigent logs daemon`)", timeout.as_secs())]
+    Timeout { path: String, timeout: Duration },
+    #[error("{message}")]
+    ProtocolMismatch { daemon: HelloReply, message: String },
+    #[error("{}", error.message)]
+    Daemon { status: u16, error: ControlError },
+    #[error("the daemon sent an unreadable reply to {path} (HTTP {status}): {why}")]
+    BadReply {
+        path: String,
+        status: u16,
+        why: String,
+    },
+}
+
+/// A connection to the daemon on which the hello succeeded.
+pub struct ControlClient {
+    conn: Connection,
+    /// What the daemon said in its hello.
+    pub daemon: HelloReply,
+}
+
+impl ControlClient {
+    /// Connect and say hello. [`ClientError::NotRunning`] when no daemon listens;
+    /// [`ClientError::ProtocolMismatch`] when the daemon speaks another control protocol.
+    pub async fn connect(paths: &Paths) -> Result<Self, ClientError> {
+        let socket = runtime::control_socket_path(paths);
+        if !paths.runtime_dir.exists() {
+            return Err(ClientError::NotRunning { socket });
+        }
+        runtime::check_private_dir(&paths.runtime_dir)?;
+        let name = socket
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .map_err(|source| ClientError::Connect {
+                socket: socket.clone(),
+                source,
+            })?;
+        let stream = match LocalSocketStream::connect(name).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(ClientError::NotRunning { socket });
+            }
+            Err(source) => return Err(ClientError::Connect { socket, source }),
+        };
+        let conn = Connection::open(stream, ctl::MAX_CONTROL_BODY_BYTES).await?;
+        let mut client = ControlClient {
+            conn,
+            daemon: HelloReply {
+                protocol_version: 0,
+                build_version: String::new(),
+                pid: 0,
+                started_at_ms: 0,
+            },
+        };
+        let body = serde_json::to_vec(&Hello::current()).map_err(|e| ClientError::BadReply {
+            path: ctl::HELLO_PATH.into(),
+            status: 0,
+            why: e.to_string(),
+        })?;
+        // The hello carries no protocol header: it must reach any daemon, whatever its version.
+        client.daemon = client
+            .call_raw(
+                Method::POST,
+                ctl::HELLO_PATH,
+                Some(body),
+                CALL_TIMEOUT,
+                false,
+            )
+            .await?;
+        Ok(client)
+    }
+
+    async fn call_raw<T: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        with_header: bool,
+    ) -> Result<T, ClientError> {
+        let headers: Vec<(&str, String)> = if with_header {
+            vec![(
+                ctl::PROTOCOL_HEADER,
+                omnigent_proto::CONTROL_PROTOCOL_VERSION.to_string(),
+            )]
+        } else {
+            vec![]
+        };
+        let send = self
+            .conn
+            .send(method, ctl::CONTROL_HOST, path, &headers, body);
+        let (status, bytes) =
+            tokio::time::timeout(timeout, send)
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    path: path.to_owned(),
+                    timeout,
+                })??;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::BadReply {
+                path: path.to_owned(),
+                status: status.as_u16(),
+                why: e.to_string(),
+            });
+        }
+        let error: ControlError =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::BadReply {
+                path: path.to_owned(),
+                status: status.as_u16(),
+                why: format!(
+                    "{e}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ),
+            })?;
+        match (error.code, error.daemon.clone()) {
+            (ControlErrorCode::ProtocolMismatch, Some(daemon)) => {
+                Err(ClientError::ProtocolMismatch {
+                    daemon,
+                    message: error.message,
+                })
+            }
+            _ => Err(ClientError::Daemon {
+                status: status.as_u16(),
+                error,
+            }),
+        }
+    }
+
+    /// `GET path`.
+    pub async fn get<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        self.call_raw(Method::GET, path, None, timeout, true).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::BadReply {
+            path: path.to_owned(),
+            status: 0,
+            why: e.to_string(),
+        })?;
+        self.call_raw(Method::POST, path, Some(bytes), timeout, true)
+            .await
+    }
+
+    pub async fn status(&mut self) -> Result<DaemonStatus, ClientError> {
+        self.get(ctl::STATUS_PATH, CALL_TIMEOUT).await
+    }
+
+    pub async fn server_status(&mut self) -> Result<ServerStatus, ClientError> {
+        self.get(ctl::SERVER_PATH, CALL_TIMEOUT).await
+    }
+
+    pub async fn server_start(&mut self) -> Result<ServerStatus, ClientError> {
+        self.post(
+            ctl::SERVER_START_PATH,
+            &serde_json::json!({}),
+            SLOW_CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    pub async fn server_stop(&mut self, force: bool) -> Result<ServerStatus, ClientError> {
+        self.post(
+            ctl::SERVER_STOP_PATH,
+            &StopRequest { force },
+            SLOW_CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    pub async fn shutdown(&mut self, force: bool) -> Result<ShutdownReply, ClientError> {
+        self.post(
+            ctl::SHUTDOWN_PATH,
+            &StopRequest { force },
+            SLOW_CALL_TIMEOUT,
+        )
+        .await
+    }
+}

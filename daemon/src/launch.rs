@@ -1,0 +1,215 @@
+//! "Start or reuse" (DESIGN §2): connect to the running daemon, or spawn `omnigent daemon run` and wait for
+//! its readiness line (bounded), under a start lock so concurrent commands end with exactly one daemon.
+//! A daemon speaking another control protocol is stopped (SIGTERM, its lock released) and replaced.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use omnigent_proto::control::{self as ctl, HelloReply};
+use omnigent_proto::paths::Paths;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use crate::client::{ClientError, ControlClient};
+use crate::logfile::tail_lines;
+use crate::runtime::{self, LockError, RuntimeDirError, StartLock};
+
+/// How long a spawned daemon may take to report ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Daemon log lines shown when a start fails.
+const TAIL: usize = 15;
+
+/// How the connection came about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connected {
+    /// A daemon was already running.
+    Reused,
+    /// We started one.
+    Started,
+    /// An incompatible daemon was running; we stopped it and started one.
+    Replaced { old: HelloReply },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot take the start lock: {0}")]
+    Lock(#[from] LockError),
+    #[error("cannot run {exe} daemon run: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the daemon failed to start: {why}{}", tail_text(log, tail))]
+    Failed {
+        why: String,
+        log: PathBuf,
+        tail: Vec<String>,
+    },
+    #[error(
+        "the incompatible daemon (pid {pid}, omnigent {version}) did not exit after SIGTERM and SIGKILL; \
+         stop it by hand and retry"
+    )]
+    OldDaemonStuck { pid: u32, version: String },
+}
+
+impl LaunchError {
+    /// True when the cause is the environment (directory permissions), not a transient failure.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            LaunchError::RuntimeDir(_) | LaunchError::Client(ClientError::RuntimeDir(_))
+        )
+    }
+}
+
+fn tail_text(log: &std::path::Path, tail: &[String]) -> String {
+    if tail.is_empty() {
+        format!("\n(nothing in {})", log.display())
+    } else {
+        format!(
+            "\nlast lines of {}:\n  {}",
+            log.display(),
+            tail.join("\n  ")
+        )
+    }
+}
+
+/// Connect to the daemon, starting one if none runs. `progress` receives human progress messages.
+pub async fn ensure_daemon(
+    paths: &Paths,
+    exe: &std::path::Path,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(ControlClient, Connected), LaunchError> {
+    runtime::ensure_private_dir(&paths.runtime_dir)?;
+    let mut replaced = None;
+    if let Some(client) = try_connect(paths, &mut replaced).await? {
+        return Ok((client, Connected::Reused));
+    }
+    let _start = StartLock::acquire(paths, READY_TIMEOUT).await?;
+    // Someone may have started it while we waited for the lock.
+    if let Some(client) = try_connect(paths, &mut replaced).await? {
+        return Ok((
+            client,
+            replaced.map_or(Connected::Reused, |old| Connected::Replaced { old }),
+        ));
+    }
+    progress("starting the omnigent daemon…");
+    spawn_and_wait(paths, exe).await?;
+    let client = ControlClient::connect(paths).await?;
+    Ok((
+        client,
+        replaced.map_or(Connected::Started, |old| Connected::Replaced { old }),
+    ))
+}
+
+/// Connect; `None` when no daemon runs. An incompatible daemon is stopped (recorded in `replaced`) and
+/// reported as not running.
+async fn try_connect(
+    paths: &Paths,
+    replaced: &mut Option<HelloReply>,
+) -> Result<Option<ControlClient>, LaunchError> {
+    match ControlClient::connect(paths).await {
+        Ok(client) => Ok(Some(client)),
+        Err(ClientError::NotRunning { .. }) => Ok(None),
+        Err(ClientError::ProtocolMismatch { daemon, .. }) => {
+            stop_pid_and_wait(paths, daemon.pid).await.map_err(|()| {
+                LaunchError::OldDaemonStuck {
+                    pid: daemon.pid,
+                    version: daemon.build_version.clone(),
+                }
+            })?;
+            *replaced = Some(daemon);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SIGTERM a daemon by pid and wait until its lock is released (it stops its children first); SIGKILL if it
+/// takes more than 10 s.
+pub async fn stop_pid_and_wait(paths: &Paths, pid: u32) -> Result<(), ()> {
+    let target = Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGTERM);
+    if runtime::wait_lock_released(paths, Duration::from_secs(10)).await {
+        return Ok(());
+    }
+    let _ = kill(target, Signal::SIGKILL);
+    if runtime::wait_lock_released(paths, Duration::from_secs(5)).await {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+async fn spawn_and_wait(paths: &Paths, exe: &std::path::Path) -> Result<(), LaunchError> {
+    let log = paths.logs_dir().join("daemon.log");
+    let mut child = tokio::process::Command::new(exe)
+        .args(["daemon", "run"])
+        .env(ctl::NOTIFY_ENV, ctl::NOTIFY_STDOUT)
+        .env(ctl::STARTED_BY_ENV, "cli")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .current_dir("/")
+        .spawn()
+        .map_err(|source| LaunchError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
+    let pid = child.id();
+    let failed = |why: String| LaunchError::Failed {
+        why,
+        log: log.clone(),
+        tail: tail_lines(&log, TAIL),
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return Err(failed("the daemon's stdout was not piped".into()));
+    };
+    let mut line = String::new();
+    let mut reader = BufReader::new(stdout).take(64 * 1024);
+    let outcome = tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await;
+    let line = line.trim();
+    match outcome {
+        Ok(Ok(_)) if line == ctl::NOTIFY_READY => Ok(()),
+        Ok(Ok(_)) if line.starts_with(ctl::NOTIFY_FAILED_PREFIX) => {
+            let _ = child.wait().await;
+            Err(failed(line[ctl::NOTIFY_FAILED_PREFIX.len()..].to_owned()))
+        }
+        Ok(Ok(0)) | Ok(Err(_)) => {
+            let status = child.wait().await;
+            let how = match status {
+                Ok(s) => crate::process::exit_text(
+                    s.code(),
+                    std::os::unix::process::ExitStatusExt::signal(&s),
+                ),
+                Err(e) => e.to_string(),
+            };
+            Err(failed(format!("it exited before it was ready ({how})")))
+        }
+        Ok(Ok(_)) => {
+            kill_spawned(&mut child, pid).await;
+            Err(failed(format!("it said {line:?} instead of ready")))
+        }
+        Err(_) => {
+            kill_spawned(&mut child, pid).await;
+            Err(failed(format!(
+                "it did not report ready within {}s; it was stopped",
+                READY_TIMEOUT.as_secs()
+            )))
+        }
+    }
+}
+
+/// Leave nothing running after a failed start: SIGKILL the daemon (its server child gets PDEATHSIG).
+async fn kill_spawned(child: &mut tokio::process::Child, pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
+}

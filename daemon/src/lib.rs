@@ -1,0 +1,385 @@
+//! omnigent-daemon: the per-user host daemon (DESIGN §2, §5.1, §6).
+//!
+//! - [`ControlListener::bind`]: the runtime dir (0700, ours), the single-instance `flock` and the control
+//!   socket (0600), all before "ready".
+//! - [`run`]: serve the control API, supervise the local server, watch `config.toml`, until `shutdown`.
+//! - [`client`] / [`launch`]: the CLI side: connect + hello, and "start or reuse".
+//!
+//! This crate never prints; it logs through `tracing` (the subscriber is installed by `ctl`).
+
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod launch;
+pub mod logfile;
+pub mod ports;
+pub mod process;
+pub mod runtime;
+pub mod server;
+
+mod api;
+mod http;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use interprocess::local_socket::tokio::prelude::*;
+use interprocess::local_socket::traits::StreamCommon;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use omnigent_proto::control::{ShutdownReply, StopRequest};
+use omnigent_proto::paths::Paths;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::Config;
+use crate::runtime::{DaemonLock, LockError, RuntimeDirError};
+use crate::server::{ServerCmd, ServerContext};
+
+/// Applies a `log_level` from config.toml to the daemon's log filter.
+pub type SetLogLevel = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Everything [`run`] needs besides the listener.
+#[derive(Clone)]
+pub struct DaemonConfig {
+    /// The `omnigent` executable children are spawned from (`std::env::current_exe()` in production).
+    pub exe: PathBuf,
+    pub paths: Paths,
+    /// The config as loaded at boot (see [`load_config`]).
+    pub config: Config,
+    /// `cli`, `foreground`, `systemd` or `manual` (shown in status).
+    pub started_by: String,
+    pub policy: backoff::RestartPolicy,
+    /// Called with `log_level` whenever a config (re)load sets it, so the log filter follows the file.
+    pub on_log_level: Option<SetLogLevel>,
+}
+
+/// The daemon could not start or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot bind the control socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot watch {path} for changes: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+}
+
+/// The control socket, bound while holding the single-instance lock.
+pub struct ControlListener {
+    listener: interprocess::local_socket::tokio::Listener,
+    socket: PathBuf,
+    link: Option<PathBuf>,
+    _lock: DaemonLock,
+}
+
+impl ControlListener {
+    /// Prepare the runtime dir, take the daemon lock (failing with [`LockError::Held`] if another daemon
+    /// has it), remove a stale socket (only the lock holder may) and bind a fresh one with mode 0600.
+    pub fn bind(paths: &Paths) -> Result<Self, DaemonError> {
+        runtime::ensure_private_dir(&paths.runtime_dir)?;
+        let lock = DaemonLock::acquire(paths)?;
+        let socket = runtime::control_socket_path(paths);
+        let natural = paths.daemon_socket();
+        let link = if socket != natural {
+            runtime::ensure_private_dir(&runtime::short_socket_dir())?;
+            Some(natural)
+        } else {
+            None
+        };
+        let bind_err = |source| DaemonError::Bind {
+            path: socket.clone(),
+            source,
+        };
+        match std::fs::remove_file(&socket) {
+            Ok(()) => tracing::info!(path = %socket.display(), "removed a stale control socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        let name = socket
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .map_err(bind_err)?;
+        let listener = ListenerOptions::new()
+            .name(name)
+            .mode(0o600)
+            .create_tokio()
+            .map_err(bind_err)?;
+        if let Some(link) = &link {
+            // For people and curl: the natural path points at the short one.
+            let _ = std::fs::remove_file(link);
+            let _ = std::os::unix::fs::symlink(&socket, link);
+        }
+        Ok(ControlListener {
+            listener,
+            socket,
+            link,
+            _lock: lock,
+        })
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+}
+
+/// Load `config.toml`, generating the host identity on first use.
+pub fn load_config(paths: &Paths) -> Result<Config, config::ConfigError> {
+    let config = config::ensure_identity(&paths.config_file())?;
+    config.server_port()?;
+    Ok(config)
+}
+
+/// The config in force, the last reload error, and how many loads succeeded.
+#[derive(Debug, Clone)]
+pub struct ConfigView {
+    pub config: Config,
+    pub error: Option<String>,
+    pub loads: u64,
+}
+
+/// Serve the control API on `listener` and supervise the local server until `shutdown` resolves or a
+/// client asks for a shutdown; then stop children in order (runners, then the server) and return.
+pub async fn run(
+    config: DaemonConfig,
+    listener: ControlListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let paths = config.paths.clone();
+    let started = tokio::time::Instant::now();
+    let started_at_ms = server::now_ms();
+    let (revision_tx, revision_rx) = watch::channel(0u64);
+
+    let log_path = paths.logs_dir().join("server.log");
+    let server_log =
+        logfile::RotatingFile::open(&log_path, logfile::DEFAULT_MAX_BYTES, logfile::DEFAULT_KEEP)
+            .map_err(|source| DaemonError::Log {
+            path: log_path.clone(),
+            source,
+        })?;
+    let initial_port = config.config.server_port()?;
+    let (port_tx, port_rx) = watch::channel(initial_port);
+    if let (Some(level), Some(apply)) = (&config.config.log_level, &config.on_log_level) {
+        apply(level);
+    }
+
+    let server = server::spawn_supervisor(ServerContext {
+        exe: config.exe.clone(),
+        paths: paths.clone(),
+        log: Arc::new(Mutex::new(server_log)),
+        log_path,
+        policy: config.policy,
+        port: port_rx,
+        autostart: config.config.server_autostart(),
+        revision: revision_tx.clone(),
+    });
+
+    let (config_tx, config_rx) = watch::channel(ConfigView {
+        config: config.config.clone(),
+        error: None,
+        loads: 1,
+    });
+    let config_path = paths.config_file();
+    let (watcher, changes) = config::watch(&config_path).map_err(|source| DaemonError::Watch {
+        path: config_path.clone(),
+        source,
+    })?;
+    let stop_all = CancellationToken::new();
+    tokio::spawn(config_task(
+        config_path,
+        changes,
+        config_tx,
+        port_tx,
+        revision_tx.clone(),
+        config.on_log_level.clone(),
+        stop_all.clone(),
+    ));
+
+    let (shutdown_tx, mut shutdown_rx) =
+        mpsc::channel::<(StopRequest, oneshot::Sender<ShutdownReply>)>(4);
+    let state = Arc::new(api::ApiState {
+        server: server.clone(),
+        revision: revision_rx,
+        config: config_rx,
+        shutdown: shutdown_tx,
+        paths: paths.clone(),
+        socket: listener.socket.display().to_string(),
+        started_at_ms,
+        started,
+        started_by: config.started_by.clone(),
+    });
+    let app = api::router(state);
+    let connections = TaskTracker::new();
+    let accept = tokio::spawn(accept_loop(
+        listener.listener,
+        app,
+        connections.clone(),
+        stop_all.clone(),
+    ));
+    tracing::info!(pid = std::process::id(), socket = %listener.socket.display(), "daemon ready");
+
+    let (request, reply) = tokio::select! {
+        () = shutdown => (StopRequest::default(), None),
+        Some((req, reply)) = shutdown_rx.recv() => (req, Some(reply)),
+    };
+    tracing::info!(
+        force = request.force,
+        "daemon shutting down: stopping children"
+    );
+    // Runners first (next issue), then the server.
+    let mut stopped = Vec::new();
+    let (tx, rx) = oneshot::channel();
+    let pid_before = server.status.borrow().pid;
+    if server
+        .cmds
+        .send(ServerCmd::Stop {
+            force: request.force,
+            reply: tx,
+        })
+        .await
+        .is_ok()
+        && let Ok(status) = rx.await
+    {
+        if let Some(pid) = pid_before {
+            stopped.push(format!("server pid {pid}"));
+        }
+        tracing::info!(state = ?status.state, "server stopped");
+    }
+    if let Some(reply) = reply {
+        let _ = reply.send(ShutdownReply {
+            stopped,
+            daemon_pid: std::process::id(),
+        });
+    }
+    // Answer in-flight calls (the shutdown reply above), close idle connections, stop accepting.
+    stop_all.cancel();
+    let _ = accept.await;
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
+    drop(server);
+    drop(watcher);
+    let _ = std::fs::remove_file(&listener.socket);
+    if let Some(link) = &listener.link {
+        let _ = std::fs::remove_file(link);
+    }
+    let _ = std::fs::remove_file(paths.server_json());
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: interprocess::local_socket::tokio::Listener,
+    app: axum::Router,
+    connections: TaskTracker,
+    stop: CancellationToken,
+) {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut conn_id: u64 = 0;
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the control socket failed");
+                    continue;
+                }
+            },
+        };
+        conn_id += 1;
+        let peer = stream.peer_creds().ok().and_then(|c| c.euid());
+        if peer != Some(me) {
+            tracing::warn!(conn = conn_id, peer_uid = ?peer, "refused a control connection from another user");
+            continue;
+        }
+        let app = app.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(conn = conn_id, error = %e, "control connection ended with an error");
+                    }
+                }
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn config_task(
+    path: PathBuf,
+    mut changes: mpsc::Receiver<()>,
+    view: watch::Sender<ConfigView>,
+    port: watch::Sender<u16>,
+    revision: watch::Sender<u64>,
+    on_log_level: Option<SetLogLevel>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            change = changes.recv() => if change.is_none() { return },
+        }
+        tokio::time::sleep(config::RELOAD_SETTLE).await;
+        // Drain what arrived while settling: one reload reads the newest content.
+        while changes.try_recv().is_ok() {}
+        match config::load(&path).and_then(|c| c.server_port().map(|p| (c, p))) {
+            Ok((new, new_port)) => {
+                let current = view.borrow().clone();
+                if current.config == new && current.error.is_none() {
+                    continue;
+                }
+                tracing::info!(path = %path.display(), "config reloaded");
+                if new.log_level != current.config.log_level
+                    && let (Some(level), Some(apply)) = (&new.log_level, &on_log_level)
+                {
+                    apply(level);
+                }
+                port.send_if_modified(|p| std::mem::replace(p, new_port) != new_port);
+                view.send_replace(ConfigView {
+                    config: new,
+                    error: None,
+                    loads: current.loads + 1,
+                });
+            }
+            Err(e) => {
+                tracing::warn!("config reload failed: {e}");
+                let message = e.to_string();
+                if view.borrow().error.as_deref() == Some(message.as_str()) {
+                    continue;
+                }
+                view.send_modify(|v| v.error = Some(message));
+            }
+        }
+        revision.send_modify(|r| *r += 1);
+    }
+}

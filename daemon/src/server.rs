@@ -1,0 +1,795 @@
+//! The local server as one supervised child: one task owns it and is driven by [`ServerCmd`] messages;
+//! everyone else reads [`ServerStatus`] snapshots from a watch channel.
+//!
+//! Start: probe the configured port. Our own healthy server (`/v1/info` says `omnigent-rs`) is adopted;
+//! a foreign listener is named (pid, command) and the server is started on a free port instead; a free port
+//! is used as is. The child is `<exe> server run --bind 127.0.0.1 --port N`; it is up when it prints its
+//! ready line ([`ServerReady`]). Unexpected exits are restarted with the backoff of DESIGN §6 until the crash
+//! loop rule trips. Runners will be supervised the same way (spawn/stop in `process`, rules in `backoff`).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use omnigent_proto::control::{ChildExit, ChildState, ServerReady, ServerRecord, ServerStatus};
+use omnigent_proto::paths::Paths;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::backoff::{AfterExit, CrashTracker, RestartPolicy};
+use crate::logfile::{RotatingFile, tail_lines};
+use crate::process::{self, ChildSpec, STOP_GRACE};
+
+/// How long a starting server may take to print its ready line (first boots run migrations).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest ready line we read.
+const MAX_READY_LINE: u64 = 64 * 1024;
+/// Exits remembered for status.
+const KEEP_EXITS: usize = 10;
+/// Log lines shown with a failing server.
+const TAIL_LINES: usize = 20;
+
+/// Messages to the server task.
+#[derive(Debug)]
+pub enum ServerCmd {
+    /// Make sure it runs (also clears a crash loop); the reply comes once it is running, adopted, crash-looping
+    /// or stopped.
+    Start(oneshot::Sender<ServerStatus>),
+    /// Stop it; the reply comes once the process is gone.
+    Stop {
+        force: bool,
+        reply: oneshot::Sender<ServerStatus>,
+    },
+}
+
+/// What the server task needs.
+#[derive(Clone)]
+pub struct ServerContext {
+    pub exe: PathBuf,
+    pub paths: Paths,
+    pub log: Arc<Mutex<RotatingFile>>,
+    pub log_path: PathBuf,
+    pub policy: RestartPolicy,
+    /// The configured port, re-read at every start (config edits apply to the next start).
+    pub port: watch::Receiver<u16>,
+    pub autostart: bool,
+    /// Bumped on every published change (see `STATUS_PATH`'s `after`).
+    pub revision: watch::Sender<u64>,
+}
+
+/// Handle held by the API: send commands, read snapshots.
+#[derive(Clone)]
+pub struct ServerHandle {
+    pub cmds: mpsc::Sender<ServerCmd>,
+    pub status: watch::Receiver<ServerStatus>,
+}
+
+/// Start the server task. It ends when every [`ServerHandle`] is dropped, stopping its child first.
+pub fn spawn_supervisor(ctx: ServerContext) -> ServerHandle {
+    let (cmd_tx, cmds) = mpsc::channel(16);
+    let initial = ServerStatus {
+        state: ChildState::Stopped,
+        url: None,
+        pid: None,
+        port: None,
+        healthy: None,
+        database: None,
+        session_count: None,
+        restarts: 0,
+        last_exits: Vec::new(),
+        log_tail: Vec::new(),
+        foreign: None,
+        last_error: None,
+        log_file: ctx.log_path.display().to_string(),
+    };
+    let (status_tx, status) = watch::channel(initial.clone());
+    let task = Task {
+        tracker: CrashTracker::new(ctx.policy),
+        ctx,
+        cmds,
+        status: status_tx,
+        view: initial,
+        waiters: Vec::new(),
+        exits: VecDeque::new(),
+    };
+    tokio::spawn(task.run());
+    ServerHandle {
+        cmds: cmd_tx,
+        status,
+    }
+}
+
+struct Task {
+    ctx: ServerContext,
+    cmds: mpsc::Receiver<ServerCmd>,
+    status: watch::Sender<ServerStatus>,
+    view: ServerStatus,
+    tracker: CrashTracker,
+    waiters: Vec<oneshot::Sender<ServerStatus>>,
+    exits: VecDeque<ChildExit>,
+}
+
+struct Running {
+    child: Child,
+    started: Instant,
+}
+
+struct Adopted {
+    pid: Option<u32>,
+    port: u16,
+}
+
+enum Phase {
+    Idle,
+    Start,
+    Backoff(Duration),
+    Running(Running),
+    Adopted(Adopted),
+    Exit,
+}
+
+enum Probe {
+    Free,
+    Ours(ServerInfo),
+    Foreign,
+}
+
+/// What `/v1/info` of our own server tells.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    pub pid: Option<u32>,
+    pub database: Option<String>,
+    pub session_count: Option<u64>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        reap_orphan(&self.ctx.paths).await;
+        let mut phase = if self.ctx.autostart {
+            Phase::Start
+        } else {
+            Phase::Idle
+        };
+        loop {
+            phase = match phase {
+                Phase::Idle => self.idle().await,
+                Phase::Start => self.start().await,
+                Phase::Backoff(delay) => self.backoff(delay).await,
+                Phase::Running(running) => self.running(running).await,
+                Phase::Adopted(adopted) => self.adopted(adopted).await,
+                Phase::Exit => break,
+            };
+        }
+        remove_record(&self.ctx.paths);
+    }
+
+    fn publish(&mut self) {
+        self.view.last_exits = self.exits.iter().cloned().collect();
+        let view = self.view.clone();
+        self.status.send_replace(view);
+        self.ctx.revision.send_modify(|r| *r += 1);
+        if !matches!(
+            self.view.state,
+            ChildState::Starting | ChildState::Backoff | ChildState::Stopping
+        ) {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(self.view.clone());
+            }
+        }
+    }
+
+    fn set_state(&mut self, state: ChildState) {
+        self.view.state = state;
+        if !matches!(
+            state,
+            ChildState::Running | ChildState::Adopted | ChildState::Stopping
+        ) {
+            self.view.pid = None;
+            self.view.url = None;
+            self.view.port = None;
+            self.view.database = None;
+        }
+        self.publish();
+    }
+
+    async fn idle(&mut self) -> Phase {
+        match self.cmds.recv().await {
+            None => Phase::Exit,
+            Some(ServerCmd::Start(reply)) => {
+                self.waiters.push(reply);
+                self.tracker.reset();
+                Phase::Start
+            }
+            Some(ServerCmd::Stop { reply, .. }) => {
+                let _ = reply.send(self.view.clone());
+                Phase::Idle
+            }
+        }
+    }
+
+    async fn backoff(&mut self, delay: Duration) -> Phase {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        tokio::select! {
+            () = &mut sleep => Phase::Start,
+            cmd = self.cmds.recv() => match cmd {
+                None => Phase::Exit,
+                Some(ServerCmd::Start(reply)) => {
+                    self.waiters.push(reply);
+                    Phase::Start
+                }
+                Some(ServerCmd::Stop { reply, .. }) => {
+                    self.set_state(ChildState::Stopped);
+                    let _ = reply.send(self.view.clone());
+                    Phase::Idle
+                }
+            },
+        }
+    }
+
+    async fn start(&mut self) -> Phase {
+        self.view.last_error = None;
+        self.set_state(ChildState::Starting);
+        let port = *self.ctx.port.borrow();
+        let spawn_port = match probe_port(port).await {
+            Probe::Free => {
+                self.view.foreign = None;
+                port
+            }
+            Probe::Ours(info) => return self.adopt(port, info),
+            Probe::Foreign => {
+                let owner = crate::ports::listener_owner(port);
+                tracing::warn!(
+                    port,
+                    pid = owner.pid,
+                    command = owner.command.as_deref().unwrap_or("?"),
+                    "a program that is not an omnigent-rs server listens on the server port; using a free port"
+                );
+                self.view.foreign = Some(owner);
+                0
+            }
+        };
+        let spec = ChildSpec {
+            program: self.ctx.exe.clone(),
+            args: vec![
+                "server".into(),
+                "run".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                spawn_port.to_string().into(),
+            ],
+            // The log file is not a terminal: no colour codes in server.log.
+            env: vec![("NO_COLOR".into(), "1".into())],
+            cwd: "/".into(),
+        };
+        let mut child = match process::spawn(&spec) {
+            Ok(child) => child,
+            Err(e) => {
+                let why = format!("cannot run {} server run: {e}", self.ctx.exe.display());
+                return self.after_exit(None, None, Duration::ZERO, Some(why));
+            }
+        };
+        let started = Instant::now();
+        log_line(
+            &self.ctx.log,
+            &format!(
+                "--- daemon: started server pid {:?} on port {spawn_port}",
+                child.id()
+            ),
+        );
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(pump(BufReader::new(stderr), self.ctx.log.clone()));
+        }
+        let Some(stdout) = child.stdout.take() else {
+            return self
+                .fail_running_child(child, started, "the server's stdout was not piped".into())
+                .await;
+        };
+        let mut reader = BufReader::new(stdout);
+        enum Outcome {
+            Line(std::io::Result<String>),
+            Exited(std::io::Result<std::process::ExitStatus>),
+            Timeout,
+            Stop(bool, Option<oneshot::Sender<ServerStatus>>),
+        }
+        let outcome = {
+            let ready = read_ready_line(&mut reader);
+            let deadline = tokio::time::sleep(READY_TIMEOUT);
+            tokio::pin!(ready, deadline);
+            loop {
+                tokio::select! {
+                    line = &mut ready => break Outcome::Line(line),
+                    status = child.wait() => break Outcome::Exited(status),
+                    () = &mut deadline => break Outcome::Timeout,
+                    cmd = self.cmds.recv() => match cmd {
+                        Some(ServerCmd::Start(reply)) => self.waiters.push(reply),
+                        Some(ServerCmd::Stop { force, reply }) => break Outcome::Stop(force, Some(reply)),
+                        None => break Outcome::Stop(false, None),
+                    },
+                }
+            }
+        };
+        match outcome {
+            Outcome::Line(Ok(line)) => match serde_json::from_str::<ServerReady>(line.trim()) {
+                Ok(ready) if ready.ready => {
+                    tokio::spawn(pump(reader, self.ctx.log.clone()));
+                    self.on_ready(child, started, ready)
+                }
+                _ => {
+                    let why = format!(
+                        "the server printed {:?} instead of its ready line",
+                        truncate(&line, 200)
+                    );
+                    self.fail_running_child(child, started, why).await
+                }
+            },
+            Outcome::Line(Err(e)) => {
+                self.fail_running_child(
+                    child,
+                    started,
+                    format!("cannot read the server's ready line: {e}"),
+                )
+                .await
+            }
+            Outcome::Exited(status) => {
+                // Let the log pumps catch the last words before reading the tail.
+                tokio::task::yield_now().await;
+                let (code, signal) = status
+                    .as_ref()
+                    .map(process::describe_exit)
+                    .unwrap_or((None, None));
+                let why = format!(
+                    "the server exited before it was ready ({})",
+                    process::exit_text(code, signal)
+                );
+                self.after_exit(code, signal, started.elapsed(), Some(why))
+            }
+            Outcome::Timeout => {
+                let why = format!(
+                    "the server did not become ready within {}s",
+                    READY_TIMEOUT.as_secs()
+                );
+                self.fail_running_child(child, started, why).await
+            }
+            Outcome::Stop(force, reply) => {
+                self.stop_child(Running { child, started }, force).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(self.view.clone());
+                    Phase::Idle
+                } else {
+                    Phase::Exit
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, child: Child, started: Instant, ready: ServerReady) -> Phase {
+        let port = port_of(&ready.url);
+        self.view.pid = ready.pid.or(child.id());
+        self.view.url = Some(ready.url.clone());
+        self.view.port = port;
+        self.view.database = ready.database.clone();
+        self.view.last_error = None;
+        self.view.log_tail.clear();
+        write_record(
+            &self.ctx.paths,
+            &ServerRecord {
+                url: ready.url,
+                port: port.unwrap_or(0),
+                pid: self.view.pid,
+                database: ready.database,
+                adopted: false,
+                daemon_pid: std::process::id(),
+                started_at_ms: now_ms(),
+            },
+        );
+        self.set_state(ChildState::Running);
+        tracing::info!(
+            pid = self.view.pid,
+            url = self.view.url.as_deref(),
+            "local server is up"
+        );
+        Phase::Running(Running { child, started })
+    }
+
+    fn adopt(&mut self, port: u16, info: ServerInfo) -> Phase {
+        let url = format!("http://127.0.0.1:{port}");
+        tracing::info!(
+            port,
+            pid = info.pid,
+            "adopting the omnigent-rs server already answering on the port"
+        );
+        self.view.pid = info.pid;
+        self.view.url = Some(url.clone());
+        self.view.port = Some(port);
+        self.view.database = info.database.clone();
+        self.view.foreign = None;
+        write_record(
+            &self.ctx.paths,
+            &ServerRecord {
+                url,
+                port,
+                pid: info.pid,
+                database: info.database,
+                adopted: true,
+                daemon_pid: std::process::id(),
+                started_at_ms: now_ms(),
+            },
+        );
+        self.set_state(ChildState::Adopted);
+        Phase::Adopted(Adopted {
+            pid: info.pid,
+            port,
+        })
+    }
+
+    async fn fail_running_child(&mut self, child: Child, started: Instant, why: String) -> Phase {
+        tracing::warn!("{why}");
+        let status = self
+            .stop_child_quiet(Running { child, started }, false)
+            .await;
+        let (code, signal) = status
+            .as_ref()
+            .map(process::describe_exit)
+            .unwrap_or((None, None));
+        self.after_exit(code, signal, started.elapsed(), Some(why))
+    }
+
+    /// Record an unexpected exit and decide between a backoff and a crash loop.
+    fn after_exit(
+        &mut self,
+        code: Option<i32>,
+        signal: Option<i32>,
+        uptime: Duration,
+        why: Option<String>,
+    ) -> Phase {
+        self.exits.push_back(ChildExit {
+            code,
+            signal,
+            uptime_ms: uptime.as_millis() as u64,
+            at_ms: now_ms(),
+        });
+        while self.exits.len() > KEEP_EXITS {
+            self.exits.pop_front();
+        }
+        let why = why
+            .unwrap_or_else(|| format!("the server exited ({})", process::exit_text(code, signal)));
+        tracing::warn!(uptime_ms = uptime.as_millis() as u64, "{why}");
+        log_line(&self.ctx.log, &format!("--- daemon: {why}"));
+        self.view.last_error = Some(why);
+        self.view.log_tail = tail_lines(&self.ctx.log_path, TAIL_LINES);
+        remove_record(&self.ctx.paths);
+        match self
+            .tracker
+            .on_exit(Instant::now(), uptime, rand::random_range(-1.0..=1.0))
+        {
+            AfterExit::RestartAfter(delay) => {
+                self.view.restarts += 1;
+                self.set_state(ChildState::Backoff);
+                Phase::Backoff(delay)
+            }
+            AfterExit::CrashLoop => {
+                tracing::error!(
+                    "the local server is crash-looping; not restarting it until `omnigent server start`"
+                );
+                self.set_state(ChildState::Crashloop);
+                Phase::Idle
+            }
+        }
+    }
+
+    async fn running(&mut self, mut running: Running) -> Phase {
+        tokio::select! {
+            status = running.child.wait() => {
+                let (code, signal) = status.as_ref().map(process::describe_exit).unwrap_or((None, None));
+                tokio::task::yield_now().await;
+                self.after_exit(code, signal, running.started.elapsed(), None)
+            }
+            cmd = self.cmds.recv() => match cmd {
+                Some(ServerCmd::Start(reply)) => {
+                    let _ = reply.send(self.view.clone());
+                    Phase::Running(running)
+                }
+                Some(ServerCmd::Stop { force, reply }) => {
+                    self.stop_child(running, force).await;
+                    let _ = reply.send(self.view.clone());
+                    Phase::Idle
+                }
+                None => {
+                    self.stop_child(running, false).await;
+                    Phase::Exit
+                }
+            },
+        }
+    }
+
+    async fn stop_child_quiet(
+        &mut self,
+        mut running: Running,
+        force: bool,
+    ) -> Option<std::process::ExitStatus> {
+        let grace = if force { Duration::ZERO } else { STOP_GRACE };
+        match process::stop(&mut running.child, grace).await {
+            Ok(status) => Some(status),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot collect the server's exit status");
+                None
+            }
+        }
+    }
+
+    async fn stop_child(&mut self, running: Running, force: bool) {
+        self.set_state_keep(ChildState::Stopping);
+        let status = self.stop_child_quiet(running, force).await;
+        if let Some(status) = status {
+            let (code, signal) = process::describe_exit(&status);
+            log_line(
+                &self.ctx.log,
+                &format!(
+                    "--- daemon: stopped the server ({})",
+                    process::exit_text(code, signal)
+                ),
+            );
+        }
+        remove_record(&self.ctx.paths);
+        self.view.foreign = None;
+        self.set_state(ChildState::Stopped);
+    }
+
+    fn set_state_keep(&mut self, state: ChildState) {
+        self.view.state = state;
+        self.publish();
+    }
+
+    async fn adopted(&mut self, adopted: Adopted) -> Phase {
+        let mut check = tokio::time::interval_at(
+            Instant::now() + Duration::from_secs(5),
+            Duration::from_secs(5),
+        );
+        loop {
+            tokio::select! {
+                _ = check.tick() => {
+                    if probe_info(adopted.port, Duration::from_secs(2)).await.is_none() {
+                        tracing::warn!(port = adopted.port, "the adopted server stopped answering; starting our own");
+                        remove_record(&self.ctx.paths);
+                        return Phase::Start;
+                    }
+                }
+                cmd = self.cmds.recv() => match cmd {
+                    Some(ServerCmd::Start(reply)) => { let _ = reply.send(self.view.clone()); }
+                    Some(ServerCmd::Stop { force, reply }) => {
+                        self.set_state_keep(ChildState::Stopping);
+                        if let Some(pid) = adopted.pid {
+                            terminate_foreign_pid(pid, if force { Duration::ZERO } else { STOP_GRACE }).await;
+                        }
+                        remove_record(&self.ctx.paths);
+                        self.set_state(ChildState::Stopped);
+                        let _ = reply.send(self.view.clone());
+                        return Phase::Idle;
+                    }
+                    None => return Phase::Exit,
+                },
+            }
+        }
+    }
+}
+
+async fn read_ready_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<String> {
+    let mut line = String::new();
+    let n = reader.take(MAX_READY_LINE).read_line(&mut line).await?;
+    if n == 0 {
+        // EOF: the child closed stdout, usually because it is exiting; let `wait` report the exit.
+        std::future::pending::<()>().await;
+    }
+    Ok(line)
+}
+
+/// Copy a child's output into the log file until EOF.
+async fn pump<R: AsyncRead + Unpin>(mut reader: R, log: Arc<Mutex<RotatingFile>>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                // The lock is held only for this synchronous write.
+                if let Ok(mut f) = log.lock() {
+                    let _ = std::io::Write::write_all(&mut *f, &buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+fn log_line(log: &Arc<Mutex<RotatingFile>>, line: &str) {
+    if let Ok(mut f) = log.lock() {
+        let _ = std::io::Write::write_all(&mut *f, format!("{line}\n").as_bytes());
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.split("://").nth(1)?;
+    let authority = rest.split('/').next()?;
+    authority.rsplit(':').next()?.parse().ok()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn probe_port(port: u16) -> Probe {
+    if port == 0 {
+        return Probe::Free;
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(1),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Free,
+        Ok(Err(_)) | Err(_) => return Probe::Foreign,
+        Ok(Ok(_)) => {}
+    }
+    match probe_info(port, Duration::from_secs(2)).await {
+        Some(info) => Probe::Ours(info),
+        None => Probe::Foreign,
+    }
+}
+
+/// `GET /v1/info` on 127.0.0.1:`port`; `Some` only when it is an omnigent-rs server.
+pub async fn probe_info(port: u16, timeout: Duration) -> Option<ServerInfo> {
+    let get = async {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut conn = crate::http::Connection::open(stream, 1024 * 1024)
+            .await
+            .ok()?;
+        let (status, body) = conn
+            .send(
+                http::Method::GET,
+                &format!("127.0.0.1:{port}"),
+                "/v1/info",
+                &[],
+                None,
+            )
+            .await
+            .ok()?;
+        if !status.is_success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        if v.get("implementation").and_then(|i| i.as_str()) != Some("omnigent-rs") {
+            return None;
+        }
+        Some(ServerInfo {
+            pid: v.get("pid").and_then(|p| p.as_u64()).map(|p| p as u32),
+            database: v
+                .get("database")
+                .and_then(|d| d.as_str())
+                .map(str::to_owned),
+            session_count: v.get("session_count").and_then(|c| c.as_u64()),
+        })
+    };
+    tokio::time::timeout(timeout, get).await.ok().flatten()
+}
+
+/// SIGTERM a process that is not our child, wait (bounded) for it to be gone, then SIGKILL.
+/// It is not our child, so there is no exit notification to wait for: we check every 10 ms.
+pub async fn terminate_foreign_pid(pid: u32, grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = kill(
+        target,
+        if grace.is_zero() {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        },
+    );
+    let deadline = Instant::now() + grace.max(Duration::from_millis(100));
+    while process::pid_alive(pid) && !is_zombie(pid) {
+        if Instant::now() >= deadline {
+            let _ = kill(target, Signal::SIGKILL);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+pub fn read_record(paths: &Paths) -> Option<ServerRecord> {
+    let text = std::fs::read(paths.server_json()).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn write_record(paths: &Paths, record: &ServerRecord) {
+    let path = paths.server_json();
+    let tmp = path.with_extension("json.tmp");
+    let result = serde_json::to_vec_pretty(record)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write server.json");
+    }
+}
+
+fn remove_record(paths: &Paths) {
+    let _ = std::fs::remove_file(paths.server_json());
+}
+
+/// A server left by a daemon that died (SIGKILL) is told to stop by PR_SET_PDEATHSIG; make sure it is gone
+/// before we start another, so there is never a second server. Adopted servers are left alone.
+async fn reap_orphan(paths: &Paths) {
+    let Some(record) = read_record(paths) else {
+        return;
+    };
+    if record.adopted || record.daemon_pid == std::process::id() {
+        return;
+    }
+    if let Some(pid) = record.pid {
+        let ours = process::command_line(pid).is_none_or(|c| c.contains("server"));
+        if process::pid_alive(pid) && ours {
+            tracing::info!(
+                pid,
+                "waiting for the server left by the previous daemon to stop"
+            );
+            terminate_foreign_pid(pid, STOP_GRACE).await;
+        }
+    }
+    remove_record(paths);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_is_read_from_the_ready_url() {
+        assert_eq!(port_of("http://127.0.0.1:6767"), Some(6767));
+        assert_eq!(port_of("http://127.0.0.1:41000/"), Some(41000));
+        assert_eq!(port_of("nonsense"), None);
+    }
+
+    #[tokio::test]
+    async fn a_plain_tcp_listener_is_foreign_and_a_closed_port_is_free() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        // Accept and answer garbage so the probe gets a reply that is not ours.
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+                )
+                .await;
+            }
+        });
+        assert!(matches!(probe_port(port).await, Probe::Foreign));
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free_port = free.local_addr().unwrap().port();
+        drop(free);
+        assert!(matches!(probe_port(free_port).await, Probe::Free));
+    }
+}

@@ -1,0 +1,339 @@
+//! The local control API (CLI ⇄ daemon), ours (DESIGN §5.1).
+//!
+//! HTTP/1.1 + JSON over a local socket (`daemon.sock`, 0600 in a 0700 runtime dir), so
+//! `curl --unix-socket <sock> http://omnigent/v1/status` works for debugging.
+//!
+//! Every client's first call is [`HELLO_PATH`] with a [`Hello`]. The hello request and reply shapes are
+//! **frozen forever** (only additive `#[serde(default)]` fields): a CLI must be able to read any daemon's
+//! hello, find out it is incompatible and which pid to stop. An incompatible client gets HTTP 426 with a
+//! [`ControlError`] whose `code` is [`ControlErrorCode::ProtocolMismatch`] and whose `daemon` field carries
+//! the daemon's hello.
+//!
+//! Requests may also carry [`PROTOCOL_HEADER`]; a daemon refuses a request whose header names another
+//! protocol version (426, same error), so a client that skipped the hello still cannot misread a reply.
+
+use serde::{Deserialize, Serialize};
+
+/// `Host` used on the control socket (any value works; this one reads well in logs).
+pub const CONTROL_HOST: &str = "omnigent";
+/// Optional request header carrying the client's [`crate::CONTROL_PROTOCOL_VERSION`].
+pub const PROTOCOL_HEADER: &str = "x-omnigent-protocol";
+/// Largest request or response body on the control socket, checked before buffering.
+pub const MAX_CONTROL_BODY_BYTES: usize = 1024 * 1024;
+
+/// `POST` [`Hello`] → [`HelloReply`] (200) or [`ControlError`] (426).
+pub const HELLO_PATH: &str = "/v1/hello";
+/// `GET` → [`DaemonStatus`]. Query `after=<revision>&timeout_ms=<ms>`: wait (at most `timeout_ms`, capped at
+/// 60 s) until the daemon's state revision is greater than `after`, then answer. Lets scripts and tests wait
+/// for a change (a server restart, a config reload) by signal instead of polling.
+pub const STATUS_PATH: &str = "/v1/status";
+/// `GET` → [`ServerStatus`].
+pub const SERVER_PATH: &str = "/v1/server";
+/// `POST` (empty body) → [`ServerStatus`]: start the local server if it is not running and wait until it is
+/// healthy (or has failed). Idempotent.
+pub const SERVER_START_PATH: &str = "/v1/server/start";
+/// `POST` [`StopRequest`] → [`ServerStatus`]: stop the local server; returns once the process is gone.
+pub const SERVER_STOP_PATH: &str = "/v1/server/stop";
+/// `POST` [`StopRequest`] → [`ShutdownReply`]: stop every child (runners, then the server), answer, then exit.
+pub const SHUTDOWN_PATH: &str = "/v1/shutdown";
+
+/// Set by a CLI that spawns `omnigent daemon run`: the daemon reports readiness as one line on its stdout
+/// (a pipe to the CLI): [`NOTIFY_READY`], or [`NOTIFY_FAILED_PREFIX`] followed by the reason.
+pub const NOTIFY_ENV: &str = "OMNIGENT_DAEMON_NOTIFY";
+/// Value of [`NOTIFY_ENV`] meaning "report on stdout".
+pub const NOTIFY_STDOUT: &str = "stdout";
+pub const NOTIFY_READY: &str = "ready";
+pub const NOTIFY_FAILED_PREFIX: &str = "failed: ";
+/// Who started the daemon (`cli`, `systemd`, ...), shown in status.
+pub const STARTED_BY_ENV: &str = "OMNIGENT_DAEMON_STARTED_BY";
+
+/// First call of every client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client's [`crate::CONTROL_PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The client's [`crate::BUILD_VERSION`].
+    pub build_version: String,
+}
+
+impl Hello {
+    /// The hello this build sends.
+    pub fn current() -> Self {
+        Hello {
+            protocol_version: crate::CONTROL_PROTOCOL_VERSION,
+            build_version: crate::BUILD_VERSION.to_owned(),
+        }
+    }
+}
+
+/// The daemon's answer to a compatible [`Hello`] (also embedded in a protocol-mismatch error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub protocol_version: u32,
+    pub build_version: String,
+    /// The daemon's process id (what a CLI stops when the daemon is incompatible).
+    pub pid: u32,
+    /// When the daemon started, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at_ms: u64,
+}
+
+/// Error body of every non-2xx control reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlError {
+    pub code: ControlErrorCode,
+    /// What failed, why, and what to do.
+    pub message: String,
+    /// Set on [`ControlErrorCode::ProtocolMismatch`]: who the client is talking to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<HelloReply>,
+}
+
+/// Machine-readable error codes. Unknown codes from a newer daemon read as [`ControlErrorCode::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlErrorCode {
+    /// The client's protocol version differs from the daemon's (HTTP 426).
+    ProtocolMismatch,
+    /// Malformed request body or query (400).
+    BadRequest,
+    /// No such route (404).
+    NotFound,
+    /// Body over [`MAX_CONTROL_BODY_BYTES`] (413).
+    PayloadTooLarge,
+    /// The peer runs as another user (403).
+    Forbidden,
+    /// The daemon is shutting down (503).
+    ShuttingDown,
+    /// The local server could not be started (500); the message carries the cause and log tail.
+    ServerFailed,
+    /// Anything else (500).
+    Internal,
+    #[serde(other)]
+    Unknown,
+}
+
+/// Body of [`SERVER_STOP_PATH`] and [`SHUTDOWN_PATH`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Skip the SIGTERM grace period: SIGKILL children at once.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Answer to [`SHUTDOWN_PATH`], sent after every child is gone; the daemon exits right after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownReply {
+    /// Processes that were stopped, e.g. `["server pid 123"]`.
+    pub stopped: Vec<String>,
+    /// The daemon's pid (the client waits for it to be gone).
+    pub daemon_pid: u32,
+}
+
+/// Answer to [`STATUS_PATH`]: the whole picture, stable for scripts (`omnigent status --json` prints it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Increases on every state change (server state, config reload). See [`STATUS_PATH`].
+    pub revision: u64,
+    pub daemon: DaemonInfo,
+    pub server: ServerStatus,
+    #[serde(default)]
+    pub targets: Vec<TargetStatus>,
+    #[serde(default)]
+    pub runners: Vec<RunnerStatus>,
+    pub config: ConfigStatus,
+    pub logs: LogPaths,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub version: String,
+    pub protocol_version: u32,
+    pub started_at_ms: u64,
+    pub uptime_ms: u64,
+    /// Who started it: `cli` (spawned by a command), `foreground` (`daemon run --foreground`), `systemd`,
+    /// or `manual` (`daemon run` by hand).
+    pub started_by: String,
+    pub socket: String,
+    pub runtime_dir: String,
+}
+
+/// Lifecycle of a supervised child (the local server now, runners later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    /// Not running and not wanted.
+    Stopped,
+    /// Spawned, waiting for its ready line.
+    Starting,
+    /// Up and answering.
+    Running,
+    /// Exited unexpectedly; restarting after a backoff delay.
+    Backoff,
+    /// Exited too often too fast; not restarted until asked (`omnigent server start`).
+    Crashloop,
+    /// A healthy omnigent-rs server that this daemon did not start answers on the port; used, not supervised.
+    Adopted,
+    /// Being stopped.
+    Stopping,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One exit of a supervised child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildExit {
+    /// Exit code, when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed it.
+    pub signal: Option<i32>,
+    /// How long it had run, in milliseconds.
+    pub uptime_ms: u64,
+    /// When it exited, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A program other than our server listening on the configured port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignListener {
+    pub port: u16,
+    /// When the OS tells (Linux /proc, or `lsof`).
+    pub pid: Option<u32>,
+    pub command: Option<String>,
+}
+
+/// The local server as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub state: ChildState,
+    pub url: Option<String>,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// `GET /health` answered ok just now (None when not running).
+    pub healthy: Option<bool>,
+    pub database: Option<String>,
+    pub session_count: Option<u64>,
+    /// Restarts after unexpected exits since the daemon started.
+    pub restarts: u32,
+    /// Most recent exits, oldest first (at most 10).
+    #[serde(default)]
+    pub last_exits: Vec<ChildExit>,
+    /// Last lines of `server.log`, filled when the server is failing (backoff, crashloop).
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+    /// Set when a foreign program holds the configured port.
+    pub foreign: Option<ForeignListener>,
+    /// Why the last start failed, if it did.
+    pub last_error: Option<String>,
+    pub log_file: String,
+}
+
+/// A server this host serves (the local one, remote ones once the host tunnel lands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub url: String,
+    /// `none` until the host tunnel is built, then `connecting` | `online` | `offline`.
+    pub tunnel: String,
+}
+
+/// A supervised runner (filled by the runner supervision issue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerStatus {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub state: ChildState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    pub path: String,
+    /// The last reload error (file, line, column, why); the previous config stays in force.
+    pub error: Option<String>,
+    /// Number of successful loads since the daemon started (1 after boot).
+    pub loads: u64,
+    pub host_id: String,
+    pub host_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPaths {
+    pub dir: String,
+    pub daemon: String,
+    pub server: String,
+}
+
+/// The one line `omnigent server run` prints on stdout once it accepts connections (the daemon waits for it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerReady {
+    pub ready: bool,
+    pub url: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+/// `server.json` in the runtime dir: the local server the daemon runs (or adopted). Written atomically when
+/// the server is up, removed when it is stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub url: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub database: Option<String>,
+    /// True when the daemon found this server already running and did not start it.
+    #[serde(default)]
+    pub adopted: bool,
+    pub daemon_pid: u32,
+    #[serde(default)]
+    pub started_at_ms: u64,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_ignores_extra_fields() {
+        let h = Hello::current();
+        let back: Hello = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert_eq!(back, h);
+        let r: HelloReply = serde_json::from_str(
+            r#"{"protocol_version":7,"build_version":"9.9.9","pid":4,"future":true}"#,
+        )
+        .unwrap();
+        assert_eq!(r.pid, 4);
+        assert_eq!(r.started_at_ms, 0);
+    }
+
+    #[test]
+    fn unknown_error_codes_and_states_do_not_fail_parsing() {
+        let e: ControlError =
+            serde_json::from_str(r#"{"code":"brand_new","message":"m"}"#).unwrap();
+        assert_eq!(e.code, ControlErrorCode::Unknown);
+        let s: ChildState = serde_json::from_str(r#""hibernating""#).unwrap();
+        assert_eq!(s, ChildState::Unknown);
+        let e = ControlError {
+            code: ControlErrorCode::ProtocolMismatch,
+            message: "x".into(),
+            daemon: Some(HelloReply {
+                protocol_version: 2,
+                build_version: "1".into(),
+                pid: 1,
+                started_at_ms: 0,
+            }),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["code"], "protocol_mismatch");
+        assert_eq!(v["daemon"]["protocol_version"], 2);
+    }
+
+    #[test]
+    fn stop_request_defaults_to_graceful() {
+        let r: StopRequest = serde_json::from_str("{}").unwrap();
+        assert!(!r.force);
+    }
+}

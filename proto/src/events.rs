@@ -1,0 +1,411 @@
+//! Server-sent events of `GET /v1/sessions/{id}/stream` (reference omnigent-server-v1.md §2, wire 0.19.1).
+//!
+//! Wire format: `event: <type>\nid: <seq>\ndata: <json>\n\n`, the JSON always carrying `"type"`; the stream
+//! ends with `data: [DONE]\n\n`. The `id:` line (a per-session sequence) and `Last-Event-ID` resume are ours
+//! and additive: omnigent clients ignore them.
+//!
+//! [`ServerEvent`] models the events a server emits or relays; a relay may also forward an event it does not
+//! model as raw JSON, so consumers must tolerate unknown types.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::api::SessionStatus;
+
+/// Interval between idle `session.heartbeat` events (`_SESSION_STREAM_HEARTBEAT_INTERVAL_S`).
+pub const HEARTBEAT_INTERVAL_SECS: u64 = 15;
+/// Capacity of each subscriber's queue; a subscriber that falls this far behind is dropped.
+pub const SUBSCRIBER_QUEUE: usize = 1024;
+/// The last line of a stream that ended normally.
+pub const SSE_DONE: &str = "data: [DONE]\n\n";
+/// Headers of every stream answer.
+pub const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
+
+/// One SSE event as written on the wire.
+pub fn sse_frame(event_type: &str, seq: u64, json: &str) -> String {
+    format!("event: {event_type}\nid: {seq}\ndata: {json}\n\n")
+}
+
+/// Events of a session stream. Every variant carries `sequence_number` (null on server-made events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ServerEvent {
+    #[serde(rename = "session.heartbeat")]
+    Heartbeat {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        #[serde(default)]
+        server_time: Option<f64>,
+    },
+    #[serde(rename = "session.status")]
+    Status {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        conversation_id: String,
+        status: SessionStatus,
+        #[serde(default)]
+        response_id: Option<String>,
+        #[serde(default)]
+        error: Option<Value>,
+        #[serde(default)]
+        background_task_count: Option<u32>,
+        #[serde(default)]
+        background_tasks: Option<Value>,
+        #[serde(default)]
+        blocked_on: Option<Value>,
+    },
+    #[serde(rename = "session.input.consumed")]
+    InputConsumed {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        data: InputConsumed,
+    },
+    #[serde(rename = "session.interrupted")]
+    Interrupted {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        data: Interrupted,
+    },
+    #[serde(rename = "session.changed_files.invalidated")]
+    ChangedFilesInvalidated {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        session_id: String,
+        environment_id: String,
+    },
+    #[serde(rename = "session.presence")]
+    Presence {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        conversation_id: String,
+        viewers: Vec<Value>,
+    },
+    #[serde(rename = "session.terminal_pending")]
+    TerminalPending {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        conversation_id: String,
+        pending: bool,
+    },
+    #[serde(rename = "session.resource.created")]
+    ResourceCreated {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        resource: Value,
+    },
+    #[serde(rename = "session.resource.deleted")]
+    ResourceDeleted {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        resource: Value,
+    },
+    #[serde(rename = "session.model")]
+    Model {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        conversation_id: String,
+        model: Option<String>,
+    },
+    #[serde(rename = "session.usage")]
+    Usage {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        conversation_id: String,
+        #[serde(default)]
+        context_tokens: Option<u64>,
+        #[serde(default)]
+        context_window: Option<u64>,
+        #[serde(default)]
+        total_cost_usd: Option<f64>,
+        #[serde(default)]
+        usage_by_model: Option<Map<String, Value>>,
+    },
+    #[serde(rename = "response.created")]
+    ResponseCreated {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        response: Value,
+    },
+    #[serde(rename = "response.queued")]
+    ResponseQueued {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        response: Value,
+    },
+    #[serde(rename = "response.in_progress")]
+    ResponseInProgress {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        response: Value,
+    },
+    #[serde(rename = "response.completed")]
+    ResponseCompleted {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        response: Value,
+    },
+    #[serde(rename = "response.failed")]
+    ResponseFailed {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        response: Value,
+    },
+    #[serde(rename = "response.incomplete")]
+    ResponseIncomplete {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        response: Value,
+    },
+    #[serde(rename = "response.cancelled")]
+    ResponseCancelled {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        response: Value,
+    },
+    #[serde(rename = "response.output_text.delta")]
+    OutputTextDelta {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        delta: String,
+        #[serde(default)]
+        message_id: Option<String>,
+        #[serde(default)]
+        index: Option<i64>,
+        #[serde(default)]
+        #[serde(rename = "final")]
+        is_final: Option<bool>,
+    },
+    #[serde(rename = "response.reasoning_text.delta")]
+    ReasoningTextDelta {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        delta: String,
+    },
+    #[serde(rename = "response.function_call_output.delta")]
+    FunctionCallOutputDelta {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        call_id: String,
+        delta: String,
+    },
+    #[serde(rename = "response.output_item.done")]
+    OutputItemDone {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        /// A flat conversation item (see [`crate::api::WireItem`]).
+        item: Value,
+    },
+    #[serde(rename = "response.error")]
+    ResponseError {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        source: String,
+        #[serde(default)]
+        tool_name: Option<String>,
+        error: Value,
+    },
+}
+
+/// `session.input.consumed` `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputConsumed {
+    pub item_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Value,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub cleared_pending_id: Option<String>,
+}
+
+/// `session.interrupted` `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interrupted {
+    pub requested_at: f64,
+    #[serde(default)]
+    pub response_id: Option<String>,
+}
+
+impl ServerEvent {
+    /// The ready/idle heartbeat the server sends (with `server_time` in epoch seconds).
+    pub fn heartbeat(server_time: Option<f64>) -> Self {
+        ServerEvent::Heartbeat {
+            sequence_number: None,
+            server_time,
+        }
+    }
+
+    /// A server-made `session.status`.
+    pub fn status(conversation_id: &str, status: SessionStatus) -> Self {
+        ServerEvent::Status {
+            sequence_number: None,
+            conversation_id: conversation_id.to_owned(),
+            status,
+            response_id: None,
+            error: None,
+            background_task_count: None,
+            background_tasks: None,
+            blocked_on: None,
+        }
+    }
+
+    /// The wire name of this event (its `type`).
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            ServerEvent::Heartbeat { .. } => "session.heartbeat",
+            ServerEvent::Status { .. } => "session.status",
+            ServerEvent::InputConsumed { .. } => "session.input.consumed",
+            ServerEvent::Interrupted { .. } => "session.interrupted",
+            ServerEvent::ChangedFilesInvalidated { .. } => "session.changed_files.invalidated",
+            ServerEvent::Presence { .. } => "session.presence",
+            ServerEvent::TerminalPending { .. } => "session.terminal_pending",
+            ServerEvent::ResourceCreated { .. } => "session.resource.created",
+            ServerEvent::ResourceDeleted { .. } => "session.resource.deleted",
+            ServerEvent::Model { .. } => "session.model",
+            ServerEvent::Usage { .. } => "session.usage",
+            ServerEvent::ResponseCreated { .. } => "response.created",
+            ServerEvent::ResponseQueued { .. } => "response.queued",
+            ServerEvent::ResponseInProgress { .. } => "response.in_progress",
+            ServerEvent::ResponseCompleted { .. } => "response.completed",
+            ServerEvent::ResponseFailed { .. } => "response.failed",
+            ServerEvent::ResponseIncomplete { .. } => "response.incomplete",
+            ServerEvent::ResponseCancelled { .. } => "response.cancelled",
+            ServerEvent::OutputTextDelta { .. } => "response.output_text.delta",
+            ServerEvent::ReasoningTextDelta { .. } => "response.reasoning_text.delta",
+            ServerEvent::FunctionCallOutputDelta { .. } => "response.function_call_output.delta",
+            ServerEvent::OutputItemDone { .. } => "response.output_item.done",
+            ServerEvent::ResponseError { .. } => "response.error",
+        }
+    }
+}
+
+/// One parsed SSE event: what a client of the stream reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseMessage {
+    /// The `event:` line, if any.
+    pub event: Option<String>,
+    /// The `id:` line, if any.
+    pub id: Option<String>,
+    /// The `data:` lines joined by `\n`.
+    pub data: String,
+}
+
+impl SseMessage {
+    /// `data: [DONE]`.
+    pub fn is_done(&self) -> bool {
+        self.data == "[DONE]"
+    }
+}
+
+/// Incremental SSE parser: feed bytes as they arrive, take whole events out. Lines longer than `max_event`
+/// bytes make [`SseParser::push`] fail instead of growing without bound.
+#[derive(Debug)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a blank line (so a large event is scanned once).
+    scanned: usize,
+    max_event: usize,
+}
+
+/// An SSE event grew past the parser's cap.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "an SSE event is larger than {0} bytes; the stream is not an omnigent event stream or is corrupt"
+)]
+pub struct SseTooLarge(pub usize);
+
+impl SseParser {
+    pub fn new(max_event: usize) -> Self {
+        SseParser {
+            buf: Vec::new(),
+            scanned: 0,
+            max_event,
+        }
+    }
+
+    /// Add bytes and return every event now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseMessage>, SseTooLarge> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            let from = self.scanned.saturating_sub(3);
+            let Some((at, len)) = find_blank_line(&self.buf[from..]) else {
+                self.scanned = self.buf.len();
+                break;
+            };
+            let end = (from + at, len);
+            self.scanned = 0;
+            let block: Vec<u8> = self.buf.drain(..end.0 + end.1).collect();
+            let text = String::from_utf8_lossy(&block[..end.0]);
+            let mut msg = SseMessage::default();
+            let mut data_lines: Vec<&str> = Vec::new();
+            let mut any = false;
+            for line in text.lines() {
+                if line.starts_with(':') {
+                    continue;
+                }
+                let (field, value) = match line.split_once(':') {
+                    Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                    None => (line, ""),
+                };
+                match field {
+                    "event" => msg.event = Some(value.to_owned()),
+                    "id" => msg.id = Some(value.to_owned()),
+                    "data" => data_lines.push(value),
+                    _ => continue,
+                }
+                any = true;
+            }
+            if any {
+                msg.data = data_lines.join("\n");
+                out.push(msg);
+            }
+        }
+        if self.buf.len() > self.max_event {
+            return Err(SseTooLarge(self.max_event));
+        }
+        Ok(out)
+    }
+}
+
+/// Position and length of the first blank-line separator (`\n\n` or `\r\n\r\n`).
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_splits_events_across_chunks() {
+        let mut p = SseParser::new(1024);
+        let wire = format!(
+            "{}{}",
+            sse_frame("session.heartbeat", 3, r#"{"type":"session.heartbeat"}"#),
+            SSE_DONE
+        );
+        let (a, b) = wire.split_at(17);
+        assert!(p.push(a.as_bytes()).expect("small").is_empty());
+        let got = p.push(b.as_bytes()).expect("small");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].event.as_deref(), Some("session.heartbeat"));
+        assert_eq!(got[0].id.as_deref(), Some("3"));
+        assert!(got[1].is_done());
+    }
+
+    #[test]
+    fn parser_refuses_an_endless_event() {
+        let mut p = SseParser::new(16);
+        assert!(p.push(b"data: 0123456789abcdefghij").is_err());
+    }
+}

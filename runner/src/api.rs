@@ -1,0 +1,272 @@
+//! The runner HTTP API, as the omnigent 0.19.1 server drives it over the tunnel (reference wire file,
+//! "Runner tunnel"): an axum `Router` that [`omnigent_tunnel::serve_router`] feeds with `request` frames.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use crate::harness::HarnessKind;
+use crate::session::{Accepted, SessionGone, SessionInit, Sessions};
+
+/// Heartbeat interval of a session stream (`_SESSION_STREAM_HEARTBEAT_INTERVAL_S`).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+
+pub(crate) fn router(sessions: Sessions) -> Router {
+    Router::new()
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{id}", get(get_session))
+        .route("/v1/sessions/{id}/stream", get(stream))
+        .route("/v1/sessions/{id}/events", post(post_event))
+        .route("/v1/sessions/{id}/resources/terminals", get(list_terminals))
+        .layer(DefaultBodyLimit::max(omnigent_proto::MAX_FRAME_BYTES))
+        .with_state(sessions)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+impl IntoResponse for SessionGone {
+    fn into_response(self) -> Response {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the session's task stopped; retry, and restart the runner if it persists",
+        )
+    }
+}
+
+fn bad_json(e: serde_json::Error) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        format!("request body is not JSON: {e}"),
+    )
+}
+
+/// `POST /v1/sessions`: create or re-initialise a session from the server's `session_init`.
+async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Response {
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return bad_json(e),
+    };
+    let Some(id) = body["session_id"].as_str().filter(|s| !s.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "session_id is required",
+        );
+    };
+    let init_body = &body["session_init"];
+    let snapshot = &init_body["snapshot"];
+    let workspace = snapshot["workspace"]
+        .as_str()
+        .filter(|w| !w.is_empty())
+        .map(PathBuf::from);
+    let harness_name = [
+        &snapshot["harness_override"],
+        &init_body["harness"],
+        &body["harness"],
+    ]
+    .into_iter()
+    .find_map(|v| v.as_str().filter(|s| !s.is_empty()));
+    let harness = harness_name.and_then(|name| {
+        let kind = HarnessKind::parse(name);
+        if kind.is_none() {
+            warn!(
+                harness = name,
+                "unknown harness in session init; using the runner default"
+            );
+        }
+        kind
+    });
+    let init = SessionInit {
+        agent_id: body["agent_id"].as_str().map(str::to_owned),
+        workspace,
+        harness,
+    };
+    let handle = sessions.get_or_create(id);
+    if let Err(gone) = handle.init(init) {
+        return gone.into_response();
+    }
+    match handle.snapshot().await {
+        Ok(mut session) => {
+            session["session_init_protocol_version"] = json!(2);
+            session["terminal_ready"] = Value::Null;
+            (StatusCode::CREATED, axum::Json(session)).into_response()
+        }
+        Err(gone) => gone.into_response(),
+    }
+}
+
+/// `GET /v1/sessions/{id}`.
+async fn get_session(State(sessions): State<Sessions>, Path(id): Path<String>) -> Response {
+    match sessions.get_or_create(&id).snapshot().await {
+        Ok(session) => axum::Json(session).into_response(),
+        Err(gone) => gone.into_response(),
+    }
+}
+
+/// `GET /v1/sessions/{id}/resources/terminals`: this runner has no terminals.
+async fn list_terminals() -> Response {
+    axum::Json(
+        json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false}),
+    )
+    .into_response()
+}
+
+/// `POST /v1/sessions/{id}/events` with the server's flattened body.
+async fn post_event(
+    State(sessions): State<Sessions>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return bad_json(e),
+    };
+    let handle = sessions.get_or_create(&id);
+    let kind = body["type"].as_str().unwrap_or("");
+    let detail = match kind {
+        "message" => match handle.message(message_text(&body["content"])).await {
+            Ok(Accepted::Started) => "Turn started.",
+            Ok(Accepted::Queued) => "Queued for the next turn.",
+            Err(gone) => return gone.into_response(),
+        },
+        "interrupt" | "stop_session" => match handle.interrupt().await {
+            Ok(true) => "Interrupt requested.",
+            Ok(false) => "No turn is running.",
+            Err(gone) => return gone.into_response(),
+        },
+        other => {
+            debug!(
+                event_type = other,
+                "event type not handled by this runner; ignored"
+            );
+            "Ignored."
+        }
+    };
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": "accepted", "detail": detail})),
+    )
+        .into_response()
+}
+
+/// The text of a message's content: a string, or the `text` of its text blocks joined.
+fn message_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| {
+                matches!(
+                    b["type"].as_str(),
+                    Some("input_text" | "output_text" | "text") | None
+                )
+            })
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn sse_frame(event: &Value) -> Bytes {
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+/// `GET /v1/sessions/{id}/stream`: the session's live events as SSE `data:` lines, the ready heartbeat first
+/// and a heartbeat every 15 s.
+async fn stream(State(sessions): State<Sessions>, Path(id): Path<String>) -> Response {
+    let mut events = match sessions.get_or_create(&id).subscribe().await {
+        Ok(events) => events,
+        Err(gone) => return gone.into_response(),
+    };
+    let heartbeat = json!({"type": "session.heartbeat"});
+    let body = async_stream(move |tx| async move {
+        if tx.send(sse_frame(&heartbeat)).await.is_err() {
+            return;
+        }
+        let start = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
+        let mut ticks = tokio::time::interval_at(start, HEARTBEAT_INTERVAL);
+        loop {
+            let frame = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => sse_frame(&event),
+                    // Dropped as a slow subscriber: end the stream so the server reconnects.
+                    None => return,
+                },
+                _ = ticks.tick() => sse_frame(&heartbeat),
+            };
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A body fed by a producer future through a small channel; the producer stops when the body is dropped.
+fn async_stream<F, Fut>(producer: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let task = tokio::spawn(producer(tx));
+    let stream =
+        futures_util::stream::unfold((rx, AbortOnDrop(task)), |(mut rx, guard)| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(b), (rx, guard)))
+        });
+    Body::from_stream(stream)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_text_reads_strings_and_text_blocks() {
+        assert_eq!(message_text(&json!("hi")), "hi");
+        assert_eq!(
+            message_text(&json!([
+                {"type": "input_text", "text": "a"},
+                {"type": "input_image", "image_url": "data:…"},
+                {"type": "input_text", "text": "b"}
+            ])),
+            "a\nb"
+        );
+        assert_eq!(message_text(&Value::Null), "");
+    }
+}

@@ -1,0 +1,406 @@
+//! HTTP plumbing shared by the `openai` and `anthropic` harnesses: one request that opens a Server-Sent Events
+//! stream, vendor error bodies turned into [`HarnessError::Vendor`], and an SSE reader that caps every event,
+//! fails on a silent vendor after the idle timeout, and gives way at once to the turn's cancellation.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{EventSink, HarnessConfig, HarnessError, HistoryEntry, Turn, tools};
+
+/// Time to establish a TCP (and TLS) connection to a vendor.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`HarnessConfig::idle_timeout`].
+pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for [`HarnessConfig::max_tool_rounds`].
+pub(super) const DEFAULT_MAX_TOOL_ROUNDS: u32 = 50;
+/// Largest SSE line or event accepted from a vendor.
+pub(super) const MAX_EVENT_BYTES: usize = 8 << 20;
+/// Largest error body read from a vendor (the message is near the start).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// The instructions every vendor harness gives its model.
+pub(super) const SYSTEM_PROMPT: &str = "You are a coding agent. You work in the user's workspace directory \
+through the tools shell, read_file, write_file and list_dir; paths are relative to the workspace and cannot \
+leave it. Use the tools to inspect and change files when the request needs it, then answer briefly.";
+
+pub(super) fn idle_timeout(config: &HarnessConfig) -> Duration {
+    config.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)
+}
+
+pub(super) fn max_tool_rounds(config: &HarnessConfig) -> u32 {
+    config.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS)
+}
+
+pub(super) fn client(vendor: &'static str) -> Result<reqwest::Client, HarnessError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| HarnessError::Stream {
+            vendor,
+            message: format!("cannot build the HTTP client: {}", error_chain(&e)),
+        })
+}
+
+/// `e` and its sources, `: `-separated (reqwest's own message alone says little: "error sending request").
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// History the vendors accept: a tool call without its result (a turn interrupted mid-tool) or a result
+/// without its call makes both APIs reject the whole request, so such halves are left out.
+pub(super) fn paired_history<'a>(
+    history: impl Iterator<Item = &'a HistoryEntry> + Clone,
+) -> impl Iterator<Item = &'a HistoryEntry> {
+    let calls: std::collections::HashSet<&str> = history
+        .clone()
+        .filter_map(|e| match e {
+            HistoryEntry::ToolCall { call_id, .. } => Some(call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let results: std::collections::HashSet<&str> = history
+        .clone()
+        .filter_map(|e| match e {
+            HistoryEntry::ToolResult { call_id, .. } => Some(call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    history.filter(move |e| match e {
+        HistoryEntry::ToolCall { call_id, .. } => results.contains(call_id.as_str()),
+        HistoryEntry::ToolResult { call_id, .. } => calls.contains(call_id.as_str()),
+        HistoryEntry::User { .. } | HistoryEntry::Assistant { .. } => true,
+    })
+}
+
+/// Token usage summed over the rounds of one turn.
+#[derive(Debug, Default)]
+pub(super) struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub seen: bool,
+}
+
+impl Usage {
+    pub fn add(&mut self, input: u64, output: u64) {
+        self.input_tokens += input;
+        self.output_tokens += output;
+        self.seen = true;
+    }
+
+    pub fn into_value(self) -> Option<Value> {
+        self.seen.then(|| {
+            serde_json::json!({"input_tokens": self.input_tokens, "output_tokens": self.output_tokens})
+        })
+    }
+}
+
+/// Send `request` and wait for the response head. A non-2xx status becomes [`HarnessError::Vendor`] with the
+/// vendor's own message; a vendor that does not answer within `idle` fails the turn.
+pub(super) async fn open_stream(
+    vendor: &'static str,
+    request: reqwest::RequestBuilder,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Result<SseStream, HarnessError> {
+    let response = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(HarnessError::Interrupted),
+        sent = tokio::time::timeout(idle, request.send()) => match sent {
+            Err(_) => return Err(HarnessError::Stream {
+                vendor,
+                message: format!(
+                    "no response within {} (idle timeout); the endpoint may be overloaded or down, retry later",
+                    seconds(idle)
+                ),
+            }),
+            Ok(Err(e)) => return Err(HarnessError::Stream {
+                vendor,
+                message: format!("the request failed: {}; check the base URL and that the endpoint is up", error_chain(&e)),
+            }),
+            Ok(Ok(response)) => response,
+        },
+    };
+    if !response.status().is_success() {
+        return Err(vendor_error(vendor, response, idle, cancel).await);
+    }
+    Ok(SseStream {
+        vendor,
+        response,
+        idle,
+        buf: Vec::new(),
+        pos: 0,
+        event: None,
+        data: String::new(),
+        has_data: false,
+        eof: false,
+    })
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// Build the error for a non-2xx answer: the message from the JSON body (`error.message`, `error` as a string,
+/// or `message`), else the start of the body, else the status's reason.
+async fn vendor_error(
+    vendor: &'static str,
+    mut response: reqwest::Response,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> HarnessError {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut body = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return HarnessError::Interrupted,
+            chunk = tokio::time::timeout(idle, response.chunk()) => chunk,
+        };
+        match chunk {
+            Ok(Ok(Some(bytes))) => {
+                let room = MAX_ERROR_BODY_BYTES - body.len();
+                body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                if body.len() >= MAX_ERROR_BODY_BYTES {
+                    break;
+                }
+            }
+            // The status is what matters; a body that breaks off or stalls still yields an error.
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let from_json = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .or_else(|| v.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let message = from_json.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&body);
+        let text = text.trim();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("no message").to_owned()
+        } else {
+            text.chars().take(500).collect()
+        }
+    });
+    HarnessError::Vendor {
+        vendor,
+        status: status.as_u16(),
+        message,
+        retry_after,
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug)]
+pub(super) struct SseEvent {
+    /// The `event:` field, when given.
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Reads a streaming response as Server-Sent Events.
+pub(super) struct SseStream {
+    vendor: &'static str,
+    response: reqwest::Response,
+    idle: Duration,
+    /// Bytes received; those before `pos` are already split into lines.
+    buf: Vec<u8>,
+    pos: usize,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+    eof: bool,
+}
+
+impl SseStream {
+    /// The next event, or `None` when the stream ended cleanly (whether the vendor's protocol was complete is
+    /// the caller's judgement). Fails when the connection breaks, the vendor is silent for the idle timeout,
+    /// an event exceeds [`MAX_EVENT_BYTES`] or is not UTF-8; gives way to `cancel` at once.
+    pub async fn next(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Option<SseEvent>, HarnessError> {
+        loop {
+            if let Some(event) = self.take_event()? {
+                return Ok(Some(event));
+            }
+            if self.eof {
+                // A last event not followed by a blank line still counts.
+                if self.has_data {
+                    return Ok(Some(self.dispatch()));
+                }
+                return Ok(None);
+            }
+            let chunk = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(HarnessError::Interrupted),
+                chunk = tokio::time::timeout(self.idle, self.response.chunk()) => chunk,
+            };
+            match chunk {
+                Err(_) => {
+                    return Err(self.error(format!(
+                        "no data for {} (idle timeout); the vendor stalled mid-stream, retry later",
+                        seconds(self.idle)
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(self.error(format!(
+                        "the connection broke off mid-stream: {}",
+                        error_chain(&e)
+                    )));
+                }
+                Ok(Ok(None)) => {
+                    self.eof = true;
+                    if !self.buf.is_empty() {
+                        // A final line without its newline.
+                        self.buf.push(b'\n');
+                    }
+                }
+                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
+            }
+        }
+    }
+
+    /// Process the complete lines in `buf`; return an event when a blank line ends one.
+    fn take_event(&mut self) -> Result<Option<SseEvent>, HarnessError> {
+        while let Some(offset) = self.buf[self.pos..].iter().position(|&b| b == b'\n') {
+            let start = self.pos;
+            let mut end = start + offset;
+            self.pos = end + 1;
+            if end > start && self.buf[end - 1] == b'\r' {
+                end -= 1;
+            }
+            let line = self.buf[start..end].to_vec();
+            if line.is_empty() {
+                if self.has_data {
+                    return Ok(Some(self.dispatch()));
+                }
+                self.event = None;
+                continue;
+            }
+            let line = String::from_utf8(line)
+                .map_err(|_| self.error("the stream sent a line that is not UTF-8".to_owned()))?;
+            if line.starts_with(':') {
+                continue; // comment / keep-alive
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                None => (line.as_str(), ""),
+            };
+            match field {
+                "event" => self.event = Some(value.to_owned()),
+                "data" => {
+                    if self.has_data {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                    self.has_data = true;
+                    if self.data.len() > MAX_EVENT_BYTES {
+                        return Err(self.too_big());
+                    }
+                }
+                _ => {} // id, retry and unknown fields
+            }
+        }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        if self.buf.len() > MAX_EVENT_BYTES {
+            return Err(self.too_big());
+        }
+        Ok(None)
+    }
+
+    fn dispatch(&mut self) -> SseEvent {
+        self.has_data = false;
+        SseEvent {
+            event: self.event.take(),
+            data: std::mem::take(&mut self.data),
+        }
+    }
+
+    pub fn error(&self, message: String) -> HarnessError {
+        HarnessError::Stream {
+            vendor: self.vendor,
+            message,
+        }
+    }
+
+    fn too_big(&self) -> HarnessError {
+        self.error(format!(
+            "the stream sent an event larger than {} MiB; refusing it",
+            MAX_EVENT_BYTES >> 20
+        ))
+    }
+}
+
+/// The start of `text`, for error messages that quote what a vendor sent.
+pub(super) fn excerpt(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(MAX).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// A completed tool call the model asked for.
+#[derive(Debug)]
+pub(super) struct Call {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Emit every call (the server flushes the text before the first), then run each and emit its output.
+pub(super) async fn run_calls(
+    calls: Vec<Call>,
+    turn: &Turn,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+    shell_timeout: std::time::Duration,
+    new_history: &mut Vec<HistoryEntry>,
+) -> Result<(), HarnessError> {
+    for call in &calls {
+        sink.function_call(&turn.response_id, &call.id, &call.name, &call.arguments);
+        new_history.push(HistoryEntry::ToolCall {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+        });
+    }
+    for call in calls {
+        let output = tools::run(
+            &call.name,
+            &call.arguments,
+            &turn.workspace,
+            shell_timeout,
+            cancel,
+        )
+        .await?;
+        sink.function_call_output(&turn.response_id, &call.id, &output);
+        new_history.push(HistoryEntry::ToolResult {
+            call_id: call.id,
+            output,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! omnigent-runner: dials the server's runner tunnel and serves the runner HTTP API from its frames; runs agent
+//! turns through harnesses. See ARCHITECTURE.md.
+//!
+//! The whole surface is [`run`]`(`[`RunnerConfig`]`, shutdown)`: it keeps the tunnel up (reconnecting with
+//! [`backoff`]), and ends with `Ok` on shutdown or with a [`RunnerError`] no retry can fix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use omnigent_proto::runner_frames::{Hello, close};
+use omnigent_tunnel::{INTERNAL_ORIGIN, RouterConfig, ServeEnd, TOKEN_HEADER, serve_router};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+mod api;
+pub mod backoff;
+pub mod harness;
+mod session;
+
+use backoff::{Backoff, BackoffPolicy};
+use harness::{HarnessConfig, HarnessKind};
+/// The shutdown switch [`run`] takes (re-exported so callers need not depend on tokio-util).
+pub use tokio_util::sync::CancellationToken;
+
+/// How long the pre-tunnel `POST /v1/runners/{id}/token` and the WebSocket upgrade may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Vendor settings read from the environment once at startup; each harness takes its own.
+#[derive(Debug, Clone, Default)]
+pub struct HarnessEnv {
+    /// `OMNIGENT_MODEL`
+    pub model: Option<String>,
+    /// `OPENAI_BASE_URL`, `OPENAI_API_KEY`
+    pub openai_base_url: Option<String>,
+    pub openai_api_key: Option<String>,
+    /// `ANTHROPIC_BASE_URL`, `ANTHROPIC_API_KEY`
+    pub anthropic_base_url: Option<String>,
+    pub anthropic_api_key: Option<String>,
+    /// `OMNIGENT_EXEC_COMMAND`, split on whitespace.
+    pub exec_command: Option<Vec<String>>,
+}
+
+impl HarnessEnv {
+    /// Read the variables of this process's environment.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        HarnessEnv {
+            model: var("OMNIGENT_MODEL"),
+            openai_base_url: var("OPENAI_BASE_URL"),
+            openai_api_key: var("OPENAI_API_KEY"),
+            anthropic_base_url: var("ANTHROPIC_BASE_URL"),
+            anthropic_api_key: var("ANTHROPIC_API_KEY"),
+            exec_command: var("OMNIGENT_EXEC_COMMAND")
+                .map(|c| c.split_whitespace().map(str::to_owned).collect()),
+        }
+    }
+
+    /// The settings of harness `kind`.
+    pub fn config_for(&self, kind: HarnessKind) -> HarnessConfig {
+        let (base_url, api_key) = match kind {
+            HarnessKind::OpenAi => (self.openai_base_url.clone(), self.openai_api_key.clone()),
+            HarnessKind::Anthropic => (
+                self.anthropic_base_url.clone(),
+                self.anthropic_api_key.clone(),
+            ),
+            HarnessKind::Echo | HarnessKind::Exec => (None, None),
+        };
+        HarnessConfig {
+            model: self.model.clone(),
+            base_url,
+            api_key,
+            exec_command: match kind {
+                HarnessKind::Exec => self.exec_command.clone(),
+                _ => None,
+            },
+            ..HarnessConfig::default()
+        }
+    }
+}
+
+/// Everything a runner needs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The server's base URL: `http(s)://host:port[/prefix]` (or `ws(s)://…`).
+    pub server: String,
+    /// The binding token; `None` dials as a random `runner_<hex>` without a token (loopback servers only).
+    pub token: Option<String>,
+    /// Default workspace of sessions whose init names none.
+    pub workspace: PathBuf,
+    /// Default harness of sessions whose init names none.
+    pub harness: HarnessKind,
+    pub env: HarnessEnv,
+    pub backoff: BackoffPolicy,
+    pub tunnel: RouterConfig,
+}
+
+impl RunnerConfig {
+    /// A config with the protocol's defaults and the vendor settings of this process's environment.
+    pub fn new(
+        server: impl Into<String>,
+        token: Option<String>,
+        workspace: PathBuf,
+        harness: HarnessKind,
+    ) -> Self {
+        RunnerConfig {
+            server: server.into(),
+            token: token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            workspace,
+            harness,
+            env: HarnessEnv::from_env(),
+            backoff: BackoffPolicy::default(),
+            tunnel: RouterConfig::default(),
+        }
+    }
+
+    /// The runner id this config dials as: derived from the token, or fresh and random without one.
+    pub fn runner_id(&self) -> String {
+        match &self.token {
+            Some(token) => omnigent_proto::ids::runner_id_for_token(token),
+            None => format!("runner_{}", omnigent_proto::ids::new_id()),
+        }
+    }
+}
+
+/// Why a runner stopped for good. Every case is a configuration problem: retrying cannot fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("server URL {url:?} is not usable: {reason}; pass --server http(s)://host:port")]
+    BadServerUrl { url: String, reason: String },
+    #[error("the server refused this runner's tunnel (close {code} {reason:?}): {}", refusal_hint(*code))]
+    Refused { code: u16, reason: String },
+    #[error(
+        "the server rejected the runner tunnel with HTTP {status} before it ever connected; check --token \
+         (the binding token the server issued) and the server's auth settings"
+    )]
+    Unauthorized { status: u16 },
+}
+
+fn refusal_hint(code: u16) -> &'static str {
+    match code {
+        close::HELLO_EXPECTED | close::PROTOCOL_MISMATCH => {
+            "this runner and the server speak different tunnel protocols; install matching omnigent versions"
+        }
+        close::UNAUTHENTICATED => {
+            "the token is missing, wrong or not for this runner id; pass the binding token the server issued with --token"
+        }
+        _ => "the server does not accept this runner; check the server's logs",
+    }
+}
+
+/// Run the runner until `shutdown` (→ `Ok`) or a refusal no retry can fix (→ `Err`).
+pub async fn run(config: RunnerConfig, shutdown: CancellationToken) -> Result<(), RunnerError> {
+    let runner_id = config.runner_id();
+    let span = info_span!("runner", runner_id = %runner_id);
+    run_as(config, runner_id, shutdown).instrument(span).await
+}
+
+async fn run_as(
+    config: RunnerConfig,
+    runner_id: String,
+    shutdown: CancellationToken,
+) -> Result<(), RunnerError> {
+    let urls = ServerUrls::new(&config.server, &runner_id)?;
+    let sessions = session::Sessions::new(session::SessionDefaults {
+        workspace: config.workspace.clone(),
+        harness: config.harness,
+        env: config.env.clone(),
+    });
+    let router = api::router(sessions);
+    let http = reqwest::Client::builder()
+        .timeout(DIAL_TIMEOUT)
+        .build()
+        .map_err(|e| RunnerError::BadServerUrl {
+            url: config.server.clone(),
+            reason: format!("cannot build an HTTP client: {e}"),
+        })?;
+    let mut backoff = Backoff::new(config.backoff.clone());
+    let mut ever_connected = false;
+    loop {
+        let dialled = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            dialled = dial(&http, &urls, config.token.as_deref()) => dialled,
+        };
+        let delay = match dialled {
+            Ok(ws) => {
+                ever_connected = true;
+                info!(server = %urls.tunnel, "runner tunnel connected");
+                let started = tokio::time::Instant::now();
+                let end = serve_router(
+                    ws,
+                    hello(),
+                    router.clone(),
+                    config.tunnel.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+                if end == ServeEnd::Shutdown {
+                    return Ok(());
+                }
+                let delay = backoff.after_tunnel(&end, started.elapsed())?;
+                warn!(?end, ?delay, "runner tunnel lost; reconnecting");
+                delay
+            }
+            Err(DialError::Status(status)) if matches!(status, 401 | 403) && !ever_connected => {
+                return Err(RunnerError::Unauthorized { status });
+            }
+            Err(err) => {
+                if matches!(err, DialError::Status(502)) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(error = %err, ?delay, "cannot reach the server's runner tunnel; retrying");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The `hello` this runner sends.
+fn hello() -> Hello {
+    Hello {
+        runner_version: omnigent_proto::BUILD_VERSION.to_owned(),
+        frame_protocol_version: omnigent_proto::FRAME_PROTOCOL_VERSION,
+        harnesses: HarnessKind::ALL
+            .iter()
+            .map(|k| k.name().to_owned())
+            .collect(),
+        envs: Vec::new(),
+        telemetry_opt_out: true,
+        capabilities: Vec::new(),
+        direct_attach_port: None,
+        direct_attach_token: None,
+        extra: Default::default(),
+    }
+}
+
+struct ServerUrls {
+    /// `http(s)://…/v1/runners/{id}/token`
+    token: reqwest::Url,
+    /// `ws(s)://…/v1/runners/{id}/tunnel`
+    tunnel: reqwest::Url,
+}
+
+impl ServerUrls {
+    fn new(server: &str, runner_id: &str) -> Result<Self, RunnerError> {
+        let bad = |reason: String| RunnerError::BadServerUrl {
+            url: server.to_owned(),
+            reason,
+        };
+        let base = reqwest::Url::parse(server.trim()).map_err(|e| bad(e.to_string()))?;
+        let (http_scheme, ws_scheme) = match base.scheme() {
+            "http" | "ws" => ("http", "ws"),
+            "https" | "wss" => ("https", "wss"),
+            other => {
+                return Err(bad(format!(
+                    "scheme {other:?} is not http, https, ws or wss"
+                )));
+            }
+        };
+        let prefix = base.path().trim_end_matches('/');
+        let with = |scheme: &str, leaf: &str| {
+            let mut url = base.clone();
+            url.set_path(&format!("{prefix}/v1/runners/{runner_id}/{leaf}"));
+            url.set_query(None);
+            url.set_scheme(scheme)
+                .map_err(|()| bad(format!("cannot use scheme {scheme}")))?;
+            Ok::<_, RunnerError>(url)
+        };
+        Ok(ServerUrls {
+            token: with(http_scheme, "token")?,
+            tunnel: with(ws_scheme, "tunnel")?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("the server answered the upgrade with HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Other(String),
+}
+
+type TunnelSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// `POST …/token` like 0.19.1 (whatever it answers, carry on), then the WebSocket upgrade.
+async fn dial(
+    http: &reqwest::Client,
+    urls: &ServerUrls,
+    token: Option<&str>,
+) -> Result<TunnelSocket, DialError> {
+    let mut announce = http
+        .post(urls.token.clone())
+        .header("origin", INTERNAL_ORIGIN);
+    if let Some(token) = token {
+        announce = announce.header(TOKEN_HEADER, token);
+    }
+    match announce.send().await {
+        Ok(response) => debug!(
+            status = response.status().as_u16(),
+            "token announce answered"
+        ),
+        Err(e) => debug!(error = %e, "token announce failed"),
+    }
+
+    let mut request = urls
+        .tunnel
+        .as_str()
+        .into_client_request()
+        .map_err(|e| DialError::Other(format!("tunnel request: {e}")))?;
+    let headers = request.headers_mut();
+    headers.insert("origin", http::HeaderValue::from_static(INTERNAL_ORIGIN));
+    if let Some(token) = token {
+        let value = http::HeaderValue::from_str(token).map_err(|_| {
+            DialError::Other("the token contains characters not allowed in a header".to_owned())
+        })?;
+        headers.insert(TOKEN_HEADER, value);
+    }
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(omnigent_proto::MAX_FRAME_BYTES))
+        .max_frame_size(Some(omnigent_proto::MAX_FRAME_BYTES));
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
+        Err(_) => Err(DialError::Other(format!(
+            "no answer to the upgrade within {DIAL_TIMEOUT:?}"
+        ))),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            Err(DialError::Status(response.status().as_u16()))
+        }
+        Ok(Err(e)) => Err(DialError::Other(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_keep_the_prefix_and_map_schemes() {
+        let urls = ServerUrls::new("http://127.0.0.1:6767", "runner_x").unwrap();
+        assert_eq!(
+            urls.tunnel.as_str(),
+            "ws://127.0.0.1:6767/v1/runners/runner_x/tunnel"
+        );
+        assert_eq!(
+            urls.token.as_str(),
+            "http://127.0.0.1:6767/v1/runners/runner_x/token"
+        );
+        let urls = ServerUrls::new("https://team.example/omni/", "r").unwrap();
+        assert_eq!(
+            urls.tunnel.as_str(),
+            "wss://team.example/omni/v1/runners/r/tunnel"
+        );
+        assert!(ServerUrls::new("ftp://x", "r").is_err());
+        assert!(ServerUrls::new("not a url", "r").is_err());
+    }
+
+    #[test]
+    fn runner_id_comes_from_the_token_or_is_random() {
+        let mut config = RunnerConfig::new(
+            "http://x",
+            Some(" tok ".into()),
+            ".".into(),
+            HarnessKind::Echo,
+        );
+        assert_eq!(
+            config.runner_id(),
+            omnigent_proto::ids::runner_id_for_token("tok")
+        );
+        config.token = None;
+        let id = config.runner_id();
+        assert!(
+            id.starts_with("runner_") && id.len() == "runner_".len() + 32,
+            "{id}"
+        );
+        assert_ne!(id, config.runner_id());
+    }
+
+    #[test]
+    fn hello_lists_our_harnesses_and_no_event_ingest() {
+        let hello =
+            serde_json::to_value(omnigent_proto::runner_frames::RunnerFrame::Hello(hello()))
+                .unwrap();
+        assert_eq!(
+            hello["harnesses"],
+            serde_json::json!(["echo", "openai", "anthropic", "exec"])
+        );
+        assert_eq!(hello["capabilities"], serde_json::json!([]));
+        assert_eq!(hello["envs"], serde_json::json!([]));
+        assert_eq!(hello["telemetry_opt_out"], true);
+        assert_eq!(hello["frame_protocol_version"], 1);
+    }
+
+    #[test]
+    fn each_harness_gets_its_own_vendor_settings() {
+        let env = HarnessEnv {
+            model: Some("m".into()),
+            openai_base_url: Some("http://openai".into()),
+            openai_api_key: Some("ok".into()),
+            anthropic_base_url: Some("http://anthropic".into()),
+            anthropic_api_key: Some("ak".into()),
+            exec_command: Some(vec!["claude".into(), "-p".into()]),
+        };
+        let openai = env.config_for(HarnessKind::OpenAi);
+        assert_eq!(openai.base_url.as_deref(), Some("http://openai"));
+        assert_eq!(openai.api_key.as_deref(), Some("ok"));
+        assert_eq!(openai.exec_command, None);
+        let anthropic = env.config_for(HarnessKind::Anthropic);
+        assert_eq!(anthropic.api_key.as_deref(), Some("ak"));
+        assert_eq!(anthropic.model.as_deref(), Some("m"));
+        let exec = env.config_for(HarnessKind::Exec);
+        assert_eq!(exec.exec_command.unwrap(), vec!["claude", "-p"]);
+        assert_eq!(exec.api_key, None);
+    }
+}

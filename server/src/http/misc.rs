@@ -1,0 +1,167 @@
+//! Health, boot and directory endpoints (reference §1.1, §1.3).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use omnigent_proto::api::{
+    Agent, HealthResponse, HostList, IMPLEMENTATION, ListEnvelope, Liveness, MAX_LIST_LIMIT, Me, Order,
+    PageQuery, RunnerList, ServerInfo, SessionLiveness,
+};
+use omnigent_proto::ids::canonical_id;
+use serde::Deserialize;
+use serde_json::{Map, json as json_value};
+
+use super::{ApiError, AppState, Q, json};
+use crate::agents;
+
+/// Most ids one `/health?session_ids=` asks about (the sidebar batches its visible rows).
+const MAX_HEALTH_IDS: usize = 500;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HealthQuery {
+    session_id: Option<String>,
+    session_ids: Option<String>,
+}
+
+pub async fn health(State(st): State<AppState>, Q(q): Q<HealthQuery>) -> Result<Response, ApiError> {
+    let mut out = HealthResponse {
+        status: "ok".to_owned(),
+        session: None,
+        sessions: None,
+    };
+    if let Some(raw) = q.session_id.as_deref().filter(|s| !s.is_empty()) {
+        let liveness = liveness_of(&st, &[raw.to_owned()]).await?;
+        out.session = Some(SessionLiveness {
+            id: raw.to_owned(),
+            liveness: liveness.into_iter().next().map(|(_, l)| l).unwrap_or_else(missing),
+        });
+    }
+    if let Some(raw) = q.session_ids.as_deref() {
+        let ids: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if ids.len() > MAX_HEALTH_IDS {
+            return Err(ApiError::invalid(format!(
+                "session_ids lists {} ids; ask about at most {MAX_HEALTH_IDS} at a time",
+                ids.len()
+            )));
+        }
+        out.sessions = Some(liveness_of(&st, &ids).await?.into_iter().collect());
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+/// Liveness per requested id (as given). omnigent reports an unknown id as `runner_online: true`.
+async fn liveness_of(st: &AppState, raw_ids: &[String]) -> Result<Vec<(String, Liveness)>, ApiError> {
+    let canonical: Vec<String> = raw_ids.iter().filter_map(|r| canonical_id(r)).collect();
+    let rows = st.store.existing_sessions(&canonical).await?;
+    let by_id: BTreeMap<&str, &crate::store::SessionRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    Ok(raw_ids
+        .iter()
+        .map(|raw| {
+            let row = canonical_id(raw).and_then(|c| by_id.get(c.as_str()).copied());
+            let liveness = match row {
+                // No runner or host can be connected until the tunnel issues land.
+                Some(row) => Liveness {
+                    runner_online: false,
+                    host_online: row.host_id.as_ref().map(|_| false),
+                    host_version: None,
+                },
+                None => missing(),
+            };
+            (raw.clone(), liveness)
+        })
+        .collect())
+}
+
+fn missing() -> Liveness {
+    Liveness {
+        runner_online: true,
+        host_online: None,
+        host_version: None,
+    }
+}
+
+pub async fn version() -> Response {
+    json(StatusCode::OK, &json_value!({ "version": omnigent_proto::BUILD_VERSION }))
+}
+
+pub async fn info(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let info = ServerInfo {
+        accounts_enabled: false,
+        single_user: true,
+        login_url: None,
+        needs_setup: false,
+        sharing_mode: "disabled".to_owned(),
+        server_version: omnigent_proto::BUILD_VERSION.to_owned(),
+        features: Map::new(),
+        implementation: Some(IMPLEMENTATION.to_owned()),
+        pid: Some(std::process::id()),
+        database: Some(st.database.to_string()),
+        started_at: Some(st.started_at),
+        session_count: Some(st.store.count_sessions().await?),
+    };
+    Ok(json(StatusCode::OK, &info))
+}
+
+pub async fn me() -> Response {
+    json(
+        StatusCode::OK,
+        &Me {
+            user_id: Some("local".to_owned()),
+            is_admin: true,
+        },
+    )
+}
+
+pub async fn agents(Q(q): Q<PageQuery>) -> Result<Response, ApiError> {
+    let limit = match q.limit {
+        None => 20,
+        Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n as usize,
+        Some(n) => return Err(ApiError::invalid(format!("limit={n} is out of range; use 1 to {MAX_LIST_LIMIT}"))),
+    };
+    let mut all: Vec<&Agent> = agents::all().iter().collect();
+    if q.order == Some(Order::Desc) {
+        all.reverse();
+    }
+    let find = |name: &str, id: &str| {
+        all.iter()
+            .position(|a| a.id == id || a.name == id)
+            .ok_or_else(|| ApiError::invalid(format!("{name}=`{id}` names no agent of this list")))
+    };
+    let start = match q.after.as_deref() {
+        Some(id) => find("after", id)? + 1,
+        None => 0,
+    };
+    let end = match q.before.as_deref() {
+        Some(id) => find("before", id)?,
+        None => all.len(),
+    };
+    let window: Vec<Agent> = all
+        .get(start..end.max(start))
+        .unwrap_or_default()
+        .iter()
+        .map(|a| (*a).clone())
+        .collect();
+    let has_more = window.len() > limit;
+    let page: Vec<Agent> = if q.before.is_some() && q.after.is_none() {
+        window[window.len().saturating_sub(limit)..].to_vec()
+    } else {
+        window.into_iter().take(limit).collect()
+    };
+    Ok(json(StatusCode::OK, &ListEnvelope::new(page, has_more, |a| a.id.as_str())))
+}
+
+pub async fn hosts() -> Response {
+    json(StatusCode::OK, &HostList::default())
+}
+
+pub async fn runners() -> Response {
+    json(StatusCode::OK, &RunnerList::default())
+}

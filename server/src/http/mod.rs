@@ -1,0 +1,259 @@
+//! The HTTP surface: routes, shared state, JSON errors and the extractors that enforce body caps and
+//! content types before anything is allocated or parsed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use omnigent_proto::api::{ErrorBody, ErrorCode, ErrorDetail};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::actor::{ActorError, ActorLimits, Sessions};
+use crate::store::{Store, StoreError};
+use crate::{ServerConfig, now_ms};
+
+mod events;
+mod misc;
+mod sessions;
+mod stream;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub sessions: Sessions,
+    /// Cancelled when the server shuts down: streams end with `[DONE]`.
+    pub stop: CancellationToken,
+    pub max_body_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub database: Arc<str>,
+    pub started_at: i64,
+}
+
+impl AppState {
+    pub fn new(config: &ServerConfig, store: Store, stop: CancellationToken) -> Self {
+        let limits = ActorLimits {
+            replay_buffer: config.replay_buffer.max(1),
+            subscriber_queue: config.subscriber_queue.max(1),
+        };
+        AppState {
+            sessions: Sessions::new(store.clone(), limits),
+            store,
+            stop,
+            max_body_bytes: config.max_body_bytes,
+            heartbeat_interval: config.heartbeat_interval,
+            database: config.database.display().into(),
+            started_at: now_ms() / 1000,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(misc::health))
+        .route("/api/version", get(misc::version))
+        .route("/v1/info", get(misc::info))
+        .route("/v1/me", get(misc::me))
+        .route("/v1/agents", get(misc::agents))
+        .route("/v1/hosts", get(misc::hosts))
+        .route("/v1/runners", get(misc::runners))
+        .route("/v1/sessions", get(sessions::list).post(sessions::create))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get_one).patch(sessions::patch).delete(sessions::delete),
+        )
+        .route("/v1/sessions/{id}/items", get(sessions::items))
+        .route("/v1/sessions/{id}/fork", axum::routing::post(sessions::fork))
+        .route("/v1/sessions/{id}/events", axum::routing::post(events::post_event))
+        .route("/v1/sessions/{id}/stream", get(stream::stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no route {} {}; the API lives under /v1 (see GET /v1/info)",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// An error answer: `{"error":{"code","message"}}` with the status of the code.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidInput, message)
+    }
+
+    pub fn session_not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "Session not found")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::CursorNotFound(_) => ApiError::invalid(e.to_string()),
+            e => {
+                error!("database failure: {e}");
+                ApiError::new(
+                    ErrorCode::InternalError,
+                    format!("the server's database failed: {e}; retry, and see the server log if it persists"),
+                )
+            }
+        }
+    }
+}
+
+impl From<ActorError> for ApiError {
+    fn from(e: ActorError) -> Self {
+        match e {
+            ActorError::NotFound => ApiError::session_not_found(),
+            ActorError::Store(e) => e.into(),
+            ActorError::Gone => ApiError::new(ErrorCode::RunnerUnavailable, e.to_string()),
+            ActorError::Untyped => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+/// The canonical form of a session id from a path, or 404 (as omnigent answers for any unknown id).
+pub fn session_id(raw: &str) -> Result<String, ApiError> {
+    omnigent_proto::ids::canonical_id(raw).ok_or_else(ApiError::session_not_found)
+}
+
+/// A JSON body: `Content-Type: application/json` required (unless the body is empty, read as `{}`),
+/// at most `max_body_bytes` (checked on `Content-Length` first, then while reading).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let max = state.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body is larger than {max} bytes; send a smaller body"),
+            )
+        };
+        let declared = content_length(req.headers());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let mime = v.split(';').next().unwrap_or("").trim();
+                mime.eq_ignore_ascii_case("application/json")
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        let body = axum::body::to_bytes(req.into_body(), max).await.map_err(|e| {
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                too_large()
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            match is_json {
+                Some(true) => &body,
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::UnsupportedMediaType,
+                        "send the body as JSON with the header `Content-Type: application/json`",
+                    ));
+                }
+            }
+        };
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() || path == "." {
+                ApiError::invalid(format!("request body is not valid JSON for this endpoint: {inner}"))
+            } else {
+                ApiError::invalid(format!("request body field `{path}` is wrong: {inner}"))
+            }
+        })?;
+        de.end()
+            .map_err(|e| ApiError::invalid(format!("request body is not valid JSON for this endpoint: {e}")))?;
+        Ok(JsonBody(value))
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Query parameters, with a JSON 400 that names the bad parameter.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))
+    }
+}
+
+/// A JSON answer with a status.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], Body::from(bytes)).into_response(),
+        Err(e) => ApiError::new(ErrorCode::InternalError, format!("cannot encode the answer: {e}")).into_response(),
+    }
+}

@@ -1,0 +1,401 @@
+//! Sessions CRUD, list, items and fork (reference §1.2).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use omnigent_proto::api::{
+    DEFAULT_ITEMS_LIMIT, DEFAULT_SESSIONS_LIMIT, ErrorCode, ForkRequest, ListEnvelope, MAX_LIST_LIMIT, Order,
+    PageQuery, SessionCreateRequest, SessionDeleted, SessionKindFilter, SessionListItem, SessionListQuery,
+    SessionPatchRequest, SessionResponse, SessionStatus, SnapshotItem, SortBy, WireItem,
+};
+use omnigent_proto::ids::{canonical_id, new_id};
+use serde::Deserialize;
+
+use super::events::item_from_input;
+use super::{ApiError, AppState, JsonBody, Q, json, session_id};
+use crate::actor::wire_item;
+use crate::agents;
+use crate::now_ms;
+use crate::store::{
+    ItemListParams, ItemRow, NewSession, SessionChanges, SessionListParams, SessionRow, SessionSort, fts_query,
+};
+
+/// Most items embedded in a snapshot (`GET /v1/sessions/{id}`); page with `…/items` beyond that.
+const SNAPSHOT_ITEMS: u32 = 10_000;
+
+pub async fn create(State(st): State<AppState>, JsonBody(req): JsonBody<SessionCreateRequest>) -> Result<Response, ApiError> {
+    let agent_ref = req.agent_id.as_deref().ok_or_else(|| {
+        ApiError::invalid("agent_id is required; GET /v1/agents lists the agents (echo, openai, anthropic, exec)")
+    })?;
+    let agent = agents::find(agent_ref).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("agent `{agent_ref}` not found; GET /v1/agents lists the agents (echo, openai, anthropic, exec)"),
+        )
+    })?;
+    if req.host_id.is_some() && req.workspace.as_deref().is_none_or(str::is_empty) {
+        return Err(ApiError::invalid(
+            "workspace is required when host_id is set: name the directory on that host the session works in",
+        ));
+    }
+    if let Some(args) = &req.terminal_launch_args {
+        validate_launch_args(args)?;
+    }
+    let id = new_id();
+    let (kind, parent, root) = match &req.parent_session_id {
+        Some(raw) => {
+            let parent_id = session_id(raw).map_err(|_| parent_not_found(raw))?;
+            let parent = st.store.get_session(&parent_id).await?.ok_or_else(|| parent_not_found(raw))?;
+            ("sub_agent", Some(parent_id), parent.root_session_id)
+        }
+        None => ("default", None, id.clone()),
+    };
+    let now = now_ms();
+    let mut items = Vec::with_capacity(req.initial_items.len());
+    for (i, input) in req.initial_items.iter().enumerate() {
+        let item = item_from_input(&input.kind, &input.data, input.created_by.clone(), now)
+            .map_err(|e| ApiError::invalid(format!("initial_items[{i}]: {e}")))?;
+        items.push(item);
+    }
+    let row = SessionRow {
+        id: id.clone(),
+        agent_id: agent.id.clone(),
+        title: req.title.clone(),
+        labels: req.labels.clone(),
+        status: SessionStatus::Idle.as_str().to_owned(),
+        created_at_ms: now,
+        updated_at_ms: now,
+        archived: false,
+        kind: kind.to_owned(),
+        parent_session_id: parent,
+        root_session_id: root,
+        sub_agent_name: req.sub_agent_name.clone(),
+        runner_id: None,
+        host_id: req.host_id.as_deref().map(canonical_host),
+        workspace: req.workspace.clone(),
+        git_branch: req.git.as_ref().map(|g| g.branch_name.clone()),
+        model_override: req.model_override.clone().filter(|m| !clears_model(m)),
+        reasoning_effort: req.reasoning_effort.clone(),
+        cost_control_mode_override: None,
+        external_session_id: None,
+        terminal_launch_args: req.terminal_launch_args.clone(),
+    };
+    st.store.create_session(&NewSession { row: row.clone() }, &items).await?;
+    let rows: Vec<ItemRow> = items
+        .into_iter()
+        .enumerate()
+        .map(|(position, i)| ItemRow {
+            id: i.id,
+            position: position as i64,
+            seq: 0,
+            kind: i.kind,
+            status: i.status,
+            response_id: i.response_id,
+            created_at_ms: i.created_at_ms,
+            created_by: i.created_by,
+            data: i.data,
+        })
+        .collect();
+    Ok(json(StatusCode::CREATED, &session_response(&row, &rows)))
+}
+
+fn parent_not_found(raw: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("parent session `{raw}` not found"))
+}
+
+fn canonical_host(raw: &str) -> String {
+    canonical_id(raw).unwrap_or_else(|| raw.to_owned())
+}
+
+fn clears_model(m: &str) -> bool {
+    matches!(m, "default" | "off" | "reset" | "")
+}
+
+fn validate_launch_args(args: &[String]) -> Result<(), ApiError> {
+    if args.len() > 256 {
+        return Err(ApiError::invalid("terminal_launch_args: at most 256 arguments"));
+    }
+    if let Some(bad) = args.iter().position(|a| a.contains('\0') || a.len() > 8192) {
+        return Err(ApiError::invalid(format!(
+            "terminal_launch_args[{bad}]: an argument may not contain NUL or exceed 8192 bytes"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn list(State(st): State<AppState>, Q(q): Q<SessionListQuery>) -> Result<Response, ApiError> {
+    let limit = check_limit(q.limit, DEFAULT_SESSIONS_LIMIT)?;
+    let params = SessionListParams {
+        limit,
+        after: q.after.as_deref().map(|c| cursor_id("after", c)).transpose()?,
+        before: q.before.as_deref().map(|c| cursor_id("before", c)).transpose()?,
+        descending: q.order.unwrap_or(Order::Desc) == Order::Desc,
+        sort: match q.sort_by.unwrap_or_default() {
+            SortBy::CreatedAt => SessionSort::CreatedAt,
+            SortBy::UpdatedAt => SessionSort::UpdatedAt,
+        },
+        fts_query: q.search_query.as_deref().and_then(fts_query),
+        include_archived: q.include_archived.unwrap_or(false),
+        kind: match q.kind.unwrap_or_default() {
+            SessionKindFilter::Default => Some("default".to_owned()),
+            SessionKindFilter::SubAgent => Some("sub_agent".to_owned()),
+            SessionKindFilter::Any => None,
+        },
+        agent_id: q
+            .agent_id
+            .as_deref()
+            .map(|a| agents::find(a).map(|a| a.id.clone()).unwrap_or_else(|| a.to_owned())),
+    };
+    let (rows, has_more) = st.store.list_sessions(&params).await?;
+    let data: Vec<SessionListItem> = rows.iter().map(list_item).collect();
+    Ok(json(StatusCode::OK, &ListEnvelope::new(data, has_more, |s| s.id.as_str())))
+}
+
+fn check_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::invalid(format!(
+            "limit={n} is out of range; use 1 to {MAX_LIST_LIMIT}"
+        ))),
+    }
+}
+
+fn cursor_id(name: &str, raw: &str) -> Result<String, ApiError> {
+    canonical_id(raw).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "{name}=`{raw}` is not an id; pass the first_id or last_id of a page you received"
+        ))
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GetQuery {
+    include_items: Option<bool>,
+    include_liveness: Option<bool>,
+    refresh_state: Option<bool>,
+}
+
+pub async fn get_one(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    Q(q): Q<GetQuery>,
+) -> Result<Response, ApiError> {
+    let _ = (q.include_liveness, q.refresh_state);
+    let id = session_id(&raw)?;
+    let row = st.store.get_session(&id).await?.ok_or_else(ApiError::session_not_found)?;
+    let items = if q.include_items.unwrap_or(true) {
+        st.store.all_items(&id, SNAPSHOT_ITEMS).await?
+    } else {
+        Vec::new()
+    };
+    Ok(json(StatusCode::OK, &session_response(&row, &items)))
+}
+
+pub async fn patch(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    JsonBody(req): JsonBody<SessionPatchRequest>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&raw)?;
+    let current = st.store.get_session(&id).await?.ok_or_else(ApiError::session_not_found)?;
+    if let Some(Some(runner)) = &req.runner_id {
+        // No runner can be connected until the runner tunnel lands; omnigent answers 400 for an
+        // unregistered runner id.
+        return Err(ApiError::invalid(format!(
+            "runner `{runner}` is not connected to this server; start the runner first (it dials \
+             /v1/runners/{runner}/tunnel), then bind it"
+        )));
+    }
+    if let Some(ext) = &req.external_session_id
+        && current.external_session_id.as_ref().is_some_and(|cur| cur != ext)
+    {
+        return Err(ApiError::invalid(
+            "external_session_id is write-once and already set for this session; it cannot be changed",
+        ));
+    }
+    if let Some(Some(args)) = &req.terminal_launch_args {
+        validate_launch_args(args)?;
+    }
+    let labels = req.labels.as_ref().map(|changes| {
+        let mut merged: BTreeMap<String, String> = current.labels.clone();
+        for (k, v) in changes {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        merged
+    });
+    let changes = SessionChanges {
+        title: req.title.clone().map(Some),
+        labels,
+        runner_id: req.runner_id.clone(),
+        reasoning_effort: req.reasoning_effort.clone(),
+        model_override: req
+            .model_override
+            .clone()
+            .map(|m| m.filter(|m| !clears_model(m))),
+        cost_control_mode_override: req.cost_control_mode_override.clone(),
+        external_session_id: req.external_session_id.clone(),
+        terminal_launch_args: req.terminal_launch_args.clone(),
+        archived: req.archived,
+    };
+    let row = st
+        .store
+        .update_session(&id, &changes, now_ms())
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    let items = st.store.all_items(&id, SNAPSHOT_ITEMS).await?;
+    Ok(json(StatusCode::OK, &session_response(&row, &items)))
+}
+
+pub async fn delete(State(st): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let id = session_id(&raw)?;
+    st.sessions.delete(&id).await?;
+    Ok(json(StatusCode::OK, &SessionDeleted { id, deleted: true }))
+}
+
+pub async fn items(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    Q(q): Q<PageQuery>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&raw)?;
+    let params = ItemListParams {
+        limit: check_limit(q.limit, DEFAULT_ITEMS_LIMIT)?,
+        after: q.after.as_deref().map(|c| cursor_id("after", c)).transpose()?,
+        before: q.before.as_deref().map(|c| cursor_id("before", c)).transpose()?,
+        descending: q.order.unwrap_or(Order::Asc) == Order::Desc,
+    };
+    let (rows, has_more) = st
+        .store
+        .list_items(&id, &params)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    let data: Vec<WireItem> = rows.iter().map(wire_item).collect();
+    Ok(json(StatusCode::OK, &ListEnvelope::new(data, has_more, |i| i.id.as_str())))
+}
+
+pub async fn fork(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+    JsonBody(req): JsonBody<ForkRequest>,
+) -> Result<Response, ApiError> {
+    let source_id = session_id(&raw)?;
+    let source = st
+        .store
+        .get_session(&source_id)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    if source.kind == "sub_agent" {
+        return Err(ApiError::invalid("a sub-agent session cannot be forked; fork its parent session"));
+    }
+    let now = now_ms();
+    let id = new_id();
+    let row = SessionRow {
+        id: id.clone(),
+        title: req.title.clone().or_else(|| source.title.clone()),
+        status: SessionStatus::Idle.as_str().to_owned(),
+        created_at_ms: now,
+        updated_at_ms: now,
+        archived: false,
+        kind: "default".to_owned(),
+        parent_session_id: None,
+        root_session_id: id.clone(),
+        runner_id: None,
+        external_session_id: None,
+        ..source
+    };
+    let forked = st
+        .store
+        .fork_session(&source_id, &NewSession { row: row.clone() }, req.up_to_response_id.as_deref(), &mut new_id)
+        .await?;
+    if forked.is_none() {
+        return Err(ApiError::invalid(format!(
+            "up_to_response_id `{}` names no item of this session",
+            req.up_to_response_id.unwrap_or_default()
+        )));
+    }
+    let items = st.store.all_items(&id, SNAPSHOT_ITEMS).await?;
+    Ok(json(StatusCode::CREATED, &session_response(&row, &items)))
+}
+
+fn status_of(row: &SessionRow) -> SessionStatus {
+    SessionStatus::parse(&row.status).unwrap_or_default()
+}
+
+fn list_item(row: &SessionRow) -> SessionListItem {
+    SessionListItem {
+        id: row.id.clone(),
+        agent_id: row.agent_id.clone(),
+        agent_name: agents::find(&row.agent_id).map(|a| a.name.clone()),
+        status: status_of(row),
+        created_at: row.created_at_ms / 1000,
+        updated_at: row.updated_at_ms / 1000,
+        title: row.title.clone(),
+        labels: row.labels.clone(),
+        runner_id: row.runner_id.clone(),
+        host_id: row.host_id.clone(),
+        // No runner or host can be connected until the tunnel issues land.
+        runner_online: false,
+        host_online: row.host_id.as_ref().map(|_| false),
+        workspace: row.workspace.clone(),
+        archived: row.archived,
+        pending_elicitations_count: 0,
+        parent_session_id: row.parent_session_id.clone(),
+        kind: row.kind.clone(),
+        sub_agent_name: row.sub_agent_name.clone(),
+    }
+}
+
+pub fn session_response(row: &SessionRow, items: &[ItemRow]) -> SessionResponse {
+    let agent = agents::find(&row.agent_id);
+    SessionResponse {
+        id: row.id.clone(),
+        agent_id: row.agent_id.clone(),
+        agent_name: agent.map(|a| a.name.clone()),
+        status: status_of(row),
+        created_at: row.created_at_ms / 1000,
+        updated_at: row.updated_at_ms / 1000,
+        title: row.title.clone(),
+        labels: row.labels.clone(),
+        runner_id: row.runner_id.clone(),
+        host_id: row.host_id.clone(),
+        workspace: row.workspace.clone(),
+        runner_online: Some(false),
+        host_online: row.host_id.as_ref().map(|_| false),
+        reasoning_effort: row.reasoning_effort.clone(),
+        items: items.iter().map(snapshot_item).collect(),
+        sub_agent_name: row.sub_agent_name.clone(),
+        kind: row.kind.clone(),
+        parent_session_id: row.parent_session_id.clone(),
+        root_conversation_id: row.root_session_id.clone(),
+        harness: agent.map(|a| a.harness.clone()),
+        model_override: row.model_override.clone(),
+        cost_control_mode_override: row.cost_control_mode_override.clone(),
+        external_session_id: row.external_session_id.clone(),
+        terminal_launch_args: row.terminal_launch_args.clone(),
+        pending_elicitations: Vec::new(),
+        pending_inputs: Vec::new(),
+        git_branch: row.git_branch.clone(),
+        archived: row.archived,
+        todos: Vec::new(),
+        terminal_pending: false,
+    }
+}
+
+fn snapshot_item(row: &ItemRow) -> SnapshotItem {
+    SnapshotItem {
+        id: row.id.clone(),
+        kind: row.kind.clone(),
+        status: row.status.clone(),
+        response_id: row.response_id.clone(),
+        created_at: row.created_at_ms / 1000,
+        data: row.data.clone(),
+        created_by: row.created_by.clone(),
+    }
+}

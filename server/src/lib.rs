@@ -1,0 +1,159 @@
+//! omnigent-server: the coordination hub (HTTP + SSE) over the sessions database.
+//!
+//! Public surface: [`ServerConfig`], [`run`] (open the store, then serve until `shutdown`), and for callers
+//! that must report readiness between the two steps (`omnigent server run`), [`open_store`] + [`serve`].
+//!
+//! Code map:
+//! - [`store`]: the database behind one interface (SQLite now, Postgres later), migrations embedded.
+//! - [`actor`]: one task per live session owning its status, subscribers, replay buffer and writes.
+//! - `http`: the axum routes (reference omnigent-server-v1.md §1–2), JSON errors, SSE.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use omnigent_proto::paths::Paths;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub mod actor;
+mod agents;
+mod http;
+pub mod store;
+
+pub use store::{DatabaseLocation, OpenError, Store};
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the sessions database lives.
+    pub database: DatabaseLocation,
+    /// The data directory (artifacts; the default database lives here).
+    pub data_dir: PathBuf,
+    /// Largest JSON request body accepted.
+    pub max_body_bytes: usize,
+    /// Recent events kept per session for `Last-Event-ID` replay.
+    pub replay_buffer: usize,
+    /// Queue per stream subscriber; a subscriber this far behind is dropped.
+    pub subscriber_queue: usize,
+    /// Idle `session.heartbeat` interval on streams.
+    pub heartbeat_interval: Duration,
+    /// How long shutdown waits for in-flight requests and writes.
+    pub shutdown_grace: Duration,
+    /// Reader connections to SQLite.
+    pub read_connections: u32,
+}
+
+impl ServerConfig {
+    /// Defaults with the SQLite database `omnigent.db` in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        ServerConfig {
+            database: DatabaseLocation::Sqlite(data_dir.join("omnigent.db")),
+            data_dir,
+            max_body_bytes: omnigent_proto::api::DEFAULT_MAX_BODY_BYTES,
+            replay_buffer: 2048,
+            subscriber_queue: omnigent_proto::events::SUBSCRIBER_QUEUE,
+            heartbeat_interval: Duration::from_secs(omnigent_proto::events::HEARTBEAT_INTERVAL_SECS),
+            shutdown_grace: Duration::from_millis(800),
+            read_connections: 4,
+        }
+    }
+
+    /// Defaults for the directories of `paths` (what `omnigent server run` uses).
+    pub fn from_paths(paths: &Paths) -> Self {
+        Self::new(paths.data_dir.clone())
+    }
+
+    /// A config for tests: everything under `home` (as `OMNIGENT_HOME` would place it).
+    pub fn for_home(home: &Path) -> Self {
+        Self::from_paths(&Paths::under(home))
+    }
+
+    /// Use the database named by `url` (`sqlite:…` or `postgres://…`) instead of the default file.
+    pub fn with_database_url(mut self, url: &str) -> Result<Self, OpenError> {
+        self.database = DatabaseLocation::parse(url)?;
+        Ok(self)
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Open and migrate the store: call before accepting connections so a bad database fails fast.
+pub async fn open_store(config: &ServerConfig) -> Result<Store, OpenError> {
+    Store::open(&config.database, config.read_connections).await
+}
+
+/// Open the store, then serve on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = open_store(&config).await?;
+    serve(config, store, listener, shutdown).await
+}
+
+/// Serve on `listener` with an already opened store until `shutdown` resolves. On shutdown: open streams
+/// get `data: [DONE]`, in-flight requests and queued session writes finish (bounded by
+/// `shutdown_grace`), the store is checkpointed and closed.
+pub async fn serve(
+    config: ServerConfig,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let stop = CancellationToken::new();
+    let state = http::AppState::new(&config, store.clone(), stop.clone());
+    let sessions = state.sessions.clone();
+    let app = http::router(state);
+    let addr = listener.local_addr().ok();
+    info!(?addr, database = %config.database.display(), "server listening");
+
+    let stop_signal = stop.clone();
+    let serve_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_signal.cancel();
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { serve_stop.cancelled().await });
+    let mut server = std::pin::pin!(server.into_future());
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = async {
+            stop.cancelled().await;
+            tokio::time::sleep(config.shutdown_grace).await;
+        } => {
+            info!("in-flight requests did not finish within {:?}; closing them", config.shutdown_grace);
+            Ok(())
+        }
+    };
+    sessions.close(config.shutdown_grace / 2).await;
+    store.close().await;
+    info!("server stopped");
+    result.map_err(ServerError::Serve)
+}
+
+/// Now, in epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Now, in epoch seconds with a fraction.
+pub(crate) fn now_secs_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,458 @@
+//! One live runner tunnel on the server side: the connection task that owns the socket and every in-flight
+//! request, and [`RunnerConnection`], the cloneable handle that sends HTTP requests through it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, Stream, StreamExt};
+use omnigent_proto::runner_frames::{
+    self, Hello, Ping, Request, RequestCancel, ResponseHead, RunnerFrame, close,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{TunnelConfig, TunnelError, epoch_millis};
+
+/// How long the writer may take to flush the final close frame.
+const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub(crate) enum Command {
+    Request {
+        frame: Request,
+        head_tx: oneshot::Sender<Result<ResponseHead, TunnelError>>,
+        body_tx: mpsc::UnboundedSender<Result<Bytes, TunnelError>>,
+    },
+    Cancel {
+        id: String,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A handle on one live runner tunnel. Cheap to clone; every clone talks to the same connection task.
+#[derive(Clone)]
+pub struct RunnerConnection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runner_id: String,
+    generation: u64,
+    hello: Hello,
+    peer: SocketAddr,
+    commands: mpsc::UnboundedSender<Command>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for RunnerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerConnection")
+            .field("runner_id", &self.inner.runner_id)
+            .field("generation", &self.inner.generation)
+            .field("peer", &self.inner.peer)
+            .finish()
+    }
+}
+
+impl RunnerConnection {
+    pub(crate) fn new(
+        runner_id: String,
+        generation: u64,
+        hello: Hello,
+        peer: SocketAddr,
+    ) -> (RunnerConnection, mpsc::UnboundedReceiver<Command>) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let conn = RunnerConnection {
+            inner: Arc::new(Inner {
+                runner_id,
+                generation,
+                hello,
+                peer,
+                commands,
+                closed: CancellationToken::new(),
+            }),
+        };
+        (conn, rx)
+    }
+
+    pub fn runner_id(&self) -> &str {
+        &self.inner.runner_id
+    }
+
+    /// Increases with every accepted connection; tells a reconnected tunnel from the one it replaced.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// The runner's `hello` (harnesses, version, capabilities…).
+    pub fn hello(&self) -> &Hello {
+        &self.inner.hello
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// Whether the connection task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Resolves once the connection task has ended (closed, replaced, timed out).
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await
+    }
+
+    /// Close the tunnel with `code`; in-flight requests fail with [`TunnelError::Closed`].
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.inner.commands.send(Command::Close {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Send one HTTP request to the runner and wait for its response head. The response body streams the
+    /// runner's `response.body` chunks until `response.end`; dropping it earlier sends `request.cancel`, and
+    /// tunnel loss fails it with [`TunnelError::Closed`]. Apply your own timeout around this call.
+    pub async fn request(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Body>, TunnelError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let frame = request_frame(id.clone(), request);
+        let (head_tx, head_rx) = oneshot::channel();
+        let (body_tx, body_rx) = mpsc::unbounded_channel();
+        self.inner
+            .commands
+            .send(Command::Request {
+                frame,
+                head_tx,
+                body_tx,
+            })
+            .map_err(|_| TunnelError::Closed)?;
+        // From here on, giving up (the caller's future dropped) must tell the runner.
+        let mut guard = CancelOnDrop {
+            id: Some(id.clone()),
+            commands: self.inner.commands.clone(),
+        };
+        let head = head_rx.await.map_err(|_| TunnelError::Closed)??;
+        let mut builder = http::Response::builder().status(head.status);
+        for (name, value) in &head.headers {
+            match (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => builder = builder.header(name, value),
+                _ => debug!(header = %name, "dropping an invalid response header from the runner"),
+            }
+        }
+        let body = ResponseBodyStream {
+            rx: body_rx,
+            guard: CancelOnDrop {
+                id: guard.id.take(),
+                commands: self.inner.commands.clone(),
+            },
+        };
+        builder
+            .body(Body::from_stream(body))
+            .map_err(|e| TunnelError::BadResponse(format!("response head {}: {e}", head.status)))
+    }
+}
+
+/// Sends `request.cancel` for `id` when dropped while still armed.
+struct CancelOnDrop {
+    id: Option<String>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let _ = self.commands.send(Command::Cancel { id });
+        }
+    }
+}
+
+/// The body of a response coming through the tunnel.
+struct ResponseBodyStream {
+    rx: mpsc::UnboundedReceiver<Result<Bytes, TunnelError>>,
+    guard: CancelOnDrop,
+}
+
+impl Stream for ResponseBodyStream {
+    type Item = Result<Bytes, TunnelError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.rx.poll_recv(cx);
+        match &item {
+            // The body is complete (or failed for good): nothing left to cancel.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.guard.id = None,
+            _ => {}
+        }
+        item
+    }
+}
+
+fn request_frame(id: String, request: http::Request<Bytes>) -> Request {
+    let (parts, body) = request.into_parts();
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len() + 1);
+    if !parts.headers.contains_key(http::header::HOST) {
+        headers.push(("host".to_owned(), "runner".to_owned()));
+    }
+    for (name, value) in &parts.headers {
+        headers.push((
+            name.as_str().to_owned(),
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        ));
+    }
+    let (body, encoding) = if body.is_empty() {
+        (None, runner_frames::BodyEncoding::Utf8)
+    } else {
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let (text, encoding) = runner_frames::encode_body(content_type, &body);
+        (Some(text), encoding)
+    };
+    Request {
+        id,
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query_string: parts.uri.query().unwrap_or("").to_owned(),
+        headers,
+        body,
+        encoding,
+        stream: true,
+        extra: Default::default(),
+    }
+}
+
+struct Pending {
+    head_tx: Option<oneshot::Sender<Result<ResponseHead, TunnelError>>>,
+    body_tx: mpsc::UnboundedSender<Result<Bytes, TunnelError>>,
+}
+
+impl Pending {
+    fn fail(mut self, err: TunnelError) {
+        match self.head_tx.take() {
+            Some(head_tx) => {
+                let _ = head_tx.send(Err(err));
+            }
+            None => {
+                let _ = self.body_tx.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Drive one registered tunnel until it ends; returns the close code and reason sent to the runner.
+/// This task is the only owner of the in-flight requests; a separate writer task is the only writer.
+pub(crate) async fn run_connection(
+    conn: RunnerConnection,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut stream: SplitStream<WebSocket>,
+    sink: SplitSink<WebSocket, Message>,
+    config: TunnelConfig,
+) -> (u16, String) {
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let send = |frame: RunnerFrame| {
+        let _ = out_tx.send(Message::Text(frame.encode().into()));
+    };
+
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut last_inbound = Instant::now();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let (code, reason) = loop {
+        let deadline = last_inbound + config.liveness_timeout;
+        tokio::select! {
+            message = stream.next() => {
+                let text = match message {
+                    None => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
+                    Some(Err(e)) => {
+                        info!(error = %e, "runner tunnel read failed");
+                        break (close::TUNNEL_CLOSED, "tunnel closed".to_owned());
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        debug!(?frame, "runner closed the tunnel");
+                        break (close::TUNNEL_CLOSED, "tunnel closed".to_owned());
+                    }
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        last_inbound = Instant::now();
+                        debug!("dropping a binary message on the runner tunnel");
+                        continue;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        last_inbound = Instant::now();
+                        continue;
+                    }
+                };
+                last_inbound = Instant::now();
+                let frame = match RunnerFrame::decode_capped(text.as_str(), config.max_frame_bytes) {
+                    Ok(frame) => frame,
+                    Err(runner_frames::FrameError::TooLarge { size, cap }) => {
+                        warn!(size, cap, "runner sent a frame above the cap; closing the tunnel");
+                        break (close::MESSAGE_TOO_BIG, format!("frame exceeds {cap} bytes"));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "skipping a malformed runner frame");
+                        continue;
+                    }
+                };
+                on_frame(frame, text.as_str(), &mut pending, &send);
+            }
+            command = commands.recv() => match command {
+                Some(Command::Request { frame, head_tx, body_tx }) => {
+                    let id = frame.id.clone();
+                    send(RunnerFrame::Request(frame));
+                    pending.insert(id, Pending { head_tx: Some(head_tx), body_tx });
+                }
+                Some(Command::Cancel { id }) => {
+                    if pending.remove(&id).is_some() {
+                        send(RunnerFrame::RequestCancel(RequestCancel {
+                            id,
+                            reason: "client_disconnected".to_owned(),
+                            extra: Default::default(),
+                        }));
+                    }
+                }
+                Some(Command::Close { code, reason }) => break (code, reason),
+                // Every handle is gone: nobody can use this tunnel any more.
+                None => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
+            },
+            _ = ping.tick() => send(RunnerFrame::Ping(Ping { ts: epoch_millis(), extra: Default::default() })),
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(silent_for = ?config.liveness_timeout, "runner tunnel silent; closing");
+                break (close::TUNNEL_CLOSED, "ping timeout".to_owned());
+            }
+        }
+    };
+
+    for (_, p) in pending.drain() {
+        p.fail(TunnelError::Closed);
+    }
+    conn.inner.closed.cancel();
+    let _ = out_tx.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.clone().into(),
+    })));
+    drop(out_tx);
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer)
+        .await
+        .is_err()
+    {
+        debug!("runner tunnel writer did not flush the close frame in time");
+    }
+    (code, reason)
+}
+
+fn on_frame(
+    frame: RunnerFrame,
+    text: &str,
+    pending: &mut HashMap<String, Pending>,
+    send: &impl Fn(RunnerFrame),
+) {
+    match frame {
+        RunnerFrame::ResponseHead(head) => match pending.get_mut(&head.id) {
+            Some(p) => match p.head_tx.take() {
+                Some(head_tx) => {
+                    if head_tx.send(Ok(head)).is_err() {
+                        // The caller gave up; its guard has queued the cancel.
+                        debug!("response head for a request nobody waits for");
+                    }
+                }
+                None => warn!(id = %head.id, "duplicate response.head; ignored"),
+            },
+            None => debug!(id = %head.id, "late response.head for an unknown request; ignored"),
+        },
+        RunnerFrame::ResponseBody(chunk) => {
+            let Some(p) = pending.get_mut(&chunk.id) else {
+                debug!(id = %chunk.id, "late response.body for an unknown request; ignored");
+                return;
+            };
+            let err = if p.head_tx.is_some() {
+                Some(TunnelError::BadResponse(
+                    "response.body before response.head".to_owned(),
+                ))
+            } else {
+                match runner_frames::decode_body(&chunk.body, chunk.encoding) {
+                    Ok(bytes) => {
+                        let _ = p.body_tx.send(Ok(Bytes::from(bytes)));
+                        None
+                    }
+                    Err(e) => Some(TunnelError::BadResponse(e.to_string())),
+                }
+            };
+            if let Some(err) = err
+                && let Some(p) = pending.remove(&chunk.id)
+            {
+                warn!(id = %chunk.id, error = %err, "failing a request on a bad body chunk");
+                p.fail(err.clone());
+                send(RunnerFrame::RequestCancel(RequestCancel {
+                    id: chunk.id,
+                    reason: "invalid_response".to_owned(),
+                    extra: Default::default(),
+                }));
+            }
+        }
+        RunnerFrame::ResponseEnd(end) => match pending.remove(&end.id) {
+            Some(p) if p.head_tx.is_some() => p.fail(TunnelError::BadResponse(
+                "response.end before response.head".to_owned(),
+            )),
+            // Dropping the body sender ends the body stream.
+            Some(_) => {}
+            None => debug!(id = %end.id, "late response.end for an unknown request; ignored"),
+        },
+        RunnerFrame::Ping(ping) => send(RunnerFrame::Pong(Ping {
+            ts: ping.ts,
+            extra: Default::default(),
+        })),
+        RunnerFrame::Pong(_) => {}
+        RunnerFrame::Hello(_) => warn!("second hello on an established runner tunnel; ignored"),
+        RunnerFrame::WsOpen(_) | RunnerFrame::WsFrame(_) | RunnerFrame::WsClose(_) => {
+            debug!("ws channel frame from the runner; channels are not relayed yet");
+        }
+        RunnerFrame::Request(_) | RunnerFrame::RequestCancel(_) | RunnerFrame::EventReady(_) => {
+            warn!(
+                kind = frame.kind(),
+                "server-bound frame of a server→runner kind; ignored"
+            );
+        }
+        RunnerFrame::Unknown => {
+            debug!(kind = ?runner_frames::peek_kind(text), "unknown runner frame kind; skipped");
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
+    while let Some(message) = rx.recv().await {
+        let is_close = matches!(message, Message::Close(_));
+        if let Err(e) = sink.send(message).await {
+            debug!(error = %e, "runner tunnel write failed");
+            break;
+        }
+        if is_close {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

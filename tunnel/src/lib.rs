@@ -1,0 +1,76 @@
+//! omnigent-tunnel: HTTP over WebSocket (runner tunnel v1, reference/omnigent-server-v1.md §3), written once.
+//!
+//! - Server side ([`server`]): [`RunnerRegistry`] (newest connection wins, generation-guarded deregistration,
+//!   connect/disconnect events, `wait_for_runner`), [`serve_runner_socket`] / [`upgrade`] (the handshake of
+//!   §3.1 and the connection task), and [`RunnerConnection`], an HTTP client whose transport is the tunnel.
+//! - Runner side ([`router`]): [`serve_router`] drives an axum `Router` from `request` frames.
+//! - [`sse`]: reading a runner's SSE stream as JSON events (for the server's relay).
+//!
+//! Frames are [`omnigent_proto::runner_frames::RunnerFrame`].
+
+use std::time::Duration;
+
+pub mod connection;
+pub mod router;
+pub mod server;
+pub mod sse;
+
+pub use connection::RunnerConnection;
+pub use router::{RouterConfig, ServeEnd, serve_router};
+pub use server::{RunnerEvent, RunnerInfo, RunnerRegistry, serve_runner_socket, upgrade};
+
+/// The header carrying a runner's binding token on the tunnel upgrade and on its HTTP calls.
+pub const TOKEN_HEADER: &str = "x-omnigent-runner-tunnel-token";
+
+/// The `Origin` first-party omnigent processes send.
+pub const INTERNAL_ORIGIN: &str = "omnigent://internal";
+
+/// Timings and limits of the server side of the tunnel. The defaults are the protocol's (reference §3.5); tests
+/// shrink them or run under `tokio::time::pause()`.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// App-level `ping` interval (30 s).
+    pub ping_interval: Duration,
+    /// Close 4003 "ping timeout" after this long without any inbound frame (90 s).
+    pub liveness_timeout: Duration,
+    /// How long a new connection may take to send its `hello` (30 s).
+    pub hello_timeout: Duration,
+    /// Largest text frame accepted ([`omnigent_proto::MAX_FRAME_BYTES`]).
+    pub max_frame_bytes: usize,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            ping_interval: Duration::from_secs(30),
+            liveness_timeout: Duration::from_secs(90),
+            hello_timeout: Duration::from_secs(30),
+            max_frame_bytes: omnigent_proto::MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Why a request over the tunnel failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TunnelError {
+    /// No tunnel is registered for this runner.
+    #[error("runner {0} is not connected; start it or wait for it to reconnect")]
+    RunnerOffline(String),
+    /// The tunnel ended (closed, replaced, timed out) while the request was open.
+    #[error("tunnel closed before request completed")]
+    Closed,
+    /// The runner answered something that is not a valid response (bad body encoding, end before head…).
+    #[error("runner sent an invalid response: {0}")]
+    BadResponse(String),
+    /// The request cannot be sent over the tunnel.
+    #[error("request cannot be sent over the runner tunnel: {0}")]
+    BadRequest(String),
+}
+
+/// Milliseconds since the Unix epoch, for `ping.ts`.
+pub(crate) fn epoch_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
