@@ -321,19 +321,10 @@ async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
         Err(e) => return Err(client_err(e)),
     }
     // A server left behind by a daemon that was killed: stop it too.
-    if let Some(record) = omnigent_daemon::server::read_record(paths) {
-        if let Some(pid) = record
-            .pid
-            .filter(|p| omnigent_daemon::process::pid_alive(*p))
-        {
-            let grace = if force {
-                Duration::ZERO
-            } else {
-                omnigent_daemon::process::STOP_GRACE
-            };
-            omnigent_daemon::server::terminate_foreign_pid(pid, grace).await;
-            stopped.push(format!("left-over server pid {pid}"));
-        }
+    if let Some(pid) = omnigent_daemon::server::leftover_server_pid(paths) {
+        let grace = if force { Duration::ZERO } else { omnigent_daemon::process::STOP_GRACE };
+        omnigent_daemon::server::terminate_foreign_pid(pid, grace).await;
+        stopped.push(format!("left-over server pid {pid}"));
         let _ = std::fs::remove_file(paths.server_json());
     }
     Ok(stopped)

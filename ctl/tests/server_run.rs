@@ -9,7 +9,9 @@ use serde_json::Value;
 
 fn omnigent(home: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnigent"));
-    cmd.env("OMNIGENT_HOME", home).env_remove("OMNIGENT_DATABASE_URL").env("RUST_LOG", "warn");
+    cmd.env("OMNIGENT_HOME", home)
+        .env_remove("OMNIGENT_DATABASE_URL")
+        .env("RUST_LOG", "warn");
     cmd
 }
 
@@ -28,8 +30,11 @@ fn start(home: &std::path::Path) -> (Child, Value) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("ready line in time");
-    let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("ready line in time");
+    let ready: Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
     (child, ready)
 }
 
@@ -48,11 +53,19 @@ async fn prints_one_ready_line_serves_and_stops_on_sigterm() {
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["pid"], child.id());
     let db = ready["database"].as_str().expect("database");
-    assert_eq!(std::path::Path::new(db), home.path().join("data/omnigent.db"));
+    assert_eq!(
+        std::path::Path::new(db),
+        home.path().join("data/omnigent.db")
+    );
     let url = ready["url"].as_str().expect("url").to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
-    let info: Value = reqwest::get(format!("{url}/v1/info")).await.expect("info").json().await.expect("json");
+    let info: Value = reqwest::get(format!("{url}/v1/info"))
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(info["implementation"], "omnigent-rs");
     assert_eq!(info["pid"], child.id());
 
@@ -61,28 +74,53 @@ async fn prints_one_ready_line_serves_and_stops_on_sigterm() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status:?}: {}", stderr_of(&mut child));
-    assert!(t.elapsed() < Duration::from_secs(1), "stopped in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stopped in {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn refuses_a_taken_port_a_locked_database_and_a_lan_bind() {
     let home = tempfile::tempdir().expect("tmp");
     let (mut first, ready) = start(home.path());
-    let port = ready["url"].as_str().expect("url").rsplit(':').next().expect("port").to_owned();
+    let port = ready["url"]
+        .as_str()
+        .expect("url")
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_owned();
 
     let other = tempfile::tempdir().expect("tmp");
-    let out = omnigent(other.path()).args(["server", "run", "--port", &port]).output().expect("run");
+    let out = omnigent(other.path())
+        .args(["server", "run", "--port", &port])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("port {port}")) && err.contains("--port"), "{err}");
+    assert!(
+        err.contains(&format!("port {port}")) && err.contains("--port"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "no ready line on failure");
 
-    let out = omnigent(home.path()).args(["server", "run", "--port", "0"]).output().expect("run");
+    let out = omnigent(home.path())
+        .args(["server", "run", "--port", "0"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("omnigent.db") && err.contains("another omnigent server"), "{err}");
+    assert!(
+        err.contains("omnigent.db") && err.contains("another omnigent server"),
+        "{err}"
+    );
 
-    let out = omnigent(other.path()).args(["server", "run", "--bind", "0.0.0.0", "--port", "0"]).output().expect("run");
+    let out = omnigent(other.path())
+        .args(["server", "run", "--bind", "0.0.0.0", "--port", "0"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("LAN access needs auth"), "{err}");

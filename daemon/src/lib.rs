@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod host_tunnel;
 pub mod launch;
 pub mod logfile;
 pub mod ports;

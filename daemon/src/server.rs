@@ -738,24 +738,30 @@ fn remove_record(paths: &Paths) {
     let _ = std::fs::remove_file(paths.server_json());
 }
 
+/// The pid of a server started by a daemon that is gone (its `server.json` is left behind), if that process
+/// still runs. A recycled pid is never mistaken for it: the command line must be our server's.
+pub fn leftover_server_pid(paths: &Paths) -> Option<u32> {
+    let record = read_record(paths)?;
+    if record.adopted
+        || record.daemon_pid == std::process::id()
+        || (process::pid_alive(record.daemon_pid) && !is_zombie(record.daemon_pid))
+    {
+        return None;
+    }
+    let pid = record.pid?;
+    let cmd = process::command_line(pid)?;
+    (process::pid_alive(pid) && !is_zombie(pid) && cmd.contains("server run --bind")).then_some(pid)
+}
+
 /// A server left by a daemon that died (SIGKILL) is told to stop by PR_SET_PDEATHSIG; make sure it is gone
 /// before we start another, so there is never a second server. Adopted servers are left alone.
 async fn reap_orphan(paths: &Paths) {
-    let Some(record) = read_record(paths) else {
-        return;
-    };
-    if record.adopted || record.daemon_pid == std::process::id() {
+    if read_record(paths).is_some_and(|r| r.daemon_pid == std::process::id()) {
         return;
     }
-    if let Some(pid) = record.pid {
-        let ours = process::command_line(pid).is_none_or(|c| c.contains("server"));
-        if process::pid_alive(pid) && ours {
-            tracing::info!(
-                pid,
-                "waiting for the server left by the previous daemon to stop"
-            );
-            terminate_foreign_pid(pid, STOP_GRACE).await;
-        }
+    if let Some(pid) = leftover_server_pid(paths) {
+        tracing::info!(pid, "waiting for the server left by the previous daemon to stop");
+        terminate_foreign_pid(pid, STOP_GRACE).await;
     }
     remove_record(paths);
 }

@@ -24,6 +24,14 @@ pub mod close {
     pub const OWNER_CONFLICT: u16 = 4009;
     /// A newer connection for the same host replaced this one.
     pub const REPLACED: u16 = 4000;
+    /// The host sent nothing for the liveness budget (90 s): reason `"ping timeout"`.
+    pub const PING_TIMEOUT: u16 = 4003;
+    /// The peer goes away (server restart): reconnect at once.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame above the size cap.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Service restart: reconnect at once.
+    pub const SERVICE_RESTART: u16 = 1012;
 }
 
 /// Every host tunnel frame.
@@ -78,10 +86,107 @@ impl HostFrame {
         serde_json::from_str(text)
     }
 
+    /// Decode one text frame, refusing it before parsing when it is larger than `cap` bytes.
+    pub fn decode_capped(text: &str, cap: usize) -> Result<HostFrame, HostFrameError> {
+        if text.len() > cap {
+            return Err(HostFrameError::TooLarge {
+                size: text.len(),
+                cap,
+            });
+        }
+        Ok(Self::decode(text)?)
+    }
+
+    /// The wire `kind` (`"unknown"` for [`HostFrame::Unknown`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HostFrame::Hello(_) => "host.hello",
+            HostFrame::ConnectionError(_) => "host.connection_error",
+            HostFrame::HarnessReadiness(_) => "host.harness_readiness",
+            HostFrame::LaunchRunner(_) => "host.launch_runner",
+            HostFrame::LaunchRunnerResult(_) => "host.launch_runner_result",
+            HostFrame::StopRunner(_) => "host.stop_runner",
+            HostFrame::StopRunnerResult(_) => "host.stop_runner_result",
+            HostFrame::RunnerStatus(_) => "host.runner_status",
+            HostFrame::RunnerStatusResult(_) => "host.runner_status_result",
+            HostFrame::RunnerExited(_) => "host.runner_exited",
+            HostFrame::Stat(_) => "host.stat",
+            HostFrame::StatResult(_) => "host.stat_result",
+            HostFrame::ListDir(_) => "host.list_dir",
+            HostFrame::ListDirResult(_) => "host.list_dir_result",
+            HostFrame::CreateDir(_) => "host.create_dir",
+            HostFrame::CreateDirResult(_) => "host.create_dir_result",
+            HostFrame::Ping(_) => "ping",
+            HostFrame::Pong(_) => "pong",
+            HostFrame::Unknown => "unknown",
+        }
+    }
+
+    /// The `request_id` of a request or a result; `None` for the other kinds.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            HostFrame::LaunchRunner(f) => Some(&f.request_id),
+            HostFrame::LaunchRunnerResult(f) => Some(&f.request_id),
+            HostFrame::StopRunner(f) | HostFrame::RunnerStatus(f) => Some(&f.request_id),
+            HostFrame::StopRunnerResult(f) | HostFrame::RunnerStatusResult(f) => {
+                Some(&f.request_id)
+            }
+            HostFrame::Stat(f) | HostFrame::CreateDir(f) => Some(&f.request_id),
+            HostFrame::StatResult(f) => Some(&f.request_id),
+            HostFrame::ListDir(f) => Some(&f.request_id),
+            HostFrame::ListDirResult(f) => Some(&f.request_id),
+            HostFrame::CreateDirResult(f) => Some(&f.request_id),
+            HostFrame::Hello(_)
+            | HostFrame::ConnectionError(_)
+            | HostFrame::HarnessReadiness(_)
+            | HostFrame::RunnerExited(_)
+            | HostFrame::Ping(_)
+            | HostFrame::Pong(_)
+            | HostFrame::Unknown => None,
+        }
+    }
+
+    /// For a server → host request, set its `request_id` and return the kind of the result that answers it;
+    /// `None` (frame untouched) for every other kind.
+    pub fn prepare_request(&mut self, id: &str) -> Option<&'static str> {
+        let (slot, result) = match self {
+            HostFrame::LaunchRunner(f) => (&mut f.request_id, "host.launch_runner_result"),
+            HostFrame::StopRunner(f) => (&mut f.request_id, "host.stop_runner_result"),
+            HostFrame::RunnerStatus(f) => (&mut f.request_id, "host.runner_status_result"),
+            HostFrame::Stat(f) => (&mut f.request_id, "host.stat_result"),
+            HostFrame::ListDir(f) => (&mut f.request_id, "host.list_dir_result"),
+            HostFrame::CreateDir(f) => (&mut f.request_id, "host.create_dir_result"),
+            HostFrame::Hello(_)
+            | HostFrame::ConnectionError(_)
+            | HostFrame::HarnessReadiness(_)
+            | HostFrame::LaunchRunnerResult(_)
+            | HostFrame::StopRunnerResult(_)
+            | HostFrame::RunnerStatusResult(_)
+            | HostFrame::RunnerExited(_)
+            | HostFrame::StatResult(_)
+            | HostFrame::ListDirResult(_)
+            | HostFrame::CreateDirResult(_)
+            | HostFrame::Ping(_)
+            | HostFrame::Pong(_)
+            | HostFrame::Unknown => return None,
+        };
+        id.clone_into(slot);
+        Some(result)
+    }
+
     /// Encode as a text frame. Serialising these types cannot fail (string keys, no non-finite floats).
     pub fn encode(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// Why a host frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum HostFrameError {
+    #[error("host frame of {size} bytes exceeds the {cap}-byte cap")]
+    TooLarge { size: usize, cap: usize },
+    #[error("malformed host frame: {0}")]
+    Malformed(#[from] serde_json::Error),
 }
 
 /// First frame from a host (`host.hello`). The server answers nothing.

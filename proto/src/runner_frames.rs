@@ -167,15 +167,20 @@ pub struct RequestCancel {
     pub extra: Extra,
 }
 
+fn zero() -> serde_json::Number {
+    serde_json::Number::from(0)
+}
+
 fn default_cancel_reason() -> String {
     "client_disconnected".to_owned()
 }
 
-/// `ping` and `pong` (both directions): `ts` is epoch milliseconds; a pong echoes the ping's `ts`.
+/// `ping` and `pong` (both directions): `ts` is epoch milliseconds; a pong echoes the ping's `ts` exactly (kept
+/// as a JSON number so an integer or a float from any peer goes back unchanged).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ping {
-    #[serde(default)]
-    pub ts: i64,
+    #[serde(default = "zero")]
+    pub ts: serde_json::Number,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -388,6 +393,23 @@ mod tests {
             panic!("wrong kind")
         };
         assert_eq!(close.code, 1000);
+    }
+
+    #[test]
+    fn ping_ts_is_echoed_exactly() {
+        for text in [
+            r#"{"kind":"ping","ts":1795620918123}"#,
+            r#"{"kind":"ping","ts":1795620918.5}"#,
+        ] {
+            let RunnerFrame::Ping(ping) = RunnerFrame::decode(text).unwrap() else {
+                panic!("not a ping")
+            };
+            assert_eq!(RunnerFrame::Ping(ping).encode(), text);
+        }
+        let RunnerFrame::Ping(ping) = RunnerFrame::decode(r#"{"kind":"ping"}"#).unwrap() else {
+            panic!("not a ping")
+        };
+        assert_eq!(ping.ts.as_i64(), Some(0));
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn captured_requests_and_bodies_decode() {
 fn frames_we_send_have_the_python_shape() {
     use omnigent_proto::runner_frames::*;
     let pong = RunnerFrame::Pong(Ping {
-        ts: 17,
+        ts: 17.into(),
         extra: Default::default(),
     });
     assert_eq!(

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::harness::HarnessKind;
-use crate::session::{Accepted, SessionGone, SessionInit, Sessions};
+use crate::session::{Accepted, SessionGone, SessionInit, Sessions, TurnInput};
 
 /// Heartbeat interval of a session stream (`_SESSION_STREAM_HEARTBEAT_INTERVAL_S`).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
@@ -142,7 +142,13 @@ async fn post_event(
     let handle = sessions.get_or_create(&id);
     let kind = body["type"].as_str().unwrap_or("");
     let detail = match kind {
-        "message" => match handle.message(message_text(&body["content"])).await {
+        "message" => match handle
+            .message(TurnInput {
+                text: message_text(&body["content"]),
+                agent_name: body["model"].as_str().map(str::to_owned),
+            })
+            .await
+        {
             Ok(Accepted::Started) => "Turn started.",
             Ok(Accepted::Queued) => "Queued for the next turn.",
             Err(gone) => return gone.into_response(),
@@ -253,8 +259,62 @@ impl Drop for AbortOnDrop {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::session::SessionDefaults;
+    use futures_util::StreamExt;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        router(Sessions::new(SessionDefaults {
+            workspace: ".".into(),
+            harness: HarnessKind::Echo,
+            env: Default::default(),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_sends_the_ready_heartbeat_at_once_then_one_every_15_s() {
+        let response = app()
+            .oneshot(
+                http::Request::get("/v1/sessions/s1/stream")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
+        let mut body = response.into_body().into_data_stream();
+        let start = tokio::time::Instant::now();
+        let heartbeat = Bytes::from_static(b"data: {\"type\":\"session.heartbeat\"}\n\n");
+        for expected in [0, 15, 30] {
+            assert_eq!(body.next().await.unwrap().unwrap(), heartbeat);
+            assert_eq!(start.elapsed(), Duration::from_secs(expected));
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_event_types_are_accepted_and_ignored() {
+        let response = app()
+            .oneshot(
+                http::Request::post("/v1/sessions/s2/events")
+                    .body(Body::from(r#"{"type":"future_event","x":1}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let response = app()
+            .oneshot(
+                http::Request::post("/v1/sessions")
+                    .body(Body::from(r#"{"no_session_id":true}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn message_text_reads_strings_and_text_blocks() {

@@ -36,6 +36,14 @@ pub(crate) struct SessionInit {
     pub harness: Option<HarnessKind>,
 }
 
+/// One posted message: its text and the agent name the server labels it with (`model` in 0.19.1's body),
+/// which becomes the `model` of the turn's response objects.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TurnInput {
+    pub text: String,
+    pub agent_name: Option<String>,
+}
+
 /// How a posted message was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Accepted {
@@ -47,7 +55,7 @@ enum Command {
     Subscribe(oneshot::Sender<mpsc::Receiver<Value>>),
     Init(SessionInit),
     Message {
-        text: String,
+        input: TurnInput,
         reply: oneshot::Sender<Accepted>,
     },
     Interrupt(oneshot::Sender<bool>),
@@ -123,8 +131,8 @@ impl SessionHandle {
     }
 
     /// Start a turn with `text`, or queue it for the next turn when one is running.
-    pub async fn message(&self, text: String) -> Result<Accepted, SessionGone> {
-        self.ask(|reply| Command::Message { text, reply }).await
+    pub async fn message(&self, input: TurnInput) -> Result<Accepted, SessionGone> {
+        self.ask(|reply| Command::Message { input, reply }).await
     }
 
     /// Cancel the running turn; `false` when none was running.
@@ -177,7 +185,7 @@ struct Session {
     env: HarnessEnv,
     created_at: u64,
     history: Vec<HistoryEntry>,
-    queue: VecDeque<String>,
+    queue: VecDeque<TurnInput>,
     running: Option<RunningTurn>,
     turns: u64,
     subscribers: Vec<mpsc::Sender<Value>>,
@@ -228,13 +236,13 @@ impl Session {
                 }
                 info!(workspace = %self.workspace.display(), harness = self.harness.name(), "session initialised");
             }
-            Command::Message { text, reply } => {
+            Command::Message { input, reply } => {
                 if self.running.is_some() {
                     debug!("turn running; message queued for the next turn");
-                    self.queue.push_back(text);
+                    self.queue.push_back(input);
                     let _ = reply.send(Accepted::Queued);
                 } else {
-                    self.start_turn(text);
+                    self.start_turn(input);
                     let _ = reply.send(Accepted::Started);
                 }
             }
@@ -292,14 +300,15 @@ impl Session {
         })
     }
 
-    fn start_turn(&mut self, text: String) {
+    fn start_turn(&mut self, input: TurnInput) {
         self.turns += 1;
         let turn_no = self.turns;
-        self.history.push(HistoryEntry::User { text });
+        self.history.push(HistoryEntry::User { text: input.text });
         let config = self.env.config_for(self.harness);
-        let model = config
-            .model
-            .clone()
+        let model = input
+            .agent_name
+            .filter(|name| !name.is_empty())
+            .or_else(|| config.model.clone())
             .unwrap_or_else(|| self.harness.name().to_owned());
         let turn = Turn {
             session_id: self.id.clone(),

@@ -58,11 +58,16 @@ async fn token_route(
 
 struct Running {
     registry: RunnerRegistry,
+    /// The listening socket (a duplicate), to keep the port across a simulated restart.
+    listener: std::net::TcpListener,
     announces: mpsc::UnboundedReceiver<(String, Option<String>)>,
     serve: tokio::task::JoinHandle<()>,
 }
 
 async fn start_server_on(listener: tokio::net::TcpListener) -> Running {
+    let std_listener = listener.into_std().unwrap();
+    let spare = std_listener.try_clone().unwrap();
+    let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
     let registry = RunnerRegistry::new(TunnelConfig::default());
     let (announces_tx, announces) = mpsc::unbounded_channel();
     let app = Router::new()
@@ -82,6 +87,7 @@ async fn start_server_on(listener: tokio::net::TcpListener) -> Running {
     });
     Running {
         registry,
+        listener: spare,
         announces,
         serve,
     }
@@ -362,6 +368,8 @@ async fn whole_echo_turn_over_the_tunnel() {
     assert_eq!(in_progress["object"], "response");
     assert_eq!(in_progress["status"], "in_progress");
     assert_eq!(in_progress["output"], json!([]));
+    // The agent name the server sent as `model` labels the response, like 0.19.1.
+    assert_eq!(in_progress["model"], "test-agent");
     let response_id = in_progress["id"].as_str().unwrap();
     assert!(response_id.starts_with("resp_"));
     let text: String = turn[2..5]
@@ -748,14 +756,36 @@ async fn a_non_fatal_close_reconnects_and_a_server_restart_is_survived() {
     .expect("reconnected");
     assert!(second.generation() > first.generation());
 
-    // The server goes away entirely: listener gone, tunnels closed 1012.
+    // The server goes away: its app stops and its tunnels are closed 1012. The port stays ours (a duplicate of
+    // the listening socket), so no parallel test can take it; while "down" it drops every connection.
+    let spare = server.listener.try_clone().unwrap();
     server.serve.abort();
     let _ = server.serve.await;
     server.registry.close_all(1012, "service restart");
     second.closed().await;
+    let (attempt_tx, mut attempts) = mpsc::unbounded_channel();
+    let down = {
+        let spare = tokio::net::TcpListener::from_std(spare.try_clone().unwrap()).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = spare.accept().await.unwrap();
+                drop(socket);
+                let _ = attempt_tx.send(());
+            }
+        })
+    };
+    // The runner keeps trying while the server is down…
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, attempts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    down.abort();
+    let _ = down.await;
 
-    // It comes back on the same port; the runner finds it.
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // …and finds it when it comes back on the same port.
+    let listener = tokio::net::TcpListener::from_std(spare).unwrap();
     let server = start_server_on(listener).await;
     let conn = server
         .registry
@@ -776,6 +806,57 @@ async fn a_non_fatal_close_reconnects_and_a_server_restart_is_survived() {
     .await;
     assert_eq!(status, 202);
     assert_eq!(events.until_idle().await[2]["delta"], "back");
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, runner)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unauthorized_after_a_successful_connection_is_retried() {
+    let workspace = tempfile::tempdir().unwrap();
+    let (addr, server) = start_server().await;
+    let config = runner_config(addr, Some("later-401"), workspace.path());
+    let runner_id = config.runner_id();
+    let (runner, shutdown) = spawn_runner(config);
+    let conn = server
+        .registry
+        .wait_for_runner(&runner_id, WAIT)
+        .await
+        .unwrap();
+
+    // The server now answers every upgrade with 401: the runner must keep trying, not exit.
+    let spare = server.listener.try_clone().unwrap();
+    server.serve.abort();
+    let _ = server.serve.await;
+    let (attempt_tx, mut attempts) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/v1/runners/{id}/tunnel",
+            get(move || {
+                let attempt_tx = attempt_tx.clone();
+                async move {
+                    let _ = attempt_tx.send(());
+                    (StatusCode::UNAUTHORIZED, "token expired")
+                }
+            }),
+        )
+        .route(
+            "/v1/runners/{id}/token",
+            post(|| async { StatusCode::BAD_REQUEST }),
+        );
+    let listener = tokio::net::TcpListener::from_std(spare).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    conn.close(4003, "tunnel closed");
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, attempts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(!runner.is_finished(), "a 401 after a success is retried");
     shutdown.cancel();
     tokio::time::timeout(WAIT, runner)
         .await

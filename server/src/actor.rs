@@ -34,6 +34,10 @@ const MAX_STORE_REPLAY: u32 = 10_000;
 pub struct ActorLimits {
     /// Recent events kept for `Last-Event-ID` replay.
     pub replay_buffer: usize,
+    /// Bytes of recent events kept for replay.
+    pub replay_buffer_bytes: usize,
+    /// Stop after this long with no subscriber and no command.
+    pub idle: std::time::Duration,
     /// Queue per subscriber; a subscriber this far behind is dropped.
     pub subscriber_queue: usize,
 }
@@ -181,6 +185,7 @@ impl Sessions {
             reserved: 0,
             floor: 1,
             buffer: VecDeque::new(),
+            buffer_bytes: 0,
             subscribers: Vec::new(),
         };
         self.inner.tracker.spawn(actor.run(rx));
@@ -189,7 +194,10 @@ impl Sessions {
 
     fn forget(&self, session_id: &str, generation: u64) {
         let mut map = self.lock();
-        if map.get(session_id).is_some_and(|h| h.generation == generation) {
+        if map
+            .get(session_id)
+            .is_some_and(|h| h.generation == generation)
+        {
             map.remove(session_id);
         }
     }
@@ -212,18 +220,29 @@ impl Sessions {
     }
 
     /// Subscribe to a session's stream, replaying what came after `after`.
-    pub async fn subscribe(&self, session_id: &str, after: Option<u64>) -> Result<Subscription, ActorError> {
-        self.call(session_id, |reply| Command::Subscribe { after, reply }).await
+    pub async fn subscribe(
+        &self,
+        session_id: &str,
+        after: Option<u64>,
+    ) -> Result<Subscription, ActorError> {
+        self.call(session_id, |reply| Command::Subscribe { after, reply })
+            .await
     }
 
     /// Broadcast a transient event (a JSON object with a string `type`).
     pub async fn publish(&self, session_id: &str, event: Value) -> Result<u64, ActorError> {
-        self.call(session_id, |reply| Command::Publish { event, reply }).await
+        self.call(session_id, |reply| Command::Publish { event, reply })
+            .await
     }
 
     /// Persist an item and broadcast it; answers the stored row and its sequence number.
-    pub async fn append_item(&self, session_id: &str, item: NewItem) -> Result<(ItemRow, u64), ActorError> {
-        self.call(session_id, |reply| Command::AppendItem { item, reply }).await
+    pub async fn append_item(
+        &self,
+        session_id: &str,
+        item: NewItem,
+    ) -> Result<(ItemRow, u64), ActorError> {
+        self.call(session_id, |reply| Command::AppendItem { item, reply })
+            .await
     }
 
     /// Record and broadcast a status.
@@ -245,7 +264,8 @@ impl Sessions {
 
     /// Delete a session through its actor, so open streams end with `[DONE]`.
     pub async fn delete(&self, session_id: &str) -> Result<(), ActorError> {
-        self.call(session_id, |reply| Command::Delete { reply }).await
+        self.call(session_id, |reply| Command::Delete { reply })
+            .await
     }
 
     /// Stop every actor after it has finished the commands already queued (in-flight writes complete),
@@ -253,7 +273,10 @@ impl Sessions {
     pub async fn close(&self, grace: std::time::Duration) {
         self.lock().clear();
         self.inner.tracker.close();
-        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("session actors did not stop within {grace:?}");
         }
     }
@@ -274,33 +297,71 @@ struct Actor {
     /// Every event this actor published with a sequence ≥ `floor` is still in `buffer`.
     floor: u64,
     buffer: VecDeque<(u64, Bytes)>,
+    buffer_bytes: usize,
     subscribers: Vec<mpsc::Sender<Outbound>>,
+}
+
+/// Why an actor's loop ended.
+enum Exit {
+    /// The session is gone: refuse what is queued.
+    Gone,
+    /// Idle: hand what is queued to a fresh actor.
+    Idle,
 }
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        match self.store.actor_state(&self.id).await {
+        let exit = match self.store.actor_state(&self.id).await {
             Ok(Some((status, reserved))) => {
                 self.status = SessionStatus::parse(&status).unwrap_or_default();
                 self.reserved = reserved;
                 self.next_seq = reserved + 1;
                 self.floor = self.next_seq;
                 debug!(session_id = %self.id, first_seq = self.next_seq, "session actor started");
-                while let Some(cmd) = rx.recv().await {
-                    if self.handle(cmd).await.is_break() {
-                        break;
+                self.serve(&mut rx).await
+            }
+            Ok(None) => Exit::Gone,
+            Err(e) => {
+                warn!(session_id = %self.id, "session actor cannot load its session: {e}");
+                Exit::Gone
+            }
+        };
+        // Leave the registry first, so new commands start a fresh actor, then deal with what is queued.
+        self.registry.forget(&self.id, self.generation);
+        rx.close();
+        while let Some(cmd) = rx.recv().await {
+            match exit {
+                Exit::Gone => cmd.fail(|| ActorError::NotFound),
+                Exit::Idle => {
+                    if let Err(mpsc::error::SendError(cmd)) = self.registry.handle(&self.id).tx.send(cmd).await {
+                        cmd.fail(|| ActorError::Gone);
                     }
                 }
             }
-            Ok(None) => {}
-            Err(e) => warn!(session_id = %self.id, "session actor cannot load its session: {e}"),
         }
-        // Ending: refuse what is still queued, then leave the registry.
-        rx.close();
-        while let Some(cmd) = rx.recv().await {
-            cmd.fail(|| ActorError::NotFound);
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Command>) -> Exit {
+        loop {
+            let cmd = if self.subscribers.iter().any(|s| !s.is_closed()) {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(self.limits.idle, rx.recv()).await {
+                    Ok(cmd) => cmd,
+                    Err(_) => {
+                        debug!(session_id = %self.id, "session actor idle; stopping");
+                        return Exit::Idle;
+                    }
+                }
+            };
+            let Some(cmd) = cmd else {
+                // Every handle is gone: the server is shutting down.
+                return Exit::Idle;
+            };
+            if self.handle(cmd).await.is_break() {
+                return Exit::Gone;
+            }
         }
-        self.registry.forget(&self.id, self.generation);
     }
 
     async fn handle(&mut self, cmd: Command) -> std::ops::ControlFlow<()> {
@@ -364,10 +425,14 @@ impl Actor {
     /// Encode, buffer and fan out one event under `seq`.
     fn emit(&mut self, seq: u64, event_type: &str, json: &str) {
         let frame = Bytes::from(sse_frame(event_type, seq, json));
+        self.buffer_bytes += frame.len();
         self.buffer.push_back((seq, frame.clone()));
-        while self.buffer.len() > self.limits.replay_buffer {
-            if let Some((old, _)) = self.buffer.pop_front() {
+        while self.buffer.len() > self.limits.replay_buffer
+            || (self.buffer_bytes > self.limits.replay_buffer_bytes && !self.buffer.is_empty())
+        {
+            if let Some((old, f)) = self.buffer.pop_front() {
                 self.floor = old + 1;
+                self.buffer_bytes -= f.len();
             }
         }
         let id = &self.id;
@@ -442,7 +507,11 @@ impl Actor {
         let heartbeat = ServerEvent::heartbeat(Some(crate::now_secs_f64()));
         backlog.push(Outbound::Event {
             seq: ready_seq,
-            frame: Bytes::from(sse_frame(heartbeat.event_type(), ready_seq, &to_json(&heartbeat))),
+            frame: Bytes::from(sse_frame(
+                heartbeat.event_type(),
+                ready_seq,
+                &to_json(&heartbeat),
+            )),
         });
         if let Some(n) = after {
             if n + 1 < self.floor {
@@ -452,7 +521,8 @@ impl Actor {
                     .items_between_seq(&self.id, n, self.floor, MAX_STORE_REPLAY)
                     .await?;
                 for row in items {
-                    let frame = sse_frame("response.output_item.done", row.seq, &item_done_json(&row));
+                    let frame =
+                        sse_frame("response.output_item.done", row.seq, &item_done_json(&row));
                     backlog.push(Outbound::Event {
                         seq: row.seq,
                         frame: Bytes::from(frame),
@@ -507,4 +577,140 @@ pub fn wire_item(row: &ItemRow) -> WireItem {
 fn to_json(event: &ServerEvent) -> String {
     // Serializing these plain data types cannot fail (string keys, no non-finite floats from us).
     serde_json::to_string(event).unwrap_or_else(|_| String::from("{}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{DatabaseLocation, NewSession, SessionRow};
+
+    fn row(id: &str) -> SessionRow {
+        SessionRow {
+            id: id.to_owned(),
+            agent_id: "a".repeat(32),
+            title: None,
+            labels: Default::default(),
+            status: "idle".into(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            archived: false,
+            kind: "default".into(),
+            parent_session_id: None,
+            root_session_id: id.to_owned(),
+            sub_agent_name: None,
+            runner_id: None,
+            host_id: None,
+            workspace: None,
+            git_branch: None,
+            model_override: None,
+            reasoning_effort: None,
+            cost_control_mode_override: None,
+            external_session_id: None,
+            terminal_launch_args: None,
+        }
+    }
+
+    async fn wait_live(sessions: &Sessions, want: usize) {
+        for _ in 0..100 {
+            if sessions.live() == want {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sessions.live(), want);
+    }
+
+    #[tokio::test]
+    async fn an_idle_actor_stops_unless_watched_and_sequences_never_repeat() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("t.db")), 1)
+            .await
+            .expect("store");
+        let id = omnigent_proto::ids::new_id();
+        store
+            .create_session(&NewSession { row: row(&id) }, &[])
+            .await
+            .expect("create");
+        let idle = Duration::from_secs(600);
+        let sessions = Sessions::new(
+            store.clone(),
+            ActorLimits {
+                replay_buffer: 16,
+                replay_buffer_bytes: 1 << 20,
+                idle,
+                subscriber_queue: 16,
+            },
+        );
+        let first = sessions.publish(&id, json!({"type": "x"})).await.expect("publish");
+        assert_eq!(first, 1);
+        assert_eq!(sessions.live(), 1);
+
+        // Idle for longer than the limit: the actor stops and leaves the registry.
+        tokio::time::pause();
+        tokio::time::advance(idle + Duration::from_secs(1)).await;
+        wait_live(&sessions, 0).await;
+        tokio::time::resume();
+
+        // A new actor continues after the reserved block: ids never repeat.
+        let second = sessions.publish(&id, json!({"type": "x"})).await.expect("publish");
+        assert!(second > SEQ_BLOCK, "{second}");
+
+        // A live subscriber keeps the actor running however long it is quiet.
+        let sub = sessions.subscribe(&id, None).await.expect("subscribe");
+        tokio::time::pause();
+        tokio::time::advance(idle * 3).await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sessions.live(), 1);
+        tokio::time::resume();
+        drop(sub);
+        let third = sessions.publish(&id, json!({"type": "x"})).await.expect("publish");
+        assert_eq!(third, second + 1);
+
+        // Publishing to a session that does not exist is NotFound, and the actor goes away.
+        let missing = omnigent_proto::ids::new_id();
+        let err = sessions.publish(&missing, json!({"type": "x"})).await.expect_err("missing");
+        assert!(matches!(err, ActorError::NotFound));
+        wait_live(&sessions, 1).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_replay_buffer_is_bounded_by_bytes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("t.db")), 1)
+            .await
+            .expect("store");
+        let id = omnigent_proto::ids::new_id();
+        store
+            .create_session(&NewSession { row: row(&id) }, &[])
+            .await
+            .expect("create");
+        let sessions = Sessions::new(
+            store.clone(),
+            ActorLimits {
+                replay_buffer: 10_000,
+                replay_buffer_bytes: 64 * 1024,
+                idle: Duration::from_secs(600),
+                subscriber_queue: 16,
+            },
+        );
+        let big = "z".repeat(10 * 1024);
+        for _ in 0..50 {
+            sessions
+                .publish(&id, json!({"type": "response.output_text.delta", "delta": big}))
+                .await
+                .expect("publish");
+        }
+        // Resuming from the start replays only what fits in 64 KiB (transient events are not in the store).
+        let sub = sessions.subscribe(&id, Some(0)).await.expect("subscribe");
+        let replayed = sub.backlog.len() - 1;
+        assert!((1..=6).contains(&replayed), "{replayed}");
+        store.close().await;
+    }
 }

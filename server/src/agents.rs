@@ -9,13 +9,19 @@ use sha2::{Digest, Sha256};
 const BUILTIN_CREATED_AT: i64 = 1_767_225_600;
 
 const BUILTINS: &[(&str, &str)] = &[
-    ("echo", "Streams your message back. For demos and tests; needs no API key."),
+    (
+        "echo",
+        "Streams your message back. For demos and tests; needs no API key.",
+    ),
     (
         "openai",
         "Any OpenAI-compatible Chat Completions endpoint (OpenAI, Ollama, vLLM, LiteLLM, OpenRouter), with \
          shell and file tools in the session's workspace.",
     ),
-    ("anthropic", "Anthropic's Messages API with streaming and tool use."),
+    (
+        "anthropic",
+        "Anthropic's Messages API with streaming and tool use.",
+    ),
     (
         "exec",
         "Runs an agent CLI per turn (claude -p, codex exec, or any command) and maps its JSON lines to events.",
@@ -63,7 +69,10 @@ mod tests {
         let echo = find("echo").expect("echo exists");
         assert_eq!(echo.id.len(), 32);
         assert_eq!(find(&echo.id).map(|a| &a.name), Some(&echo.name));
-        assert_eq!(find(&format!("ag_{}", echo.id)).map(|a| &a.name), Some(&echo.name));
+        assert_eq!(
+            find(&format!("ag_{}", echo.id)).map(|a| &a.name),
+            Some(&echo.name)
+        );
         assert!(find("nope").is_none());
         assert_eq!(all().len(), 4);
     }

@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Recent events kept per session for `Last-Event-ID` replay.
     pub replay_buffer: usize,
+    /// Bytes of recent events kept per session (whichever of the two caps is hit first).
+    pub replay_buffer_bytes: usize,
+    /// A session actor with no subscribers and no command for this long stops (its state is in the store).
+    pub actor_idle: Duration,
     /// Queue per stream subscriber; a subscriber this far behind is dropped.
     pub subscriber_queue: usize,
     /// Idle `session.heartbeat` interval on streams.
@@ -54,9 +58,13 @@ impl ServerConfig {
             data_dir,
             max_body_bytes: omnigent_proto::api::DEFAULT_MAX_BODY_BYTES,
             replay_buffer: 2048,
+            replay_buffer_bytes: 8 * 1024 * 1024,
+            actor_idle: Duration::from_secs(600),
             subscriber_queue: omnigent_proto::events::SUBSCRIBER_QUEUE,
-            heartbeat_interval: Duration::from_secs(omnigent_proto::events::HEARTBEAT_INTERVAL_SECS),
-            shutdown_grace: Duration::from_millis(800),
+            heartbeat_interval: Duration::from_secs(
+                omnigent_proto::events::HEARTBEAT_INTERVAL_SECS,
+            ),
+            shutdown_grace: Duration::from_millis(500),
             read_connections: 4,
         }
     }
@@ -124,7 +132,8 @@ pub async fn serve(
         shutdown.await;
         stop_signal.cancel();
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { serve_stop.cancelled().await });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { serve_stop.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());
     let result = tokio::select! {
         r = &mut server => r,

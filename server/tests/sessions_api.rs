@@ -37,21 +37,39 @@ async fn boot_endpoints_answer_the_reference_shapes() {
     assert!(db.ends_with("data/omnigent.db"), "{db}");
     assert!(std::path::Path::new(db).starts_with(home.path()));
 
-    assert_eq!(srv.get("/v1/me").await, (200, json!({"user_id": "local", "is_admin": true})));
+    assert_eq!(
+        srv.get("/v1/me").await,
+        (200, json!({"user_id": "local", "is_admin": true}))
+    );
     assert_eq!(srv.get("/v1/runners").await, (200, json!({"data": []})));
     assert_eq!(srv.get("/v1/hosts").await, (200, json!({"hosts": []})));
 
     let (s, agents) = srv.get("/v1/agents").await;
     assert_eq!(s, 200);
-    let names: Vec<&str> = agents["data"].as_array().expect("data").iter().map(|a| a["name"].as_str().expect("name")).collect();
+    let names: Vec<&str> = agents["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name"))
+        .collect();
     assert_eq!(names, ["echo", "openai", "anthropic", "exec"]);
     assert_eq!(agents["object"], "list");
     assert_eq!(agents["has_more"], false);
     let (_, page) = srv.get("/v1/agents?limit=2").await;
     assert_eq!(page["data"].as_array().expect("data").len(), 2);
     assert_eq!(page["has_more"], true);
-    let (_, rest) = srv.get(&format!("/v1/agents?after={}", page["last_id"].as_str().expect("last"))).await;
-    let rest_names: Vec<&str> = rest["data"].as_array().expect("data").iter().map(|a| a["name"].as_str().expect("name")).collect();
+    let (_, rest) = srv
+        .get(&format!(
+            "/v1/agents?after={}",
+            page["last_id"].as_str().expect("last")
+        ))
+        .await;
+    let rest_names: Vec<&str> = rest["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name"))
+        .collect();
     assert_eq!(rest_names, ["anthropic", "exec"]);
 }
 
@@ -79,7 +97,10 @@ async fn session_crud_round_trip() {
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(created["status"], "idle");
     assert_eq!(created["agent_name"], "echo");
-    assert_eq!(created["host_id"], "0123456789abcdef0123456789abcdef", "legacy host_ prefix stripped");
+    assert_eq!(
+        created["host_id"], "0123456789abcdef0123456789abcdef",
+        "legacy host_ prefix stripped"
+    );
     assert_eq!(created["workspace"], "/tmp/w");
     assert_eq!(created["runner_id"], Value::Null);
     assert_eq!(created["root_conversation_id"], id.as_str());
@@ -90,7 +111,9 @@ async fn session_crud_round_trip() {
     assert_eq!(s, 200);
     assert_eq!(got["title"], "first");
     assert_eq!(got["labels"], json!({"a": "1", "b": "2"}));
-    let (_, no_items) = srv.get(&format!("/v1/sessions/{id}?include_items=false")).await;
+    let (_, no_items) = srv
+        .get(&format!("/v1/sessions/{id}?include_items=false"))
+        .await;
     assert_eq!(no_items["items"], json!([]));
 
     // PATCH merges labels, a null label removes it, model_override "default" clears.
@@ -104,19 +127,40 @@ async fn session_crud_round_trip() {
     assert_eq!(patched["title"], "renamed");
     assert_eq!(patched["labels"], json!({"a": "1", "c": "3"}));
     assert_eq!(patched["model_override"], "gpt-x");
-    let (_, cleared) = srv.patch(&format!("/v1/sessions/{id}"), json!({"model_override": "default"})).await;
+    let (_, cleared) = srv
+        .patch(
+            &format!("/v1/sessions/{id}"),
+            json!({"model_override": "default"}),
+        )
+        .await;
     assert_eq!(cleared["model_override"], Value::Null);
     // external_session_id is write-once.
-    let (s, err) = srv.patch(&format!("/v1/sessions/{id}"), json!({"external_session_id": "ext2"})).await;
+    let (s, err) = srv
+        .patch(
+            &format!("/v1/sessions/{id}"),
+            json!({"external_session_id": "ext2"}),
+        )
+        .await;
     assert_eq!(s, 400, "{err}");
     assert_eq!(err["error"]["code"], "invalid_input");
     // Binding an unknown runner is refused like omnigent does (no runner is registered).
-    let (s, err) = srv.patch(&format!("/v1/sessions/{id}"), json!({"runner_id": "runner_x"})).await;
+    let (s, err) = srv
+        .patch(
+            &format!("/v1/sessions/{id}"),
+            json!({"runner_id": "runner_x"}),
+        )
+        .await;
     assert_eq!(s, 400);
-    assert!(err["error"]["message"].as_str().expect("msg").contains("runner_x"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("runner_x")
+    );
 
     // Archive hides it from the default list.
-    srv.patch(&format!("/v1/sessions/{id}"), json!({"archived": true})).await;
+    srv.patch(&format!("/v1/sessions/{id}"), json!({"archived": true}))
+        .await;
     let (_, list) = srv.get("/v1/sessions").await;
     assert!(ids(&list).is_empty());
     let (_, list) = srv.get("/v1/sessions?include_archived=true").await;
@@ -126,7 +170,10 @@ async fn session_crud_round_trip() {
     assert_eq!((s, del), (200, json!({"id": id, "deleted": true})));
     let (s, err) = srv.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(s, 404);
-    assert_eq!(err, json!({"error": {"code": "not_found", "message": "Session not found"}}));
+    assert_eq!(
+        err,
+        json!({"error": {"code": "not_found", "message": "Session not found"}})
+    );
     let (s, _) = srv.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!(s, 404, "deleting twice is a 404");
 }
@@ -156,24 +203,35 @@ async fn session_list_pagination_edges() {
     assert_eq!(p1["has_more"], true);
     assert_eq!(p1["first_id"], newest_first[0].as_str());
     assert_eq!(p1["last_id"], newest_first[4].as_str());
-    let (_, p2) = srv.get(&format!("/v1/sessions?limit=5&after={}", newest_first[4])).await;
+    let (_, p2) = srv
+        .get(&format!("/v1/sessions?limit=5&after={}", newest_first[4]))
+        .await;
     assert_eq!(ids(&p2), newest_first[5..]);
     assert_eq!(p2["has_more"], false);
-    let (_, p3) = srv.get(&format!("/v1/sessions?limit=5&after={}", newest_first[9])).await;
+    let (_, p3) = srv
+        .get(&format!("/v1/sessions?limit=5&after={}", newest_first[9]))
+        .await;
     assert!(ids(&p3).is_empty());
     assert_eq!(p3["has_more"], false);
     let (_, all) = srv.get("/v1/sessions?limit=10").await;
     assert_eq!(all["has_more"], false, "exactly limit rows: no more");
 
     // before: the page just before a cursor, in list order.
-    let (_, b) = srv.get(&format!("/v1/sessions?limit=3&before={}", newest_first[5])).await;
+    let (_, b) = srv
+        .get(&format!("/v1/sessions?limit=3&before={}", newest_first[5]))
+        .await;
     assert_eq!(ids(&b), newest_first[2..5]);
     assert_eq!(b["has_more"], true);
-    let (_, b0) = srv.get(&format!("/v1/sessions?before={}", newest_first[0])).await;
+    let (_, b0) = srv
+        .get(&format!("/v1/sessions?before={}", newest_first[0]))
+        .await;
     assert!(ids(&b0).is_empty());
     // after + before together: the window between.
     let (_, win) = srv
-        .get(&format!("/v1/sessions?after={}&before={}", newest_first[1], newest_first[5]))
+        .get(&format!(
+            "/v1/sessions?after={}&before={}",
+            newest_first[1], newest_first[5]
+        ))
         .await;
     assert_eq!(ids(&win), newest_first[2..5]);
 
@@ -185,12 +243,25 @@ async fn session_list_pagination_edges() {
     assert_eq!(ids(&upd), [created[0].clone()]);
 
     // A deleted cursor is a clear 400, not an empty page or a 500.
-    srv.delete(&format!("/v1/sessions/{}", newest_first[4])).await;
-    let (s, err) = srv.get(&format!("/v1/sessions?after={}", newest_first[4])).await;
+    srv.delete(&format!("/v1/sessions/{}", newest_first[4]))
+        .await;
+    let (s, err) = srv
+        .get(&format!("/v1/sessions?after={}", newest_first[4]))
+        .await;
     assert_eq!(s, 400, "{err}");
-    assert!(err["error"]["message"].as_str().expect("msg").contains("deleted"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("deleted")
+    );
     // A legacy-prefixed cursor works.
-    let (s, p) = srv.get(&format!("/v1/sessions?limit=2&after=conv_{}", newest_first[0])).await;
+    let (s, p) = srv
+        .get(&format!(
+            "/v1/sessions?limit=2&after=conv_{}",
+            newest_first[0]
+        ))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(ids(&p), newest_first[1..3]);
 }
@@ -214,8 +285,16 @@ async fn search_uses_titles_and_item_text() {
         }
     };
     assert_eq!(search("parser").await, HashSet::from([a.clone()]));
-    assert_eq!(search("pars").await, HashSet::from([a.clone()]), "prefix match");
-    assert_eq!(search("flamingo").await, HashSet::from([b.clone()]), "item text");
+    assert_eq!(
+        search("pars").await,
+        HashSet::from([a.clone()]),
+        "prefix match"
+    );
+    assert_eq!(
+        search("flamingo").await,
+        HashSet::from([b.clone()]),
+        "item text"
+    );
     assert_eq!(search("the").await, HashSet::from([a.clone(), b.clone()]));
     assert!(search("absent").await.is_empty());
     // FTS syntax in the input is neutralised, never a 500.
@@ -223,8 +302,15 @@ async fn search_uses_titles_and_item_text() {
     assert!(search("NEAR(").await.is_empty());
     assert!(search("%22").await.len() == 3, "no words: no filter");
     // Renaming reindexes the title; deleting removes it from results.
-    srv.patch(&format!("/v1/sessions/{c}"), json!({"title": "parser notes"})).await;
-    assert_eq!(search("parser").await, HashSet::from([a.clone(), c.clone()]));
+    srv.patch(
+        &format!("/v1/sessions/{c}"),
+        json!({"title": "parser notes"}),
+    )
+    .await;
+    assert_eq!(
+        search("parser").await,
+        HashSet::from([a.clone(), c.clone()])
+    );
     srv.delete(&format!("/v1/sessions/{b}")).await;
     assert!(search("flamingo").await.is_empty());
 }
@@ -251,35 +337,73 @@ async fn items_pagination_and_fork() {
     assert_eq!(item["role"], "assistant", "items are flat");
     assert_eq!(item["status"], "completed");
     assert!(item["created_at"].is_i64());
-    let (_, p2) = srv.get(&format!("/v1/sessions/{id}/items?limit=4&after={}", item_ids[2])).await;
+    let (_, p2) = srv
+        .get(&format!(
+            "/v1/sessions/{id}/items?limit=4&after={}",
+            item_ids[2]
+        ))
+        .await;
     assert_eq!(ids(&p2), item_ids[3..]);
     assert_eq!(p2["has_more"], false);
-    let (_, desc) = srv.get(&format!("/v1/sessions/{id}/items?order=desc&limit=2")).await;
+    let (_, desc) = srv
+        .get(&format!("/v1/sessions/{id}/items?order=desc&limit=2"))
+        .await;
     assert_eq!(ids(&desc), [item_ids[6].clone(), item_ids[5].clone()]);
-    let (_, before) = srv.get(&format!("/v1/sessions/{id}/items?before={}&limit=2", item_ids[3])).await;
+    let (_, before) = srv
+        .get(&format!(
+            "/v1/sessions/{id}/items?before={}&limit=2",
+            item_ids[3]
+        ))
+        .await;
     assert_eq!(ids(&before), item_ids[1..3]);
-    let (s, _) = srv.get(&format!("/v1/sessions/{id}/items?after=0123456789abcdef0123456789abcdef")).await;
+    let (s, _) = srv
+        .get(&format!(
+            "/v1/sessions/{id}/items?after=0123456789abcdef0123456789abcdef"
+        ))
+        .await;
     assert_eq!(s, 400, "unknown item cursor");
-    let (s, _) = srv.get("/v1/sessions/0123456789abcdef0123456789abcdef/items").await;
+    let (s, _) = srv
+        .get("/v1/sessions/0123456789abcdef0123456789abcdef/items")
+        .await;
     assert_eq!(s, 404);
 
     // Fork copies the items with new ids and is not bound to a runner.
-    let (s, fork) = srv.post(&format!("/v1/sessions/{id}/fork"), json!({"title": "forked"})).await;
+    let (s, fork) = srv
+        .post(
+            &format!("/v1/sessions/{id}/fork"),
+            json!({"title": "forked"}),
+        )
+        .await;
     assert_eq!(s, 201, "{fork}");
     let fork_id = fork["id"].as_str().expect("id");
     assert_ne!(fork_id, id);
     assert_eq!(fork["title"], "forked");
     assert_eq!(fork["status"], "idle");
     assert_eq!(fork["runner_id"], Value::Null);
-    let (_, fitems) = srv.get(&format!("/v1/sessions/{fork_id}/items?limit=100")).await;
+    let (_, fitems) = srv
+        .get(&format!("/v1/sessions/{fork_id}/items?limit=100"))
+        .await;
     let copied = ids(&fitems);
     assert_eq!(copied.len(), 7);
-    assert!(copied.iter().all(|c| !item_ids.contains(c)), "fresh item ids");
+    assert!(
+        copied.iter().all(|c| !item_ids.contains(c)),
+        "fresh item ids"
+    );
     assert_eq!(fitems["data"][6]["content"][0]["text"], "text 6");
     // Fork with an empty body (no content type) works; unknown up_to_response_id is a 400.
-    let resp = srv.client.post(srv.u(&format!("/v1/sessions/{id}/fork"))).send().await.expect("post");
+    let resp = srv
+        .client
+        .post(srv.u(&format!("/v1/sessions/{id}/fork")))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(resp.status().as_u16(), 201);
-    let (s, _) = srv.post(&format!("/v1/sessions/{id}/fork"), json!({"up_to_response_id": "resp_nope"})).await;
+    let (s, _) = srv
+        .post(
+            &format!("/v1/sessions/{id}/fork"),
+            json!({"up_to_response_id": "resp_nope"}),
+        )
+        .await;
     assert_eq!(s, 400);
 }
 
@@ -295,10 +419,15 @@ async fn health_reports_session_liveness() {
         json!({"status": "ok", "session": {"id": id, "runner_online": false, "host_online": null, "host_version": null}})
     );
     let missing = "0123456789abcdef0123456789abcdef";
-    let (_, h) = srv.get(&format!("/health?session_ids={id},{missing}")).await;
+    let (_, h) = srv
+        .get(&format!("/health?session_ids={id},{missing}"))
+        .await;
     assert_eq!(h["sessions"][&id]["runner_online"], false);
     // omnigent reports an unknown id as runner_online:true, host_online:null.
-    assert_eq!(h["sessions"][missing], json!({"runner_online": true, "host_online": null, "host_version": null}));
+    assert_eq!(
+        h["sessions"][missing],
+        json!({"runner_online": true, "host_online": null, "host_version": null})
+    );
 }
 
 #[tokio::test]
@@ -317,10 +446,20 @@ async fn post_events_by_type() {
     assert_eq!(err["error"]["code"], "runner_unavailable");
     let (_, items) = srv.get(&format!("/v1/sessions/{id}/items")).await;
     assert_eq!(items["data"], json!([]));
-    assert_eq!(ev(json!({"type": "interrupt", "data": {}})).await, (202, json!({"queued": false})));
-    assert_eq!(ev(json!({"type": "interrupt"})).await, (202, json!({"queued": false})));
-    assert_eq!(ev(json!({"type": "stop_session"})).await, (202, json!({"queued": false})));
-    let (s, body) = ev(json!({"type": "external_session_status", "data": {"status": "running"}})).await;
+    assert_eq!(
+        ev(json!({"type": "interrupt", "data": {}})).await,
+        (202, json!({"queued": false}))
+    );
+    assert_eq!(
+        ev(json!({"type": "interrupt"})).await,
+        (202, json!({"queued": false}))
+    );
+    assert_eq!(
+        ev(json!({"type": "stop_session"})).await,
+        (202, json!({"queued": false}))
+    );
+    let (s, body) =
+        ev(json!({"type": "external_session_status", "data": {"status": "running"}})).await;
     assert_eq!((s, body), (202, json!({"queued": false})));
     let (_, snap) = srv.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(snap["status"], "running", "status is persisted");
@@ -342,7 +481,13 @@ async fn post_events_by_type() {
         "id": item_id, "type": "function_call", "name": "shell", "call_id": "c1", "arguments": "{}"
     }}}))
     .await;
-    assert_eq!((s, body), (202, json!({"queued": false, "item_id": "0123456789abcdef0123456789abcdef"})));
+    assert_eq!(
+        (s, body),
+        (
+            202,
+            json!({"queued": false, "item_id": "0123456789abcdef0123456789abcdef"})
+        )
+    );
     let (s, body) = ev(json!({"type": "external_conversation_item", "data": {"item": {
         "id": item_id, "type": "function_call", "name": "shell", "call_id": "c1", "arguments": "{}"
     }}}))
@@ -361,44 +506,312 @@ async fn malformed_inputs_table() {
     let big = "x".repeat(70 * 1024);
     let session_path = format!("/v1/sessions/{id}");
     let many_ids = format!("/health?session_ids={}", vec!["a"; 501].join(","));
-    type Case<'a> = (&'a str, &'a str, String, Option<&'a str>, u16, &'a str, &'a str);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        Option<&'a str>,
+        u16,
+        &'a str,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         // (method, path, body, content-type, status, code, message contains)
-        ("POST", "/v1/sessions", "{not json".into(), Some("application/json"), 400, "invalid_input", "not valid JSON"),
-        ("POST", "/v1/sessions", "{}".into(), Some("application/json"), 400, "invalid_input", "agent_id is required"),
-        ("POST", "/v1/sessions", r#"{"agent_id":"nope"}"#.into(), Some("application/json"), 404, "not_found", "GET /v1/agents"),
-        ("POST", "/v1/sessions", r#"{"agent_id":"echo","labels":{"a":1}}"#.into(), Some("application/json"), 400, "invalid_input", "labels"),
-        ("POST", "/v1/sessions", r#"{"agent_id":"echo","host_id":"h"}"#.into(), Some("application/json"), 400, "invalid_input", "workspace is required"),
-        ("POST", "/v1/sessions", r#"{"agent_id":"echo"}"#.into(), Some("text/plain"), 415, "unsupported_media_type", "Content-Type: application/json"),
-        ("POST", "/v1/sessions", r#"{"agent_id":"echo"}"#.into(), None, 415, "unsupported_media_type", "application/json"),
-        ("POST", "/v1/sessions", format!(r#"{{"agent_id":"echo","title":"{big}"}}"#), Some("application/json"), 413, "payload_too_large", "larger than 65536"),
-        ("POST", "/v1/sessions", r#"{"agent_id":"echo","initial_items":[{"type":"message","data":{"content":[]}}]}"#.into(), Some("application/json"), 400, "invalid_input", "initial_items[0]"),
-        ("POST", "/v1/sessions", r#"{"agent_id":"echo","terminal_launch_args":["a\u0000b"]}"#.into(), Some("application/json"), 400, "invalid_input", "NUL"),
-        ("POST", &events, r#"{"type":"teleport"}"#.into(), Some("application/json"), 400, "invalid_input", "unknown event type `teleport`"),
-        ("POST", &events, r#"{"data":{}}"#.into(), Some("application/json"), 400, "invalid_input", "type"),
-        ("POST", &events, r#"{"type":"interrupt","data":[1]}"#.into(), Some("application/json"), 400, "invalid_input", "must be a JSON object"),
-        ("POST", &events, r#"{"type":"message","data":{"role":"robot","content":"x"}}"#.into(), Some("application/json"), 400, "invalid_input", "role `robot`"),
-        ("POST", &events, r#"{"type":"external_output_text_delta","data":{}}"#.into(), Some("application/json"), 400, "invalid_input", "data.delta"),
-        ("POST", &events, r#"{"type":"external_session_status","data":{"status":"asleep"}}"#.into(), Some("application/json"), 400, "invalid_input", "asleep"),
-        ("POST", &events, r#"{"type":"external_conversation_item","data":{"type":"spell"}}"#.into(), Some("application/json"), 400, "invalid_input", "spell"),
-        ("POST", &events, r#"{"type":"external_conversation_item","data":{"type":"function_call","name":"x"}}"#.into(), Some("application/json"), 400, "invalid_input", "call_id"),
-        ("POST", &events, "[]".into(), Some("application/json"), 400, "invalid_input", "not valid JSON"),
-        ("POST", "/v1/sessions/0123456789abcdef0123456789abcdef/events", r#"{"type":"interrupt"}"#.into(), Some("application/json"), 404, "not_found", "Session not found"),
-        ("POST", "/v1/sessions/not-an-id/events", r#"{"type":"interrupt"}"#.into(), Some("application/json"), 404, "not_found", "Session not found"),
-        ("GET", "/v1/sessions?limit=0", String::new(), None, 400, "invalid_input", "limit=0"),
-        ("GET", "/v1/sessions?limit=5000", String::new(), None, 400, "invalid_input", "1 to 1000"),
-        ("GET", "/v1/sessions?limit=abc", String::new(), None, 400, "invalid_input", "limit"),
-        ("GET", "/v1/sessions?order=sideways", String::new(), None, 400, "invalid_input", "order"),
-        ("GET", "/v1/sessions?sort_by=size", String::new(), None, 400, "invalid_input", "sort_by"),
-        ("GET", "/v1/sessions?after=zzz", String::new(), None, 400, "invalid_input", "is not an id"),
-        ("GET", "/v1/sessions/nothex", String::new(), None, 404, "not_found", "Session not found"),
-        ("GET", "/v1/nowhere", String::new(), None, 404, "not_found", "no route GET /v1/nowhere"),
-        ("PUT", "/v1/sessions", String::new(), None, 405, "method_not_allowed", "PUT"),
-        ("PATCH", &session_path, r#"{"archived":"yes"}"#.into(), Some("application/json"), 400, "invalid_input", "archived"),
-        ("GET", &many_ids, String::new(), None, 400, "invalid_input", "at most 500"),
+        (
+            "POST",
+            "/v1/sessions",
+            "{not json".into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "not valid JSON",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            "{}".into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "agent_id is required",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"agent_id":"nope"}"#.into(),
+            Some("application/json"),
+            404,
+            "not_found",
+            "GET /v1/agents",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"agent_id":"echo","labels":{"a":1}}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "labels",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"agent_id":"echo","host_id":"h"}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "workspace is required",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"agent_id":"echo"}"#.into(),
+            Some("text/plain"),
+            415,
+            "unsupported_media_type",
+            "Content-Type: application/json",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"agent_id":"echo"}"#.into(),
+            None,
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            format!(r#"{{"agent_id":"echo","title":"{big}"}}"#),
+            Some("application/json"),
+            413,
+            "payload_too_large",
+            "larger than 65536",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"agent_id":"echo","initial_items":[{"type":"message","data":{"content":[]}}]}"#
+                .into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "initial_items[0]",
+        ),
+        (
+            "POST",
+            "/v1/sessions",
+            r#"{"agent_id":"echo","terminal_launch_args":["a\u0000b"]}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "NUL",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"type":"teleport"}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "unknown event type `teleport`",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"data":{}}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "type",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"type":"interrupt","data":[1]}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "must be a JSON object",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"type":"message","data":{"role":"robot","content":"x"}}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "role `robot`",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"type":"external_output_text_delta","data":{}}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "data.delta",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"type":"external_session_status","data":{"status":"asleep"}}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "asleep",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"type":"external_conversation_item","data":{"type":"spell"}}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "spell",
+        ),
+        (
+            "POST",
+            &events,
+            r#"{"type":"external_conversation_item","data":{"type":"function_call","name":"x"}}"#
+                .into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "call_id",
+        ),
+        (
+            "POST",
+            &events,
+            "[]".into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "not valid JSON",
+        ),
+        (
+            "POST",
+            "/v1/sessions/0123456789abcdef0123456789abcdef/events",
+            r#"{"type":"interrupt"}"#.into(),
+            Some("application/json"),
+            404,
+            "not_found",
+            "Session not found",
+        ),
+        (
+            "POST",
+            "/v1/sessions/not-an-id/events",
+            r#"{"type":"interrupt"}"#.into(),
+            Some("application/json"),
+            404,
+            "not_found",
+            "Session not found",
+        ),
+        (
+            "GET",
+            "/v1/sessions?limit=0",
+            String::new(),
+            None,
+            400,
+            "invalid_input",
+            "limit=0",
+        ),
+        (
+            "GET",
+            "/v1/sessions?limit=5000",
+            String::new(),
+            None,
+            400,
+            "invalid_input",
+            "1 to 1000",
+        ),
+        (
+            "GET",
+            "/v1/sessions?limit=abc",
+            String::new(),
+            None,
+            400,
+            "invalid_input",
+            "limit",
+        ),
+        (
+            "GET",
+            "/v1/sessions?order=sideways",
+            String::new(),
+            None,
+            400,
+            "invalid_input",
+            "order",
+        ),
+        (
+            "GET",
+            "/v1/sessions?sort_by=size",
+            String::new(),
+            None,
+            400,
+            "invalid_input",
+            "sort_by",
+        ),
+        (
+            "GET",
+            "/v1/sessions?after=zzz",
+            String::new(),
+            None,
+            400,
+            "invalid_input",
+            "is not an id",
+        ),
+        (
+            "GET",
+            "/v1/sessions/nothex",
+            String::new(),
+            None,
+            404,
+            "not_found",
+            "Session not found",
+        ),
+        (
+            "GET",
+            "/v1/nowhere",
+            String::new(),
+            None,
+            404,
+            "not_found",
+            "no route GET /v1/nowhere",
+        ),
+        (
+            "PUT",
+            "/v1/sessions",
+            String::new(),
+            None,
+            405,
+            "method_not_allowed",
+            "PUT",
+        ),
+        (
+            "PATCH",
+            &session_path,
+            r#"{"archived":"yes"}"#.into(),
+            Some("application/json"),
+            400,
+            "invalid_input",
+            "archived",
+        ),
+        (
+            "GET",
+            &many_ids,
+            String::new(),
+            None,
+            400,
+            "invalid_input",
+            "at most 500",
+        ),
     ];
     for (method, path, body, ctype, status, code, needle) in cases {
-        let mut req = srv.client.request(method.parse().expect("method"), srv.u(path));
+        let mut req = srv
+            .client
+            .request(method.parse().expect("method"), srv.u(path));
         if let Some(ct) = ctype {
             req = req.header("content-type", ct);
         }
@@ -411,7 +824,10 @@ async fn malformed_inputs_table() {
         assert_eq!(got_status, status, "{method} {path} {short}: {got}");
         assert_eq!(got["error"]["code"], code, "{method} {path} {short}: {got}");
         let message = got["error"]["message"].as_str().expect("message");
-        assert!(message.contains(needle), "{method} {path} {short}: `{message}` lacks `{needle}`");
+        assert!(
+            message.contains(needle),
+            "{method} {path} {short}: `{message}` lacks `{needle}`"
+        );
     }
     // Last-Event-ID that is not a number.
     let resp = srv
@@ -423,7 +839,12 @@ async fn malformed_inputs_table() {
         .expect("send");
     let (s, err) = common::status_json(resp).await;
     assert_eq!(s, 400);
-    assert!(err["error"]["message"].as_str().expect("msg").contains("Last-Event-ID"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("Last-Event-ID")
+    );
     // A Content-Length beyond the cap is refused before the body is read.
     let resp = srv
         .client
@@ -451,14 +872,18 @@ async fn restart_with_the_same_database_keeps_everything() {
         async move { srv.append_text(&a, &format!("m{i}")).await }
     }))
     .await;
-    srv.patch(&format!("/v1/sessions/{a}"), json!({"labels": {"k": "v"}})).await;
+    srv.patch(&format!("/v1/sessions/{a}"), json!({"labels": {"k": "v"}}))
+        .await;
     let mut s1 = srv.stream(&a, None).await;
     let ready = s1.expect().await;
     let seq_before: u64 = common::id_of(&ready);
     let (_, before) = srv.get(&format!("/v1/sessions/{a}")).await;
     let (r, took) = srv.shutdown().await;
     r.expect("clean stop");
-    assert!(took < std::time::Duration::from_secs(1), "stopped in {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "stopped in {took:?}"
+    );
 
     let srv = TestServer::start(home.path()).await;
     let (s, after) = srv.get(&format!("/v1/sessions/{a}")).await;
@@ -488,15 +913,25 @@ async fn a_second_server_on_the_same_database_refuses_to_start() {
     let err = open_store(&config).await.expect_err("second must refuse");
     assert!(matches!(err, OpenError::Locked { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&home.path().join("data/omnigent.db").display().to_string()), "{msg}");
+    assert!(
+        msg.contains(&home.path().join("data/omnigent.db").display().to_string()),
+        "{msg}"
+    );
     assert!(msg.contains("another omnigent server"), "{msg}");
     // Through run(): it returns the error without serving.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let res = omnigent_server::run(config.clone(), listener, std::future::pending()).await;
-    assert!(matches!(res, Err(omnigent_server::ServerError::Open(OpenError::Locked { .. }))));
+    assert!(matches!(
+        res,
+        Err(omnigent_server::ServerError::Open(OpenError::Locked { .. }))
+    ));
     first.close().await;
     drop(first);
-    let again = open_store(&config).await.expect("opens once the first is gone");
+    let again = open_store(&config)
+        .await
+        .expect("opens once the first is gone");
     again.close().await;
 }
 
@@ -510,12 +945,17 @@ async fn corrupt_or_unusable_database_refuses_to_start() {
     let err = open_store(&config).await.expect_err("corrupt must refuse");
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains(&db.display().to_string()) && msg.contains("move it aside"), "{msg}");
+    assert!(
+        msg.contains(&db.display().to_string()) && msg.contains("move it aside"),
+        "{msg}"
+    );
 
     // The data "directory" is a file: cannot create the database.
     let home2 = tempfile::tempdir().expect("tmp");
     std::fs::write(home2.path().join("data"), "x").expect("write");
-    let err = open_store(&ServerConfig::for_home(home2.path())).await.expect_err("must refuse");
+    let err = open_store(&ServerConfig::for_home(home2.path()))
+        .await
+        .expect_err("must refuse");
     assert!(err.to_string().contains("omnigent.db"), "{err}");
 
     // Postgres is not supported yet, and says so.
@@ -524,7 +964,10 @@ async fn corrupt_or_unusable_database_refuses_to_start() {
         .expect("parses");
     let err = open_store(&pg).await.expect_err("unsupported");
     let msg = err.to_string();
-    assert!(msg.contains("not supported yet") && !msg.contains("secret"), "{msg}");
+    assert!(
+        msg.contains("not supported yet") && !msg.contains("secret"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -542,7 +985,9 @@ async fn read_only_database_refuses_to_start() {
     drop(store);
     let db = home.path().join("data/omnigent.db");
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
-    let err = open_store(&config).await.expect_err("read-only must refuse");
+    let err = open_store(&config)
+        .await
+        .expect_err("read-only must refuse");
     assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
     assert!(err.to_string().contains(&db.display().to_string()));
 }

@@ -23,7 +23,9 @@ async fn stream_headers_and_ready_heartbeat() {
     assert_eq!(ready.event.as_deref(), Some("session.heartbeat"));
     assert_eq!(json_of(&ready)["type"], "session.heartbeat");
     assert!(ready.id.is_some());
-    let (s, _) = srv.get("/v1/sessions/0123456789abcdef0123456789abcdef/stream").await;
+    let (s, _) = srv
+        .get("/v1/sessions/0123456789abcdef0123456789abcdef/stream")
+        .await;
     assert_eq!(s, 404);
 }
 
@@ -68,14 +70,21 @@ async fn three_concurrent_subscribers_see_the_same_order() {
             events.push((id_of(&m), label));
         }
         let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
-        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "ids are consecutive: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "ids are consecutive: {seqs:?}"
+        );
         seen.push(events);
     }
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[1], seen[2]);
     // Each writer's own events keep their order.
     for w in 0..4 {
-        let mine: Vec<String> = seen[0].iter().filter(|e| e.1.starts_with(&format!("w{w}-"))).map(|e| e.1.clone()).collect();
+        let mine: Vec<String> = seen[0]
+            .iter()
+            .filter(|e| e.1.starts_with(&format!("w{w}-")))
+            .map(|e| e.1.clone())
+            .collect();
         let want: Vec<String> = (0..25).map(|i| format!("w{w}-{i}")).collect();
         assert_eq!(mine, want);
     }
@@ -117,14 +126,21 @@ async fn last_event_id_replays_exactly_what_was_missed_over_1000_events() {
         // Sometimes fall far behind before reconnecting, so the buffer (32) no longer covers the gap.
         if reconnects % 5 == 4 {
             let target = (received.len() + 100).min(N);
-            progress.wait_for(|p| *p >= target).await.expect("publisher alive");
+            progress
+                .wait_for(|p| *p >= target)
+                .await
+                .expect("publisher alive");
             store_replays += 1;
         }
         let mut sse = srv.stream(&id, last_id).await;
         let ready = sse.expect().await;
         assert_eq!(ready.event.as_deref(), Some("session.heartbeat"));
         if let Some(l) = last_id {
-            assert_eq!(id_of(&ready), l, "the ready heartbeat carries the resume point");
+            assert_eq!(
+                id_of(&ready),
+                l,
+                "the ready heartbeat carries the resume point"
+            );
         }
         let take = rng.random_range(1..60);
         for _ in 0..take {
@@ -144,8 +160,15 @@ async fn last_event_id_replays_exactly_what_was_missed_over_1000_events() {
         drop(sse);
     }
     publisher.await.expect("publisher");
-    assert_eq!(received, (0..N).collect::<Vec<_>>(), "each event exactly once, in order");
-    assert!(reconnects > 20 && store_replays > 3, "{reconnects} reconnects, {store_replays} far behind");
+    assert_eq!(
+        received,
+        (0..N).collect::<Vec<_>>(),
+        "each event exactly once, in order"
+    );
+    assert!(
+        reconnects > 20 && store_replays > 3,
+        "{reconnects} reconnects, {store_replays} far behind"
+    );
 }
 
 /// Transient events (deltas) within the buffer are replayed too.
@@ -169,7 +192,13 @@ async fn last_event_id_replays_transient_events_from_the_buffer() {
                 break;
             }
             let m = sse.next_non_heartbeat().await.expect("event");
-            got.push(json_of(&m)["delta"].as_str().expect("delta").parse::<usize>().expect("n"));
+            got.push(
+                json_of(&m)["delta"]
+                    .as_str()
+                    .expect("delta")
+                    .parse::<usize>()
+                    .expect("n"),
+            );
             last = Some(id_of(&m));
         }
         sse = srv.stream(&id, last).await;
@@ -197,8 +226,14 @@ async fn a_slow_subscriber_is_dropped_and_never_stalls_the_others() {
     let reader = tokio::spawn(async move {
         let mut n = 0;
         while n < N {
-            let m = fast.next_non_heartbeat().await.expect("fast subscriber keeps receiving");
-            assert_eq!(json_of(&m)["delta"].as_str().map(str::len), Some(256 * 1024));
+            let m = fast
+                .next_non_heartbeat()
+                .await
+                .expect("fast subscriber keeps receiving");
+            assert_eq!(
+                json_of(&m)["delta"].as_str().map(str::len),
+                Some(256 * 1024)
+            );
             n += 1;
         }
         n
@@ -227,7 +262,10 @@ async fn a_slow_subscriber_is_dropped_and_never_stalls_the_others() {
 #[tokio::test]
 async fn idle_heartbeats_keep_the_last_event_id() {
     let home = tempfile::tempdir().expect("tmp");
-    let srv = TestServer::start_with(home.path(), |c| c.heartbeat_interval = Duration::from_millis(50)).await;
+    let srv = TestServer::start_with(home.path(), |c| {
+        c.heartbeat_interval = Duration::from_millis(50)
+    })
+    .await;
     let id = srv.create_session("hb").await;
     srv.delta(&id, "one").await;
     let mut sse = srv.stream(&id, None).await;
@@ -259,7 +297,12 @@ async fn deleting_a_session_ends_its_streams_with_done() {
         assert!(m.is_done(), "{m:?}");
         assert!(s.next().await.is_none(), "nothing after [DONE]");
     }
-    let (st, _) = srv.post(&format!("/v1/sessions/{id}/events"), json!({"type": "interrupt"})).await;
+    let (st, _) = srv
+        .post(
+            &format!("/v1/sessions/{id}/events"),
+            json!({"type": "interrupt"}),
+        )
+        .await;
     assert_eq!(st, 404);
 }
 
@@ -273,7 +316,10 @@ async fn shutdown_ends_open_streams_cleanly_within_a_second() {
         let mut s = srv.stream(&id, None).await;
         s.expect().await;
         srv.delta(&id, "x").await;
-        assert_eq!(s.expect().await.event.as_deref(), Some("response.output_text.delta"));
+        assert_eq!(
+            s.expect().await.event.as_deref(),
+            Some("response.output_text.delta")
+        );
         streams.push(s);
     }
     let readers: Vec<_> = streams
@@ -335,8 +381,15 @@ async fn acknowledged_writes_survive_a_shutdown_under_load() {
         }
     }
     let srv = TestServer::start(home.path()).await;
-    let (_, page) = srv.get(&format!("/v1/sessions/{id}/items?limit=1000")).await;
-    let stored: Vec<String> = page["data"].as_array().expect("data").iter().map(|i| i["id"].as_str().expect("id").to_owned()).collect();
+    let (_, page) = srv
+        .get(&format!("/v1/sessions/{id}/items?limit=1000"))
+        .await;
+    let stored: Vec<String> = page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_owned())
+        .collect();
     for a in &acked {
         assert!(stored.contains(a), "acknowledged item {a} was lost");
     }
@@ -369,8 +422,14 @@ async fn concurrent_writes_keep_positions_gapless() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 
     let db = home.path().join("data/omnigent.db");
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).read_only(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.expect("open db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .read_only(true);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .expect("open db");
     for (sid, n) in [(&id, 100i64), (&other, 10)] {
         let positions: Vec<i64> = sqlx::query_scalar(
             "SELECT i.position FROM items i JOIN sessions s ON s.pk = i.session_pk WHERE s.id = ? ORDER BY i.position",

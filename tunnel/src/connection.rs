@@ -13,13 +13,15 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
 use omnigent_proto::runner_frames::{
-    self, Hello, Ping, Request, RequestCancel, ResponseHead, RunnerFrame, close,
+    self, Hello, Ping, Request, RequestCancel, ResponseHead, RunnerFrame, WsClose, WsFrame, WsOpen,
+    close,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::channel::{Channel, ChannelEvent, ChannelMessage, TUNNEL_LOST};
 use crate::{TunnelConfig, TunnelError, epoch_millis};
 
 /// How long the writer may take to flush the final close frame.
@@ -35,6 +37,21 @@ pub(crate) enum Command {
         id: String,
     },
     Close {
+        code: u16,
+        reason: String,
+    },
+    OpenChannel {
+        ch_id: String,
+        path: String,
+        query_string: String,
+        events: mpsc::UnboundedSender<ChannelEvent>,
+    },
+    ChannelSend {
+        ch_id: String,
+        message: ChannelMessage,
+    },
+    ChannelClose {
+        ch_id: String,
         code: u16,
         reason: String,
     },
@@ -120,6 +137,28 @@ impl RunnerConnection {
             code,
             reason: reason.to_owned(),
         });
+    }
+
+    /// Open a WebSocket channel to `path` on the runner (a terminal attach, say). The runner answers with
+    /// frames or a `ws.close` (4404 when it has no such channel), both delivered by [`Channel::recv`].
+    pub fn open_channel(&self, path: &str, query_string: &str) -> Result<Channel, TunnelError> {
+        let ch_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        self.inner
+            .commands
+            .send(Command::OpenChannel {
+                ch_id: ch_id.clone(),
+                path: path.to_owned(),
+                query_string: query_string.to_owned(),
+                events: events_tx,
+            })
+            .map_err(|_| TunnelError::Closed)?;
+        Ok(Channel {
+            ch_id,
+            commands: self.inner.commands.clone(),
+            events,
+            closed: false,
+        })
     }
 
     /// Send one HTTP request to the runner and wait for its response head. The response body streams the
@@ -273,6 +312,7 @@ pub(crate) async fn run_connection(
     };
 
     let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut channels: HashMap<String, mpsc::UnboundedSender<ChannelEvent>> = HashMap::new();
     let mut last_inbound = Instant::now();
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
@@ -315,7 +355,7 @@ pub(crate) async fn run_connection(
                         continue;
                     }
                 };
-                on_frame(frame, text.as_str(), &mut pending, &send);
+                on_frame(frame, text.as_str(), &mut pending, &mut channels, &send);
             }
             command = commands.recv() => match command {
                 Some(Command::Request { frame, head_tx, body_tx }) => {
@@ -333,10 +373,28 @@ pub(crate) async fn run_connection(
                     }
                 }
                 Some(Command::Close { code, reason }) => break (code, reason),
+                Some(Command::OpenChannel { ch_id, path, query_string, events }) => {
+                    send(RunnerFrame::WsOpen(WsOpen { ch_id: ch_id.clone(), path, query_string, extra: Default::default() }));
+                    channels.insert(ch_id, events);
+                }
+                Some(Command::ChannelSend { ch_id, message }) => {
+                    if channels.contains_key(&ch_id) {
+                        let (data, encoding) = match message {
+                            ChannelMessage::Text(text) => (text, runner_frames::BodyEncoding::Utf8),
+                            ChannelMessage::Binary(bytes) => runner_frames::encode_body(None, &bytes),
+                        };
+                        send(RunnerFrame::WsFrame(WsFrame { ch_id, data, encoding, extra: Default::default() }));
+                    }
+                }
+                Some(Command::ChannelClose { ch_id, code, reason }) => {
+                    if channels.remove(&ch_id).is_some() {
+                        send(RunnerFrame::WsClose(WsClose { ch_id, code, reason, extra: Default::default() }));
+                    }
+                }
                 // Every handle is gone: nobody can use this tunnel any more.
                 None => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
             },
-            _ = ping.tick() => send(RunnerFrame::Ping(Ping { ts: epoch_millis(), extra: Default::default() })),
+            _ = ping.tick() => send(RunnerFrame::Ping(Ping { ts: epoch_millis().into(), extra: Default::default() })),
             _ = tokio::time::sleep_until(deadline) => {
                 warn!(silent_for = ?config.liveness_timeout, "runner tunnel silent; closing");
                 break (close::TUNNEL_CLOSED, "ping timeout".to_owned());
@@ -346,6 +404,12 @@ pub(crate) async fn run_connection(
 
     for (_, p) in pending.drain() {
         p.fail(TunnelError::Closed);
+    }
+    for (_, events) in channels.drain() {
+        let _ = events.send(ChannelEvent::Closed {
+            code: TUNNEL_LOST,
+            reason: "tunnel closed".to_owned(),
+        });
     }
     conn.inner.closed.cancel();
     let _ = out_tx.send(Message::Close(Some(CloseFrame {
@@ -366,6 +430,7 @@ fn on_frame(
     frame: RunnerFrame,
     text: &str,
     pending: &mut HashMap<String, Pending>,
+    channels: &mut HashMap<String, mpsc::UnboundedSender<ChannelEvent>>,
     send: &impl Fn(RunnerFrame),
 ) {
     match frame {
@@ -425,9 +490,35 @@ fn on_frame(
         })),
         RunnerFrame::Pong(_) => {}
         RunnerFrame::Hello(_) => warn!("second hello on an established runner tunnel; ignored"),
-        RunnerFrame::WsOpen(_) | RunnerFrame::WsFrame(_) | RunnerFrame::WsClose(_) => {
-            debug!("ws channel frame from the runner; channels are not relayed yet");
+        RunnerFrame::WsFrame(frame) => {
+            let Some(events) = channels.get(&frame.ch_id) else {
+                debug!(ch_id = %frame.ch_id, "ws.frame for an unknown channel; ignored");
+                return;
+            };
+            let message = match frame.encoding {
+                runner_frames::BodyEncoding::Utf8 => ChannelMessage::Text(frame.data),
+                runner_frames::BodyEncoding::Base64 => {
+                    match runner_frames::decode_body(&frame.data, frame.encoding) {
+                        Ok(bytes) => ChannelMessage::Binary(Bytes::from(bytes)),
+                        Err(e) => {
+                            warn!(ch_id = %frame.ch_id, error = %e, "bad ws.frame payload; skipped");
+                            return;
+                        }
+                    }
+                }
+            };
+            let _ = events.send(ChannelEvent::Message(message));
         }
+        RunnerFrame::WsClose(close) => match channels.remove(&close.ch_id) {
+            Some(events) => {
+                let _ = events.send(ChannelEvent::Closed {
+                    code: close.code,
+                    reason: close.reason,
+                });
+            }
+            None => debug!(ch_id = %close.ch_id, "ws.close for an unknown channel; ignored"),
+        },
+        RunnerFrame::WsOpen(_) => warn!("ws.open from the runner; only the server opens channels"),
         RunnerFrame::Request(_) | RunnerFrame::RequestCancel(_) | RunnerFrame::EventReady(_) => {
             warn!(
                 kind = frame.kind(),

@@ -7,14 +7,42 @@
 //! - [`sse`]: reading a runner's SSE stream as JSON events (for the server's relay).
 //!
 //! Frames are [`omnigent_proto::runner_frames::RunnerFrame`].
+//!
+//! # Wiring the server side
+//!
+//! ```ignore
+//! // State: one RunnerRegistry for the server's life (RunnerRegistry::new(TunnelConfig::default())).
+//! async fn runner_tunnel(
+//!     State(app): State<AppState>,
+//!     Path(runner_id): Path<String>,
+//!     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+//!     headers: HeaderMap,
+//!     ws: WebSocketUpgrade,
+//! ) -> Response {
+//!     omnigent_tunnel::upgrade(ws, peer, runner_id, &headers, app.runners.clone())
+//! }
+//! // Router::new().route("/v1/runners/{runner_id}/tunnel", get(runner_tunnel)) …
+//! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+//!
+//! // GET /v1/runners: registry.list() → {"data":[{"runner_id","online":true,"harnesses"}]}
+//! // React to tunnels: registry.subscribe() → RunnerEvent::Connected / Disconnected { generation }.
+//! // Relay: let conn = registry.wait_for_runner(&id, Duration::from_secs(30)).await?;
+//! //        let body = conn.request(http::Request::get(format!("/v1/sessions/{sid}/stream"))
+//! //                       .body(Bytes::new())?).await?.into_body();
+//! //        let mut events = std::pin::pin!(sse::data_events(body, MAX_FRAME_BYTES));
+//! //        while let Some(event) = events.next().await { … }   // first: {"type":"session.heartbeat"}
+//! ```
 
 use std::time::Duration;
 
+pub mod channel;
 pub mod connection;
+pub mod host;
 pub mod router;
 pub mod server;
 pub mod sse;
 
+pub use channel::{Channel, ChannelEvent, ChannelMessage};
 pub use connection::RunnerConnection;
 pub use router::{RouterConfig, ServeEnd, serve_router};
 pub use server::{RunnerEvent, RunnerInfo, RunnerRegistry, serve_runner_socket, upgrade};

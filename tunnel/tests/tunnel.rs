@@ -755,3 +755,201 @@ async fn runner_side_skips_unknown_frames_answers_pings_and_refuses_ws_channels(
     let end = tokio::time::timeout(WAIT, runner).await.unwrap().unwrap();
     assert!(matches!(end, ServeEnd::Closed { .. }), "{end:?}");
 }
+
+/// The runner side gives up on a server that went silent (no ping, nothing) for its idle timeout.
+#[tokio::test(start_paused = true)]
+async fn runner_side_drops_a_silent_server_after_the_idle_timeout() {
+    let (hello_tx, mut hello_rx) = mpsc::unbounded_channel::<()>();
+    let app = Router::new().route(
+        "/tunnel",
+        get(move |ws: WebSocketUpgrade| {
+            let hello_tx = hello_tx.clone();
+            async move {
+                ws.on_upgrade(move |mut socket| async move {
+                    // Read the hello, then say nothing while keeping the connection open.
+                    let _ = socket.recv().await;
+                    let _ = hello_tx.send(());
+                    while socket.recv().await.is_some() {}
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let ws = dial_path(addr, "/tunnel", None).await;
+    let start = tokio::time::Instant::now();
+    let runner = tokio::spawn(serve_router(
+        ws,
+        hello(),
+        echo_router(),
+        RouterConfig::default(),
+        CancellationToken::new(),
+    ));
+    hello_rx.recv().await.unwrap();
+    assert_eq!(runner.await.unwrap(), ServeEnd::IdleTimeout);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(90) && waited < Duration::from_secs(91),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn ws_channels_carry_text_and_binary_both_ways_and_close_either_way() {
+    use omnigent_tunnel::{ChannelEvent, ChannelMessage};
+    let (addr, registry) = start_server(TunnelConfig::default()).await;
+    let mut ws = dial(addr, "runner_ch", None).await;
+    ws.send(Message::text(hello_text(1))).await.unwrap();
+    let conn = registry.wait_for_runner("runner_ch", WAIT).await.unwrap();
+
+    let mut channel = conn
+        .open_channel(
+            "/v1/sessions/s/resources/terminals/t/attach",
+            "read_only=false&transport=ws",
+        )
+        .unwrap();
+    let RunnerFrame::WsOpen(open) = next_frame(&mut ws).await else {
+        panic!("expected ws.open")
+    };
+    assert_eq!(open.ch_id, channel.id());
+    assert_eq!(open.ch_id.len(), 8);
+    assert!(open.ch_id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(open.path, "/v1/sessions/s/resources/terminals/t/attach");
+    assert_eq!(open.query_string, "read_only=false&transport=ws");
+
+    // Browser → runner: text as utf-8, keystrokes as base64.
+    channel
+        .send(ChannelMessage::Text(
+            r#"{"type":"resize","cols":80,"rows":24}"#.into(),
+        ))
+        .unwrap();
+    channel
+        .send(ChannelMessage::Binary(Bytes::from_static(b"\x03")))
+        .unwrap();
+    let frames = [next_frame(&mut ws).await, next_frame(&mut ws).await];
+    let encoded: Vec<Value> = frames
+        .iter()
+        .map(|f| serde_json::from_str(&f.encode()).unwrap())
+        .collect();
+    assert_eq!(
+        encoded,
+        [
+            json!({"kind":"ws.frame","ch_id":open.ch_id,"data":r#"{"type":"resize","cols":80,"rows":24}"#,"encoding":"utf-8"}),
+            json!({"kind":"ws.frame","ch_id":open.ch_id,"data":"Aw==","encoding":"base64"}),
+        ]
+    );
+
+    // Runner → browser: base64 is PTY output (binary), utf-8 is text.
+    for frame in [
+        json!({"kind":"ws.frame","ch_id":open.ch_id,"data":"aGk=","encoding":"base64"}),
+        json!({"kind":"ws.frame","ch_id":open.ch_id,"data":"osc52-clipboard-capability","encoding":"utf-8"}),
+        json!({"kind":"ws.frame","ch_id":"ffffffff","data":"lost","encoding":"utf-8"}),
+        json!({"kind":"ws.close","ch_id":open.ch_id,"code":4405,"reason":"detached"}),
+    ] {
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+    }
+    assert_eq!(
+        channel.recv().await,
+        Some(ChannelEvent::Message(ChannelMessage::Binary(
+            Bytes::from_static(b"hi")
+        )))
+    );
+    assert_eq!(
+        channel.recv().await,
+        Some(ChannelEvent::Message(ChannelMessage::Text(
+            "osc52-clipboard-capability".into()
+        )))
+    );
+    assert_eq!(
+        channel.recv().await,
+        Some(ChannelEvent::Closed {
+            code: 4405,
+            reason: "detached".into()
+        })
+    );
+    assert_eq!(channel.recv().await, None);
+    drop(channel);
+
+    // Dropping an open channel closes it 1000 on the runner side.
+    let dropped = conn.open_channel("/a", "").unwrap();
+    let RunnerFrame::WsOpen(open) = next_frame(&mut ws).await else {
+        panic!("expected ws.open")
+    };
+    drop(dropped);
+    let RunnerFrame::WsClose(close) = next_frame(&mut ws).await else {
+        panic!("expected ws.close")
+    };
+    assert_eq!((close.ch_id, close.code), (open.ch_id, 1000));
+
+    // Tunnel loss ends open channels with 1006.
+    let mut orphan = conn.open_channel("/b", "").unwrap();
+    let RunnerFrame::WsOpen(_) = next_frame(&mut ws).await else {
+        panic!("expected ws.open")
+    };
+    drop(ws);
+    assert_eq!(
+        tokio::time::timeout(WAIT, orphan.recv()).await.unwrap(),
+        Some(ChannelEvent::Closed {
+            code: 1006,
+            reason: "tunnel closed".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn serve_router_refuses_ws_channels_with_4404() {
+    use omnigent_tunnel::ChannelEvent;
+    let (addr, registry) = start_server(TunnelConfig::default()).await;
+    let (_runner, _stop) = start_runner(addr, "runner_noch", echo_router()).await;
+    let conn = registry.wait_for_runner("runner_noch", WAIT).await.unwrap();
+    let mut channel = conn
+        .open_channel("/v1/sessions/s/resources/terminals/t/attach", "")
+        .unwrap();
+    match tokio::time::timeout(WAIT, channel.recv()).await.unwrap() {
+        Some(ChannelEvent::Closed { code, .. }) => assert_eq!(code, 4404),
+        other => panic!("expected a 4404 close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn giving_up_before_the_response_head_cancels_the_runner_handler() {
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+    struct Guard(Option<oneshot::Sender<()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.take().unwrap().send(());
+        }
+    }
+    let slots = std::sync::Arc::new(std::sync::Mutex::new(Some((started_tx, dropped_tx))));
+    let router = Router::new().route(
+        "/v1/slow",
+        get(move || {
+            let slots = slots.clone();
+            async move {
+                let (started, dropped) = slots.lock().unwrap().take().unwrap();
+                let _guard = Guard(Some(dropped));
+                started.send(()).unwrap();
+                std::future::pending::<()>().await;
+            }
+        }),
+    );
+    let (addr, registry) = start_server(TunnelConfig::default()).await;
+    let (_runner, _stop) = start_runner(addr, "runner_slow", router).await;
+    let conn = registry.wait_for_runner("runner_slow", WAIT).await.unwrap();
+    let caller = {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.request(get_request("/v1/slow")).await })
+    };
+    tokio::time::timeout(WAIT, started_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    caller.abort();
+    tokio::time::timeout(WAIT, dropped_rx)
+        .await
+        .expect("the handler is aborted once the caller gives up")
+        .unwrap();
+    assert!(!conn.is_closed());
+}

@@ -50,16 +50,26 @@ pub async fn post_event(
     JsonBody(ev): JsonBody<SessionEventInput>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&raw)?;
-    let accepted = |queued: bool, item_id: Option<String>| json(StatusCode::ACCEPTED, &EventAccepted { queued, item_id });
+    let accepted = |queued: bool, item_id: Option<String>| {
+        json(StatusCode::ACCEPTED, &EventAccepted { queued, item_id })
+    };
     let data = ev.data.as_object().ok_or_else(|| {
-        ApiError::invalid(format!("`data` of a `{}` event must be a JSON object", ev.kind))
+        ApiError::invalid(format!(
+            "`data` of a `{}` event must be a JSON object",
+            ev.kind
+        ))
     })?;
     match ev.kind.as_str() {
         kind if RUNNER_TYPES.contains(&kind) => {
             if ITEM_TYPES.contains(&kind) {
-                item_from_input(kind, &ev.data, ev.created_by.clone(), now_ms()).map_err(ApiError::invalid)?;
+                item_from_input(kind, &ev.data, ev.created_by.clone(), now_ms())
+                    .map_err(ApiError::invalid)?;
             }
-            let row = st.store.get_session(&id).await?.ok_or_else(ApiError::session_not_found)?;
+            let row = st
+                .store
+                .get_session(&id)
+                .await?
+                .ok_or_else(ApiError::session_not_found)?;
             let why = match row.runner_id {
                 Some(r) => format!("its runner `{r}` is not connected"),
                 None => "no runner is bound to it".to_owned(),
@@ -84,18 +94,32 @@ pub async fn post_event(
             Ok(accepted(false, None))
         }
         "stop_session" => {
-            st.sessions.set_status(&id, SessionStatus::Idle, None, None).await?;
+            st.sessions
+                .set_status(&id, SessionStatus::Idle, None, None)
+                .await?;
             Ok(accepted(false, None))
         }
         "external_conversation_item" => {
-            let item_value = data.get("item").filter(|v| v.is_object()).unwrap_or(&ev.data);
-            let kind = item_value.get("type").and_then(Value::as_str).unwrap_or("message");
-            let item = item_from_input(kind, item_value, ev.created_by.clone(), now_ms()).map_err(ApiError::invalid)?;
+            let item_value = data
+                .get("item")
+                .filter(|v| v.is_object())
+                .unwrap_or(&ev.data);
+            let kind = item_value
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("message");
+            let item = item_from_input(kind, item_value, ev.created_by.clone(), now_ms())
+                .map_err(ApiError::invalid)?;
             let (row, _) = st.sessions.append_item(&id, item).await.map_err(|e| {
                 if let crate::actor::ActorError::Store(crate::store::StoreError::Db(db)) = &e
-                    && db.as_database_error().is_some_and(|d| d.is_unique_violation())
+                    && db
+                        .as_database_error()
+                        .is_some_and(|d| d.is_unique_violation())
                 {
-                    return ApiError::new(ErrorCode::AlreadyExists, "an item with this id already exists; omit `id` to get a fresh one");
+                    return ApiError::new(
+                        ErrorCode::AlreadyExists,
+                        "an item with this id already exists; omit `id` to get a fresh one",
+                    );
                 }
                 e.into()
             })?;
@@ -181,7 +205,9 @@ fn opt_str(data: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiEr
     match data.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::invalid(format!("`data.{key}` must be a string or null"))),
+        Some(_) => Err(ApiError::invalid(format!(
+            "`data.{key}` must be a string or null"
+        ))),
     }
 }
 
@@ -205,7 +231,9 @@ pub fn item_from_input(
     let mut fields = obj.clone();
     let id = match fields.remove("id") {
         None | Some(Value::Null) => new_id(),
-        Some(Value::String(s)) => canonical_id(&s).ok_or_else(|| format!("item id `{s}` is not a 32-hex id"))?,
+        Some(Value::String(s)) => {
+            canonical_id(&s).ok_or_else(|| format!("item id `{s}` is not a 32-hex id"))?
+        }
         Some(_) => return Err("item `id` must be a string".to_owned()),
     };
     fields.remove("type");
@@ -228,17 +256,35 @@ pub fn item_from_input(
         "message" => {
             match fields.get("role").and_then(Value::as_str) {
                 Some("user" | "assistant" | "system" | "developer") => {}
-                Some(other) => return Err(format!("message role `{other}` is not user, assistant, system or developer")),
-                None => return Err("a message needs `role` (user, assistant, system or developer)".to_owned()),
+                Some(other) => {
+                    return Err(format!(
+                        "message role `{other}` is not user, assistant, system or developer"
+                    ));
+                }
+                None => {
+                    return Err(
+                        "a message needs `role` (user, assistant, system or developer)".to_owned(),
+                    );
+                }
             }
             match fields.get("content") {
                 Some(Value::String(_)) => {}
                 Some(Value::Array(parts)) => {
-                    if let Some(i) = parts.iter().position(|p| p.get("type").and_then(Value::as_str).is_none()) {
-                        return Err(format!("message content[{i}] needs a string `type` (input_text, output_text…)"));
+                    if let Some(i) = parts
+                        .iter()
+                        .position(|p| p.get("type").and_then(Value::as_str).is_none())
+                    {
+                        return Err(format!(
+                            "message content[{i}] needs a string `type` (input_text, output_text…)"
+                        ));
                     }
                 }
-                _ => return Err("a message needs `content`: a string or a list of {type, text} parts".to_owned()),
+                _ => {
+                    return Err(
+                        "a message needs `content`: a string or a list of {type, text} parts"
+                            .to_owned(),
+                    );
+                }
             }
         }
         "function_call" => {

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use omnigent_proto::api::{
-    Agent, HealthResponse, HostList, IMPLEMENTATION, ListEnvelope, Liveness, MAX_LIST_LIMIT, Me, Order,
-    PageQuery, RunnerList, ServerInfo, SessionLiveness,
+    Agent, HealthResponse, HostList, IMPLEMENTATION, ListEnvelope, Liveness, MAX_LIST_LIMIT, Me,
+    Order, PageQuery, RunnerList, ServerInfo, SessionLiveness,
 };
 use omnigent_proto::ids::canonical_id;
 use serde::Deserialize;
@@ -26,7 +26,10 @@ pub struct HealthQuery {
     session_ids: Option<String>,
 }
 
-pub async fn health(State(st): State<AppState>, Q(q): Q<HealthQuery>) -> Result<Response, ApiError> {
+pub async fn health(
+    State(st): State<AppState>,
+    Q(q): Q<HealthQuery>,
+) -> Result<Response, ApiError> {
     let mut out = HealthResponse {
         status: "ok".to_owned(),
         session: None,
@@ -36,7 +39,11 @@ pub async fn health(State(st): State<AppState>, Q(q): Q<HealthQuery>) -> Result<
         let liveness = liveness_of(&st, &[raw.to_owned()]).await?;
         out.session = Some(SessionLiveness {
             id: raw.to_owned(),
-            liveness: liveness.into_iter().next().map(|(_, l)| l).unwrap_or_else(missing),
+            liveness: liveness
+                .into_iter()
+                .next()
+                .map(|(_, l)| l)
+                .unwrap_or_else(missing),
         });
     }
     if let Some(raw) = q.session_ids.as_deref() {
@@ -58,10 +65,14 @@ pub async fn health(State(st): State<AppState>, Q(q): Q<HealthQuery>) -> Result<
 }
 
 /// Liveness per requested id (as given). omnigent reports an unknown id as `runner_online: true`.
-async fn liveness_of(st: &AppState, raw_ids: &[String]) -> Result<Vec<(String, Liveness)>, ApiError> {
+async fn liveness_of(
+    st: &AppState,
+    raw_ids: &[String],
+) -> Result<Vec<(String, Liveness)>, ApiError> {
     let canonical: Vec<String> = raw_ids.iter().filter_map(|r| canonical_id(r)).collect();
     let rows = st.store.existing_sessions(&canonical).await?;
-    let by_id: BTreeMap<&str, &crate::store::SessionRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    let by_id: BTreeMap<&str, &crate::store::SessionRow> =
+        rows.iter().map(|r| (r.id.as_str(), r)).collect();
     Ok(raw_ids
         .iter()
         .map(|raw| {
@@ -89,7 +100,10 @@ fn missing() -> Liveness {
 }
 
 pub async fn version() -> Response {
-    json(StatusCode::OK, &json_value!({ "version": omnigent_proto::BUILD_VERSION }))
+    json(
+        StatusCode::OK,
+        &json_value!({ "version": omnigent_proto::BUILD_VERSION }),
+    )
 }
 
 pub async fn info(State(st): State<AppState>) -> Result<Response, ApiError> {
@@ -124,7 +138,11 @@ pub async fn agents(Q(q): Q<PageQuery>) -> Result<Response, ApiError> {
     let limit = match q.limit {
         None => 20,
         Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n as usize,
-        Some(n) => return Err(ApiError::invalid(format!("limit={n} is out of range; use 1 to {MAX_LIST_LIMIT}"))),
+        Some(n) => {
+            return Err(ApiError::invalid(format!(
+                "limit={n} is out of range; use 1 to {MAX_LIST_LIMIT}"
+            )));
+        }
     };
     let mut all: Vec<&Agent> = agents::all().iter().collect();
     if q.order == Some(Order::Desc) {
@@ -155,7 +173,10 @@ pub async fn agents(Q(q): Q<PageQuery>) -> Result<Response, ApiError> {
     } else {
         window.into_iter().take(limit).collect()
     };
-    Ok(json(StatusCode::OK, &ListEnvelope::new(page, has_more, |a| a.id.as_str())))
+    Ok(json(
+        StatusCode::OK,
+        &ListEnvelope::new(page, has_more, |a| a.id.as_str()),
+    ))
 }
 
 pub async fn hosts() -> Response {

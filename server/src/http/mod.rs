@@ -42,6 +42,8 @@ impl AppState {
     pub fn new(config: &ServerConfig, store: Store, stop: CancellationToken) -> Self {
         let limits = ActorLimits {
             replay_buffer: config.replay_buffer.max(1),
+            replay_buffer_bytes: config.replay_buffer_bytes,
+            idle: config.actor_idle,
             subscriber_queue: config.subscriber_queue.max(1),
         };
         AppState {
@@ -68,11 +70,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions", get(sessions::list).post(sessions::create))
         .route(
             "/v1/sessions/{id}",
-            get(sessions::get_one).patch(sessions::patch).delete(sessions::delete),
+            get(sessions::get_one)
+                .patch(sessions::patch)
+                .delete(sessions::delete),
         )
         .route("/v1/sessions/{id}/items", get(sessions::items))
-        .route("/v1/sessions/{id}/fork", axum::routing::post(sessions::fork))
-        .route("/v1/sessions/{id}/events", axum::routing::post(events::post_event))
+        .route(
+            "/v1/sessions/{id}/fork",
+            axum::routing::post(sessions::fork),
+        )
+        .route(
+            "/v1/sessions/{id}/events",
+            axum::routing::post(events::post_event),
+        )
         .route("/v1/sessions/{id}/stream", get(stream::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -123,7 +133,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
@@ -142,7 +153,9 @@ impl From<StoreError> for ApiError {
                 error!("database failure: {e}");
                 ApiError::new(
                     ErrorCode::InternalError,
-                    format!("the server's database failed: {e}; retry, and see the server log if it persists"),
+                    format!(
+                        "the server's database failed: {e}; retry, and see the server log if it persists"
+                    ),
                 )
             }
         }
@@ -193,13 +206,17 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 mime.eq_ignore_ascii_case("application/json")
                     || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
-        let body = axum::body::to_bytes(req.into_body(), max).await.map_err(|e| {
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                too_large()
-            } else {
-                ApiError::invalid(format!("cannot read the request body: {e}"))
-            }
-        })?;
+        let body = axum::body::to_bytes(req.into_body(), max)
+            .await
+            .map_err(|e| {
+                if std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                {
+                    too_large()
+                } else {
+                    ApiError::invalid(format!("cannot read the request body: {e}"))
+                }
+            })?;
         let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -218,13 +235,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() || path == "." {
-                ApiError::invalid(format!("request body is not valid JSON for this endpoint: {inner}"))
+                ApiError::invalid(format!(
+                    "request body is not valid JSON for this endpoint: {inner}"
+                ))
             } else {
                 ApiError::invalid(format!("request body field `{path}` is wrong: {inner}"))
             }
         })?;
-        de.end()
-            .map_err(|e| ApiError::invalid(format!("request body is not valid JSON for this endpoint: {e}")))?;
+        de.end().map_err(|e| {
+            ApiError::invalid(format!(
+                "request body is not valid JSON for this endpoint: {e}"
+            ))
+        })?;
         Ok(JsonBody(value))
     }
 }
@@ -253,7 +275,16 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
 /// A JSON answer with a status.
 pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], Body::from(bytes)).into_response(),
-        Err(e) => ApiError::new(ErrorCode::InternalError, format!("cannot encode the answer: {e}")).into_response(),
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from(bytes),
+        )
+            .into_response(),
+        Err(e) => ApiError::new(
+            ErrorCode::InternalError,
+            format!("cannot encode the answer: {e}"),
+        )
+        .into_response(),
     }
 }

@@ -6,9 +6,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use omnigent_proto::api::{
-    DEFAULT_ITEMS_LIMIT, DEFAULT_SESSIONS_LIMIT, ErrorCode, ForkRequest, ListEnvelope, MAX_LIST_LIMIT, Order,
-    PageQuery, SessionCreateRequest, SessionDeleted, SessionKindFilter, SessionListItem, SessionListQuery,
-    SessionPatchRequest, SessionResponse, SessionStatus, SnapshotItem, SortBy, WireItem,
+    DEFAULT_ITEMS_LIMIT, DEFAULT_SESSIONS_LIMIT, ErrorCode, ForkRequest, ListEnvelope,
+    MAX_LIST_LIMIT, Order, PageQuery, SessionCreateRequest, SessionDeleted, SessionKindFilter,
+    SessionListItem, SessionListQuery, SessionPatchRequest, SessionResponse, SessionStatus,
+    SnapshotItem, SortBy, WireItem,
 };
 use omnigent_proto::ids::{canonical_id, new_id};
 use serde::Deserialize;
@@ -19,15 +20,21 @@ use crate::actor::wire_item;
 use crate::agents;
 use crate::now_ms;
 use crate::store::{
-    ItemListParams, ItemRow, NewSession, SessionChanges, SessionListParams, SessionRow, SessionSort, fts_query,
+    ItemListParams, ItemRow, NewSession, SessionChanges, SessionListParams, SessionRow,
+    SessionSort, fts_query,
 };
 
 /// Most items embedded in a snapshot (`GET /v1/sessions/{id}`); page with `…/items` beyond that.
 const SNAPSHOT_ITEMS: u32 = 10_000;
 
-pub async fn create(State(st): State<AppState>, JsonBody(req): JsonBody<SessionCreateRequest>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<SessionCreateRequest>,
+) -> Result<Response, ApiError> {
     let agent_ref = req.agent_id.as_deref().ok_or_else(|| {
-        ApiError::invalid("agent_id is required; GET /v1/agents lists the agents (echo, openai, anthropic, exec)")
+        ApiError::invalid(
+            "agent_id is required; GET /v1/agents lists the agents (echo, openai, anthropic, exec)",
+        )
     })?;
     let agent = agents::find(agent_ref).ok_or_else(|| {
         ApiError::new(
@@ -47,7 +54,11 @@ pub async fn create(State(st): State<AppState>, JsonBody(req): JsonBody<SessionC
     let (kind, parent, root) = match &req.parent_session_id {
         Some(raw) => {
             let parent_id = session_id(raw).map_err(|_| parent_not_found(raw))?;
-            let parent = st.store.get_session(&parent_id).await?.ok_or_else(|| parent_not_found(raw))?;
+            let parent = st
+                .store
+                .get_session(&parent_id)
+                .await?
+                .ok_or_else(|| parent_not_found(raw))?;
             ("sub_agent", Some(parent_id), parent.root_session_id)
         }
         None => ("default", None, id.clone()),
@@ -82,7 +93,9 @@ pub async fn create(State(st): State<AppState>, JsonBody(req): JsonBody<SessionC
         external_session_id: None,
         terminal_launch_args: req.terminal_launch_args.clone(),
     };
-    st.store.create_session(&NewSession { row: row.clone() }, &items).await?;
+    st.store
+        .create_session(&NewSession { row: row.clone() }, &items)
+        .await?;
     let rows: Vec<ItemRow> = items
         .into_iter()
         .enumerate()
@@ -102,7 +115,10 @@ pub async fn create(State(st): State<AppState>, JsonBody(req): JsonBody<SessionC
 }
 
 fn parent_not_found(raw: &str) -> ApiError {
-    ApiError::new(ErrorCode::NotFound, format!("parent session `{raw}` not found"))
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("parent session `{raw}` not found"),
+    )
 }
 
 fn canonical_host(raw: &str) -> String {
@@ -115,7 +131,9 @@ fn clears_model(m: &str) -> bool {
 
 fn validate_launch_args(args: &[String]) -> Result<(), ApiError> {
     if args.len() > 256 {
-        return Err(ApiError::invalid("terminal_launch_args: at most 256 arguments"));
+        return Err(ApiError::invalid(
+            "terminal_launch_args: at most 256 arguments",
+        ));
     }
     if let Some(bad) = args.iter().position(|a| a.contains('\0') || a.len() > 8192) {
         return Err(ApiError::invalid(format!(
@@ -125,12 +143,23 @@ fn validate_launch_args(args: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn list(State(st): State<AppState>, Q(q): Q<SessionListQuery>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(st): State<AppState>,
+    Q(q): Q<SessionListQuery>,
+) -> Result<Response, ApiError> {
     let limit = check_limit(q.limit, DEFAULT_SESSIONS_LIMIT)?;
     let params = SessionListParams {
         limit,
-        after: q.after.as_deref().map(|c| cursor_id("after", c)).transpose()?,
-        before: q.before.as_deref().map(|c| cursor_id("before", c)).transpose()?,
+        after: q
+            .after
+            .as_deref()
+            .map(|c| cursor_id("after", c))
+            .transpose()?,
+        before: q
+            .before
+            .as_deref()
+            .map(|c| cursor_id("before", c))
+            .transpose()?,
         descending: q.order.unwrap_or(Order::Desc) == Order::Desc,
         sort: match q.sort_by.unwrap_or_default() {
             SortBy::CreatedAt => SessionSort::CreatedAt,
@@ -143,14 +172,18 @@ pub async fn list(State(st): State<AppState>, Q(q): Q<SessionListQuery>) -> Resu
             SessionKindFilter::SubAgent => Some("sub_agent".to_owned()),
             SessionKindFilter::Any => None,
         },
-        agent_id: q
-            .agent_id
-            .as_deref()
-            .map(|a| agents::find(a).map(|a| a.id.clone()).unwrap_or_else(|| a.to_owned())),
+        agent_id: q.agent_id.as_deref().map(|a| {
+            agents::find(a)
+                .map(|a| a.id.clone())
+                .unwrap_or_else(|| a.to_owned())
+        }),
     };
     let (rows, has_more) = st.store.list_sessions(&params).await?;
     let data: Vec<SessionListItem> = rows.iter().map(list_item).collect();
-    Ok(json(StatusCode::OK, &ListEnvelope::new(data, has_more, |s| s.id.as_str())))
+    Ok(json(
+        StatusCode::OK,
+        &ListEnvelope::new(data, has_more, |s| s.id.as_str()),
+    ))
 }
 
 fn check_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
@@ -186,7 +219,11 @@ pub async fn get_one(
 ) -> Result<Response, ApiError> {
     let _ = (q.include_liveness, q.refresh_state);
     let id = session_id(&raw)?;
-    let row = st.store.get_session(&id).await?.ok_or_else(ApiError::session_not_found)?;
+    let row = st
+        .store
+        .get_session(&id)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
     let items = if q.include_items.unwrap_or(true) {
         st.store.all_items(&id, SNAPSHOT_ITEMS).await?
     } else {
@@ -201,7 +238,11 @@ pub async fn patch(
     JsonBody(req): JsonBody<SessionPatchRequest>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&raw)?;
-    let current = st.store.get_session(&id).await?.ok_or_else(ApiError::session_not_found)?;
+    let current = st
+        .store
+        .get_session(&id)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
     if let Some(Some(runner)) = &req.runner_id {
         // No runner can be connected until the runner tunnel lands; omnigent answers 400 for an
         // unregistered runner id.
@@ -211,7 +252,10 @@ pub async fn patch(
         )));
     }
     if let Some(ext) = &req.external_session_id
-        && current.external_session_id.as_ref().is_some_and(|cur| cur != ext)
+        && current
+            .external_session_id
+            .as_ref()
+            .is_some_and(|cur| cur != ext)
     {
         return Err(ApiError::invalid(
             "external_session_id is write-once and already set for this session; it cannot be changed",
@@ -253,7 +297,10 @@ pub async fn patch(
     Ok(json(StatusCode::OK, &session_response(&row, &items)))
 }
 
-pub async fn delete(State(st): State<AppState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     let id = session_id(&raw)?;
     st.sessions.delete(&id).await?;
     Ok(json(StatusCode::OK, &SessionDeleted { id, deleted: true }))
@@ -267,8 +314,16 @@ pub async fn items(
     let id = session_id(&raw)?;
     let params = ItemListParams {
         limit: check_limit(q.limit, DEFAULT_ITEMS_LIMIT)?,
-        after: q.after.as_deref().map(|c| cursor_id("after", c)).transpose()?,
-        before: q.before.as_deref().map(|c| cursor_id("before", c)).transpose()?,
+        after: q
+            .after
+            .as_deref()
+            .map(|c| cursor_id("after", c))
+            .transpose()?,
+        before: q
+            .before
+            .as_deref()
+            .map(|c| cursor_id("before", c))
+            .transpose()?,
         descending: q.order.unwrap_or(Order::Asc) == Order::Desc,
     };
     let (rows, has_more) = st
@@ -277,7 +332,10 @@ pub async fn items(
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     let data: Vec<WireItem> = rows.iter().map(wire_item).collect();
-    Ok(json(StatusCode::OK, &ListEnvelope::new(data, has_more, |i| i.id.as_str())))
+    Ok(json(
+        StatusCode::OK,
+        &ListEnvelope::new(data, has_more, |i| i.id.as_str()),
+    ))
 }
 
 pub async fn fork(
@@ -292,7 +350,9 @@ pub async fn fork(
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     if source.kind == "sub_agent" {
-        return Err(ApiError::invalid("a sub-agent session cannot be forked; fork its parent session"));
+        return Err(ApiError::invalid(
+            "a sub-agent session cannot be forked; fork its parent session",
+        ));
     }
     let now = now_ms();
     let id = new_id();
@@ -312,7 +372,12 @@ pub async fn fork(
     };
     let forked = st
         .store
-        .fork_session(&source_id, &NewSession { row: row.clone() }, req.up_to_response_id.as_deref(), &mut new_id)
+        .fork_session(
+            &source_id,
+            &NewSession { row: row.clone() },
+            req.up_to_response_id.as_deref(),
+            &mut new_id,
+        )
         .await?;
     if forked.is_none() {
         return Err(ApiError::invalid(format!(

@@ -55,12 +55,17 @@ pub async fn stream(
         finished: false,
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
-        s.next().await.map(|bytes| (Ok::<Bytes, Infallible>(bytes), s))
+        s.next()
+            .await
+            .map(|bytes| (Ok::<Bytes, Infallible>(bytes), s))
     });
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SSE_CONTENT_TYPE));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(SSE_CONTENT_TYPE),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)

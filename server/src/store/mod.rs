@@ -100,20 +100,16 @@ pub enum OpenError {
         "database {path} is not a usable SQLite database (corrupt, or another kind of file): {cause}; move it \
          aside (omnigent creates a fresh one) or restore it from a backup"
     )]
-    Corrupt {
-        path: PathBuf,
-        cause: sqlx::Error,
-    },
-    #[error("cannot create or open database {path}: {cause}; check that the directory exists and is writable")]
+    Corrupt { path: PathBuf, cause: sqlx::Error },
+    #[error(
+        "cannot create or open database {path}: {cause}; check that the directory exists and is writable"
+    )]
     Io {
         path: PathBuf,
         cause: std::io::Error,
     },
     #[error("cannot open database {path}: {cause}")]
-    Sqlite {
-        path: PathBuf,
-        cause: sqlx::Error,
-    },
+    Sqlite { path: PathBuf, cause: sqlx::Error },
     #[error(
         "cannot bring database {path} to the current schema: {cause}; it may come from a newer omnigent-rs \
          (upgrade this binary) or be damaged"
@@ -136,7 +132,9 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     /// A pagination cursor names no row (deleted, or from another list).
-    #[error("cursor `{0}` names no row of this list (it may have been deleted); start again from the first page")]
+    #[error(
+        "cursor `{0}` names no row of this list (it may have been deleted); start again from the first page"
+    )]
     CursorNotFound(String),
 }
 
@@ -253,11 +251,14 @@ pub enum Store {
 
 impl Store {
     /// Open (creating if needed) and migrate the database at `location`.
-    pub async fn open(location: &DatabaseLocation, read_connections: u32) -> Result<Store, OpenError> {
+    pub async fn open(
+        location: &DatabaseLocation,
+        read_connections: u32,
+    ) -> Result<Store, OpenError> {
         match location {
-            DatabaseLocation::Sqlite(path) => {
-                Ok(Store::Sqlite(SqliteStore::open(path, read_connections).await?))
-            }
+            DatabaseLocation::Sqlite(path) => Ok(Store::Sqlite(
+                SqliteStore::open(path, read_connections).await?,
+            )),
             DatabaseLocation::Postgres(url) => Err(OpenError::PostgresNotSupported {
                 url: redact_url(url),
             }),
@@ -277,7 +278,11 @@ impl Store {
         }
     }
 
-    pub async fn create_session(&self, new: &NewSession, items: &[NewItem]) -> Result<(), StoreError> {
+    pub async fn create_session(
+        &self,
+        new: &NewSession,
+        items: &[NewItem],
+    ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.create_session(new, items).await,
         }
@@ -297,7 +302,10 @@ impl Store {
     }
 
     /// One page of sessions and whether more follow in that direction.
-    pub async fn list_sessions(&self, p: &SessionListParams) -> Result<(Vec<SessionRow>, bool), StoreError> {
+    pub async fn list_sessions(
+        &self,
+        p: &SessionListParams,
+    ) -> Result<(Vec<SessionRow>, bool), StoreError> {
         match self {
             Store::Sqlite(s) => s.list_sessions(p).await,
         }
@@ -396,7 +404,10 @@ impl Store {
         new_item_id: &mut (dyn FnMut() -> String + Send),
     ) -> Result<Option<()>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.fork_session(source_id, new, up_to_response_id, new_item_id).await,
+            Store::Sqlite(s) => {
+                s.fork_session(source_id, new, up_to_response_id, new_item_id)
+                    .await
+            }
         }
     }
 }
@@ -481,7 +492,13 @@ mod tests {
     #[test]
     fn fts_query_quotes_every_word() {
         assert_eq!(fts_query("  "), None);
-        assert_eq!(fts_query("hello wor"), Some("\"hello\"* \"wor\"*".to_owned()));
-        assert_eq!(fts_query("a\"b OR c*"), Some("\"a\"* \"b\"* \"OR\"* \"c\"*".to_owned()));
+        assert_eq!(
+            fts_query("hello wor"),
+            Some("\"hello\"* \"wor\"*".to_owned())
+        );
+        assert_eq!(
+            fts_query("a\"b OR c*"),
+            Some("\"a\"* \"b\"* \"OR\"* \"c\"*".to_owned())
+        );
     }
 }

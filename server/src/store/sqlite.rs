@@ -13,24 +13,27 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ItemListParams, ItemRow, NewItem, NewSession, OpenError, SessionChanges, SessionListParams, SessionRow,
-    SessionSort, StoreError, search_text,
+    ItemListParams, ItemRow, NewItem, NewSession, OpenError, SessionChanges, SessionListParams,
+    SessionRow, SessionSort, StoreError, search_text,
 };
 
 /// Embedded migrations, applied in order at start.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
 
 const SESSION_COLS: &str = "s.id, s.agent_id, s.title, s.labels, s.status, s.created_at, s.updated_at, \
      s.archived, s.kind, s.parent_session_id, s.root_session_id, s.sub_agent_name, s.runner_id, s.host_id, \
      s.workspace, s.git_branch, s.model_override, s.reasoning_effort, s.cost_control_mode_override, \
      s.external_session_id, s.terminal_launch_args";
 
-const ITEM_COLS: &str = "i.id, i.position, i.seq, i.type, i.status, i.response_id, i.created_at, i.created_by, i.data";
+const ITEM_COLS: &str =
+    "i.id, i.position, i.seq, i.type, i.status, i.response_id, i.created_at, i.created_by, i.data";
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -78,7 +81,11 @@ impl SqliteStore {
         };
         if path.exists() {
             // Catch a read-only file with a clear message before SQLite reports "attempt to write".
-            if let Err(cause) = std::fs::OpenOptions::new().read(true).write(true).open(path) {
+            if let Err(cause) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+            {
                 return Err(io_error(path, cause));
             }
         }
@@ -108,7 +115,13 @@ impl SqliteStore {
                 MIGRATIONS
                     .iter()
                     .map(|(v, d, sql)| {
-                        Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, Cow::Borrowed(*sql), false)
+                        Migration::new(
+                            *v,
+                            Cow::Borrowed(*d),
+                            MigrationType::Simple,
+                            Cow::Borrowed(*sql),
+                            false,
+                        )
                     })
                     .collect(),
             ),
@@ -165,7 +178,11 @@ impl SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    pub async fn create_session(&self, new: &NewSession, items: &[NewItem]) -> Result<(), StoreError> {
+    pub async fn create_session(
+        &self,
+        new: &NewSession,
+        items: &[NewItem],
+    ) -> Result<(), StoreError> {
         let mut tx = self.w().begin().await?;
         let pk = insert_session(&mut tx, &new.row, items.len() as i64).await?;
         for (position, item) in items.iter().enumerate() {
@@ -195,7 +212,10 @@ impl SqliteStore {
         rows.iter().map(session_from_row).collect()
     }
 
-    pub async fn list_sessions(&self, p: &SessionListParams) -> Result<(Vec<SessionRow>, bool), StoreError> {
+    pub async fn list_sessions(
+        &self,
+        p: &SessionListParams,
+    ) -> Result<(Vec<SessionRow>, bool), StoreError> {
         let col = match p.sort {
             SessionSort::CreatedAt => "created_at",
             SessionSort::UpdatedAt => "updated_at",
@@ -258,7 +278,10 @@ impl SqliteStore {
         }
         q = q.bind(i64::from(p.limit) + 1);
         let rows = q.fetch_all(self.r()).await?;
-        let mut out = rows.iter().map(session_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut out = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let has_more = out.len() > p.limit as usize;
         out.truncate(p.limit as usize);
         if reverse {
@@ -406,7 +429,10 @@ impl SqliteStore {
             q = q.bind(b);
         }
         let rows = q.bind(i64::from(p.limit) + 1).fetch_all(&mut *conn).await?;
-        let mut out = rows.iter().map(item_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut out = rows
+            .iter()
+            .map(item_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let has_more = out.len() > p.limit as usize;
         out.truncate(p.limit as usize);
         if reverse {
@@ -521,10 +547,19 @@ impl SqliteStore {
             "SELECT {ITEM_COLS} FROM items i JOIN sessions s ON s.pk = i.session_pk WHERE s.id = ? \
              ORDER BY i.position"
         );
-        let rows = sqlx::query(&sql).bind(source_id).fetch_all(&mut *tx).await?;
-        let mut items = rows.iter().map(item_from_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(&sql)
+            .bind(source_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut items = rows
+            .iter()
+            .map(item_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(resp) = up_to_response_id {
-            match items.iter().rposition(|i| i.response_id.as_deref() == Some(resp)) {
+            match items
+                .iter()
+                .rposition(|i| i.response_id.as_deref() == Some(resp))
+            {
                 Some(last) => items.truncate(last + 1),
                 None => return Ok(None),
             }
@@ -613,19 +648,27 @@ async fn insert_item(
     Ok(())
 }
 
-async fn item_position(conn: &mut sqlx::SqliteConnection, session_pk: i64, id: &str) -> Result<i64, StoreError> {
-    let pos: Option<i64> = sqlx::query_scalar("SELECT position FROM items WHERE session_pk = ? AND id = ?")
-        .bind(session_pk)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+async fn item_position(
+    conn: &mut sqlx::SqliteConnection,
+    session_pk: i64,
+    id: &str,
+) -> Result<i64, StoreError> {
+    let pos: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM items WHERE session_pk = ? AND id = ?")
+            .bind(session_pk)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
     pos.ok_or_else(|| StoreError::CursorNotFound(id.to_owned()))
 }
 
 fn session_from_row(row: &SqliteRow) -> Result<SessionRow, StoreError> {
     let labels: String = row.try_get("labels")?;
     let labels: BTreeMap<String, String> =
-        serde_json::from_str(&labels).map_err(|source| StoreError::BadJson { column: "labels", source })?;
+        serde_json::from_str(&labels).map_err(|source| StoreError::BadJson {
+            column: "labels",
+            source,
+        })?;
     let args: Option<String> = row.try_get("terminal_launch_args")?;
     let terminal_launch_args = args
         .map(|a| serde_json::from_str::<Vec<String>>(&a))
@@ -662,7 +705,10 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRow, StoreError> {
 fn item_from_row(row: &SqliteRow) -> Result<ItemRow, StoreError> {
     let data: String = row.try_get("data")?;
     let data: Map<String, Value> =
-        serde_json::from_str(&data).map_err(|source| StoreError::BadJson { column: "data", source })?;
+        serde_json::from_str(&data).map_err(|source| StoreError::BadJson {
+            column: "data",
+            source,
+        })?;
     let seq: i64 = row.try_get("seq")?;
     Ok(ItemRow {
         id: row.try_get("id")?,
@@ -678,7 +724,10 @@ fn item_from_row(row: &SqliteRow) -> Result<ItemRow, StoreError> {
 }
 
 fn json_text<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|source| StoreError::BadJson { column: "json", source })
+    serde_json::to_string(v).map_err(|source| StoreError::BadJson {
+        column: "json",
+        source,
+    })
 }
 
 /// SQLite integers are i64; sequences never come near the limit (a block of 1000 per actor start).

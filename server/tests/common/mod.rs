@@ -32,7 +32,9 @@ impl TestServer {
     pub async fn start_with(home: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = ServerConfig::for_home(home);
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(omnigent_server::run(config, listener, async move {
@@ -75,17 +77,34 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self.client.post(self.u(path)).json(&body).send().await.expect("POST");
+        let resp = self
+            .client
+            .post(self.u(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
         status_json(resp).await
     }
 
     pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self.client.patch(self.u(path)).json(&body).send().await.expect("PATCH");
+        let resp = self
+            .client
+            .patch(self.u(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("PATCH");
         status_json(resp).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let resp = self.client.delete(self.u(path)).send().await.expect("DELETE");
+        let resp = self
+            .client
+            .delete(self.u(path))
+            .send()
+            .await
+            .expect("DELETE");
         status_json(resp).await
     }
 
@@ -125,7 +144,9 @@ impl TestServer {
     }
 
     pub async fn stream(&self, session: &str, last_event_id: Option<u64>) -> Sse {
-        let mut req = self.client.get(self.u(&format!("/v1/sessions/{session}/stream")));
+        let mut req = self
+            .client
+            .get(self.u(&format!("/v1/sessions/{session}/stream")));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
@@ -156,7 +177,8 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, Value) {
     let value = if text.is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"))
     };
     (status, value)
 }
@@ -179,7 +201,9 @@ impl Sse {
                 .await
                 .expect("an SSE event arrives in time");
             match chunk {
-                Ok(Some(bytes)) => self.pending.extend(self.parser.push(&bytes).expect("event fits")),
+                Ok(Some(bytes)) => self
+                    .pending
+                    .extend(self.parser.push(&bytes).expect("event fits")),
                 Ok(None) | Err(_) => return None,
             }
         }
@@ -202,15 +226,22 @@ impl Sse {
 }
 
 pub fn json_of(m: &SseMessage) -> Value {
-    serde_json::from_str(&m.data).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", m.data))
+    serde_json::from_str(&m.data)
+        .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", m.data))
 }
 
 pub fn id_of(m: &SseMessage) -> u64 {
-    m.id.as_deref().expect("every event has an id").parse().expect("numeric id")
+    m.id.as_deref()
+        .expect("every event has an id")
+        .parse()
+        .expect("numeric id")
 }
 
 /// The text of a `response.output_item.done` message event.
 pub fn item_text(m: &SseMessage) -> String {
     let v = json_of(m);
-    v["item"]["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+    v["item"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -1,0 +1,916 @@
+//! Server end of the host tunnel v1 (`GET /v1/hosts/{host_id}/tunnel`, reference/omnigent-host-v1.md §5.1–§5.3,
+//! omnigent-server-v1.md §3.7): the handshake, the registry of live hosts and [`HostConnection`], the handle
+//! that sends requests to one host and correlates their `*_result` by `request_id`.
+//!
+//! One task per tunnel owns the socket's read half, every in-flight request and the liveness clock; a
+//! separate writer task is the only writer. Everything else talks to it through [`HostConnection`] messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use omnigent_proto::host_frames::{
+    ConnectionError, CreateDirResult, HarnessReadiness, HostFrame, HostFrameError, HostHello,
+    LaunchRunner, LaunchRunnerResult, ListDir, ListDirResult, PathRequest, Ping, RunnerRef,
+    StatResult, StatusResult, close,
+};
+use omnigent_proto::{FRAME_PROTOCOL_VERSION, ids::canonical_id};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::epoch_millis;
+
+/// Room in the WebSocket layer above the frame cap, so an oversized frame reaches our own check.
+const WS_LAYER_SLACK: usize = 1024 * 1024;
+
+/// How long the writer may take to flush the final close frame.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many notifications a slow subscriber may fall behind before it sees `Lagged` (and should resync
+/// from [`HostRegistry::list`]).
+const EVENT_BUFFER: usize = 4096;
+
+/// Timings and limits of the server end. The defaults are the protocol's; tests shrink them or run under
+/// `tokio::time::pause()`.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// App-level `ping` interval (30 s).
+    pub ping_interval: Duration,
+    /// Close 4003 "ping timeout" after this long without any inbound frame (90 s).
+    pub liveness_timeout: Duration,
+    /// How long a new connection may take to send its `host.hello` (30 s).
+    pub hello_timeout: Duration,
+    /// Largest text frame accepted ([`omnigent_proto::MAX_FRAME_BYTES`]).
+    pub max_frame_bytes: usize,
+    /// Timeout of `host.launch_runner` (30 s).
+    pub launch_timeout: Duration,
+    /// Timeout of `host.stat`, `host.list_dir`, `host.create_dir` (5 s).
+    pub fs_timeout: Duration,
+    /// Timeout of `host.stop_runner` and `host.runner_status` (15 s: a stop may wait 5 s for SIGTERM, then
+    /// 5 s more after SIGKILL on a Python host).
+    pub control_timeout: Duration,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            ping_interval: Duration::from_secs(30),
+            liveness_timeout: Duration::from_secs(90),
+            hello_timeout: Duration::from_secs(30),
+            max_frame_bytes: omnigent_proto::MAX_FRAME_BYTES,
+            launch_timeout: Duration::from_secs(30),
+            fs_timeout: Duration::from_secs(5),
+            control_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What the registry tells the rest of the server (mark hosts online/offline, record runner exits).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostEvent {
+    /// A host completed its hello and is now the live tunnel for `host_id` (it may have replaced an older
+    /// one, which sends no `Disconnected`).
+    Connected {
+        host_id: String,
+        generation: u64,
+        hello: HostHello,
+    },
+    /// The host has no live tunnel any more. Sent only when the ending tunnel was the current one, so a
+    /// replaced tunnel never marks a reconnected host offline.
+    Disconnected { host_id: String, generation: u64 },
+    /// `host.runner_exited`: a runner of this host died (non-zero exit); `error` has the code and log tail.
+    RunnerExited {
+        host_id: String,
+        runner_id: String,
+        error: Option<String>,
+    },
+    /// `host.harness_readiness`: the host's harness readiness changed.
+    HarnessReadiness {
+        host_id: String,
+        readiness: HarnessReadiness,
+    },
+}
+
+/// Why a request to a host failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HostRequestError {
+    #[error(
+        "host {0} is not connected; start its daemon (`omnigent start`) or wait for it to reconnect"
+    )]
+    HostOffline(String),
+    #[error(
+        "the tunnel to host {host_id} closed before it answered {kind}; retry once the host has reconnected"
+    )]
+    Closed { host_id: String, kind: &'static str },
+    #[error(
+        "host {host_id} did not answer {kind} within {after:?}; the host may be overloaded or its tunnel dead"
+    )]
+    Timeout {
+        host_id: String,
+        kind: &'static str,
+        after: Duration,
+    },
+    #[error("{0} is not a request the server can send to a host")]
+    NotARequest(&'static str),
+    #[error("host {host_id} answered {expected} with {got}; the host does not follow protocol v1")]
+    UnexpectedReply {
+        host_id: String,
+        expected: &'static str,
+        got: &'static str,
+    },
+}
+
+/// The live host tunnels of this server, keyed by canonical (bare hex) host id. Newest connection wins.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct HostRegistry {
+    inner: Arc<RegistryInner>,
+}
+
+struct RegistryInner {
+    hosts: Mutex<HashMap<String, HostConnection>>,
+    events: broadcast::Sender<HostEvent>,
+    next_generation: AtomicU64,
+    settings: HostSettings,
+}
+
+impl std::fmt::Debug for HostRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostRegistry")
+            .field("hosts", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Default for HostRegistry {
+    fn default() -> Self {
+        Self::new(HostSettings::default())
+    }
+}
+
+impl HostRegistry {
+    pub fn new(settings: HostSettings) -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        HostRegistry {
+            inner: Arc::new(RegistryInner {
+                hosts: Mutex::new(HashMap::new()),
+                events,
+                next_generation: AtomicU64::new(1),
+                settings,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &HostSettings {
+        &self.inner.settings
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HostConnection>> {
+        // Every critical section is a single lookup, insert or remove, so a poisoned map is still consistent.
+        self.inner
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live tunnel of `host_id` (bare hex, dashed or legacy `host_`-prefixed), if any.
+    pub fn get(&self, host_id: &str) -> Option<HostConnection> {
+        let id = canonical_id(host_id)?;
+        self.lock().get(&id).cloned()
+    }
+
+    pub fn is_online(&self, host_id: &str) -> bool {
+        self.get(host_id).is_some()
+    }
+
+    /// Every live tunnel, sorted by host id.
+    pub fn list(&self) -> Vec<HostConnection> {
+        let mut list: Vec<HostConnection> = self.lock().values().cloned().collect();
+        list.sort_by(|a, b| a.host_id().cmp(b.host_id()));
+        list
+    }
+
+    /// Notifications from now on. On `Lagged`, resync from [`Self::list`].
+    pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The host's tunnel, waiting up to `timeout` for it to connect. Event-driven: no polling.
+    pub async fn wait_for_host(&self, host_id: &str, timeout: Duration) -> Option<HostConnection> {
+        let id = canonical_id(host_id)?;
+        let mut events = self.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(conn) = self.get(&id) {
+                return Some(conn);
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return None,
+                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
+                // The registry owns the sender, so this cannot happen while `self` is alive.
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    }
+
+    /// Send `frame` to `host_id` (see [`HostConnection::request`]).
+    pub async fn request(
+        &self,
+        host_id: &str,
+        frame: HostFrame,
+    ) -> Result<HostFrame, HostRequestError> {
+        let conn = self
+            .get(host_id)
+            .ok_or_else(|| HostRequestError::HostOffline(host_id.to_owned()))?;
+        conn.request(frame).await
+    }
+
+    /// Close every tunnel (server shutdown: 1012 "service restart" makes hosts reconnect at once).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for conn in self.list() {
+            conn.close(code, reason);
+        }
+    }
+
+    fn emit(&self, event: HostEvent) {
+        // No subscriber is fine: nobody needs to hear it.
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Register `conn`; an older tunnel of the same host is closed 4000 "tunnel replaced" (its pending
+    /// requests fail with [`HostRequestError::Closed`]).
+    fn register(&self, conn: HostConnection) {
+        let old = self.lock().insert(conn.host_id().to_owned(), conn.clone());
+        if let Some(old) = old {
+            info!(
+                old = old.generation(),
+                new = conn.generation(),
+                "host tunnel replaced"
+            );
+            old.close(close::REPLACED, "tunnel replaced");
+        }
+        self.emit(HostEvent::Connected {
+            host_id: conn.host_id().to_owned(),
+            generation: conn.generation(),
+            hello: conn.hello().clone(),
+        });
+    }
+
+    /// Remove `host_id` only if its registered tunnel is still `generation`.
+    fn deregister(&self, host_id: &str, generation: u64) {
+        let removed = {
+            let mut hosts = self.lock();
+            if hosts
+                .get(host_id)
+                .is_some_and(|c| c.generation() == generation)
+            {
+                hosts.remove(host_id);
+                true
+            } else {
+                false
+            }
+        };
+        if removed {
+            self.emit(HostEvent::Disconnected {
+                host_id: host_id.to_owned(),
+                generation,
+            });
+        }
+    }
+}
+
+enum Command {
+    Request {
+        id: String,
+        expected: &'static str,
+        frame: HostFrame,
+        reply: oneshot::Sender<Result<HostFrame, HostRequestError>>,
+    },
+    Forget {
+        id: String,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A handle on one live host tunnel. Cheap to clone; every clone talks to the same connection task.
+#[derive(Clone)]
+pub struct HostConnection {
+    inner: Arc<ConnInner>,
+}
+
+struct ConnInner {
+    host_id: String,
+    generation: u64,
+    hello: HostHello,
+    settings: HostSettings,
+    commands: mpsc::UnboundedSender<Command>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for HostConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConnection")
+            .field("host_id", &self.inner.host_id)
+            .field("generation", &self.inner.generation)
+            .field("name", &self.inner.hello.name)
+            .finish()
+    }
+}
+
+impl HostConnection {
+    /// Canonical bare-hex host id.
+    pub fn host_id(&self) -> &str {
+        &self.inner.host_id
+    }
+
+    /// Increases with every accepted connection; tells a reconnected tunnel from the one it replaced.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// The host's `host.hello` (name, version, live runners, harnesses…).
+    pub fn hello(&self) -> &HostHello {
+        &self.inner.hello
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Resolves once the connection task has ended (closed, replaced, timed out).
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await
+    }
+
+    /// Close the tunnel with `code`; pending requests fail with [`HostRequestError::Closed`].
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.inner.commands.send(Command::Close {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn timeout_for(&self, frame: &HostFrame) -> Duration {
+        let s = &self.inner.settings;
+        match frame {
+            HostFrame::LaunchRunner(_) => s.launch_timeout,
+            HostFrame::Stat(_) | HostFrame::ListDir(_) | HostFrame::CreateDir(_) => s.fs_timeout,
+            _ => s.control_timeout,
+        }
+    }
+
+    /// Send one request frame (its `request_id` is replaced by a fresh 16-hex id) and wait for the
+    /// `*_result` with the same id, up to the kind's timeout (launch 30 s, fs 5 s, stop/status 15 s).
+    /// Fails at once with [`HostRequestError::Closed`] when the tunnel ends first.
+    pub async fn request(&self, mut frame: HostFrame) -> Result<HostFrame, HostRequestError> {
+        let kind = frame.kind();
+        let id = new_request_id();
+        let expected = frame
+            .prepare_request(&id)
+            .ok_or(HostRequestError::NotARequest(kind))?;
+        let after = self.timeout_for(&frame);
+        let closed = || HostRequestError::Closed {
+            host_id: self.host_id().to_owned(),
+            kind,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Request {
+                id: id.clone(),
+                expected,
+                frame,
+                reply,
+            })
+            .map_err(|_| closed())?;
+        // From here on, giving up (timeout or the caller's future dropped) must free the pending slot.
+        let mut guard = ForgetOnDrop {
+            id: Some(id),
+            commands: self.inner.commands.clone(),
+        };
+        match tokio::time::timeout(after, rx).await {
+            Err(_) => Err(HostRequestError::Timeout {
+                host_id: self.host_id().to_owned(),
+                kind,
+                after,
+            }),
+            Ok(Err(_)) => {
+                guard.id = None;
+                Err(closed())
+            }
+            Ok(Ok(result)) => {
+                guard.id = None;
+                result
+            }
+        }
+    }
+
+    /// `host.stat`: does `path` exist on the host, and what is it.
+    pub async fn stat(&self, path: &str) -> Result<StatResult, HostRequestError> {
+        let frame = HostFrame::Stat(PathRequest {
+            request_id: String::new(),
+            path: path.to_owned(),
+            extra: Default::default(),
+        });
+        match self.request(frame).await? {
+            HostFrame::StatResult(r) => Ok(r),
+            other => Err(self.unexpected("host.stat_result", &other)),
+        }
+    }
+
+    /// `host.launch_runner`: start a runner bound to `binding_token` in `workspace`.
+    pub async fn launch_runner(
+        &self,
+        binding_token: &str,
+        workspace: &str,
+        session_id: Option<&str>,
+        harness: Option<&str>,
+    ) -> Result<LaunchRunnerResult, HostRequestError> {
+        let frame = HostFrame::LaunchRunner(LaunchRunner {
+            request_id: String::new(),
+            binding_token: binding_token.to_owned(),
+            workspace: workspace.to_owned(),
+            session_id: session_id.map(str::to_owned),
+            harness: harness.map(str::to_owned),
+            extra: Default::default(),
+        });
+        match self.request(frame).await? {
+            HostFrame::LaunchRunnerResult(r) => Ok(r),
+            other => Err(self.unexpected("host.launch_runner_result", &other)),
+        }
+    }
+
+    /// `host.stop_runner`: `status` is `"stopped"` or `"failed"`.
+    pub async fn stop_runner(&self, runner_id: &str) -> Result<StatusResult, HostRequestError> {
+        let frame = HostFrame::StopRunner(runner_ref(runner_id));
+        match self.request(frame).await? {
+            HostFrame::StopRunnerResult(r) => Ok(r),
+            other => Err(self.unexpected("host.stop_runner_result", &other)),
+        }
+    }
+
+    /// `host.runner_status`: `status` is `"alive"`, `"dead"` or `"unknown"`.
+    pub async fn runner_status(&self, runner_id: &str) -> Result<StatusResult, HostRequestError> {
+        let frame = HostFrame::RunnerStatus(runner_ref(runner_id));
+        match self.request(frame).await? {
+            HostFrame::RunnerStatusResult(r) => Ok(r),
+            other => Err(self.unexpected("host.runner_status_result", &other)),
+        }
+    }
+
+    /// `host.list_dir`: one page of `limit` entries (clamped to 1..=1000) after the name `after`.
+    pub async fn list_dir(
+        &self,
+        path: &str,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<ListDirResult, HostRequestError> {
+        let frame = HostFrame::ListDir(ListDir {
+            request_id: String::new(),
+            path: path.to_owned(),
+            limit: limit.clamp(1, 1000),
+            after: after.map(str::to_owned),
+            before: None,
+            extra: Default::default(),
+        });
+        match self.request(frame).await? {
+            HostFrame::ListDirResult(r) => Ok(r),
+            other => Err(self.unexpected("host.list_dir_result", &other)),
+        }
+    }
+
+    /// `host.create_dir`: create `path` and its parents.
+    pub async fn create_dir(&self, path: &str) -> Result<CreateDirResult, HostRequestError> {
+        let frame = HostFrame::CreateDir(PathRequest {
+            request_id: String::new(),
+            path: path.to_owned(),
+            extra: Default::default(),
+        });
+        match self.request(frame).await? {
+            HostFrame::CreateDirResult(r) => Ok(r),
+            other => Err(self.unexpected("host.create_dir_result", &other)),
+        }
+    }
+
+    fn unexpected(&self, expected: &'static str, got: &HostFrame) -> HostRequestError {
+        HostRequestError::UnexpectedReply {
+            host_id: self.host_id().to_owned(),
+            expected,
+            got: got.kind(),
+        }
+    }
+}
+
+fn runner_ref(runner_id: &str) -> RunnerRef {
+    RunnerRef {
+        request_id: String::new(),
+        runner_id: runner_id.to_owned(),
+        extra: Default::default(),
+    }
+}
+
+/// A fresh 16-hex request id, like the Python server's.
+fn new_request_id() -> String {
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(16);
+    id
+}
+
+/// Frees a pending request's slot when its caller gives up.
+struct ForgetOnDrop {
+    id: Option<String>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let _ = self.commands.send(Command::Forget { id });
+        }
+    }
+}
+
+/// The axum side of `GET /v1/hosts/{host_id}/tunnel`: applies the frame cap to the upgrade and runs
+/// [`serve_host_socket`] on the upgraded socket. Authentication and the owner check (409) belong to the caller,
+/// before this.
+pub fn upgrade(ws: WebSocketUpgrade, host_id: String, registry: HostRegistry) -> Response {
+    let cap = registry
+        .settings()
+        .max_frame_bytes
+        .saturating_add(WS_LAYER_SLACK);
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(
+            move |socket| async move { serve_host_socket(socket, &host_id, registry).await },
+        )
+}
+
+/// Run one host tunnel to its end: check the host id, require a `host.hello` of protocol 1, register (newest
+/// wins), then ping, correlate results and surface notifications until the tunnel ends, and deregister.
+pub async fn serve_host_socket(socket: WebSocket, host_id: &str, registry: HostRegistry) {
+    let span = info_span!("host_tunnel", host_id = %host_id, conn = tracing::field::Empty);
+    serve(socket, host_id, registry).instrument(span).await
+}
+
+async fn serve(mut socket: WebSocket, path_host_id: &str, registry: HostRegistry) {
+    let Some(host_id) = canonical_id(path_host_id) else {
+        info!("refused: host id is not a UUID");
+        return refuse(socket, None, close::INVALID_HOST_ID, "invalid host id").await;
+    };
+    let settings = registry.settings().clone();
+    let hello = match tokio::time::timeout(
+        settings.hello_timeout,
+        read_hello(&mut socket, settings.max_frame_bytes),
+    )
+    .await
+    {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(HelloRefusal::Gone)) => {
+            debug!("host went away before its hello");
+            return;
+        }
+        Ok(Err(HelloRefusal::Close {
+            code,
+            reason,
+            error,
+        })) => {
+            info!(code, %error, "refused host tunnel");
+            return refuse(socket, Some(error), code, reason).await;
+        }
+        Err(_) => {
+            info!("no host.hello in time");
+            let error = "no host.hello within the handshake timeout".to_owned();
+            return refuse(socket, Some(error), close::HELLO_EXPECTED, "hello expected").await;
+        }
+    };
+
+    let generation = registry
+        .inner
+        .next_generation
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::Span::current().record("conn", generation);
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let conn = HostConnection {
+        inner: Arc::new(ConnInner {
+            host_id: host_id.clone(),
+            generation,
+            hello,
+            settings: settings.clone(),
+            commands,
+            closed: CancellationToken::new(),
+        }),
+    };
+    let (sink, stream) = socket.split();
+    registry.register(conn.clone());
+    info!(
+        name = %conn.hello().name,
+        version = %conn.hello().version,
+        runners = conn.hello().runners.len(),
+        "host connected"
+    );
+    let (code, reason) = run_connection(&conn, commands_rx, stream, sink, &registry).await;
+    registry.deregister(&host_id, generation);
+    info!(code, reason, "host disconnected");
+}
+
+enum HelloRefusal {
+    /// The peer went away.
+    Gone,
+    /// Send `host.connection_error{stage:"hello", error}` and close with `code`.
+    Close {
+        code: u16,
+        reason: &'static str,
+        error: String,
+    },
+}
+
+/// Read until the first text frame, which must be a `host.hello` of our protocol major.
+async fn read_hello(socket: &mut WebSocket, cap: usize) -> Result<HostHello, HelloRefusal> {
+    let text = loop {
+        match socket.recv().await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(HelloRefusal::Gone),
+            Some(Ok(Message::Text(text))) => break text,
+            Some(Ok(_)) => continue,
+        }
+    };
+    let refuse = |code, reason, error: String| {
+        Err(HelloRefusal::Close {
+            code,
+            reason,
+            error,
+        })
+    };
+    match HostFrame::decode_capped(text.as_str(), cap) {
+        Ok(HostFrame::Hello(hello)) if hello.frame_protocol_version == FRAME_PROTOCOL_VERSION => {
+            Ok(hello)
+        }
+        Ok(HostFrame::Hello(hello)) => refuse(
+            close::PROTOCOL_MISMATCH,
+            "frame protocol version mismatch",
+            format!(
+                "host speaks frame protocol {}, this server speaks {FRAME_PROTOCOL_VERSION}; upgrade the older side",
+                hello.frame_protocol_version
+            ),
+        ),
+        Ok(other) => refuse(
+            close::HELLO_EXPECTED,
+            "hello expected",
+            format!(
+                "expected host.hello as the first frame, got {}",
+                other.kind()
+            ),
+        ),
+        Err(e) => refuse(
+            close::HELLO_EXPECTED,
+            "hello expected",
+            format!("expected host.hello as the first frame: {e}"),
+        ),
+    }
+}
+
+/// Send `host.connection_error{stage:"hello", retryable:false}` when there is an `error`, then close.
+async fn refuse(mut socket: WebSocket, error: Option<String>, code: u16, reason: &str) {
+    if let Some(error) = error {
+        let frame = HostFrame::ConnectionError(ConnectionError {
+            stage: "hello".to_owned(),
+            error,
+            retryable: false,
+            extra: Default::default(),
+        });
+        let _ = socket.send(Message::Text(frame.encode().into())).await;
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+    let _ = socket.close().await;
+}
+
+struct Pending {
+    expected: &'static str,
+    kind: &'static str,
+    reply: oneshot::Sender<Result<HostFrame, HostRequestError>>,
+}
+
+/// Drive one registered tunnel until it ends; returns the close code and reason sent to the host.
+async fn run_connection(
+    conn: &HostConnection,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut stream: SplitStream<WebSocket>,
+    sink: SplitSink<WebSocket, Message>,
+    registry: &HostRegistry,
+) -> (u16, String) {
+    let settings = &conn.inner.settings;
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let send = |frame: &HostFrame| {
+        let _ = out_tx.send(Message::Text(frame.encode().into()));
+    };
+
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut last_inbound = Instant::now();
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let (code, reason) = loop {
+        let deadline = last_inbound + settings.liveness_timeout;
+        tokio::select! {
+            message = stream.next() => {
+                let text = match message {
+                    None => break (close::PING_TIMEOUT, "tunnel closed".to_owned()),
+                    Some(Err(e)) => {
+                        info!(error = %e, "host tunnel read failed");
+                        break (close::PING_TIMEOUT, "tunnel closed".to_owned());
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        debug!(?frame, "host closed the tunnel");
+                        break (close::PING_TIMEOUT, "tunnel closed".to_owned());
+                    }
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        last_inbound = Instant::now();
+                        debug!("dropping a binary message on the host tunnel");
+                        continue;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        last_inbound = Instant::now();
+                        continue;
+                    }
+                };
+                last_inbound = Instant::now();
+                let frame = match HostFrame::decode_capped(text.as_str(), settings.max_frame_bytes) {
+                    Ok(frame) => frame,
+                    Err(HostFrameError::TooLarge { size, cap }) => {
+                        warn!(size, cap, "host sent a frame above the cap; closing the tunnel");
+                        break (close::MESSAGE_TOO_BIG, format!("frame exceeds {cap} bytes"));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "skipping a malformed host frame");
+                        continue;
+                    }
+                };
+                on_frame(conn, frame, text.as_str(), &mut pending, &send, registry);
+            }
+            command = commands.recv() => match command {
+                Some(Command::Request { id, expected, frame, reply }) => {
+                    send(&frame);
+                    pending.insert(id, Pending { expected, kind: frame.kind(), reply });
+                }
+                Some(Command::Forget { id }) => {
+                    pending.remove(&id);
+                }
+                Some(Command::Close { code, reason }) => break (code, reason),
+                // The connection itself holds a sender, so this cannot happen while `conn` is alive.
+                None => break (close::PING_TIMEOUT, "tunnel closed".to_owned()),
+            },
+            _ = ping.tick() => send(&HostFrame::Ping(Ping { ts: epoch_millis(), extra: Default::default() })),
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(silent_for = ?settings.liveness_timeout, "host tunnel silent; closing");
+                break (close::PING_TIMEOUT, "ping timeout".to_owned());
+            }
+        }
+    };
+
+    // Refuse new requests first, then fail the open ones: nothing can slip in between.
+    conn.inner.closed.cancel();
+    commands.close();
+    for (_, p) in pending.drain() {
+        let _ = p.reply.send(Err(HostRequestError::Closed {
+            host_id: conn.host_id().to_owned(),
+            kind: p.kind,
+        }));
+    }
+    while let Ok(command) = commands.try_recv() {
+        if let Command::Request { reply, frame, .. } = command {
+            let _ = reply.send(Err(HostRequestError::Closed {
+                host_id: conn.host_id().to_owned(),
+                kind: frame.kind(),
+            }));
+        }
+    }
+    let _ = out_tx.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.clone().into(),
+    })));
+    drop(out_tx);
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer)
+        .await
+        .is_err()
+    {
+        debug!("host tunnel writer did not flush the close frame in time");
+    }
+    (code, reason)
+}
+
+fn on_frame(
+    conn: &HostConnection,
+    frame: HostFrame,
+    text: &str,
+    pending: &mut HashMap<String, Pending>,
+    send: &impl Fn(&HostFrame),
+    registry: &HostRegistry,
+) {
+    let host_id = conn.host_id();
+    match frame {
+        HostFrame::LaunchRunnerResult(_)
+        | HostFrame::StopRunnerResult(_)
+        | HostFrame::RunnerStatusResult(_)
+        | HostFrame::StatResult(_)
+        | HostFrame::ListDirResult(_)
+        | HostFrame::CreateDirResult(_) => {
+            let id = frame.request_id().unwrap_or_default();
+            let Some(p) = pending.remove(id) else {
+                debug!(
+                    kind = frame.kind(),
+                    request_id = id,
+                    "result for no pending request (late or unknown); ignored"
+                );
+                return;
+            };
+            let result = if frame.kind() == p.expected {
+                Ok(frame)
+            } else {
+                warn!(
+                    expected = p.expected,
+                    got = frame.kind(),
+                    "host answered a request with the wrong kind"
+                );
+                Err(HostRequestError::UnexpectedReply {
+                    host_id: host_id.to_owned(),
+                    expected: p.expected,
+                    got: frame.kind(),
+                })
+            };
+            if p.reply.send(result).is_err() {
+                debug!("result for a request nobody waits for any more");
+            }
+        }
+        HostFrame::RunnerExited(exited) => {
+            info!(runner_id = %exited.runner_id, error = ?exited.error, "host reports a runner exited");
+            registry.emit(HostEvent::RunnerExited {
+                host_id: host_id.to_owned(),
+                runner_id: exited.runner_id,
+                error: exited.error,
+            });
+        }
+        HostFrame::HarnessReadiness(readiness) => registry.emit(HostEvent::HarnessReadiness {
+            host_id: host_id.to_owned(),
+            readiness,
+        }),
+        HostFrame::Ping(ping) => send(&HostFrame::Pong(Ping {
+            ts: ping.ts,
+            extra: Default::default(),
+        })),
+        HostFrame::Pong(_) => {}
+        HostFrame::Hello(_) => warn!("second host.hello on an established tunnel; ignored"),
+        HostFrame::ConnectionError(e) => {
+            warn!(stage = %e.stage, error = %e.error, "host sent a connection_error; ignored")
+        }
+        HostFrame::LaunchRunner(_)
+        | HostFrame::StopRunner(_)
+        | HostFrame::RunnerStatus(_)
+        | HostFrame::Stat(_)
+        | HostFrame::ListDir(_)
+        | HostFrame::CreateDir(_) => {
+            warn!(
+                kind = frame.kind(),
+                "host sent a server→host request kind; ignored"
+            )
+        }
+        HostFrame::Unknown => {
+            debug!(kind = ?omnigent_proto::runner_frames::peek_kind(text), "unknown host frame kind; skipped")
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
+    while let Some(message) = rx.recv().await {
+        let is_close = matches!(message, Message::Close(_));
+        if let Err(e) = sink.send(message).await {
+            debug!(error = %e, "host tunnel write failed");
+            break;
+        }
+        if is_close {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
