@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn omnigent(home: &std::path::Path, port: u16, args: &[&str]) -> std::process::Output {
@@ -23,7 +27,11 @@ fn omnigent(home: &std::path::Path, port: u16, args: &[&str]) -> std::process::O
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "omnigent {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "omnigent {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -34,21 +42,36 @@ fn timed(f: impl FnOnce()) -> Duration {
 }
 
 fn healthy(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut r = String::new();
     let _ = s.read_to_string(&mut r);
     r.starts_with("HTTP/1.1 200")
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn report(name: &str, mut v: Vec<Duration>) {
@@ -64,7 +87,10 @@ fn report(name: &str, mut v: Vec<Duration>) {
 }
 
 fn main() {
-    let iterations: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
+    let iterations: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20);
     let (mut start, mut stop, mut status, mut server_status) = (vec![], vec![], vec![], vec![]);
     let (mut daemon_rss, mut server_rss) = (vec![], vec![]);
     for _ in 0..iterations {
@@ -72,20 +98,33 @@ fn main() {
         let port = free_port();
         let mut out = None;
         // Cold: no daemon, no server, empty home. `start` returns once the server answers.
-        start.push(timed(|| out = Some(omnigent(home.path(), port, &["start", "--json"]))));
-        assert!(healthy(port), "start returned before the server was healthy");
+        start.push(timed(|| {
+            out = Some(omnigent(home.path(), port, &["start", "--json"]))
+        }));
+        assert!(
+            healthy(port),
+            "start returned before the server was healthy"
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.unwrap().stdout).unwrap();
         let daemon_pid = v["daemon"]["pid"].as_u64().unwrap() as u32;
         let server_pid = v["server"]["pid"].as_u64().unwrap() as u32;
         for _ in 0..10 {
             status.push(timed(|| drop(omnigent(home.path(), port, &["status"]))));
-            server_status.push(timed(|| drop(omnigent(home.path(), port, &["server", "status"]))));
+            server_status.push(timed(|| {
+                drop(omnigent(home.path(), port, &["server", "status"]))
+            }));
         }
         daemon_rss.push(rss_kib(daemon_pid));
         server_rss.push(rss_kib(server_pid));
         stop.push(timed(|| drop(omnigent(home.path(), port, &["stop"]))));
-        assert!(!alive(daemon_pid) && !alive(server_pid), "stop returned with a process alive");
-        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "stop returned with the port open");
+        assert!(
+            !alive(daemon_pid) && !alive(server_pid),
+            "stop returned with a process alive"
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "stop returned with the port open"
+        );
     }
     report("status", status);
     report("server status", server_status);

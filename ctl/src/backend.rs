@@ -287,6 +287,7 @@ async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
                 );
                 runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
             }
+            launch::wait_pid_gone(pid).await;
             stopped.push(format!("daemon pid {pid}"));
         }
         Err(ClientError::ProtocolMismatch { daemon, .. }) => {
@@ -322,7 +323,11 @@ async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
     }
     // A server left behind by a daemon that was killed: stop it too.
     if let Some(pid) = omnigent_daemon::server::leftover_server_pid(paths) {
-        let grace = if force { Duration::ZERO } else { omnigent_daemon::process::STOP_GRACE };
+        let grace = if force {
+            Duration::ZERO
+        } else {
+            omnigent_daemon::process::STOP_GRACE
+        };
         omnigent_daemon::server::terminate_foreign_pid(pid, grace).await;
         stopped.push(format!("left-over server pid {pid}"));
         let _ = std::fs::remove_file(paths.server_json());
@@ -563,11 +568,14 @@ pub fn logs(args: LogsArgs) -> Result<()> {
             path.display()
         );
     }
+    // Where following starts, taken before the tail is read: a line written in between is printed twice
+    // rather than lost.
+    let end = std::fs::metadata(&path).map(|m| m.len()).ok();
     for line in omnigent_daemon::logfile::tail_lines(&path, args.lines) {
         println!("{line}");
     }
     if args.follow {
-        runtime()?.block_on(omnigent_daemon::logfile::follow(&path, |bytes| {
+        runtime()?.block_on(omnigent_daemon::logfile::follow(&path, end, |bytes| {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             out.write_all(bytes).and_then(|()| out.flush()).is_ok()

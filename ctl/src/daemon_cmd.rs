@@ -34,6 +34,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         "manual".to_owned()
     };
+    close_inherited_fds();
     if !args.foreground {
         // A new session: no controlling terminal, no SIGHUP when the spawning shell exits. Fails only when we
         // already lead a group (then we are detached enough).
@@ -66,7 +67,10 @@ fn run_inner(args: &RunArgs, started_by: String, notify_pipe: bool, systemd: boo
         .build()?;
     rt.block_on(async move {
         let set_level = crate::logging::init_daemon(&paths, args.foreground)?;
-        let listener = ControlListener::bind(&paths).map_err(classify)?;
+        let mut listener = ControlListener::bind(&paths).map_err(classify)?;
+        // Held until the process exits (the kernel releases it then), not until `run` returns: `omnigent stop`
+        // waits for the lock to be free as the sign that this process is gone.
+        std::mem::forget(listener.take_lock());
         let config =
             omnigent_daemon::load_config(&paths).map_err(|e| ConfigError(e.to_string()))?;
         let daemon_config = DaemonConfig {
@@ -77,23 +81,27 @@ fn run_inner(args: &RunArgs, started_by: String, notify_pipe: bool, systemd: boo
             policy: Default::default(),
             on_log_level: Some(set_level),
         };
+        // Listen for SIGTERM/SIGINT before saying ready, so a stop right after ready is graceful too.
+        let signals = {
+            use tokio::signal::unix::{SignalKind, signal};
+            signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+        };
         notify(notify_pipe, ctl::NOTIFY_READY);
         if systemd {
             sd_notify("READY=1");
         }
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => {
+        let shutdown = async move {
+            match signals {
+                Ok((mut term, mut int)) => {
                     tokio::select! {
                         _ = term.recv() => tracing::info!("SIGTERM received"),
                         _ = int.recv() => tracing::info!("SIGINT received"),
                     }
                 }
-                _ => std::future::pending::<()>().await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; stop the daemon with `omnigent stop`");
+                    std::future::pending::<()>().await;
+                }
             }
             if systemd {
                 sd_notify("STOPPING=1");
@@ -113,6 +121,33 @@ fn classify(e: DaemonError) -> anyhow::Error {
             anyhow::anyhow!("{e}; use `omnigent status` to see it")
         }
         other => other.into(),
+    }
+}
+
+/// Close every file descriptor above stderr that we inherited (a shell's or CI runner's pipes): a daemon that
+/// lives on must not keep its starter's pipes open, or whoever waits for their EOF waits forever.
+#[allow(unsafe_code)]
+fn close_inherited_fds() {
+    let dir = if std::path::Path::new("/proc/self/fd").exists() {
+        "/proc/self/fd"
+    } else {
+        "/dev/fd"
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: this runs first thing in `daemon run`, single-threaded, before this process opens any file:
+        // every fd above 2 is either inherited (no Rust object owns it) or the already-closed directory handle
+        // of the listing above (then close fails with EBADF, harmlessly).
+        unsafe {
+            nix::libc::close(fd);
+        }
     }
 }
 

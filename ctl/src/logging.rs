@@ -22,8 +22,17 @@ pub fn init_daemon(paths: &Paths, foreground: bool) -> anyhow::Result<SetLevel> 
         .map_err(|e| anyhow::anyhow!("cannot open the daemon log {}: {e}", path.display()))?;
     let initial = std::env::var(LOG_ENV).unwrap_or_else(|_| "info".to_owned());
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
-    let file_layer = fmt::layer().with_ansi(false).with_writer(Mutex::new(file));
-    let stderr_layer = foreground.then(|| fmt::layer().with_writer(std::io::stderr));
+    let file_layer = fmt::layer()
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .log_internal_errors(false);
+    // A stderr that goes away (a closed terminal, a dead pipe) must not make logging panic: tracing's own
+    // error report would be an `eprintln!` to that same stderr.
+    let stderr_layer = foreground.then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false)
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(file_layer.and_then(stderr_layer))

@@ -593,6 +593,7 @@ fn config_edits_apply_live_and_a_broken_edit_keeps_the_previous_config() {
 
     std::fs::write(&config, &original).unwrap();
     let st = h.wait_status("the fixed config", |st| st["config"]["error"].is_null());
+    let host_id = st["config"]["host_id"].clone();
     assert!(
         st["targets"]
             .as_array()
@@ -601,6 +602,13 @@ fn config_edits_apply_live_and_a_broken_edit_keeps_the_previous_config() {
             .all(|t| t["url"] != "https://team.example.test")
     );
     assert_eq!(st["config"]["loads"], 3);
+
+    // Deleting the file falls back to defaults but never drops the host identity of a running daemon.
+    std::fs::write(&config, format!("env_passthrough = [\"X\"]\n{original}")).unwrap();
+    h.wait_status("the env edit", |st| st["config"]["loads"] == 4);
+    std::fs::remove_file(&config).unwrap();
+    let st = h.wait_status("the deleted config", |st| st["config"]["loads"] == 5);
+    assert_eq!(st["config"]["host_id"], host_id);
 }
 
 #[test]
@@ -803,7 +811,8 @@ impl OldDaemon {
             .write(true)
             .open(h.run_dir().join("daemon.lock"))
             .unwrap();
-        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .unwrap();
         let mut sleeper = Command::new("sleep").arg("1000").spawn().unwrap();
         let pid = sleeper.id();
         let (tx, exited) = std::sync::mpsc::channel();
@@ -812,18 +821,23 @@ impl OldDaemon {
             drop(lock);
             let _ = tx.send(status);
         });
-        let listener = std::os::unix::net::UnixListener::bind(h.run_dir().join("daemon.sock")).unwrap();
+        let listener =
+            std::os::unix::net::UnixListener::bind(h.run_dir().join("daemon.sock")).unwrap();
         let hello = format!(
             r#"{{"code":"protocol_mismatch","message":"old daemon","daemon":{{"protocol_version":{protocol},"build_version":"{version}","pid":{pid}}}}}"#
         );
-        let ok_hello = format!(r#"{{"protocol_version":{protocol},"build_version":"{version}","pid":{pid}}}"#);
+        let ok_hello =
+            format!(r#"{{"protocol_version":{protocol},"build_version":"{version}","pid":{pid}}}"#);
         std::thread::spawn(move || {
             for s in listener.incoming().flatten() {
                 let (hello, ok_hello) = (hello.clone(), ok_hello.clone());
                 std::thread::spawn(move || serve_old(s, hello_status, &hello, &ok_hello));
             }
         });
-        OldDaemon { sleeper: pid, exited }
+        OldDaemon {
+            sleeper: pid,
+            exited,
+        }
     }
 }
 
@@ -841,7 +855,10 @@ fn serve_old(mut s: UnixStream, hello_status: u16, mismatch: &str, ok_hello: &st
         let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
         let len: usize = head
             .lines()
-            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .unwrap_or(0);
         while buf.len() < end + 4 + len {
             match s.read(&mut chunk) {
@@ -850,11 +867,21 @@ fn serve_old(mut s: UnixStream, hello_status: u16, mismatch: &str, ok_hello: &st
             }
         }
         let (status, body) = if head.starts_with("post /v1/hello") {
-            if hello_status == 200 { (200, ok_hello.to_owned()) } else { (hello_status, mismatch.to_owned()) }
+            if hello_status == 200 {
+                (200, ok_hello.to_owned())
+            } else {
+                (hello_status, mismatch.to_owned())
+            }
         } else {
-            (500, r#"{"code":"internal","message":"this stand-in only says hello"}"#.to_owned())
+            (
+                500,
+                r#"{"code":"internal","message":"this stand-in only says hello"}"#.to_owned(),
+            )
         };
-        let resp = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         if s.write_all(resp.as_bytes()).is_err() {
             return;
         }
@@ -869,10 +896,17 @@ fn a_protocol_incompatible_daemon_is_drained_and_replaced_by_the_cli() {
     let out = h.run(&["start", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("pid {}", old.sleeper)) && err.contains("stopped it and started a new one"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", old.sleeper))
+            && err.contains("stopped it and started a new one"),
+        "{err}"
+    );
     // The old daemon got SIGTERM (a graceful drain), not SIGKILL.
     let status = old.exited.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(15));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(15)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["server"]["state"], "running");
     assert_eq!(h.status()["daemon"]["protocol_version"], 1);
@@ -884,9 +918,15 @@ fn an_older_compatible_daemon_gets_one_stderr_line_naming_restart() {
     let old = OldDaemon::start(&h, 200, 1, "0.0.1");
     let out = h.run(&["status"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    let notes: Vec<&str> = err.lines().filter(|l| l.contains("older than this CLI")).collect();
+    let notes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("older than this CLI"))
+        .collect();
     assert_eq!(notes.len(), 1, "{err}");
-    assert!(notes[0].contains("0.0.1") && notes[0].contains("omnigent restart"), "{err}");
+    assert!(
+        notes[0].contains("0.0.1") && notes[0].contains("omnigent restart"),
+        "{err}"
+    );
     // Nothing was stopped: a compatible daemon is the user's to restart.
     assert!(old.exited.try_recv().is_err());
     sigkill(u64::from(old.sleeper));
@@ -900,16 +940,33 @@ fn daemon_run_detaches_and_under_systemd_sends_ready_then_stops_children_on_sigt
     let st = h.start();
     let pid = st["daemon"]["pid"].as_u64().unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    assert_eq!(fields[3], pid.to_string(), "session id = pid (setsid): {stat}");
-    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
-    assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(), Path::new("/dev/null"));
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        fields[3],
+        pid.to_string(),
+        "session id = pid (setsid): {stat}"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        Path::new("/")
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
+        Path::new("/dev/null")
+    );
     assert!(h.run(&["stop"]).status.success());
 
     // systemd: Type=notify readiness on NOTIFY_SOCKET, SIGTERM → children stopped, exit 0.
     let notify_path = h.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut daemon = h
         .cmd(&["daemon", "run", "--foreground"])
         .env("NOTIFY_SOCKET", &notify_path)
@@ -923,10 +980,148 @@ fn daemon_run_detaches_and_under_systemd_sends_ready_then_stops_children_on_sigt
     let st = h.wait_status("the server", |st| st["server"]["state"] == "running");
     assert_eq!(st["daemon"]["started_by"], "systemd");
     let server = st["server"]["pid"].as_u64().unwrap() as u32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert_eq!(daemon.wait().unwrap().code(), Some(0));
     assert!(!alive(server));
     assert!(port_closed(h.port));
+}
+
+#[test]
+fn logs_follow_prints_lines_as_they_are_written() {
+    use std::io::BufRead;
+    let h = Home::new();
+    h.start();
+    let mut follow = h
+        .cmd(&["logs", "server", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The tail comes first; after it, everything appended must be printed.
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the tail line");
+    assert!(h.run(&["server", "stop"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("`logs -f` did not print the stop line");
+        if line.contains("stopped the server") {
+            break;
+        }
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}
+
+#[test]
+fn our_own_server_already_on_the_port_is_adopted_not_doubled_and_stop_stops_it() {
+    use std::io::BufRead;
+    let h = Home::new();
+    // A server the user started by hand on the configured port.
+    let mut manual = h
+        .cmd(&["server", "run", "--port", &h.port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(manual.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+    let st = h.start();
+    assert_eq!(st["server"]["state"], "adopted", "{st:#}");
+    assert_eq!(st["server"]["pid"], manual.id());
+    assert_eq!(h.processes("server run").len(), 1, "no second server");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(h.run_dir().join("server.json")).unwrap()).unwrap();
+    assert_eq!(record["adopted"], true);
+    assert!(h.run(&["stop"]).status.success());
+    // SIGTERM is a graceful stop for the server: it exits 0.
+    assert_eq!(manual.wait().unwrap().code(), Some(0));
+    assert!(port_closed(h.port));
+}
+
+#[test]
+fn stop_force_kills_at_once_and_leaves_nothing() {
+    let h = Home::new();
+    let st = h.start();
+    let server = st["server"]["pid"].as_u64().unwrap() as u32;
+    let out = h.run(&["stop", "--force", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stopped"].as_array().unwrap().len(), 2, "{v}");
+    assert!(!alive(server));
+    assert!(!h.daemon_lock_held());
+    assert!(port_closed(h.port));
+    let log = std::fs::read_to_string(h.path().join("state/logs/server.log")).unwrap();
+    assert!(
+        log.contains("stopped the server (killed by signal 9)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_daemon_refuses_peers_of_another_uid_even_when_file_modes_would_let_them_in() {
+    use std::os::unix::process::CommandExt;
+    let h = Home::new();
+    h.start();
+    let sock = h.run_dir().join("daemon.sock");
+    // Stage the mistake the peer check guards against: modes that let anyone reach the socket.
+    std::fs::set_permissions(h.run_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(h.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let probe = format!(
+        "import socket\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\n\
+         try:\n  s.sendall(b'GET /v1/status HTTP/1.1\\r\\nHost: omnigent\\r\\n\\r\\n')\n  \
+         print(repr(s.recv(200)))\nexcept (ConnectionResetError, BrokenPipeError):\n  print(repr(b''))",
+        sock.display().to_string()
+    );
+    let out = match Command::new("python3")
+        .arg("-c")
+        .arg(&probe)
+        .uid(65534)
+        .gid(65534)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: cannot run python3 as uid 65534 ({e}); needs root and python3");
+            return;
+        }
+    };
+    std::fs::set_permissions(h.run_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    if String::from_utf8_lossy(&out.stderr).contains("PermissionError") {
+        eprintln!("skipped: not root, the other uid cannot reach the socket at all");
+        return;
+    }
+    assert!(out.status.success(), "{}", text(&out));
+    // Closed (or reset) without a byte of reply.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "b''",
+        "{}",
+        text(&out)
+    );
+    // The owner is still served.
+    assert_eq!(h.raw("GET", "/v1/status", &[], "").0, 200);
 }

@@ -38,6 +38,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 const INTERNAL_ORIGIN: &str = "omnigent://internal";
 /// The managed-host token header (`OMNIGENT_HOST_TOKEN`).
 const HOST_TOKEN_HEADER: &str = "x-omnigent-host-token";
+/// Room in the WebSocket layer above the frame cap.
+const WS_LAYER_SLACK: usize = 1024 * 1024;
 /// How many runner exits may wait for the tunnel (in the channel, and again parked while it is down).
 pub const EXIT_QUEUE: usize = 256;
 /// The daemon's exit code for a fatal tunnel error (EX_CONFIG): service managers must not restart it.
@@ -380,7 +382,7 @@ pub async fn run_host_tunnel<A: HostActions>(
 ) -> Result<(), HostTunnelError> {
     let span = info_span!("host_tunnel", host_id = %config.host_id, server = %config.server_url);
     let result = Tunnel::new(config, Arc::new(actions), exits, state.clone(), shutdown)
-        .and_then_run()
+        .run()
         .instrument(span)
         .await;
     match &result {
@@ -640,7 +642,7 @@ impl<A: HostActions> Tunnel<A> {
         }
     }
 
-    async fn and_then_run(mut self) -> Result<(), HostTunnelError> {
+    async fn run(mut self) -> Result<(), HostTunnelError> {
         self.host_id = canonical_id(&self.config.host_id)
             .ok_or_else(|| HostTunnelError::InvalidHostId(self.config.host_id.clone()))?;
         let urls = ServerUrls::new(&self.config.server_url, &self.host_id)?;
@@ -674,9 +676,16 @@ impl<A: HostActions> Tunnel<A> {
             };
             // A wake that came while we were down is served by this very dial.
             self.wakes.borrow_and_update();
+            let dial = dial(
+                &http,
+                &urls,
+                self.config.auth.as_ref(),
+                open_timeout,
+                self.config.max_frame_bytes,
+            );
             let dialled = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(()),
-                dialled = park_while(dial(&http, &urls, self.config.auth.as_ref(), open_timeout), &mut self.exits, &mut self.parked) => dialled,
+                dialled = park_while(dial, &mut self.exits, &mut self.parked) => dialled,
             };
             let next = match dialled {
                 Ok(ws) => {
@@ -692,13 +701,7 @@ impl<A: HostActions> Tunnel<A> {
                     if outcome.received {
                         silent_prompts = 0;
                     }
-                    self.after_session(
-                        outcome,
-                        ever_connected,
-                        &mut backoff,
-                        &mut silent_prompts,
-                        &urls,
-                    )
+                    self.after_session(outcome, ever_connected, &mut backoff, &mut silent_prompts)
                 }
                 Err(DialError::Status(status @ (401 | 403))) => {
                     let error =
@@ -765,7 +768,7 @@ impl<A: HostActions> Tunnel<A> {
                 tokio::select! {
                     () = self.shutdown.cancelled() => return Ok(()),
                     () = park_while(tokio::time::sleep(delay), &mut self.exits, &mut self.parked) => {}
-                    _ = wakes.changed() => info!("woke from sleep: reconnecting without waiting"),
+                    Ok(()) = wakes.changed() => info!("woke from sleep: reconnecting without waiting"),
                 }
             }
         }
@@ -777,7 +780,6 @@ impl<A: HostActions> Tunnel<A> {
         ever_connected: bool,
         backoff: &mut Backoff,
         silent_prompts: &mut u32,
-        urls: &ServerUrls,
     ) -> Next {
         let url = || self.config.server_url.clone();
         if let Some(e) = &outcome.connection_error
@@ -816,15 +818,11 @@ impl<A: HostActions> Tunnel<A> {
                 prompt(format!("the server closed the tunnel ({code} {reason:?})"))
             }
             SessionEnd::Closed {
-                code: Some(code),
-                reason,
-            } if code == close::OWNER_CONFLICT => {
-                let _ = reason;
-                Next::Fatal(HostTunnelError::OwnerConflict {
-                    url: url(),
-                    host_id: self.host_id.clone(),
-                })
-            }
+                code: Some(code), ..
+            } if code == close::OWNER_CONFLICT => Next::Fatal(HostTunnelError::OwnerConflict {
+                url: url(),
+                host_id: self.host_id.clone(),
+            }),
             SessionEnd::Closed {
                 code: Some(code),
                 reason,
@@ -852,7 +850,6 @@ impl<A: HostActions> Tunnel<A> {
                 if let Some(e) = &outcome.connection_error {
                     error.push_str(&format!(": {} ({})", e.error, e.stage));
                 }
-                debug!(loopback = urls.loopback, "normal backoff after a close");
                 Next::Retry {
                     delay: backoff.next_delay(),
                     error,
@@ -940,7 +937,7 @@ impl<A: HostActions> Tunnel<A> {
                     })));
                     break SessionEnd::Shutdown;
                 }
-                _ = self.wakes.changed() => break SessionEnd::Woke,
+                Ok(()) = self.wakes.changed() => break SessionEnd::Woke,
                 message = stream.next() => {
                     let text = match message {
                         None => break SessionEnd::Lost("the connection ended without a close frame".to_owned()),
@@ -955,6 +952,7 @@ impl<A: HostActions> Tunnel<A> {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => {
                             last_inbound = Instant::now();
+                            outcome.received = true;
                             debug!("dropping a binary message on the host tunnel");
                             continue;
                         }
@@ -1184,6 +1182,7 @@ async fn dial(
     urls: &ServerUrls,
     auth: Option<&HostAuth>,
     open_timeout: Duration,
+    max_frame_bytes: usize,
 ) -> Result<Ws, DialError> {
     let mut me = http
         .get(urls.me.clone())
@@ -1228,9 +1227,11 @@ async fn dial(
         }
         None => {}
     }
+    // Room above our own cap, so an oversized frame reaches the check in the session and is skipped there.
+    let ws_cap = max_frame_bytes.saturating_add(WS_LAYER_SLACK);
     let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(omnigent_proto::MAX_FRAME_BYTES))
-        .max_frame_size(Some(omnigent_proto::MAX_FRAME_BYTES));
+        .max_message_size(Some(ws_cap))
+        .max_frame_size(Some(ws_cap));
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
     match tokio::time::timeout(open_timeout, connect).await {
         Err(_) => Err(DialError::Other(format!(

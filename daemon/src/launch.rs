@@ -131,12 +131,26 @@ async fn try_connect(
     }
 }
 
+/// After the daemon lock is released: wait (at most 1 s) until process `pid` is gone or a zombie. The kernel
+/// releases the lock while the process is exiting; this closes that last window. Not our child, so there is
+/// no exit notification to wait for: we check every millisecond.
+pub async fn wait_pid_gone(pid: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while crate::process::pid_alive(pid) && !crate::server::is_zombie(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// SIGTERM a daemon by pid and wait until its lock is released (it stops its children first); SIGKILL if it
 /// takes more than 10 s.
 pub async fn stop_pid_and_wait(paths: &Paths, pid: u32) -> Result<(), ()> {
     let target = Pid::from_raw(pid as i32);
     let _ = kill(target, Signal::SIGTERM);
     if runtime::wait_lock_released(paths, Duration::from_secs(10)).await {
+        wait_pid_gone(pid).await;
         return Ok(());
     }
     let _ = kill(target, Signal::SIGKILL);

@@ -90,7 +90,7 @@ pub struct ControlListener {
     listener: interprocess::local_socket::tokio::Listener,
     socket: PathBuf,
     link: Option<PathBuf>,
-    _lock: DaemonLock,
+    lock: Option<DaemonLock>,
 }
 
 impl ControlListener {
@@ -134,8 +134,14 @@ impl ControlListener {
             listener,
             socket,
             link,
-            _lock: lock,
+            lock: Some(lock),
         })
+    }
+
+    /// Take the single-instance lock out, so the caller can hold it past [`run`]'s return (a daemon process
+    /// keeps it until it exits: a client that sees the lock free knows the process is gone).
+    pub fn take_lock(&mut self) -> Option<DaemonLock> {
+        self.lock.take()
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -354,8 +360,12 @@ async fn config_task(
         // Drain what arrived while settling: one reload reads the newest content.
         while changes.try_recv().is_ok() {}
         match config::load(&path).and_then(|c| c.server_port().map(|p| (c, p))) {
-            Ok((new, new_port)) => {
+            Ok((mut new, new_port)) => {
                 let current = view.borrow().clone();
+                // The host identity never changes under a running daemon: an edit that drops it keeps the
+                // one in force (it is generated once, at boot).
+                new.host.host_id = new.host.host_id.or(current.config.host.host_id.clone());
+                new.host.name = new.host.name.or(current.config.host.name.clone());
                 if current.config == new && current.error.is_none() {
                     continue;
                 }

@@ -114,9 +114,14 @@ pub fn tail_lines(path: &Path, lines: usize) -> Vec<String> {
         .collect()
 }
 
-/// Print what is appended to `path` from now on (following rotation) until `out` returns false.
+/// Print what is appended to `path` from byte `from` on (default: its current end), following rotation,
+/// until `out` returns false.
 /// Woken by file-system notifications; a 1 s tick covers file systems that do not deliver them.
-pub async fn follow(path: &Path, mut out: impl FnMut(&[u8]) -> bool) -> io::Result<()> {
+pub async fn follow(
+    path: &Path,
+    from: Option<u64>,
+    mut out: impl FnMut(&[u8]) -> bool,
+) -> io::Result<()> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
@@ -129,7 +134,7 @@ pub async fn follow(path: &Path, mut out: impl FnMut(&[u8]) -> bool) -> io::Resu
             .watch(dir, notify::RecursiveMode::NonRecursive)
             .map_err(io::Error::other)?;
     }
-    let mut pos = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut pos = from.unwrap_or_else(|| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if let Ok(mut f) = File::open(path) {

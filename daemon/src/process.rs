@@ -27,9 +27,20 @@ pub struct ChildSpec {
     pub cwd: PathBuf,
 }
 
+/// Variables meant for the daemon alone, never handed to a child: a child that saw `NOTIFY_SOCKET` could
+/// tell systemd it is ready on the daemon's behalf.
+pub const DAEMON_ONLY_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    omnigent_proto::control::NOTIFY_ENV,
+    omnigent_proto::control::STARTED_BY_ENV,
+];
+
 /// Spawn `spec` in its own process group with stdout and stderr piped and stdin from /dev/null.
 pub fn spawn(spec: &ChildSpec) -> io::Result<Child> {
     let mut cmd = Command::new(&spec.program);
+    for name in DAEMON_ONLY_ENV {
+        cmd.env_remove(name);
+    }
     cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)

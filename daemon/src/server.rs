@@ -707,7 +707,7 @@ pub async fn terminate_foreign_pid(pid: u32, grace: Duration) {
     }
 }
 
-fn is_zombie(pid: u32) -> bool {
+pub(crate) fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
             s.rsplit(')')
@@ -760,7 +760,10 @@ async fn reap_orphan(paths: &Paths) {
         return;
     }
     if let Some(pid) = leftover_server_pid(paths) {
-        tracing::info!(pid, "waiting for the server left by the previous daemon to stop");
+        tracing::info!(
+            pid,
+            "waiting for the server left by the previous daemon to stop"
+        );
         terminate_foreign_pid(pid, STOP_GRACE).await;
     }
     remove_record(paths);

@@ -19,7 +19,11 @@ fn config(paths: &Paths, exe: &str) -> DaemonConfig {
         config: omnigent_daemon::load_config(paths).unwrap(),
         started_by: "test".into(),
         // The rules of DESIGN §6 with tiny delays, so a crash loop is reached in milliseconds.
-        policy: RestartPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(5), ..Default::default() },
+        policy: RestartPolicy {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+            ..Default::default()
+        },
         on_log_level: None,
     }
 }
@@ -34,7 +38,9 @@ async fn one_daemon_per_home_and_a_failing_server_ends_in_a_crashloop_shown_in_s
     let listener = ControlListener::bind(&paths).unwrap();
     // The lock is taken before the socket is bound: a second daemon is refused, naming the holder.
     match ControlListener::bind(&paths) {
-        Err(DaemonError::Lock(LockError::Held { pid, .. })) => assert_eq!(pid, Some(std::process::id())),
+        Err(DaemonError::Lock(LockError::Held { pid, .. })) => {
+            assert_eq!(pid, Some(std::process::id()))
+        }
         other => panic!("expected the lock to be held, got {:?}", other.err()),
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -48,14 +54,25 @@ async fn one_daemon_per_home_and_a_failing_server_ends_in_a_crashloop_shown_in_s
 
     let mut client = ControlClient::connect(&paths).await.unwrap();
     assert_eq!(client.daemon.pid, std::process::id());
-    assert_eq!(client.daemon.protocol_version, omnigent_proto::CONTROL_PROTOCOL_VERSION);
+    assert_eq!(
+        client.daemon.protocol_version,
+        omnigent_proto::CONTROL_PROTOCOL_VERSION
+    );
 
     // `server start` waits for a definite outcome: here five fast failures, a crash loop.
     let err = client.server_start().await.unwrap_err();
-    let ClientError::Daemon { status, error } = err else { panic!("unexpected error") };
+    let ClientError::Daemon { status, error } = err else {
+        panic!("unexpected error")
+    };
     assert_eq!(status, 500);
     assert_eq!(error.code, ControlErrorCode::ServerFailed);
-    assert!(error.message.contains("cannot run /nonexistent/omnigent server run"), "{}", error.message);
+    assert!(
+        error
+            .message
+            .contains("cannot run /nonexistent/omnigent server run"),
+        "{}",
+        error.message
+    );
 
     let st = client.status().await.unwrap();
     assert_eq!(st.server.state, ChildState::Crashloop);
@@ -68,7 +85,10 @@ async fn one_daemon_per_home_and_a_failing_server_ends_in_a_crashloop_shown_in_s
     daemon.await.unwrap().unwrap();
     assert!(!paths.daemon_socket().exists());
     assert!(!runtime::lock_is_held(&paths));
-    assert!(matches!(ControlClient::connect(&paths).await, Err(ClientError::NotRunning { .. })));
+    assert!(matches!(
+        ControlClient::connect(&paths).await,
+        Err(ClientError::NotRunning { .. })
+    ));
 }
 
 #[tokio::test]
@@ -84,10 +104,17 @@ async fn a_shutdown_call_is_answered_before_the_daemon_exits() {
         std::future::pending(),
     ));
     let mut client = ControlClient::connect(&paths).await.unwrap();
-    assert_eq!(client.server_status().await.unwrap().state, ChildState::Stopped);
+    assert_eq!(
+        client.server_status().await.unwrap().state,
+        ChildState::Stopped
+    );
     let reply = client.shutdown(false).await.unwrap();
     assert_eq!(reply.daemon_pid, std::process::id());
-    assert!(reply.stopped.is_empty(), "no server was running: {:?}", reply.stopped);
+    assert!(
+        reply.stopped.is_empty(),
+        "no server was running: {:?}",
+        reply.stopped
+    );
     drop(client);
     daemon.await.unwrap().unwrap();
     assert!(!runtime::lock_is_held(&paths));
@@ -100,6 +127,12 @@ async fn a_client_refuses_a_runtime_dir_others_can_enter() {
     let paths = Paths::under(home.path());
     std::fs::create_dir_all(&paths.runtime_dir).unwrap();
     std::fs::set_permissions(&paths.runtime_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    assert!(matches!(ControlClient::connect(&paths).await, Err(ClientError::RuntimeDir(_))));
-    assert!(matches!(ControlListener::bind(&paths), Err(DaemonError::RuntimeDir(_))));
+    assert!(matches!(
+        ControlClient::connect(&paths).await,
+        Err(ClientError::RuntimeDir(_))
+    ));
+    assert!(matches!(
+        ControlListener::bind(&paths),
+        Err(DaemonError::RuntimeDir(_))
+    ));
 }

@@ -409,6 +409,33 @@ mod tests {
     }
 
     #[test]
+    fn requests_get_their_id_and_name_their_result_kind() {
+        let mut frame = HostFrame::decode(r#"{"kind":"host.stat","request_id":"","path":"/"}"#)
+            .expect("valid stat");
+        assert_eq!(
+            frame.prepare_request("0123456789abcdef"),
+            Some("host.stat_result")
+        );
+        assert_eq!(frame.request_id(), Some("0123456789abcdef"));
+        assert_eq!(frame.kind(), "host.stat");
+        let mut ping = HostFrame::Ping(Ping {
+            ts: 1,
+            extra: Map::new(),
+        });
+        assert_eq!(ping.prepare_request("x"), None);
+        assert_eq!(ping.request_id(), None);
+        let big = format!(r#"{{"kind":"ping","pad":"{}"}}"#, "x".repeat(64));
+        assert!(matches!(
+            HostFrame::decode_capped(&big, 16),
+            Err(HostFrameError::TooLarge { cap: 16, .. })
+        ));
+        assert!(matches!(
+            HostFrame::decode_capped("nope", 16),
+            Err(HostFrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn list_dir_limit_defaults_to_20() {
         let frame = HostFrame::decode(r#"{"kind":"host.list_dir","request_id":"r","path":"/"}"#);
         match frame {

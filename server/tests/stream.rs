@@ -440,5 +440,13 @@ async fn concurrent_writes_keep_positions_gapless() {
         .expect("query");
         assert_eq!(positions, (0..n).collect::<Vec<_>>());
     }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .expect("pragma");
+    assert_eq!(mode, "wal");
     pool.close().await;
+    use std::os::unix::fs::PermissionsExt;
+    let perms = std::fs::metadata(&db).expect("db").permissions().mode() & 0o777;
+    assert_eq!(perms, 0o600, "the database is private to its user");
 }

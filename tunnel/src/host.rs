@@ -290,7 +290,7 @@ enum Command {
     Request {
         id: String,
         expected: &'static str,
-        frame: HostFrame,
+        frame: Box<HostFrame>,
         reply: oneshot::Sender<Result<HostFrame, HostRequestError>>,
     },
     Forget {
@@ -389,7 +389,7 @@ impl HostConnection {
             .send(Command::Request {
                 id: id.clone(),
                 expected,
-                frame,
+                frame: Box::new(frame),
                 reply,
             })
             .map_err(|_| closed())?;

@@ -86,7 +86,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/stream", get(stream::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One log line per request (debug), and a warning for every server error.
+async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
+    let start = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, micros, "request failed");
+    } else {
+        tracing::debug!(%method, %path, status, micros, "request");
+    }
+    response
 }
 
 async fn not_found(req: Request) -> ApiError {

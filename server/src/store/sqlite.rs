@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,7 @@ impl SqliteStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|cause| io_error(path, cause))?;
         let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
@@ -79,7 +81,8 @@ impl SqliteStore {
                 });
             }
         };
-        if path.exists() {
+        let created = !path.exists();
+        if !created {
             // Catch a read-only file with a clear message before SQLite reports "attempt to write".
             if let Err(cause) = std::fs::OpenOptions::new()
                 .read(true)
@@ -109,6 +112,13 @@ impl SqliteStore {
             .connect_with(writer_opts)
             .await
             .map_err(|e| sqlite_open_error(path, e))?;
+
+        if created {
+            // Conversations are private: only this user may read the database (SQLite gives the -wal and
+            // -shm files the same mode).
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|cause| io_error(path, cause))?;
+        }
 
         let migrator = Migrator {
             migrations: Cow::Owned(
