@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use omnigent_daemon::client::{ClientError, ControlClient};
 use omnigent_daemon::launch::{self, Connected, LaunchError};
 use omnigent_daemon::runtime;
-use omnigent_proto::control::{ChildState, DaemonStatus, HelloReply, ServerStatus};
+use omnigent_proto::control::{ChildState, DaemonStatus, HelloReply, ServerStatus, TargetStatus};
 use omnigent_proto::paths::Paths;
 use serde_json::json;
 
@@ -57,14 +57,14 @@ pub struct LogsArgs {
     lines: usize,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     crate::logging::init_cli();
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-fn paths() -> Result<Paths> {
+pub(crate) fn paths() -> Result<Paths> {
     Ok(Paths::from_env()?)
 }
 
@@ -87,7 +87,7 @@ fn launch_err(e: LaunchError) -> anyhow::Error {
     }
 }
 
-fn client_err(e: ClientError) -> anyhow::Error {
+pub(crate) fn client_err(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::RuntimeDir(_) => ConfigError(e.to_string()).into(),
         other => other.into(),
@@ -95,7 +95,7 @@ fn client_err(e: ClientError) -> anyhow::Error {
 }
 
 /// Connect to a running daemon without starting one. `Ok(None)` when none runs.
-async fn connect_existing(paths: &Paths) -> Result<Option<ControlClient>> {
+pub(crate) async fn connect_existing(paths: &Paths) -> Result<Option<ControlClient>> {
     match ControlClient::connect(paths).await {
         Ok(client) => {
             warn_if_older(&client.daemon);
@@ -121,7 +121,7 @@ async fn connect_existing(paths: &Paths) -> Result<Option<ControlClient>> {
 }
 
 /// Connect to the daemon, starting it if needed; says so on stderr when it replaced an incompatible one.
-async fn connect_or_start(paths: &Paths) -> Result<(ControlClient, Connected)> {
+pub(crate) async fn connect_or_start(paths: &Paths) -> Result<(ControlClient, Connected)> {
     let (client, how) = launch::ensure_daemon(paths, &exe()?, &progress)
         .await
         .map_err(launch_err)?;
@@ -157,7 +157,7 @@ fn warn_if_older(daemon: &HelloReply) {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -180,6 +180,12 @@ pub fn start(args: StartArgs) -> Result<()> {
         let (mut client, how) = connect_or_start(&paths).await?;
         let server = client.server_start().await.map_err(client_err)?;
         let daemon_pid = client.daemon.pid;
+        // This machine registers itself with the local server as a host; say how that went (never fatal:
+        // the server is up either way, and the tunnel keeps retrying).
+        let host = match &server.url {
+            Some(url) => wait_target(&mut client, url, START_HOST_WAIT).await.ok(),
+            None => None,
+        };
         if args.json {
             return print_json(&json!({
                 "daemon": {
@@ -188,6 +194,7 @@ pub fn start(args: StartArgs) -> Result<()> {
                     "started": how != Connected::Reused,
                 },
                 "server": server,
+                "host": host.as_ref().map(|(t, _)| t),
             }));
         }
         match how {
@@ -195,10 +202,90 @@ pub fn start(args: StartArgs) -> Result<()> {
             _ => println!("Started omnigent (daemon pid {daemon_pid})."),
         }
         print_server_lines(&server);
+        if let Some((t, st)) = &host {
+            println!("  host:   {}", host_line(t, st));
+        }
         println!("  logs:   {}", paths.logs_dir().display());
         println!("Stop it with:\n  omnigent stop");
         Ok(())
     })
+}
+
+/// How long `start` waits for the host to be online with the local server before reporting its state.
+const START_HOST_WAIT: Duration = Duration::from_secs(5);
+
+/// "online as 'laptop' (id …), 2 runner(s)" / "reconnecting (attempt 3): why".
+pub(crate) fn host_line(t: &TargetStatus, st: &DaemonStatus) -> String {
+    match t.tunnel.as_str() {
+        "online" => format!(
+            "online as '{}' ({}), {} runner(s)",
+            st.config.host_name, st.config.host_id, t.runners
+        ),
+        other => {
+            let mut line = other.to_owned();
+            if t.attempt > 0 {
+                line.push_str(&format!(" (attempt {})", t.attempt));
+            }
+            if let Some(e) = &t.last_error {
+                line.push_str(&format!(": {e}"));
+            }
+            if let Some(w) = &t.warning {
+                line.push_str(&format!(" [{w}]"));
+            }
+            line
+        }
+    }
+}
+
+/// Follow status until the target `url` is online or failed, or `wait` passes; returns its last state.
+pub(crate) async fn wait_target(
+    client: &mut ControlClient,
+    url: &str,
+    wait: Duration,
+) -> Result<(TargetStatus, DaemonStatus)> {
+    let url = url.trim_end_matches('/');
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut st = client.status().await.map_err(client_err)?;
+    loop {
+        let target = st.targets.iter().find(|t| t.url == url).cloned();
+        if let Some(t) = &target
+            && matches!(t.tunnel.as_str(), "online" | "failed")
+        {
+            return Ok((t.clone(), st));
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return match target {
+                Some(t) => Ok((t, st)),
+                None => anyhow::bail!("the daemon has no host target for {url}"),
+            };
+        }
+        st = client
+            .status_after(st.revision, left.as_millis() as u64)
+            .await
+            .map_err(client_err)?;
+    }
+}
+
+/// Make sure the daemon and the local server run and this machine is online as a host of it; returns the
+/// server URL and this host's id.
+pub(crate) async fn ensure_local_host(wait: Duration) -> Result<(String, String)> {
+    let paths = paths()?;
+    let (mut client, _) = connect_or_start(&paths).await?;
+    let server = client.server_start().await.map_err(client_err)?;
+    let url = server
+        .url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the local server runs but reports no URL"))?;
+    let (t, st) = wait_target(&mut client, &url, wait).await?;
+    if t.tunnel != "online" {
+        anyhow::bail!(
+            "this machine is not online as a host of {url} after {}s: {}; see `omnigent logs daemon`",
+            wait.as_secs(),
+            host_line(&t, &st)
+        );
+    }
+    Ok((url, st.config.host_id))
 }
 
 fn print_server_lines(s: &ServerStatus) {
@@ -224,7 +311,7 @@ fn foreign_text(f: &omnigent_proto::control::ForeignListener) -> String {
     )
 }
 
-fn state_word(s: ChildState) -> &'static str {
+pub(crate) fn state_word(s: ChildState) -> &'static str {
     match s {
         ChildState::Stopped => "stopped",
         ChildState::Starting => "starting",
@@ -255,7 +342,7 @@ pub fn stop(args: StopArgs) -> Result<()> {
 
 /// Stop everything; returns what was stopped. Waits for an in-progress start (the start lock) first, so a
 /// `stop` racing a `start` always wins.
-async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
+pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
     if !paths.runtime_dir.exists() {
         return Ok(vec![]);
     }
@@ -368,7 +455,7 @@ pub fn status(args: JsonArgs) -> Result<()> {
     })
 }
 
-fn duration_text(ms: u64) -> String {
+pub(crate) fn duration_text(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..60 => format!("{s}s"),
@@ -392,19 +479,13 @@ fn print_status(st: &DaemonStatus) {
         println!("targets  none");
     }
     for t in &st.targets {
-        println!("targets  {} (host tunnel: {})", t.url, t.tunnel);
+        let kind = if t.local { "local" } else { "remote" };
+        println!("targets  {} ({kind}): host {}", t.url, host_line(t, st));
     }
     if st.runners.is_empty() {
         println!("runners  none");
     }
-    for r in &st.runners {
-        println!(
-            "runners  {} {} {}",
-            r.id,
-            r.pid.map_or("-".into(), |p| p.to_string()),
-            state_word(r.state)
-        );
-    }
+    print_runners(st, "runners  ");
     println!(
         "config   {} (host '{}', id {})",
         st.config.path, st.config.host_name, st.config.host_id
@@ -413,6 +494,54 @@ fn print_status(st: &DaemonStatus) {
         println!("         error: {e}");
     }
     println!("logs     {}\n         {}", st.logs.daemon, st.logs.server);
+}
+
+pub(crate) fn print_runners(st: &DaemonStatus, label: &str) {
+    let pad = " ".repeat(label.len());
+    for r in &st.runners {
+        println!(
+            "{label}{} pid {} {}{}{}",
+            r.id,
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            match r.state {
+                ChildState::Crashloop => "crash loop (not relaunched until its session launches it again)",
+                ChildState::Stopped => "stopped",
+                other => state_word(other),
+            },
+            r.session_id
+                .as_ref()
+                .map_or(String::new(), |s| format!(", session {s}")),
+            if r.restarts > 0 {
+                format!(", restarted {} time(s)", r.restarts)
+            } else {
+                String::new()
+            },
+        );
+        if matches!(
+            r.state,
+            ChildState::Crashloop | ChildState::Backoff | ChildState::Stopped
+        ) && !r.last_exits.is_empty()
+        {
+            let exits: Vec<String> = r
+                .last_exits
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} after {}",
+                        omnigent_daemon::process::exit_text(e.code, e.signal),
+                        duration_text(e.uptime_ms)
+                    )
+                })
+                .collect();
+            println!("{pad}  last exits: {}", exits.join("; "));
+            if !r.log_tail.is_empty() {
+                println!("{pad}  last lines of {}:", r.log_file);
+                for l in &r.log_tail {
+                    println!("{pad}    {l}");
+                }
+            }
+        }
+    }
 }
 
 fn print_server_block(s: &ServerStatus, label: &str) {

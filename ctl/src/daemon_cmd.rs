@@ -80,6 +80,7 @@ fn run_inner(args: &RunArgs, started_by: String, notify_pipe: bool, systemd: boo
             started_by,
             policy: Default::default(),
             on_log_level: Some(set_level),
+            tunnel_timings: Default::default(),
         };
         // Listen for SIGTERM/SIGINT before saying ready, so a stop right after ready is graceful too.
         let signals = {

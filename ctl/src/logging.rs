@@ -62,6 +62,7 @@ pub fn init_cli() {
         .with(
             fmt::layer()
                 .with_writer(std::io::stderr)
+                .log_internal_errors(false)
                 .with_filter(filter),
         )
         .try_init();

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 mod backend;
 mod daemon_cmd;
 mod exit;
+mod host_cmd;
 mod logging;
+mod run_cmd;
 mod runner_cmd;
 mod server_run;
 
@@ -40,6 +42,12 @@ enum Command {
     Server(ServerCommand),
     /// Run one runner: dial a server's runner tunnel and serve sessions with agent harnesses.
     Runner(runner_cmd::Args),
+    /// Register this machine as a host of a server (the local one by default) and run its sessions' runners.
+    Host(host_cmd::HostArgs),
+    /// Start a session on this machine and stream the agent's answer (interactive without PROMPT).
+    Run(run_cmd::RunArgs),
+    /// Co-drive an existing session from this terminal.
+    Attach(run_cmd::AttachArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +83,9 @@ fn main() -> ExitCode {
         Command::Server(ServerCommand::Status(args)) => backend::server_status(args),
         Command::Server(ServerCommand::Stop(args)) => backend::server_stop(args),
         Command::Runner(args) => runner_cmd::run(args),
+        Command::Host(args) => host_cmd::run(args),
+        Command::Run(args) => run_cmd::run(args),
+        Command::Attach(args) => run_cmd::attach(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

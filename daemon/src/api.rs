@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use omnigent_proto::CONTROL_PROTOCOL_VERSION;
 use omnigent_proto::control::{
     self as ctl, ChildState, ControlError, ControlErrorCode, DaemonInfo, DaemonStatus, Hello,
-    HelloReply, LogPaths, ServerStatus, ShutdownReply, StopRequest, TargetStatus,
+    HelloReply, LogPaths, RemoveTargetReply, ServerStatus, ShutdownReply, StopRequest,
+    TargetStatus,
 };
 use omnigent_proto::paths::Paths;
 use serde::Deserialize;
@@ -27,6 +28,7 @@ const MAX_STATUS_WAIT: Duration = Duration::from_secs(60);
 
 pub(crate) struct ApiState {
     pub server: ServerHandle,
+    pub targets: crate::targets::Targets,
     pub revision: watch::Receiver<u64>,
     pub config: watch::Receiver<ConfigView>,
     pub shutdown: mpsc::Sender<(StopRequest, oneshot::Sender<ShutdownReply>)>,
@@ -45,6 +47,8 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route(ctl::SERVER_START_PATH, post(server_start))
         .route(ctl::SERVER_STOP_PATH, post(server_stop))
         .route(ctl::SHUTDOWN_PATH, post(shutdown))
+        .route(ctl::TARGETS_PATH, get(targets_list).post(target_add))
+        .route(ctl::TARGETS_REMOVE_PATH, post(target_remove))
         .fallback(not_found)
         .layer(middleware::from_fn(check_protocol_header))
         .layer(DefaultBodyLimit::max(ctl::MAX_CONTROL_BODY_BYTES))
@@ -166,17 +170,7 @@ async fn status(
     let server = live_server_status(&state).await;
     let config = state.config.borrow().clone();
     let logs = state.paths.logs_dir();
-    let mut targets = vec![];
-    if let Some(url) = &server.url {
-        targets.push(TargetStatus {
-            url: url.clone(),
-            tunnel: "none".into(),
-        });
-    }
-    targets.extend(config.config.targets.iter().map(|t| TargetStatus {
-        url: t.url.clone(),
-        tunnel: "none".into(),
-    }));
+    let (targets, runners) = state.targets.status();
     Ok(Json(DaemonStatus {
         revision,
         daemon: DaemonInfo {
@@ -191,7 +185,7 @@ async fn status(
         },
         server,
         targets,
-        runners: vec![],
+        runners,
         config: ctl::ConfigStatus {
             path: state.paths.config_file().display().to_string(),
             error: config.error.clone(),
@@ -250,12 +244,15 @@ async fn server_start(State(state): State<Arc<ApiState>>) -> Result<Json<ServerS
     if matches!(s.state, ChildState::Running | ChildState::Adopted) {
         return Ok(Json(live_server_status(&state).await));
     }
-    let mut message = format!(
-        "the local server did not start: {}",
-        s.last_error
-            .clone()
-            .unwrap_or_else(|| format!("it is {:?}", s.state).to_lowercase())
-    );
+    let why = match (s.state, &s.last_error) {
+        (ChildState::Stopped, _) => {
+            "it was stopped (`omnigent stop` or `omnigent server stop`) before it was ready"
+                .to_owned()
+        }
+        (_, Some(e)) => e.clone(),
+        (state, None) => format!("it is {state:?}").to_lowercase(),
+    };
+    let mut message = format!("the local server did not start: {why}");
     if !s.log_tail.is_empty() {
         message.push_str(&format!(
             "\nlast lines of {}:\n{}",
@@ -310,5 +307,78 @@ async fn shutdown(
         )
     };
     state.shutdown.send((req, tx)).await.map_err(|_| gone())?;
+    rx.await.map(Json).map_err(|_| gone())
+}
+
+async fn targets_list(State(state): State<Arc<ApiState>>) -> Json<Vec<TargetStatus>> {
+    Json(state.targets.status().0)
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ControlErrorCode::BadRequest,
+            format!("expected {shape}: {e}"),
+        )
+    })
+}
+
+fn check_target_url(url: &str) -> Result<(), ApiError> {
+    let ok = ["http://", "https://", "ws://", "wss://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len());
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ControlErrorCode::BadRequest,
+        format!("{url:?} is not a server URL; use http(s)://host[:port][/prefix]"),
+    ))
+}
+
+async fn target_add(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<TargetStatus>, ApiError> {
+    let req: ctl::AddTarget = parse_body(&body, "{\"url\": \"http(s)://…\"}")?;
+    check_target_url(req.url.trim())?;
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ControlErrorCode::ShuttingDown,
+            "the daemon is shutting down",
+        )
+    };
+    state
+        .targets
+        .cmds
+        .send(crate::targets::TargetCmd::Add(req.url, tx))
+        .await
+        .map_err(|_| gone())?;
+    rx.await.map(Json).map_err(|_| gone())
+}
+
+async fn target_remove(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<RemoveTargetReply>, ApiError> {
+    let req: ctl::RemoveTarget = parse_body(&body, "{\"url\": \"http(s)://…\"}")?;
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ControlErrorCode::ShuttingDown,
+            "the daemon is shutting down",
+        )
+    };
+    state
+        .targets
+        .cmds
+        .send(crate::targets::TargetCmd::Remove(req.url, tx))
+        .await
+        .map_err(|_| gone())?;
     rx.await.map(Json).map_err(|_| gone())
 }

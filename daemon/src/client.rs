@@ -226,4 +226,38 @@ impl ControlClient {
         )
         .await
     }
+
+    /// Add a target (`omnigent host URL`).
+    pub async fn add_target(&mut self, url: &str) -> Result<ctl::TargetStatus, ClientError> {
+        self.post(
+            ctl::TARGETS_PATH,
+            &ctl::AddTarget { url: url.to_owned() },
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Remove a target added with [`Self::add_target`]; its runners are stopped first.
+    pub async fn remove_target(
+        &mut self,
+        url: &str,
+    ) -> Result<ctl::RemoveTargetReply, ClientError> {
+        self.post(
+            ctl::TARGETS_REMOVE_PATH,
+            &ctl::RemoveTarget { url: url.to_owned() },
+            SLOW_CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Status once its revision is past `after` (or after `timeout_ms`).
+    pub async fn status_after(
+        &mut self,
+        after: u64,
+        timeout_ms: u64,
+    ) -> Result<DaemonStatus, ClientError> {
+        let path = format!("{}?after={after}&timeout_ms={timeout_ms}", ctl::STATUS_PATH);
+        self.get(&path, Duration::from_millis(timeout_ms) + CALL_TIMEOUT)
+            .await
+    }
 }

@@ -15,6 +15,8 @@ pub mod launch;
 pub mod logfile;
 pub mod ports;
 pub mod process;
+pub mod runners;
+pub mod targets;
 pub mod runtime;
 pub mod server;
 
@@ -57,6 +59,8 @@ pub struct DaemonConfig {
     pub policy: backoff::RestartPolicy,
     /// Called with `log_level` whenever a config (re)load sets it, so the log filter follows the file.
     pub on_log_level: Option<SetLogLevel>,
+    /// Host tunnel timings (DESIGN §6 by default; tests shrink them).
+    pub tunnel_timings: host_tunnel::HostTunnelTimings,
 }
 
 /// The daemon could not start or failed while running.
@@ -200,6 +204,30 @@ pub async fn run(
         revision: revision_tx.clone(),
     });
 
+    let stop_all = CancellationToken::new();
+    // Orphaned grandchildren (a tool's leftovers) are re-parented to us and reaped here (reference host §4.5).
+    if let Err(e) = process::reaper::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes go to init");
+    }
+    if let Err(e) = process::reaper::spawn_reaper(stop_all.clone()) {
+        tracing::warn!(error = %e, "cannot listen for SIGCHLD; orphaned descendants are not reaped");
+    }
+    let targets = targets::spawn_targets(targets::TargetsContext {
+        exe: config.exe.clone(),
+        paths: paths.clone(),
+        policy: config.policy,
+        host_id: config.config.host_id().to_owned(),
+        host_name: config.config.host_name().to_owned(),
+        env_passthrough: config.config.env_passthrough.clone(),
+        timings: config.tunnel_timings.clone(),
+        revision: revision_tx.clone(),
+    });
+    tokio::spawn(follow_local_server(
+        server.status.clone(),
+        targets.clone(),
+        stop_all.clone(),
+    ));
+
     let (config_tx, config_rx) = watch::channel(ConfigView {
         config: config.config.clone(),
         error: None,
@@ -210,7 +238,11 @@ pub async fn run(
         path: config_path.clone(),
         source,
     })?;
-    let stop_all = CancellationToken::new();
+    tokio::spawn(follow_config_targets(
+        config_rx.clone(),
+        targets.clone(),
+        stop_all.clone(),
+    ));
     tokio::spawn(config_task(
         config_path,
         changes,
@@ -225,6 +257,7 @@ pub async fn run(
         mpsc::channel::<(StopRequest, oneshot::Sender<ShutdownReply>)>(4);
     let state = Arc::new(api::ApiState {
         server: server.clone(),
+        targets: targets.clone(),
         revision: revision_rx,
         config: config_rx,
         shutdown: shutdown_tx,
@@ -252,8 +285,17 @@ pub async fn run(
         force = request.force,
         "daemon shutting down: stopping children"
     );
-    // Runners first (next issue), then the server.
+    // Runners and host tunnels first, then the server.
     let mut stopped = Vec::new();
+    let grace = if request.force {
+        Duration::ZERO
+    } else {
+        process::STOP_GRACE
+    };
+    let runners = targets.stop_all(grace).await;
+    if runners > 0 {
+        stopped.push(format!("{runners} runner(s)"));
+    }
     let (tx, rx) = oneshot::channel();
     let pid_before = server.status.borrow().pid;
     if server
@@ -339,6 +381,66 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Keep the local server a target while the daemon runs one: added once it is up, moved when it comes back
+/// on another port, removed when it is stopped or crash-looping (a restart in progress keeps the target, whose
+/// tunnel reconnects by itself).
+async fn follow_local_server(
+    mut status: watch::Receiver<omnigent_proto::control::ServerStatus>,
+    targets: targets::Targets,
+    stop: CancellationToken,
+) {
+    use omnigent_proto::control::ChildState;
+    let mut current: Option<String> = None;
+    loop {
+        let next = {
+            let s = status.borrow_and_update();
+            match s.state {
+                ChildState::Running | ChildState::Adopted => s.url.clone().or(current.clone()),
+                ChildState::Stopped | ChildState::Crashloop => None,
+                _ => current.clone(),
+            }
+        };
+        if next != current {
+            current = next.clone();
+            if targets.cmds.send(targets::TargetCmd::SetLocal(next)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Apply config.toml `targets` (at boot and on every reload).
+async fn follow_config_targets(
+    mut config: watch::Receiver<ConfigView>,
+    targets: targets::Targets,
+    stop: CancellationToken,
+) {
+    let mut current: Option<Vec<String>> = None;
+    loop {
+        let next: Vec<String> = config
+            .borrow_and_update()
+            .config
+            .targets
+            .iter()
+            .map(|t| t.url.clone())
+            .collect();
+        if current.as_ref() != Some(&next) {
+            current = Some(next.clone());
+            if targets.cmds.send(targets::TargetCmd::SetConfig(next)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = config.changed() => if changed.is_err() { return },
+        }
     }
 }
 

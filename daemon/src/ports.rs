@@ -63,6 +63,7 @@ fn lsof_listener_pid(port: u16) -> Option<u32> {
     if Path::new("/proc/net/tcp").exists() {
         return None;
     }
+    let _pause = crate::process::reaper::pause();
     let out = std::process::Command::new("lsof")
         .args(["-nP", &format!("-iTCP:{port}"), "-sTCP:LISTEN", "-t"])
         .stdin(std::process::Stdio::null())
@@ -78,6 +79,7 @@ fn lsof_listener_pid(port: u16) -> Option<u32> {
 }
 
 fn ps_command(pid: u32) -> Option<String> {
+    let _pause = crate::process::reaper::pause();
     let out = std::process::Command::new("ps")
         .args(["-o", "command=", "-p", &pid.to_string()])
         .stdin(std::process::Stdio::null())

@@ -3,6 +3,8 @@
 //! from /dev/null, and is stopped by SIGTERM to its group, a grace period, then SIGKILL. Exits are collected
 //! by tokio's SIGCHLD-driven reaper (`Child::wait`), never by polling, so no zombies are left.
 
+pub mod reaper;
+
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -25,6 +27,8 @@ pub struct ChildSpec {
     /// Added to (or overriding) the daemon's environment.
     pub env: Vec<(OsString, OsString)>,
     pub cwd: PathBuf,
+    /// Start from an empty environment (only `env` is set) instead of the daemon's.
+    pub env_clear: bool,
 }
 
 /// Variables meant for the daemon alone, never handed to a child: a child that saw `NOTIFY_SOCKET` could
@@ -35,9 +39,13 @@ pub const DAEMON_ONLY_ENV: &[&str] = &[
     omnigent_proto::control::STARTED_BY_ENV,
 ];
 
-/// Spawn `spec` in its own process group with stdout and stderr piped and stdin from /dev/null.
+/// Spawn `spec` in its own process group with stdout and stderr piped and stdin from /dev/null. The pid is
+/// registered as ours (see [`reaper`]) before anyone can see it exit.
 pub fn spawn(spec: &ChildSpec) -> io::Result<Child> {
     let mut cmd = Command::new(&spec.program);
+    if spec.env_clear {
+        cmd.env_clear();
+    }
     for name in DAEMON_ONLY_ENV {
         cmd.env_remove(name);
     }
@@ -50,7 +58,17 @@ pub fn spawn(spec: &ChildSpec) -> io::Result<Child> {
         .process_group(0)
         .kill_on_drop(false);
     set_parent_death_signal(&mut cmd);
-    cmd.spawn()
+    reaper::spawn_registered(|| cmd.spawn())
+}
+
+/// Wait for a child spawned by [`spawn`] and forget its pid.
+pub async fn wait(child: &mut Child) -> io::Result<ExitStatus> {
+    let pid = child.id();
+    let status = child.wait().await;
+    if let Some(pid) = pid {
+        reaper::forget(pid);
+    }
+    status
 }
 
 #[cfg(target_os = "linux")]
@@ -92,6 +110,12 @@ pub async fn stop(child: &mut Child, grace: Duration) -> io::Result<ExitStatus> 
         // Already reaped: wait() returns the cached status.
         return child.wait().await;
     };
+    let status = stop_group(child, pid, grace).await;
+    reaper::forget(pid);
+    status
+}
+
+async fn stop_group(child: &mut Child, pid: u32, grace: Duration) -> io::Result<ExitStatus> {
     let group = Pid::from_raw(pid as i32);
     if !grace.is_zero() {
         let _ = killpg(group, Signal::SIGTERM);
@@ -157,6 +181,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             env: vec![],
             cwd: "/".into(),
+            env_clear: false,
         }
     }
 

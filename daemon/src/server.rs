@@ -266,6 +266,7 @@ impl Task {
             // The log file is not a terminal: no colour codes in server.log.
             env: vec![("NO_COLOR".into(), "1".into())],
             cwd: "/".into(),
+            env_clear: false,
         };
         let mut child = match process::spawn(&spec) {
             Ok(child) => child,
@@ -590,7 +591,7 @@ async fn read_ready_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Re
 }
 
 /// Copy a child's output into the log file until EOF.
-async fn pump<R: AsyncRead + Unpin>(mut reader: R, log: Arc<Mutex<RotatingFile>>) {
+pub(crate) async fn pump<R: AsyncRead + Unpin>(mut reader: R, log: Arc<Mutex<RotatingFile>>) {
     let mut buf = vec![0u8; 8192];
     loop {
         match reader.read(&mut buf).await {
@@ -753,6 +754,10 @@ pub fn leftover_server_pid(paths: &Paths) -> Option<u32> {
     (process::pid_alive(pid) && !is_zombie(pid) && cmd.contains("server run --bind")).then_some(pid)
 }
 
+/// How long a left-over server gets after our SIGTERM. It was already told to stop by PR_SET_PDEATHSIG and
+/// its contract is to stop within 1 s of SIGTERM; one that hangs (e.g. on a broken stderr pipe) is killed.
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
 /// A server left by a daemon that died (SIGKILL) is told to stop by PR_SET_PDEATHSIG; make sure it is gone
 /// before we start another, so there is never a second server. Adopted servers are left alone.
 async fn reap_orphan(paths: &Paths) {
@@ -764,7 +769,7 @@ async fn reap_orphan(paths: &Paths) {
             pid,
             "waiting for the server left by the previous daemon to stop"
         );
-        terminate_foreign_pid(pid, STOP_GRACE).await;
+        terminate_foreign_pid(pid, ORPHAN_GRACE).await;
     }
     remove_record(paths);
 }
@@ -773,6 +778,99 @@ async fn reap_orphan(paths: &Paths) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn context(
+        home: &std::path::Path,
+        exe: &str,
+        autostart: bool,
+    ) -> (ServerContext, watch::Receiver<u64>) {
+        let paths = Paths::under(home);
+        let log_path = paths.logs_dir().join("server.log");
+        let log = RotatingFile::open(&log_path, 1024 * 1024, 2).unwrap();
+        let (revision, rev_rx) = watch::channel(0);
+        let ctx = ServerContext {
+            exe: exe.into(),
+            paths,
+            log: Arc::new(Mutex::new(log)),
+            log_path,
+            policy: RestartPolicy::default(),
+            // Port 0: no probe, so nothing here waits on real I/O and paused time is safe.
+            port: watch::channel(0).1,
+            autostart,
+            revision,
+        };
+        (ctx, rev_rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_keeps_failing_is_retried_with_backoff_then_declared_a_crashloop() {
+        let home = tempfile::tempdir().unwrap();
+        let (ctx, _rev) = context(home.path(), "/nonexistent/omnigent", true);
+        let handle = spawn_supervisor(ctx);
+        let mut status = handle.status.clone();
+        let t0 = Instant::now();
+        let st = status
+            .wait_for(|s| s.state == ChildState::Crashloop)
+            .await
+            .unwrap()
+            .clone();
+        let elapsed = t0.elapsed();
+        // Four backoff delays between five failed starts: 200 + 300 + 450 + 675 ms, each ±20 %.
+        assert!(
+            elapsed >= Duration::from_millis(1300) && elapsed <= Duration::from_millis(1950),
+            "{elapsed:?}"
+        );
+        assert_eq!(st.restarts, 4);
+        assert_eq!(st.last_exits.len(), 5);
+        assert!(
+            st.last_error
+                .as_deref()
+                .unwrap()
+                .contains("cannot run /nonexistent/omnigent")
+        );
+        assert!(
+            st.log_tail.iter().any(|l| l.contains("cannot run")),
+            "{:?}",
+            st.log_tail
+        );
+
+        // No restart happens by itself after a crash loop, however long we wait.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(handle.status.borrow().state, ChildState::Crashloop);
+        assert_eq!(handle.status.borrow().last_exits.len(), 5);
+
+        // An explicit start clears the loop and tries again (five more failures, reported to the caller).
+        let (tx, rx) = oneshot::channel();
+        handle.cmds.send(ServerCmd::Start(tx)).await.unwrap();
+        let st = rx.await.unwrap();
+        assert_eq!(st.state, ChildState::Crashloop);
+        assert_eq!(st.last_exits.len(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_the_backoff_cancels_the_restart() {
+        let home = tempfile::tempdir().unwrap();
+        let (ctx, _rev) = context(home.path(), "/nonexistent/omnigent", true);
+        let handle = spawn_supervisor(ctx);
+        let mut status = handle.status.clone();
+        status
+            .wait_for(|s| s.state == ChildState::Backoff)
+            .await
+            .unwrap();
+        let (tx, rx) = oneshot::channel();
+        handle
+            .cmds
+            .send(ServerCmd::Stop {
+                force: false,
+                reply: tx,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rx.await.unwrap().state, ChildState::Stopped);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(handle.status.borrow().state, ChildState::Stopped);
+        assert_eq!(handle.status.borrow().last_exits.len(), 1);
+    }
 
     #[test]
     fn port_is_read_from_the_ready_url() {

@@ -25,6 +25,7 @@ fn config(paths: &Paths, exe: &str) -> DaemonConfig {
             ..Default::default()
         },
         on_log_level: None,
+        tunnel_timings: Default::default(),
     }
 }
 

@@ -36,6 +36,10 @@ pub const SERVER_START_PATH: &str = "/v1/server/start";
 pub const SERVER_STOP_PATH: &str = "/v1/server/stop";
 /// `POST` [`StopRequest`] → [`ShutdownReply`]: stop every child (runners, then the server), answer, then exit.
 pub const SHUTDOWN_PATH: &str = "/v1/shutdown";
+/// `GET`: the targets ([`TargetStatus`]); `POST` an [`AddTarget`].
+pub const TARGETS_PATH: &str = "/v1/targets";
+/// `POST` a [`RemoveTarget`].
+pub const TARGETS_REMOVE_PATH: &str = "/v1/targets/remove";
 
 /// Set by a CLI that spawns `omnigent daemon run`: the daemon reports readiness as one line on its stdout
 /// (a pipe to the CLI): [`NOTIFY_READY`], or [`NOTIFY_FAILED_PREFIX`] followed by the reason.
@@ -233,16 +237,74 @@ pub struct ServerStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub url: String,
-    /// `none` until the host tunnel is built, then `connecting` | `online` | `offline`.
+    /// The host tunnel: `connecting`, `online`, `reconnecting`, `failed`, `stopped` (`none` from older daemons).
     pub tunnel: String,
+    /// The local server (true) or a remote one (`omnigent host URL`, config `targets`).
+    #[serde(default)]
+    pub local: bool,
+    /// Kept in config.toml (restored at boot) rather than added for the life of one `omnigent host`.
+    #[serde(default)]
+    pub persistent: bool,
+    /// Failed dials since the tunnel was last online.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Why the last dial failed, or why the tunnel gave up (`failed`).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Set when the server rejects credentials that used to work (the tunnel keeps retrying).
+    #[serde(default)]
+    pub warning: Option<String>,
+    /// Runners launched for this target.
+    #[serde(default)]
+    pub runners: u32,
 }
 
-/// A supervised runner (filled by the runner supervision issue).
+/// One runner the daemon supervises.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerStatus {
     pub id: String,
     pub pid: Option<u32>,
     pub state: ChildState,
+    /// The server URL it serves.
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub harness: Option<String>,
+    #[serde(default)]
+    pub workspace: String,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub last_exits: Vec<ChildExit>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+    #[serde(default)]
+    pub log_file: String,
+}
+
+/// `POST /v1/targets`: add a remote target (register this machine with that server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddTarget {
+    pub url: String,
+}
+
+/// `POST /v1/targets/remove`: drop a target added through the API (its runners are stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveTarget {
+    pub url: String,
+}
+
+/// Reply to a target removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveTargetReply {
+    pub removed: bool,
+    /// Runners stopped with it.
+    #[serde(default)]
+    pub runners_stopped: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -516,7 +516,7 @@ impl Actor {
             )),
         });
         if let Some(n) = after {
-            if n + 1 < self.floor && false {
+            if n + 1 < self.floor {
                 // Older than the buffer: the durable items from the store (transient events are gone).
                 let items = self
                     .store

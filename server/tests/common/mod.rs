@@ -214,14 +214,19 @@ impl Sse {
         self.next().await.expect("the stream ended early")
     }
 
-    /// The next event that is not a heartbeat.
+    /// The next event that is not a heartbeat. Fails the test if none comes within [`WAIT`] (heartbeats
+    /// alone do not count as progress).
     pub async fn next_non_heartbeat(&mut self) -> Option<SseMessage> {
-        loop {
-            let m = self.next().await?;
-            if m.event.as_deref() != Some("session.heartbeat") {
-                return Some(m);
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let m = self.next().await?;
+                if m.event.as_deref() != Some("session.heartbeat") {
+                    return Some(m);
+                }
             }
-        }
+        })
+        .await;
+        found.expect("a non-heartbeat event arrives in time")
     }
 }
 

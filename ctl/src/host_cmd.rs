@@ -1,0 +1,401 @@
+//! `omnigent host [URL] [--background]`, `omnigent host status [--json]`, `omnigent host stop [URL]`
+//! (reference host §7).
+//!
+//! In the foreground with no daemon running, `omnigent host` *is* the daemon (the control socket, the lock,
+//! the runners as its children) with this one target, and Ctrl-C stops it all. With a daemon running, it adds
+//! the target to that daemon, follows its state, and removes it again on Ctrl-C. `--background` returns once
+//! the host is online, or fails within 15 s with the cause and the daemon log tail, leaving nothing behind.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use omnigent_daemon::client::ControlClient;
+use omnigent_daemon::launch::Connected;
+use omnigent_daemon::{ControlListener, DaemonConfig};
+use omnigent_proto::control::DaemonStatus;
+use omnigent_proto::paths::Paths;
+use serde_json::json;
+
+use crate::backend::{self, client_err, host_line, print_json, wait_target};
+use crate::exit::ConfigError;
+
+/// How long `--background` waits for the host to come online …
+const BACKGROUND_WAIT: Duration = Duration::from_secs(15);
+/// … unless this variable (milliseconds) says otherwise (slow links; tests).
+const WAIT_ENV: &str = "OMNIGENT_HOST_ONLINE_TIMEOUT_MS";
+
+fn background_wait() -> Duration {
+    std::env::var(WAIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(BACKGROUND_WAIT, Duration::from_millis)
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HostArgs {
+    #[command(subcommand)]
+    command: Option<HostCommand>,
+    /// The server to register this machine with: http(s)://host[:port]. Omitted or `local`: the local server.
+    url: Option<String>,
+    /// Hand the host to the daemon and return once it is online.
+    #[arg(long)]
+    background: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum HostCommand {
+    /// Show this host's identity, its targets (servers) and runners.
+    Status(StatusArgs),
+    /// Stop hosting URL (its runners are stopped); without URL, stop the daemon and everything it runs.
+    Stop(StopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Print JSON (schema in docs/cli.md) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct StopArgs {
+    /// The target to stop hosting.
+    url: Option<String>,
+    /// Print JSON (schema in docs/cli.md) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: HostArgs) -> Result<()> {
+    match args.command {
+        Some(HostCommand::Status(a)) => status(a),
+        Some(HostCommand::Stop(a)) => stop(a),
+        None => {
+            let remote = match args.url.as_deref().map(str::trim) {
+                None | Some("" | "local") => None,
+                Some(url) => Some(check_url(url)?),
+            };
+            if args.background {
+                backend::runtime()?.block_on(background(remote))
+            } else {
+                foreground(remote)
+            }
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<String> {
+    let ok = ["http://", "https://", "ws://", "wss://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len());
+    if !ok {
+        return Err(ConfigError(format!(
+            "{url:?} is not a server URL; use http(s)://host[:port][/prefix], or `local`"
+        ))
+        .into());
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn daemon_log_tail(paths: &Paths) -> String {
+    let path = paths.logs_dir().join("daemon.log");
+    let tail = omnigent_daemon::logfile::tail_lines(&path, 15);
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\nlast lines of {}:\n{}", path.display(), tail.join("\n"))
+    }
+}
+
+async fn background(remote: Option<String>) -> Result<()> {
+    let paths = backend::paths()?;
+    let (mut client, how) = backend::connect_or_start(&paths).await?;
+    let url = match &remote {
+        Some(url) => {
+            client.add_target(url).await.map_err(client_err)?;
+            url.clone()
+        }
+        None => {
+            let server = client.server_start().await.map_err(client_err)?;
+            server
+                .url
+                .ok_or_else(|| anyhow!("the local server runs but reports no URL"))?
+        }
+    };
+    let wait = background_wait();
+    let (t, st) = wait_target(&mut client, &url, wait).await?;
+    if t.tunnel == "online" {
+        println!(
+            "Host online: {url} as '{}' ({}).",
+            st.config.host_name, st.config.host_id
+        );
+        println!("  log:    {}", st.logs.daemon);
+        println!(
+            "Stop it with:\n  omnigent host stop{}",
+            remote.as_ref().map_or(String::new(), |u| format!(" {u}"))
+        );
+        return Ok(());
+    }
+    // Never leave a half-started host behind: drop the target, and the daemon if we started it for this.
+    let why = host_line(&t, &st);
+    if remote.is_some() {
+        let _ = client.remove_target(&url).await;
+    }
+    if how != Connected::Reused {
+        drop(client);
+        let _ = backend::stop_all(&paths, false).await;
+    }
+    let message = format!(
+        "the host did not come online with {url} within {:.1}s: {why}{}",
+        wait.as_secs_f64(),
+        daemon_log_tail(&paths)
+    );
+    if t.tunnel == "failed" {
+        Err(ConfigError(message).into())
+    } else {
+        Err(anyhow!(message))
+    }
+}
+
+/// Follow the target until Ctrl-C (`Ok(true)`), or until it is removed by someone else (`Ok(false)`); a
+/// tunnel that gives up is an error (exit 78).
+async fn follow(client: &mut ControlClient, url: &str) -> Result<bool> {
+    let mut st = client.status().await.map_err(client_err)?;
+    println!(
+        "Connecting to {url} as '{}' ({})",
+        st.config.host_name, st.config.host_id
+    );
+    println!("This host's log: {}", st.logs.daemon);
+    let mut last = String::new();
+    let mut seen = false;
+    loop {
+        let target = st.targets.iter().find(|t| t.url == url).cloned();
+        match &target {
+            Some(t) => {
+                seen = true;
+                let line = match t.tunnel.as_str() {
+                    "online" => format!(
+                        "✓ Connected as '{}' ({}), {} live runner(s). Listening for sessions — Ctrl-C to disconnect.",
+                        st.config.host_name, st.config.host_id, t.runners
+                    ),
+                    "failed" => {
+                        return Err(ConfigError(format!(
+                            "the host gave up on {url}: {}",
+                            t.last_error.as_deref().unwrap_or("unknown error")
+                        ))
+                        .into());
+                    }
+                    "connecting" => String::new(),
+                    _ => format!("… {}", host_line(t, &st)),
+                };
+                // One line per state, not per runner count change while online.
+                let key = format!("{}:{}", t.tunnel, t.attempt);
+                if key != last && !line.is_empty() {
+                    println!("{line}");
+                }
+                last = key;
+            }
+            None if seen => {
+                println!("The host target {url} was removed (`omnigent host stop`).");
+                return Ok(false);
+            }
+            None => {}
+        }
+        let next = tokio::select! {
+            next = client.status_after(st.revision, 30_000) => next.map_err(client_err)?,
+            _ = tokio::signal::ctrl_c() => return Ok(true),
+        };
+        st = next;
+    }
+}
+
+/// Foreground: follow through a running daemon, or be the daemon.
+fn foreground(remote: Option<String>) -> Result<()> {
+    let paths = backend::paths()?;
+    let existing = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(backend::connect_existing(&paths))?
+    };
+    match existing {
+        Some(client) => {
+            crate::logging::init_cli();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(through_daemon(client, remote, &paths))
+        }
+        None => be_the_daemon(remote, paths),
+    }
+}
+
+async fn target_url(client: &mut ControlClient, remote: &Option<String>) -> Result<String> {
+    match remote {
+        Some(url) => {
+            client.add_target(url).await.map_err(client_err)?;
+            Ok(url.clone())
+        }
+        None => {
+            let server = client.server_start().await.map_err(client_err)?;
+            server
+                .url
+                .ok_or_else(|| anyhow!("the local server runs but reports no URL"))
+        }
+    }
+}
+
+async fn through_daemon(mut client: ControlClient, remote: Option<String>, paths: &Paths) -> Result<()> {
+    let url = target_url(&mut client, &remote).await?;
+    let result = follow(&mut client, &url).await;
+    // Ctrl-C or a fatal error: a target this command added goes away again (the follow call may have been
+    // cut mid-request, so on a fresh connection).
+    if remote.is_some() {
+        let mut fresh = ControlClient::connect(paths).await.map_err(client_err)?;
+        let reply = fresh.remove_target(&url).await.map_err(client_err)?;
+        if reply.removed {
+            println!(
+                "Disconnected from {url}; stopped {} runner(s).",
+                reply.runners_stopped
+            );
+        }
+    }
+    result.map(|_| ())
+}
+
+/// No daemon runs: this process is the daemon, with this one target (and the local server when it is the
+/// local target), until Ctrl-C.
+fn be_the_daemon(remote: Option<String>, paths: Paths) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow!("cannot find the omnigent executable: {e}"))?;
+    // Single-threaded like `daemon run`: children get PR_SET_PDEATHSIG from the thread that lives as long
+    // as the daemon.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let set_level = crate::logging::init_daemon(&paths, false)?;
+        let mut listener = ControlListener::bind(&paths).map_err(|e| anyhow!("{e}"))?;
+        std::mem::forget(listener.take_lock());
+        let mut config =
+            omnigent_daemon::load_config(&paths).map_err(|e| ConfigError(e.to_string()))?;
+        if remote.is_some() {
+            // A remote host needs no local server.
+            config.server.autostart = Some(false);
+        }
+        let daemon_config = DaemonConfig {
+            exe,
+            paths: paths.clone(),
+            config,
+            started_by: "host".to_owned(),
+            policy: Default::default(),
+            on_log_level: Some(set_level),
+            tunnel_timings: Default::default(),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(omnigent_daemon::run(daemon_config, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        let mut client = ControlClient::connect(&paths).await.map_err(client_err)?;
+        let result = async {
+            let url = target_url(&mut client, &remote).await?;
+            follow(&mut client, &url).await
+        }
+        .await;
+        eprintln!("Stopping the host (runners first)…");
+        let _ = stop_tx.send(());
+        match daemon.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("error: the daemon failed: {e}"),
+            Err(e) => eprintln!("error: the daemon task failed: {e}"),
+        }
+        result.map(|_| ())
+    })
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let paths = backend::paths()?;
+    backend::runtime()?.block_on(async {
+        let Some(mut client) = backend::connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "running": false, "targets": [], "runners": [] }));
+            }
+            println!("No host daemon running (start one with `omnigent host` or `omnigent start`).");
+            return Ok(());
+        };
+        let st = client.status().await.map_err(client_err)?;
+        if args.json {
+            return print_json(&json!({
+                "running": true,
+                "host_id": st.config.host_id,
+                "name": st.config.host_name,
+                "daemon_pid": st.daemon.pid,
+                "targets": st.targets,
+                "runners": st.runners,
+            }));
+        }
+        print_host(&st);
+        Ok(())
+    })
+}
+
+fn print_host(st: &DaemonStatus) {
+    println!(
+        "host     '{}' ({}), daemon pid {}",
+        st.config.host_name, st.config.host_id, st.daemon.pid
+    );
+    if st.targets.is_empty() {
+        println!("targets  none (`omnigent host URL` or `omnigent start` adds one)");
+    }
+    for t in &st.targets {
+        let kind = if t.local { "local" } else { "remote" };
+        println!("target   {} ({kind}): {}", t.url, host_line(t, st));
+    }
+    if st.runners.is_empty() {
+        println!("runners  none");
+    }
+    backend::print_runners(st, "runner   ");
+    println!("log      {}", st.logs.daemon);
+}
+
+fn stop(args: StopArgs) -> Result<()> {
+    let paths = backend::paths()?;
+    backend::runtime()?.block_on(async {
+        let Some(url) = args.url.as_deref() else {
+            let stopped = backend::stop_all(&paths, false).await?;
+            if args.json {
+                return print_json(&json!({ "stopped": stopped }));
+            }
+            if stopped.is_empty() {
+                println!("No host daemon running.");
+            } else {
+                println!("Stopped {}.", stopped.join(", "));
+            }
+            return Ok(());
+        };
+        let url = check_url(url)?;
+        let Some(mut client) = backend::connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "removed": false, "runners_stopped": 0 }));
+            }
+            println!("No host daemon running.");
+            return Ok(());
+        };
+        let reply = client.remove_target(&url).await.map_err(client_err)?;
+        if args.json {
+            return print_json(&reply);
+        }
+        if reply.removed {
+            println!(
+                "Stopped hosting {url}; stopped {} runner(s).",
+                reply.runners_stopped
+            );
+        } else {
+            println!(
+                "Not hosting {url} through `omnigent host` (a target from config.toml `targets` is removed there)."
+            );
+        }
+        Ok(())
+    })
+}

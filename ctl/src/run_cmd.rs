@@ -1,0 +1,565 @@
+//! `omnigent run [--harness H] [--workspace DIR] [PROMPT]` and `omnigent attach SESSION`: a session on this
+//! host, driven from the terminal over the public HTTP API of the local server (reference host §1.4).
+//!
+//! `run` makes sure the backend is up and this machine is registered as a host, creates a session bound to
+//! it (the server asks the host to launch a runner), opens the session's SSE stream, waits for the ready
+//! heartbeat, sends the prompt and prints the answer as it streams. The answer text goes to stdout; tool
+//! calls, results and status go to stderr. `--json` prints every event as one JSON line instead. Ctrl-C
+//! interrupts the turn; a second Ctrl-C exits. Without PROMPT it prompts on a terminal, or reads stdin.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::backend;
+
+/// How long `run` waits for this host to come online with the local server.
+const HOST_ONLINE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stream may take to send its ready heartbeat.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The agent harness: echo, openai, anthropic or exec.
+    #[arg(long, default_value = "echo")]
+    harness: String,
+    /// The directory the agent works in (default: the current directory).
+    #[arg(long)]
+    workspace: Option<PathBuf>,
+    /// Print every session event as one JSON line (NDJSON) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The first message. Without it: an interactive prompt on a terminal, else stdin.
+    prompt: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// The session to co-drive.
+    session: String,
+    /// Print every session event as one JSON line (NDJSON) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let workspace = match &args.workspace {
+        Some(w) => w.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let workspace = std::fs::canonicalize(&workspace).map_err(|e| {
+        crate::exit::ConfigError(format!(
+            "workspace {} is not usable: {e}; pass an existing --workspace",
+            workspace.display()
+        ))
+    })?;
+    let first = initial_prompt(&args.prompt)?;
+    backend::runtime()?.block_on(async move {
+        let (server_url, host_id) = backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?;
+        let api = Api::new(&server_url)?;
+        let agent_id = api.agent_for(&args.harness).await?;
+        let session: Value = api
+            .post_json(
+                "/v1/sessions",
+                &json!({
+                    "agent_id": agent_id,
+                    "host_id": host_id,
+                    "workspace": workspace.display().to_string(),
+                }),
+            )
+            .await
+            .context("cannot create the session")?;
+        let session_id = session["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the server's session has no id: {session}"))?
+            .to_owned();
+        if !args.json && std::io::stderr().is_terminal() {
+            eprintln!("session {session_id} ({} in {})", args.harness, workspace.display());
+        }
+        drive(&api, &session_id, first, args.json).await
+    })
+}
+
+pub fn attach(args: AttachArgs) -> Result<()> {
+    backend::runtime()?.block_on(async move {
+        let (server_url, _) = backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?;
+        let api = Api::new(&server_url)?;
+        let session: Value = api
+            .get_json(&format!("/v1/sessions/{}", args.session))
+            .await
+            .with_context(|| format!("cannot open session {}", args.session))?;
+        if !args.json && std::io::stderr().is_terminal() {
+            eprintln!(
+                "attached to session {} ({}); type a message, Ctrl-C to leave",
+                args.session,
+                session["status"].as_str().unwrap_or("?")
+            );
+        }
+        drive(&api, &args.session, Prompt::Interactive, args.json).await
+    })
+}
+
+/// Where the messages come from.
+enum Prompt {
+    /// One message, then exit.
+    Once(String),
+    /// Read lines from stdin until EOF.
+    Interactive,
+}
+
+fn initial_prompt(words: &[String]) -> Result<Prompt> {
+    if !words.is_empty() {
+        return Ok(Prompt::Once(words.join(" ")));
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(Prompt::Interactive);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .context("cannot read the prompt from stdin")?;
+    if text.trim().is_empty() {
+        bail!("no prompt: pass one as an argument, or pipe it on stdin");
+    }
+    Ok(Prompt::Once(text))
+}
+
+/// Plain HTTP to the server (never through a proxy: it is on loopback).
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(base: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Api {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    async fn check(resp: reqwest::Response, what: &str) -> Result<Value> {
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        let message = v["error"]["message"]
+            .as_str()
+            .or(v["message"].as_str())
+            .or(v["detail"].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+        bail!("{what}: HTTP {status}: {message}")
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .with_context(|| format!("GET {path} failed"))?;
+        Self::check(resp, &format!("GET {path}")).await
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .with_context(|| format!("POST {path} failed"))?;
+        Self::check(resp, &format!("POST {path}")).await
+    }
+
+    /// The built-in agent running `harness`.
+    async fn agent_for(&self, harness: &str) -> Result<String> {
+        let agents = self.get_json("/v1/agents?limit=100").await?;
+        let list = agents["data"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .find(|a| a["harness"] == harness || a["name"] == harness)
+            .and_then(|a| a["id"].as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                let names: Vec<&str> = list.iter().filter_map(|a| a["name"].as_str()).collect();
+                crate::exit::ConfigError(format!(
+                    "the server has no agent for harness {harness:?}; it offers: {}",
+                    names.join(", ")
+                ))
+                .into()
+            })
+    }
+
+    async fn send_message(&self, session: &str, text: &str) -> Result<()> {
+        self.post_json(
+            &format!("/v1/sessions/{session}/events"),
+            &json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": text}]}}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn interrupt(&self, session: &str) -> Result<()> {
+        self.post_json(
+            &format!("/v1/sessions/{session}/events"),
+            &json!({"type": "interrupt", "data": {}}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Open the session's SSE stream; events arrive on the returned channel (closed when the stream ends).
+    async fn stream(&self, session: &str) -> Result<mpsc::Receiver<Value>> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/sessions/{session}/stream", self.base))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .context("cannot open the session stream")?;
+        if !resp.status().is_success() {
+            Self::check(resp, "GET stream").await?;
+            bail!("the session stream was refused");
+        }
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut event = SseEvent::default();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    if let Some(v) = event.feed(line)
+                        && tx.send(v).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// One SSE event being assembled.
+#[derive(Default)]
+struct SseEvent {
+    name: Option<String>,
+    data: String,
+}
+
+impl SseEvent {
+    /// Feed one line; a blank line completes the event (its data parsed as JSON, `type` defaulted from
+    /// the `event:` line).
+    fn feed(&mut self, line: &str) -> Option<Value> {
+        if line.is_empty() {
+            let ev = std::mem::take(self);
+            if ev.data.is_empty() || ev.data == "[DONE]" {
+                return ev.data.eq("[DONE]").then(|| json!({"type": "done"}));
+            }
+            let mut v: Value = serde_json::from_str(&ev.data).ok()?;
+            if v.get("type").is_none()
+                && let (Some(name), Some(obj)) = (ev.name, v.as_object_mut())
+            {
+                obj.insert("type".into(), name.into());
+            }
+            return Some(v);
+        }
+        if let Some(rest) = line.strip_prefix("event:") {
+            self.name = Some(rest.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("data:") {
+            if !self.data.is_empty() {
+                self.data.push('\n');
+            }
+            self.data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        }
+        None
+    }
+}
+
+/// What one event means for the turn.
+enum Step {
+    Continue,
+    Idle,
+    Failed(String),
+    Ended,
+}
+
+/// Print one event; say whether the turn ended.
+fn show(ev: &Value, json_out: bool, seen_running: &mut bool, at_line_start: &mut bool) -> Step {
+    let kind = ev["type"].as_str().unwrap_or("");
+    if json_out && kind != "done" {
+        println!("{ev}");
+        let _ = std::io::stdout().flush();
+    }
+    let mut err = std::io::stderr();
+    match kind {
+        "response.output_text.delta" if !json_out => {
+            if let Some(d) = ev["delta"].as_str() {
+                print!("{d}");
+                let _ = std::io::stdout().flush();
+                *at_line_start = d.ends_with('\n');
+            }
+        }
+        "response.output_item.done" if !json_out => {
+            let item = &ev["item"];
+            match item["type"].as_str().unwrap_or("") {
+                "function_call" => {
+                    end_line(at_line_start);
+                    let _ = writeln!(
+                        err,
+                        "⚙ {}({})",
+                        item["name"].as_str().unwrap_or("tool"),
+                        clip(item["arguments"].as_str().unwrap_or(""), 120)
+                    );
+                }
+                "function_call_output" => {
+                    end_line(at_line_start);
+                    let out = match &item["output"] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let _ = writeln!(err, "  → {}", clip(&out, 200));
+                }
+                _ => {}
+            }
+        }
+        "session.status" => match ev["status"].as_str().unwrap_or("") {
+            "running" | "launching" => *seen_running = true,
+            "idle" if *seen_running => return Step::Idle,
+            "failed" => {
+                let why = match &ev["error"] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "the turn failed".to_owned(),
+                    other => other["message"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| other.to_string()),
+                };
+                return Step::Failed(why);
+            }
+            _ => {}
+        },
+        "response.failed" | "response.error" | "error" => {
+            let why = ev["response"]["error"]["message"]
+                .as_str()
+                .or(ev["error"]["message"].as_str())
+                .or(ev["message"].as_str())
+                .unwrap_or("the turn failed")
+                .to_owned();
+            if !json_out {
+                end_line(at_line_start);
+                let _ = writeln!(err, "error: {why}");
+            }
+        }
+        "session.interrupted" if !json_out => {
+            end_line(at_line_start);
+            let _ = writeln!(err, "(interrupted)");
+        }
+        "done" => return Step::Ended,
+        _ => {}
+    }
+    Step::Continue
+}
+
+fn end_line(at_line_start: &mut bool) {
+    if !*at_line_start {
+        println!();
+        *at_line_start = true;
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        format!("{}…", one_line.chars().take(n).collect::<String>())
+    }
+}
+
+/// Run turns on `session` until the prompts run out.
+async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Result<()> {
+    let mut events = api.stream(session).await?;
+    // The ready heartbeat: the server has registered us, nothing we send from now on is missed.
+    tokio::time::timeout(READY_TIMEOUT, async {
+        while let Some(ev) = events.recv().await {
+            if ev["type"] == "session.heartbeat" {
+                return Ok(());
+            }
+        }
+        Err(anyhow!("the session stream ended before it was ready"))
+    })
+    .await
+    .map_err(|_| anyhow!("the session stream sent no ready heartbeat within {}s", READY_TIMEOUT.as_secs()))??;
+
+    let (lines_tx, mut lines) = mpsc::channel::<String>(4);
+    let once = match prompt {
+        Prompt::Once(text) => Some(text),
+        Prompt::Interactive => {
+            tokio::spawn(async move {
+                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+                loop {
+                    eprint!("> ");
+                    match stdin.next_line().await {
+                        Ok(Some(line)) if line.trim().is_empty() => continue,
+                        Ok(Some(line)) => {
+                            if lines_tx.send(line).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            });
+            None
+        }
+    };
+    let interactive = once.is_none();
+    let mut next = once;
+    loop {
+        let text = match next.take() {
+            Some(t) => t,
+            None if !interactive => return Ok(()),
+            None => {
+                // Between turns: print what others (co-drivers) do, until our next line or EOF.
+                let mut seen = false;
+                let mut at_start = true;
+                loop {
+                    tokio::select! {
+                        line = lines.recv() => match line {
+                            Some(l) => break l,
+                            None => return Ok(()),
+                        },
+                        ev = events.recv() => match ev {
+                            Some(ev) => if let Step::Ended = show(&ev, json_out, &mut seen, &mut at_start) {
+                                return Ok(());
+                            },
+                            None => bail!("the session stream ended (the server stopped?)"),
+                        },
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                }
+            }
+        };
+        api.send_message(session, &text).await?;
+        let outcome = turn(api, session, &mut events, json_out).await?;
+        match outcome {
+            TurnEnd::Done => {}
+            TurnEnd::Exit => return Ok(()),
+            TurnEnd::Failed(why) if !interactive => bail!("the turn failed: {why}"),
+            TurnEnd::Failed(why) => eprintln!("error: the turn failed: {why}"),
+        }
+        if !interactive {
+            return Ok(());
+        }
+    }
+}
+
+enum TurnEnd {
+    Done,
+    Failed(String),
+    /// A second Ctrl-C.
+    Exit,
+}
+
+/// Follow one turn to its end. Ctrl-C interrupts it; a second Ctrl-C leaves.
+async fn turn(
+    api: &Api,
+    session: &str,
+    events: &mut mpsc::Receiver<Value>,
+    json_out: bool,
+) -> Result<TurnEnd> {
+    let mut seen_running = false;
+    let mut at_line_start = true;
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else {
+                    end_line(&mut at_line_start);
+                    bail!("the session stream ended mid-turn (the server stopped?)");
+                };
+                match show(&ev, json_out, &mut seen_running, &mut at_line_start) {
+                    Step::Continue => {}
+                    Step::Idle => {
+                        end_line(&mut at_line_start);
+                        return Ok(TurnEnd::Done);
+                    }
+                    Step::Failed(why) => {
+                        end_line(&mut at_line_start);
+                        return Ok(TurnEnd::Failed(why));
+                    }
+                    Step::Ended => {
+                        end_line(&mut at_line_start);
+                        bail!("the session was closed by the server");
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    end_line(&mut at_line_start);
+                    return Ok(TurnEnd::Exit);
+                }
+                interrupted = true;
+                end_line(&mut at_line_start);
+                eprintln!("interrupting… (Ctrl-C again to exit)");
+                if let Err(e) = api.interrupt(session).await {
+                    eprintln!("error: cannot interrupt: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_lines_make_events_with_their_type() {
+        let mut ev = SseEvent::default();
+        assert!(ev.feed("event: response.output_text.delta").is_none());
+        assert!(ev.feed("id: 4").is_none());
+        assert!(ev.feed("data: {\"delta\":\"hi\"}").is_none());
+        let v = ev.feed("").unwrap();
+        assert_eq!(v["type"], "response.output_text.delta");
+        assert_eq!(v["delta"], "hi");
+        assert!(ev.feed("data: [DONE]").is_none());
+        assert_eq!(ev.feed("").unwrap()["type"], "done");
+        assert!(ev.feed("").is_none());
+    }
+
+    #[test]
+    fn a_failed_status_ends_the_turn_with_its_error() {
+        let (mut seen, mut start) = (false, true);
+        let failed = json!({"type": "session.status", "status": "failed", "error": {"message": "runner crashed"}});
+        match show(&failed, true, &mut seen, &mut start) {
+            Step::Failed(why) => assert_eq!(why, "runner crashed"),
+            _ => panic!("expected a failure"),
+        }
+        let idle = json!({"type": "session.status", "status": "idle"});
+        assert!(matches!(show(&idle, true, &mut seen, &mut start), Step::Continue));
+        let running = json!({"type": "session.status", "status": "running"});
+        show(&running, true, &mut seen, &mut start);
+        assert!(matches!(show(&idle, true, &mut seen, &mut start), Step::Idle));
+    }
+}
