@@ -183,7 +183,9 @@ pub fn start(args: StartArgs) -> Result<()> {
         // This machine registers itself with the local server as a host; say how that went (never fatal:
         // the server is up either way, and the tunnel keeps retrying).
         let host = match &server.url {
-            Some(url) => wait_target(&mut client, url, START_HOST_WAIT).await.ok(),
+            Some(url) => wait_target(&mut client, url, START_HOST_WAIT, true)
+                .await
+                .ok(),
             None => None,
         };
         if args.json {
@@ -237,11 +239,13 @@ pub(crate) fn host_line(t: &TargetStatus, st: &DaemonStatus) -> String {
     }
 }
 
-/// Follow status until the target `url` is online or failed, or `wait` passes; returns its last state.
+/// Follow status until the target `url` is online or failed (or, with `first_answer`, its first dial
+/// failed), or `wait` passes; returns its last state.
 pub(crate) async fn wait_target(
     client: &mut ControlClient,
     url: &str,
     wait: Duration,
+    first_answer: bool,
 ) -> Result<(TargetStatus, DaemonStatus)> {
     let url = url.trim_end_matches('/');
     let deadline = tokio::time::Instant::now() + wait;
@@ -249,7 +253,8 @@ pub(crate) async fn wait_target(
     loop {
         let target = st.targets.iter().find(|t| t.url == url).cloned();
         if let Some(t) = &target
-            && matches!(t.tunnel.as_str(), "online" | "failed")
+            && (matches!(t.tunnel.as_str(), "online" | "failed")
+                || (first_answer && t.tunnel == "reconnecting"))
         {
             return Ok((t.clone(), st));
         }
@@ -277,7 +282,7 @@ pub(crate) async fn ensure_local_host(wait: Duration) -> Result<(String, String)
         .url
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the local server runs but reports no URL"))?;
-    let (t, st) = wait_target(&mut client, &url, wait).await?;
+    let (t, st) = wait_target(&mut client, &url, wait, false).await?;
     if t.tunnel != "online" {
         anyhow::bail!(
             "this machine is not online as a host of {url} after {}s: {}; see `omnigent logs daemon`",
@@ -504,7 +509,8 @@ pub(crate) fn print_runners(st: &DaemonStatus, label: &str) {
             r.id,
             r.pid.map_or("-".into(), |p| p.to_string()),
             match r.state {
-                ChildState::Crashloop => "crash loop (not relaunched until its session launches it again)",
+                ChildState::Crashloop =>
+                    "crash loop (not relaunched until its session launches it again)",
                 ChildState::Stopped => "stopped",
                 other => state_word(other),
             },

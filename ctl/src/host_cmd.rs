@@ -124,7 +124,7 @@ async fn background(remote: Option<String>) -> Result<()> {
         }
     };
     let wait = background_wait();
-    let (t, st) = wait_target(&mut client, &url, wait).await?;
+    let (t, st) = wait_target(&mut client, &url, wait, false).await?;
     if t.tunnel == "online" {
         println!(
             "Host online: {url} as '{}' ({}).",
@@ -161,6 +161,8 @@ async fn background(remote: Option<String>) -> Result<()> {
 /// Follow the target until Ctrl-C (`Ok(true)`), or until it is removed by someone else (`Ok(false)`); a
 /// tunnel that gives up is an error (exit 78).
 async fn follow(client: &mut ControlClient, url: &str) -> Result<bool> {
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow!("cannot listen for Ctrl-C: {e}"))?;
     let mut st = client.status().await.map_err(client_err)?;
     println!(
         "Connecting to {url} as '{}' ({})",
@@ -204,7 +206,7 @@ async fn follow(client: &mut ControlClient, url: &str) -> Result<bool> {
         }
         let next = tokio::select! {
             next = client.status_after(st.revision, 30_000) => next.map_err(client_err)?,
-            _ = tokio::signal::ctrl_c() => return Ok(true),
+            _ = sigint.recv() => return Ok(true),
         };
         st = next;
     }
@@ -246,7 +248,11 @@ async fn target_url(client: &mut ControlClient, remote: &Option<String>) -> Resu
     }
 }
 
-async fn through_daemon(mut client: ControlClient, remote: Option<String>, paths: &Paths) -> Result<()> {
+async fn through_daemon(
+    mut client: ControlClient,
+    remote: Option<String>,
+    paths: &Paths,
+) -> Result<()> {
     let url = target_url(&mut client, &remote).await?;
     let result = follow(&mut client, &url).await;
     // Ctrl-C or a fatal error: a target this command added goes away again (the follow call may have been
@@ -267,8 +273,8 @@ async fn through_daemon(mut client: ControlClient, remote: Option<String>, paths
 /// No daemon runs: this process is the daemon, with this one target (and the local server when it is the
 /// local target), until Ctrl-C.
 fn be_the_daemon(remote: Option<String>, paths: Paths) -> Result<()> {
-    let exe = std::env::current_exe()
-        .map_err(|e| anyhow!("cannot find the omnigent executable: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| anyhow!("cannot find the omnigent executable: {e}"))?;
     // Single-threaded like `daemon run`: children get PR_SET_PDEATHSIG from the thread that lives as long
     // as the daemon.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -321,7 +327,9 @@ fn status(args: StatusArgs) -> Result<()> {
             if args.json {
                 return print_json(&json!({ "running": false, "targets": [], "runners": [] }));
             }
-            println!("No host daemon running (start one with `omnigent host` or `omnigent start`).");
+            println!(
+                "No host daemon running (start one with `omnigent host` or `omnigent start`)."
+            );
             return Ok(());
         };
         let st = client.status().await.map_err(client_err)?;

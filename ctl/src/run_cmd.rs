@@ -21,6 +21,10 @@ use crate::backend;
 
 /// How long `run` waits for this host to come online with the local server.
 const HOST_ONLINE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a freshly launched runner may take to connect before a message to it fails.
+const RUNNER_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest SSE line or event we buffer (a tool output can be big; a stream without newlines is not SSE).
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// How long a stream may take to send its ready heartbeat.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -79,8 +83,15 @@ pub fn run(args: RunArgs) -> Result<()> {
             .as_str()
             .ok_or_else(|| anyhow!("the server's session has no id: {session}"))?
             .to_owned();
-        if !args.json && std::io::stderr().is_terminal() {
-            eprintln!("session {session_id} ({} in {})", args.harness, workspace.display());
+        if args.json {
+            // Not a server event: tells an NDJSON reader which session to attach to later.
+            println!("{}", json!({"type": "session.created", "session": session}));
+        } else if std::io::stderr().is_terminal() {
+            eprintln!(
+                "session {session_id} ({} in {})",
+                args.harness,
+                workspace.display()
+            );
         }
         drive(&api, &session_id, first, args.json).await
     })
@@ -204,13 +215,31 @@ impl Api {
             })
     }
 
+    /// Send a message. A runner the host launched a moment ago may not have dialled the server yet: the
+    /// server answers 503 until it has, so that answer is retried with a growing delay, bounded.
     async fn send_message(&self, session: &str, text: &str) -> Result<()> {
-        self.post_json(
-            &format!("/v1/sessions/{session}/events"),
-            &json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": text}]}}),
-        )
-        .await
-        .map(|_| ())
+        let path = format!("/v1/sessions/{session}/events");
+        let body = json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": text}]}});
+        let deadline = tokio::time::Instant::now() + RUNNER_CONNECT_TIMEOUT;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let resp = self
+                .http
+                .post(format!("{}{path}", self.base))
+                .json(&body)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .with_context(|| format!("POST {path} failed"))?;
+            if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && tokio::time::Instant::now() + delay < deadline
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            return Self::check(resp, &format!("POST {path}")).await.map(|_| ());
+        }
     }
 
     async fn interrupt(&self, session: &str) -> Result<()> {
@@ -242,6 +271,12 @@ impl Api {
             let mut event = SseEvent::default();
             while let Some(Ok(chunk)) = body.next().await {
                 buf.extend_from_slice(&chunk);
+                if buf.len() > MAX_EVENT_BYTES || event.data.len() > MAX_EVENT_BYTES {
+                    tracing::warn!(
+                        "a session event is larger than {MAX_EVENT_BYTES} bytes; closing the stream"
+                    );
+                    return;
+                }
                 while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=nl).collect();
                     let line = String::from_utf8_lossy(&line);
@@ -397,6 +432,9 @@ fn clip(s: &str, n: usize) -> String {
 
 /// Run turns on `session` until the prompts run out.
 async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Result<()> {
+    // One SIGINT listener for the whole session, so a Ctrl-C between two polls is never lost.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
     let mut events = api.stream(session).await?;
     // The ready heartbeat: the server has registered us, nothing we send from now on is missed.
     tokio::time::timeout(READY_TIMEOUT, async {
@@ -408,16 +446,24 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
         Err(anyhow!("the session stream ended before it was ready"))
     })
     .await
-    .map_err(|_| anyhow!("the session stream sent no ready heartbeat within {}s", READY_TIMEOUT.as_secs()))??;
+    .map_err(|_| {
+        anyhow!(
+            "the session stream sent no ready heartbeat within {}s",
+            READY_TIMEOUT.as_secs()
+        )
+    })??;
 
     let (lines_tx, mut lines) = mpsc::channel::<String>(4);
     let once = match prompt {
         Prompt::Once(text) => Some(text),
         Prompt::Interactive => {
+            let show_prompt = std::io::stdin().is_terminal() && !json_out;
             tokio::spawn(async move {
                 let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
                 loop {
-                    eprint!("> ");
+                    if show_prompt {
+                        eprint!("> ");
+                    }
                     match stdin.next_line().await {
                         Ok(Some(line)) if line.trim().is_empty() => continue,
                         Ok(Some(line)) => {
@@ -454,13 +500,13 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
                             },
                             None => bail!("the session stream ended (the server stopped?)"),
                         },
-                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                        _ = sigint.recv() => return Ok(()),
                     }
                 }
             }
         };
         api.send_message(session, &text).await?;
-        let outcome = turn(api, session, &mut events, json_out).await?;
+        let outcome = turn(api, session, &mut events, &mut sigint, json_out).await?;
         match outcome {
             TurnEnd::Done => {}
             TurnEnd::Exit => return Ok(()),
@@ -485,6 +531,7 @@ async fn turn(
     api: &Api,
     session: &str,
     events: &mut mpsc::Receiver<Value>,
+    sigint: &mut tokio::signal::unix::Signal,
     json_out: bool,
 ) -> Result<TurnEnd> {
     let mut seen_running = false;
@@ -513,7 +560,7 @@ async fn turn(
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = sigint.recv() => {
                 if interrupted {
                     end_line(&mut at_line_start);
                     return Ok(TurnEnd::Exit);
@@ -557,9 +604,15 @@ mod tests {
             _ => panic!("expected a failure"),
         }
         let idle = json!({"type": "session.status", "status": "idle"});
-        assert!(matches!(show(&idle, true, &mut seen, &mut start), Step::Continue));
+        assert!(matches!(
+            show(&idle, true, &mut seen, &mut start),
+            Step::Continue
+        ));
         let running = json!({"type": "session.status", "status": "running"});
         show(&running, true, &mut seen, &mut start);
-        assert!(matches!(show(&idle, true, &mut seen, &mut start), Step::Idle));
+        assert!(matches!(
+            show(&idle, true, &mut seen, &mut start),
+            Step::Idle
+        ));
     }
 }

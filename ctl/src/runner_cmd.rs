@@ -73,6 +73,9 @@ fn install_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // The runner's stderr is a pipe to the daemon's log; when the daemon dies the pipe breaks, and a
+        // failed log write must not panic (tracing's default reports it with eprintln!, which panics).
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

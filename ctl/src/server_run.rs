@@ -27,8 +27,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // stderr is a pipe to the daemon; when the daemon dies (SIGKILL) every write to it fails with EPIPE.
+    // With tracing's default `log_internal_errors(true)` each failed write is reported by an `eprintln!` to
+    // that same stderr, which panics — inside a connection task, or inside the shutdown future, leaving a
+    // server that never stops on SIGTERM. Failed log writes are dropped instead.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -76,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(stdout, "{ready}").context("cannot write the ready line on stdout")?;
         stdout.flush().context("cannot flush stdout")?;
         drop(stdout);
-        omnigent_server::serve(config, store, listener, shutdown_signal())
+        omnigent_server::serve(config, store, listener, shutdown_requested())
             .await
             .map_err(|e| anyhow::anyhow!("the server stopped with an error: {e}"))
     })
@@ -103,6 +108,15 @@ fn parse_bind(bind: &str) -> Result<IpAddr> {
     Ok(ip)
 }
 
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), whatever logging does: the server runs this future in a task of
+/// its own, and a panic there would mean no shutdown at all.
+async fn shutdown_requested() {
+    shutdown_signal().await;
+    // Logging is not expected to panic (see `run`); if it ever does in an unwinding build, the stop still goes
+    // through (release builds use panic = "abort", where the process ends instead of hanging).
+    let _ = std::panic::catch_unwind(|| tracing::info!("shutdown requested"));
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -124,5 +138,4 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutdown requested");
 }

@@ -128,3 +128,63 @@ async fn refuses_a_taken_port_a_locked_database_and_a_lan_bind() {
     let _ = first.kill();
     let _ = first.wait();
 }
+
+/// The daemon that started the server was SIGKILLed, so the read end of the server's stderr pipe is gone:
+/// logging must not panic on the broken pipe, the server keeps serving, and SIGTERM still stops it cleanly.
+#[tokio::test]
+async fn stops_on_sigterm_after_its_stderr_pipe_is_closed() {
+    let home = tempfile::tempdir().expect("tmp");
+    let mut child = omnigent(home.path())
+        .env("RUST_LOG", "debug")
+        .args(["server", "run", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn omnigent");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready line");
+    let ready: Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+    let url = ready["url"].as_str().expect("url").to_owned();
+
+    // Close the only read end of the stderr pipe: every log write from now on fails with EPIPE.
+    drop(child.stderr.take());
+
+    // Still serving (and logging into the dead pipe while doing so).
+    for _ in 0..3 {
+        let info: Value = reqwest::get(format!("{url}/v1/info"))
+            .await
+            .expect("info")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(info["implementation"], "omnigent-rs");
+    }
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let t = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(status);
+        child
+    });
+    let status = match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(status) => status.expect("wait"),
+        Err(_) => {
+            // Hung: kill it so the test process does not leak it, then fail.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waiter.join();
+            panic!("`server run` did not stop within 5 s of SIGTERM with a closed stderr");
+        }
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stopped in {:?}",
+        t.elapsed()
+    );
+    let _ = waiter.join();
+}

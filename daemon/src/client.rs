@@ -231,7 +231,9 @@ impl ControlClient {
     pub async fn add_target(&mut self, url: &str) -> Result<ctl::TargetStatus, ClientError> {
         self.post(
             ctl::TARGETS_PATH,
-            &ctl::AddTarget { url: url.to_owned() },
+            &ctl::AddTarget {
+                url: url.to_owned(),
+            },
             CALL_TIMEOUT,
         )
         .await
@@ -244,7 +246,9 @@ impl ControlClient {
     ) -> Result<ctl::RemoveTargetReply, ClientError> {
         self.post(
             ctl::TARGETS_REMOVE_PATH,
-            &ctl::RemoveTarget { url: url.to_owned() },
+            &ctl::RemoveTarget {
+                url: url.to_owned(),
+            },
             SLOW_CALL_TIMEOUT,
         )
         .await

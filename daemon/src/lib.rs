@@ -2,7 +2,9 @@
 //!
 //! - [`ControlListener::bind`]: the runtime dir (0700, ours), the single-instance `flock` and the control
 //!   socket (0600), all before "ready".
-//! - [`run`]: serve the control API, supervise the local server, watch `config.toml`, until `shutdown`.
+//! - [`run`]: serve the control API, supervise the local server, watch `config.toml`, keep one host tunnel
+//!   and one runner supervisor per target ([`targets`], [`runners`]: the local server, config `targets`,
+//!   targets added over the API), reap orphaned descendants ([`process::reaper`]), until `shutdown`.
 //! - [`client`] / [`launch`]: the CLI side: connect + hello, and "start or reuse".
 //!
 //! This crate never prints; it logs through `tracing` (the subscriber is installed by `ctl`).
@@ -16,9 +18,9 @@ pub mod logfile;
 pub mod ports;
 pub mod process;
 pub mod runners;
-pub mod targets;
 pub mod runtime;
 pub mod server;
+pub mod targets;
 
 mod api;
 mod http;
@@ -168,8 +170,9 @@ pub struct ConfigView {
     pub loads: u64,
 }
 
-/// Serve the control API on `listener` and supervise the local server until `shutdown` resolves or a
-/// client asks for a shutdown; then stop children in order (runners, then the server) and return.
+/// Serve the control API on `listener`, supervise the local server and host every target until `shutdown`
+/// resolves or a client asks for a shutdown; then stop children in order (runners and tunnels, then the
+/// server) and return.
 pub async fn run(
     config: DaemonConfig,
     listener: ControlListener,
@@ -405,7 +408,12 @@ async fn follow_local_server(
         };
         if next != current {
             current = next.clone();
-            if targets.cmds.send(targets::TargetCmd::SetLocal(next)).await.is_err() {
+            if targets
+                .cmds
+                .send(targets::TargetCmd::SetLocal(next))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -433,7 +441,12 @@ async fn follow_config_targets(
             .collect();
         if current.as_ref() != Some(&next) {
             current = Some(next.clone());
-            if targets.cmds.send(targets::TargetCmd::SetConfig(next)).await.is_err() {
+            if targets
+                .cmds
+                .send(targets::TargetCmd::SetConfig(next))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -536,8 +536,8 @@ impl Task {
             cwd: entry.workspace.clone(),
             env_clear: true,
         };
-        let mut child = process::spawn(&spec)
-            .map_err(|e| fail(format!("{}: {e}", self.ctx.exe.display())))?;
+        let mut child =
+            process::spawn(&spec).map_err(|e| fail(format!("{}: {e}", self.ctx.exe.display())))?;
         let pid = child.id();
         log_line(
             &log,
@@ -611,7 +611,11 @@ impl Task {
     }
 
     fn check_stop_all(&mut self) {
-        if self.runners.values().any(|e| e.state == ChildState::Stopping) {
+        if self
+            .runners
+            .values()
+            .any(|e| e.state == ChildState::Stopping)
+        {
             return;
         }
         for (reply, n) in self.stop_all.drain(..) {
@@ -675,11 +679,12 @@ impl Task {
         }
         let tail = tail_lines(&entry.log_path, TAIL_LINES);
         let mut error = why.unwrap_or_else(|| {
-            format!(
-                "runner process exited with {} (log on host: {})",
-                process::exit_text(code, signal),
-                entry.log_path.display()
-            )
+            let how = match (code, signal) {
+                (Some(c), _) => format!("runner process exited with code {c}"),
+                (None, Some(sig)) => format!("runner process was killed by signal {sig}"),
+                (None, None) => "runner process exited".to_owned(),
+            };
+            format!("{how} (log on host: {})", entry.log_path.display())
         });
         if !tail.is_empty() {
             error.push_str("\n--- runner log tail ---\n");
@@ -828,7 +833,10 @@ mod tests {
             "MY_TOKEN",
             "EXTRA_TWO",
         ] {
-            assert!(names.contains(&kept.to_owned()), "{kept} missing: {names:?}");
+            assert!(
+                names.contains(&kept.to_owned()),
+                "{kept} missing: {names:?}"
+            );
         }
         for dropped in [
             "OMNIGENT_DATABASE_URI",

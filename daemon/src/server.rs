@@ -5,7 +5,7 @@
 //! a foreign listener is named (pid, command) and the server is started on a free port instead; a free port
 //! is used as is. The child is `<exe> server run --bind 127.0.0.1 --port N`; it is up when it prints its
 //! ready line ([`ServerReady`]). Unexpected exits are restarted with the backoff of DESIGN §6 until the crash
-//! loop rule trips. Runners will be supervised the same way (spawn/stop in `process`, rules in `backoff`).
+//! loop rule trips. Runners are supervised the same way (`runners`: spawn/stop in `process`, rules in `backoff`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -305,7 +305,7 @@ impl Task {
             loop {
                 tokio::select! {
                     line = &mut ready => break Outcome::Line(line),
-                    status = child.wait() => break Outcome::Exited(status),
+                    status = process::wait(&mut child) => break Outcome::Exited(status),
                     () = &mut deadline => break Outcome::Timeout,
                     cmd = self.cmds.recv() => match cmd {
                         Some(ServerCmd::Start(reply)) => self.waiters.push(reply),
@@ -486,7 +486,7 @@ impl Task {
 
     async fn running(&mut self, mut running: Running) -> Phase {
         tokio::select! {
-            status = running.child.wait() => {
+            status = process::wait(&mut running.child) => {
                 let (code, signal) = status.as_ref().map(process::describe_exit).unwrap_or((None, None));
                 tokio::task::yield_now().await;
                 self.after_exit(code, signal, running.started.elapsed(), None)

@@ -179,9 +179,7 @@ pub fn spawn_targets(ctx: TargetsContext) -> Targets {
                 TargetCmd::Remove(url, reply) => {
                     let url = normalize_url(&url);
                     wanted.api.retain(|u| *u != url);
-                    let before = live
-                        .get(&url)
-                        .map(|l| l.view.runners.views().len() as u32);
+                    let before = live.get(&url).map(|l| l.view.runners.views().len() as u32);
                     reconcile(&ctx, &wanted, &mut live).await;
                     publish(&views_tx, &live, &ctx);
                     let removed = before.is_some() && !live.contains_key(&url);
@@ -219,7 +217,11 @@ fn runners_grace() -> Duration {
     crate::process::STOP_GRACE
 }
 
-fn publish(views: &watch::Sender<Vec<TargetView>>, live: &BTreeMap<String, Live>, ctx: &TargetsContext) {
+fn publish(
+    views: &watch::Sender<Vec<TargetView>>,
+    live: &BTreeMap<String, Live>,
+    ctx: &TargetsContext,
+) {
     views.send_replace(live.values().map(|l| l.view.clone()).collect());
     ctx.revision.send_modify(|r| *r += 1);
 }

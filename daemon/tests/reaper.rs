@@ -22,10 +22,7 @@ async fn an_orphaned_grandchild_is_reaped_and_our_own_childs_status_is_not_stole
     // and re-parented to us. The direct child exits 7 at once: its zombie waits for tokio, not the sweep.
     let spec = ChildSpec {
         program: "/bin/sh".into(),
-        args: vec![
-            "-c".into(),
-            "(sleep 0.05 & echo $!); exit 7".into(),
-        ],
+        args: vec!["-c".into(), "(sleep 0.05 & echo $!); exit 7".into()],
         env: vec![],
         cwd: "/".into(),
         env_clear: false,

@@ -79,9 +79,11 @@ async fn host() -> Host {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = omnigent_daemon::load_config(&paths).unwrap();
     let host_id = config.host_id().to_owned();
-    let mut timings = omnigent_daemon::host_tunnel::HostTunnelTimings::default();
-    timings.backoff_base = Duration::from_millis(10);
-    timings.backoff_cap = Duration::from_millis(50);
+    let timings = omnigent_daemon::host_tunnel::HostTunnelTimings {
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(50),
+        ..Default::default()
+    };
     let daemon_config = DaemonConfig {
         exe,
         paths: paths.clone(),
@@ -131,7 +133,11 @@ impl Host {
         ws
     }
 
-    async fn launch(&self, token: &str, ws: &Path) -> omnigent_proto::host_frames::LaunchRunnerResult {
+    async fn launch(
+        &self,
+        token: &str,
+        ws: &Path,
+    ) -> omnigent_proto::host_frames::LaunchRunnerResult {
         self.conn
             .launch_runner(token, ws.to_str().unwrap(), Some("sess-1"), Some("echo"))
             .await
@@ -180,7 +186,7 @@ impl Host {
 
 #[tokio::test]
 async fn a_runner_gets_its_workspace_as_cwd_an_allowlisted_env_and_its_exit_is_reported_with_the_log_tail()
-{
+ {
     let mut host = host().await;
     let ws = host.workspace(
         "ws-env",
@@ -192,7 +198,10 @@ async fn a_runner_gets_its_workspace_as_cwd_an_allowlisted_env_and_its_exit_is_r
     let id = runner_id_for_token("tok-env");
     assert_eq!(result.runner_id.as_deref(), Some(id.as_str()));
     let error = host.next_exit(&id).await.unwrap();
-    assert!(error.starts_with("runner process exited with exit code 78"), "{error}");
+    assert!(
+        error.starts_with("runner process exited with code 78 (log on host: "),
+        "{error}"
+    );
     assert!(error.contains("--- runner log tail ---"), "{error}");
     assert!(error.contains(&format!("pwd={}", ws.display())), "{error}");
     assert!(error.contains("token=tok-env"), "{error}");
@@ -207,7 +216,11 @@ async fn a_runner_gets_its_workspace_as_cwd_an_allowlisted_env_and_its_exit_is_r
     );
     // 78 is a refusal no relaunch fixes: it stays down, shown in status with its exit.
     let st = host
-        .status_until(|s| s.runners.iter().any(|r| r.id == id && r.state == ChildState::Stopped))
+        .status_until(|s| {
+            s.runners
+                .iter()
+                .any(|r| r.id == id && r.state == ChildState::Stopped)
+        })
         .await;
     let r = st.runners.iter().find(|r| r.id == id).unwrap();
     assert_eq!(r.last_exits.len(), 1);
@@ -229,7 +242,10 @@ async fn a_crashed_runner_is_relaunched_with_the_same_token_and_a_crash_looping_
     let once = runner_id_for_token("tok-once");
     assert_eq!(host.launch("tok-once", &ws).await.status, "launched");
     let error = host.next_exit(&once).await.unwrap();
-    assert!(error.contains("exit code 3") && error.contains("dying mid-turn"), "{error}");
+    assert!(
+        error.contains("exited with code 3") && error.contains("dying mid-turn"),
+        "{error}"
+    );
     let st = host
         .status_until(|s| {
             s.runners
@@ -237,8 +253,18 @@ async fn a_crashed_runner_is_relaunched_with_the_same_token_and_a_crash_looping_
                 .any(|r| r.id == once && r.state == ChildState::Running && r.restarts == 1)
         })
         .await;
-    assert!(st.runners.iter().find(|r| r.id == once).unwrap().pid.is_some());
-    assert_eq!(host.conn.runner_status(&once).await.unwrap().status, "alive");
+    assert!(
+        st.runners
+            .iter()
+            .find(|r| r.id == once)
+            .unwrap()
+            .pid
+            .is_some()
+    );
+    assert_eq!(
+        host.conn.runner_status(&once).await.unwrap().status,
+        "alive"
+    );
 
     // Always crashes: five short runs within 120 s are a crash loop, reported five times, then left down.
     let ws = host.workspace("ws-loop", "exit 9\n");
@@ -246,7 +272,7 @@ async fn a_crashed_runner_is_relaunched_with_the_same_token_and_a_crash_looping_
     assert_eq!(host.launch("tok-loop", &ws).await.status, "launched");
     for _ in 0..5 {
         let error = host.next_exit(&looping).await.unwrap();
-        assert!(error.contains("exit code 9"), "{error}");
+        assert!(error.contains("exited with code 9"), "{error}");
     }
     let st = host
         .status_until(|s| {
@@ -258,7 +284,10 @@ async fn a_crashed_runner_is_relaunched_with_the_same_token_and_a_crash_looping_
     let r = st.runners.iter().find(|r| r.id == looping).unwrap();
     assert_eq!(r.last_exits.len(), 5);
     assert!(r.last_exits.iter().all(|e| e.code == Some(9)));
-    assert_eq!(host.conn.runner_status(&looping).await.unwrap().status, "dead");
+    assert_eq!(
+        host.conn.runner_status(&looping).await.unwrap().status,
+        "dead"
+    );
     // A new launch from the server starts it afresh.
     assert_eq!(host.launch("tok-loop", &ws).await.status, "launched");
     host.next_exit(&looping).await;
@@ -266,7 +295,10 @@ async fn a_crashed_runner_is_relaunched_with_the_same_token_and_a_crash_looping_
     // Stopping on purpose is silent and the runner is gone from status.
     let stopped = host.conn.stop_runner(&once).await.unwrap();
     assert_eq!(stopped.status, "stopped", "{stopped:?}");
-    assert_eq!(host.conn.runner_status(&once).await.unwrap().status, "unknown");
+    assert_eq!(
+        host.conn.runner_status(&once).await.unwrap().status,
+        "unknown"
+    );
     let unknown = host.conn.stop_runner(&once).await.unwrap();
     assert_eq!(unknown.status, "failed");
     assert!(unknown.error.unwrap().contains("unknown runner"));
@@ -291,7 +323,10 @@ async fn a_missing_workspace_and_an_unknown_harness_fail_the_launch_with_their_c
         .await
         .unwrap();
     assert_eq!(harness.status, "failed");
-    assert_eq!(harness.error_code.as_deref(), Some("harness_not_configured"));
+    assert_eq!(
+        harness.error_code.as_deref(),
+        Some("harness_not_configured")
+    );
     // A harness lacking credentials is still launched (the runner reports that as a turn error).
     let hello = host.conn.hello().clone();
     let harnesses = hello.configured_harnesses.unwrap();
@@ -313,13 +348,21 @@ async fn fifty_launches_at_once_all_run_and_a_shutdown_stops_them_all() {
         let conn = host.conn.clone();
         let ws = ws.clone();
         async move {
-            conn.launch_runner(&format!("tok-{i}"), ws.to_str().unwrap(), None, Some("echo"))
-                .await
-                .unwrap()
+            conn.launch_runner(
+                &format!("tok-{i}"),
+                ws.to_str().unwrap(),
+                None,
+                Some("echo"),
+            )
+            .await
+            .unwrap()
         }
     });
     let results = futures_util::future::join_all(launches).await;
-    assert!(results.iter().all(|r| r.status == "launched"), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.status == "launched"),
+        "{results:?}"
+    );
     let st = host
         .status_until(|s| {
             s.runners.len() == 50 && s.runners.iter().all(|r| r.state == ChildState::Running)
@@ -334,6 +377,44 @@ async fn fifty_launches_at_once_all_run_and_a_shutdown_stops_them_all() {
     assert!(stopped.contains(&"50 runner(s)".to_owned()), "{stopped:?}");
     for pid in pids {
         // Each was reaped by its watcher: no such process, not even a zombie.
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "runner {pid} left behind");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "runner {pid} left behind"
+        );
     }
+}
+
+#[tokio::test]
+async fn a_grandchild_left_behind_by_a_tool_is_reaped_by_the_daemon() {
+    let mut reaped = omnigent_daemon::process::reaper::subscribe();
+    let host = host().await;
+    // The "tool" (a subshell) starts a grandchild and exits at once: the grandchild is orphaned while the
+    // runner lives on, re-parented to the daemon (a subreaper), and must not stay a zombie when it ends.
+    let ws = host.workspace(
+        "ws-orphan",
+        "(sleep 0.2 & echo \"grandchild=$!\")\nexec sleep 1000\n",
+    );
+    assert_eq!(host.launch("tok-orphan", &ws).await.status, "launched");
+    let id = runner_id_for_token("tok-orphan");
+    let log = host
+        .paths
+        .logs_dir()
+        .join("runners")
+        .join(format!("{id}.log"));
+    let pid = tokio::time::timeout(WAIT, async {
+        loop {
+            let pid = reaped.recv().await.unwrap();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(&format!("grandchild={pid}")) {
+                return pid;
+            }
+        }
+    })
+    .await
+    .expect("the orphaned grandchild was never reaped");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "{pid} is still a zombie"
+    );
+    host.shutdown().await;
 }

@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use omnigent_proto::api::{SessionStatus, WireItem};
 use omnigent_proto::events::{ServerEvent, sse_frame};
+use omnigent_tunnel::RunnerRegistry;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::relay::{self, OpenSpec, ReadyState};
 use crate::store::{ItemRow, NewItem, Store, StoreError};
 
 /// Sequence numbers are reserved in the store in blocks this big, so they never repeat across restarts
@@ -40,6 +42,8 @@ pub struct ActorLimits {
     pub idle: std::time::Duration,
     /// Queue per subscriber; a subscriber this far behind is dropped.
     pub subscriber_queue: usize,
+    /// How long a runner lost mid-turn may take to come back before the turn fails (reference §3.5).
+    pub runner_grace: std::time::Duration,
 }
 
 /// What a stream subscriber receives.
@@ -102,6 +106,40 @@ pub enum Command {
     Delete {
         reply: oneshot::Sender<Result<(), ActorError>>,
     },
+    /// Persist an item without broadcasting it (the user input: `session.input.consumed` announces it).
+    PersistItem {
+        item: NewItem,
+        reply: oneshot::Sender<Result<ItemRow, ActorError>>,
+    },
+    /// Make sure the relay to `runner_id` is open (or opening); answers its readiness.
+    EnsureRelay {
+        runner_id: String,
+        reply: oneshot::Sender<Result<watch::Receiver<ReadyState>, ActorError>>,
+    },
+    /// Interrupt (or stop) the running turn: publish `session.interrupted` and raise the fence.
+    Interrupt {
+        stop: bool,
+        response_id: Option<String>,
+        reply: oneshot::Sender<Result<u64, ActorError>>,
+    },
+    /// The interrupt could not be delivered: lift the fence (and forget an intentional stop).
+    LiftFence,
+    /// From the relay reader: one runner event.
+    RunnerEvent { epoch: u64, event: Value },
+    /// From the relay reader: subscribed and initialised on tunnel `generation`.
+    RelayReady {
+        epoch: u64,
+        generation: u64,
+        runner_status: Option<String>,
+    },
+    /// From the relay reader: its stream ended.
+    RelayEnded {
+        epoch: u64,
+        generation: u64,
+        why: String,
+    },
+    /// A tunnel of `runner_id` connected: re-open the relay if this session is bound to it.
+    RunnerConnected { runner_id: String, generation: u64 },
 }
 
 impl Command {
@@ -113,6 +151,14 @@ impl Command {
             Command::AppendItem { reply, .. } => drop(reply.send(Err(err()))),
             Command::SetStatus { reply, .. } => drop(reply.send(Err(err()))),
             Command::Delete { reply } => drop(reply.send(Err(err()))),
+            Command::PersistItem { reply, .. } => drop(reply.send(Err(err()))),
+            Command::EnsureRelay { reply, .. } => drop(reply.send(Err(err()))),
+            Command::Interrupt { reply, .. } => drop(reply.send(Err(err()))),
+            Command::LiftFence
+            | Command::RunnerEvent { .. }
+            | Command::RelayReady { .. }
+            | Command::RelayEnded { .. }
+            | Command::RunnerConnected { .. } => {}
         }
     }
 }
@@ -138,10 +184,17 @@ struct SessionsInner {
     map: Mutex<HashMap<String, SessionHandle>>,
     generation: AtomicU64,
     tracker: TaskTracker,
+    runners: RunnerRegistry,
 }
 
 impl Sessions {
+    /// Sessions with a runner registry of their own (no runner can connect to it).
     pub fn new(store: Store, limits: ActorLimits) -> Self {
+        Self::with_runners(store, limits, RunnerRegistry::default())
+    }
+
+    /// Sessions whose relays reach runners through `runners`.
+    pub fn with_runners(store: Store, limits: ActorLimits, runners: RunnerRegistry) -> Self {
         Sessions {
             inner: Arc::new(SessionsInner {
                 store,
@@ -149,8 +202,14 @@ impl Sessions {
                 map: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 tracker: TaskTracker::new(),
+                runners,
             }),
         }
+    }
+
+    /// The runner registry the relays use.
+    pub fn runners(&self) -> &RunnerRegistry {
+        &self.inner.runners
     }
 
     /// Number of live actors.
@@ -187,6 +246,9 @@ impl Sessions {
             buffer: VecDeque::new(),
             buffer_bytes: 0,
             subscribers: Vec::new(),
+            runners: self.inner.runners.clone(),
+            weak_self: handle.tx.downgrade(),
+            relay: RelayState::default(),
         };
         self.inner.tracker.spawn(actor.run(rx));
         handle
@@ -262,6 +324,62 @@ impl Sessions {
         .await
     }
 
+    /// Persist an item without broadcasting it; answers the stored row.
+    pub async fn persist_item(
+        &self,
+        session_id: &str,
+        item: NewItem,
+    ) -> Result<ItemRow, ActorError> {
+        self.call(session_id, |reply| Command::PersistItem { item, reply })
+            .await
+    }
+
+    /// Make sure the session's relay to `runner_id` is open; answers its readiness to wait on.
+    pub async fn ensure_relay(
+        &self,
+        session_id: &str,
+        runner_id: &str,
+    ) -> Result<watch::Receiver<ReadyState>, ActorError> {
+        let runner_id = runner_id.to_owned();
+        self.call(session_id, |reply| Command::EnsureRelay {
+            runner_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Publish `session.interrupted` and fence the cancelled turn's trailing output.
+    pub async fn interrupt(
+        &self,
+        session_id: &str,
+        stop: bool,
+        response_id: Option<String>,
+    ) -> Result<u64, ActorError> {
+        self.call(session_id, |reply| Command::Interrupt {
+            stop,
+            response_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Lift the interrupt fence (the interrupt did not reach the runner). Only a live actor has one.
+    pub async fn lift_fence(&self, session_id: &str) {
+        let handle = self.lock().get(session_id).cloned();
+        if let Some(h) = handle {
+            let _ = h.tx.send(Command::LiftFence).await;
+        }
+    }
+
+    /// A tunnel of `runner_id` connected: sessions bound to it re-open their relay (starting their actor).
+    pub async fn runner_connected(&self, session_id: &str, runner_id: &str, generation: u64) {
+        let cmd = Command::RunnerConnected {
+            runner_id: runner_id.to_owned(),
+            generation,
+        };
+        let _ = self.handle(session_id).tx.send(cmd).await;
+    }
+
     /// Delete a session through its actor, so open streams end with `[DONE]`.
     pub async fn delete(&self, session_id: &str) -> Result<(), ActorError> {
         self.call(session_id, |reply| Command::Delete { reply })
@@ -299,7 +417,51 @@ struct Actor {
     buffer: VecDeque<(u64, Bytes)>,
     buffer_bytes: usize,
     subscribers: Vec<mpsc::Sender<Outbound>>,
+    runners: RunnerRegistry,
+    /// The actor's own address, for its relay reader (weak: the reader never keeps the actor alive).
+    weak_self: mpsc::WeakSender<Command>,
+    relay: RelayState,
 }
+
+/// The relay of a session (reference §3.4–3.5, §2.4, §2.6): owned by the actor.
+#[derive(Default)]
+struct RelayState {
+    /// The runner the relay reads from.
+    runner_id: Option<String>,
+    /// Bumped for every reader, so messages of a replaced reader are ignored.
+    epoch: u64,
+    /// The current reader task (aborted when dropped) and its readiness.
+    reader: Option<Reader>,
+    /// Response-scoped text deltas not yet persisted, and their response.
+    text: String,
+    response_id: Option<String>,
+    model: Option<String>,
+    /// `call_id` → `response_id` of completed function calls.
+    calls: HashMap<String, String>,
+    /// Trailing output of an interrupted turn is dropped while this is up.
+    fence: bool,
+    /// The turn was stopped on purpose: a lost runner settles to idle, not failed.
+    stopping: bool,
+    /// When the runner lost mid-turn is given up.
+    grace: Option<tokio::time::Instant>,
+    /// When to re-open a stream that ended while its runner stayed connected.
+    reopen: Option<tokio::time::Instant>,
+}
+
+struct Reader {
+    generation: u64,
+    ready: watch::Receiver<ReadyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How soon a stream that ended while its runner stayed connected is re-opened.
+const REOPEN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Why an actor's loop ended.
 enum Exit {
@@ -345,15 +507,31 @@ impl Actor {
 
     async fn serve(&mut self, rx: &mut mpsc::Receiver<Command>) -> Exit {
         loop {
-            let cmd = if self.subscribers.iter().any(|s| !s.is_closed()) {
-                rx.recv().await
-            } else {
-                match tokio::time::timeout(self.limits.idle, rx.recv()).await {
-                    Ok(cmd) => cmd,
-                    Err(_) => {
+            let busy = self.subscribers.iter().any(|s| !s.is_closed())
+                || self.relay.reader.is_some()
+                || self.relay.grace.is_some()
+                || self.relay.reopen.is_some();
+            let idle_at = tokio::time::Instant::now() + self.limits.idle;
+            let timer = [self.relay.grace, self.relay.reopen]
+                .into_iter()
+                .flatten()
+                .min()
+                .or((!busy).then_some(idle_at));
+            let cmd = tokio::select! {
+                cmd = rx.recv() => cmd,
+                () = sleep_until(timer) => {
+                    let now = tokio::time::Instant::now();
+                    if self.relay.grace.is_some_and(|t| t <= now) {
+                        self.relay.grace = None;
+                        self.grace_expired().await;
+                    } else if self.relay.reopen.is_some_and(|t| t <= now) {
+                        self.relay.reopen = None;
+                        self.reopen_relay().await;
+                    } else if !busy {
                         debug!(session_id = %self.id, "session actor idle; stopping");
                         return Exit::Idle;
                     }
+                    continue;
                 }
             };
             let Some(cmd) = cmd else {
@@ -408,8 +586,432 @@ impl Actor {
                     return Break(());
                 }
             }
+            Command::PersistItem { item, reply } => {
+                let result = self.persist_item(item).await;
+                let _ = reply.send(result);
+            }
+            Command::EnsureRelay { runner_id, reply } => {
+                let ready = self.ensure_relay(runner_id).await;
+                let _ = reply.send(Ok(ready));
+            }
+            Command::Interrupt {
+                stop,
+                response_id,
+                reply,
+            } => {
+                let result = self.interrupt(stop, response_id).await;
+                let _ = reply.send(result);
+            }
+            Command::LiftFence => {
+                self.relay.fence = false;
+                self.relay.stopping = false;
+            }
+            Command::RunnerEvent { epoch, event } => {
+                if epoch == self.relay.epoch
+                    && let Err(e) = self.relay_event(event).await
+                {
+                    warn!(session_id = %self.id, "relaying a runner event failed: {e}");
+                }
+            }
+            Command::RelayReady {
+                epoch,
+                generation,
+                runner_status,
+            } => {
+                if epoch == self.relay.epoch {
+                    self.relay_ready(generation, runner_status).await;
+                }
+            }
+            Command::RelayEnded {
+                epoch,
+                generation,
+                why,
+            } => {
+                if epoch == self.relay.epoch {
+                    self.relay_ended(generation, &why).await;
+                }
+            }
+            Command::RunnerConnected {
+                runner_id,
+                generation,
+            } => self.runner_connected(runner_id, generation).await,
         }
         Continue(())
+    }
+
+    async fn persist_item(&mut self, item: NewItem) -> Result<ItemRow, ActorError> {
+        let seq = self.take_seq().await?;
+        self.store
+            .append_item(&self.id, &item, seq)
+            .await?
+            .ok_or(ActorError::NotFound)
+    }
+
+    /// The relay to `runner_id`: the open one, or a new reader. Its readiness tells the caller when it may
+    /// forward (subscribed and initialised) or why it cannot.
+    async fn ensure_relay(&mut self, runner_id: String) -> watch::Receiver<ReadyState> {
+        if self.relay.runner_id.as_deref() != Some(runner_id.as_str()) {
+            self.relay.reader = None;
+            self.relay.grace = None;
+            self.relay.reopen = None;
+            self.relay.runner_id = Some(runner_id.clone());
+        }
+        let Some(conn) = self.runners.get(&runner_id) else {
+            return watch::channel(ReadyState::Failed(format!(
+                "runner `{runner_id}` is not connected"
+            )))
+            .1;
+        };
+        if let Some(reader) = &self.relay.reader
+            && reader.generation == conn.generation()
+            && !matches!(*reader.ready.borrow(), ReadyState::Failed(_))
+        {
+            return reader.ready.clone();
+        }
+        self.open_relay(conn).await
+    }
+
+    /// Start a reader on `conn` (replacing any other).
+    async fn open_relay(
+        &mut self,
+        conn: omnigent_tunnel::RunnerConnection,
+    ) -> watch::Receiver<ReadyState> {
+        self.relay.reader = None;
+        self.relay.reopen = None;
+        self.relay.epoch += 1;
+        let row = match self.store.get_session(&self.id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return watch::channel(ReadyState::Failed("Session not found".into())).1,
+            Err(e) => return watch::channel(ReadyState::Failed(e.to_string())).1,
+        };
+        let harness = crate::agents::find(&row.agent_id).map(|a| a.harness.as_str());
+        let init = relay::init_body(
+            &self.id,
+            &row.agent_id,
+            harness,
+            row.sub_agent_name.as_deref(),
+            row.workspace.as_deref(),
+            &row.labels,
+        );
+        let (tx, rx) = watch::channel(ReadyState::Opening);
+        let generation = conn.generation();
+        let spec = OpenSpec {
+            session_id: self.id.clone(),
+            epoch: self.relay.epoch,
+            conn,
+            init,
+        };
+        let task = tokio::spawn(relay::run_reader(spec, self.weak_self.clone(), tx));
+        self.relay.reader = Some(Reader {
+            generation,
+            ready: rx.clone(),
+            task,
+        });
+        rx
+    }
+
+    /// Re-open the relay on the runner's current tunnel, or treat the runner as lost.
+    async fn reopen_relay(&mut self) {
+        let Some(runner_id) = self.relay.runner_id.clone() else {
+            return;
+        };
+        match self.runners.get(&runner_id) {
+            Some(conn) if !conn.is_closed() => {
+                self.open_relay(conn).await;
+            }
+            _ => self.runner_lost().await,
+        }
+    }
+
+    /// The runner is gone: mid-turn, give it the grace; a stopped turn settles to idle; idle stays quiet.
+    async fn runner_lost(&mut self) {
+        if !self.mid_turn() {
+            return;
+        }
+        if self.relay.stopping {
+            self.relay.stopping = false;
+            self.relay.fence = false;
+            if let Err(e) = self.set_status(SessionStatus::Idle, None, None).await {
+                warn!(session_id = %self.id, "cannot settle a stopped session: {e}");
+            }
+            return;
+        }
+        if self.relay.grace.is_none() {
+            info!(session_id = %self.id, grace = ?self.limits.runner_grace, "runner lost mid-turn; waiting for it to come back");
+            self.relay.grace = Some(tokio::time::Instant::now() + self.limits.runner_grace);
+        }
+    }
+
+    fn mid_turn(&self) -> bool {
+        matches!(self.status, SessionStatus::Running | SessionStatus::Waiting)
+    }
+
+    async fn grace_expired(&mut self) {
+        let online = self
+            .relay
+            .runner_id
+            .as_deref()
+            .is_some_and(|r| self.runners.is_online(r));
+        if !self.mid_turn() || (online && self.relay.reader.is_some()) {
+            return;
+        }
+        warn!(session_id = %self.id, "runner did not come back within the grace; the turn failed");
+        if let Err(e) = self
+            .fail_turn("runner_disconnected", "Runner disconnected unexpectedly.")
+            .await
+        {
+            warn!(session_id = %self.id, "cannot record the lost runner: {e}");
+        }
+    }
+
+    /// End the running turn as failed: flush its text, persist the error, publish `session.status failed`.
+    async fn fail_turn(&mut self, code: &str, message: &str) -> Result<(), ActorError> {
+        self.flush_text().await?;
+        let error = serde_json::json!({"code": code, "message": message});
+        let mut data = serde_json::Map::new();
+        data.insert("error".into(), error.clone());
+        self.append_item(NewItem {
+            id: omnigent_proto::ids::new_id(),
+            kind: "error".into(),
+            status: "completed".into(),
+            response_id: self.relay.response_id.clone(),
+            created_at_ms: crate::now_ms(),
+            created_by: None,
+            data,
+        })
+        .await?;
+        self.set_status(SessionStatus::Failed, None, Some(error))
+            .await?;
+        Ok(())
+    }
+
+    async fn relay_ready(&mut self, _generation: u64, runner_status: Option<String>) {
+        self.relay.grace = None;
+        if self.mid_turn() && runner_status.as_deref() == Some("idle") {
+            // A restarted runner knows of no turn: the one we relayed is over. Keep what we have, settle.
+            info!(session_id = %self.id, "the runner came back without the running turn; settling to idle");
+            let settled = async {
+                self.flush_text().await?;
+                self.set_status(SessionStatus::Idle, None, None).await
+            };
+            if let Err(e) = settled.await {
+                warn!(session_id = %self.id, "cannot settle after the runner came back: {e}");
+            }
+            self.relay.fence = false;
+            self.relay.stopping = false;
+        }
+    }
+
+    async fn relay_ended(&mut self, generation: u64, why: &str) {
+        self.relay.reader = None;
+        debug!(session_id = %self.id, generation, why, "relay ended");
+        let Some(runner_id) = self.relay.runner_id.clone() else {
+            return;
+        };
+        match self.runners.get(&runner_id) {
+            Some(conn) if conn.generation() != generation && !conn.is_closed() => {
+                self.open_relay(conn).await;
+            }
+            Some(conn) if !conn.is_closed() => {
+                self.relay.reopen = Some(tokio::time::Instant::now() + REOPEN_DELAY);
+            }
+            _ => self.runner_lost().await,
+        }
+    }
+
+    async fn runner_connected(&mut self, runner_id: String, generation: u64) {
+        if self.relay.runner_id.as_deref() != Some(runner_id.as_str()) {
+            self.relay.reader = None;
+            self.relay.runner_id = Some(runner_id.clone());
+        }
+        self.relay.grace = None;
+        if self
+            .relay
+            .reader
+            .as_ref()
+            .is_some_and(|r| r.generation >= generation)
+        {
+            return;
+        }
+        if let Some(conn) = self.runners.get(&runner_id) {
+            self.open_relay(conn).await;
+        }
+    }
+
+    async fn interrupt(
+        &mut self,
+        stop: bool,
+        response_id: Option<String>,
+    ) -> Result<u64, ActorError> {
+        let event = ServerEvent::Interrupted {
+            sequence_number: None,
+            data: omnigent_proto::events::Interrupted {
+                requested_at: crate::now_secs_f64(),
+                response_id: response_id.or_else(|| self.relay.response_id.clone()),
+            },
+        };
+        let seq = self.take_seq().await?;
+        self.emit(seq, event.event_type(), &to_json(&event));
+        self.relay.fence = true;
+        self.relay.stopping |= stop;
+        Ok(seq)
+    }
+
+    /// Persist the buffered response-scoped text as an assistant message.
+    async fn flush_text(&mut self) -> Result<(), ActorError> {
+        if self.relay.text.is_empty() {
+            return Ok(());
+        }
+        let text = std::mem::take(&mut self.relay.text);
+        let mut data = serde_json::Map::new();
+        data.insert("role".into(), Value::from("assistant"));
+        data.insert(
+            "content".into(),
+            serde_json::json!([{"type": "output_text", "text": text}]),
+        );
+        if let Some(model) = &self.relay.model {
+            data.insert("model".into(), Value::from(model.clone()));
+        }
+        self.append_item(NewItem {
+            id: omnigent_proto::ids::new_id(),
+            kind: "message".into(),
+            status: "completed".into(),
+            response_id: self.relay.response_id.clone(),
+            created_at_ms: crate::now_ms(),
+            created_by: None,
+            data,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// One runner event: fence, persist what is durable (reference §2.4), publish.
+    async fn relay_event(&mut self, event: Value) -> Result<(), ActorError> {
+        let Some(kind) = event.get("type").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let kind = kind.to_owned();
+        if self.relay.fence {
+            if relay::is_terminal(&kind) {
+                self.relay.fence = false;
+            } else if kind.starts_with("response.") {
+                return Ok(());
+            }
+        }
+        match kind.as_str() {
+            "session.status" => {
+                let Some(status) = event["status"].as_str().and_then(SessionStatus::parse) else {
+                    return Ok(());
+                };
+                match status {
+                    SessionStatus::Running => {
+                        self.relay.text.clear();
+                        self.relay.fence = false;
+                        self.relay.stopping = false;
+                        self.relay.grace = None;
+                    }
+                    SessionStatus::Idle => self.relay.stopping = false,
+                    _ => {}
+                }
+                let response_id = event["response_id"].as_str().map(str::to_owned);
+                let error = event.get("error").filter(|e| !e.is_null()).cloned();
+                self.set_status(status, response_id, error).await?;
+            }
+            "response.created" | "response.queued" | "response.in_progress" => {
+                if let Some(id) = event["response"]["id"].as_str() {
+                    self.relay.response_id = Some(id.to_owned());
+                }
+                if let Some(model) = event["response"]["model"].as_str() {
+                    self.relay.model = Some(model.to_owned());
+                }
+                self.publish(event).await?;
+            }
+            "response.output_text.delta" => {
+                if event["message_id"].is_null()
+                    && let Some(delta) = event["delta"].as_str()
+                {
+                    self.relay.text.push_str(delta);
+                }
+                self.publish(event).await?;
+            }
+            "response.output_item.done" => self.relay_item(event).await?,
+            "response.error" => {
+                let mut data = serde_json::Map::new();
+                for key in ["source", "tool_name", "error"] {
+                    if let Some(v) = event.get(key).filter(|v| !v.is_null()) {
+                        data.insert(key.into(), v.clone());
+                    }
+                }
+                self.publish(event).await?;
+                self.append_item(NewItem {
+                    id: omnigent_proto::ids::new_id(),
+                    kind: "error".into(),
+                    status: "completed".into(),
+                    response_id: self.relay.response_id.clone(),
+                    created_at_ms: crate::now_ms(),
+                    created_by: None,
+                    data,
+                })
+                .await?;
+            }
+            k if relay::is_terminal(k) => {
+                self.flush_text().await?;
+                self.publish(event).await?;
+            }
+            _ => {
+                self.publish(event).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `response.output_item.done`: persist the item (its stored form is what subscribers get).
+    async fn relay_item(&mut self, event: Value) -> Result<(), ActorError> {
+        let item = &event["item"];
+        let kind = item["type"].as_str().unwrap_or("");
+        let call_id = item["call_id"].as_str().map(str::to_owned);
+        let own_response = item["response_id"].as_str().map(str::to_owned);
+        let response_id = match kind {
+            "function_call" => {
+                if item["status"].as_str().is_some_and(|s| s != "completed") {
+                    // Not final yet: show it, persist it when it completes.
+                    self.publish(event).await?;
+                    return Ok(());
+                }
+                self.flush_text().await?;
+                let response_id = own_response.or_else(|| self.relay.response_id.clone());
+                if let (Some(call), Some(resp)) = (&call_id, &response_id) {
+                    if self.relay.calls.len() >= MAX_TRACKED_CALLS {
+                        self.relay.calls.clear();
+                    }
+                    self.relay.calls.insert(call.clone(), resp.clone());
+                }
+                response_id
+            }
+            "function_call_output" => call_id
+                .as_ref()
+                .and_then(|c| self.relay.calls.get(c).cloned())
+                .or(own_response)
+                .or_else(|| self.relay.response_id.clone()),
+            _ => own_response.or_else(|| self.relay.response_id.clone()),
+        };
+        let model = (kind == "message")
+            .then(|| self.relay.model.clone())
+            .flatten();
+        match relay::runner_item(item, response_id, model) {
+            Some(new) => match self.append_item(new).await {
+                Ok(_) => {}
+                Err(ActorError::Store(e)) => {
+                    warn!(session_id = %self.id, "cannot persist a runner item (relayed as is): {e}");
+                    self.publish(event).await?;
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                self.publish(event).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Take the next sequence number, reserving a new block in the store when the last one is used up.
@@ -555,6 +1157,17 @@ impl Actor {
     }
 }
 
+/// Most `call_id → response_id` pairs a relay remembers.
+const MAX_TRACKED_CALLS: usize = 10_000;
+
+/// Sleep until `at`; forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// `response.output_item.done` for a stored item, as JSON text.
 fn item_done_json(row: &ItemRow) -> String {
     let event = ServerEvent::OutputItemDone {
@@ -645,6 +1258,7 @@ mod tests {
                 replay_buffer_bytes: 1 << 20,
                 idle,
                 subscriber_queue: 16,
+                runner_grace: Duration::from_secs(30),
             },
         );
         let first = sessions
@@ -712,6 +1326,7 @@ mod tests {
                 replay_buffer_bytes: 64 * 1024,
                 idle: Duration::from_secs(600),
                 subscriber_queue: 16,
+                runner_grace: Duration::from_secs(30),
             },
         );
         let big = "z".repeat(10 * 1024);

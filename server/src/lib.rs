@@ -19,7 +19,9 @@ use tracing::info;
 
 pub mod actor;
 mod agents;
+pub mod hosts;
 mod http;
+pub mod relay;
 pub mod store;
 
 pub use store::{DatabaseLocation, OpenError, Store};
@@ -47,6 +49,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Reader connections to SQLite.
     pub read_connections: u32,
+    /// How long a runner lost mid-turn may take to come back before the turn fails (reference §3.5: 10 s).
+    /// `omnigent server run` reads `OMNIGENT_RUNNER_GRACE_MS` (for black-box tests).
+    pub runner_grace: Duration,
+    /// Timings and limits of runner tunnels.
+    pub tunnel: omnigent_tunnel::TunnelConfig,
+    /// The live host tunnels (timings in its `HostSettings`). A caller may keep a clone to watch hosts come
+    /// and go (tests do); a cloned config shares it.
+    pub host_registry: omnigent_tunnel::host::HostRegistry,
 }
 
 impl ServerConfig {
@@ -66,12 +76,22 @@ impl ServerConfig {
             ),
             shutdown_grace: Duration::from_millis(500),
             read_connections: 4,
+            runner_grace: Duration::from_secs(10),
+            tunnel: omnigent_tunnel::TunnelConfig::default(),
+            host_registry: omnigent_tunnel::host::HostRegistry::default(),
         }
     }
 
     /// Defaults for the directories of `paths` (what `omnigent server run` uses).
     pub fn from_paths(paths: &Paths) -> Self {
-        Self::new(paths.data_dir.clone())
+        let mut config = Self::new(paths.data_dir.clone());
+        if let Some(ms) = std::env::var("OMNIGENT_RUNNER_GRACE_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            config.runner_grace = Duration::from_millis(ms);
+        }
+        config
     }
 
     /// A config for tests: everything under `home` (as `OMNIGENT_HOME` would place it).
@@ -122,7 +142,23 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let state = http::AppState::new(&config, store.clone(), stop.clone());
     let sessions = state.sessions.clone();
+    let runners = sessions.runners().clone();
+    tokio::spawn(rebind_on_reconnect(
+        sessions.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
     let app = http::router(state);
+    // Hosts reconnect at once to the next server on 1012.
+    let host_tunnels = config.host_registry.clone();
+    let hosts_stop = stop.clone();
+    tokio::spawn(async move {
+        hosts_stop.cancelled().await;
+        host_tunnels.close_all(
+            omnigent_proto::host_frames::close::SERVICE_RESTART,
+            "service restart",
+        );
+    });
     let addr = listener.local_addr().ok();
     info!(?addr, database = %config.database.display(), "server listening");
 
@@ -132,8 +168,19 @@ pub async fn serve(
         shutdown.await;
         stop_signal.cancel();
     });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { serve_stop.cancelled().await });
+    let tunnels = runners.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        serve_stop.cancelled().await;
+        // Runners reconnect at once to the next server on 1012.
+        tunnels.close_all(
+            omnigent_proto::runner_frames::close::SERVICE_RESTART,
+            "service restart",
+        );
+    });
     let mut server = std::pin::pin!(server.into_future());
     let result = tokio::select! {
         r = &mut server => r,
@@ -149,6 +196,42 @@ pub async fn serve(
     store.close().await;
     info!("server stopped");
     result.map_err(ServerError::Serve)
+}
+
+/// Re-open the relay of every session bound to a runner whenever one of its tunnels connects (reference wire
+/// notes: "After a runner reconnects, the server at once reopens GET /v1/sessions/{id}/stream on it").
+async fn rebind_on_reconnect(sessions: actor::Sessions, store: Store, stop: CancellationToken) {
+    use omnigent_tunnel::RunnerEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = sessions.runners().subscribe();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        let (runner_id, generation) = match event {
+            Ok(RunnerEvent::Connected {
+                runner_id,
+                generation,
+            }) => (runner_id, generation),
+            Ok(RunnerEvent::Disconnected { .. }) => continue,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    "missed {n} runner tunnel events; relays re-open on the next message"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match store.sessions_bound_to(&runner_id).await {
+            Ok(ids) => {
+                for id in ids {
+                    sessions.runner_connected(&id, &runner_id, generation).await;
+                }
+            }
+            Err(e) => tracing::warn!(%runner_id, "cannot list the sessions bound to a runner: {e}"),
+        }
+    }
 }
 
 /// Now, in epoch milliseconds.

@@ -86,7 +86,6 @@ async fn session_crud_round_trip() {
                 "title": "first",
                 "labels": {"a": "1", "b": "2"},
                 "initial_items": [{"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": "hi"}]}}],
-                "host_id": "host_0123456789abcdef0123456789abcdef",
                 "workspace": "/tmp/w",
             }),
         )
@@ -97,10 +96,7 @@ async fn session_crud_round_trip() {
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(created["status"], "idle");
     assert_eq!(created["agent_name"], "echo");
-    assert_eq!(
-        created["host_id"], "0123456789abcdef0123456789abcdef",
-        "legacy host_ prefix stripped"
-    );
+    assert_eq!(created["host_id"], Value::Null);
     assert_eq!(created["workspace"], "/tmp/w");
     assert_eq!(created["runner_id"], Value::Null);
     assert_eq!(created["root_conversation_id"], id.as_str());
@@ -857,6 +853,51 @@ async fn malformed_inputs_table() {
     if let Ok(resp) = resp {
         assert_eq!(resp.status().as_u16(), 413);
     }
+    // A streamed (chunked) body over the cap is cut off while reading: 413, not an allocation.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![b' '; 4096])).collect();
+    let resp = srv
+        .client
+        .post(srv.u("/v1/sessions"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 413);
+    // A page from another site cannot change anything; a loopback page and the CLI (no Origin) can.
+    let resp = srv
+        .client
+        .post(srv.u(&format!("/v1/sessions/{id}/fork")))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("send");
+    let (s, err) = common::status_json(resp).await;
+    assert_eq!(s, 403, "{err}");
+    assert_eq!(err["error"]["code"], "forbidden");
+    let resp = srv
+        .client
+        .post(srv.u(&format!("/v1/sessions/{id}/fork")))
+        .header("origin", "http://localhost:5173")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 201);
+    let resp = srv
+        .client
+        .get(srv.u("/v1/sessions"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "reads are not refused (no cookies or auth to steal)"
+    );
     // The server is still healthy after all that.
     assert_eq!(srv.get("/health").await.0, 200);
 }

@@ -68,12 +68,24 @@ pub fn become_subreaper() -> io::Result<()> {
     Ok(())
 }
 
+/// Every pid any sweep of this process reaped.
+static REAPED: std::sync::OnceLock<broadcast::Sender<u32>> = std::sync::OnceLock::new();
+
+fn reaped_channel() -> &'static broadcast::Sender<u32> {
+    REAPED.get_or_init(|| broadcast::channel(256).0)
+}
+
+/// Announcements of every pid reaped from now on (tests wait on it).
+pub fn subscribe() -> broadcast::Receiver<u32> {
+    reaped_channel().subscribe()
+}
+
 /// Start the SIGCHLD-driven sweep; it runs until `shutdown`. The returned sender announces every pid it
-/// reaped (tests subscribe to it).
+/// reaped (as does [`subscribe`]).
 pub fn spawn_reaper(shutdown: CancellationToken) -> io::Result<broadcast::Sender<u32>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigchld = signal(SignalKind::child())?;
-    let (tx, _) = broadcast::channel(64);
+    let tx = reaped_channel().clone();
     let reaped = tx.clone();
     tokio::spawn(async move {
         sweep(&reaped);
@@ -98,7 +110,11 @@ fn sweep(reaped: &broadcast::Sender<u32>) {
         return;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Some((state, ppid)) = stat_of(pid) else {

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use omnigent_proto::api::{
-    Agent, HealthResponse, HostList, IMPLEMENTATION, ListEnvelope, Liveness, MAX_LIST_LIMIT, Me,
-    Order, PageQuery, RunnerList, ServerInfo, SessionLiveness,
+    Agent, HealthResponse, IMPLEMENTATION, ListEnvelope, Liveness, MAX_LIST_LIMIT, Me, Order,
+    PageQuery, ServerInfo, SessionLiveness,
 };
 use omnigent_proto::ids::canonical_id;
 use serde::Deserialize;
@@ -78,11 +78,20 @@ async fn liveness_of(
         .map(|raw| {
             let row = canonical_id(raw).and_then(|c| by_id.get(c.as_str()).copied());
             let liveness = match row {
-                // No runner or host can be connected until the tunnel issues land.
                 Some(row) => Liveness {
-                    runner_online: false,
-                    host_online: row.host_id.as_ref().map(|_| false),
-                    host_version: None,
+                    runner_online: row
+                        .runner_id
+                        .as_deref()
+                        .is_some_and(|r| st.sessions.runners().is_online(r)),
+                    host_online: row
+                        .host_id
+                        .as_deref()
+                        .map(|h| st.hosts.registry().is_online(h)),
+                    host_version: row
+                        .host_id
+                        .as_deref()
+                        .and_then(|h| st.hosts.registry().get(h))
+                        .map(|c| c.hello().version.clone()),
                 },
                 None => missing(),
             };
@@ -177,12 +186,4 @@ pub async fn agents(Q(q): Q<PageQuery>) -> Result<Response, ApiError> {
         StatusCode::OK,
         &ListEnvelope::new(page, has_more, |a| a.id.as_str()),
     ))
-}
-
-pub async fn hosts() -> Response {
-    json(StatusCode::OK, &HostList::default())
-}
-
-pub async fn runners() -> Response {
-    json(StatusCode::OK, &RunnerList::default())
 }

@@ -21,7 +21,9 @@ use crate::store::{Store, StoreError};
 use crate::{ServerConfig, now_ms};
 
 mod events;
+mod hosts;
 mod misc;
+mod runners;
 mod sessions;
 mod stream;
 
@@ -30,6 +32,8 @@ mod stream;
 pub struct AppState {
     pub store: Store,
     pub sessions: Sessions,
+    /// Hosts: their tunnels, the host list, host-launched runners.
+    pub hosts: crate::hosts::Hosts,
     /// Cancelled when the server shuts down: streams end with `[DONE]`.
     pub stop: CancellationToken,
     pub max_body_bytes: usize,
@@ -45,9 +49,16 @@ impl AppState {
             replay_buffer_bytes: config.replay_buffer_bytes,
             idle: config.actor_idle,
             subscriber_queue: config.subscriber_queue.max(1),
+            runner_grace: config.runner_grace,
         };
+        let runners = omnigent_tunnel::RunnerRegistry::new(config.tunnel.clone());
         AppState {
-            sessions: Sessions::new(store.clone(), limits),
+            sessions: Sessions::with_runners(store.clone(), limits, runners),
+            hosts: crate::hosts::Hosts::spawn(
+                config.host_registry.clone(),
+                store.clone(),
+                stop.clone(),
+            ),
             store,
             stop,
             max_body_bytes: config.max_body_bytes,
@@ -65,8 +76,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/info", get(misc::info))
         .route("/v1/me", get(misc::me))
         .route("/v1/agents", get(misc::agents))
-        .route("/v1/hosts", get(misc::hosts))
-        .route("/v1/runners", get(misc::runners))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/{host_id}", get(hosts::get_one))
+        .route("/v1/hosts/{host_id}/tunnel", get(hosts::tunnel))
+        .route(
+            "/v1/hosts/{host_id}/runners",
+            axum::routing::post(hosts::launch_runner),
+        )
+        .route("/v1/hosts/{host_id}/filesystem", get(hosts::list_dir))
+        .route("/v1/hosts/{host_id}/filesystem/stat", get(hosts::stat))
+        .route(
+            "/v1/hosts/{host_id}/directories",
+            axum::routing::post(hosts::create_dir),
+        )
+        .route("/v1/runners", get(runners::list))
+        .route("/v1/runners/{runner_id}/tunnel", get(runners::tunnel))
+        .route("/v1/runners/{runner_id}/status", get(runners::status))
+        .route(
+            "/v1/runners/{runner_id}/token",
+            axum::routing::post(runners::token),
+        )
         .route("/v1/sessions", get(sessions::list).post(sessions::create))
         .route(
             "/v1/sessions/{id}",
@@ -86,8 +115,52 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/stream", get(stream::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_cross_origin_writes))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// A browser page from another site must not change anything here (CSRF): requests that may write and
+/// carry an `Origin` are refused unless it is a loopback origin or omnigent's own `omnigent://internal`
+/// (the local-mode policy of reference §5, applied to every writing method).
+async fn refuse_cross_origin_writes(req: Request, next: axum::middleware::Next) -> Response {
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe
+        && let Some(origin) = req.headers().get(header::ORIGIN)
+        && !origin_allowed(origin.to_str().unwrap_or(""))
+    {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "cross-origin request from `{}` refused: only pages served from this machine (a loopback \
+                 origin) may change sessions",
+                origin.to_str().unwrap_or("?")
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn origin_allowed(origin: &str) -> bool {
+    if origin == "omnigent://internal" {
+        return true;
+    }
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        rest.split([':', '/']).next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// One log line per request (debug), and a warning for every server error.
@@ -303,5 +376,28 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
             format!("cannot encode the answer: {e}"),
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_origins_are_allowed() {
+        for ok in [
+            "http://127.0.0.1:6767",
+            "http://localhost:5173",
+            "http://[::1]:80",
+            "omnigent://internal",
+        ] {
+            assert!(super::origin_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "http://127.0.0.1.evil.example",
+            "null",
+            "http://192.168.1.2:6767",
+        ] {
+            assert!(!super::origin_allowed(bad), "{bad}");
+        }
     }
 }

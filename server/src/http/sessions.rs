@@ -70,6 +70,13 @@ pub async fn create(
             .map_err(|e| ApiError::invalid(format!("initial_items[{i}]: {e}")))?;
         items.push(item);
     }
+    // A host-bound session: the host is online and the workspace a directory there (host.stat) first.
+    let launch = match (&req.host_id, &req.workspace) {
+        (Some(host), Some(workspace)) => {
+            Some(crate::hosts::prepare_launch(&st, host, workspace).await?)
+        }
+        _ => None,
+    };
     let row = SessionRow {
         id: id.clone(),
         agent_id: agent.id.clone(),
@@ -83,7 +90,7 @@ pub async fn create(
         parent_session_id: parent,
         root_session_id: root,
         sub_agent_name: req.sub_agent_name.clone(),
-        runner_id: None,
+        runner_id: launch.as_ref().map(|l| l.runner_id.clone()),
         host_id: req.host_id.as_deref().map(canonical_host),
         workspace: req.workspace.clone(),
         git_branch: req.git.as_ref().map(|g| g.branch_name.clone()),
@@ -96,6 +103,9 @@ pub async fn create(
     st.store
         .create_session(&NewSession { row: row.clone() }, &items)
         .await?;
+    if let Some(launch) = launch {
+        crate::hosts::launch_new_session(&st, launch, &id, &agent.harness).await?;
+    }
     let rows: Vec<ItemRow> = items
         .into_iter()
         .enumerate()
@@ -111,7 +121,7 @@ pub async fn create(
             data: i.data,
         })
         .collect();
-    Ok(json(StatusCode::CREATED, &session_response(&row, &rows)))
+    Ok(json(StatusCode::CREATED, &live_response(&st, &row, &rows)))
 }
 
 fn parent_not_found(raw: &str) -> ApiError {
@@ -179,7 +189,22 @@ pub async fn list(
         }),
     };
     let (rows, has_more) = st.store.list_sessions(&params).await?;
-    let data: Vec<SessionListItem> = rows.iter().map(list_item).collect();
+    let runners = st.sessions.runners();
+    let data: Vec<SessionListItem> = rows
+        .iter()
+        .map(|row| {
+            let mut item = list_item(row);
+            item.runner_online = row
+                .runner_id
+                .as_deref()
+                .is_some_and(|r| runners.is_online(r));
+            item.host_online = row
+                .host_id
+                .as_deref()
+                .map(|h| st.hosts.registry().is_online(h));
+            item
+        })
+        .collect();
     Ok(json(
         StatusCode::OK,
         &ListEnvelope::new(data, has_more, |s| s.id.as_str()),
@@ -229,7 +254,7 @@ pub async fn get_one(
     } else {
         Vec::new()
     };
-    Ok(json(StatusCode::OK, &session_response(&row, &items)))
+    Ok(json(StatusCode::OK, &live_response(&st, &row, &items)))
 }
 
 pub async fn patch(
@@ -243,9 +268,10 @@ pub async fn patch(
         .get_session(&id)
         .await?
         .ok_or_else(ApiError::session_not_found)?;
-    if let Some(Some(runner)) = &req.runner_id {
-        // No runner can be connected until the runner tunnel lands; omnigent answers 400 for an
-        // unregistered runner id.
+    if let Some(Some(runner)) = &req.runner_id
+        && !st.sessions.runners().is_online(runner)
+    {
+        // omnigent answers 400 for a runner id that is not in the tunnel registry.
         return Err(ApiError::invalid(format!(
             "runner `{runner}` is not connected to this server; start the runner first (it dials \
              /v1/runners/{runner}/tunnel), then bind it"
@@ -294,7 +320,22 @@ pub async fn patch(
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     let items = st.store.all_items(&id, SNAPSHOT_ITEMS).await?;
-    Ok(json(StatusCode::OK, &session_response(&row, &items)))
+    Ok(json(StatusCode::OK, &live_response(&st, &row, &items)))
+}
+
+/// The snapshot with `runner_online` read from the runner registry.
+fn live_response(st: &AppState, row: &SessionRow, items: &[ItemRow]) -> SessionResponse {
+    let mut response = session_response(row, items);
+    response.runner_online = Some(
+        row.runner_id
+            .as_deref()
+            .is_some_and(|r| st.sessions.runners().is_online(r)),
+    );
+    response.host_online = row
+        .host_id
+        .as_deref()
+        .map(|h| st.hosts.registry().is_online(h));
+    response
 }
 
 pub async fn delete(

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+mod hosts;
 mod sqlite;
 
+pub use hosts::HostRow;
 pub use sqlite::SqliteStore;
 
 /// Where the store lives, parsed from `--database-url` (or the default SQLite file in the data dir).
@@ -291,6 +293,13 @@ impl Store {
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_session(id).await,
+        }
+    }
+
+    /// Ids of the sessions bound to `runner_id`.
+    pub async fn sessions_bound_to(&self, runner_id: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.sessions_bound_to(runner_id).await,
         }
     }
 

@@ -19,14 +19,18 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+mod hosts;
+
 use super::{
     ItemListParams, ItemRow, NewItem, NewSession, OpenError, SessionChanges, SessionListParams,
     SessionRow, SessionSort, StoreError, search_text,
 };
 
 /// Embedded migrations, applied in order at start.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (2, "hosts", include_str!("../../migrations/0002_hosts.sql")),
+];
 
 const SESSION_COLS: &str = "s.id, s.agent_id, s.title, s.labels, s.status, s.created_at, s.updated_at, \
      s.archived, s.kind, s.parent_session_id, s.root_session_id, s.sub_agent_name, s.runner_id, s.host_id, \
@@ -206,6 +210,17 @@ impl SqliteStore {
         let sql = format!("SELECT {SESSION_COLS} FROM sessions s WHERE s.id = ?");
         let row = sqlx::query(&sql).bind(id).fetch_optional(self.r()).await?;
         row.as_ref().map(session_from_row).transpose()
+    }
+
+    /// Ids of the sessions bound to `runner_id` (indexed: `sessions_by_runner`).
+    pub async fn sessions_bound_to(&self, runner_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM sessions WHERE runner_id = ?")
+            .bind(runner_id)
+            .fetch_all(self.r())
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
     }
 
     pub async fn existing_sessions(&self, ids: &[String]) -> Result<Vec<SessionRow>, StoreError> {
@@ -515,16 +530,16 @@ impl SqliteStore {
             .bind(seq_i64(after))
             .bind(seq_i64(before))
             .bind(i64::from(cap))
-            .fetch_all(self.w())
+            .fetch_all(self.r())
             .await?;
         rows.iter().map(item_from_row).collect()
     }
 
     pub async fn actor_state(&self, id: &str) -> Result<Option<(String, u64)>, StoreError> {
-        // Read through the writer: the actor must see its own last writes.
+        // Every write is committed before its caller is answered, so a reader sees the latest state.
         let row = sqlx::query("SELECT status, seq_reserved FROM sessions WHERE id = ?")
             .bind(id)
-            .fetch_optional(self.w())
+            .fetch_optional(self.r())
             .await?;
         match row {
             Some(row) => {

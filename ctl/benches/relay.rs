@@ -1,0 +1,412 @@
+//! Benchmark of the runner relay (not a test), against the real `omnigent server run` process:
+//! - echo time to first token: a real `omnigent runner --harness echo`, an open SSE stream, then
+//!   `POST …/events` until the first `response.output_text.delta` arrives (p50/p99 over sequential turns);
+//! - fan-out: a scripted runner (a WebSocket client in this process speaking the tunnel frames) streams 100,000
+//!   text deltas, each stamped with its send time, to 100 SSE subscribers: events/s through the relay, p99
+//!   end-to-end latency, and whether every subscriber got every event;
+//! - runner idle RSS (the real runner process, connected and idle);
+//! - 1,000 idle runner tunnels on one server: server RSS before and after, per tunnel.
+//!
+//! `cargo bench -p omnigent --bench relay [-- TURNS DELTAS SUBSCRIBERS TUNNELS]`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use omnigent_proto::events::SseParser;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
+
+struct Proc {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    async fn wait_log(&mut self, needles: &[&str]) {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = self.lines.recv().await {
+                if needles.iter().all(|n| line.contains(n)) {
+                    return;
+                }
+            }
+            panic!("process ended before logging {needles:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line {needles:?}"));
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+fn spawn(home: &std::path::Path, args: &[&str]) -> (Proc, std::process::ChildStdout) {
+    let mut child = Command::new(EXE)
+        .args(args)
+        .env("OMNIGENT_HOME", home)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env("OMNIGENT_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    (Proc { child, lines }, stdout)
+}
+
+async fn start_server(home: &std::path::Path) -> (Proc, String) {
+    let (proc, stdout) = spawn(home, &["server", "run", "--port", "0"]);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let ready: Value = serde_json::from_str(line.trim()).unwrap();
+    (proc, ready["url"].as_str().unwrap().to_owned())
+}
+
+async fn bound_session(http: &reqwest::Client, url: &str, runner_id: &str) -> String {
+    let created: Value = http
+        .post(format!("{url}/v1/sessions"))
+        .json(&json!({"agent_id": "echo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let patched = http
+        .patch(format!("{url}/v1/sessions/{id}"))
+        .json(&json!({"runner_id": runner_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status().as_u16(), 200);
+    id
+}
+
+/// An SSE client: returns a channel of (event type, data) and waits for the ready heartbeat.
+async fn subscribe(
+    http: &reqwest::Client,
+    url: &str,
+    session: &str,
+) -> mpsc::UnboundedReceiver<(String, String)> {
+    let mut resp = http
+        .get(format!("{url}/v1/sessions/{session}/stream"))
+        .send()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut parser = SseParser::new(8 << 20);
+        let mut ready_tx = Some(ready_tx);
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            for m in parser.push(&chunk).unwrap() {
+                let kind = m.event.unwrap_or_default();
+                if kind == "session.heartbeat" {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
+                if tx.send((kind, m.data)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    ready.await.unwrap();
+    rx
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn echo_ttft(turns: usize) {
+    let home = tempfile::tempdir().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_server(home.path()).await;
+    let token = "bench-echo-token";
+    let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+    let (runner, _) = spawn(
+        home.path(),
+        &[
+            "runner",
+            "--server",
+            &url,
+            "--token",
+            token,
+            "--harness",
+            "echo",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+        ],
+    );
+    server.wait_log(&["runner connected", &runner_id]).await;
+    let http = reqwest::Client::new();
+    let session = bound_session(&http, &url, &runner_id).await;
+    let mut events = subscribe(&http, &url, &session).await;
+    let mut samples = Vec::with_capacity(turns);
+    for i in 0..turns + 5 {
+        let body = json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": format!("ping {i}")}]}});
+        let t = Instant::now();
+        let post = http
+            .post(format!("{url}/v1/sessions/{session}/events"))
+            .json(&body)
+            .send();
+        let first = async {
+            loop {
+                let (kind, _) = events.recv().await.unwrap();
+                if kind == "response.output_text.delta" {
+                    return t.elapsed();
+                }
+            }
+        };
+        let (resp, ttft) = tokio::join!(post, first);
+        assert_eq!(resp.unwrap().status().as_u16(), 202);
+        // Drain to the end of the turn (both idle and the input announcement).
+        let (mut idle, mut consumed) = (false, false);
+        while !(idle && consumed) {
+            let (kind, data) = events.recv().await.unwrap();
+            idle |= kind == "session.status" && data.contains("\"idle\"");
+            consumed |= kind == "session.input.consumed";
+        }
+        if i >= 5 {
+            samples.push(ttft);
+        }
+    }
+    samples.sort();
+    println!(
+        "echo time to first token ({turns} turns): p50 {:?}  p99 {:?}",
+        pct(&samples, 0.5),
+        pct(&samples, 0.99)
+    );
+    println!(
+        "runner idle RSS (connected, one session served): {} KiB",
+        runner.rss_kib()
+    );
+}
+
+/// A scripted runner on the tunnel: answers the server's requests; returns the sender of raw frames and the
+/// request id of the session stream once opened.
+async fn scripted_runner(
+    url: &str,
+    token: &str,
+) -> (
+    mpsc::UnboundedSender<Message>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+    let mut request = format!(
+        "{}/v1/runners/{runner_id}/tunnel",
+        url.replace("http://", "ws://")
+    )
+    .into_client_request()
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("x-omnigent-runner-tunnel-token", token.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (mut sink, mut source) = ws.split();
+    let hello = json!({"kind": "hello", "runner_version": "bench", "frame_protocol_version": 1,
+        "harnesses": ["echo"], "envs": [], "telemetry_opt_out": true});
+    sink.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let (streams_tx, streams) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let reply = out.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(Message::Text(text))) = source.next().await {
+            let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+            let send = |v: Value| {
+                let _ = reply.send(Message::Text(v.to_string().into()));
+            };
+            match frame["kind"].as_str().unwrap_or("") {
+                "ping" => send(json!({"kind": "pong", "ts": frame["ts"]})),
+                "request" => {
+                    let id = frame["id"].as_str().unwrap().to_owned();
+                    let path = frame["path"].as_str().unwrap_or("");
+                    if path.ends_with("/stream") {
+                        send(json!({"kind": "response.head", "id": id, "status": 200, "headers": [["content-type", "text/event-stream"]]}));
+                        send(json!({"kind": "response.body", "id": id, "body": "data: {\"type\":\"session.heartbeat\"}\n\n", "encoding": "utf-8"}));
+                        let _ = streams_tx.send(id);
+                    } else {
+                        let status = if frame["method"] == "GET" { 200 } else { 202 };
+                        send(json!({"kind": "response.head", "id": id, "status": status, "headers": [["content-type", "application/json"]]}));
+                        send(json!({"kind": "response.body", "id": id, "body": "{\"status\":\"idle\"}", "encoding": "utf-8"}));
+                        send(json!({"kind": "response.end", "id": id}));
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    (out, streams)
+}
+
+async fn fan_out(deltas: usize, subscribers: usize) {
+    let home = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_server(home.path()).await;
+    let token = "bench-fanout-token";
+    let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+    let (out, mut streams) = scripted_runner(&url, token).await;
+    server.wait_log(&["runner connected", &runner_id]).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(subscribers + 8)
+        .build()
+        .unwrap();
+    let session = bound_session(&http, &url, &runner_id).await;
+    // The first message opens the relay (the scripted runner accepts it and streams nothing yet).
+    let resp = http
+        .post(format!("{url}/v1/sessions/{session}/events"))
+        .json(&json!({"type": "message", "data": {"role": "user", "content": "go"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let stream_id = streams.recv().await.unwrap();
+
+    let epoch = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..subscribers {
+        let mut rx = subscribe(&http, &url, &session).await;
+        let received = received.clone();
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(deltas);
+            let mut next = 0u64;
+            let mut gaps = 0u64;
+            while let Some((kind, data)) = rx.recv().await {
+                if kind == "response.completed" {
+                    break;
+                }
+                if kind != "response.output_text.delta" {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&data).unwrap();
+                let n = v["n"].as_u64().unwrap();
+                let sent = v["t"].as_u64().unwrap();
+                if n != next {
+                    gaps += 1;
+                }
+                next = n + 1;
+                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap();
+                lat.push(Duration::from_micros(now.saturating_sub(sent)));
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            (lat, next, gaps)
+        }));
+    }
+    let start = Instant::now();
+    for n in 0..deltas {
+        let t = u64::try_from(epoch.elapsed().as_micros()).unwrap();
+        let event = json!({"type": "response.output_text.delta", "delta": "x", "n": n, "t": t});
+        let frame = json!({"kind": "response.body", "id": stream_id, "body": format!("data: {event}\n\n"), "encoding": "utf-8"});
+        out.send(Message::Text(frame.to_string().into())).unwrap();
+        if n % 1000 == 999 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let done = json!({"type": "response.completed", "response": {"id": "resp_bench"}});
+    let frame = json!({"kind": "response.body", "id": stream_id, "body": format!("data: {done}\n\n"), "encoding": "utf-8"});
+    out.send(Message::Text(frame.to_string().into())).unwrap();
+    let mut all = Vec::new();
+    let mut complete = 0;
+    let mut gaps = 0;
+    for h in handles {
+        let (lat, next, g) = h.await.unwrap();
+        if next as usize == deltas && g == 0 {
+            complete += 1;
+        }
+        gaps += g;
+        all.extend(lat);
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    println!(
+        "fan-out: {deltas} deltas to {subscribers} subscribers in {elapsed:?}: {:.0} events/s through the relay \
+         ({:.0} deliveries/s); latency p50 {:?} p99 {:?}; {complete}/{subscribers} subscribers got every event \
+         ({gaps} gaps)",
+        deltas as f64 / elapsed.as_secs_f64(),
+        received.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+    );
+    println!("server RSS after fan-out: {} KiB", server.rss_kib());
+}
+
+async fn idle_tunnels(count: usize) {
+    let home = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_server(home.path()).await;
+    let before = server.rss_kib();
+    let mut keep = Vec::with_capacity(count);
+    for i in 0..count {
+        keep.push(scripted_runner(&url, &format!("bench-idle-{i}")).await);
+    }
+    for _ in 0..count {
+        server.wait_log(&["runner connected"]).await;
+    }
+    let after = server.rss_kib();
+    println!(
+        "{count} idle runner tunnels: server RSS {before} KiB -> {after} KiB, {:.1} KiB per tunnel",
+        (after.saturating_sub(before)) as f64 / count as f64
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let turns = args.first().copied().unwrap_or(200);
+    let deltas = args.get(1).copied().unwrap_or(100_000);
+    let subscribers = args.get(2).copied().unwrap_or(100);
+    let tunnels = args.get(3).copied().unwrap_or(1000);
+    echo_ttft(turns).await;
+    fan_out(deltas, subscribers).await;
+    idle_tunnels(tunnels).await;
+}

@@ -1,0 +1,691 @@
+#![allow(clippy::unwrap_used)]
+//! `omnigent host`, `omnigent run` and runner supervision, black-box: the real `omnigent` binary, each test
+//! with its own OMNIGENT_HOME and free port. Remote targets are played by a small axum server serving the
+//! host tunnel with `omnigent_tunnel::host` (or refusing it); `run` uses the real local server.
+//!
+//! Waiting is on signals: a printed line, a process exit, a registry event, the status long-poll.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path as AxPath, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use omnigent_tunnel::host::{HostEvent, HostRegistry, serve_host_socket};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
+/// Bound on waits for things that should happen promptly; hitting it fails the test.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+struct Home {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Home {
+    fn new() -> Self {
+        Home {
+            dir: tempfile::Builder::new().prefix("oh").tempdir().unwrap(),
+            port: free_port(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(EXE);
+        c.args(args)
+            .env("OMNIGENT_HOME", self.dir.path())
+            .env("OMNIGENT_SERVER_PORT", self.port.to_string())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("OMNIGENT_LOG")
+            .env_remove("OMNIGENT_HOST_TOKEN")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> std::process::Output {
+        tokio::time::timeout(WAIT, self.cmd(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("omnigent {args:?} did not finish"))
+            .unwrap()
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "omnigent {args:?} failed: {}",
+            text(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(&out)))
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // Never leave a daemon behind, whatever the test did.
+        let _ = std::process::Command::new(EXE)
+            .args(["stop", "--force"])
+            .env("OMNIGENT_HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[derive(Clone)]
+struct Fake {
+    registry: HostRegistry,
+    /// Non-zero: answer every tunnel upgrade (and /v1/me) with this status instead.
+    reject: Arc<AtomicU16>,
+}
+
+fn refusal(f: &Fake) -> Option<Response> {
+    let code = f.reject.load(Ordering::SeqCst);
+    (code != 0).then(|| {
+        axum::http::StatusCode::from_u16(code)
+            .unwrap()
+            .into_response()
+    })
+}
+
+async fn tunnel_route(
+    State(f): State<Fake>,
+    AxPath(host_id): AxPath<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(r) = refusal(&f) {
+        return r;
+    }
+    let registry = f.registry.clone();
+    ws.on_upgrade(move |socket| async move { serve_host_socket(socket, &host_id, registry).await })
+}
+
+async fn me_route(State(f): State<Fake>) -> Response {
+    if let Some(r) = refusal(&f) {
+        return r;
+    }
+    axum::Json(json!({"user_id": "local"})).into_response()
+}
+
+/// A server end of the host tunnel on a free port.
+async fn fake_server(reject: Option<u16>) -> (SocketAddr, HostRegistry) {
+    let (addr, registry, _) = fake_server_switchable(reject).await;
+    (addr, registry)
+}
+
+/// [`fake_server`] whose refusal can be switched on and off.
+async fn fake_server_switchable(reject: Option<u16>) -> (SocketAddr, HostRegistry, Arc<AtomicU16>) {
+    let registry = HostRegistry::default();
+    let switch = Arc::new(AtomicU16::new(reject.unwrap_or(0)));
+    let app = Router::new()
+        .route("/v1/hosts/{id}/tunnel", get(tunnel_route))
+        .route("/v1/me", get(me_route))
+        .with_state(Fake {
+            registry: registry.clone(),
+            reject: switch.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, registry, switch)
+}
+
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<HostEvent>,
+    mut pred: impl FnMut(&HostEvent) -> bool,
+) -> HostEvent {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if pred(&ev) {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("the expected host event never came")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_in_the_foreground_is_the_daemon_its_runners_are_its_children_and_ctrl_c_stops_them() {
+    let home = Home::new();
+    let (addr, registry) = fake_server(None).await;
+    let mut events = registry.subscribe();
+    let url = format!("http://{addr}");
+    let mut host = home
+        .cmd(&["host", &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let host_pid = host.id().unwrap();
+    let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with("✓ Connected as");
+            printed.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("omnigent host ended before connecting: {printed:?}");
+    })
+    .await
+    .expect("no connected line");
+    assert!(
+        printed[0].starts_with(&format!("Connecting to {url} as '")),
+        "{printed:?}"
+    );
+    let HostEvent::Connected { host_id, .. } =
+        next_event(&mut events, |e| matches!(e, HostEvent::Connected { .. })).await
+    else {
+        unreachable!()
+    };
+
+    // Another terminal sees this process as the daemon, online with the one target.
+    let st = home.json(&["host", "status", "--json"]).await;
+    assert_eq!(st["running"], true);
+    assert_eq!(st["daemon_pid"], host_pid);
+    assert_eq!(st["host_id"], host_id.as_str());
+    assert_eq!(st["targets"][0]["url"], url.as_str());
+    assert_eq!(st["targets"][0]["tunnel"], "online");
+    assert_eq!(st["targets"][0]["local"], false);
+
+    // A launch through the tunnel starts a runner as this process's child, in its workspace.
+    let ws = tempfile::tempdir().unwrap();
+    let conn = registry.get(&host_id).unwrap();
+    let launched = conn
+        .launch_runner(
+            "tok-fg",
+            ws.path().to_str().unwrap(),
+            Some("s1"),
+            Some("echo"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(launched.status, "launched", "{launched:?}");
+    let runner_id = launched.runner_id.unwrap();
+    let st = home.json(&["host", "status", "--json"]).await;
+    let runner = st["runners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == runner_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("runner missing from {st}"));
+    assert_eq!(runner["workspace"], ws.path().to_str().unwrap());
+    let runner_pid = runner["pid"].as_u64().map(|p| p as u32);
+    if let Some(pid) = runner_pid {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid: u32 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().nth(1).unwrap().parse().unwrap())
+            .unwrap_or(host_pid);
+        assert_eq!(ppid, host_pid, "the runner is not the host's child");
+    }
+
+    // Ctrl-C: the runner is stopped, the tunnel closed, the process exits 0 and leaves no daemon.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host_pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(WAIT, host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    next_event(&mut events, |e| matches!(e, HostEvent::Disconnected { .. })).await;
+    if let Some(pid) = runner_pid {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "runner {pid} survived"
+        );
+    }
+    let st = home.json(&["host", "status", "--json"]).await;
+    assert_eq!(st["running"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_background_reports_online_and_host_stop_removes_the_target_from_the_running_daemon() {
+    let home = Home::new();
+    let (addr, registry) = fake_server(None).await;
+    let mut events = registry.subscribe();
+    let url = format!("http://{addr}");
+    // No daemon yet: `--background` starts one and hands it the target.
+    let out = home.run(&["host", &url, "--background"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("Host online: {url} as '")),
+        "{stdout}"
+    );
+    next_event(&mut events, |e| matches!(e, HostEvent::Connected { .. })).await;
+    let st = home.json(&["host", "status", "--json"]).await;
+    let target = st["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["url"] == url.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(target["tunnel"], "online");
+
+    let out = home.run(&["host", "stop", &url]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!("Stopped hosting {url}")),
+        "{}",
+        text(&out)
+    );
+    next_event(&mut events, |e| matches!(e, HostEvent::Disconnected { .. })).await;
+    let st = home.json(&["host", "status", "--json"]).await;
+    assert!(
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["url"] != url.as_str()),
+        "{st}"
+    );
+    let out = home.run(&["host", "stop", &url]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("Not hosting"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_background_refused_with_401_before_any_success_exits_78_and_leaves_nothing() {
+    let home = Home::new();
+    let (addr, _registry) = fake_server(Some(401)).await;
+    let url = format!("http://{addr}");
+    let out = home.run(&["host", &url, "--background"]).await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not come online") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("daemon.log"), "no log tail: {stderr}");
+    // Rolled back: the daemon it started for this is gone, so a retry never meets "already running".
+    let st = home.json(&["status", "--json"]).await;
+    assert_eq!(st["running"], false, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_background_against_an_unreachable_server_fails_loudly_in_time_and_rolls_back() {
+    let home = Home::new();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(
+        WAIT,
+        home.cmd(&["host", &url, "--background"])
+            .env("OMNIGENT_HOST_ONLINE_TIMEOUT_MS", "1500")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not come online"), "{stderr}");
+    assert!(stderr.contains("reconnecting"), "no cause: {stderr}");
+    let st = home.json(&["status", "--json"]).await;
+    assert_eq!(st["running"], false, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_hello_with_the_echo_harness_prints_the_echo_and_exits_0() {
+    let home = Home::new();
+    let ws = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        home.cmd(&[
+            "run",
+            "--harness",
+            "echo",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "hello",
+        ])
+        .output(),
+    )
+    .await
+    .expect("omnigent run did not finish")
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello"),
+        "{}",
+        text(&out)
+    );
+    // The session's runner is supervised by the daemon, shown in status.
+    let st = home.json(&["status", "--json"]).await;
+    assert!(
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["local"] == true && t["tunnel"] == "online"),
+        "{st}"
+    );
+    assert!(!st["runners"].as_array().unwrap().is_empty(), "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_crashing_mid_turn_fails_that_turn_with_its_log_tail_is_relaunched_and_the_next_message_works()
+ {
+    let home = Home::new();
+    let ws = tempfile::tempdir().unwrap();
+    // The exec harness runs this per turn: the first turn kills the runner (SIGKILL to its parent, as an
+    // OOM would), later turns answer.
+    let script = ws.path().join("agent.sh");
+    std::fs::write(
+        &script,
+        "if [ -e crashed ]; then echo \"second turn ok: $1\"; exit 0; fi\n\
+         touch crashed\necho 'agent: about to take the runner down' >&2\nkill -9 $PPID\n",
+    )
+    .unwrap();
+    let exec = format!("/bin/sh {}", script.display());
+    let ws_arg = ws.path().to_str().unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        home.cmd(&[
+            "run",
+            "--json",
+            "--harness",
+            "exec",
+            "--workspace",
+            ws_arg,
+            "first",
+        ])
+        .env("OMNIGENT_EXEC_COMMAND", &exec)
+        .output(),
+    )
+    .await
+    .expect("omnigent run did not finish")
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the crashed turn must fail: {}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("signal 9") || stderr.contains("exit"),
+        "no exit in the failure: {}",
+        text(&out)
+    );
+    let first: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "session.created");
+    let session = first["session"]["id"].as_str().unwrap().to_owned();
+    // The daemon relaunched the runner (same token, same id) and shows the crash in status.
+    let st = home.json(&["status", "--json"]).await;
+    let runner = st["runners"].as_array().unwrap()[0].clone();
+    assert_eq!(runner["last_exits"][0]["signal"], 9, "{st}");
+    // The next message on the same session works.
+    let mut attach = home
+        .cmd(&["attach", &session])
+        .env("OMNIGENT_EXEC_COMMAND", &exec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = attach.stdin.take().unwrap();
+        stdin.write_all(b"second\n").await.unwrap();
+        // Dropped here: EOF, so attach leaves once that turn is over.
+    }
+    let out = tokio::time::timeout(WAIT, attach.wait_with_output())
+        .await
+        .expect("attach did not finish")
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("second turn ok"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_after_the_host_was_online_keeps_it_retrying_with_a_warning_until_the_server_takes_it_back()
+ {
+    let home = Home::new();
+    let (addr, registry, reject) = fake_server_switchable(None).await;
+    let mut events = registry.subscribe();
+    let url = format!("http://{addr}");
+    let out = home.run(&["host", &url, "--background"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let HostEvent::Connected { host_id, .. } =
+        next_event(&mut events, |e| matches!(e, HostEvent::Connected { .. })).await
+    else {
+        unreachable!()
+    };
+    // A served request: the tunnel has succeeded once.
+    let conn = registry.get(&host_id).unwrap();
+    assert_eq!(conn.stat("/").await.unwrap().status, "ok");
+
+    // The proxy in front starts answering 401 (a VPN drop), and the tunnel is cut.
+    reject.store(401, Ordering::SeqCst);
+    registry.close_all(1012, "service restart");
+    let paths = omnigent_proto::paths::Paths::under(home.dir.path());
+    let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+        .await
+        .unwrap();
+    let target = tokio::time::timeout(WAIT, async {
+        let mut st = client.status().await.unwrap();
+        loop {
+            if let Some(t) = st
+                .targets
+                .iter()
+                .find(|t| t.url == url && t.warning.is_some())
+            {
+                return t.clone();
+            }
+            // The control API's long-poll answers on the next state change.
+            st = client.status_after(st.revision, 10_000).await.unwrap();
+        }
+    })
+    .await
+    .expect("no warning in status");
+    assert_eq!(target.tunnel, "reconnecting", "{target:?}");
+    assert!(target.warning.unwrap().contains("omnigent login"));
+    assert!(target.last_error.unwrap().contains("401"));
+    // Not fatal: when the server accepts the host again, it comes back online by itself.
+    reject.store(0, Ordering::SeqCst);
+    next_event(&mut events, |e| matches!(e, HostEvent::Connected { .. })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sessions_created_at_once_each_get_a_runner_on_this_host_and_stop_takes_them_all_down()
+ {
+    let home = Home::new();
+    let started = home.json(&["start", "--json"]).await;
+    assert_eq!(started["host"]["tunnel"], "online", "{started}");
+    let base = started["server"]["url"].as_str().unwrap().to_owned();
+    let st = home.json(&["status", "--json"]).await;
+    let host_id = st["config"]["host_id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let agents: Value = http
+        .get(format!("{base}/v1/agents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let echo = agents["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["harness"] == "echo")
+        .unwrap()["id"]
+        .clone();
+    let ws = tempfile::tempdir().unwrap();
+    let creates = (0..50).map(|_| {
+        let http = http.clone();
+        let body = json!({"agent_id": echo, "host_id": host_id, "workspace": ws.path()});
+        let url = format!("{base}/v1/sessions");
+        async move {
+            let resp = http.post(url).json(&body).send().await.unwrap();
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap();
+            assert!(status.is_success(), "{status}: {v}");
+            v["runner_id"].as_str().unwrap().to_owned()
+        }
+    });
+    let mut runner_ids = futures_util::future::join_all(creates).await;
+    runner_ids.sort();
+    runner_ids.dedup();
+    assert_eq!(runner_ids.len(), 50, "one runner per session");
+    let paths = omnigent_proto::paths::Paths::under(home.dir.path());
+    let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+        .await
+        .unwrap();
+    let st = tokio::time::timeout(WAIT, async {
+        let mut st = client.status().await.unwrap();
+        while st
+            .runners
+            .iter()
+            .filter(|r| r.state == omnigent_proto::control::ChildState::Running)
+            .count()
+            < 50
+        {
+            st = client.status_after(st.revision, 10_000).await.unwrap();
+        }
+        st
+    })
+    .await
+    .expect("not all 50 runners ran");
+    let pids: Vec<u32> = st.runners.iter().filter_map(|r| r.pid).collect();
+    assert_eq!(pids.len(), 50);
+    drop(client);
+    let out = home.run(&["stop", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stopped: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        stopped["stopped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "50 runner(s)"),
+        "{stopped}"
+    );
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "runner {pid} survived the stop"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_interrupts_the_running_turn_and_a_second_ctrl_c_exits() {
+    let home = Home::new();
+    let ws = tempfile::tempdir().unwrap();
+    let script = ws.path().join("slow.sh");
+    std::fs::write(&script, "echo started\nexec sleep 30\n").unwrap();
+    let mut run = home
+        .cmd(&[
+            "run",
+            "--json",
+            "--harness",
+            "exec",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "go",
+        ])
+        .env(
+            "OMNIGENT_EXEC_COMMAND",
+            format!("/bin/sh {}", script.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(run.id().unwrap() as i32);
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The turn is running once the agent's first words arrive.
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let started = line.contains("response.output_text.delta") && line.contains("started");
+            seen.push(line);
+            if started {
+                return;
+            }
+        }
+        panic!("run ended before the turn streamed: {seen:?}");
+    })
+    .await
+    .expect("the turn never started");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    // The interrupt reaches the session: everyone watching it sees `session.interrupted`.
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("\"session.interrupted\"") {
+                return;
+            }
+        }
+        panic!("run ended without the interrupt event");
+    })
+    .await
+    .expect("no session.interrupted after Ctrl-C");
+    // A second Ctrl-C leaves at once, whatever the turn does.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let status = tokio::time::timeout(WAIT, run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_in_the_foreground_refused_before_any_success_exits_78_and_leaves_no_daemon() {
+    let home = Home::new();
+    let (addr, _registry) = fake_server(Some(403)).await;
+    let url = format!("http://{addr}");
+    let out = home.run(&["host", &url]).await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gave up") && stderr.contains("403"),
+        "{stderr}"
+    );
+    let st = home.json(&["status", "--json"]).await;
+    assert_eq!(st["running"], false, "{st}");
+}

@@ -1,0 +1,58 @@
+//! Runners (reference §1.3, §3.1): the tunnel route, the live registry, and the token call 0.19.1 answers
+//! with 400 on a server without auth.
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use omnigent_proto::api::{RunnerInfo, RunnerList};
+use serde_json::json;
+
+use super::{ApiError, AppState, json};
+
+/// `GET /v1/runners/{runner_id}/tunnel`: the runner tunnel (handshake and close codes of §3.1).
+pub async fn tunnel(
+    State(st): State<AppState>,
+    Path(runner_id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    omnigent_tunnel::upgrade(ws, peer, runner_id, &headers, st.sessions.runners().clone())
+}
+
+/// `GET /v1/runners`: the online runners.
+pub async fn list(State(st): State<AppState>) -> Response {
+    let data = st
+        .sessions
+        .runners()
+        .list()
+        .into_iter()
+        .map(|r| RunnerInfo {
+            runner_id: r.runner_id,
+            online: true,
+            harnesses: r.harnesses,
+        })
+        .collect();
+    json(StatusCode::OK, &RunnerList { data })
+}
+
+/// `GET /v1/runners/{id}/status`.
+pub async fn status(State(st): State<AppState>, Path(runner_id): Path<String>) -> Response {
+    let online = st.sessions.runners().is_online(&runner_id);
+    json(
+        StatusCode::OK,
+        &json!({"runner_id": runner_id, "online": online}),
+    )
+}
+
+/// `POST /v1/runners/{id}/token`: minting owner tokens needs auth, which this server does not have; 0.19.1
+/// answers a local runner 400 and the runner carries on.
+pub async fn token(Path(runner_id): Path<String>) -> ApiError {
+    ApiError::invalid(format!(
+        "runner `{runner_id}` cannot get a token: this server has no authentication, so none is needed; \
+         connect to /v1/runners/{runner_id}/tunnel directly"
+    ))
+}

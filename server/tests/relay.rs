@@ -1,0 +1,622 @@
+//! The turn relay against a scripted runner: the server runs in-process on 127.0.0.1:0 over a real SQLite file;
+//! the "runner" is a real WebSocket client speaking the runner tunnel frames, whose SSE stream the test writes
+//! event by event, so the relay's rules (persistence at tool boundaries, the interrupt fence, rejected inputs,
+//! the disconnect grace) are checked exactly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, WAIT, json_of};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// What the scripted runner saw.
+#[derive(Debug)]
+enum Seen {
+    Init(Value),
+    Event(Value),
+}
+
+/// A runner that answers the server's requests over a real tunnel and streams what the test pushes.
+struct FakeRunner {
+    out: mpsc::UnboundedSender<Message>,
+    /// Request ids of the session streams the server opened, newest last.
+    streams: mpsc::UnboundedReceiver<String>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    /// Status answers to `POST …/events`, by event type (default 202).
+    answers: mpsc::UnboundedSender<(String, u16)>,
+    stream_id: Option<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeRunner {
+    /// Dial `srv` as the runner of `token`; `status` is what it reports for a session (`GET /v1/sessions/{id}`).
+    /// Returns once the tunnel is registered (the server's first `ping` proves it).
+    async fn connect(srv: &TestServer, token: &str, status: &'static str) -> FakeRunner {
+        let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+        let url = format!(
+            "{}/v1/runners/{runner_id}/tunnel",
+            srv.url.replace("http://", "ws://")
+        );
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert(
+            "x-omnigent-runner-tunnel-token",
+            token.parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("tunnel upgrade");
+        let (mut sink, mut source) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (streams_tx, streams) = mpsc::unbounded_channel();
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (answers, mut answers_rx) = mpsc::unbounded_channel::<(String, u16)>();
+        let (registered_tx, registered) = tokio::sync::oneshot::channel::<()>();
+        let hello = json!({"kind": "hello", "runner_version": "fake", "frame_protocol_version": 1,
+            "harnesses": ["echo"], "envs": [], "telemetry_opt_out": true});
+        sink.send(Message::Text(hello.to_string().into()))
+            .await
+            .expect("hello");
+        let reply = out.clone();
+        let task = tokio::spawn(async move {
+            let writer = tokio::spawn(async move {
+                while let Some(m) = out_rx.recv().await {
+                    if sink.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = sink.close().await;
+            });
+            let mut registered_tx = Some(registered_tx);
+            let mut codes: std::collections::HashMap<String, u16> = Default::default();
+            while let Some(Ok(msg)) = source.next().await {
+                let Message::Text(text) = msg else { continue };
+                let frame: Value = serde_json::from_str(text.as_str()).expect("frame json");
+                while let Ok((kind, code)) = answers_rx.try_recv() {
+                    codes.insert(kind, code);
+                }
+                let send = |v: Value| {
+                    let _ = reply.send(Message::Text(v.to_string().into()));
+                };
+                match frame["kind"].as_str().unwrap_or("") {
+                    "ping" => {
+                        send(json!({"kind": "pong", "ts": frame["ts"]}));
+                        if let Some(tx) = registered_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    "request" => {
+                        let id = frame["id"].as_str().unwrap_or("").to_owned();
+                        let method = frame["method"].as_str().unwrap_or("");
+                        let path = frame["path"].as_str().unwrap_or("");
+                        let body: Value = frame["body"]
+                            .as_str()
+                            .and_then(|b| serde_json::from_str(b).ok())
+                            .unwrap_or(Value::Null);
+                        let answer = |status: u16, body: Value| {
+                            send(json!({"kind": "response.head", "id": id, "status": status,
+                                "headers": [["content-type", "application/json"]]}));
+                            send(
+                                json!({"kind": "response.body", "id": id, "body": body.to_string(), "encoding": "utf-8"}),
+                            );
+                            send(json!({"kind": "response.end", "id": id}));
+                        };
+                        if method == "GET" && path.ends_with("/stream") {
+                            send(json!({"kind": "response.head", "id": id, "status": 200,
+                                "headers": [["content-type", "text/event-stream"]]}));
+                            send(json!({"kind": "response.body", "id": id,
+                                "body": "data: {\"type\": \"session.heartbeat\"}\n\n", "encoding": "utf-8"}));
+                            let _ = streams_tx.send(id.clone());
+                        } else if method == "POST" && path == "/v1/sessions" {
+                            let _ = seen_tx.send(Seen::Init(body));
+                            answer(201, json!({}));
+                        } else if method == "GET" {
+                            answer(200, json!({"status": status}));
+                        } else if method == "POST" && path.ends_with("/events") {
+                            let kind = body["type"].as_str().unwrap_or("").to_owned();
+                            let code = codes.get(&kind).copied().unwrap_or(202);
+                            let _ = seen_tx.send(Seen::Event(body));
+                            answer(
+                                code,
+                                json!({"status": "accepted", "detail": "Turn started."}),
+                            );
+                        } else {
+                            answer(404, json!({"code": "not_found"}));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            writer.abort();
+        });
+        tokio::time::timeout(WAIT, registered)
+            .await
+            .expect("registered in time")
+            .expect("tunnel alive");
+        FakeRunner {
+            out,
+            streams,
+            seen,
+            answers,
+            stream_id: None,
+            task,
+        }
+    }
+
+    /// Answer `POST …/events` of `kind` with `status` from now on.
+    fn answer(&self, kind: &str, status: u16) {
+        self.answers
+            .send((kind.to_owned(), status))
+            .expect("runner task");
+    }
+
+    /// Wait until the server has opened (or re-opened) the session stream.
+    async fn stream_opened(&mut self) {
+        let id = tokio::time::timeout(WAIT, self.streams.recv())
+            .await
+            .expect("stream opened in time")
+            .expect("runner task");
+        self.stream_id = Some(id);
+    }
+
+    async fn next_seen(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.seen.recv())
+            .await
+            .expect("a request in time")
+            .expect("runner task")
+    }
+
+    /// Stream one event to the server, as the runner's SSE does (`data:` only).
+    fn push(&self, event: Value) {
+        let id = self.stream_id.clone().expect("stream open");
+        let frame = json!({"kind": "response.body", "id": id, "body": format!("data: {event}\n\n"), "encoding": "utf-8"});
+        self.out
+            .send(Message::Text(frame.to_string().into()))
+            .expect("runner task");
+    }
+
+    /// Drop the connection without a close handshake's courtesy (a crashed runner).
+    fn crash(self) {
+        self.task.abort();
+    }
+}
+
+async fn server(grace: Duration) -> (tempfile::TempDir, TestServer) {
+    let home = tempfile::tempdir().expect("tmp");
+    let srv = TestServer::start_with(home.path(), |c| {
+        c.runner_grace = grace;
+        c.tunnel.ping_interval = Duration::from_millis(20);
+    })
+    .await;
+    (home, srv)
+}
+
+/// A session of the echo agent bound to the runner of `token`.
+async fn bound(srv: &TestServer, token: &str) -> String {
+    let id = srv.create_session("relay").await;
+    let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+    let (status, body) = srv
+        .patch(
+            &format!("/v1/sessions/{id}"),
+            json!({"runner_id": runner_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    id
+}
+
+fn message(text: &str) -> Value {
+    json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": text}]}})
+}
+
+/// Events of the client stream (type, JSON) until `stop` holds (inclusive); heartbeats skipped.
+async fn until(sse: &mut common::Sse, stop: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    loop {
+        let m = sse.next_non_heartbeat().await.expect("stream open");
+        let kind = m.event.clone().unwrap_or_default();
+        let v = json_of(&m);
+        let done = stop(&kind, &v);
+        out.push((kind, v));
+        if done {
+            return out;
+        }
+    }
+}
+
+fn summary(items: &Value) -> Vec<String> {
+    items["data"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            let body = match i["type"].as_str().unwrap_or("") {
+                "message" => format!(
+                    "{}:{}",
+                    i["role"].as_str().unwrap_or(""),
+                    i["content"][0]["text"].as_str().unwrap_or("")
+                ),
+                "function_call" | "function_call_output" => {
+                    i["call_id"].as_str().unwrap_or("").to_owned()
+                }
+                "error" => i["error"]["code"].as_str().unwrap_or("").to_owned(),
+                _ => String::new(),
+            };
+            format!(
+                "{}|{}|{}",
+                i["type"].as_str().unwrap_or(""),
+                body,
+                i["response_id"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+/// Post a message and take it through the runner: returns the persisted user item id.
+async fn start_turn(
+    srv: &TestServer,
+    runner: &mut FakeRunner,
+    session: &str,
+    text: &str,
+) -> String {
+    let path = format!("/v1/sessions/{session}/events");
+    let post = srv.post(&path, message(text));
+    let (accepted, seen) = tokio::join!(post, async {
+        if runner.stream_id.is_none() {
+            runner.stream_opened().await;
+            match runner.next_seen().await {
+                Seen::Init(init) => {
+                    assert_eq!(init["session_id"], session);
+                    assert_eq!(init["session_init"]["protocol_version"], 2);
+                    assert_eq!(init["session_init"]["session_id"], session);
+                    assert_eq!(init["harness"], "echo");
+                }
+                other => panic!("expected the session init first, got {other:?}"),
+            }
+        }
+        runner.next_seen().await
+    });
+    let (status, body) = accepted;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["queued"], true);
+    let item_id = body["item_id"].as_str().expect("item_id").to_owned();
+    match seen {
+        Seen::Event(event) => {
+            // The flattened body of reference §3.4 step 4.
+            assert_eq!(event["type"], "message");
+            assert_eq!(event["role"], "user");
+            assert_eq!(event["content"][0]["text"], text);
+            assert_eq!(event["model"], "echo");
+            assert_eq!(event["persisted_item_id"], item_id.as_str());
+            assert!(event["agent_id"].is_string());
+        }
+        other => panic!("expected the forwarded message, got {other:?}"),
+    }
+    item_id
+}
+
+#[tokio::test]
+async fn text_is_flushed_at_tool_boundaries_and_a_result_joins_its_calls_response() {
+    let (_home, srv) = server(Duration::from_secs(10)).await;
+    let mut runner = FakeRunner::connect(&srv, "tok-tools", "idle").await;
+    let session = bound(&srv, "tok-tools").await;
+    let mut sse = srv.stream(&session, None).await;
+    sse.expect().await; // ready heartbeat
+    start_turn(&srv, &mut runner, &session, "go").await;
+
+    runner.push(json!({"type": "session.status", "status": "running"}));
+    runner.push(json!({"type": "response.in_progress", "response": {"id": "resp_A", "model": "echo-model"}}));
+    runner.push(
+        json!({"sequence_number": 2, "type": "response.output_text.delta", "delta": "Let me "}),
+    );
+    runner.push(json!({"type": "response.output_text.delta", "delta": "look."}));
+    runner.push(json!({"type": "response.output_item.done", "item": {"id": "fc_0123456789abcdef0123456789abcdef",
+        "type": "function_call", "status": "completed", "response_id": "resp_A", "call_id": "c1",
+        "name": "shell", "arguments": "{}"}}));
+    // The harness gave the result another response id: it must join its call's.
+    runner.push(
+        json!({"type": "response.output_item.done", "item": {"type": "function_call_output",
+        "status": "completed", "response_id": "resp_other", "call_id": "c1", "output": "ok"}}),
+    );
+    runner.push(json!({"type": "response.output_text.delta", "delta": "Done."}));
+    // A delta with a message id is the item's own business: not assembled by the server.
+    runner.push(
+        json!({"type": "response.output_text.delta", "delta": "ignored", "message_id": "m1"}),
+    );
+    runner.push(json!({"type": "response.completed", "response": {"id": "resp_A"}}));
+    runner.push(json!({"type": "session.status", "status": "idle"}));
+
+    let mut events = until(&mut sse, |k, v| {
+        k == "session.status" && v["status"] == "idle"
+    })
+    .await;
+    events.retain(|(k, _)| k != "session.input.consumed");
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "session.status",
+            "response.in_progress",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_item.done",
+            "response.output_item.done",
+            "response.output_item.done",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_item.done",
+            "response.completed",
+            "session.status",
+        ]
+    );
+    let running = &events[0].1;
+    assert_eq!(running["conversation_id"], session.as_str());
+    // Runner events keep their own fields.
+    assert_eq!(events[2].1["sequence_number"], 2);
+
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{session}/items?limit=100"))
+        .await;
+    assert_eq!(
+        summary(&items),
+        [
+            "message|user:go|-",
+            "message|assistant:Let me look.|resp_A",
+            "function_call|c1|resp_A",
+            "function_call_output|c1|resp_A",
+            "message|assistant:Done.|resp_A",
+        ]
+    );
+    assert_eq!(items["data"][1]["model"], "echo-model");
+    assert_eq!(
+        items["data"][2]["id"], "0123456789abcdef0123456789abcdef",
+        "the runner's item id is kept"
+    );
+    let (_, snap) = srv.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!(snap["status"], "idle");
+}
+
+#[tokio::test]
+async fn an_interrupt_fences_the_cancelled_turns_trailing_output() {
+    let (_home, srv) = server(Duration::from_secs(10)).await;
+    let mut runner = FakeRunner::connect(&srv, "tok-fence", "idle").await;
+    let session = bound(&srv, "tok-fence").await;
+    let mut sse = srv.stream(&session, None).await;
+    sse.expect().await;
+    start_turn(&srv, &mut runner, &session, "talk").await;
+    runner.push(json!({"type": "session.status", "status": "running"}));
+    runner.push(json!({"type": "response.in_progress", "response": {"id": "resp_1"}}));
+    runner.push(json!({"type": "response.output_text.delta", "delta": "before"}));
+    until(&mut sse, |k, _| k == "response.output_text.delta").await;
+
+    let (status, body) = srv
+        .post(
+            &format!("/v1/sessions/{session}/events"),
+            json!({"type": "interrupt", "data": {}}),
+        )
+        .await;
+    assert_eq!((status, body), (202, json!({"queued": false})));
+    match runner.next_seen().await {
+        Seen::Event(e) => assert_eq!(e["type"], "interrupt"),
+        other => panic!("expected the interrupt, got {other:?}"),
+    }
+    // What the harness still had in flight: dropped. The terminal event passes and lifts the fence.
+    runner.push(json!({"type": "response.output_text.delta", "delta": " late"}));
+    runner.push(
+        json!({"type": "response.output_item.done", "item": {"type": "function_call",
+        "status": "completed", "call_id": "late", "name": "shell", "arguments": "{}"}}),
+    );
+    runner.push(
+        json!({"type": "response.incomplete", "response": {"id": "resp_1",
+        "incomplete_details": {"reason": "user_interrupt"}}}),
+    );
+    runner.push(json!({"type": "session.status", "status": "idle"}));
+    let events = until(&mut sse, |k, v| {
+        k == "session.status" && v["status"] == "idle"
+    })
+    .await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| *k != "session.input.consumed")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session.interrupted",
+            "response.output_item.done",
+            "response.incomplete",
+            "session.status"
+        ]
+    );
+    assert_eq!(events[0].1["data"]["response_id"], "resp_1");
+
+    // The next turn's running lifts any fence: its output flows.
+    start_turn(&srv, &mut runner, &session, "again").await;
+    runner.push(json!({"type": "session.status", "status": "running"}));
+    runner.push(json!({"type": "response.output_text.delta", "delta": "fresh"}));
+    let events = until(&mut sse, |k, _| k == "response.output_text.delta").await;
+    assert_eq!(events.last().expect("delta").1["delta"], "fresh");
+
+    // An interrupt that cannot be delivered lifts the fence at once.
+    runner.answer("interrupt", 500);
+    let (status, _) = srv
+        .post(
+            &format!("/v1/sessions/{session}/events"),
+            json!({"type": "interrupt"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    runner.push(json!({"type": "response.output_text.delta", "delta": "still flowing"}));
+    let events = until(&mut sse, |k, _| k == "response.output_text.delta").await;
+    assert_eq!(events.last().expect("delta").1["delta"], "still flowing");
+
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{session}/items?limit=100"))
+        .await;
+    assert_eq!(
+        summary(&items),
+        [
+            "message|user:talk|-",
+            "message|assistant:before|resp_1",
+            "message|user:again|-"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_runner_that_refuses_the_input_fails_the_session_and_answers_503() {
+    let (_home, srv) = server(Duration::from_secs(10)).await;
+    let runner = FakeRunner::connect(&srv, "tok-refuse", "idle").await;
+    let session = bound(&srv, "tok-refuse").await;
+    let mut sse = srv.stream(&session, None).await;
+    sse.expect().await;
+    runner.answer("message", 500);
+    let (status, body) = srv
+        .post(
+            &format!("/v1/sessions/{session}/events"),
+            message("refused"),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "runner_unavailable");
+    let events = until(&mut sse, |k, _| k == "session.status").await;
+    let (_, failed) = events.last().expect("status");
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "runner_rejected_event");
+    // Persisted before it was forwarded: the input is not lost.
+    let (_, items) = srv.get(&format!("/v1/sessions/{session}/items")).await;
+    assert_eq!(summary(&items), ["message|user:refused|-"]);
+    drop(runner);
+}
+
+#[tokio::test]
+async fn a_runner_lost_mid_turn_fails_after_the_grace_and_an_idle_one_stays_quiet() {
+    let (_home, srv) = server(Duration::from_millis(200)).await;
+    let mut runner = FakeRunner::connect(&srv, "tok-lost", "running").await;
+    let busy = bound(&srv, "tok-lost").await;
+    let idle = bound(&srv, "tok-lost").await;
+    let mut idle_sse = srv.stream(&idle, None).await;
+    idle_sse.expect().await;
+    let mut sse = srv.stream(&busy, None).await;
+    sse.expect().await;
+    start_turn(&srv, &mut runner, &busy, "work").await;
+    runner.push(json!({"type": "session.status", "status": "running"}));
+    runner.push(json!({"type": "response.output_text.delta", "delta": "half"}));
+    until(&mut sse, |k, _| k == "response.output_text.delta").await;
+    runner.crash();
+
+    let events = until(&mut sse, |k, _| k == "session.status").await;
+    let (_, status) = events.last().expect("status");
+    assert_eq!(status["status"], "failed");
+    assert_eq!(
+        status["error"],
+        json!({"code": "runner_disconnected", "message": "Runner disconnected unexpectedly."})
+    );
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{busy}/items?limit=100"))
+        .await;
+    assert_eq!(
+        summary(&items),
+        [
+            "message|user:work|-",
+            "message|assistant:half|-",
+            "error|runner_disconnected|-"
+        ]
+    );
+    let (_, health) = srv.get(&format!("/health?session_id={busy}")).await;
+    assert_eq!(health["session"]["runner_online"], false);
+
+    // The idle session bound to the same runner published nothing: the next event on its stream is ours.
+    srv.delta(&idle, "marker").await;
+    let events = until(&mut idle_sse, |_, _| true).await;
+    assert_eq!(events[0].0, "response.output_text.delta", "{events:?}");
+    assert_eq!(events[0].1["delta"], "marker");
+    let (_, snap) = srv.get(&format!("/v1/sessions/{idle}")).await;
+    assert_eq!(snap["status"], "idle");
+    assert_eq!(snap["runner_online"], false);
+}
+
+#[tokio::test]
+async fn a_runner_back_within_the_grace_continues_the_turn_with_nothing_lost() {
+    let (_home, srv) = server(Duration::from_secs(30)).await;
+    let mut runner = FakeRunner::connect(&srv, "tok-blip", "running").await;
+    let session = bound(&srv, "tok-blip").await;
+    let mut sse = srv.stream(&session, None).await;
+    sse.expect().await;
+    start_turn(&srv, &mut runner, &session, "long").await;
+    runner.push(json!({"type": "session.status", "status": "running"}));
+    runner.push(json!({"type": "response.in_progress", "response": {"id": "resp_B"}}));
+    runner.push(json!({"type": "response.output_text.delta", "delta": "one "}));
+    until(&mut sse, |k, _| k == "response.output_text.delta").await;
+    runner.crash();
+
+    // The same runner (it still has the turn) reconnects: the server re-opens its stream and re-inits.
+    let mut back = FakeRunner::connect(&srv, "tok-blip", "running").await;
+    back.stream_opened().await;
+    assert!(matches!(back.next_seen().await, Seen::Init(_)));
+    back.push(json!({"type": "response.output_text.delta", "delta": "two"}));
+    back.push(json!({"type": "response.completed", "response": {"id": "resp_B"}}));
+    back.push(json!({"type": "session.status", "status": "idle"}));
+    let events = until(&mut sse, |k, v| {
+        k == "session.status" && v["status"] == "idle"
+    })
+    .await;
+    assert!(
+        !events
+            .iter()
+            .any(|(k, v)| k == "session.status" && v["status"] == "failed"),
+        "{events:?}"
+    );
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{session}/items?limit=100"))
+        .await;
+    assert_eq!(
+        summary(&items),
+        ["message|user:long|-", "message|assistant:one two|resp_B"]
+    );
+}
+
+#[tokio::test]
+async fn runners_are_listed_and_bindings_checked() {
+    let (_home, srv) = server(Duration::from_secs(10)).await;
+    assert_eq!(srv.get("/v1/runners").await, (200, json!({"data": []})));
+    let runner = FakeRunner::connect(&srv, "tok-list", "idle").await;
+    let id = omnigent_proto::ids::runner_id_for_token("tok-list");
+    assert_eq!(
+        srv.get("/v1/runners").await,
+        (
+            200,
+            json!({"data": [{"runner_id": id, "online": true, "harnesses": ["echo"]}]})
+        )
+    );
+    assert_eq!(
+        srv.get(&format!("/v1/runners/{id}/status")).await,
+        (200, json!({"runner_id": id, "online": true}))
+    );
+    let session = srv.create_session("bind").await;
+    let (status, err) = srv
+        .patch(
+            &format!("/v1/sessions/{session}"),
+            json!({"runner_id": "runner_not_here"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_input");
+    let (status, snap) = srv
+        .patch(&format!("/v1/sessions/{session}"), json!({"runner_id": id}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(snap["runner_online"], true);
+    let (_, list) = srv.get("/v1/sessions").await;
+    assert_eq!(list["data"][0]["runner_online"], true);
+    let (status, err) = srv
+        .post(&format!("/v1/runners/{id}/token"), json!({}))
+        .await;
+    assert_eq!(status, 400, "{err}");
+    runner.crash();
+}
