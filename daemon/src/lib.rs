@@ -215,13 +215,18 @@ pub async fn run(
     if let Err(e) = process::reaper::spawn_reaper(stop_all.clone()) {
         tracing::warn!(error = %e, "cannot listen for SIGCHLD; orphaned descendants are not reaped");
     }
+    let (config_tx, config_rx) = watch::channel(ConfigView {
+        config: config.config.clone(),
+        error: None,
+        loads: 1,
+    });
     let targets = targets::spawn_targets(targets::TargetsContext {
         exe: config.exe.clone(),
         paths: paths.clone(),
         policy: config.policy,
         host_id: config.config.host_id().to_owned(),
         host_name: config.config.host_name().to_owned(),
-        env_passthrough: config.config.env_passthrough.clone(),
+        config: config_rx.clone(),
         timings: config.tunnel_timings.clone(),
         revision: revision_tx.clone(),
     });
@@ -231,11 +236,6 @@ pub async fn run(
         stop_all.clone(),
     ));
 
-    let (config_tx, config_rx) = watch::channel(ConfigView {
-        config: config.config.clone(),
-        error: None,
-        loads: 1,
-    });
     let config_path = paths.config_file();
     let (watcher, changes) = config::watch(&config_path).map_err(|source| DaemonError::Watch {
         path: config_path.clone(),

@@ -144,8 +144,8 @@ pub struct RunnerContext {
     /// The server the runners dial (the target's URL).
     pub server_url: String,
     pub policy: RestartPolicy,
-    /// Config `env_passthrough`.
-    pub env_passthrough: Vec<String>,
+    /// The config in force (its `env_passthrough` is read at each spawn, so edits apply to the next runner).
+    pub config: watch::Receiver<crate::ConfigView>,
     /// Where exits are reported (`host.runner_exited`).
     pub exits: ExitReporter,
     /// Bumped on every change (status long-polls wait on it).
@@ -515,7 +515,8 @@ impl Task {
         )
         .map_err(|e| fail(format!("cannot open {}: {e}", entry.log_path.display())))?;
         let log = Arc::new(Mutex::new(log));
-        let mut env = runner_env(std::env::vars_os(), &self.ctx.env_passthrough);
+        let passthrough = self.ctx.config.borrow().config.env_passthrough.clone();
+        let mut env = runner_env(std::env::vars_os(), &passthrough);
         env.push(("OMNIGENT_RUNNER_TOKEN".into(), entry.token.clone().into()));
         env.push(("NO_COLOR".into(), "1".into()));
         let mut args: Vec<OsString> = vec![

@@ -30,7 +30,8 @@ pub struct TargetsContext {
     pub policy: RestartPolicy,
     pub host_id: String,
     pub host_name: String,
-    pub env_passthrough: Vec<String>,
+    /// The config in force (runners read `env_passthrough` from it).
+    pub config: watch::Receiver<crate::ConfigView>,
     /// Tunnel timings (tests shrink them).
     pub timings: HostTunnelTimings,
     pub revision: watch::Sender<u64>,
@@ -260,7 +261,7 @@ fn start_target(ctx: &TargetsContext, url: &str, local: bool, persistent: bool) 
         paths: ctx.paths.clone(),
         server_url: url.to_owned(),
         policy: ctx.policy,
-        env_passthrough: ctx.env_passthrough.clone(),
+        config: ctx.config.clone(),
         exits: reporter,
         revision: ctx.revision.clone(),
     });

@@ -418,3 +418,27 @@ async fn a_grandchild_left_behind_by_a_tool_is_reaped_by_the_daemon() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test]
+async fn env_passthrough_edited_in_config_toml_reaches_the_next_runner() {
+    let mut host = host().await;
+    let config = std::fs::read_to_string(host.paths.config_file()).unwrap();
+    std::fs::write(
+        host.paths.config_file(),
+        format!("env_passthrough = [\"CARGO_MANIFEST_DIR\"]\n{config}"),
+    )
+    .unwrap();
+    host.status_until(|s| s.config.loads >= 2).await;
+    let ws = host.workspace(
+        "ws-pass",
+        "echo \"manifest=${CARGO_MANIFEST_DIR:-unset}\"\nexit 78\n",
+    );
+    assert_eq!(host.launch("tok-pass", &ws).await.status, "launched");
+    let error = host
+        .next_exit(&runner_id_for_token("tok-pass"))
+        .await
+        .unwrap();
+    let expected = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    assert!(error.contains(&format!("manifest={expected}")), "{error}");
+    host.shutdown().await;
+}
