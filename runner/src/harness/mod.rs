@@ -1,4 +1,4 @@
-//! Harnesses: what runs one agent turn. The runner's turn loop (see `crate::turn`) owns the session state and
+//! Harnesses: what runs one agent turn. The runner's turn loop (see `crate::session`) owns the session state and
 //! the turn's framing events (`session.status`, `response.in_progress`, `response.completed`…); a harness only
 //! produces the turn's content through an [`EventSink`] and returns how the turn ended.
 //!
