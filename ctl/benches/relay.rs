@@ -177,10 +177,13 @@ async fn echo_ttft(turns: usize) {
             ws.path().to_str().unwrap(),
         ],
     );
+    eprintln!("echo: server at {url}");
     server.wait_log(&["runner connected", &runner_id]).await;
+    eprintln!("echo: runner connected");
     let http = reqwest::Client::new();
     let session = bound_session(&http, &url, &runner_id).await;
     let mut events = subscribe(&http, &url, &session).await;
+    eprintln!("echo: subscribed");
     let mut samples = Vec::with_capacity(turns);
     for i in 0..turns + 5 {
         let body = json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": format!("ping {i}")}]}});
