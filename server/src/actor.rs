@@ -3,9 +3,10 @@
 //! recent-event buffer for `Last-Event-ID` replay, and every durable write to the session's items, so
 //! item positions and event sequence numbers stay gapless and ordered without any global lock.
 //!
-//! Other parts talk to an actor only through [`SessionHandle`] (commands over a channel). The runner
-//! relay, when it lands, calls [`SessionHandle::publish`] for transient runner events and
-//! [`SessionHandle::append_item`] for durable ones, and [`SessionHandle::set_status`] for status.
+//! Other parts talk to an actor only through [`Sessions`] (commands over a channel). The actor also owns its
+//! session's runner relay (reference §3.4–3.5): the text buffer, the interrupt fence, the `call_id →
+//! response_id` map and the disconnect grace; a child reader task ([`crate::relay::run_reader`]) streams the
+//! runner's events to it as [`Command::RunnerEvent`] messages.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,7 +5,8 @@
 //!
 //! Code map:
 //! - [`store`]: the database behind one interface (SQLite now, Postgres later), migrations embedded.
-//! - [`actor`]: one task per live session owning its status, subscribers, replay buffer and writes.
+//! - [`actor`]: one task per live session owning its status, subscribers, replay buffer, writes and runner relay.
+//! - [`relay`]: the runner side of a session: the reader of the runner's stream, session init, forwarding.
 //! - `http`: the axum routes (reference omnigent-server-v1.md §1–2), JSON errors, SSE.
 
 use std::future::Future;

@@ -620,3 +620,55 @@ async fn runners_are_listed_and_bindings_checked() {
     assert_eq!(status, 400, "{err}");
     runner.crash();
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_closes_runner_tunnels_with_1012() {
+    let (_home, srv) = server(Duration::from_secs(10)).await;
+    let token = "tok-restart";
+    let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+    let mut request = format!(
+        "{}/v1/runners/{runner_id}/tunnel",
+        srv.url.replace("http://", "ws://")
+    )
+    .into_client_request()
+    .expect("request");
+    request.headers_mut().insert(
+        "x-omnigent-runner-tunnel-token",
+        token.parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    let hello = json!({"kind": "hello", "runner_version": "fake", "frame_protocol_version": 1,
+        "harnesses": [], "envs": [], "telemetry_opt_out": true});
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .expect("hello");
+    // The first ping proves the tunnel is registered.
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time");
+        if let Some(Ok(Message::Text(t))) = frame
+            && t.as_str().contains("\"ping\"")
+        {
+            break;
+        }
+    }
+    let stopping = tokio::spawn(srv.shutdown());
+    let close = tokio::time::timeout(WAIT, async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Message::Close(frame)) = frame {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1012);
+    assert_eq!(close.reason.as_str(), "service restart");
+    let (result, _) = stopping.await.expect("shutdown task");
+    assert!(result.is_ok());
+}
