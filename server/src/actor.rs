@@ -141,6 +141,9 @@ pub enum Command {
     },
     /// A tunnel of `runner_id` connected: re-open the relay if this session is bound to it.
     RunnerConnected { runner_id: String, generation: u64 },
+    /// The host reported that the process of `runner_id` exited (`host.runner_exited`): a turn running on it
+    /// fails with `report` (exit code or signal, and the log tail).
+    RunnerExited { runner_id: String, report: String },
 }
 
 impl Command {
@@ -159,7 +162,8 @@ impl Command {
             | Command::RunnerEvent { .. }
             | Command::RelayReady { .. }
             | Command::RelayEnded { .. }
-            | Command::RunnerConnected { .. } => {}
+            | Command::RunnerConnected { .. }
+            | Command::RunnerExited { .. } => {}
         }
     }
 }
@@ -381,6 +385,16 @@ impl Sessions {
         let _ = self.handle(session_id).tx.send(cmd).await;
     }
 
+    /// The process of `runner_id` exited (reported by its host): a turn of this session running on it fails
+    /// with `report`; an idle session stays quiet.
+    pub async fn runner_exited(&self, session_id: &str, runner_id: &str, report: &str) {
+        let cmd = Command::RunnerExited {
+            runner_id: runner_id.to_owned(),
+            report: report.to_owned(),
+        };
+        let _ = self.handle(session_id).tx.send(cmd).await;
+    }
+
     /// Delete a session through its actor, so open streams end with `[DONE]`.
     pub async fn delete(&self, session_id: &str) -> Result<(), ActorError> {
         self.call(session_id, |reply| Command::Delete { reply })
@@ -447,6 +461,12 @@ struct RelayState {
     grace: Option<tokio::time::Instant>,
     /// When to re-open a stream that ended while its runner stayed connected.
     reopen: Option<tokio::time::Instant>,
+    /// The session was launched on a host, whose daemon reports every exit of its runner
+    /// (`host.runner_exited`).
+    host_supervised: bool,
+    /// The runner came back without the running turn (a new process): the turn stays open until the host's
+    /// exit report fails it, or the grace runs out.
+    orphaned: bool,
 }
 
 struct Reader {
@@ -636,6 +656,9 @@ impl Actor {
                 runner_id,
                 generation,
             } => self.runner_connected(runner_id, generation).await,
+            Command::RunnerExited { runner_id, report } => {
+                self.runner_exited(&runner_id, &report).await;
+            }
         }
         Continue(())
     }
@@ -685,6 +708,7 @@ impl Actor {
             Ok(None) => return watch::channel(ReadyState::Failed("Session not found".into())).1,
             Err(e) => return watch::channel(ReadyState::Failed(e.to_string())).1,
         };
+        self.relay.host_supervised = row.host_id.is_some();
         let harness = crate::agents::find(&row.agent_id).map(|a| a.harness.as_str());
         let init = relay::init_body(
             &self.id,
@@ -753,7 +777,8 @@ impl Actor {
             .runner_id
             .as_deref()
             .is_some_and(|r| self.runners.is_online(r));
-        if !self.mid_turn() || (online && self.relay.reader.is_some()) {
+        let orphaned = std::mem::take(&mut self.relay.orphaned);
+        if !self.mid_turn() || (online && self.relay.reader.is_some() && !orphaned) {
             return;
         }
         warn!(session_id = %self.id, "runner did not come back within the grace; the turn failed");
@@ -788,7 +813,18 @@ impl Actor {
 
     async fn relay_ready(&mut self, _generation: u64, runner_status: Option<String>) {
         self.relay.grace = None;
-        if self.mid_turn() && runner_status.as_deref() == Some("idle") {
+        self.relay.orphaned = false;
+        if self.mid_turn()
+            && runner_status.as_deref() == Some("idle")
+            && self.relay.host_supervised
+            && !self.relay.stopping
+        {
+            // A new process on a host: the old one crashed or was killed, and its host's exit report (which
+            // carries why, and the log tail) is on its way; fail the turn with it, or when the grace is over.
+            info!(session_id = %self.id, "the runner came back without the running turn; waiting for its exit report");
+            self.relay.orphaned = true;
+            self.relay.grace = Some(tokio::time::Instant::now() + self.limits.runner_grace);
+        } else if self.mid_turn() && runner_status.as_deref() == Some("idle") {
             // A restarted runner knows of no turn: the one we relayed is over. Keep what we have, settle.
             info!(session_id = %self.id, "the runner came back without the running turn; settling to idle");
             let settled = async {
@@ -836,6 +872,32 @@ impl Actor {
         }
         if let Some(conn) = self.runners.get(&runner_id) {
             self.open_relay(conn).await;
+        }
+    }
+
+    /// The host reported the exit of `runner_id`'s process: the turn running on it is over and failed.
+    async fn runner_exited(&mut self, runner_id: &str, report: &str) {
+        if self
+            .relay
+            .runner_id
+            .as_deref()
+            .is_some_and(|r| r != runner_id)
+            || !self.mid_turn()
+        {
+            return;
+        }
+        self.relay.grace = None;
+        self.relay.orphaned = false;
+        self.relay.fence = false;
+        if std::mem::take(&mut self.relay.stopping) {
+            if let Err(e) = self.set_status(SessionStatus::Idle, None, None).await {
+                warn!(session_id = %self.id, "cannot settle a stopped session: {e}");
+            }
+            return;
+        }
+        warn!(session_id = %self.id, runner_id, report, "the runner exited mid-turn; the turn failed");
+        if let Err(e) = self.fail_turn("runner_crashed", report).await {
+            warn!(session_id = %self.id, "cannot record the runner's exit: {e}");
         }
     }
 
@@ -910,6 +972,7 @@ impl Actor {
                         self.relay.fence = false;
                         self.relay.stopping = false;
                         self.relay.grace = None;
+                        self.relay.orphaned = false;
                     }
                     SessionStatus::Idle => self.relay.stopping = false,
                     _ => {}

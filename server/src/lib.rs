@@ -144,6 +144,12 @@ pub async fn serve(
     let state = http::AppState::new(&config, store.clone(), stop.clone());
     let sessions = state.sessions.clone();
     let runners = sessions.runners().clone();
+    tokio::spawn(fail_turns_on_runner_exit(
+        sessions.clone(),
+        store.clone(),
+        config.host_registry.subscribe(),
+        stop.clone(),
+    ));
     tokio::spawn(rebind_on_reconnect(
         sessions.clone(),
         store.clone(),
@@ -228,6 +234,48 @@ async fn rebind_on_reconnect(sessions: actor::Sessions, store: Store, stop: Canc
             Ok(ids) => {
                 for id in ids {
                     sessions.runner_connected(&id, &runner_id, generation).await;
+                }
+            }
+            Err(e) => tracing::warn!(%runner_id, "cannot list the sessions bound to a runner: {e}"),
+        }
+    }
+}
+
+/// Fail the running turn of every session bound to a runner whose process exited, as its host reports it
+/// (`host.runner_exited`): the turn fails with the exit report (code or signal, and the log tail).
+async fn fail_turns_on_runner_exit(
+    sessions: actor::Sessions,
+    store: Store,
+    mut events: tokio::sync::broadcast::Receiver<omnigent_tunnel::host::HostEvent>,
+    stop: CancellationToken,
+) {
+    use omnigent_tunnel::host::HostEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        let (runner_id, report) = match event {
+            Ok(HostEvent::RunnerExited {
+                runner_id, error, ..
+            }) => (
+                runner_id,
+                error.unwrap_or_else(|| "the runner exited".to_owned()),
+            ),
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    "missed {n} host tunnel events; some runner exits may go unreported"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match store.sessions_bound_to(&runner_id).await {
+            Ok(ids) => {
+                for id in ids {
+                    sessions.runner_exited(&id, &runner_id, &report).await;
                 }
             }
             Err(e) => tracing::warn!(%runner_id, "cannot list the sessions bound to a runner: {e}"),

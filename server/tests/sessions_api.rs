@@ -1013,11 +1013,6 @@ async fn corrupt_or_unusable_database_refuses_to_start() {
 
 #[tokio::test]
 async fn read_only_database_refuses_to_start() {
-    if nix::unistd::geteuid().is_root() {
-        // root bypasses file permissions, so the refusal cannot be provoked this way.
-        eprintln!("skipped: running as root");
-        return;
-    }
     use std::os::unix::fs::PermissionsExt;
     let home = tempfile::tempdir().expect("tmp");
     let config = ServerConfig::for_home(home.path());
@@ -1025,10 +1020,41 @@ async fn read_only_database_refuses_to_start() {
     store.close().await;
     drop(store);
     let db = home.path().join("data/omnigent.db");
-    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    // Root ignores permission bits, so as root (CI) the file is made immutable instead: then even root's
+    // open for writing fails, which is what a read-only file looks like to the server.
+    let _immutable = if nix::unistd::geteuid().is_root() {
+        Some(Immutable::set(&db))
+    } else {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+        None
+    };
     let err = open_store(&config)
         .await
         .expect_err("read-only must refuse");
     assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
     assert!(err.to_string().contains(&db.display().to_string()));
+}
+
+/// `chattr +i` on a file for the life of the guard (so the temp dir can be removed afterwards).
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Self {
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .expect("chattr (e2fsprogs) runs");
+        assert!(status.success(), "chattr +i {} failed", path.display());
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
 }

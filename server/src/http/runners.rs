@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use omnigent_proto::api::{RunnerInfo, RunnerList};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{ApiError, AppState, json};
 
@@ -42,10 +42,11 @@ pub async fn list(State(st): State<AppState>) -> Response {
 /// `GET /v1/runners/{id}/status`.
 pub async fn status(State(st): State<AppState>, Path(runner_id): Path<String>) -> Response {
     let online = st.sessions.runners().is_online(&runner_id);
-    json(
-        StatusCode::OK,
-        &json!({"runner_id": runner_id, "online": online}),
-    )
+    let mut body = json!({"runner_id": runner_id, "online": online});
+    if let Some(error) = st.hosts.runner_exit_error(&runner_id) {
+        body["error"] = Value::from(error);
+    }
+    json(StatusCode::OK, &body)
 }
 
 /// `POST /v1/runners/{id}/token`: minting owner tokens needs auth, which this server does not have; 0.19.1
