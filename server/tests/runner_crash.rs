@@ -6,13 +6,13 @@
 
 mod common;
 
+use common::fake_runner::{FakeRunner, Seen};
 use common::{TestServer, WAIT, json_of};
 use futures_util::{SinkExt, StreamExt};
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_tunnel::host::HostRegistry;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -21,170 +21,6 @@ const GOLDEN: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../proto/tests/golden/omnigent-0.19.1-host-runner-tunnels.jsonl"
 ));
-/// What the scripted runner saw.
-#[derive(Debug)]
-enum Seen {
-    Init(Value),
-    Event(Value),
-}
-
-/// A runner that answers the server's requests over a real tunnel and streams what the test pushes.
-struct FakeRunner {
-    out: mpsc::UnboundedSender<Message>,
-    /// Request ids of the session streams the server opened, newest last.
-    streams: mpsc::UnboundedReceiver<String>,
-    seen: mpsc::UnboundedReceiver<Seen>,
-    /// Status answers to `POST …/events`, by event type (default 202); kept so the table stays open.
-    _answers: mpsc::UnboundedSender<(String, u16)>,
-    stream_id: Option<String>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeRunner {
-    /// Dial `srv` as the runner of `token`; `status` is what it reports for a session (`GET /v1/sessions/{id}`).
-    /// Returns once the tunnel is registered (the server's first `ping` proves it).
-    async fn connect(srv: &TestServer, token: &str, status: &'static str) -> FakeRunner {
-        let runner_id = omnigent_proto::ids::runner_id_for_token(token);
-        let url = format!(
-            "{}/v1/runners/{runner_id}/tunnel",
-            srv.url.replace("http://", "ws://")
-        );
-        let mut request = url.into_client_request().expect("request");
-        request.headers_mut().insert(
-            "x-omnigent-runner-tunnel-token",
-            token.parse().expect("header"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("tunnel upgrade");
-        let (mut sink, mut source) = ws.split();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
-        let (streams_tx, streams) = mpsc::unbounded_channel();
-        let (seen_tx, seen) = mpsc::unbounded_channel();
-        let (answers, mut answers_rx) = mpsc::unbounded_channel::<(String, u16)>();
-        let (registered_tx, registered) = tokio::sync::oneshot::channel::<()>();
-        let hello = json!({"kind": "hello", "runner_version": "fake", "frame_protocol_version": 1,
-            "harnesses": ["echo"], "envs": [], "telemetry_opt_out": true});
-        sink.send(Message::Text(hello.to_string().into()))
-            .await
-            .expect("hello");
-        let reply = out.clone();
-        let task = tokio::spawn(async move {
-            let writer = tokio::spawn(async move {
-                while let Some(m) = out_rx.recv().await {
-                    if sink.send(m).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = sink.close().await;
-            });
-            let mut registered_tx = Some(registered_tx);
-            let mut codes: std::collections::HashMap<String, u16> = Default::default();
-            while let Some(Ok(msg)) = source.next().await {
-                let Message::Text(text) = msg else { continue };
-                let frame: Value = serde_json::from_str(text.as_str()).expect("frame json");
-                while let Ok((kind, code)) = answers_rx.try_recv() {
-                    codes.insert(kind, code);
-                }
-                let send = |v: Value| {
-                    let _ = reply.send(Message::Text(v.to_string().into()));
-                };
-                match frame["kind"].as_str().unwrap_or("") {
-                    "ping" => {
-                        send(json!({"kind": "pong", "ts": frame["ts"]}));
-                        if let Some(tx) = registered_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    "request" => {
-                        let id = frame["id"].as_str().unwrap_or("").to_owned();
-                        let method = frame["method"].as_str().unwrap_or("");
-                        let path = frame["path"].as_str().unwrap_or("");
-                        let body: Value = frame["body"]
-                            .as_str()
-                            .and_then(|b| serde_json::from_str(b).ok())
-                            .unwrap_or(Value::Null);
-                        let answer = |status: u16, body: Value| {
-                            send(json!({"kind": "response.head", "id": id, "status": status,
-                                "headers": [["content-type", "application/json"]]}));
-                            send(
-                                json!({"kind": "response.body", "id": id, "body": body.to_string(), "encoding": "utf-8"}),
-                            );
-                            send(json!({"kind": "response.end", "id": id}));
-                        };
-                        if method == "GET" && path.ends_with("/stream") {
-                            send(json!({"kind": "response.head", "id": id, "status": 200,
-                                "headers": [["content-type", "text/event-stream"]]}));
-                            send(json!({"kind": "response.body", "id": id,
-                                "body": "data: {\"type\": \"session.heartbeat\"}\n\n", "encoding": "utf-8"}));
-                            let _ = streams_tx.send(id.clone());
-                        } else if method == "POST" && path == "/v1/sessions" {
-                            let _ = seen_tx.send(Seen::Init(body));
-                            answer(201, json!({}));
-                        } else if method == "GET" {
-                            answer(200, json!({"status": status}));
-                        } else if method == "POST" && path.ends_with("/events") {
-                            let kind = body["type"].as_str().unwrap_or("").to_owned();
-                            let code = codes.get(&kind).copied().unwrap_or(202);
-                            let _ = seen_tx.send(Seen::Event(body));
-                            answer(
-                                code,
-                                json!({"status": "accepted", "detail": "Turn started."}),
-                            );
-                        } else {
-                            answer(404, json!({"code": "not_found"}));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            writer.abort();
-        });
-        tokio::time::timeout(WAIT, registered)
-            .await
-            .expect("registered in time")
-            .expect("tunnel alive");
-        FakeRunner {
-            out,
-            streams,
-            seen,
-            _answers: answers,
-            stream_id: None,
-            task,
-        }
-    }
-
-    /// Wait until the server has opened (or re-opened) the session stream.
-    async fn stream_opened(&mut self) {
-        let id = tokio::time::timeout(WAIT, self.streams.recv())
-            .await
-            .expect("stream opened in time")
-            .expect("runner task");
-        self.stream_id = Some(id);
-    }
-
-    async fn next_seen(&mut self) -> Seen {
-        tokio::time::timeout(WAIT, self.seen.recv())
-            .await
-            .expect("a request in time")
-            .expect("runner task")
-    }
-
-    /// Stream one event to the server, as the runner's SSE does (`data:` only).
-    fn push(&self, event: Value) {
-        let id = self.stream_id.clone().expect("stream open");
-        let frame = json!({"kind": "response.body", "id": id, "body": format!("data: {event}\n\n"), "encoding": "utf-8"});
-        self.out
-            .send(Message::Text(frame.to_string().into()))
-            .expect("runner task");
-    }
-
-    /// Drop the connection without a close handshake's courtesy (a crashed runner).
-    fn crash(self) {
-        self.task.abort();
-    }
-}
-
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The captured 0.19.1 `host.hello`, with our host id.

@@ -82,15 +82,12 @@ pub async fn run_turn(
         )
         .await?;
     }
-    let note = format!(
-        "\n[stopped: the model asked for tools {max_rounds} rounds in a row; send a message to let it continue]"
-    );
-    sink.text_delta(&note);
-    new_history.push(HistoryEntry::Assistant { text: note });
-    Ok(TurnOutcome {
+    Ok(vendor::rounds_exhausted(
+        sink,
+        max_rounds,
         new_history,
-        usage: usage.into_value(),
-    })
+        usage,
+    ))
 }
 
 /// The Chat Completions `messages` for the history so far: consecutive tool calls join one assistant

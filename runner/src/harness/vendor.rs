@@ -33,6 +33,25 @@ pub(super) fn max_tool_rounds(config: &HarnessConfig) -> u32 {
     config.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS)
 }
 
+/// The end of a turn whose model asked for tools `max_rounds` rounds in a row: the turn completes (not an error)
+/// with a note in the transcript that says how to go on.
+pub(super) fn rounds_exhausted(
+    sink: &EventSink,
+    max_rounds: u32,
+    mut new_history: Vec<HistoryEntry>,
+    usage: Usage,
+) -> super::TurnOutcome {
+    let note = format!(
+        "\n[stopped: the model asked for tools {max_rounds} rounds in a row; send a message to let it continue]"
+    );
+    sink.text_delta(&note);
+    new_history.push(HistoryEntry::Assistant { text: note });
+    super::TurnOutcome {
+        new_history,
+        usage: usage.into_value(),
+    }
+}
+
 pub(super) fn client(vendor: &'static str) -> Result<reqwest::Client, HarnessError> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_runner;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
