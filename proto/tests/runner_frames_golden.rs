@@ -1,14 +1,15 @@
 #![allow(clippy::unwrap_used)]
 //! Golden test: every runner tunnel frame omnigent 0.19.1 sent (captured in
-//! reference/wire-samples/omnigent-0.19.1-host-runner-tunnels.jsonl) decodes to its kind and re-encodes
+//! proto/tests/golden/, a copy of reference/wire-samples/omnigent-0.19.1-host-runner-tunnels.jsonl) decodes to its kind and re-encodes
 //! field for field.
 
 use omnigent_proto::runner_frames::{RunnerFrame, decode_body};
 use serde_json::Value;
 
-const CAPTURE: &str = include_str!(
-    "../../../shared/reference/wire-samples/omnigent-0.19.1-host-runner-tunnels.jsonl"
-);
+const CAPTURE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/omnigent-0.19.1-host-runner-tunnels.jsonl"
+));
 
 fn runner_frames() -> Vec<Value> {
     CAPTURE
