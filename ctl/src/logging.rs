@@ -1,5 +1,10 @@
-//! Tracing for the roles this file's owner runs: the daemon (size-rotated `daemon.log`, plus stderr with
-//! `--foreground`, level changeable live from config.toml) and the short-lived CLI commands (stderr, warnings).
+//! Tracing for every role of the binary: the daemon (size-rotated `daemon.log`, plus stderr with `--foreground`,
+//! level changeable live from config.toml), the server and runner processes (stderr, which the daemon sends to
+//! their rotated logs), and the short-lived CLI commands (stderr, warnings).
+//!
+//! Every subscriber drops failed writes (`log_internal_errors(false)`): a child's stderr is a pipe to the daemon,
+//! and when the daemon dies that pipe breaks; tracing's default would report each failed write with `eprintln!`
+//! to the same stderr, which panics (inside a connection task or the shutdown future of the server).
 
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +67,23 @@ pub fn init_cli() {
         .with(
             fmt::layer()
                 .with_writer(std::io::stderr)
+                .log_internal_errors(false)
+                .with_filter(filter),
+        )
+        .try_init();
+}
+
+/// Install the subscriber of a server or runner process: stderr, filter from `OMNIGENT_LOG`, else `RUST_LOG`,
+/// else `info`.
+pub fn init_process() {
+    let filter = EnvFilter::try_from_env(LOG_ENV)
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .log_internal_errors(false)
                 .with_filter(filter),
         )

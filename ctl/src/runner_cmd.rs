@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    install_tracing();
+    crate::logging::init_process();
     let harness = HarnessKind::parse(&args.harness).ok_or_else(|| {
         ConfigError(format!(
             "unknown harness {:?}; use one of: echo, openai, anthropic, exec",
@@ -65,19 +65,6 @@ pub fn run(args: Args) -> Result<()> {
             ) => Err(ConfigError(err.to_string()).into()),
         }
     })
-}
-
-fn install_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OMNIGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // The runner's stderr is a pipe to the daemon's log; when the daemon dies the pipe breaks, and a
-        // failed log write must not panic (tracing's default reports it with eprintln!, which panics).
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// Cancel `shutdown` on SIGTERM or Ctrl-C.

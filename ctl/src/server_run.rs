@@ -3,13 +3,12 @@
 //! Prints exactly one line on stdout once it accepts connections (the daemon reads it):
 //! `{"ready":true,"url":"http://127.0.0.1:PORT","pid":PID,"database":"…"}`. Logs go to stderr.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{Context, Result};
 use omnigent_proto::paths::Paths;
 use omnigent_server::ServerConfig;
-use tracing_subscriber::EnvFilter;
 
 use crate::exit::ConfigError;
 
@@ -27,18 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    // stderr is a pipe to the daemon; when the daemon dies (SIGKILL) every write to it fails with EPIPE.
-    // With tracing's default `log_internal_errors(true)` each failed write is reported by an `eprintln!` to
-    // that same stderr, which panics — inside a connection task, or inside the shutdown future, leaving a
-    // server that never stops on SIGTERM. Failed log writes are dropped instead.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .try_init();
+    crate::logging::init_process();
 
     let ip = parse_bind(&args.bind)?;
     let paths = Paths::from_env()?;
