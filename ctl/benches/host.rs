@@ -4,7 +4,10 @@
 //!   host tunnel; the bench checks it reports `online`);
 //! - session cold start: `POST /v1/sessions` bound to this host (the server asks the host to launch a runner)
 //!   → stream ready → message posted → first `response.output_text.delta` of the echo harness; reported in
-//!   total and per step.
+//!   total and per step;
+//! - reconnect after a server restart: SIGKILL the local server (the daemon restarts it on the same port), then
+//!   the time from the restarted server's first healthy answer until `/health?session_id=` says the host and
+//!   the session's runner are online again (target < 1 s).
 //!
 //! `cargo bench -p omnigent --bench host [-- ITERATIONS]`
 #![allow(clippy::unwrap_used)]
@@ -53,8 +56,9 @@ fn report(name: &str, mut v: Vec<Duration>) {
     );
 }
 
-/// Times of one session cold start: (created, stream ready, first token), each from the previous step.
-async fn session_cold_start(base: &str, host_id: &str, workspace: &str) -> [Duration; 3] {
+/// Times of one session cold start: (created, stream ready, first token), each from the previous step, and the
+/// session's id.
+async fn session_cold_start(base: &str, host_id: &str, workspace: &str) -> ([Duration; 3], String) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let agents: Value = http
         .get(format!("{base}/v1/agents?limit=100"))
@@ -122,7 +126,52 @@ async fn session_cold_start(base: &str, host_id: &str, workspace: &str) -> [Dura
         break;
     }
     while !next_event().await.contains("response.output_text.delta") {}
-    [created, ready, t2.elapsed()]
+    ([created, ready, t2.elapsed()], id)
+}
+
+/// SIGKILLs the server `pid` and returns (kill → restarted server healthy, healthy → host and the session's
+/// runner online again), polling `/health` every millisecond.
+async fn server_restart(base: &str, pid: i32, session: &str) -> [Duration; 2] {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Until the old process is gone (reaped) or a zombie, a healthy answer could still be its own.
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if stat.is_empty() || zombie {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let url = format!("{base}/health?session_id={session}");
+    let mut healthy_at = None;
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no reconnect after the server restart"
+        );
+        let resp = http.get(&url).send().await;
+        if let Some(resp) = resp.ok().filter(|r| r.status().is_success()) {
+            let now = Instant::now();
+            let healthy = *healthy_at.get_or_insert(now);
+            let v: Value = resp.json().await.unwrap_or_default();
+            if v["session"]["runner_online"] == true && v["session"]["host_online"] == true {
+                return [healthy - t0, now - healthy];
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 fn main() {
@@ -136,6 +185,7 @@ fn main() {
         .unwrap();
     let (mut start, mut total, mut created, mut ready, mut token) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut restarted, mut reconnected) = (vec![], vec![]);
     for _ in 0..iterations {
         let home = tempfile::tempdir().unwrap();
         let ws = tempfile::tempdir().unwrap();
@@ -153,7 +203,7 @@ fn main() {
                 .unwrap();
         let host_id = st["config"]["host_id"].as_str().unwrap().to_owned();
         let base = v["server"]["url"].as_str().unwrap().to_owned();
-        let [c, r, f] = rt.block_on(session_cold_start(
+        let ([c, r, f], session) = rt.block_on(session_cold_start(
             &base,
             &host_id,
             ws.path().to_str().unwrap(),
@@ -162,6 +212,10 @@ fn main() {
         ready.push(r);
         token.push(f);
         total.push(c + r + f);
+        let server_pid = st["server"]["pid"].as_i64().unwrap() as i32;
+        let [h, o] = rt.block_on(server_restart(&base, server_pid, &session));
+        restarted.push(h);
+        reconnected.push(o);
         omnigent(home.path(), port, &["stop"]);
     }
     report("cold start → host online", start);
@@ -169,4 +223,6 @@ fn main() {
     report("  POST /v1/sessions (runner launched)", created);
     report("  stream open → ready heartbeat", ready);
     report("  message → first delta", token);
+    report("server SIGKILL → restarted server healthy", restarted);
+    report("server healthy → host + runner online", reconnected);
 }

@@ -80,7 +80,7 @@ fn run_inner(args: &RunArgs, started_by: String, notify_pipe: bool, systemd: boo
             started_by,
             policy: Default::default(),
             on_log_level: Some(set_level),
-            tunnel_timings: Default::default(),
+            tunnel_timings: tunnel_timings_from_env(),
         };
         // Listen for SIGTERM/SIGINT before saying ready, so a stop right after ready is graceful too.
         let signals = {
@@ -203,4 +203,23 @@ fn send_abstract(_: &std::os::unix::net::UnixDatagram, _: &[u8], _: &str) -> std
     Err(std::io::Error::other(
         "abstract sockets exist only on Linux",
     ))
+}
+
+/// Test/tuning knob: the host tunnel's dead-peer limit in ms (default 90 s), read once at daemon start.
+pub(crate) const LIVENESS_ENV: &str = "OMNIGENT_TUNNEL_LIVENESS_MS";
+
+/// The host tunnel timings, with `OMNIGENT_TUNNEL_LIVENESS_MS` (when a positive number of ms) as the liveness
+/// limit; the WebSocket ping interval shrinks to a third of it so a healthy but quiet server is never dropped.
+pub(crate) fn tunnel_timings_from_env() -> omnigent_daemon::host_tunnel::HostTunnelTimings {
+    let mut t = omnigent_daemon::host_tunnel::HostTunnelTimings::default();
+    let ms = std::env::var(LIVENESS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0);
+    if let Some(ms) = ms {
+        let limit = std::time::Duration::from_millis(ms);
+        t.liveness_timeout = limit;
+        t.ws_ping_interval = t.ws_ping_interval.min(limit / 3);
+    }
+    t
 }

@@ -297,7 +297,7 @@ fn be_the_daemon(remote: Option<String>, paths: Paths) -> Result<()> {
             started_by: "host".to_owned(),
             policy: Default::default(),
             on_log_level: Some(set_level),
-            tunnel_timings: Default::default(),
+            tunnel_timings: crate::daemon_cmd::tunnel_timings_from_env(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let daemon = tokio::spawn(omnigent_daemon::run(daemon_config, listener, async move {

@@ -8,6 +8,9 @@ use omnigent_runner::CancellationToken;
 use omnigent_runner::harness::HarnessKind;
 use omnigent_runner::{RunnerConfig, RunnerError};
 
+/// The runner's silent-server limit in ms (see docs/cli.md, environment).
+const IDLE_ENV: &str = "OMNIGENT_RUNNER_IDLE_TIMEOUT_MS";
+
 use crate::exit::ConfigError;
 
 #[derive(Debug, clap::Args)]
@@ -48,7 +51,15 @@ pub fn run(args: Args) -> Result<()> {
         ))
         .into());
     }
-    let config = RunnerConfig::new(args.server, args.token, workspace, harness);
+    let mut config = RunnerConfig::new(args.server, args.token, workspace, harness);
+    // Test/tuning knob: how long a silent server is tolerated before the runner redials (default 90 s).
+    if let Some(ms) = std::env::var(IDLE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+    {
+        config.tunnel.idle_timeout = Some(std::time::Duration::from_millis(ms));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

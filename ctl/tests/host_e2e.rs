@@ -689,3 +689,302 @@ async fn host_in_the_foreground_refused_before_any_success_exits_78_and_leaves_n
     let st = home.json(&["status", "--json"]).await;
     assert_eq!(st["running"], false, "{st}");
 }
+
+/// Sends `message` to `session` with `omnigent attach` and returns its stdout once that turn is over.
+async fn attach_say(home: &Home, session: &str, message: &str) -> String {
+    let mut attach = home
+        .cmd(&["attach", session])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = attach.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+        // Dropped here: EOF, so attach leaves once that turn is over.
+    }
+    let out = tokio::time::timeout(WAIT, attach.wait_with_output())
+        .await
+        .expect("attach did not finish")
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sigkilled_is_restarted_and_host_and_runner_are_back_within_2s_of_health_and_the_session_continues()
+ {
+    let home = Home::new();
+    let started = home.json(&["start", "--json"]).await;
+    assert_eq!(started["host"]["tunnel"], "online", "{started}");
+    let base = started["server"]["url"].as_str().unwrap().to_owned();
+    let ws = tempfile::tempdir().unwrap();
+    let out = home
+        .run(&[
+            "run",
+            "--json",
+            "--harness",
+            "echo",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "before-the-crash",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("before-the-crash"), "{}", text(&out));
+    let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let session = first["session"]["id"].as_str().unwrap().to_owned();
+
+    let st = home.json(&["status", "--json"]).await;
+    let old_pid = st["server"]["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // SIGKILL is delivered before kill(2) returns, but the old process may still hold its socket for a moment:
+    // wait until it is gone (reaped by the daemon) or a zombie, so a healthy answer below is the new server.
+    tokio::time::timeout(WAIT, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            if stat.is_empty() || zombie {
+                return;
+            }
+            tick.tick().await;
+        }
+    })
+    .await
+    .expect("the killed server never died");
+
+    // Poll the restarted server's /health with a deadline: the first 200 is "healthy", then both the host
+    // and the session's runner must be online again.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let health_url = format!("{base}/health?session_id={session}");
+    let (healthy_at, back_at, last) = tokio::time::timeout(WAIT, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut healthy_at = None;
+        loop {
+            tick.tick().await;
+            let Ok(resp) = http.get(&health_url).send().await else {
+                continue;
+            };
+            if !resp.status().is_success() {
+                continue;
+            }
+            let now = std::time::Instant::now();
+            let healthy = *healthy_at.get_or_insert(now);
+            let Ok(v) = resp.json::<Value>().await else {
+                continue;
+            };
+            if v["session"]["runner_online"] == true && v["session"]["host_online"] == true {
+                return (healthy, now, v);
+            }
+        }
+    })
+    .await
+    .expect("host and runner never came back online after the server restart");
+    let took = back_at - healthy_at;
+    eprintln!("server healthy → host and runner online: {took:?} ({last})");
+    assert!(
+        took < Duration::from_secs(2),
+        "host and runner took {took:?} after the server was healthy"
+    );
+    let st = home.json(&["status", "--json"]).await;
+    assert_ne!(
+        st["server"]["pid"].as_u64().unwrap() as i32,
+        old_pid,
+        "{st}"
+    );
+    assert_eq!(st["server"]["port"], home.port, "{st}");
+    let runners: Value = http
+        .get(format!("{base}/v1/runners"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !runners["data"].as_array().unwrap().is_empty(),
+        "no runner listed: {runners}"
+    );
+
+    // The session continues on the restarted server.
+    let echoed = attach_say(&home, &session, "after-the-crash").await;
+    assert!(echoed.contains("after-the-crash"), "{echoed}");
+}
+
+/// Sends SIGCONT to a process on drop, so a failing test never leaves a frozen server behind.
+struct Thaw(i32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_frozen_past_the_liveness_limit_is_detected_and_after_sigcont_the_host_and_session_recover()
+ {
+    let home = Home::new();
+    let out = tokio::time::timeout(
+        WAIT,
+        home.cmd(&["start", "--json"])
+            .env("OMNIGENT_TUNNEL_LIVENESS_MS", "1500")
+            .output(),
+    )
+    .await
+    .expect("start did not finish")
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let started: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(started["host"]["tunnel"], "online", "{started}");
+    let ws = tempfile::tempdir().unwrap();
+    let out = home
+        .run(&[
+            "run",
+            "--json",
+            "--harness",
+            "echo",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+            "before-the-freeze",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("before-the-freeze"), "{}", text(&out));
+    let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let session = first["session"]["id"].as_str().unwrap().to_owned();
+
+    let paths = omnigent_proto::paths::Paths::under(home.dir.path());
+    let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+        .await
+        .unwrap();
+    let st = client.status().await.unwrap();
+    let server_pid = st.server.pid.unwrap() as i32;
+    let local_tunnel = |st: &omnigent_proto::control::DaemonStatus| {
+        st.targets
+            .iter()
+            .find(|t| t.local)
+            .map(|t| t.tunnel.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(local_tunnel(&st), "online", "{st:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server_pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let thaw = Thaw(server_pid);
+    let frozen_at = std::time::Instant::now();
+    // The host tunnel hears nothing for the 1.5 s limit: the daemon drops it and reconnects.
+    let st = tokio::time::timeout(WAIT, async {
+        let mut st = client.status().await.unwrap();
+        while local_tunnel(&st) == "online" {
+            st = client.status_after(st.revision, 10_000).await.unwrap();
+        }
+        st
+    })
+    .await
+    .expect("the frozen server was never detected");
+    let detected = frozen_at.elapsed();
+    eprintln!(
+        "frozen server detected after {detected:?}: {}",
+        local_tunnel(&st)
+    );
+    assert!(
+        detected >= Duration::from_millis(1000),
+        "too early: {detected:?}"
+    );
+
+    drop(thaw); // SIGCONT
+    let thawed_at = std::time::Instant::now();
+    tokio::time::timeout(WAIT, async {
+        let mut st = client.status().await.unwrap();
+        while local_tunnel(&st) != "online" {
+            st = client.status_after(st.revision, 10_000).await.unwrap();
+        }
+    })
+    .await
+    .expect("the host never came back online after SIGCONT");
+    eprintln!("host online again {:?} after SIGCONT", thawed_at.elapsed());
+    // Recovered, not replaced: the same server process serves the host again.
+    let st = client.status().await.unwrap();
+    assert_eq!(st.server.pid, Some(server_pid as u32), "{st:?}");
+    drop(client);
+
+    let echoed = attach_say(&home, &session, "after-the-thaw").await;
+    assert!(echoed.contains("after-the-thaw"), "{echoed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_with_a_short_idle_timeout_redials_a_server_that_went_silent() {
+    let home = Home::new();
+    // A server that accepts the runner tunnel and then says nothing, reporting each upgrade.
+    let (dialled_tx, mut dialled) = tokio::sync::mpsc::unbounded_channel::<std::time::Instant>();
+    let app = Router::new().route(
+        "/v1/runners/{id}/tunnel",
+        get(move |ws: WebSocketUpgrade| {
+            let dialled_tx = dialled_tx.clone();
+            async move {
+                ws.on_upgrade(move |mut socket| async move {
+                    let _ = dialled_tx.send(std::time::Instant::now());
+                    // Read (and drop) whatever the runner sends until it hangs up; never answer.
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let ws = tempfile::tempdir().unwrap();
+    let _runner = home
+        .cmd(&[
+            "runner",
+            "--server",
+            &format!("http://{addr}"),
+            "--token",
+            "tok-idle",
+            "--workspace",
+            ws.path().to_str().unwrap(),
+        ])
+        .env("OMNIGENT_RUNNER_IDLE_TIMEOUT_MS", "500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, dialled.recv())
+        .await
+        .expect("the runner never dialled")
+        .unwrap();
+    // With the default 90 s limit this second dial would not come within WAIT.
+    let second = tokio::time::timeout(WAIT, dialled.recv())
+        .await
+        .expect("the runner never gave up on the silent server")
+        .unwrap();
+    let gap = second - first;
+    assert!(
+        gap >= Duration::from_millis(450),
+        "redialled before the idle limit: {gap:?}"
+    );
+}
