@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use omnigent_proto::runner_frames::{
     self, Hello, Ping, Request, RequestCancel, ResponseHead, RunnerFrame, WsClose, WsFrame, WsOpen,
     close,
@@ -19,9 +19,10 @@ use omnigent_proto::runner_frames::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::channel::{Channel, ChannelEvent, ChannelMessage, TUNNEL_LOST};
+use crate::socket;
 use crate::{TunnelConfig, TunnelError, epoch_millis};
 
 /// How long the writer may take to flush the final close frame.
@@ -306,7 +307,7 @@ pub(crate) async fn run_connection(
     config: TunnelConfig,
 ) -> (u16, String) {
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let writer = tokio::spawn(socket::write_loop(sink, out_rx, "runner"));
     let send = |frame: RunnerFrame| {
         let _ = out_tx.send(Message::Text(frame.encode().into()));
     };
@@ -322,26 +323,13 @@ pub(crate) async fn run_connection(
         let deadline = last_inbound + config.liveness_timeout;
         tokio::select! {
             message = stream.next() => {
-                let text = match message {
-                    None => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
-                    Some(Err(e)) => {
-                        info!(error = %e, "runner tunnel read failed");
-                        break (close::TUNNEL_CLOSED, "tunnel closed".to_owned());
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        debug!(?frame, "runner closed the tunnel");
-                        break (close::TUNNEL_CLOSED, "tunnel closed".to_owned());
-                    }
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => {
-                        last_inbound = Instant::now();
-                        debug!("dropping a binary message on the runner tunnel");
-                        continue;
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                let text = match socket::inbound(message, "runner") {
+                    socket::Inbound::Closed => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
+                    socket::Inbound::Alive => {
                         last_inbound = Instant::now();
                         continue;
                     }
+                    socket::Inbound::Text(text) => text,
                 };
                 last_inbound = Instant::now();
                 let frame = match RunnerFrame::decode_capped(text.as_str(), config.max_frame_bytes) {
@@ -529,21 +517,4 @@ fn on_frame(
             debug!(kind = ?runner_frames::peek_kind(text), "unknown runner frame kind; skipped");
         }
     }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-) {
-    while let Some(message) = rx.recv().await {
-        let is_close = matches!(message, Message::Close(_));
-        if let Err(e) = sink.send(message).await {
-            debug!(error = %e, "runner tunnel write failed");
-            break;
-        }
-        if is_close {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::epoch_millis;
+use crate::socket;
 
 /// Room in the WebSocket layer above the frame cap, so an oversized frame reaches our own check.
 const WS_LAYER_SLACK: usize = 1024 * 1024;
@@ -714,7 +715,7 @@ async fn run_connection(
 ) -> (u16, String) {
     let settings = &conn.inner.settings;
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let writer = tokio::spawn(socket::write_loop(sink, out_rx, "host"));
     let send = |frame: &HostFrame| {
         let _ = out_tx.send(Message::Text(frame.encode().into()));
     };
@@ -731,26 +732,13 @@ async fn run_connection(
         let deadline = last_inbound + settings.liveness_timeout;
         tokio::select! {
             message = stream.next() => {
-                let text = match message {
-                    None => break (close::PING_TIMEOUT, "tunnel closed".to_owned()),
-                    Some(Err(e)) => {
-                        info!(error = %e, "host tunnel read failed");
-                        break (close::PING_TIMEOUT, "tunnel closed".to_owned());
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        debug!(?frame, "host closed the tunnel");
-                        break (close::PING_TIMEOUT, "tunnel closed".to_owned());
-                    }
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => {
-                        last_inbound = Instant::now();
-                        debug!("dropping a binary message on the host tunnel");
-                        continue;
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                let text = match socket::inbound(message, "host") {
+                    socket::Inbound::Closed => break (close::PING_TIMEOUT, "tunnel closed".to_owned()),
+                    socket::Inbound::Alive => {
                         last_inbound = Instant::now();
                         continue;
                     }
+                    socket::Inbound::Text(text) => text,
                 };
                 last_inbound = Instant::now();
                 let frame = match HostFrame::decode_capped(text.as_str(), settings.max_frame_bytes) {
@@ -896,21 +884,4 @@ fn on_frame(
             debug!(kind = ?omnigent_proto::runner_frames::peek_kind(text), "unknown host frame kind; skipped")
         }
     }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-) {
-    while let Some(message) = rx.recv().await {
-        let is_close = matches!(message, Message::Close(_));
-        if let Err(e) = sink.send(message).await {
-            debug!(error = %e, "host tunnel write failed");
-            break;
-        }
-        if is_close {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }

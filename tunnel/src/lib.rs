@@ -40,6 +40,7 @@ pub mod connection;
 pub mod host;
 pub mod router;
 pub mod server;
+mod socket;
 pub mod sse;
 
 pub use channel::{Channel, ChannelEvent, ChannelMessage};
