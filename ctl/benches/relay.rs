@@ -3,11 +3,12 @@
 //!   `POST …/events` until the first `response.output_text.delta` arrives (p50/p99 over sequential turns);
 //! - fan-out: a scripted runner (a WebSocket client in this process speaking the tunnel frames) streams 100,000
 //!   text deltas, each stamped with its send time, to 100 SSE subscribers: events/s through the relay, p99
-//!   end-to-end latency, and whether every subscriber got every event;
+//!   end-to-end latency, whether every subscriber got every event, and the server's CPU time;
 //! - runner idle RSS (the real runner process, connected and idle);
 //! - 1,000 idle runner tunnels on one server: server RSS before and after, per tunnel.
 //!
-//! `cargo bench -p omnigent --bench relay [-- TURNS DELTAS SUBSCRIBERS TUNNELS]`
+//! `cargo bench -p omnigent --bench relay [-- TURNS DELTAS SUBSCRIBERS TUNNELS RATE]` (a 0 skips that part;
+//! the fan-out runs paced at RATE deltas/s, default 50,000, then as an unpaced burst)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -59,6 +60,15 @@ impl Proc {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap()
+    }
+
+    /// User + system CPU time so far, in clock ticks (1/100 s).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the `(comm)`: utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
 }
 
@@ -297,7 +307,84 @@ async fn scripted_runner(
     (out, streams)
 }
 
-async fn fan_out(deltas: usize, subscribers: usize) {
+/// What one fan-out subscriber saw.
+struct Seen {
+    latencies: Vec<Duration>,
+    /// The `n` of the next delta it expected (== deltas when it got them all).
+    next: u64,
+    gaps: u64,
+}
+
+/// A lean SSE subscriber for the fan-out: raw chunks scanned for the `"n":` and `"t":` stamps of each delta
+/// (no per-event allocation: the subscribers share the 2 cores with the server), until `response.completed`.
+async fn fan_out_subscriber(
+    http: &reqwest::Client,
+    url: &str,
+    session: &str,
+    epoch: Instant,
+    received: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Seen> {
+    let mut resp = http
+        .get(format!("{url}/v1/sessions/{session}/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // The ready heartbeat: subscribed from here on.
+    let mut buf: Vec<u8> = resp.chunk().await.unwrap().unwrap().to_vec();
+    assert!(
+        memchr::memmem::find(&buf, b"session.heartbeat").is_some(),
+        "the ready heartbeat comes first"
+    );
+    buf.clear();
+    tokio::spawn(async move {
+        let stamp = memchr::memmem::Finder::new(b"\"n\":");
+        let mut seen = Seen {
+            latencies: Vec::new(),
+            next: 0,
+            gaps: 0,
+        };
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.extend_from_slice(&chunk);
+            // Only whole events: up to the last blank line.
+            let Some(end) = memchr::memmem::rfind(&buf, b"\n\n") else {
+                continue;
+            };
+            let whole = &buf[..end + 2];
+            let now = u64::try_from(epoch.elapsed().as_micros()).unwrap();
+            let mut count = 0;
+            for at in stamp.find_iter(whole) {
+                let n = digits(&whole[at + 4..]);
+                let t_at = at + memchr::memmem::find(&whole[at..], b"\"t\":").unwrap() + 4;
+                let sent = digits(&whole[t_at..]);
+                if n != seen.next {
+                    seen.gaps += 1;
+                }
+                seen.next = n + 1;
+                seen.latencies
+                    .push(Duration::from_micros(now.saturating_sub(sent)));
+                count += 1;
+            }
+            received.fetch_add(count, Ordering::Relaxed);
+            let finished = memchr::memmem::find(whole, b"response.completed").is_some();
+            buf.drain(..end + 2);
+            if finished {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+fn digits(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0, |n, b| n * 10 + u64::from(b - b'0'))
+}
+
+/// One runner streams `deltas` text deltas to `subscribers` SSE clients, at `rate` deltas/s (0: all at once).
+async fn fan_out(deltas: usize, subscribers: usize, rate: usize) {
     let home = tempfile::tempdir().unwrap();
     let (mut server, url) = start_server(home.path()).await;
     let token = "bench-fanout-token";
@@ -323,79 +410,72 @@ async fn fan_out(deltas: usize, subscribers: usize) {
     let received = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for _ in 0..subscribers {
-        let mut rx = subscribe(&http, &url, &session).await;
-        let received = received.clone();
-        handles.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(deltas);
-            let mut next = 0u64;
-            let mut gaps = 0u64;
-            while let Some((kind, data)) = rx.recv().await {
-                if kind == "response.completed" {
-                    break;
-                }
-                if kind != "response.output_text.delta" {
-                    continue;
-                }
-                // Cheap field reads: the subscribers share the 2 cores with the server.
-                let n = number_after(&data, "\"n\":");
-                let sent = number_after(&data, "\"t\":");
-                if n != next {
-                    gaps += 1;
-                }
-                next = n + 1;
-                let now = u64::try_from(epoch.elapsed().as_micros()).unwrap();
-                lat.push(Duration::from_micros(now.saturating_sub(sent)));
-                received.fetch_add(1, Ordering::Relaxed);
-            }
-            (lat, next, gaps)
-        }));
+        handles.push(fan_out_subscriber(&http, &url, &session, epoch, received.clone()).await);
     }
+    let cpu_before = server.cpu_ticks();
     let start = Instant::now();
-    for n in 0..deltas {
-        let t = u64::try_from(epoch.elapsed().as_micros()).unwrap();
-        let event = json!({"type": "response.output_text.delta", "delta": "x", "n": n, "t": t});
-        let frame = json!({"kind": "response.body", "id": stream_id, "body": format!("data: {event}\n\n"), "encoding": "utf-8"});
-        out.send(Message::Text(frame.to_string().into())).unwrap();
-        if n % 1000 == 999 {
-            tokio::task::yield_now().await;
+    let frame = |event: Value| {
+        let body = format!("data: {event}\n\n");
+        Message::Text(
+            json!({"kind": "response.body", "id": stream_id, "body": body, "encoding": "utf-8"})
+                .to_string()
+                .into(),
+        )
+    };
+    let mut n = 0;
+    while n < deltas {
+        // Paced: as many as are due by now, checked every millisecond; a burst: everything at once.
+        let due = if rate == 0 {
+            deltas
+        } else {
+            ((start.elapsed().as_secs_f64() * rate as f64) as usize).min(deltas)
+        };
+        while n < due {
+            let t = u64::try_from(epoch.elapsed().as_micros()).unwrap();
+            let event = json!({"type": "response.output_text.delta", "delta": "x", "n": n, "t": t});
+            out.send(frame(event)).unwrap();
+            n += 1;
         }
+        if rate == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let done = json!({"type": "response.completed", "response": {"id": "resp_bench"}});
-    let frame = json!({"kind": "response.body", "id": stream_id, "body": format!("data: {done}\n\n"), "encoding": "utf-8"});
-    out.send(Message::Text(frame.to_string().into())).unwrap();
+    out.send(frame(
+        json!({"type": "response.completed", "response": {"id": "resp_bench"}}),
+    ))
+    .unwrap();
     let mut all = Vec::new();
     let mut complete = 0;
     let mut gaps = 0;
     for h in handles {
-        let (lat, next, g) = h.await.unwrap();
-        if next as usize == deltas && g == 0 {
+        let seen = h.await.unwrap();
+        if seen.next as usize == deltas && seen.gaps == 0 {
             complete += 1;
         }
-        gaps += g;
-        all.extend(lat);
+        gaps += seen.gaps;
+        all.extend(seen.latencies);
     }
     let elapsed = start.elapsed();
+    let cpu = server.cpu_ticks() - cpu_before;
     all.sort();
+    let pace = if rate == 0 {
+        "unpaced burst".to_owned()
+    } else {
+        format!("paced at {rate}/s")
+    };
     println!(
-        "fan-out: {deltas} deltas to {subscribers} subscribers in {elapsed:?}: {:.0} events/s through the relay \
-         ({:.0} deliveries/s); latency p50 {:?} p99 {:?}; {complete}/{subscribers} subscribers got every event \
-         ({gaps} gaps)",
+        "fan-out ({pace}): {deltas} deltas to {subscribers} subscribers in {elapsed:.2?}: {:.0} events/s through \
+         the relay ({:.0} deliveries/s); latency p50 {:?} p99 {:?} max {:?}; {complete}/{subscribers} subscribers \
+         got every event ({gaps} gaps); server CPU {:.2} s",
         deltas as f64 / elapsed.as_secs_f64(),
         received.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
         pct(&all, 0.5),
         pct(&all, 0.99),
+        all.last().copied().unwrap_or_default(),
+        cpu as f64 / 100.0,
     );
     println!("server RSS after fan-out: {} KiB", server.rss_kib());
-}
-
-fn number_after(text: &str, key: &str) -> u64 {
-    let at = text.find(key).unwrap() + key.len();
-    text[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
 }
 
 async fn idle_tunnels(count: usize) {
@@ -426,7 +506,15 @@ async fn main() {
     let deltas = args.get(1).copied().unwrap_or(100_000);
     let subscribers = args.get(2).copied().unwrap_or(100);
     let tunnels = args.get(3).copied().unwrap_or(1000);
-    echo_ttft(turns).await;
-    fan_out(deltas, subscribers).await;
-    idle_tunnels(tunnels).await;
+    let rate = args.get(4).copied().unwrap_or(50_000);
+    if turns > 0 {
+        echo_ttft(turns).await;
+    }
+    if deltas > 0 {
+        fan_out(deltas, subscribers, rate).await;
+        fan_out(deltas, subscribers, 0).await;
+    }
+    if tunnels > 0 {
+        idle_tunnels(tunnels).await;
+    }
 }

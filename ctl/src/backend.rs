@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use omnigent_daemon::client::{ClientError, ControlClient};
 use omnigent_daemon::launch::{self, Connected, LaunchError};
 use omnigent_daemon::runtime;
-use omnigent_proto::control::{ChildState, DaemonStatus, HelloReply, ServerStatus, TargetStatus};
+use omnigent_proto::control::{
+    ChildState, ControlErrorCode, DaemonStatus, HelloReply, ServerStatus, TargetStatus,
+};
 use omnigent_proto::paths::Paths;
 use serde_json::json;
 
@@ -90,6 +92,9 @@ fn launch_err(e: LaunchError) -> anyhow::Error {
 pub(crate) fn client_err(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::RuntimeDir(_) => ConfigError(e.to_string()).into(),
+        ClientError::Daemon { ref error, .. } if error.code == ControlErrorCode::ConfigFailed => {
+            ConfigError(e.to_string()).into()
+        }
         other => other.into(),
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! In the foreground with no daemon running, `omnigent host` *is* the daemon (the control socket, the lock,
 //! the runners as its children) with this one target, and Ctrl-C stops it all. With a daemon running, it adds
-//! the target to that daemon, follows its state, and removes it again on Ctrl-C. `--background` returns once
-//! the host is online, or fails within 15 s with the cause and the daemon log tail, leaving nothing behind.
+//! the target to that daemon, follows its state, and removes it again on Ctrl-C; neither writes config.toml.
+//! `--background` has the daemon keep the target in config.toml (so every later start restores it) and
+//! returns once the host is online, or fails within 15 s with the cause and the daemon log tail, leaving
+//! nothing behind. `host stop URL` removes it from config.toml again.
 
 use std::time::Duration;
 
@@ -111,9 +113,32 @@ fn daemon_log_tail(paths: &Paths) -> String {
 async fn background(remote: Option<String>) -> Result<()> {
     let paths = backend::paths()?;
     let (mut client, how) = backend::connect_or_start(&paths).await?;
+    // Whether config.toml kept the target before (read from the file: a daemon that just started may not
+    // have applied it yet): a failed start must not drop what was there.
+    let mut kept_before = false;
     let url = match &remote {
         Some(url) => {
-            client.add_target(url).await.map_err(client_err)?;
+            kept_before = omnigent_daemon::config::load(&paths.config_file()).is_ok_and(|c| {
+                c.targets
+                    .iter()
+                    .any(|t| omnigent_daemon::config::normalize_url(&t.url) == *url)
+            });
+            match client.add_target(url, true).await {
+                Ok(t) if !t.persistent => eprintln!(
+                    "note: the running daemon (omnigent {}) does not keep targets in config.toml, so this one \
+                     lasts until it stops; `omnigent restart` runs this version",
+                    client.daemon.build_version
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    // Nothing was started; a daemon started for this goes too.
+                    if how != Connected::Reused {
+                        drop(client);
+                        let _ = backend::stop_all(&paths, false).await;
+                    }
+                    return Err(client_err(e));
+                }
+            }
             url.clone()
         }
         None => {
@@ -130,6 +155,12 @@ async fn background(remote: Option<String>) -> Result<()> {
             "Host online: {url} as '{}' ({}).",
             st.config.host_name, st.config.host_id
         );
+        if t.persistent && remote.is_some() {
+            println!(
+                "  config: kept in {} (back online at every start)",
+                st.config.path
+            );
+        }
         println!("  log:    {}", st.logs.daemon);
         println!(
             "Stop it with:\n  omnigent host stop{}",
@@ -137,10 +168,11 @@ async fn background(remote: Option<String>) -> Result<()> {
         );
         return Ok(());
     }
-    // Never leave a half-started host behind: drop the target, and the daemon if we started it for this.
+    // Never leave a half-started host behind: drop the target (and what this call wrote to config.toml),
+    // and the daemon if we started it for this.
     let why = host_line(&t, &st);
     if remote.is_some() {
-        let _ = client.remove_target(&url).await;
+        let _ = client.remove_target(&url, !kept_before).await;
     }
     if how != Connected::Reused {
         drop(client);
@@ -215,28 +247,27 @@ async fn follow(client: &mut ControlClient, url: &str) -> Result<bool> {
 /// Foreground: follow through a running daemon, or be the daemon.
 fn foreground(remote: Option<String>) -> Result<()> {
     let paths = backend::paths()?;
-    let existing = {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(backend::connect_existing(&paths))?
-    };
-    match existing {
+    // The client's connection lives on the runtime it was opened on: follow on that same one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(backend::connect_existing(&paths))? {
         Some(client) => {
             crate::logging::init_cli();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             rt.block_on(through_daemon(client, remote, &paths))
         }
-        None => be_the_daemon(remote, paths),
+        None => {
+            drop(rt);
+            be_the_daemon(remote, paths)
+        }
     }
 }
 
 async fn target_url(client: &mut ControlClient, remote: &Option<String>) -> Result<String> {
     match remote {
         Some(url) => {
-            client.add_target(url).await.map_err(client_err)?;
+            // For as long as this command runs: never written to config.toml.
+            client.add_target(url, false).await.map_err(client_err)?;
             Ok(url.clone())
         }
         None => {
@@ -259,12 +290,21 @@ async fn through_daemon(
     // cut mid-request, so on a fresh connection).
     if remote.is_some() {
         let mut fresh = ControlClient::connect(paths).await.map_err(client_err)?;
-        let reply = fresh.remove_target(&url).await.map_err(client_err)?;
+        // A target kept in config.toml (`--background`) stays: only `host stop URL` removes it there.
+        let reply = fresh.remove_target(&url, false).await.map_err(client_err)?;
         if reply.removed {
             println!(
                 "Disconnected from {url}; stopped {} runner(s).",
                 reply.runners_stopped
             );
+        } else if matches!(result, Ok(true)) {
+            let st = fresh.status().await.map_err(client_err)?;
+            if st.targets.iter().any(|t| t.url == url && t.persistent) {
+                println!(
+                    "{url} stays hosted: it is kept in {} (`omnigent host stop {url}` removes it).",
+                    st.config.path
+                );
+            }
         }
     }
     result.map(|_| ())
@@ -383,26 +423,44 @@ fn stop(args: StopArgs) -> Result<()> {
             return Ok(());
         };
         let url = check_url(url)?;
+        let config_path = paths.config_file();
         let Some(mut client) = backend::connect_existing(&paths).await? else {
+            // No daemon to stop it, but it must not come back at the next start.
+            let edited = omnigent_daemon::config::remove_target(&config_path, &url)
+                .map_err(|e| ConfigError(e.to_string()))?;
             if args.json {
-                return print_json(&json!({ "removed": false, "runners_stopped": 0 }));
+                return print_json(&json!({
+                    "removed": false,
+                    "runners_stopped": 0,
+                    "removed_from_config": edited.changed,
+                }));
             }
-            println!("No host daemon running.");
+            if edited.changed {
+                println!(
+                    "No host daemon running; removed {url} from {}.",
+                    config_path.display()
+                );
+            } else {
+                println!("No host daemon running.");
+            }
             return Ok(());
         };
-        let reply = client.remove_target(&url).await.map_err(client_err)?;
+        let reply = client.remove_target(&url, true).await.map_err(client_err)?;
         if args.json {
             return print_json(&reply);
         }
-        if reply.removed {
-            println!(
+        let config = config_path.display();
+        match (reply.removed, reply.removed_from_config) {
+            (true, true) => println!(
+                "Stopped hosting {url} and removed it from {config}; stopped {} runner(s).",
+                reply.runners_stopped
+            ),
+            (true, false) => println!(
                 "Stopped hosting {url}; stopped {} runner(s).",
                 reply.runners_stopped
-            );
-        } else {
-            println!(
-                "Not hosting {url} through `omnigent host` (a target from config.toml `targets` is removed there)."
-            );
+            ),
+            (false, true) => println!("Removed {url} from {config} (it was not being hosted)."),
+            (false, false) => println!("Not hosting {url}."),
         }
         Ok(())
     })

@@ -64,6 +64,44 @@ impl Home {
             .unwrap()
     }
 
+    fn config_file(&self) -> std::path::PathBuf {
+        omnigent_proto::paths::Paths::under(self.dir.path()).config_file()
+    }
+
+    /// config.toml as it is now ("" when missing).
+    fn config_text(&self) -> String {
+        std::fs::read_to_string(self.config_file()).unwrap_or_default()
+    }
+
+    /// Follow the daemon's status (the long-poll, through the real client) until `url` is online; its
+    /// `host status --json` entries for `url` then.
+    async fn wait_online(&self, url: &str) -> Vec<Value> {
+        let paths = omnigent_proto::paths::Paths::under(self.dir.path());
+        let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, async {
+            let mut st = client.status().await.unwrap();
+            while !st
+                .targets
+                .iter()
+                .any(|t| t.url == url && t.tunnel == "online")
+            {
+                st = client.status_after(st.revision, 5_000).await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{url} never came online"));
+        let st = self.json(&["host", "status", "--json"]).await;
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["url"] == url)
+            .cloned()
+            .collect()
+    }
+
     async fn json(&self, args: &[&str]) -> Value {
         let out = self.run(args).await;
         assert!(
@@ -270,6 +308,8 @@ async fn host_in_the_foreground_is_the_daemon_its_runners_are_its_children_and_c
     }
     let st = home.json(&["host", "status", "--json"]).await;
     assert_eq!(st["running"], false);
+    // The foreground never keeps its target in config.toml.
+    assert!(!home.config_text().contains(&url), "{}", home.config_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,9 +375,15 @@ async fn host_background_refused_with_401_before_any_success_exits_78_and_leaves
         "{stderr}"
     );
     assert!(stderr.contains("daemon.log"), "no log tail: {stderr}");
-    // Rolled back: the daemon it started for this is gone, so a retry never meets "already running".
+    // Rolled back: the daemon it started for this is gone, so a retry never meets "already running", and
+    // config.toml does not bring the target back at the next start.
     let st = home.json(&["status", "--json"]).await;
     assert_eq!(st["running"], false, "{st}");
+    let config = home.config_text();
+    assert!(
+        !config.contains(&url) && !config.contains("[[targets]]"),
+        "{config}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -986,5 +1032,233 @@ async fn a_runner_with_a_short_idle_timeout_redials_a_server_that_went_silent() 
     assert!(
         gap >= Duration::from_millis(450),
         "redialled before the idle limit: {gap:?}"
+    );
+}
+
+/// Spawn the foreground `omnigent host URL`, wait for its connected line, check whether config.toml names
+/// the target (`kept`: from an earlier `--background`), Ctrl-C it; returns what it printed.
+async fn foreground_until_connected_then_ctrl_c(home: &Home, url: &str, kept: bool) -> Vec<String> {
+    let mut host = home
+        .cmd(&["host", url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with("✓ Connected as");
+            printed.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("omnigent host ended before connecting: {printed:?}");
+    })
+    .await
+    .expect("no connected line");
+    assert_eq!(
+        home.config_text().contains(url),
+        kept,
+        "config.toml while the foreground runs: {}",
+        home.config_text()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push(line);
+        }
+    })
+    .await
+    .expect("omnigent host did not finish after Ctrl-C");
+    let status = tokio::time::timeout(WAIT, host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{printed:?}");
+    printed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_background_keeps_the_target_in_config_toml_a_restarted_daemon_restores_it_and_host_stop_removes_it()
+ {
+    let home = Home::new();
+    let (addr, registry) = fake_server(None).await;
+    let mut events = registry.subscribe();
+    let url = format!("http://{addr}");
+    let file = home.config_file();
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        "# my settings: keep this comment\nlog_level = \"info\"\nenv_passthrough = [\"MY_TOKEN\"]\n",
+    )
+    .unwrap();
+    let out = home.run(&["start"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // As the daemon left it (with its identity), before any target.
+    let before = home.config_text();
+    assert!(
+        before.starts_with("# my settings: keep this comment\n"),
+        "{before}"
+    );
+
+    // With a trailing slash, then without: one `[[targets]]` table appended, every other byte kept.
+    let out = home
+        .run(&["host", &format!("{url}/"), "--background"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("config: kept in {}", file.display())),
+        "{stdout}"
+    );
+    let kept = format!("{before}\n[[targets]]\nurl = \"{url}\"\n");
+    assert_eq!(home.config_text(), kept);
+    next_event(&mut events, |e| matches!(e, HostEvent::Connected { .. })).await;
+    let out = home.run(&["host", &url, "--background"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(home.config_text(), kept);
+    let entries = home.wait_online(&url).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["persistent"], true);
+
+    // `omnigent stop` + `omnigent start`: back online without `host URL`.
+    let out = home.run(&["stop"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    next_event(&mut events, |e| matches!(e, HostEvent::Disconnected { .. })).await;
+    let out = home.run(&["start"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    next_event(&mut events, |e| matches!(e, HostEvent::Connected { .. })).await;
+    let entries = home.wait_online(&url).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["persistent"], true);
+    assert_eq!(entries[0]["local"], false);
+    assert_eq!(home.config_text(), kept);
+
+    // A foreground `host URL` on it, then Ctrl-C: it stays hosted and kept.
+    let printed = foreground_until_connected_then_ctrl_c(&home, &url, true).await;
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.starts_with(&format!("{url} stays hosted"))),
+        "{printed:?}"
+    );
+    assert_eq!(home.config_text(), kept);
+    let entries = home.wait_online(&url).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+
+    // `host stop URL`: stopped, and its table gone from config.toml, the comment and other keys kept.
+    let out = home.run(&["host", "stop", &url]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!(
+            "Stopped hosting {url} and removed it from {}",
+            file.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(home.config_text(), before);
+    next_event(&mut events, |e| matches!(e, HostEvent::Disconnected { .. })).await;
+    let st = home.json(&["host", "status", "--json"]).await;
+    assert!(
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["url"] != url.as_str()),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_host_through_a_running_daemon_then_ctrl_c_leaves_config_toml_without_the_target()
+ {
+    let home = Home::new();
+    let (addr, registry) = fake_server(None).await;
+    let mut events = registry.subscribe();
+    let url = format!("http://{addr}");
+    let out = home.run(&["start"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let before = home.config_text();
+    let printed = foreground_until_connected_then_ctrl_c(&home, &url, false).await;
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.starts_with(&format!("Disconnected from {url}"))),
+        "{printed:?}"
+    );
+    next_event(&mut events, |e| matches!(e, HostEvent::Disconnected { .. })).await;
+    assert_eq!(home.config_text(), before);
+    let st = home.json(&["host", "status", "--json"]).await;
+    assert_eq!(st["running"], true, "{st}");
+    assert!(
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["url"] != url.as_str()),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_background_with_a_config_toml_it_cannot_edit_fails_naming_the_file_and_starts_nothing()
+ {
+    let home = Home::new();
+    let (addr, registry) = fake_server(None).await;
+    let mut events = registry.subscribe();
+    let url = format!("http://{addr}");
+    let file = home.config_file();
+    let out = home.run(&["start"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Malformed: exit 78 with the file, line and column; the file as it was.
+    let broken = format!("{}[[targets]\n", home.config_text());
+    std::fs::write(&file, &broken).unwrap();
+    let out = home.run(&["host", &url, "--background"]).await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot keep {url} in config.toml"))
+            && stderr.contains(&format!("{} line", file.display())),
+        "{stderr}"
+    );
+    assert_eq!(home.config_text(), broken);
+
+    // Not a file (tests run as root, which permission bits would not stop): exit 78 naming it and why.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let out = home.run(&["host", &url, "--background"]).await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&file.display().to_string()) && stderr.contains("Is a directory"),
+        "{stderr}"
+    );
+    assert!(file.is_dir());
+
+    // Nothing half-started: the daemon (which it did not start) runs on, without the target, and the
+    // server never saw this host.
+    let st = home.json(&["host", "status", "--json"]).await;
+    assert_eq!(st["running"], true, "{st}");
+    assert!(
+        st["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["url"] != url.as_str()),
+        "{st}"
+    );
+    assert!(
+        matches!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "the host connected"
     );
 }

@@ -20,8 +20,9 @@ use omnigent_proto::paths::Paths;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::ConfigView;
 use crate::server::{ServerCmd, ServerHandle};
+use crate::targets::{TargetCmd, normalize_url};
+use crate::{ConfigEdit, ConfigView, EditOutcome};
 
 /// Longest `after` wait a status call may ask for.
 const MAX_STATUS_WAIT: Duration = Duration::from_secs(60);
@@ -31,6 +32,7 @@ pub(crate) struct ApiState {
     pub targets: crate::targets::Targets,
     pub revision: watch::Receiver<u64>,
     pub config: watch::Receiver<ConfigView>,
+    pub config_edits: mpsc::Sender<crate::ConfigEditRequest>,
     pub shutdown: mpsc::Sender<(StopRequest, oneshot::Sender<ShutdownReply>)>,
     pub paths: Paths,
     pub socket: String,
@@ -338,47 +340,137 @@ fn check_target_url(url: &str) -> Result<(), ApiError> {
     ))
 }
 
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ControlErrorCode::ShuttingDown,
+        "the daemon is shutting down",
+    )
+}
+
+/// Have the config task edit config.toml.
+async fn edit_config(
+    state: &ApiState,
+    edit: ConfigEdit,
+) -> Result<Result<EditOutcome, crate::config::ConfigError>, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    state
+        .config_edits
+        .send((edit, tx))
+        .await
+        .map_err(|_| shutting_down())?;
+    rx.await.map_err(|_| shutting_down())
+}
+
+fn config_failed(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ControlErrorCode::ConfigFailed,
+        message,
+    )
+}
+
 async fn target_add(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
 ) -> Result<Json<TargetStatus>, ApiError> {
-    let req: ctl::AddTarget = parse_body(&body, "{\"url\": \"http(s)://…\"}")?;
+    let req: ctl::AddTarget = parse_body(&body, "{\"url\": \"http(s)://…\", \"persist\": bool}")?;
     check_target_url(req.url.trim())?;
-    let (tx, rx) = oneshot::channel();
-    let gone = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ControlErrorCode::ShuttingDown,
-            "the daemon is shutting down",
-        )
+    let url = normalize_url(&req.url);
+    // Kept in config.toml first: if the file cannot take it, nothing is started.
+    let config = if req.persist {
+        let outcome = edit_config(&state, ConfigEdit::AddTarget(url.clone()))
+            .await?
+            .map_err(|e| {
+                config_failed(format!(
+                    "cannot keep {url} in config.toml, so it was not added: {e}. Fix the file, or run \
+                     `omnigent host {url}` in the foreground, which does not write it"
+                ))
+            })?;
+        Some(outcome.targets)
+    } else {
+        None
     };
+    let (tx, rx) = oneshot::channel();
     state
         .targets
         .cmds
-        .send(crate::targets::TargetCmd::Add(req.url, tx))
+        .send(TargetCmd::Add {
+            url,
+            api: !req.persist,
+            config,
+            reply: tx,
+        })
         .await
-        .map_err(|_| gone())?;
-    rx.await.map(Json).map_err(|_| gone())
+        .map_err(|_| shutting_down())?;
+    rx.await.map(Json).map_err(|_| shutting_down())
 }
 
 async fn target_remove(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
 ) -> Result<Json<RemoveTargetReply>, ApiError> {
-    let req: ctl::RemoveTarget = parse_body(&body, "{\"url\": \"http(s)://…\"}")?;
-    let (tx, rx) = oneshot::channel();
-    let gone = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ControlErrorCode::ShuttingDown,
-            "the daemon is shutting down",
-        )
+    let req: ctl::RemoveTarget =
+        parse_body(&body, "{\"url\": \"http(s)://…\", \"from_config\": bool}")?;
+    let url = normalize_url(&req.url);
+    let hosted = |url: &str| {
+        state
+            .targets
+            .views()
+            .into_iter()
+            .find(|v| v.url == url)
+            .map(|v| v.runners.views().len() as u32)
     };
+    let before = hosted(&url);
+    let mut removed_from_config = false;
+    let config = if req.from_config {
+        match edit_config(&state, ConfigEdit::RemoveTarget(url.clone())).await? {
+            Ok(outcome) => {
+                removed_from_config = outcome.changed;
+                Some(outcome.targets)
+            }
+            // A file we cannot edit only matters when the target comes from it.
+            Err(e)
+                if state
+                    .config
+                    .borrow()
+                    .config
+                    .targets
+                    .iter()
+                    .any(|t| normalize_url(&t.url) == url) =>
+            {
+                return Err(config_failed(format!(
+                    "cannot remove {url} from config.toml, so it is still hosted: {e}"
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(server = %url, "config.toml not edited: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (tx, rx) = oneshot::channel();
     state
         .targets
         .cmds
-        .send(crate::targets::TargetCmd::Remove(req.url, tx))
+        .send(TargetCmd::Remove {
+            url: url.clone(),
+            config,
+            reply: tx,
+        })
         .await
-        .map_err(|_| gone())?;
-    rx.await.map(Json).map_err(|_| gone())
+        .map_err(|_| shutting_down())?;
+    let mut reply = rx.await.map_err(|_| shutting_down())?;
+    reply.removed_from_config = removed_from_config;
+    // The config watcher may have applied the edit first, stopping the target before this call came.
+    if !reply.removed
+        && let Some(runners) = before
+        && hosted(&url).is_none()
+    {
+        reply.removed = true;
+        reply.runners_stopped = runners;
+    }
+    Ok(Json(reply))
 }

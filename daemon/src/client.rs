@@ -227,27 +227,36 @@ impl ControlClient {
         .await
     }
 
-    /// Add a target (`omnigent host URL`).
-    pub async fn add_target(&mut self, url: &str) -> Result<ctl::TargetStatus, ClientError> {
+    /// Add a target (`omnigent host URL`); with `persist`, the daemon first keeps it in config.toml so every
+    /// later start restores it (`--background`), and fails with nothing started when it cannot.
+    pub async fn add_target(
+        &mut self,
+        url: &str,
+        persist: bool,
+    ) -> Result<ctl::TargetStatus, ClientError> {
         self.post(
             ctl::TARGETS_PATH,
             &ctl::AddTarget {
                 url: url.to_owned(),
+                persist,
             },
             CALL_TIMEOUT,
         )
         .await
     }
 
-    /// Remove a target added with [`Self::add_target`]; its runners are stopped first.
+    /// Remove a target added with [`Self::add_target`]; its runners are stopped first. With `from_config`,
+    /// its `[[targets]]` table is removed from config.toml too; without, a target kept there stays.
     pub async fn remove_target(
         &mut self,
         url: &str,
+        from_config: bool,
     ) -> Result<ctl::RemoveTargetReply, ClientError> {
         self.post(
             ctl::TARGETS_REMOVE_PATH,
             &ctl::RemoveTarget {
                 url: url.to_owned(),
+                from_config,
             },
             SLOW_CALL_TIMEOUT,
         )

@@ -2,9 +2,10 @@
 //!
 //! - [`ControlListener::bind`]: the runtime dir (0700, ours), the single-instance `flock` and the control
 //!   socket (0600), all before "ready".
-//! - [`run`]: serve the control API, supervise the local server, watch `config.toml`, keep one host tunnel
-//!   and one runner supervisor per target ([`targets`], [`runners`]: the local server, config `targets`,
-//!   targets added over the API), reap orphaned descendants ([`process::reaper`]), until `shutdown`.
+//! - [`run`]: serve the control API, supervise the local server, watch `config.toml` (and edit its
+//!   `[[targets]]` when a client asks to keep or drop a target), keep one host tunnel and one runner
+//!   supervisor per target ([`targets`], [`runners`]: the local server, config `targets`, targets added over
+//!   the API), reap orphaned descendants ([`process::reaper`]), until `shutdown`.
 //! - [`client`] / [`launch`]: the CLI side: connect + hello, and "start or reuse".
 //!
 //! This crate never prints; it logs through `tracing` (the subscriber is installed by `ctl`).
@@ -170,6 +171,33 @@ pub struct ConfigView {
     pub loads: u64,
 }
 
+impl ConfigView {
+    fn targets(&self) -> targets::ConfigTargets {
+        targets::ConfigTargets {
+            loads: self.loads,
+            urls: self.config.targets.iter().map(|t| t.url.clone()).collect(),
+        }
+    }
+}
+
+/// An edit of config.toml asked for over the control API. The config task makes it, so edits and reloads
+/// never interleave and the config in force includes the edit when the reply comes.
+pub(crate) enum ConfigEdit {
+    AddTarget(String),
+    RemoveTarget(String),
+}
+
+/// What an edit did: whether the file changed, and the config targets in force after it.
+pub(crate) struct EditOutcome {
+    pub changed: bool,
+    pub targets: targets::ConfigTargets,
+}
+
+pub(crate) type ConfigEditRequest = (
+    ConfigEdit,
+    oneshot::Sender<Result<EditOutcome, config::ConfigError>>,
+);
+
 /// Serve the control API on `listener`, supervise the local server and host every target until `shutdown`
 /// resolves or a client asks for a shutdown; then stop children in order (runners and tunnels, then the
 /// server) and return.
@@ -246,15 +274,17 @@ pub async fn run(
         targets.clone(),
         stop_all.clone(),
     ));
-    tokio::spawn(config_task(
-        config_path,
-        changes,
-        config_tx,
-        port_tx,
-        revision_tx.clone(),
-        config.on_log_level.clone(),
-        stop_all.clone(),
-    ));
+    let (edits_tx, edits) = mpsc::channel::<ConfigEditRequest>(8);
+    tokio::spawn(
+        ConfigTask {
+            path: config_path,
+            view: config_tx,
+            port: port_tx,
+            revision: revision_tx.clone(),
+            on_log_level: config.on_log_level.clone(),
+        }
+        .run(changes, edits, stop_all.clone()),
+    );
 
     let (shutdown_tx, mut shutdown_rx) =
         mpsc::channel::<(StopRequest, oneshot::Sender<ShutdownReply>)>(4);
@@ -263,6 +293,7 @@ pub async fn run(
         targets: targets.clone(),
         revision: revision_rx,
         config: config_rx,
+        config_edits: edits_tx,
         shutdown: shutdown_tx,
         paths: paths.clone(),
         socket: listener.socket.display().to_string(),
@@ -432,15 +463,9 @@ async fn follow_config_targets(
 ) {
     let mut current: Option<Vec<String>> = None;
     loop {
-        let next: Vec<String> = config
-            .borrow_and_update()
-            .config
-            .targets
-            .iter()
-            .map(|t| t.url.clone())
-            .collect();
-        if current.as_ref() != Some(&next) {
-            current = Some(next.clone());
+        let next = config.borrow_and_update().targets();
+        if current.as_ref() != Some(&next.urls) {
+            current = Some(next.urls.clone());
             if targets
                 .cmds
                 .send(targets::TargetCmd::SetConfig(next))
@@ -457,55 +482,111 @@ async fn follow_config_targets(
     }
 }
 
-async fn config_task(
+/// Owns the config in force: reloads the file when it changes and makes the edits clients ask for, one at
+/// a time.
+struct ConfigTask {
     path: PathBuf,
-    mut changes: mpsc::Receiver<()>,
     view: watch::Sender<ConfigView>,
     port: watch::Sender<u16>,
     revision: watch::Sender<u64>,
     on_log_level: Option<SetLogLevel>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            change = changes.recv() => if change.is_none() { return },
-        }
-        tokio::time::sleep(config::RELOAD_SETTLE).await;
-        // Drain what arrived while settling: one reload reads the newest content.
-        while changes.try_recv().is_ok() {}
-        match config::load(&path).and_then(|c| c.server_port().map(|p| (c, p))) {
-            Ok((mut new, new_port)) => {
-                let current = view.borrow().clone();
-                // The host identity never changes under a running daemon: an edit that drops it keeps the
-                // one in force (it is generated once, at boot).
-                new.host.host_id = new.host.host_id.or(current.config.host.host_id.clone());
-                new.host.name = new.host.name.or(current.config.host.name.clone());
-                if current.config == new && current.error.is_none() {
-                    continue;
+}
+
+impl ConfigTask {
+    async fn run(
+        self,
+        mut changes: mpsc::Receiver<()>,
+        mut edits: mpsc::Receiver<ConfigEditRequest>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.recv() => {
+                    if change.is_none() {
+                        return;
+                    }
+                    tokio::time::sleep(config::RELOAD_SETTLE).await;
+                    // Drain what arrived while settling: one reload reads the newest content.
+                    while changes.try_recv().is_ok() {}
+                    self.reload();
                 }
-                tracing::info!(path = %path.display(), "config reloaded");
-                if new.log_level != current.config.log_level
-                    && let (Some(level), Some(apply)) = (&new.log_level, &on_log_level)
-                {
-                    apply(level);
+                Some((edit, reply)) = edits.recv() => {
+                    let _ = reply.send(self.edit(edit));
                 }
-                port.send_if_modified(|p| std::mem::replace(p, new_port) != new_port);
-                view.send_replace(ConfigView {
-                    config: new,
-                    error: None,
-                    loads: current.loads + 1,
-                });
-            }
-            Err(e) => {
-                tracing::warn!("config reload failed: {e}");
-                let message = e.to_string();
-                if view.borrow().error.as_deref() == Some(message.as_str()) {
-                    continue;
-                }
-                view.send_modify(|v| v.error = Some(message));
             }
         }
-        revision.send_modify(|r| *r += 1);
+    }
+
+    fn reload(&self) {
+        match config::load(&self.path) {
+            Ok(new) => {
+                if let Err(e) = self.install(new) {
+                    self.failed(e);
+                }
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn edit(&self, edit: ConfigEdit) -> Result<EditOutcome, config::ConfigError> {
+        let edited = match &edit {
+            ConfigEdit::AddTarget(url) => config::add_target(&self.path, url),
+            ConfigEdit::RemoveTarget(url) => config::remove_target(&self.path, url),
+        }?;
+        if edited.changed {
+            match &edit {
+                ConfigEdit::AddTarget(url) => {
+                    tracing::info!(path = %self.path.display(), server = %url, "kept a host target in config")
+                }
+                ConfigEdit::RemoveTarget(url) => {
+                    tracing::info!(path = %self.path.display(), server = %url, "removed a host target from config")
+                }
+            }
+        }
+        // The file as it is now is the config in force (the reload its write triggers finds nothing new).
+        self.install(edited.config)?;
+        Ok(EditOutcome {
+            changed: edited.changed,
+            targets: self.view.borrow().targets(),
+        })
+    }
+
+    /// Make `new` the config in force, unless it equals it.
+    fn install(&self, mut new: Config) -> Result<(), config::ConfigError> {
+        let new_port = new.server_port()?;
+        let current = self.view.borrow().clone();
+        // The host identity never changes under a running daemon: an edit that drops it keeps the one in
+        // force (it is generated once, at boot).
+        new.host.host_id = new.host.host_id.or(current.config.host.host_id.clone());
+        new.host.name = new.host.name.or(current.config.host.name.clone());
+        if current.config == new && current.error.is_none() {
+            return Ok(());
+        }
+        tracing::info!(path = %self.path.display(), "config reloaded");
+        if new.log_level != current.config.log_level
+            && let (Some(level), Some(apply)) = (&new.log_level, &self.on_log_level)
+        {
+            apply(level);
+        }
+        self.port
+            .send_if_modified(|p| std::mem::replace(p, new_port) != new_port);
+        self.view.send_replace(ConfigView {
+            config: new,
+            error: None,
+            loads: current.loads + 1,
+        });
+        self.revision.send_modify(|r| *r += 1);
+        Ok(())
+    }
+
+    fn failed(&self, e: config::ConfigError) {
+        tracing::warn!("config reload failed: {e}");
+        let message = e.to_string();
+        if self.view.borrow().error.as_deref() == Some(message.as_str()) {
+            return;
+        }
+        self.view.send_modify(|v| v.error = Some(message));
+        self.revision.send_modify(|r| *r += 1);
     }
 }

@@ -1,7 +1,8 @@
 //! The servers this machine is a host of (DESIGN §2): the local server (while the daemon runs one), the
-//! `targets` of config.toml, and targets added live through the control API (`omnigent host URL`). One host
-//! tunnel and one runner supervisor per target. One task owns the set and is driven by [`TargetCmd`]
-//! messages; status reads [`TargetView`] snapshots.
+//! `targets` of config.toml (restored at every start; `omnigent host URL --background` adds to them), and
+//! targets added live through the control API for the life of the daemon (the foreground `omnigent host
+//! URL`). One host tunnel and one runner supervisor per target, whatever the reasons it is wanted for. One
+//! task owns the set and is driven by [`TargetCmd`] messages; status reads [`TargetView`] snapshots.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -74,16 +75,39 @@ impl TargetView {
     }
 }
 
+/// config.toml `targets` as of one config load. Both the config watcher and a control call that edited the
+/// file send them, in either order: an older load than the one applied is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigTargets {
+    /// [`crate::ConfigView::loads`] of the config these come from.
+    pub loads: u64,
+    pub urls: Vec<String>,
+}
+
 /// Messages to the targets task.
 pub enum TargetCmd {
     /// The local server's URL (None: no local server).
     SetLocal(Option<String>),
     /// config.toml `targets`.
-    SetConfig(Vec<String>),
-    /// Add a target for the life of the daemon (or until removed).
-    Add(String, oneshot::Sender<TargetStatus>),
-    Remove(String, oneshot::Sender<RemoveTargetReply>),
-    /// Stop every tunnel and runner (daemon shutdown); replies with the number of runners stopped.
+    SetConfig(ConfigTargets),
+    /// Add a target: `api` for the life of the daemon (or until removed); `config`, the config.toml
+    /// targets after an edit that added it. Replies with its status once it is started (dropped while the
+    /// daemon stops).
+    Add {
+        url: String,
+        api: bool,
+        config: Option<ConfigTargets>,
+        reply: oneshot::Sender<TargetStatus>,
+    },
+    /// Drop a target added through the API, with the config.toml targets after an edit that removed it;
+    /// replies once its runners and tunnel are stopped.
+    Remove {
+        url: String,
+        config: Option<ConfigTargets>,
+        reply: oneshot::Sender<RemoveTargetReply>,
+    },
+    /// Stop every tunnel and runner (daemon shutdown); replies with the number of runners stopped. Later
+    /// commands start nothing.
     StopAll(Duration, oneshot::Sender<u32>),
 }
 
@@ -116,10 +140,7 @@ impl Targets {
     }
 }
 
-/// `http://host:port/` and `http://host:port` are one target.
-pub fn normalize_url(url: &str) -> String {
-    url.trim().trim_end_matches('/').to_owned()
-}
+pub use crate::config::normalize_url;
 
 struct Live {
     view: TargetView,
@@ -131,10 +152,20 @@ struct Live {
 struct Wanted {
     local: Option<String>,
     config: Vec<String>,
+    /// The config load `config` comes from.
+    config_loads: u64,
     api: Vec<String>,
 }
 
 impl Wanted {
+    fn set_config(&mut self, c: ConfigTargets) {
+        if c.loads < self.config_loads {
+            return;
+        }
+        self.config_loads = c.loads;
+        self.config = c.urls.iter().map(|u| normalize_url(u)).collect();
+    }
+
     fn wants(&self, url: &str) -> Option<(bool, bool)> {
         let local = self.local.as_deref() == Some(url);
         let persistent = self.config.iter().any(|u| u == url);
@@ -159,15 +190,42 @@ pub fn spawn_targets(ctx: TargetsContext) -> Targets {
     tokio::spawn(async move {
         let mut live: BTreeMap<String, Live> = BTreeMap::new();
         let mut wanted = Wanted::default();
+        // Set once the daemon stops: nothing is started any more.
+        let mut stopped = false;
         while let Some(cmd) = cmds.recv().await {
             match cmd {
-                TargetCmd::SetLocal(url) => wanted.local = url.map(|u| normalize_url(&u)),
-                TargetCmd::SetConfig(urls) => {
-                    wanted.config = urls.iter().map(|u| normalize_url(u)).collect()
+                TargetCmd::StopAll(grace, reply) => {
+                    stopped = true;
+                    let mut n = 0;
+                    for (_, l) in std::mem::take(&mut live) {
+                        n += stop_target(l, grace).await;
+                    }
+                    wanted = Wanted::default();
+                    publish(&views_tx, &live, &ctx);
+                    let _ = reply.send(n);
                 }
-                TargetCmd::Add(url, reply) => {
+                _ if stopped => {}
+                TargetCmd::SetLocal(url) => {
+                    wanted.local = url.map(|u| normalize_url(&u));
+                    reconcile(&ctx, &wanted, &mut live).await;
+                    publish(&views_tx, &live, &ctx);
+                }
+                TargetCmd::SetConfig(c) => {
+                    wanted.set_config(c);
+                    reconcile(&ctx, &wanted, &mut live).await;
+                    publish(&views_tx, &live, &ctx);
+                }
+                TargetCmd::Add {
+                    url,
+                    api,
+                    config,
+                    reply,
+                } => {
                     let url = normalize_url(&url);
-                    if !wanted.api.contains(&url) {
+                    if let Some(c) = config {
+                        wanted.set_config(c);
+                    }
+                    if api && !wanted.api.contains(&url) {
                         wanted.api.push(url.clone());
                     }
                     reconcile(&ctx, &wanted, &mut live).await;
@@ -175,10 +233,12 @@ pub fn spawn_targets(ctx: TargetsContext) -> Targets {
                     if let Some(l) = live.get(&url) {
                         let _ = reply.send(l.view.status());
                     }
-                    continue;
                 }
-                TargetCmd::Remove(url, reply) => {
+                TargetCmd::Remove { url, config, reply } => {
                     let url = normalize_url(&url);
+                    if let Some(c) = config {
+                        wanted.set_config(c);
+                    }
                     wanted.api.retain(|u| *u != url);
                     let before = live.get(&url).map(|l| l.view.runners.views().len() as u32);
                     reconcile(&ctx, &wanted, &mut live).await;
@@ -187,22 +247,10 @@ pub fn spawn_targets(ctx: TargetsContext) -> Targets {
                     let _ = reply.send(RemoveTargetReply {
                         removed,
                         runners_stopped: if removed { before.unwrap_or(0) } else { 0 },
+                        removed_from_config: false,
                     });
-                    continue;
-                }
-                TargetCmd::StopAll(grace, reply) => {
-                    let mut stopped = 0;
-                    for (_, l) in std::mem::take(&mut live) {
-                        stopped += stop_target(l, grace).await;
-                    }
-                    wanted = Wanted::default();
-                    publish(&views_tx, &live, &ctx);
-                    let _ = reply.send(stopped);
-                    continue;
                 }
             }
-            reconcile(&ctx, &wanted, &mut live).await;
-            publish(&views_tx, &live, &ctx);
         }
         for (_, l) in live {
             stop_target(l, runners_grace()).await;
@@ -312,4 +360,106 @@ async fn stop_target(l: Live, grace: Duration) -> u32 {
         Err(e) => tracing::warn!(server = %l.view.url, "host tunnel task failed: {e}"),
     }
     n
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(loads: u64, urls: &[&str]) -> ConfigTargets {
+        ConfigTargets {
+            loads,
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+        }
+    }
+
+    async fn add(
+        targets: &Targets,
+        url: &str,
+        api: bool,
+        c: Option<ConfigTargets>,
+    ) -> TargetStatus {
+        let (reply, rx) = oneshot::channel();
+        targets
+            .cmds
+            .send(TargetCmd::Add {
+                url: url.to_owned(),
+                api,
+                config: c,
+                reply,
+            })
+            .await
+            .unwrap();
+        rx.await.unwrap()
+    }
+
+    /// The watcher and a control call both send config targets; whichever comes last, the newest load wins,
+    /// and a target wanted for two reasons is one target.
+    #[tokio::test]
+    async fn an_older_config_load_never_undoes_a_newer_one() {
+        let home = tempfile::tempdir().unwrap();
+        let (_config_tx, config_rx) = watch::channel(crate::ConfigView {
+            config: Default::default(),
+            error: None,
+            loads: 1,
+        });
+        let targets = spawn_targets(TargetsContext {
+            exe: "/nonexistent/omnigent".into(),
+            paths: Paths::under(home.path()),
+            policy: RestartPolicy::default(),
+            host_id: "0".repeat(32),
+            host_name: "test".into(),
+            config: config_rx,
+            timings: HostTunnelTimings::default(),
+            revision: watch::channel(0).0,
+        });
+        // Port 9 on loopback: nothing answers, the tunnel keeps reconnecting; no network is used.
+        let a = "http://127.0.0.1:9";
+        let t = add(&targets, &format!("{a}/"), false, Some(config(2, &[a]))).await;
+        assert!(t.persistent && t.url == a, "{t:?}");
+        targets
+            .cmds
+            .send(TargetCmd::SetConfig(config(1, &[])))
+            .await
+            .unwrap();
+        let t = add(&targets, a, true, None).await;
+        assert!(t.persistent, "a stale load removed it: {t:?}");
+        assert_eq!(targets.views().len(), 1);
+        // A newer load without it leaves the API's claim: hosted, no longer persistent.
+        targets
+            .cmds
+            .send(TargetCmd::SetConfig(config(3, &[])))
+            .await
+            .unwrap();
+        let t = add(&targets, a, true, None).await;
+        assert!(!t.persistent, "{t:?}");
+        let (reply, rx) = oneshot::channel();
+        targets
+            .cmds
+            .send(TargetCmd::Remove {
+                url: a.into(),
+                config: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        assert!(rx.await.unwrap().removed);
+        assert!(targets.views().is_empty());
+        assert_eq!(targets.stop_all(Duration::ZERO).await, 0);
+        // Stopped: nothing starts any more.
+        let (reply, rx) = oneshot::channel();
+        targets
+            .cmds
+            .send(TargetCmd::Add {
+                url: a.into(),
+                api: true,
+                config: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        assert!(rx.await.is_err());
+        assert!(targets.views().is_empty());
+    }
 }

@@ -36,9 +36,11 @@ pub const SERVER_START_PATH: &str = "/v1/server/start";
 pub const SERVER_STOP_PATH: &str = "/v1/server/stop";
 /// `POST` [`StopRequest`] → [`ShutdownReply`]: stop every child (runners, then the server), answer, then exit.
 pub const SHUTDOWN_PATH: &str = "/v1/shutdown";
-/// `GET`: the targets ([`TargetStatus`]); `POST` an [`AddTarget`].
+/// `GET`: the targets ([`TargetStatus`]); `POST` an [`AddTarget`] → [`TargetStatus`]. With `persist`, the
+/// daemon first appends a `[[targets]]` table to config.toml; if it cannot, the call fails
+/// ([`ControlErrorCode::ConfigFailed`]) and nothing is started.
 pub const TARGETS_PATH: &str = "/v1/targets";
-/// `POST` a [`RemoveTarget`].
+/// `POST` a [`RemoveTarget`] → [`RemoveTargetReply`].
 pub const TARGETS_REMOVE_PATH: &str = "/v1/targets/remove";
 
 /// Set by a CLI that spawns `omnigent daemon run`: the daemon reports readiness as one line on its stdout
@@ -111,6 +113,9 @@ pub enum ControlErrorCode {
     ShuttingDown,
     /// The local server could not be started (500); the message carries the cause and log tail.
     ServerFailed,
+    /// config.toml could not be read, parsed or written for a change the client asked for (500); the message
+    /// names the file and the cause, and nothing was changed.
+    ConfigFailed,
     /// Anything else (500).
     Internal,
     #[serde(other)]
@@ -290,21 +295,34 @@ pub struct RunnerStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddTarget {
     pub url: String,
+    /// Keep it in config.toml (a `[[targets]]` table), so every later daemon start restores it
+    /// (`omnigent host URL --background`). False: for the life of the daemon, or until removed (the
+    /// foreground `omnigent host URL`).
+    #[serde(default)]
+    pub persist: bool,
 }
 
 /// `POST /v1/targets/remove`: drop a target added through the API (its runners are stopped).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveTarget {
     pub url: String,
+    /// Also remove its `[[targets]]` table from config.toml (`omnigent host stop URL`). False: a target kept
+    /// in config.toml stays (the foreground `omnigent host URL` on Ctrl-C).
+    #[serde(default)]
+    pub from_config: bool,
 }
 
 /// Reply to a target removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveTargetReply {
+    /// It was hosted and no longer is.
     pub removed: bool,
     /// Runners stopped with it.
     #[serde(default)]
     pub runners_stopped: u32,
+    /// Its `[[targets]]` table was removed from config.toml.
+    #[serde(default)]
+    pub removed_from_config: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,6 +409,20 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["code"], "protocol_mismatch");
         assert_eq!(v["daemon"]["protocol_version"], 2);
+    }
+
+    #[test]
+    fn target_requests_from_older_clients_neither_persist_nor_touch_config() {
+        let add: AddTarget = serde_json::from_str(r#"{"url":"http://a"}"#).unwrap();
+        assert!(!add.persist);
+        let remove: RemoveTarget = serde_json::from_str(r#"{"url":"http://a"}"#).unwrap();
+        assert!(!remove.from_config);
+        let reply: RemoveTargetReply =
+            serde_json::from_str(r#"{"removed":true,"runners_stopped":2}"#).unwrap();
+        assert!(!reply.removed_from_config);
+        let e: ControlError =
+            serde_json::from_str(r#"{"code":"config_failed","message":"m"}"#).unwrap();
+        assert_eq!(e.code, ControlErrorCode::ConfigFailed);
     }
 
     #[test]

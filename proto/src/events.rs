@@ -14,8 +14,6 @@ use crate::api::SessionStatus;
 
 /// Interval between idle `session.heartbeat` events (`_SESSION_STREAM_HEARTBEAT_INTERVAL_S`).
 pub const HEARTBEAT_INTERVAL_SECS: u64 = 15;
-/// Capacity of each subscriber's queue; a subscriber that falls this far behind is dropped.
-pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// The last line of a stream that ended normally.
 pub const SSE_DONE: &str = "data: [DONE]\n\n";
 /// Headers of every stream answer.

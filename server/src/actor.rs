@@ -1,14 +1,14 @@
-//! One actor per live session (DESIGN §5.5): a task that owns the session's status, its stream
-//! subscribers (a bounded queue each; a subscriber that falls behind is dropped, never waited for), its
-//! recent-event buffer for `Last-Event-ID` replay, and every durable write to the session's items, so
-//! item positions and event sequence numbers stay gapless and ordered without any global lock.
+//! One actor per live session (DESIGN §5.5): a task that owns the session's status, its event feed (the
+//! recent frames every stream subscriber reads at its own cursor, and `Last-Event-ID` replay: see
+//! `crate::feed`), and every durable write to the session's items, so item positions and event sequence
+//! numbers stay gapless and ordered without any global lock.
 //!
 //! Other parts talk to an actor only through [`Sessions`] (commands over a channel). The actor also owns its
 //! session's runner relay (reference §3.4–3.5): the text buffer, the interrupt fence, the `call_id →
 //! response_id` map and the disconnect grace; a child reader task ([`crate::relay::run_reader`]) streams the
 //! runner's events to it as [`Command::RunnerEvent`] messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::feed::Feed;
 use crate::relay::{self, OpenSpec, ReadyState};
 use crate::store::{ItemRow, NewItem, Store, StoreError};
 
@@ -29,8 +30,9 @@ use crate::store::{ItemRow, NewItem, Store, StoreError};
 const SEQ_BLOCK: u64 = 1000;
 /// Commands queued per actor before senders wait.
 const COMMAND_QUEUE: usize = 256;
-/// Most durable items replayed from the store for one reconnect.
-const MAX_STORE_REPLAY: u32 = 10_000;
+/// Most queued commands handled before the stream subscribers are woken, and the longest time.
+const WAKE_BATCH: usize = 64;
+const WAKE_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Sizes an actor works with.
 #[derive(Debug, Clone, Copy)]
@@ -41,28 +43,20 @@ pub struct ActorLimits {
     pub replay_buffer_bytes: usize,
     /// Stop after this long with no subscriber and no command.
     pub idle: std::time::Duration,
-    /// Queue per subscriber; a subscriber this far behind is dropped.
-    pub subscriber_queue: usize,
     /// How long a runner lost mid-turn may take to come back before the turn fails (reference §3.5).
     pub runner_grace: std::time::Duration,
 }
 
-/// What a stream subscriber receives.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// One SSE frame, already encoded, with its sequence number.
-    Event { seq: u64, frame: Bytes },
-    /// The session was deleted: write `[DONE]` and end.
-    Done,
-}
-
-/// A new stream subscription: frames to write first (ready heartbeat, then replay), then the live queue.
+/// A new stream subscription: the ready heartbeat to write first, then the feed from `ready_seq` on.
 #[derive(Debug)]
 pub struct Subscription {
-    /// The id the ready heartbeat carried (the client's position after it).
+    /// The id the ready heartbeat carried: the subscriber's cursor starts there (with `Last-Event-ID`, at the
+    /// client's last event, so the feed and the store replay what it missed).
     pub ready_seq: u64,
-    pub backlog: Vec<Outbound>,
-    pub live: mpsc::Receiver<Outbound>,
+    pub ready: Bytes,
+    pub feed: Arc<Feed>,
+    /// Woken when the feed has news; holding it counts as watching the session.
+    pub wake: watch::Receiver<u64>,
 }
 
 /// Why an actor command failed.
@@ -247,10 +241,7 @@ impl Sessions {
             status: SessionStatus::Idle,
             next_seq: 1,
             reserved: 0,
-            floor: 1,
-            buffer: VecDeque::new(),
-            buffer_bytes: 0,
-            subscribers: Vec::new(),
+            feed: Arc::new(Feed::new(1, 1, 0)),
             runners: self.inner.runners.clone(),
             weak_self: handle.tx.downgrade(),
             relay: RelayState::default(),
@@ -427,11 +418,8 @@ struct Actor {
     next_seq: u64,
     /// Highest sequence number recorded in the store as possibly used.
     reserved: u64,
-    /// Every event this actor published with a sequence ≥ `floor` is still in `buffer`.
-    floor: u64,
-    buffer: VecDeque<(u64, Bytes)>,
-    buffer_bytes: usize,
-    subscribers: Vec<mpsc::Sender<Outbound>>,
+    /// Recent frames, read by the stream subscribers (created once the first sequence number is known).
+    feed: Arc<Feed>,
     runners: RunnerRegistry,
     /// The actor's own address, for its relay reader (weak: the reader never keeps the actor alive).
     weak_self: mpsc::WeakSender<Command>,
@@ -481,6 +469,14 @@ impl Drop for Reader {
     }
 }
 
+impl Drop for Actor {
+    /// However the actor ends (deleted, idle, the server stopping, a panic), its subscribers are not left
+    /// waiting on a feed nobody writes.
+    fn drop(&mut self) {
+        self.feed.close();
+    }
+}
+
 /// How soon a stream that ended while its runner stayed connected is re-opened.
 const REOPEN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -499,7 +495,11 @@ impl Actor {
                 self.status = SessionStatus::parse(&status).unwrap_or_default();
                 self.reserved = reserved;
                 self.next_seq = reserved + 1;
-                self.floor = self.next_seq;
+                self.feed = Arc::new(Feed::new(
+                    self.next_seq,
+                    self.limits.replay_buffer,
+                    self.limits.replay_buffer_bytes,
+                ));
                 debug!(session_id = %self.id, first_seq = self.next_seq, "session actor started");
                 self.serve(&mut rx).await
             }
@@ -527,8 +527,27 @@ impl Actor {
     }
 
     async fn serve(&mut self, rx: &mut mpsc::Receiver<Command>) -> Exit {
+        let mut batch = 0;
+        let mut batch_start = std::time::Instant::now();
         loop {
-            let busy = self.subscribers.iter().any(|s| !s.is_closed())
+            // Commands already queued are handled back to back (up to a batch, for at most a millisecond or
+            // so) and the subscribers woken once for all of them: a burst of runner events costs each
+            // subscriber one wake-up and one write, not one per event.
+            if (batch == 0 || (batch < WAKE_BATCH && batch_start.elapsed() < WAKE_LATENCY))
+                && let Ok(cmd) = rx.try_recv()
+            {
+                if batch == 0 {
+                    batch_start = std::time::Instant::now();
+                }
+                batch += 1;
+                if self.handle(cmd).await.is_break() {
+                    return Exit::Gone;
+                }
+                continue;
+            }
+            batch = 0;
+            self.feed.wake();
+            let busy = self.feed.subscribers() > 0
                 || self.relay.reader.is_some()
                 || self.relay.grace.is_some()
                 || self.relay.reopen.is_some();
@@ -569,8 +588,7 @@ impl Actor {
         use std::ops::ControlFlow::{Break, Continue};
         match cmd {
             Command::Subscribe { after, reply } => {
-                let result = self.subscribe(after).await;
-                let _ = reply.send(result);
+                let _ = reply.send(Ok(self.subscribe(after)));
             }
             Command::Publish { event, reply } => {
                 let result = self.publish(event).await;
@@ -1090,33 +1108,10 @@ impl Actor {
         Ok(seq)
     }
 
-    /// Encode, buffer and fan out one event under `seq`.
+    /// Encode one event under `seq` and hand it to the feed (and so to every subscriber).
     fn emit(&mut self, seq: u64, event_type: &str, json: &str) {
-        let frame = Bytes::from(sse_frame(event_type, seq, json));
-        self.buffer_bytes += frame.len();
-        self.buffer.push_back((seq, frame.clone()));
-        while self.buffer.len() > self.limits.replay_buffer
-            || (self.buffer_bytes > self.limits.replay_buffer_bytes && !self.buffer.is_empty())
-        {
-            if let Some((old, f)) = self.buffer.pop_front() {
-                self.floor = old + 1;
-                self.buffer_bytes -= f.len();
-            }
-        }
-        let id = &self.id;
-        self.subscribers.retain(|tx| {
-            match tx.try_send(Outbound::Event {
-                seq,
-                frame: frame.clone(),
-            }) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    warn!(session_id = %id, "dropping a stream subscriber that fell {} events behind", tx.max_capacity());
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        self.feed
+            .push(seq, Bytes::from(sse_frame(event_type, seq, json)));
     }
 
     async fn publish(&mut self, event: Value) -> Result<u64, ActorError> {
@@ -1167,57 +1162,22 @@ impl Actor {
         Ok(seq)
     }
 
-    async fn subscribe(&mut self, after: Option<u64>) -> Result<Subscription, ActorError> {
+    fn subscribe(&mut self, after: Option<u64>) -> Subscription {
         let head = self.next_seq - 1;
-        let after = after.filter(|n| *n < head);
-        let ready_seq = after.unwrap_or(head);
-        let mut backlog = Vec::new();
+        let ready_seq = after.filter(|n| *n < head).unwrap_or(head);
         let heartbeat = ServerEvent::heartbeat(Some(crate::now_secs_f64()));
-        backlog.push(Outbound::Event {
-            seq: ready_seq,
-            frame: Bytes::from(sse_frame(
-                heartbeat.event_type(),
-                ready_seq,
-                &to_json(&heartbeat),
-            )),
-        });
-        if let Some(n) = after {
-            if n + 1 < self.floor {
-                // Older than the buffer: the durable items from the store (transient events are gone).
-                let items = self
-                    .store
-                    .items_between_seq(&self.id, n, self.floor, MAX_STORE_REPLAY)
-                    .await?;
-                for row in items {
-                    let frame =
-                        sse_frame("response.output_item.done", row.seq, &item_done_json(&row));
-                    backlog.push(Outbound::Event {
-                        seq: row.seq,
-                        frame: Bytes::from(frame),
-                    });
-                }
-            }
-            for (seq, frame) in self.buffer.iter().filter(|(seq, _)| *seq > n) {
-                backlog.push(Outbound::Event {
-                    seq: *seq,
-                    frame: frame.clone(),
-                });
-            }
-        }
-        let (tx, live) = mpsc::channel(self.limits.subscriber_queue.max(1));
-        self.subscribers.push(tx);
-        Ok(Subscription {
+        let ready = sse_frame(heartbeat.event_type(), ready_seq, &to_json(&heartbeat));
+        Subscription {
             ready_seq,
-            backlog,
-            live,
-        })
+            ready: Bytes::from(ready),
+            feed: self.feed.clone(),
+            wake: self.feed.watch(),
+        }
     }
 
-    /// Tell every subscriber the stream is over.
+    /// Tell every subscriber the stream is over (they drain the feed, then write `[DONE]`).
     fn end_streams(&mut self) {
-        for tx in self.subscribers.drain(..) {
-            let _ = tx.try_send(Outbound::Done);
-        }
+        self.feed.close();
     }
 }
 
@@ -1233,7 +1193,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// `response.output_item.done` for a stored item, as JSON text.
-fn item_done_json(row: &ItemRow) -> String {
+pub(crate) fn item_done_json(row: &ItemRow) -> String {
     let event = ServerEvent::OutputItemDone {
         sequence_number: None,
         item: serde_json::to_value(wire_item(row)).unwrap_or(Value::Null),
@@ -1321,7 +1281,6 @@ mod tests {
                 replay_buffer: 16,
                 replay_buffer_bytes: 1 << 20,
                 idle,
-                subscriber_queue: 16,
                 runner_grace: Duration::from_secs(30),
             },
         );
@@ -1389,7 +1348,6 @@ mod tests {
                 replay_buffer: 10_000,
                 replay_buffer_bytes: 64 * 1024,
                 idle: Duration::from_secs(600),
-                subscriber_queue: 16,
                 runner_grace: Duration::from_secs(30),
             },
         );
@@ -1405,7 +1363,16 @@ mod tests {
         }
         // Resuming from the start replays only what fits in 64 KiB (transient events are not in the store).
         let sub = sessions.subscribe(&id, Some(0)).await.expect("subscribe");
-        let replayed = sub.backlog.len() - 1;
+        let crate::feed::Read::Behind { floor } = sub.feed.read(0, usize::MAX) else {
+            panic!("the first events were evicted");
+        };
+        let crate::feed::Read::Frames { chunk, last } = sub.feed.read(floor - 1, usize::MAX) else {
+            panic!("the newest events are kept");
+        };
+        assert_eq!(last, 50);
+        let replayed = String::from_utf8_lossy(&chunk)
+            .matches("event: response.output_text.delta")
+            .count();
         assert!((1..=6).contains(&replayed), "{replayed}");
         store.close().await;
     }

@@ -20,6 +20,7 @@ use tracing::info;
 
 pub mod actor;
 mod agents;
+pub mod feed;
 pub mod hosts;
 mod http;
 pub mod relay;
@@ -42,8 +43,6 @@ pub struct ServerConfig {
     pub replay_buffer_bytes: usize,
     /// A session actor with no subscribers and no command for this long stops (its state is in the store).
     pub actor_idle: Duration,
-    /// Queue per stream subscriber; a subscriber this far behind is dropped.
-    pub subscriber_queue: usize,
     /// Idle `session.heartbeat` interval on streams.
     pub heartbeat_interval: Duration,
     /// How long shutdown waits for in-flight requests and writes.
@@ -71,7 +70,6 @@ impl ServerConfig {
             replay_buffer: 2048,
             replay_buffer_bytes: 8 * 1024 * 1024,
             actor_idle: Duration::from_secs(600),
-            subscriber_queue: omnigent_proto::events::SUBSCRIBER_QUEUE,
             heartbeat_interval: Duration::from_secs(
                 omnigent_proto::events::HEARTBEAT_INTERVAL_SECS,
             ),

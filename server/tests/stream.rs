@@ -211,18 +211,21 @@ async fn last_event_id_replays_transient_events_from_the_buffer() {
     assert_eq!(json_of(&m)["delta"], "fresh");
 }
 
+/// A reader that stops reading is never waited for and never cut off: the others stream on, and when it
+/// reads again it gets what the feed still holds, the durable items of the stretch it fell behind on (from
+/// the store), and the live tail, in order.
 #[tokio::test]
-async fn a_slow_subscriber_is_dropped_and_never_stalls_the_others() {
+async fn a_slow_subscriber_never_stalls_the_others_and_catches_up_from_the_store() {
     let home = tempfile::tempdir().expect("tmp");
-    let srv = TestServer::start_with(home.path(), |c| c.subscriber_queue = 8).await;
+    let srv = TestServer::start_with(home.path(), |c| c.replay_buffer = 8).await;
     let id = srv.create_session("slow").await;
     let mut slow = srv.stream(&id, None).await;
     slow.expect().await;
     let mut fast = srv.stream(&id, None).await;
     fast.expect().await;
-    // Big events so the slow reader's socket buffers fill and its queue of 8 overflows.
+    // Big events, so the slow reader's socket buffers fill and the feed (8 events) moves on without it.
     let chunk = "y".repeat(256 * 1024);
-    const N: usize = 120;
+    const N: usize = 160;
     let reader = tokio::spawn(async move {
         let mut n = 0;
         while n < N {
@@ -230,33 +233,63 @@ async fn a_slow_subscriber_is_dropped_and_never_stalls_the_others() {
                 .next_non_heartbeat()
                 .await
                 .expect("fast subscriber keeps receiving");
-            assert_eq!(
-                json_of(&m)["delta"].as_str().map(str::len),
-                Some(256 * 1024)
-            );
-            n += 1;
+            if m.event.as_deref() == Some("response.output_text.delta") {
+                assert_eq!(
+                    json_of(&m)["delta"].as_str().map(str::len),
+                    Some(256 * 1024)
+                );
+                n += 1;
+            }
         }
         n
     });
-    for _ in 0..N {
+    for i in 0..N {
         srv.delta(&id, &chunk).await;
-    }
-    assert_eq!(reader.await.expect("reader"), N);
-    // The slow one was cut off: it ends without [DONE] before seeing all N.
-    let mut seen = 0;
-    let mut done = false;
-    while let Some(m) = slow.next().await {
-        if m.is_done() {
-            done = true;
-        } else if m.event.as_deref() == Some("response.output_text.delta") {
-            seen += 1;
+        if i == N / 2 {
+            let (status, _) = srv
+                .post(
+                    &format!("/v1/sessions/{id}/events"),
+                    json!({"type": "external_conversation_item", "data": {
+                        "type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": "middle"}]}}),
+                )
+                .await;
+            assert_eq!(status, 202);
         }
     }
-    assert!(seen < N, "the slow subscriber was dropped (saw {seen})");
-    assert!(!done, "a dropped subscriber gets no [DONE]");
-    // And it can resume with Last-Event-ID afterwards: the stream works.
-    let mut again = srv.stream(&id, None).await;
-    again.expect().await;
+    assert_eq!(reader.await.expect("reader"), N);
+    srv.delta(&id, "tail").await;
+    // The slow one: some deltas, the durable item from the middle, then the tail; ids only grow.
+    let mut deltas = 0;
+    let mut middle = false;
+    let mut tail = false;
+    let mut last_id = 0;
+    while !tail {
+        let m = slow.expect().await;
+        if m.event.as_deref() == Some("session.heartbeat") {
+            continue;
+        }
+        let this = id_of(&m);
+        assert!(this > last_id, "ids only grow: {this} after {last_id}");
+        last_id = this;
+        let data = json_of(&m);
+        match m.event.as_deref() {
+            Some("response.output_item.done") => {
+                middle |= data["item"]["content"][0]["text"] == "middle";
+            }
+            Some("response.output_text.delta") if data["delta"] == "tail" => tail = true,
+            Some("response.output_text.delta") => deltas += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        deltas < N,
+        "the slow reader fell behind the feed (saw {deltas} of {N})"
+    );
+    assert!(
+        middle,
+        "the durable item it fell behind on came from the store"
+    );
 }
 
 #[tokio::test]

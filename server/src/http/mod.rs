@@ -48,7 +48,6 @@ impl AppState {
             replay_buffer: config.replay_buffer.max(1),
             replay_buffer_bytes: config.replay_buffer_bytes,
             idle: config.actor_idle,
-            subscriber_queue: config.subscriber_queue.max(1),
             runner_grace: config.runner_grace,
         };
         let runners = omnigent_tunnel::RunnerRegistry::new(config.tunnel.clone());

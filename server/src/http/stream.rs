@@ -1,10 +1,11 @@
 //! `GET /v1/sessions/{id}/stream`: SSE. The ready `session.heartbeat` first, then (with `Last-Event-ID`)
 //! what the client missed, then the live tail; `session.heartbeat` every interval; `data: [DONE]` when the
-//! session is deleted or the server shuts down. A subscriber dropped for falling behind sees the stream
-//! end without `[DONE]` and should reconnect with `Last-Event-ID`.
+//! session is deleted or the server shuts down. Each stream is a cursor in the session's feed
+//! (`crate::feed`): a slow reader is never waited for nor cut off; if it falls behind the feed, it gets the
+//! durable items of what it missed from the store and carries on live.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -12,12 +13,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use omnigent_proto::events::{SSE_CONTENT_TYPE, SSE_DONE, ServerEvent, sse_frame};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::{ApiError, AppState, session_id};
-use crate::actor::Outbound;
+use crate::actor::item_done_json;
+use crate::feed::{Feed, Read};
+use crate::store::{Store, StoreError};
 
 pub async fn stream(
     State(st): State<AppState>,
@@ -47,11 +51,14 @@ pub async fn stream(
     );
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = StreamState {
-        backlog: sub.backlog.into(),
-        live: sub.live,
+        ready: Some(sub.ready),
+        feed: sub.feed,
+        wake: sub.wake,
+        store: st.store.clone(),
+        session_id: id,
         heartbeat,
         stop: st.stop.clone(),
-        last_seq: sub.ready_seq,
+        cursor: sub.ready_seq,
         finished: false,
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
@@ -71,13 +78,23 @@ pub async fn stream(
     Ok(response)
 }
 
+/// Largest chunk written at once when a subscriber catches up.
+const MAX_CHUNK: usize = 256 * 1024;
+/// Durable items read from the store per catch-up step.
+const STORE_PAGE: u32 = 1000;
+
+/// One subscriber: a cursor in the session's feed.
 struct StreamState {
-    backlog: VecDeque<Outbound>,
-    live: mpsc::Receiver<Outbound>,
+    /// The ready heartbeat, written first.
+    ready: Option<Bytes>,
+    feed: Arc<Feed>,
+    wake: watch::Receiver<u64>,
+    store: Store,
+    session_id: String,
     heartbeat: Interval,
     stop: CancellationToken,
     /// Id of the last event written (heartbeats repeat it so `Last-Event-ID` stays right).
-    last_seq: u64,
+    cursor: u64,
     finished: bool,
 }
 
@@ -87,36 +104,72 @@ impl StreamState {
         if self.finished {
             return None;
         }
-        if self.stop.is_cancelled() {
-            return self.done();
+        if let Some(ready) = self.ready.take() {
+            return Some(ready);
         }
-        if let Some(out) = self.backlog.pop_front() {
-            return self.write(out);
-        }
-        tokio::select! {
-            biased;
-            () = self.stop.cancelled() => self.done(),
-            msg = self.live.recv() => match msg {
-                Some(out) => self.write(out),
-                // Dropped for falling behind (or the actor ended): end without [DONE].
-                None => None,
-            },
-            _ = self.heartbeat.tick() => {
-                let event = ServerEvent::heartbeat(Some(crate::now_secs_f64()));
-                let json = serde_json::to_string(&event).unwrap_or_else(|_| String::from("{}"));
-                Some(Bytes::from(sse_frame(event.event_type(), self.last_seq, &json)))
+        loop {
+            if self.stop.is_cancelled() {
+                return self.done();
+            }
+            match self.feed.read(self.cursor, MAX_CHUNK) {
+                Read::Frames { chunk, last } => {
+                    self.cursor = last;
+                    return Some(chunk);
+                }
+                Read::Behind { floor } => match self.catch_up_from_store(floor).await {
+                    Ok(Some(chunk)) => return Some(chunk),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // End without [DONE]: the client reconnects with Last-Event-ID and tries again.
+                        warn!(session_id = %self.session_id, "cannot replay items from the store: {e}");
+                        self.finished = true;
+                        return None;
+                    }
+                },
+                Read::Closed => return self.done(),
+                Read::UpToDate => {}
+            }
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return self.done(),
+                changed = self.wake.changed() => {
+                    if changed.is_err() {
+                        self.finished = true;
+                        return None;
+                    }
+                }
+                _ = self.heartbeat.tick() => {
+                    let event = ServerEvent::heartbeat(Some(crate::now_secs_f64()));
+                    let json = serde_json::to_string(&event).unwrap_or_else(|_| String::from("{}"));
+                    return Some(Bytes::from(sse_frame(event.event_type(), self.cursor, &json)));
+                }
             }
         }
     }
 
-    fn write(&mut self, out: Outbound) -> Option<Bytes> {
-        match out {
-            Outbound::Event { seq, frame } => {
-                self.last_seq = self.last_seq.max(seq);
-                Some(frame)
-            }
-            Outbound::Done => self.done(),
+    /// The subscriber is behind the feed's `floor` (a reconnect from long ago, or a reader slower than the
+    /// feed is long): the durable items it missed come from the store; the transient events are gone.
+    async fn catch_up_from_store(&mut self, floor: u64) -> Result<Option<Bytes>, StoreError> {
+        let rows = self
+            .store
+            .items_between_seq(&self.session_id, self.cursor, floor, STORE_PAGE)
+            .await?;
+        self.cursor = match rows.last() {
+            Some(row) if rows.len() == STORE_PAGE as usize => row.seq,
+            _ => floor - 1,
+        };
+        if rows.is_empty() {
+            return Ok(None);
         }
+        let mut chunk = String::new();
+        for row in &rows {
+            chunk.push_str(&sse_frame(
+                "response.output_item.done",
+                row.seq,
+                &item_done_json(row),
+            ));
+        }
+        Ok(Some(Bytes::from(chunk)))
     }
 
     fn done(&mut self) -> Option<Bytes> {
