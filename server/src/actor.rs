@@ -6,7 +6,7 @@
 //! Other parts talk to an actor only through [`Sessions`] (commands over a channel). The actor also owns its
 //! session's runner relay (reference §3.4–3.5): the text buffer, the interrupt fence, the `call_id →
 //! response_id` map and the disconnect grace; a child reader task ([`crate::relay::run_reader`]) streams the
-//! runner's events to it as [`Command::RunnerEvent`] messages.
+//! runner's events to it as [`Command::RunnerEvents`] messages.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,9 +30,10 @@ use crate::store::{ItemRow, NewItem, Store, StoreError};
 const SEQ_BLOCK: u64 = 1000;
 /// Commands queued per actor before senders wait.
 const COMMAND_QUEUE: usize = 256;
-/// Most queued commands handled before the stream subscribers are woken, and the longest time.
+/// Most queued commands handled before the stream subscribers are woken, and the longest time (short: the
+/// first token of a turn must not wait; the subscribers pace their own writes under load).
 const WAKE_BATCH: usize = 64;
-const WAKE_LATENCY: std::time::Duration = std::time::Duration::from_millis(1);
+const WAKE_LATENCY: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Sizes an actor works with.
 #[derive(Debug, Clone, Copy)]
@@ -119,8 +120,9 @@ pub enum Command {
     },
     /// The interrupt could not be delivered: lift the fence (and forget an intentional stop).
     LiftFence,
-    /// From the relay reader: one runner event.
-    RunnerEvent { epoch: u64, event: Value },
+    /// From the relay reader: runner events, in order (those that arrived together, so the subscribers are
+    /// woken once for all of them).
+    RunnerEvents { epoch: u64, events: Vec<Value> },
     /// From the relay reader: subscribed and initialised on tunnel `generation`.
     RelayReady {
         epoch: u64,
@@ -153,7 +155,7 @@ impl Command {
             Command::EnsureRelay { reply, .. } => drop(reply.send(Err(err()))),
             Command::Interrupt { reply, .. } => drop(reply.send(Err(err()))),
             Command::LiftFence
-            | Command::RunnerEvent { .. }
+            | Command::RunnerEvents { .. }
             | Command::RelayReady { .. }
             | Command::RelayEnded { .. }
             | Command::RunnerConnected { .. }
@@ -530,9 +532,8 @@ impl Actor {
         let mut batch = 0;
         let mut batch_start = std::time::Instant::now();
         loop {
-            // Commands already queued are handled back to back (up to a batch, for at most a millisecond or
-            // so) and the subscribers woken once for all of them: a burst of runner events costs each
-            // subscriber one wake-up and one write, not one per event.
+            // Commands already queued are handled back to back (up to a batch, for at most WAKE_LATENCY) and
+            // the subscribers woken once for all of them, not once per event.
             if (batch == 0 || (batch < WAKE_BATCH && batch_start.elapsed() < WAKE_LATENCY))
                 && let Ok(cmd) = rx.try_recv()
             {
@@ -645,11 +646,13 @@ impl Actor {
                 self.relay.fence = false;
                 self.relay.stopping = false;
             }
-            Command::RunnerEvent { epoch, event } => {
-                if epoch == self.relay.epoch
-                    && let Err(e) = self.relay_event(event).await
-                {
-                    warn!(session_id = %self.id, "relaying a runner event failed: {e}");
+            Command::RunnerEvents { epoch, events } => {
+                for event in events {
+                    if epoch == self.relay.epoch
+                        && let Err(e) = self.relay_event(event).await
+                    {
+                        warn!(session_id = %self.id, "relaying a runner event failed: {e}");
+                    }
                 }
             }
             Command::RelayReady {

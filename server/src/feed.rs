@@ -115,50 +115,42 @@ impl Feed {
         self.head.receiver_count()
     }
 
-    /// The frames after `cursor`, at most about `max_chunk` bytes of them (always at least one).
+    /// The frames after `cursor`, at most about `max_chunk` bytes of them (always at least one), copied into
+    /// one chunk (a copy is cheaper than sharing: every subscriber touching the same reference counts would
+    /// make the cores fight over them).
     pub fn read(&self, cursor: u64, max_chunk: usize) -> Read {
-        let parts: Vec<Bytes>;
-        let last: u64;
-        {
-            let log = self
-                .log
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cursor.saturating_add(1) < log.floor {
-                return Read::Behind { floor: log.floor };
-            }
-            let start = log.frames.partition_point(|(seq, _)| *seq <= cursor);
-            if start == log.frames.len() {
-                return if log.closed {
-                    Read::Closed
-                } else {
-                    Read::UpToDate
-                };
-            }
-            let mut size = 0;
-            let mut taken = Vec::new();
-            let mut newest = cursor;
-            for (seq, frame) in log.frames.range(start..) {
-                if size > 0 && size + frame.len() > max_chunk {
-                    break;
-                }
-                size += frame.len();
-                newest = *seq;
-                taken.push(frame.clone());
-            }
-            parts = taken;
-            last = newest;
+        let log = self
+            .log
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cursor.saturating_add(1) < log.floor {
+            return Read::Behind { floor: log.floor };
         }
-        let chunk = if parts.len() == 1 {
-            parts.into_iter().next().unwrap_or_default()
-        } else {
-            let mut buf = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-            for p in &parts {
-                buf.extend_from_slice(p);
+        let start = log.frames.partition_point(|(seq, _)| *seq <= cursor);
+        if start == log.frames.len() {
+            return if log.closed {
+                Read::Closed
+            } else {
+                Read::UpToDate
+            };
+        }
+        let mut size = 0;
+        let mut end = start;
+        for (_, frame) in log.frames.range(start..) {
+            if size > 0 && size + frame.len() > max_chunk {
+                break;
             }
-            buf.freeze()
-        };
-        Read::Frames { chunk, last }
+            size += frame.len();
+            end += 1;
+        }
+        let mut chunk = BytesMut::with_capacity(size);
+        for (_, frame) in log.frames.range(start..end) {
+            chunk.extend_from_slice(frame);
+        }
+        Read::Frames {
+            chunk: chunk.freeze(),
+            last: log.frames[end - 1].0,
+        }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Log> {

@@ -67,7 +67,7 @@ impl ServerConfig {
             database: DatabaseLocation::Sqlite(data_dir.join("omnigent.db")),
             data_dir,
             max_body_bytes: omnigent_proto::api::DEFAULT_MAX_BODY_BYTES,
-            replay_buffer: 2048,
+            replay_buffer: 16_384,
             replay_buffer_bytes: 8 * 1024 * 1024,
             actor_idle: Duration::from_secs(600),
             heartbeat_interval: Duration::from_secs(

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use omnigent_tunnel::{RunnerConnection, TunnelError};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -211,7 +211,7 @@ async fn read(
         Ok(Some(Ok(first))) => {
             if first["type"] != "session.heartbeat" {
                 // Not the ready signal, but an event all the same: keep it.
-                forward(actor, spec.epoch, first).await?;
+                forward(actor, spec.epoch, vec![first]).await?;
             }
         }
     }
@@ -252,32 +252,59 @@ async fn read(
         generation: spec.conn.generation(),
     });
     info!(session_id = %sid, runner_id = spec.conn.runner_id(), generation = spec.conn.generation(), "relay subscribed");
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                if event["type"] == "session.heartbeat" {
-                    continue;
+    let mut ended = false;
+    while !ended {
+        // Wait for an event, then take every one that has already arrived with it (up to a batch): the actor
+        // handles them back to back and wakes the stream subscribers once.
+        let mut batch = Vec::new();
+        let mut next = events.next().await;
+        loop {
+            match next {
+                None => {
+                    ended = true;
+                    break;
                 }
-                forward(actor, spec.epoch, event).await?;
+                Some(Ok(event)) => {
+                    if event["type"] != "session.heartbeat" {
+                        batch.push(event);
+                    }
+                }
+                Some(Err(omnigent_tunnel::sse::SseError::BadJson(e))) => {
+                    warn!(session_id = %sid, "skipping a runner event that is not JSON: {e}");
+                }
+                Some(Err(e)) => {
+                    forward(actor, spec.epoch, batch).await?;
+                    return Err(e.to_string());
+                }
             }
-            Err(omnigent_tunnel::sse::SseError::BadJson(e)) => {
-                warn!(session_id = %sid, "skipping a runner event that is not JSON: {e}");
+            if batch.len() >= RELAY_BATCH {
+                break;
             }
-            Err(e) => return Err(e.to_string()),
+            match events.next().now_or_never() {
+                Some(item) => next = item,
+                None => break,
+            }
         }
+        forward(actor, spec.epoch, batch).await?;
     }
     Ok(())
 }
 
+/// Most runner events handed to the actor in one message.
+const RELAY_BATCH: usize = 256;
+
 async fn forward(
     actor: &mpsc::WeakSender<Command>,
     epoch: u64,
-    event: Value,
+    events: Vec<Value>,
 ) -> Result<(), String> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let tx = actor
         .upgrade()
         .ok_or_else(|| "the session actor stopped".to_owned())?;
-    tx.send(Command::RunnerEvent { epoch, event })
+    tx.send(Command::RunnerEvents { epoch, events })
         .await
         .map_err(|_| "the session actor stopped".to_owned())
 }

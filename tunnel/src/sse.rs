@@ -89,17 +89,20 @@ impl Reader {
     }
 }
 
-/// The end of the first event in `buffer` and the length of its separator (`\n\n` or `\r\n\r\n`).
+/// The end of the first event in `buffer` and the length of its separator (`\n\n` or `\r\n\r\n`), in one pass.
 fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(offset) = buffer[from..].iter().position(|b| *b == b'\n') {
+        let at = from + offset;
+        if buffer.get(at + 1) == Some(&b'\n') {
+            return Some((at, 2));
+        }
+        if at >= 1 && buffer[at - 1] == b'\r' && buffer[at + 1..].starts_with(b"\r\n") {
+            return Some((at - 1, 4));
+        }
+        from = at + 1;
     }
+    None
 }
 
 /// The joined `data:` lines of one event block; `None` when it has none (a comment or keep-alive).
