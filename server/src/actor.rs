@@ -140,6 +140,8 @@ pub enum Command {
     /// The host reported that the process of `runner_id` exited (`host.runner_exited`): a turn running on it
     /// fails with `report` (exit code or signal, and the log tail).
     RunnerExited { runner_id: String, report: String },
+    /// The server started and found the session mid-turn (it stopped, or died, during the turn).
+    RecoverTurn,
 }
 
 impl Command {
@@ -159,7 +161,8 @@ impl Command {
             | Command::RelayReady { .. }
             | Command::RelayEnded { .. }
             | Command::RunnerConnected { .. }
-            | Command::RunnerExited { .. } => {}
+            | Command::RunnerExited { .. }
+            | Command::RecoverTurn => {}
         }
     }
 }
@@ -386,6 +389,12 @@ impl Sessions {
             report: report.to_owned(),
         };
         let _ = self.handle(session_id).tx.send(cmd).await;
+    }
+
+    /// The server started and found this session mid-turn: its runner gets the grace to come back (and
+    /// continue or settle the turn), or the turn fails as `runner_disconnected`.
+    pub async fn recover_turn(&self, session_id: &str) {
+        let _ = self.handle(session_id).tx.send(Command::RecoverTurn).await;
     }
 
     /// Delete a session through its actor, so open streams end with `[DONE]`.
@@ -680,6 +689,7 @@ impl Actor {
             Command::RunnerExited { runner_id, report } => {
                 self.runner_exited(&runner_id, &report).await;
             }
+            Command::RecoverTurn => self.recover_turn(),
         }
         Continue(())
     }
@@ -784,6 +794,15 @@ impl Actor {
         }
         if self.relay.grace.is_none() {
             info!(session_id = %self.id, grace = ?self.limits.runner_grace, "runner lost mid-turn; waiting for it to come back");
+            self.relay.grace = Some(tokio::time::Instant::now() + self.limits.runner_grace);
+        }
+    }
+
+    /// A turn the store says is under way, with no relay to its runner yet (the server restarted): the
+    /// runner gets the grace to reconnect; `grace_expired` fails the turn if it does not.
+    fn recover_turn(&mut self) {
+        if self.mid_turn() && self.relay.reader.is_none() && self.relay.grace.is_none() {
+            info!(session_id = %self.id, grace = ?self.limits.runner_grace, "a turn was under way when the server stopped; waiting for its runner");
             self.relay.grace = Some(tokio::time::Instant::now() + self.limits.runner_grace);
         }
     }
@@ -1040,6 +1059,10 @@ impl Actor {
                 .await?;
             }
             k if relay::is_terminal(k) => {
+                if self.relay.response_id.is_none() {
+                    // A turn picked up after a server restart: its start was relayed by the previous server.
+                    self.relay.response_id = event["response"]["id"].as_str().map(str::to_owned);
+                }
                 self.flush_text().await?;
                 self.publish(event).await?;
             }

@@ -153,6 +153,7 @@ pub async fn serve(
         store.clone(),
         stop.clone(),
     ));
+    tokio::spawn(recover_interrupted_turns(sessions.clone(), store.clone()));
     let app = http::router(state);
     // Hosts reconnect at once to the next server on 1012.
     let host_tunnels = config.host_registry.clone();
@@ -236,6 +237,19 @@ async fn rebind_on_reconnect(sessions: actor::Sessions, store: Store, stop: Canc
             }
             Err(e) => tracing::warn!(%runner_id, "cannot list the sessions bound to a runner: {e}"),
         }
+    }
+}
+
+/// Turns under way when the server last stopped (or died) are not left `running` forever: each such session's
+/// runner gets the disconnect grace to come back, then the turn fails as `runner_disconnected`.
+async fn recover_interrupted_turns(sessions: actor::Sessions, store: Store) {
+    match store.sessions_mid_turn().await {
+        Ok(ids) => {
+            for id in ids {
+                sessions.recover_turn(&id).await;
+            }
+        }
+        Err(e) => tracing::warn!("cannot list the sessions that were mid-turn: {e}"),
     }
 }
 

@@ -410,6 +410,81 @@ async fn a_runner_back_within_the_grace_continues_the_turn_with_nothing_lost() {
     );
 }
 
+/// A server that stopped mid-turn does not leave the turn `running` forever: after a restart, a turn whose runner
+/// never returns fails after the grace; one whose runner comes back (still running it) continues.
+#[tokio::test]
+async fn turns_under_way_when_the_server_stopped_fail_after_the_grace_unless_their_runner_returns()
+{
+    let home = tempfile::tempdir().expect("tmp");
+    let config = |c: &mut omnigent_server::ServerConfig| {
+        c.runner_grace = Duration::from_secs(2);
+        c.tunnel.ping_interval = Duration::from_millis(20);
+    };
+    let srv = TestServer::start_with(home.path(), config).await;
+    let mut gone = FakeRunner::connect(&srv, "tok-gone", "running").await;
+    let mut back = FakeRunner::connect(&srv, "tok-back", "running").await;
+    let lost = bound(&srv, "tok-gone").await;
+    let kept = bound(&srv, "tok-back").await;
+    for (runner, session) in [(&mut gone, &lost), (&mut back, &kept)] {
+        let mut sse = srv.stream(session, None).await;
+        sse.expect().await;
+        start_turn(&srv, runner, session, "work").await;
+        runner.push(json!({"type": "session.status", "status": "running"}));
+        until(&mut sse, |k, v| {
+            k == "session.status" && v["status"] == "running"
+        })
+        .await;
+    }
+    let (stopped, _) = srv.shutdown().await;
+    stopped.expect("clean stop");
+    drop(gone);
+    drop(back);
+
+    let srv = TestServer::start_with(home.path(), config).await;
+    let mut lost_sse = srv.stream(&lost, None).await;
+    lost_sse.expect().await;
+    let mut kept_sse = srv.stream(&kept, None).await;
+    kept_sse.expect().await;
+    // One runner comes back, still running its turn, and finishes it.
+    let mut back = FakeRunner::connect(&srv, "tok-back", "running").await;
+    back.stream_opened().await;
+    assert!(matches!(back.next_seen().await, Seen::Init(_)));
+    back.push(json!({"type": "response.output_text.delta", "delta": "done"}));
+    back.push(json!({"type": "response.completed", "response": {"id": "resp_K"}}));
+    back.push(json!({"type": "session.status", "status": "idle"}));
+    let events = until(&mut kept_sse, |k, v| {
+        k == "session.status" && v["status"] == "idle"
+    })
+    .await;
+    assert!(
+        !events
+            .iter()
+            .any(|(k, v)| k == "session.status" && v["status"] == "failed"),
+        "{events:?}"
+    );
+    // The other never does: its turn fails once the grace is over.
+    let events = until(&mut lost_sse, |k, _| k == "session.status").await;
+    let (_, status) = events.last().expect("status");
+    assert_eq!(status["status"], "failed");
+    assert_eq!(status["error"]["code"], "runner_disconnected");
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{lost}/items?limit=100"))
+        .await;
+    assert_eq!(
+        summary(&items),
+        ["message|user:work|-", "error|runner_disconnected|-"]
+    );
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{kept}/items?limit=100"))
+        .await;
+    assert_eq!(
+        summary(&items),
+        ["message|user:work|-", "message|assistant:done|resp_K"]
+    );
+    let (_, snap) = srv.get(&format!("/v1/sessions/{kept}")).await;
+    assert_eq!(snap["status"], "idle");
+}
+
 #[tokio::test]
 async fn runners_are_listed_and_bindings_checked() {
     let (_home, srv) = server(Duration::from_secs(10)).await;

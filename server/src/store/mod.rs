@@ -303,6 +303,13 @@ impl Store {
         }
     }
 
+    /// Ids of the sessions whose stored status says a turn is under way (`running` or `waiting`).
+    pub async fn sessions_mid_turn(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.sessions_mid_turn().await,
+        }
+    }
+
     /// Sessions among `ids` that exist, by id.
     pub async fn existing_sessions(&self, ids: &[String]) -> Result<Vec<SessionRow>, StoreError> {
         match self {

@@ -223,6 +223,15 @@ impl SqliteStore {
             .collect()
     }
 
+    pub async fn sessions_mid_turn(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM sessions WHERE status IN ('running', 'waiting')")
+            .fetch_all(self.r())
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
+    }
+
     pub async fn existing_sessions(&self, ids: &[String]) -> Result<Vec<SessionRow>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
