@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use common::fake_runner::{FakeRunner, Seen};
 use common::{TestServer, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use omnigent_daemon::host_tunnel::{
@@ -76,6 +77,11 @@ struct Host {
 impl Host {
     async fn connect(srv: &TestServer, registry: &HostRegistry, name: &str) -> Host {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        Host::connect_as(srv, registry, name, id).await
+    }
+
+    /// The host `id` (the same machine coming back to a restarted server).
+    async fn connect_as(srv: &TestServer, registry: &HostRegistry, name: &str, id: String) -> Host {
         let (tx, launches) = mpsc::unbounded_channel();
         let fail = Arc::new(Mutex::new(None));
         let actions = FakeHost {
@@ -147,9 +153,20 @@ async fn wait_disconnected(
 }
 
 async fn start(home: &std::path::Path) -> (TestServer, HostRegistry) {
+    start_with(home, |_| {}).await
+}
+
+async fn start_with(
+    home: &std::path::Path,
+    tweak: impl FnOnce(&mut omnigent_server::ServerConfig),
+) -> (TestServer, HostRegistry) {
     let registry = HostRegistry::default();
     let shared = registry.clone();
-    let srv = TestServer::start_with(home, move |c| c.host_registry = shared).await;
+    let srv = TestServer::start_with(home, move |c| {
+        c.host_registry = shared;
+        tweak(c);
+    })
+    .await;
     (srv, registry)
 }
 
@@ -777,6 +794,66 @@ async fn a_message_to_a_host_session_whose_runner_is_offline_relaunches_it_with_
     let (s, b) = srv.post(&events, message).await;
     assert_eq!((s, code(&b)), (503, "runner_unavailable"), "{b}");
     assert!(host.launches.try_recv().is_err());
+}
+
+/// Binding tokens live in the server's memory: after a restart, the relaunch of a host session whose runner is gone
+/// mints a fresh token, rebinds the session to the new runner id, and the message goes through once that
+/// runner dials in.
+#[tokio::test]
+async fn after_a_server_restart_a_relaunch_binds_the_session_to_a_fresh_runner_and_the_message_goes_through()
+ {
+    let home = tempfile::tempdir().expect("tmp");
+    let workspace = tempfile::tempdir().expect("workspace");
+    let ws = workspace.path().to_str().expect("utf-8");
+    let (srv, registry) = start(home.path()).await;
+    let mut host = Host::connect(&srv, &registry, "laptop").await;
+    let (s, body) = srv
+        .post(
+            "/v1/sessions",
+            json!({"agent_id": "echo", "host_id": host.id, "workspace": ws}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let session = body["id"].as_str().expect("id").to_owned();
+    let first = host.launches.recv().await.expect("launch");
+    host.disconnect(&registry).await;
+    let (stopped, _) = srv.shutdown().await;
+    stopped.expect("clean stop");
+
+    // The same machine comes back to the restarted server; the first runner never does. (Quick pings: a runner
+    // counts as registered at the first one.)
+    let (srv, registry) = start_with(home.path(), |c| {
+        c.tunnel.ping_interval = std::time::Duration::from_millis(20)
+    })
+    .await;
+    let mut host = Host::connect_as(&srv, &registry, "laptop", host.id.clone()).await;
+    let message = json!({"type": "message", "data": {"role": "user", "content": "again"}});
+    let events = format!("/v1/sessions/{session}/events");
+    let post = srv.post(&events, message);
+    let runner = async {
+        let relaunch = host
+            .launches
+            .recv()
+            .await
+            .expect("the message relaunched the runner");
+        assert_ne!(relaunch.binding_token, first.binding_token, "a fresh token");
+        assert_eq!(relaunch.session_id.as_deref(), Some(session.as_str()));
+        assert_eq!(relaunch.workspace, ws);
+        let mut runner = FakeRunner::connect(&srv, &relaunch.binding_token, "idle").await;
+        runner.stream_opened().await;
+        assert!(matches!(runner.next_seen().await, Seen::Init(_)));
+        let forwarded = runner.next_seen().await;
+        (relaunch.binding_token, forwarded, runner)
+    };
+    let ((s, b), (token, forwarded, _runner)) = tokio::join!(post, runner);
+    assert_eq!(s, 202, "{b}");
+    match forwarded {
+        Seen::Event(event) => assert_eq!(event["content"], "again"),
+        other => panic!("expected the message on the new runner, got {other:?}"),
+    }
+    let (_, stored) = srv.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!(stored["runner_id"], runner_id_for_token(&token), "{stored}");
+    assert_ne!(stored["runner_id"], body["runner_id"], "{stored}");
 }
 
 #[tokio::test]
