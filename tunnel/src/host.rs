@@ -28,8 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::epoch_millis;
 use crate::socket;
 
-/// Room in the WebSocket layer above the frame cap, so an oversized frame reaches our own check.
-const WS_LAYER_SLACK: usize = 1024 * 1024;
+use crate::WS_LAYER_SLACK;
 
 /// How long the writer may take to flush the final close frame.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -551,6 +550,7 @@ pub fn upgrade(ws: WebSocketUpgrade, host_id: String, registry: HostRegistry) ->
         .saturating_add(WS_LAYER_SLACK);
     ws.max_message_size(cap)
         .max_frame_size(cap)
+        .read_buffer_size(crate::WS_READ_BUFFER)
         .on_upgrade(
             move |socket| async move { serve_host_socket(socket, &host_id, registry).await },
         )

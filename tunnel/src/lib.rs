@@ -35,6 +35,13 @@
 
 use std::time::Duration;
 
+/// Room in the WebSocket layer above the frame cap, so an oversized frame reaches our own check and is refused
+/// with a clear close reason.
+pub(crate) const WS_LAYER_SLACK: usize = 1024 * 1024;
+/// Read buffer of each server-side tunnel socket. Tungstenite's default (128 KiB, allocated up front) made an
+/// idle tunnel cost about 150 KiB of server memory; large frames still arrive whole, in more reads.
+pub(crate) const WS_READ_BUFFER: usize = 16 * 1024;
+
 pub mod channel;
 pub mod connection;
 pub mod host;

@@ -17,9 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::connection::{RunnerConnection, run_connection};
 use crate::{TOKEN_HEADER, TunnelConfig, TunnelError};
 
-/// Room in the WebSocket layer above the frame cap, so an oversized frame reaches our own check and is refused
-/// with a clear close reason.
-const WS_LAYER_SLACK: usize = 1024 * 1024;
+use crate::WS_LAYER_SLACK;
 
 /// What happened to a runner's tunnel. `generation` tells a replaced tunnel's disconnect from the current one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +239,7 @@ pub fn upgrade(
         .saturating_add(WS_LAYER_SLACK);
     ws.max_message_size(cap)
         .max_frame_size(cap)
+        .read_buffer_size(crate::WS_READ_BUFFER)
         .on_upgrade(move |socket| serve_runner_socket(socket, peer, runner_id, token, registry))
 }
 
