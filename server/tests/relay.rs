@@ -85,6 +85,30 @@ fn summary(items: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The runner of `token` reconnects still running its turn, and finishes it with `delta`: the session's stream
+/// shows the turn ending idle, never failed.
+async fn comes_back_and_finishes(
+    srv: &TestServer,
+    token: &str,
+    sse: &mut common::Sse,
+    delta: &str,
+    response_id: &str,
+) {
+    let mut back = FakeRunner::connect(srv, token, "running").await;
+    back.stream_opened().await;
+    assert!(matches!(back.next_seen().await, Seen::Init(_)));
+    back.push(json!({"type": "response.output_text.delta", "delta": delta}));
+    back.push(json!({"type": "response.completed", "response": {"id": response_id}}));
+    back.push(json!({"type": "session.status", "status": "idle"}));
+    let events = until(sse, |k, v| k == "session.status" && v["status"] == "idle").await;
+    assert!(
+        !events
+            .iter()
+            .any(|(k, v)| k == "session.status" && v["status"] == "failed"),
+        "{events:?}"
+    );
+}
+
 /// Post a message and take it through the runner: returns the persisted user item id.
 async fn start_turn(
     srv: &TestServer,
@@ -385,22 +409,7 @@ async fn a_runner_back_within_the_grace_continues_the_turn_with_nothing_lost() {
     runner.crash();
 
     // The same runner (it still has the turn) reconnects: the server re-opens its stream and re-inits.
-    let mut back = FakeRunner::connect(&srv, "tok-blip", "running").await;
-    back.stream_opened().await;
-    assert!(matches!(back.next_seen().await, Seen::Init(_)));
-    back.push(json!({"type": "response.output_text.delta", "delta": "two"}));
-    back.push(json!({"type": "response.completed", "response": {"id": "resp_B"}}));
-    back.push(json!({"type": "session.status", "status": "idle"}));
-    let events = until(&mut sse, |k, v| {
-        k == "session.status" && v["status"] == "idle"
-    })
-    .await;
-    assert!(
-        !events
-            .iter()
-            .any(|(k, v)| k == "session.status" && v["status"] == "failed"),
-        "{events:?}"
-    );
+    comes_back_and_finishes(&srv, "tok-blip", &mut sse, "two", "resp_B").await;
     let (_, items) = srv
         .get(&format!("/v1/sessions/{session}/items?limit=100"))
         .await;
@@ -446,22 +455,7 @@ async fn turns_under_way_when_the_server_stopped_fail_after_the_grace_unless_the
     let mut kept_sse = srv.stream(&kept, None).await;
     kept_sse.expect().await;
     // One runner comes back, still running its turn, and finishes it.
-    let mut back = FakeRunner::connect(&srv, "tok-back", "running").await;
-    back.stream_opened().await;
-    assert!(matches!(back.next_seen().await, Seen::Init(_)));
-    back.push(json!({"type": "response.output_text.delta", "delta": "done"}));
-    back.push(json!({"type": "response.completed", "response": {"id": "resp_K"}}));
-    back.push(json!({"type": "session.status", "status": "idle"}));
-    let events = until(&mut kept_sse, |k, v| {
-        k == "session.status" && v["status"] == "idle"
-    })
-    .await;
-    assert!(
-        !events
-            .iter()
-            .any(|(k, v)| k == "session.status" && v["status"] == "failed"),
-        "{events:?}"
-    );
+    comes_back_and_finishes(&srv, "tok-back", &mut kept_sse, "done", "resp_K").await;
     // The other never does: its turn fails once the grace is over.
     let events = until(&mut lost_sse, |k, _| k == "session.status").await;
     let (_, status) = events.last().expect("status");
