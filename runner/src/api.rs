@@ -196,23 +196,41 @@ fn sse_frame(event: &Value) -> Bytes {
     Bytes::from(format!("data: {event}\n\n"))
 }
 
-/// `GET /v1/sessions/{id}/stream`: the session's live events as SSE `data:` lines, the ready heartbeat first
-/// and a heartbeat every 15 s.
+/// `events` as SSE `data:` frames, in one chunk.
+fn sse_frames<'a>(events: impl IntoIterator<Item = &'a Value>) -> Bytes {
+    let mut chunk = Vec::new();
+    for event in events {
+        chunk.extend_from_slice(b"data: ");
+        // Writing a `Value` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut chunk, event);
+        chunk.extend_from_slice(b"\n\n");
+    }
+    Bytes::from(chunk)
+}
+
+/// `GET /v1/sessions/{id}/stream`: the session's events as SSE `data:` lines: the ready heartbeat first, then
+/// the events kept while the session had no subscriber (a tunnel blip), then the live ones, with a heartbeat
+/// every 15 s.
 async fn stream(State(sessions): State<Sessions>, Path(id): Path<String>) -> Response {
-    let mut events = match sessions.get_or_create(&id).subscribe().await {
-        Ok(events) => events,
+    let mut subscription = match sessions.get_or_create(&id).subscribe().await {
+        Ok(subscription) => subscription,
         Err(gone) => return gone.into_response(),
     };
     let heartbeat = json!({"type": "session.heartbeat"});
+    // The heartbeat and the backlog in one chunk: a reader that has the ready signal has the backlog too (the
+    // server's relay applies it before it judges the runner's status), and it takes no room in the channel of
+    // live events, so a long backlog cannot make this subscriber look slow.
+    let backlog = std::mem::take(&mut subscription.backlog);
+    let opening = sse_frames(std::iter::once(&heartbeat).chain(&backlog));
     let body = async_stream(move |tx| async move {
-        if tx.send(sse_frame(&heartbeat)).await.is_err() {
+        if tx.send(opening).await.is_err() {
             return;
         }
         let start = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
         let mut ticks = tokio::time::interval_at(start, HEARTBEAT_INTERVAL);
         loop {
             let frame = tokio::select! {
-                event = events.recv() => match event {
+                event = subscription.events.recv() => match event {
                     Some(event) => sse_frame(&event),
                     // Dropped as a slow subscriber: end the stream so the server reconnects.
                     None => return,
@@ -292,6 +310,39 @@ mod tests {
             assert_eq!(body.next().await.unwrap().unwrap(), heartbeat);
             assert_eq!(start.elapsed(), Duration::from_secs(expected));
         }
+    }
+
+    #[tokio::test]
+    async fn stream_sends_the_ready_heartbeat_then_what_was_kept_then_live_events() {
+        let sessions = Sessions::new(SessionDefaults {
+            workspace: ".".into(),
+            harness: HarnessKind::Echo,
+            env: Default::default(),
+        });
+        let session = sessions.get_or_create("s3");
+        let delta = |n: u32| json!({"type": "response.output_text.delta", "delta": n.to_string()});
+        for n in 0..3 {
+            session.emit(delta(n));
+        }
+        let response = router(sessions)
+            .oneshot(
+                http::Request::get("/v1/sessions/s3/stream")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = response.into_body().into_data_stream();
+        // One chunk: whoever has the ready heartbeat has the backlog too.
+        let first = body.next().await.unwrap().unwrap();
+        let expected: String = std::iter::once(json!({"type": "session.heartbeat"}))
+            .chain((0..3).map(delta))
+            .map(|e| format!("data: {e}\n\n"))
+            .collect();
+        assert_eq!(first, expected.as_bytes());
+        session.emit(delta(3));
+        let live = body.next().await.unwrap().unwrap();
+        assert_eq!(live, format!("data: {}\n\n", delta(3)).as_bytes());
     }
 
     #[tokio::test]

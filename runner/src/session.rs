@@ -17,8 +17,17 @@ use crate::harness::{self, EventSink, HarnessError, HarnessKind, HistoryEntry, T
 /// ends and the server reconnects), like the Python omnigent's 1024-event queues.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
+/// Most events kept while a session has no stream subscriber (the tunnel blipped, the server restarted), for
+/// the next subscriber; past this or [`BACKLOG_MAX_BYTES`] the oldest are dropped.
+const BACKLOG_MAX_EVENTS: usize = 10_000;
+/// Most JSON bytes kept while a session has no stream subscriber.
+const BACKLOG_MAX_BYTES: usize = 8 * 1024 * 1024;
+
 /// How long an interrupted harness may take to stop by itself before it is dropped.
 const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Logged when a session's last stream subscriber goes; what it publishes from then on waits in its backlog.
+const NO_SUBSCRIBER_LEFT: &str = "no stream subscriber left; keeping events for the next one";
 
 /// What a session starts with unless its init says otherwise.
 #[derive(Debug, Clone)]
@@ -52,7 +61,9 @@ pub(crate) enum Accepted {
 }
 
 enum Command {
-    Subscribe(oneshot::Sender<mpsc::Receiver<Value>>),
+    Subscribe(oneshot::Sender<Subscription>),
+    /// A [`Subscription`] was dropped (its stream ended or its tunnel went away).
+    Unsubscribe(u64),
     Init(SessionInit),
     Message {
         input: TurnInput,
@@ -64,6 +75,27 @@ enum Command {
         turn: u64,
         new_history: Vec<HistoryEntry>,
     },
+    /// Publish an event as a turn would.
+    #[cfg(test)]
+    Emit(Value),
+}
+
+/// A stream subscriber's view of a session: what was kept while no subscriber was connected, then the live
+/// events. Dropping it tells the session at once, so what comes next is kept for the next subscriber.
+pub(crate) struct Subscription {
+    /// Events published while the session had no subscriber, oldest first: they come before `events`.
+    pub backlog: Vec<Value>,
+    /// The live events. They end (after what is buffered) once the session dropped this subscriber as too
+    /// slow.
+    pub events: mpsc::Receiver<Value>,
+    id: u64,
+    session: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.session.send(Command::Unsubscribe(self.id));
+    }
 }
 
 /// The sessions this runner serves, by id. Cheap to clone.
@@ -121,9 +153,15 @@ impl SessionHandle {
         rx.await.map_err(|_| SessionGone)
     }
 
-    /// A new subscriber of the session's live events.
-    pub async fn subscribe(&self) -> Result<mpsc::Receiver<Value>, SessionGone> {
+    /// A new subscriber of the session's events: those kept while it had none, then the live ones.
+    pub async fn subscribe(&self) -> Result<Subscription, SessionGone> {
         self.ask(Command::Subscribe).await
+    }
+
+    /// Publish `event` as a turn of this session would.
+    #[cfg(test)]
+    pub fn emit(&self, event: Value) {
+        let _ = self.tx.send(Command::Emit(event));
     }
 
     pub fn init(&self, init: SessionInit) -> Result<(), SessionGone> {
@@ -161,6 +199,8 @@ fn spawn_session(id: String, defaults: &SessionDefaults) -> SessionHandle {
         running: None,
         turns: 0,
         subscribers: Vec::new(),
+        next_subscriber: 0,
+        backlog: Backlog::new(BACKLOG_MAX_EVENTS, BACKLOG_MAX_BYTES),
         emit_tx,
         done_tx: tx.clone(),
     };
@@ -177,6 +217,73 @@ struct RunningTurn {
     cancel: CancellationToken,
 }
 
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Value>,
+}
+
+/// Events published while a session has no live subscriber, for the next one: at most `max_events` of them
+/// and `max_bytes` of JSON, the oldest dropped first (the newest is always kept, even one that alone is larger).
+struct Backlog {
+    events: VecDeque<(Value, usize)>,
+    bytes: usize,
+    max_events: usize,
+    max_bytes: usize,
+    /// How many were dropped since the last [`Backlog::take`].
+    dropped: u64,
+}
+
+impl Backlog {
+    fn new(max_events: usize, max_bytes: usize) -> Self {
+        Backlog {
+            events: VecDeque::new(),
+            bytes: 0,
+            max_events,
+            max_bytes,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, event: Value) {
+        let size = json_len(&event);
+        self.bytes += size;
+        self.events.push_back((event, size));
+        while self.events.len() > 1
+            && (self.events.len() > self.max_events || self.bytes > self.max_bytes)
+        {
+            if let Some((_, size)) = self.events.pop_front() {
+                self.bytes -= size;
+                self.dropped += 1;
+            }
+        }
+    }
+
+    /// Everything kept, oldest first, and how many were dropped to stay within the bounds; empties it.
+    fn take(&mut self) -> (Vec<Value>, u64) {
+        self.bytes = 0;
+        let events = self.events.drain(..).map(|(event, _)| event).collect();
+        (events, std::mem::take(&mut self.dropped))
+    }
+}
+
+/// The length of `value` as compact JSON, without building the string.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 struct Session {
     id: String,
     agent_id: Option<String>,
@@ -188,7 +295,10 @@ struct Session {
     queue: VecDeque<TurnInput>,
     running: Option<RunningTurn>,
     turns: u64,
-    subscribers: Vec<mpsc::Sender<Value>>,
+    subscribers: Vec<Subscriber>,
+    next_subscriber: u64,
+    /// What was published while no subscriber was live.
+    backlog: Backlog,
     /// Where turns send their events; the task fans them out in order.
     emit_tx: mpsc::UnboundedSender<Value>,
     /// Where turns report their end (the session's own command channel).
@@ -207,7 +317,15 @@ impl Session {
                 biased;
                 Some(event) = events.recv() => self.publish(event),
                 command = commands.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => {
+                        if matches!(command, Command::TurnFinished { .. }) {
+                            // The turn sent all its events before its end: publish them before handling it.
+                            while let Ok(event) = events.try_recv() {
+                                self.publish(event);
+                            }
+                        }
+                        self.handle(command);
+                    }
                     None => break,
                 },
             }
@@ -221,8 +339,50 @@ impl Session {
         match command {
             Command::Subscribe(reply) => {
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-                self.subscribers.push(tx);
-                let _ = reply.send(rx);
+                let id = self.next_subscriber;
+                self.next_subscriber += 1;
+                let (backlog, dropped) = self.backlog.take();
+                let kept = backlog.len();
+                let subscription = Subscription {
+                    backlog,
+                    events: rx,
+                    id,
+                    session: self.done_tx.clone(),
+                };
+                match reply.send(subscription) {
+                    Ok(()) => {
+                        self.subscribers.push(Subscriber { id, tx });
+                        if dropped > 0 {
+                            warn!(
+                                dropped,
+                                kept,
+                                "{dropped} events were dropped, oldest first, while no stream subscriber was \
+                                 connected (at most {BACKLOG_MAX_EVENTS} events or {} MiB are kept)",
+                                BACKLOG_MAX_BYTES / (1024 * 1024)
+                            );
+                        }
+                        if kept > 0 {
+                            info!(
+                                events = kept,
+                                "a stream subscriber takes the events kept while none was connected"
+                            );
+                        }
+                    }
+                    // The asker is gone: keep the events for the next one.
+                    Err(mut lost) => {
+                        for event in std::mem::take(&mut lost.backlog) {
+                            self.backlog.push(event);
+                        }
+                        self.backlog.dropped += dropped;
+                    }
+                }
+            }
+            Command::Unsubscribe(id) => {
+                let before = self.subscribers.len();
+                self.subscribers.retain(|s| s.id != id);
+                if before > 0 && self.subscribers.is_empty() {
+                    info!("{NO_SUBSCRIBER_LEFT}");
+                }
             }
             Command::Init(init) => {
                 if let Some(agent_id) = init.agent_id {
@@ -263,17 +423,26 @@ impl Session {
                 if self.running.as_ref().is_some_and(|r| r.turn == turn) {
                     self.running = None;
                 }
+                info!(turn, "turn ended");
                 self.history.extend(new_history);
                 if let Some(next) = self.queue.pop_front() {
                     self.start_turn(next);
                 }
             }
+            #[cfg(test)]
+            Command::Emit(event) => self.publish(event),
         }
     }
 
+    /// Send `event` to every live subscriber; with none, keep it for the next one. A subscriber that is gone
+    /// or too slow is dropped.
     fn publish(&mut self, event: Value) {
+        if self.subscribers.is_empty() {
+            self.backlog.push(event);
+            return;
+        }
         self.subscribers
-            .retain(|subscriber| match subscriber.try_send(event.clone()) {
+            .retain(|subscriber| match subscriber.tx.try_send(event.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!("stream subscriber fell {SUBSCRIBER_BUFFER} events behind; dropping it");
@@ -281,6 +450,11 @@ impl Session {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+        if self.subscribers.is_empty() {
+            // Nobody took it: the next subscriber gets it after what the dropped ones already had.
+            info!("{NO_SUBSCRIBER_LEFT}");
+            self.backlog.push(event);
+        }
     }
 
     fn snapshot(&self) -> Value {
@@ -432,4 +606,173 @@ pub(crate) fn epoch_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A session driven by hand (no task), and the receiver of the commands it sends itself.
+    fn session() -> (Session, mpsc::UnboundedReceiver<Command>) {
+        let (done_tx, commands) = mpsc::unbounded_channel();
+        let (emit_tx, _) = mpsc::unbounded_channel();
+        let session = Session {
+            id: "conv_test".into(),
+            agent_id: None,
+            workspace: ".".into(),
+            harness: HarnessKind::Echo,
+            env: HarnessEnv::default(),
+            created_at: 0,
+            history: Vec::new(),
+            queue: VecDeque::new(),
+            running: None,
+            turns: 0,
+            subscribers: Vec::new(),
+            next_subscriber: 0,
+            backlog: Backlog::new(BACKLOG_MAX_EVENTS, BACKLOG_MAX_BYTES),
+            emit_tx,
+            done_tx,
+        };
+        (session, commands)
+    }
+
+    fn subscribe(session: &mut Session) -> Subscription {
+        let (reply, mut answer) = oneshot::channel();
+        session.handle(Command::Subscribe(reply));
+        answer.try_recv().unwrap()
+    }
+
+    fn event(n: usize) -> Value {
+        json!({"type": "response.output_text.delta", "delta": n.to_string()})
+    }
+
+    fn numbers(events: &[Value]) -> Vec<usize> {
+        events
+            .iter()
+            .map(|e| e["delta"].as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    fn received(subscription: &mut Subscription) -> Vec<Value> {
+        let mut events = Vec::new();
+        while let Ok(event) = subscription.events.try_recv() {
+            events.push(event);
+        }
+        events
+    }
+
+    #[test]
+    fn events_published_with_no_subscriber_go_to_the_next_one_first_in_order() {
+        let (mut session, _commands) = session();
+        for n in 0..5 {
+            session.publish(event(n));
+        }
+        let mut first = subscribe(&mut session);
+        assert_eq!(numbers(&first.backlog), [0, 1, 2, 3, 4]);
+        assert!(received(&mut first).is_empty());
+        session.publish(event(5));
+        assert_eq!(numbers(&received(&mut first)), [5]);
+        // Handed over once: a second subscriber starts with the live events only.
+        let mut second = subscribe(&mut session);
+        assert!(second.backlog.is_empty());
+        session.publish(event(6));
+        assert_eq!(numbers(&received(&mut first)), [6]);
+        assert_eq!(numbers(&received(&mut second)), [6]);
+    }
+
+    #[test]
+    fn a_subscriber_that_went_away_or_fell_behind_counts_as_gone() {
+        let (mut session, mut commands) = session();
+        // Dropped: its stream ended, it says so at once.
+        drop(subscribe(&mut session));
+        session.handle(commands.try_recv().unwrap());
+        assert!(session.subscribers.is_empty());
+        session.publish(event(0));
+
+        // Closed but not yet told: the next event finds it gone.
+        let gone = subscribe(&mut session);
+        assert_eq!(numbers(&gone.backlog), [0]);
+        drop(gone);
+        session.publish(event(1));
+        // Its late word changes nothing.
+        session.handle(commands.try_recv().unwrap());
+        assert!(session.subscribers.is_empty());
+
+        // Too slow: dropped when its buffer is full, and what it could not take waits for the next one.
+        let mut slow = subscribe(&mut session);
+        assert_eq!(numbers(&slow.backlog), [1]);
+        for n in 2..2 + SUBSCRIBER_BUFFER {
+            session.publish(event(n));
+        }
+        assert_eq!(session.subscribers.len(), 1);
+        session.publish(event(2 + SUBSCRIBER_BUFFER));
+        assert!(session.subscribers.is_empty());
+        session.publish(event(3 + SUBSCRIBER_BUFFER));
+        let next = subscribe(&mut session);
+        assert_eq!(
+            numbers(&next.backlog),
+            [2 + SUBSCRIBER_BUFFER, 3 + SUBSCRIBER_BUFFER]
+        );
+        // The slow one still reads what it had, then its stream ends: nothing missing, nothing twice.
+        let had = received(&mut slow);
+        assert_eq!(
+            numbers(&had),
+            (2..2 + SUBSCRIBER_BUFFER).collect::<Vec<_>>()
+        );
+        assert!(slow.events.try_recv().is_err());
+        assert!(slow.events.is_closed());
+    }
+
+    #[test]
+    fn the_backlog_drops_the_oldest_past_its_event_bound() {
+        let (mut session, _commands) = session();
+        for n in 0..BACKLOG_MAX_EVENTS + 7 {
+            session.publish(event(n));
+        }
+        assert_eq!(session.backlog.dropped, 7);
+        let subscription = subscribe(&mut session);
+        assert_eq!(subscription.backlog.len(), BACKLOG_MAX_EVENTS);
+        assert_eq!(
+            numbers(&subscription.backlog),
+            (7..BACKLOG_MAX_EVENTS + 7).collect::<Vec<_>>()
+        );
+        assert_eq!(session.backlog.dropped, 0, "counted once, when handed over");
+        assert_eq!(session.backlog.bytes, 0);
+    }
+
+    #[test]
+    fn the_backlog_drops_the_oldest_past_its_byte_bound_but_keeps_the_newest() {
+        let big = |n: usize| json!({"type": "x", "n": n, "pad": "a".repeat(1000)});
+        let size = json_len(&big(0));
+        assert_eq!(size, big(0).to_string().len());
+        let mut backlog = Backlog::new(100, 3 * size);
+        for n in 0..5 {
+            backlog.push(big(n));
+        }
+        assert_eq!(backlog.bytes, 3 * size);
+        let (kept, dropped) = backlog.take();
+        let kept: Vec<u64> = kept.iter().map(|e| e["n"].as_u64().unwrap()).collect();
+        assert_eq!((kept, dropped), (vec![2, 3, 4], 2));
+
+        let mut backlog = Backlog::new(100, size / 2);
+        backlog.push(big(0));
+        backlog.push(big(1));
+        let (kept, dropped) = backlog.take();
+        assert_eq!((kept, dropped), (vec![big(1)], 1));
+    }
+
+    #[test]
+    fn the_byte_bound_holds_with_the_real_bounds() {
+        let (mut session, _commands) = session();
+        let pad = "b".repeat(64 * 1024);
+        for n in 0..200 {
+            session.publish(json!({"type": "x", "n": n, "pad": pad}));
+        }
+        assert!(session.backlog.bytes <= BACKLOG_MAX_BYTES);
+        let subscription = subscribe(&mut session);
+        let first = subscription.backlog[0]["n"].as_u64().unwrap();
+        let kept = subscription.backlog.len() as u64;
+        assert!(kept < 200 && first == 200 - kept, "{first} {kept}");
+    }
 }

@@ -237,6 +237,19 @@ async fn read(
     .await
     .ok()
     .and_then(|(_, body)| body["status"].as_str().map(str::to_owned));
+    // What the runner kept while no relay was subscribed (a tunnel blip) came with its ready heartbeat: hand it
+    // to the actor before the runner's status, so a turn that ended meanwhile ends by its own events, not as
+    // a turn the runner no longer knows of.
+    while let Some(next) = events.next().now_or_never() {
+        let mut batch = Vec::new();
+        let taken = take_batch(&mut events, next, &mut batch, sid);
+        forward(actor, spec.epoch, batch).await?;
+        match taken {
+            Taken::More => {}
+            Taken::Ended => return Ok(()),
+            Taken::Broke(why) => return Err(why),
+        }
+    }
     let Some(tx) = actor.upgrade() else {
         return Ok(());
     };
@@ -252,42 +265,63 @@ async fn read(
         generation: spec.conn.generation(),
     });
     info!(session_id = %sid, runner_id = spec.conn.runner_id(), generation = spec.conn.generation(), "relay subscribed");
-    let mut ended = false;
-    while !ended {
+    loop {
         // Wait for an event, then take every one that has already arrived with it (up to a batch): the actor
         // handles them back to back and wakes the stream subscribers once.
         let mut batch = Vec::new();
-        let mut next = events.next().await;
-        loop {
-            match next {
-                None => {
-                    ended = true;
-                    break;
-                }
-                Some(Ok(event)) => {
-                    if event["type"] != "session.heartbeat" {
-                        batch.push(event);
-                    }
-                }
-                Some(Err(omnigent_tunnel::sse::SseError::BadJson(e))) => {
-                    warn!(session_id = %sid, "skipping a runner event that is not JSON: {e}");
-                }
-                Some(Err(e)) => {
-                    forward(actor, spec.epoch, batch).await?;
-                    return Err(e.to_string());
-                }
-            }
-            if batch.len() >= RELAY_BATCH {
-                break;
-            }
-            match events.next().now_or_never() {
-                Some(item) => next = item,
-                None => break,
-            }
-        }
+        let next = events.next().await;
+        let taken = take_batch(&mut events, next, &mut batch, sid);
         forward(actor, spec.epoch, batch).await?;
+        match taken {
+            Taken::More => {}
+            Taken::Ended => return Ok(()),
+            Taken::Broke(why) => return Err(why),
+        }
     }
-    Ok(())
+}
+
+/// How the stream stood after [`take_batch`].
+enum Taken {
+    /// Open: more may come.
+    More,
+    /// The runner ended the stream.
+    Ended,
+    /// The stream failed, for this reason.
+    Broke(String),
+}
+
+/// Put `next` and the runner events already available after it (up to [`RELAY_BATCH`]) in `batch`, skipping
+/// heartbeats and events that are not JSON.
+fn take_batch<S>(
+    events: &mut S,
+    mut next: Option<Result<Value, omnigent_tunnel::sse::SseError>>,
+    batch: &mut Vec<Value>,
+    sid: &str,
+) -> Taken
+where
+    S: futures_util::Stream<Item = Result<Value, omnigent_tunnel::sse::SseError>> + Unpin,
+{
+    loop {
+        match next {
+            None => return Taken::Ended,
+            Some(Ok(event)) => {
+                if event["type"] != "session.heartbeat" {
+                    batch.push(event);
+                }
+            }
+            Some(Err(omnigent_tunnel::sse::SseError::BadJson(e))) => {
+                warn!(session_id = %sid, "skipping a runner event that is not JSON: {e}");
+            }
+            Some(Err(e)) => return Taken::Broke(e.to_string()),
+        }
+        if batch.len() >= RELAY_BATCH {
+            return Taken::More;
+        }
+        match events.next().now_or_never() {
+            Some(item) => next = item,
+            None => return Taken::More,
+        }
+    }
 }
 
 /// Most runner events handed to the actor in one message.
