@@ -6,313 +6,21 @@
 //! tunnel is registered), never waited for with sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use axum::body::{Body, Bytes};
-use axum::response::Response;
+use std::sync::Arc;
+
 use futures_util::StreamExt;
-use omnigent_proto::events::{SseMessage, SseParser};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-/// Bound on every wait for a signal; hitting it fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(30);
+use common::{
+    Sse, Step, Vendor, WAIT, oa_call, oa_finish, oa_text, openai_env, start_runner, start_server,
+    summary, token_and_id,
+};
 
 // ---------------------------------------------------------------------------------------------------------
-// Processes
-
-/// A child process whose stderr lines are collected; killed when dropped.
-struct Proc {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> (Proc, std::process::ChildStdout) {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn omnigent");
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        (
-            Proc {
-                child,
-                lines,
-                seen: Vec::new(),
-            },
-            stdout,
-        )
-    }
-
-    /// Wait for a log line containing every one of `needles`.
-    async fn wait_log(&mut self, needles: &[&str]) -> String {
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line.clone());
-                if needles.iter().all(|n| line.contains(n)) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!(
-                "no log line with {needles:?}; the process logged:\n{}",
-                self.seen.join("\n")
-            ),
-        }
-    }
-
-    fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap())
-    }
-
-    fn kill(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn omnigent(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnigent"));
-    cmd.env("OMNIGENT_HOME", home)
-        .env_remove("OMNIGENT_DATABASE_URL")
-        .env_remove("OMNIGENT_SERVER")
-        .env_remove("OMNIGENT_RUNNER_TOKEN")
-        .env("RUST_LOG", "info,sqlx=warn")
-        .env("OMNIGENT_LOG", "info");
-    cmd
-}
-
-struct Server {
-    proc: Proc,
-    url: String,
-    http: reqwest::Client,
-}
-
-/// `omnigent server run` on `port` (0: any), with the runner grace `grace_ms`; waits for its ready line.
-async fn start_server(home: &Path, port: u16, grace_ms: u64) -> Server {
-    let mut cmd = omnigent(home);
-    cmd.args(["server", "run", "--port", &port.to_string()])
-        .env("OMNIGENT_RUNNER_GRACE_MS", grace_ms.to_string());
-    let (proc, stdout) = Proc::spawn(cmd);
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        line
-    });
-    let line = tokio::time::timeout(WAIT, line).await.unwrap().unwrap();
-    let ready: Value =
-        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
-    Server {
-        proc,
-        url: ready["url"].as_str().unwrap().to_owned(),
-        http: reqwest::Client::new(),
-    }
-}
-
-impl Server {
-    fn port(&self) -> u16 {
-        self.url.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = tokio::time::timeout(WAIT, req.send())
-            .await
-            .expect("answer in time")
-            .expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::PATCH, path, Some(body)).await
-    }
-
-    /// Create a session on `agent` working in `workspace` and bind it to `runner_id`.
-    async fn bound_session(&self, agent: &str, workspace: &Path, runner_id: &str) -> String {
-        let (status, created) = self
-            .post(
-                "/v1/sessions",
-                json!({"agent_id": agent, "workspace": workspace.to_str().unwrap()}),
-            )
-            .await;
-        assert_eq!(status, 201, "{created}");
-        let id = created["id"].as_str().unwrap().to_owned();
-        let (status, bound) = self
-            .patch(
-                &format!("/v1/sessions/{id}"),
-                json!({"runner_id": runner_id}),
-            )
-            .await;
-        assert_eq!(status, 200, "{bound}");
-        assert_eq!(bound["runner_id"], runner_id);
-        assert_eq!(bound["runner_online"], true);
-        id
-    }
-
-    async fn message(&self, session: &str, text: &str) -> (u16, Value) {
-        self.post(
-            &format!("/v1/sessions/{session}/events"),
-            json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": text}]}}),
-        )
-        .await
-    }
-
-    /// The session's items, in order, as `type:role:text` (or `type:call_id:…`) summaries.
-    async fn transcript(&self, session: &str) -> Vec<Value> {
-        let (status, items) = self
-            .get(&format!(
-                "/v1/sessions/{session}/items?order=asc&limit=1000"
-            ))
-            .await;
-        assert_eq!(status, 200, "{items}");
-        items["data"].as_array().unwrap().clone()
-    }
-
-    /// Open the session's stream and wait for its ready heartbeat.
-    async fn stream(&self, session: &str) -> Sse {
-        let resp = tokio::time::timeout(
-            WAIT,
-            self.http
-                .get(format!("{}/v1/sessions/{session}/stream", self.url))
-                .send(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let mut sse = Sse {
-            resp,
-            parser: SseParser::new(8 << 20),
-            pending: VecDeque::new(),
-        };
-        let first = sse.next().await.expect("ready heartbeat");
-        assert_eq!(first.event.as_deref(), Some("session.heartbeat"));
-        sse
-    }
-}
-
-struct Runner {
-    proc: Proc,
-}
-
-/// `omnigent runner` with `token`, serving `harness` in `workspace`, with extra environment `env`.
-fn start_runner(
-    home: &Path,
-    server: &str,
-    token: &str,
-    harness: &str,
-    workspace: &Path,
-    env: &[(&str, String)],
-) -> Runner {
-    let mut cmd = omnigent(home);
-    cmd.args([
-        "runner",
-        "--server",
-        server,
-        "--token",
-        token,
-        "--harness",
-        harness,
-        "--workspace",
-        workspace.to_str().unwrap(),
-    ])
-    .env_remove("OPENAI_BASE_URL")
-    .env_remove("OPENAI_API_KEY")
-    .env_remove("ANTHROPIC_BASE_URL")
-    .env_remove("ANTHROPIC_API_KEY")
-    .env_remove("OMNIGENT_MODEL");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Runner {
-        proc: Proc::spawn(cmd).0,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// SSE
-
-struct Sse {
-    resp: reqwest::Response,
-    parser: SseParser,
-    pending: VecDeque<SseMessage>,
-}
-
-impl Sse {
-    async fn next(&mut self) -> Option<SseMessage> {
-        loop {
-            if let Some(m) = self.pending.pop_front() {
-                return Some(m);
-            }
-            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
-                .await
-                .expect("an SSE event arrives in time");
-            match chunk {
-                Ok(Some(bytes)) => self.pending.extend(self.parser.push(&bytes).unwrap()),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// Events (type, JSON) up to and including the first for which `stop` holds; heartbeats skipped.
-    async fn until(&mut self, stop: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
-        let mut out = Vec::new();
-        loop {
-            let m = self.next().await.expect("the stream ended early");
-            let kind = m.event.clone().unwrap_or_default();
-            if kind == "session.heartbeat" {
-                continue;
-            }
-            let value: Value = serde_json::from_str(&m.data).unwrap();
-            let done = stop(&kind, &value);
-            out.push((kind, value));
-            if done {
-                return out;
-            }
-        }
-    }
-}
+// Reading the stream
 
 /// Read a whole turn: until both `session.status idle` and `session.input.consumed` came (a fast turn can
 /// finish before the server has the runner's answer to the forward, so their order varies).
@@ -340,106 +48,6 @@ fn kinds(events: &[(String, Value)]) -> Vec<&str> {
 
 fn text_of(item: &Value) -> String {
     item["content"][0]["text"].as_str().unwrap_or("").to_owned()
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// A scripted fake vendor (OpenAI Chat Completions / Anthropic Messages streaming) on 127.0.0.1.
-
-#[derive(Clone)]
-enum Step {
-    Chunk(String),
-    /// Hold the stream until the test notifies.
-    Wait(Arc<Notify>),
-}
-
-#[derive(Clone, Default)]
-struct Vendor {
-    script: Arc<Mutex<VecDeque<Vec<Step>>>>,
-    requests: Arc<Mutex<Vec<Value>>>,
-    /// Notified at each request.
-    asked: Arc<Notify>,
-}
-
-impl Vendor {
-    async fn start(script: Vec<Vec<Step>>) -> (Vendor, String) {
-        let vendor = Vendor {
-            script: Arc::new(Mutex::new(script.into())),
-            ..Vendor::default()
-        };
-        let state = vendor.clone();
-        let app = axum::Router::new().fallback(move |body: Bytes| {
-            let state = state.clone();
-            async move {
-                state
-                    .requests
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                state.asked.notify_one();
-                let steps = state.script.lock().unwrap().pop_front();
-                let Some(steps) = steps else {
-                    return Response::builder()
-                        .status(500)
-                        .body(Body::from("no more canned answers"))
-                        .unwrap();
-                };
-                let stream = futures_util::stream::iter(steps).then(|step| async move {
-                    match step {
-                        Step::Chunk(c) => Ok::<Bytes, std::io::Error>(Bytes::from(c)),
-                        Step::Wait(n) => {
-                            n.notified().await;
-                            Ok(Bytes::new())
-                        }
-                    }
-                });
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(Body::from_stream(stream))
-                    .unwrap()
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (vendor, url)
-    }
-}
-
-fn data(v: Value) -> Step {
-    Step::Chunk(format!("data: {v}\n\n"))
-}
-
-fn oa_text(t: &str) -> Step {
-    data(
-        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]}),
-    )
-}
-
-fn oa_call(id: &str, name: &str, args: &str) -> Step {
-    data(json!({"choices": [{"index": 0, "delta": {"tool_calls": [
-        {"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": args}}
-    ]}, "finish_reason": null}]}))
-}
-
-fn oa_finish(reason: &str) -> Vec<Step> {
-    vec![
-        data(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})),
-        Step::Chunk("data: [DONE]\n\n".into()),
-    ]
-}
-
-fn openai_env(url: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPENAI_BASE_URL", format!("{url}/v1")),
-        ("OPENAI_API_KEY", "sk-test".into()),
-        ("OMNIGENT_MODEL", "gpt-test".into()),
-    ]
-}
-
-fn token_and_id(name: &str) -> (String, String) {
-    let token = format!("tok-{name}-{}", omnigent_proto::ids::new_id());
-    let id = omnigent_proto::ids::runner_id_for_token(&token);
-    (token, id)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -607,25 +215,8 @@ async fn an_openai_turn_runs_a_tool_in_the_workspace_and_persists_the_transcript
         "hi there"
     );
     let items = server.transcript(&session).await;
-    let summary: Vec<String> = items
-        .iter()
-        .map(|i| match i["type"].as_str().unwrap() {
-            "message" => format!("{}:{}", i["role"].as_str().unwrap(), text_of(i)),
-            "function_call" => format!(
-                "call:{}:{}",
-                i["call_id"].as_str().unwrap(),
-                i["name"].as_str().unwrap()
-            ),
-            "function_call_output" => format!(
-                "output:{}:{}",
-                i["call_id"].as_str().unwrap(),
-                i["output"].as_str().unwrap()
-            ),
-            other => other.to_owned(),
-        })
-        .collect();
     assert_eq!(
-        summary,
+        summary(&items),
         [
             "user:write hello",
             "assistant:Let me write it.",
@@ -750,7 +341,7 @@ async fn a_runner_killed_mid_turn_fails_the_turn_after_the_grace() {
     assert_eq!(status, 202);
     sse.until(|k, v| k == "response.output_text.delta" && v["delta"] == "working ")
         .await;
-    runner.proc.kill();
+    runner.kill();
     let events = sse
         .until(|k, v| k == "session.status" && v["status"] != "running")
         .await;
@@ -816,7 +407,7 @@ async fn a_runner_restarted_within_the_grace_loses_nothing() {
     assert_eq!(status, 202);
     sse.until(|k, v| k == "response.output_text.delta" && v["delta"] == "first ")
         .await;
-    runner.proc.kill();
+    runner.kill();
     server
         .proc
         .wait_log(&["runner disconnected", &runner_id])
