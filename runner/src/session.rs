@@ -187,23 +187,7 @@ impl SessionHandle {
 fn spawn_session(id: String, defaults: &SessionDefaults) -> SessionHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (emit_tx, emit_rx) = mpsc::unbounded_channel();
-    let state = Session {
-        id: id.clone(),
-        agent_id: None,
-        workspace: defaults.workspace.clone(),
-        harness: defaults.harness,
-        env: defaults.env.clone(),
-        created_at: epoch_secs(),
-        history: Vec::new(),
-        queue: VecDeque::new(),
-        running: None,
-        turns: 0,
-        subscribers: Vec::new(),
-        next_subscriber: 0,
-        backlog: Backlog::new(BACKLOG_MAX_EVENTS, BACKLOG_MAX_BYTES),
-        emit_tx,
-        done_tx: tx.clone(),
-    };
+    let state = Session::new(id.clone(), defaults, emit_tx, tx.clone());
     tokio::spawn(
         state
             .run(rx, emit_rx)
@@ -306,6 +290,32 @@ struct Session {
 }
 
 impl Session {
+    /// A fresh session with `defaults`; `emit_tx` carries its turns' events to it, `done_tx` its own commands.
+    fn new(
+        id: String,
+        defaults: &SessionDefaults,
+        emit_tx: mpsc::UnboundedSender<Value>,
+        done_tx: mpsc::UnboundedSender<Command>,
+    ) -> Session {
+        Session {
+            id,
+            agent_id: None,
+            workspace: defaults.workspace.clone(),
+            harness: defaults.harness,
+            env: defaults.env.clone(),
+            created_at: epoch_secs(),
+            history: Vec::new(),
+            queue: VecDeque::new(),
+            running: None,
+            turns: 0,
+            subscribers: Vec::new(),
+            next_subscriber: 0,
+            backlog: Backlog::new(BACKLOG_MAX_EVENTS, BACKLOG_MAX_BYTES),
+            emit_tx,
+            done_tx,
+        }
+    }
+
     async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
@@ -617,23 +627,12 @@ mod tests {
     fn session() -> (Session, mpsc::UnboundedReceiver<Command>) {
         let (done_tx, commands) = mpsc::unbounded_channel();
         let (emit_tx, _) = mpsc::unbounded_channel();
-        let session = Session {
-            id: "conv_test".into(),
-            agent_id: None,
+        let defaults = SessionDefaults {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: HarnessEnv::default(),
-            created_at: 0,
-            history: Vec::new(),
-            queue: VecDeque::new(),
-            running: None,
-            turns: 0,
-            subscribers: Vec::new(),
-            next_subscriber: 0,
-            backlog: Backlog::new(BACKLOG_MAX_EVENTS, BACKLOG_MAX_BYTES),
-            emit_tx,
-            done_tx,
         };
+        let session = Session::new("conv_test".into(), &defaults, emit_tx, done_tx);
         (session, commands)
     }
 

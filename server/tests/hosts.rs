@@ -6,8 +6,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::fake_runner::{FakeRunner, Seen};
+use common::raw_host::{Ws, next_frame, python_hello, send};
 use common::{TestServer, WAIT};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use omnigent_daemon::host_tunnel::{
     HostActions, HostTunnelConfig, HostTunnelHandle, LaunchError, LaunchRequest, RunnerStatus,
     spawn_host_tunnel,
@@ -15,17 +16,10 @@ use omnigent_daemon::host_tunnel::{
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_tunnel::host::{HostEvent, HostRegistry};
 use serde_json::{Map, Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-
-const GOLDEN: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../proto/tests/golden/omnigent-0.19.1-host-runner-tunnels.jsonl"
-));
 
 /// The runner supervisor of a fake host: records every launch; fails it when `fail` is set.
 #[derive(Clone)]
@@ -535,8 +529,6 @@ async fn the_workspace_picker_lists_stats_and_creates_through_the_tunnel() {
     assert_eq!((s, code(&b)), (409, "conflict"), "{b}");
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 async fn raw_host(srv: &TestServer, host_id: &str, origin: Option<&str>) -> Result<Ws, u16> {
     let url = format!(
         "{}/v1/hosts/{host_id}/tunnel",
@@ -552,42 +544,6 @@ async fn raw_host(srv: &TestServer, host_id: &str, origin: Option<&str>) -> Resu
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("connect: {e}"),
     }
-}
-
-/// The captured 0.19.1 `host.hello`, as the Python host sent it.
-fn python_hello() -> Value {
-    GOLDEN
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("golden line"))
-        .find(|l| l["data"]["kind"] == "host.hello")
-        .map(|l| l["data"].clone())
-        .expect("a host.hello in the capture")
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next text frame that is not a ping.
-async fn next_frame(ws: &mut Ws) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await.expect("open").expect("frame") {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).expect("json");
-                    if v["kind"] != "ping" {
-                        return v;
-                    }
-                }
-                Message::Close(frame) => panic!("closed: {frame:?}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("a frame in time")
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::fake_runner::{FakeRunner, Seen};
-use common::{TestServer, WAIT, json_of};
+use common::{TestServer, WAIT, until};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -40,21 +40,6 @@ async fn bound(srv: &TestServer, token: &str) -> String {
 
 fn message(text: &str) -> Value {
     json!({"type": "message", "data": {"role": "user", "content": [{"type": "input_text", "text": text}]}})
-}
-
-/// Events of the client stream (type, JSON) until `stop` holds (inclusive); heartbeats skipped.
-async fn until(sse: &mut common::Sse, stop: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    loop {
-        let m = sse.next_non_heartbeat().await.expect("stream open");
-        let kind = m.event.clone().unwrap_or_default();
-        let v = json_of(&m);
-        let done = stop(&kind, &v);
-        out.push((kind, v));
-        if done {
-            return out;
-        }
-    }
 }
 
 fn summary(items: &Value) -> Vec<String> {

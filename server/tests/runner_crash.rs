@@ -7,57 +7,12 @@
 mod common;
 
 use common::fake_runner::{FakeRunner, Seen};
-use common::{TestServer, WAIT, json_of};
-use futures_util::{SinkExt, StreamExt};
+use common::raw_host::{Ws, next_frame, python_hello, send};
+use common::{TestServer, WAIT, until};
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_tunnel::host::HostRegistry;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const GOLDEN: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../proto/tests/golden/omnigent-0.19.1-host-runner-tunnels.jsonl"
-));
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// The captured 0.19.1 `host.hello`, with our host id.
-fn python_hello() -> Value {
-    GOLDEN
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("golden line"))
-        .find(|l| l["data"]["kind"] == "host.hello")
-        .map(|l| l["data"].clone())
-        .expect("a host.hello in the capture")
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next host frame that is not a ping.
-async fn next_frame(ws: &mut Ws) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await.expect("open").expect("frame") {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).expect("json");
-                    if v["kind"] != "ping" {
-                        return v;
-                    }
-                }
-                Message::Close(frame) => panic!("closed: {frame:?}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("a frame in time")
-}
 
 /// A raw host online at `srv`.
 async fn raw_host(srv: &TestServer, registry: &HostRegistry) -> (String, Ws) {
@@ -110,21 +65,6 @@ async fn host_session(srv: &TestServer, host_id: &str, ws: &mut Ws) -> (String, 
     let (s, body) = create.await.expect("task");
     assert_eq!(s, 201, "{body}");
     (body["id"].as_str().expect("id").to_owned(), token)
-}
-
-/// Events of the client stream (type, JSON) until `stop` holds (inclusive); heartbeats skipped.
-async fn until(sse: &mut common::Sse, stop: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    loop {
-        let m = sse.next_non_heartbeat().await.expect("stream open");
-        let kind = m.event.clone().unwrap_or_default();
-        let v = json_of(&m);
-        let done = stop(&kind, &v);
-        out.push((kind, v));
-        if done {
-            return out;
-        }
-    }
 }
 
 /// The body of a session init the runner saw.

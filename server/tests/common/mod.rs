@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_runner;
+pub mod raw_host;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -229,6 +230,21 @@ impl Sse {
         })
         .await;
         found.expect("a non-heartbeat event arrives in time")
+    }
+}
+
+/// Events of the client stream (type, JSON) until `stop` holds (inclusive); heartbeats skipped.
+pub async fn until(sse: &mut Sse, stop: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    loop {
+        let m = sse.next_non_heartbeat().await.expect("stream open");
+        let kind = m.event.clone().unwrap_or_default();
+        let v = json_of(&m);
+        let done = stop(&kind, &v);
+        out.push((kind, v));
+        if done {
+            return out;
+        }
     }
 }
 
