@@ -39,11 +39,14 @@ pub enum ErrorCode {
     HarnessProtocolViolation,
     RunnerUnavailable,
     RunnerCapabilityMismatch,
+    /// Ours: the `Host` the request was sent to is not a name this server answers to (DNS rebinding
+    /// defence); 421 Misdirected Request.
+    MisdirectedRequest,
 }
 
 impl ErrorCode {
-    /// The HTTP status for this code. `method_not_allowed`, `payload_too_large` and `unsupported_media_type`
-    /// are ours (405, 413, 415).
+    /// The HTTP status for this code. `method_not_allowed`, `misdirected_request`, `payload_too_large` and
+    /// `unsupported_media_type` are ours (405, 421, 413, 415).
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::InvalidInput | ErrorCode::WrongReplica => 400,
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::HarnessNotConfigured => 412,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::MisdirectedRequest => 421,
             ErrorCode::InternalError | ErrorCode::HarnessProtocolViolation => 500,
             ErrorCode::RunnerUnavailable | ErrorCode::RunnerCapabilityMismatch => 503,
         }

@@ -168,6 +168,7 @@ fn error_body_and_status_table() {
         (ErrorCode::Conflict, 409),
         (ErrorCode::WorkspaceMissing, 410),
         (ErrorCode::HarnessNotConfigured, 412),
+        (ErrorCode::MisdirectedRequest, 421),
         (ErrorCode::InternalError, 500),
         (ErrorCode::HarnessProtocolViolation, 500),
         (ErrorCode::RunnerUnavailable, 503),

@@ -57,6 +57,10 @@ pub struct ServerConfig {
     /// The live host tunnels (timings in its `HostSettings`). A caller may keep a clone to watch hosts come
     /// and go (tests do); a cloned config shares it.
     pub host_registry: omnigent_tunnel::host::HostRegistry,
+    /// `Host` names requests may use besides the loopback ones (`name`, `name:port` or `*.suffix`); anything
+    /// else gets 421 (DNS rebinding defence). A LAN or public-URL setting adds its names here.
+    /// `omnigent server run` reads `OMNIGENT_ALLOWED_HOSTS` (comma-separated).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ServerConfig {
@@ -78,6 +82,7 @@ impl ServerConfig {
             runner_grace: Duration::from_secs(10),
             tunnel: omnigent_tunnel::TunnelConfig::default(),
             host_registry: omnigent_tunnel::host::HostRegistry::default(),
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -89,6 +94,14 @@ impl ServerConfig {
             .and_then(|v| v.trim().parse::<u64>().ok())
         {
             config.runner_grace = Duration::from_millis(ms);
+        }
+        if let Ok(hosts) = std::env::var("OMNIGENT_ALLOWED_HOSTS") {
+            config.allowed_hosts = hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         config
     }

@@ -21,6 +21,7 @@ use crate::store::{Store, StoreError};
 use crate::{ServerConfig, now_ms};
 
 mod events;
+mod host_check;
 mod hosts;
 mod misc;
 mod runners;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub heartbeat_interval: Duration,
     pub database: Arc<str>,
     pub started_at: i64,
+    /// The `Host` names requests may be sent to.
+    pub allowed_hosts: host_check::HostAllowList,
 }
 
 impl AppState {
@@ -64,11 +67,13 @@ impl AppState {
             heartbeat_interval: config.heartbeat_interval,
             database: config.database.display().into(),
             started_at: now_ms() / 1000,
+            allowed_hosts: host_check::HostAllowList::new(&config.allowed_hosts),
         }
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let allowed_hosts = state.allowed_hosts.clone();
     Router::new()
         .route("/health", get(misc::health))
         .route("/api/version", get(misc::version))
@@ -115,6 +120,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_cross_origin_writes))
+        // Outside the Origin check, inside the log: a rebinding page learns nothing, and the refusal is logged.
+        .layer(axum::middleware::from_fn_with_state(
+            allowed_hosts,
+            host_check::refuse_foreign_hosts,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }

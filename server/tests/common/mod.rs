@@ -5,6 +5,7 @@
 
 pub mod fake_runner;
 pub mod raw_host;
+pub mod raw_http;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
