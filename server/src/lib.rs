@@ -20,6 +20,7 @@ use tracing::info;
 
 pub mod actor;
 mod agents;
+mod conn;
 pub mod feed;
 pub mod hosts;
 mod http;
@@ -61,6 +62,17 @@ pub struct ServerConfig {
     /// else gets 421 (DNS rebinding defence). A LAN or public-URL setting adds its names here.
     /// `omnigent server run` reads `OMNIGENT_ALLOWED_HOSTS` (comma-separated).
     pub allowed_hosts: Vec<String>,
+    /// A request head must be complete this long after its first byte (for a new connection: after it
+    /// opened), else the connection is closed. `OMNIGENT_SERVER_HEADER_TIMEOUT_MS`.
+    pub header_read_timeout: Duration,
+    /// A request body must arrive whole this long after its head. `OMNIGENT_SERVER_BODY_TIMEOUT_MS`.
+    pub body_read_timeout: Duration,
+    /// A kept-alive connection with no request under way is closed after this long.
+    /// `OMNIGENT_SERVER_IDLE_TIMEOUT_MS`. (Streams and WebSockets are never idle in this sense.)
+    pub idle_timeout: Duration,
+    /// Open connections at most (WebSockets included); more are closed at once, with a warning. Default: the
+    /// open-file limit minus 64. `OMNIGENT_SERVER_MAX_CONNECTIONS`.
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -83,17 +95,36 @@ impl ServerConfig {
             tunnel: omnigent_tunnel::TunnelConfig::default(),
             host_registry: omnigent_tunnel::host::HostRegistry::default(),
             allowed_hosts: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: conn::default_max_connections(),
         }
     }
 
     /// Defaults for the directories of `paths` (what `omnigent server run` uses).
     pub fn from_paths(paths: &Paths) -> Self {
         let mut config = Self::new(paths.data_dir.clone());
-        if let Some(ms) = std::env::var("OMNIGENT_RUNNER_GRACE_MS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            config.runner_grace = Duration::from_millis(ms);
+        let number = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let ms = |name: &str| number(name).map(Duration::from_millis);
+        if let Some(d) = ms("OMNIGENT_RUNNER_GRACE_MS") {
+            config.runner_grace = d;
+        }
+        if let Some(d) = ms("OMNIGENT_SERVER_HEADER_TIMEOUT_MS") {
+            config.header_read_timeout = d;
+        }
+        if let Some(d) = ms("OMNIGENT_SERVER_BODY_TIMEOUT_MS") {
+            config.body_read_timeout = d;
+        }
+        if let Some(d) = ms("OMNIGENT_SERVER_IDLE_TIMEOUT_MS") {
+            config.idle_timeout = d;
+        }
+        if let Some(n) = number("OMNIGENT_SERVER_MAX_CONNECTIONS") {
+            config.max_connections = usize::try_from(n).unwrap_or(usize::MAX).max(1);
         }
         if let Ok(hosts) = std::env::var("OMNIGENT_ALLOWED_HOSTS") {
             config.allowed_hosts = hosts
@@ -182,39 +213,49 @@ pub async fn serve(
     info!(?addr, database = %config.database.display(), "server listening");
 
     let stop_signal = stop.clone();
-    let serve_stop = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
         stop_signal.cancel();
     });
-    let tunnels = runners.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        serve_stop.cancelled().await;
-        // Runners reconnect at once to the next server on 1012.
-        tunnels.close_all(
-            omnigent_proto::runner_frames::close::SERVICE_RESTART,
-            "service restart",
-        );
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    let result = tokio::select! {
-        r = &mut server => r,
-        () = async {
-            stop.cancelled().await;
-            tokio::time::sleep(config.shutdown_grace).await;
-        } => {
-            info!("in-flight requests did not finish within {:?}; closing them", config.shutdown_grace);
-            Ok(())
-        }
+    let limits = conn::ConnLimits {
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
     };
+    let connections = tokio_util::task::TaskTracker::new();
+    let force = CancellationToken::new();
+    let accepting = tokio::spawn(conn::accept_loop(
+        listener,
+        app,
+        limits,
+        connections.clone(),
+        stop.clone(),
+        force.clone(),
+    ));
+    stop.cancelled().await;
+    // Runners reconnect at once to the next server on 1012.
+    runners.close_all(
+        omnigent_proto::runner_frames::close::SERVICE_RESTART,
+        "service restart",
+    );
+    // The accept loop returns at `stop` (the listener closes); open connections finish their requests.
+    let _ = accepting.await;
+    connections.close();
+    if tokio::time::timeout(config.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            "in-flight requests did not finish within {:?}; closing them",
+            config.shutdown_grace
+        );
+        force.cancel();
+    }
     sessions.close(config.shutdown_grace / 2).await;
     store.close().await;
     info!("server stopped");
-    result.map_err(ServerError::Serve)
+    Ok(())
 }
 
 /// Re-open the relay of every session bound to a runner whenever one of its tunnels connects (reference wire
