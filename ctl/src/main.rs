@@ -70,6 +70,7 @@ enum ServerCommand {
 }
 
 fn main() -> ExitCode {
+    exit::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Start(args) => backend::start(args),

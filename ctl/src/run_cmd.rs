@@ -7,7 +7,7 @@
 //! calls, results and status go to stderr. `--json` prints every event as one JSON line instead. Ctrl-C
 //! interrupts the turn; a second Ctrl-C exits. Without PROMPT it prompts on a terminal, or reads stdin.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,7 +85,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             .to_owned();
         if args.json {
             // Not a server event: tells an NDJSON reader which session to attach to later.
-            println!("{}", json!({"type": "session.created", "session": session}));
+            crate::exit::out(&format!(
+                "{}\n",
+                json!({"type": "session.created", "session": session})
+            ));
         } else if std::io::stderr().is_terminal() {
             eprintln!(
                 "session {session_id} ({} in {})",
@@ -332,81 +335,154 @@ impl SseEvent {
 /// What one event means for the turn.
 enum Step {
     Continue,
+    /// The session went idle after running: the turn is over (its outcome is in [`TurnState`]).
     Idle,
+    /// The session reports `failed`.
     Failed(String),
     Ended,
 }
 
+/// What is known of the turn being followed, and of the terminal output.
+#[derive(Default)]
+struct TurnState {
+    seen_running: bool,
+    at_line_start: bool,
+    /// The turn's failure (`response.failed`, `response.incomplete`, or an error event), first one wins.
+    failure: Option<String>,
+    /// The errors already printed on stderr (text mode), so none is printed twice.
+    shown: Vec<String>,
+    /// The turn ended cancelled (`response.cancelled`, `session.interrupted`).
+    cancelled: bool,
+}
+
+impl TurnState {
+    fn new() -> Self {
+        TurnState {
+            at_line_start: true,
+            ..TurnState::default()
+        }
+    }
+
+    /// Print an error once (text mode only; NDJSON readers have the event itself).
+    fn show_error(&mut self, why: &str, json_out: bool) {
+        if json_out || self.shown.iter().any(|s| s == why) {
+            return;
+        }
+        end_line(&mut self.at_line_start);
+        eprintln!("error: {why}");
+        self.shown.push(why.to_owned());
+    }
+
+    /// How the turn ended once the session is idle again.
+    fn outcome(&self) -> TurnEnd {
+        match &self.failure {
+            Some(why) => TurnEnd::Failed {
+                why: why.clone(),
+                shown: self.shown.contains(why),
+            },
+            None if self.cancelled => TurnEnd::Cancelled,
+            None => TurnEnd::Done,
+        }
+    }
+}
+
+fn error_message(ev: &Value) -> String {
+    let e = if ev["response"]["error"].is_null() {
+        &ev["error"]
+    } else {
+        &ev["response"]["error"]
+    };
+    match e {
+        Value::String(s) => s.clone(),
+        Value::Null => ev["message"]
+            .as_str()
+            .unwrap_or("the turn failed")
+            .to_owned(),
+        other => other["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| other.to_string()),
+    }
+}
+
 /// Print one event; say whether the turn ended.
-fn show(ev: &Value, json_out: bool, seen_running: &mut bool, at_line_start: &mut bool) -> Step {
+fn show(ev: &Value, json_out: bool, st: &mut TurnState) -> Step {
     let kind = ev["type"].as_str().unwrap_or("");
     if json_out && kind != "done" {
-        println!("{ev}");
-        let _ = std::io::stdout().flush();
+        crate::exit::out(&format!("{ev}\n"));
     }
-    let mut err = std::io::stderr();
     match kind {
         "response.output_text.delta" if !json_out => {
             if let Some(d) = ev["delta"].as_str() {
-                print!("{d}");
-                let _ = std::io::stdout().flush();
-                *at_line_start = d.ends_with('\n');
+                crate::exit::out(d);
+                st.at_line_start = d.ends_with('\n');
             }
         }
         "response.output_item.done" if !json_out => {
             let item = &ev["item"];
             match item["type"].as_str().unwrap_or("") {
                 "function_call" => {
-                    end_line(at_line_start);
-                    let _ = writeln!(
-                        err,
+                    end_line(&mut st.at_line_start);
+                    eprintln!(
                         "⚙ {}({})",
                         item["name"].as_str().unwrap_or("tool"),
                         clip(item["arguments"].as_str().unwrap_or(""), 120)
                     );
                 }
                 "function_call_output" => {
-                    end_line(at_line_start);
+                    end_line(&mut st.at_line_start);
                     let out = match &item["output"] {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    let _ = writeln!(err, "  → {}", clip(&out, 200));
+                    eprintln!("  → {}", clip(&out, 200));
                 }
                 _ => {}
             }
         }
         "session.status" => match ev["status"].as_str().unwrap_or("") {
-            "running" | "launching" => *seen_running = true,
-            "idle" if *seen_running => return Step::Idle,
+            "running" | "launching" => st.seen_running = true,
+            "idle" if st.seen_running => return Step::Idle,
             "failed" => {
                 let why = match &ev["error"] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => "the turn failed".to_owned(),
-                    other => other["message"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| other.to_string()),
+                    Value::Null => st
+                        .failure
+                        .clone()
+                        .unwrap_or_else(|| "the turn failed".to_owned()),
+                    _ => error_message(ev),
                 };
                 return Step::Failed(why);
             }
             _ => {}
         },
-        "response.failed" | "response.error" | "error" => {
-            let why = ev["response"]["error"]["message"]
-                .as_str()
-                .or(ev["error"]["message"].as_str())
-                .or(ev["message"].as_str())
-                .unwrap_or("the turn failed")
-                .to_owned();
-            if !json_out {
-                end_line(at_line_start);
-                let _ = writeln!(err, "error: {why}");
+        "response.error" | "error" => {
+            let why = error_message(ev);
+            st.show_error(&why, json_out);
+            // A tool's error is the agent's to handle; an LLM or runner error ends the turn.
+            if ev["source"] != "tool" && st.failure.is_none() {
+                st.failure = Some(why);
             }
         }
-        "session.interrupted" if !json_out => {
-            end_line(at_line_start);
-            let _ = writeln!(err, "(interrupted)");
+        "response.failed" => {
+            let why = st.failure.clone().unwrap_or_else(|| error_message(ev));
+            st.show_error(&why, json_out);
+            st.failure.get_or_insert(why);
+        }
+        "response.incomplete" => {
+            let reason = ev["response"]["incomplete_details"]["reason"]
+                .as_str()
+                .unwrap_or("unknown reason");
+            let why = format!("the answer is incomplete ({reason})");
+            st.show_error(&why, json_out);
+            st.failure.get_or_insert(why);
+        }
+        "response.completed" => st.failure = None,
+        "response.cancelled" | "session.interrupted" => {
+            if !json_out && !st.cancelled {
+                end_line(&mut st.at_line_start);
+                eprintln!("(interrupted)");
+            }
+            st.cancelled = true;
         }
         "done" => return Step::Ended,
         _ => {}
@@ -416,7 +492,7 @@ fn show(ev: &Value, json_out: bool, seen_running: &mut bool, at_line_start: &mut
 
 fn end_line(at_line_start: &mut bool) {
     if !*at_line_start {
-        println!();
+        crate::exit::out("\n");
         *at_line_start = true;
     }
 }
@@ -430,7 +506,8 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
-/// Run turns on `session` until the prompts run out.
+/// Run turns on `session` until the prompts run out. One prompt: `Ok` only if the turn completed; a failed
+/// turn is an error (exit 1), Ctrl-C is [`crate::exit::Interrupted`] (exit 130).
 async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Result<()> {
     // One SIGINT listener for the whole session, so a Ctrl-C between two polls is never lost.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -486,8 +563,7 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
             None if !interactive => return Ok(()),
             None => {
                 // Between turns: print what others (co-drivers) do, until our next line or EOF.
-                let mut seen = false;
-                let mut at_start = true;
+                let mut others = TurnState::new();
                 loop {
                     tokio::select! {
                         line = lines.recv() => match line {
@@ -495,12 +571,14 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
                             None => return Ok(()),
                         },
                         ev = events.recv() => match ev {
-                            Some(ev) => if let Step::Ended = show(&ev, json_out, &mut seen, &mut at_start) {
-                                return Ok(());
+                            Some(ev) => match show(&ev, json_out, &mut others) {
+                                Step::Ended => return Ok(()),
+                                Step::Idle => others = TurnState::new(),
+                                _ => {}
                             },
                             None => bail!("the session stream ended (the server stopped?)"),
                         },
-                        _ = sigint.recv() => return Ok(()),
+                        _ = sigint.recv() => return Err(crate::exit::Interrupted.into()),
                     }
                 }
             }
@@ -509,9 +587,22 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
         let outcome = turn(api, session, &mut events, &mut sigint, json_out).await?;
         match outcome {
             TurnEnd::Done => {}
-            TurnEnd::Exit => return Ok(()),
-            TurnEnd::Failed(why) if !interactive => bail!("the turn failed: {why}"),
-            TurnEnd::Failed(why) => eprintln!("error: the turn failed: {why}"),
+            TurnEnd::Exit => return Err(crate::exit::Interrupted.into()),
+            TurnEnd::Cancelled if !interactive => return Err(crate::exit::Interrupted.into()),
+            TurnEnd::Cancelled => {}
+            TurnEnd::Failed { why, shown } if !interactive => {
+                let why = format!("the turn failed: {why}");
+                return Err(if shown {
+                    crate::exit::AlreadyShown(why).into()
+                } else {
+                    anyhow!(why)
+                });
+            }
+            TurnEnd::Failed { why, shown } => {
+                if !shown {
+                    eprintln!("error: the turn failed: {why}");
+                }
+            }
         }
         if !interactive {
             return Ok(());
@@ -521,7 +612,13 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
 
 enum TurnEnd {
     Done,
-    Failed(String),
+    /// The turn failed; `shown` when its error is already on stderr.
+    Failed {
+        why: String,
+        shown: bool,
+    },
+    /// The turn was interrupted (by our Ctrl-C or another client).
+    Cancelled,
     /// A second Ctrl-C.
     Exit,
 }
@@ -534,39 +631,42 @@ async fn turn(
     sigint: &mut tokio::signal::unix::Signal,
     json_out: bool,
 ) -> Result<TurnEnd> {
-    let mut seen_running = false;
-    let mut at_line_start = true;
+    let mut st = TurnState::new();
     let mut interrupted = false;
     loop {
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else {
-                    end_line(&mut at_line_start);
+                    end_line(&mut st.at_line_start);
                     bail!("the session stream ended mid-turn (the server stopped?)");
                 };
-                match show(&ev, json_out, &mut seen_running, &mut at_line_start) {
+                match show(&ev, json_out, &mut st) {
                     Step::Continue => {}
                     Step::Idle => {
-                        end_line(&mut at_line_start);
-                        return Ok(TurnEnd::Done);
+                        end_line(&mut st.at_line_start);
+                        if interrupted {
+                            st.cancelled = true;
+                        }
+                        return Ok(st.outcome());
                     }
                     Step::Failed(why) => {
-                        end_line(&mut at_line_start);
-                        return Ok(TurnEnd::Failed(why));
+                        end_line(&mut st.at_line_start);
+                        let shown = st.shown.contains(&why);
+                        return Ok(TurnEnd::Failed { why, shown });
                     }
                     Step::Ended => {
-                        end_line(&mut at_line_start);
+                        end_line(&mut st.at_line_start);
                         bail!("the session was closed by the server");
                     }
                 }
             }
             _ = sigint.recv() => {
                 if interrupted {
-                    end_line(&mut at_line_start);
+                    end_line(&mut st.at_line_start);
                     return Ok(TurnEnd::Exit);
                 }
                 interrupted = true;
-                end_line(&mut at_line_start);
+                end_line(&mut st.at_line_start);
                 eprintln!("interrupting… (Ctrl-C again to exit)");
                 if let Err(e) = api.interrupt(session).await {
                     eprintln!("error: cannot interrupt: {e:#}");
@@ -597,22 +697,40 @@ mod tests {
 
     #[test]
     fn a_failed_status_ends_the_turn_with_its_error() {
-        let (mut seen, mut start) = (false, true);
+        let mut st = TurnState::new();
         let failed = json!({"type": "session.status", "status": "failed", "error": {"message": "runner crashed"}});
-        match show(&failed, true, &mut seen, &mut start) {
+        match show(&failed, true, &mut st) {
             Step::Failed(why) => assert_eq!(why, "runner crashed"),
             _ => panic!("expected a failure"),
         }
         let idle = json!({"type": "session.status", "status": "idle"});
-        assert!(matches!(
-            show(&idle, true, &mut seen, &mut start),
-            Step::Continue
-        ));
+        assert!(matches!(show(&idle, true, &mut st), Step::Continue));
         let running = json!({"type": "session.status", "status": "running"});
-        show(&running, true, &mut seen, &mut start);
-        assert!(matches!(
-            show(&idle, true, &mut seen, &mut start),
-            Step::Idle
-        ));
+        show(&running, true, &mut st);
+        assert!(matches!(show(&idle, true, &mut st), Step::Idle));
+        assert!(matches!(st.outcome(), TurnEnd::Done));
+    }
+
+    #[test]
+    fn a_vendor_error_then_failed_response_is_one_failure_shown_once() {
+        let mut st = TurnState::new();
+        let error = json!({"type": "response.error", "source": "llm", "error": {"message": "HTTP 401: bad key"}});
+        let failed = json!({"type": "response.failed", "response": {"error": {"message": "HTTP 401: bad key"}}});
+        show(
+            &json!({"type": "session.status", "status": "running"}),
+            false,
+            &mut st,
+        );
+        show(&error, false, &mut st);
+        show(&failed, false, &mut st);
+        assert_eq!(st.shown, vec!["HTTP 401: bad key".to_owned()]);
+        let idle = json!({"type": "session.status", "status": "idle"});
+        assert!(matches!(show(&idle, false, &mut st), Step::Idle));
+        match st.outcome() {
+            TurnEnd::Failed { why, shown } => {
+                assert_eq!((why.as_str(), shown), ("HTTP 401: bad key", true))
+            }
+            _ => panic!("expected a failure"),
+        }
     }
 }

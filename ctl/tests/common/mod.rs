@@ -121,6 +121,11 @@ pub async fn start_server(home: &Path, port: u16, grace_ms: u64) -> Server {
     let mut cmd = omnigent(home);
     cmd.args(["server", "run", "--port", &port.to_string()])
         .env("OMNIGENT_RUNNER_GRACE_MS", grace_ms.to_string());
+    start_server_cmd(cmd).await
+}
+
+/// Spawn `cmd` (an `omnigent server run`, possibly under a wrapper such as `prlimit`) and wait for its ready line.
+pub async fn start_server_cmd(cmd: Command) -> Server {
     let (proc, stdout) = Proc::spawn(cmd);
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -371,10 +376,12 @@ pub enum Step {
     Wait(Arc<Notify>),
 }
 
-/// Answers each request with the next scripted stream, in order; a 500 once the script is used up.
+/// Answers each request with the next scripted stream, in order; once the script is used up, with its
+/// refusal (500 "no more canned answers" unless started with [`Vendor::refusing`]).
 #[derive(Clone, Default)]
 pub struct Vendor {
     script: Arc<Mutex<VecDeque<Vec<Step>>>>,
+    refusal: Arc<(u16, String)>,
     /// The request bodies received, in order (`null` where not JSON).
     pub requests: Arc<Mutex<Vec<Value>>>,
     /// Notified at each request.
@@ -383,8 +390,23 @@ pub struct Vendor {
 
 impl Vendor {
     pub async fn start(script: Vec<Vec<Step>>) -> (Vendor, String) {
+        Self::start_with(script, 500, "no more canned answers").await
+    }
+
+    /// Answers with `script`, then every further request with `status` and the JSON `body` (401: a wrong
+    /// API key).
+    pub async fn then_refusing(
+        script: Vec<Vec<Step>>,
+        status: u16,
+        body: Value,
+    ) -> (Vendor, String) {
+        Self::start_with(script, status, &body.to_string()).await
+    }
+
+    async fn start_with(script: Vec<Vec<Step>>, status: u16, body: &str) -> (Vendor, String) {
         let vendor = Vendor {
             script: Arc::new(Mutex::new(script.into())),
+            refusal: Arc::new((status, body.to_owned())),
             ..Vendor::default()
         };
         let state = vendor.clone();
@@ -399,9 +421,11 @@ impl Vendor {
                 state.asked.notify_one();
                 let steps = state.script.lock().unwrap().pop_front();
                 let Some(steps) = steps else {
+                    let (status, body) = &*state.refusal;
                     return Response::builder()
-                        .status(500)
-                        .body(Body::from("no more canned answers"))
+                        .status(*status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(body.clone()))
                         .unwrap();
                 };
                 let stream = futures_util::stream::iter(steps).then(|step| async move {
