@@ -101,16 +101,17 @@ async fn a_failed_turn_exits_1_with_its_error_once_and_a_closed_stdout_ends_quie
     let ws = home.workspace();
 
     // `run --json | head -1`: the reader leaves after the first line.
+    let run_json = [
+        "run",
+        "--json",
+        "--harness",
+        "openai",
+        "--workspace",
+        &ws,
+        "hello",
+    ];
     let mut child = home
-        .cmd(&[
-            "run",
-            "--json",
-            "--harness",
-            "openai",
-            "--workspace",
-            &ws,
-            "hello",
-        ])
+        .cmd(&run_json)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -160,16 +161,7 @@ async fn a_failed_turn_exits_1_with_its_error_once_and_a_closed_stdout_ends_quie
         "the error once: {stderr}"
     );
     // The same with --json: the events on stdout, the error once on stderr.
-    let out = output(home.cmd(&[
-        "run",
-        "--json",
-        "--harness",
-        "openai",
-        "--workspace",
-        &ws,
-        "hello",
-    ]))
-    .await;
+    let out = output(home.cmd(&run_json)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(
