@@ -138,6 +138,31 @@ pub enum StoreError {
         "cursor `{0}` names no row of this list (it may have been deleted); start again from the first page"
     )]
     CursorNotFound(String),
+    /// A write was not stored because the file system holding the database is full.
+    #[error(
+        "not stored: the file system holding the database {} is full ({free}; {cause}); free space there and \
+         retry (the server recovers by itself, no restart needed)",
+        path.display()
+    )]
+    Full {
+        path: PathBuf,
+        /// Free space on that file system, as text (`12 KiB free of 4.0 MiB`).
+        free: String,
+        #[source]
+        cause: sqlx::Error,
+    },
+    /// A write was not stored for another storage reason (I/O error, read-only or damaged file, …).
+    #[error(
+        "not stored: the database {} cannot be written ({cause}; its file system has {free}); check that \
+         disk and the server log, then retry (the server recovers by itself once it is writable)",
+        path.display()
+    )]
+    Unavailable {
+        path: PathBuf,
+        free: String,
+        #[source]
+        cause: sqlx::Error,
+    },
 }
 
 /// One session row.
@@ -271,6 +296,21 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+        }
+    }
+
+    /// Whether durable writes are succeeding (cheap: no I/O).
+    pub fn storage_health(&self) -> omnigent_proto::api::StorageHealth {
+        match self {
+            Store::Sqlite(s) => s.storage_health(),
+        }
+    }
+
+    /// While writes are failing, try one small write, so the health clears as soon as the disk can take
+    /// writes again (not only at the next user write). Does nothing while healthy.
+    pub async fn probe_storage(&self) {
+        match self {
+            Store::Sqlite(s) => s.probe_storage().await,
         }
     }
 
