@@ -509,19 +509,22 @@ pub fn search_text(kind: &str, data: &Map<String, Value>) -> String {
 }
 
 /// Build an FTS5 query from what a user typed: every word must match, as a prefix; FTS syntax in the
-/// input is neutralised by quoting. `None` when there are no words.
+/// input is neutralised by quoting. Input with no words (`%`, `_`, `"`) is searched for literally, as
+/// quoted phrases: punctuation is never indexed, so it matches nothing (it is not a wildcard, and not "no
+/// filter"). `None` only for blank input.
 pub fn fts_query(input: &str) -> Option<String> {
+    let quote = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
     let terms: Vec<String> = input
         .split(|c: char| !c.is_alphanumeric() && c != '_')
-        .filter(|w| !w.is_empty())
+        .filter(|w| w.chars().any(char::is_alphanumeric))
         .take(16)
-        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .map(|w| format!("{}*", quote(w)))
         .collect();
-    if terms.is_empty() {
-        None
-    } else {
-        Some(terms.join(" "))
+    if !terms.is_empty() {
+        return Some(terms.join(" "));
     }
+    let literal: Vec<String> = input.split_whitespace().take(16).map(quote).collect();
+    (!literal.is_empty()).then(|| literal.join(" "))
 }
 
 #[cfg(test)]
@@ -556,5 +559,10 @@ mod tests {
             fts_query("a\"b OR c*"),
             Some("\"a\"* \"b\"* \"OR\"* \"c\"*".to_owned())
         );
+        // No words: literal phrases, never a wildcard and never "no filter".
+        assert_eq!(fts_query("%"), Some("\"%\"".to_owned()));
+        assert_eq!(fts_query(" _ "), Some("\"_\"".to_owned()));
+        assert_eq!(fts_query("\""), Some("\"\"\"\"".to_owned()));
+        assert_eq!(fts_query("100% a_b"), Some("\"100\"* \"a_b\"*".to_owned()));
     }
 }
