@@ -202,3 +202,60 @@ async fn the_writer_refuses_writes_on_a_full_disk_and_recovers_when_space_return
     assert!(store.get_session(&other).await.expect("get").is_none());
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_session_actor_leaves_no_sequence_gap_after_a_failed_write() {
+    use omnigent_server::actor::{ActorError, ActorLimits, Sessions};
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let store = Store::open(&DatabaseLocation::Sqlite(fs.path().join("omnigent.db")), 2)
+        .await
+        .expect("open");
+    let id = omnigent_proto::ids::new_id();
+    store
+        .create_session(&NewSession { row: row(&id) }, &[])
+        .await
+        .expect("create");
+    let sessions = Sessions::new(
+        store.clone(),
+        ActorLimits {
+            replay_buffer: 64,
+            replay_buffer_bytes: 1 << 20,
+            idle: std::time::Duration::from_secs(600),
+            runner_grace: std::time::Duration::from_secs(30),
+        },
+    );
+    let (_, first) = sessions
+        .append_item(&id, item("first"))
+        .await
+        .expect("append");
+
+    let filler = fill(fs.path());
+    for n in 0..3 {
+        let err = sessions
+            .append_item(&id, item(&format!("full{n}")))
+            .await
+            .expect_err("an append on a full disk");
+        assert!(
+            matches!(err, ActorError::Store(StoreError::Full { .. })),
+            "{err:?}"
+        );
+    }
+    std::fs::remove_file(&filler).expect("free the disk");
+
+    // The same actor carries on: the next event takes the very next number, as the store has it.
+    let (row, next) = sessions
+        .append_item(&id, item("next"))
+        .await
+        .expect("append after space returned");
+    assert_eq!(next, first + 1, "a failed write left a gap in the sequence");
+    assert_eq!(row.seq, next);
+    let published = sessions
+        .publish(&id, serde_json::json!({"type": "x"}))
+        .await
+        .expect("publish");
+    assert_eq!(published, next + 1);
+    sessions.close(std::time::Duration::from_secs(5)).await;
+    store.close().await;
+}
