@@ -62,29 +62,7 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 fn row(id: &str) -> SessionRow {
-    SessionRow {
-        id: id.to_owned(),
-        agent_id: "a".repeat(32),
-        title: None,
-        labels: Default::default(),
-        status: "idle".into(),
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        archived: false,
-        kind: "default".into(),
-        parent_session_id: None,
-        root_session_id: id.to_owned(),
-        sub_agent_name: None,
-        runner_id: None,
-        host_id: None,
-        workspace: None,
-        git_branch: None,
-        model_override: None,
-        reasoning_effort: None,
-        cost_control_mode_override: None,
-        external_session_id: None,
-        terminal_launch_args: None,
-    }
+    SessionRow::new(id, &"a".repeat(32), 0)
 }
 
 fn item(text: &str) -> NewItem {

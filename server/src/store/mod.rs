@@ -191,6 +191,36 @@ pub struct SessionRow {
     pub terminal_launch_args: Option<Vec<String>>,
 }
 
+impl SessionRow {
+    /// An idle top-level session of `agent_id` created at `at_ms`, with nothing else set (callers fill in
+    /// what they have).
+    pub fn new(id: &str, agent_id: &str, at_ms: i64) -> SessionRow {
+        SessionRow {
+            id: id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            title: None,
+            labels: BTreeMap::new(),
+            status: "idle".into(),
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            archived: false,
+            kind: "default".into(),
+            parent_session_id: None,
+            root_session_id: id.to_owned(),
+            sub_agent_name: None,
+            runner_id: None,
+            host_id: None,
+            workspace: None,
+            git_branch: None,
+            model_override: None,
+            reasoning_effort: None,
+            cost_control_mode_override: None,
+            external_session_id: None,
+            terminal_launch_args: None,
+        }
+    }
+}
+
 /// A session to create (the id is chosen by the caller).
 #[derive(Debug, Clone)]
 pub struct NewSession {
