@@ -19,8 +19,7 @@ impl SqliteStore {
     }
 
     pub async fn upsert_host(&self, h: &HostRow) -> Result<(), StoreError> {
-        self.execute(
-            sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO hosts (host_id, name, owner, status, created_at, updated_at, configured_harnesses, \
              gateway_inference, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (host_id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
@@ -36,9 +35,8 @@ impl SqliteStore {
         .bind(h.updated_at_ms)
         .bind(json_map(h.configured_harnesses.as_ref(), "configured_harnesses")?)
         .bind(json_map(h.gateway_inference.as_ref(), "gateway_inference")?)
-        .bind(&h.version),
-        )
-        .await?;
+        .bind(&h.version);
+        self.execute(query).await?;
         Ok(())
     }
 
@@ -79,17 +77,15 @@ impl SqliteStore {
         runner_id: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = self.execute(
-            sqlx::query(
+        let query = sqlx::query(
             "UPDATE sessions SET host_id = ?, workspace = ?, runner_id = ?, updated_at = ? WHERE id = ?",
         )
         .bind(host_id)
         .bind(workspace)
         .bind(runner_id)
         .bind(now_ms)
-        .bind(session_id),
-        )
-        .await?;
+        .bind(session_id);
+        let done = self.execute(query).await?;
         Ok(done.rows_affected() > 0)
     }
 }
