@@ -559,7 +559,9 @@ fn print_server_block(s: &ServerStatus, label: &str) {
     let pad = " ".repeat(label.len());
     match (&s.url, s.state) {
         (Some(url), ChildState::Running | ChildState::Adopted) => {
+            let storage_failing = s.storage.as_ref().is_some_and(|st| !st.ok);
             let health = match s.healthy {
+                Some(true) if storage_failing => "answering, but STORAGE IS FAILING",
                 Some(true) => "healthy",
                 Some(false) => "NOT answering",
                 None => "health unknown",
@@ -574,6 +576,15 @@ fn print_server_block(s: &ServerStatus, label: &str) {
             }
             if let Some(n) = s.session_count {
                 println!("{pad}{n} session(s)");
+            }
+            if let Some(st) = s.storage.as_ref().filter(|st| !st.ok) {
+                println!(
+                    "{pad}storage failing: {}",
+                    st.error.as_deref().unwrap_or("durable writes fail")
+                );
+                println!(
+                    "{pad}  new messages and sessions are refused until it is fixed; the server recovers by itself"
+                );
             }
         }
         _ => println!("{label}{}", state_word(s.state)),

@@ -214,6 +214,7 @@ async fn live_server_status(state: &ApiState) -> ServerStatus {
                 s.healthy = Some(true);
                 s.database = info.database.or(s.database);
                 s.session_count = info.session_count;
+                s.storage = info.storage;
             }
             None => s.healthy = Some(false),
         }

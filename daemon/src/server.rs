@@ -79,6 +79,7 @@ pub fn spawn_supervisor(ctx: ServerContext) -> ServerHandle {
         healthy: None,
         database: None,
         session_count: None,
+        storage: None,
         restarts: 0,
         last_exits: Vec::new(),
         log_tail: Vec::new(),
@@ -144,6 +145,9 @@ pub struct ServerInfo {
     pub pid: Option<u32>,
     pub database: Option<String>,
     pub session_count: Option<u64>,
+    /// Whether its durable writes succeed (a failing disk is reported in `status`; the server is left
+    /// running: a restart would not free the disk).
+    pub storage: Option<omnigent_proto::api::StorageHealth>,
 }
 
 impl Task {
@@ -680,6 +684,9 @@ pub async fn probe_info(port: u16, timeout: Duration) -> Option<ServerInfo> {
                 .and_then(|d| d.as_str())
                 .map(str::to_owned),
             session_count: v.get("session_count").and_then(|c| c.as_u64()),
+            storage: v
+                .get("storage")
+                .and_then(|s| serde_json::from_value(s.clone()).ok()),
         })
     };
     tokio::time::timeout(timeout, get).await.ok().flatten()

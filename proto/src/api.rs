@@ -42,6 +42,10 @@ pub enum ErrorCode {
     /// Ours: the `Host` the request was sent to is not a name this server answers to (DNS rebinding
     /// defence); 421 Misdirected Request.
     MisdirectedRequest,
+    /// Ours: a durable write failed because the file system holding the database is full (507).
+    StorageFull,
+    /// Ours: a durable write failed for another storage reason (I/O error, read-only, corrupt; 503).
+    StorageUnavailable,
 }
 
 impl ErrorCode {
@@ -61,7 +65,10 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::MisdirectedRequest => 421,
             ErrorCode::InternalError | ErrorCode::HarnessProtocolViolation => 500,
-            ErrorCode::RunnerUnavailable | ErrorCode::RunnerCapabilityMismatch => 503,
+            ErrorCode::RunnerUnavailable
+            | ErrorCode::RunnerCapabilityMismatch
+            | ErrorCode::StorageUnavailable => 503,
+            ErrorCode::StorageFull => 507,
         }
     }
 }
@@ -166,6 +173,29 @@ pub struct HealthResponse {
     pub session: Option<SessionLiveness>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<BTreeMap<String, Liveness>>,
+    /// Ours, only while durable writes fail (`status` is then `"degraded"`). The answer stays 200:
+    /// `/health` is what supervisors restart on, and a restart does not free a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageHealth>,
+}
+
+/// Ours: the state of the server's durable writes (`/health`, `/v1/info`, `omnigent status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageHealth {
+    /// The last durable write succeeded (or none has failed).
+    pub ok: bool,
+    /// While failing: `storage_full` or `storage_unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    /// While failing: the error of the last failed write (names the file system and its free space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// While failing: when the first write of this run of failures failed, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<i64>,
+    /// Free bytes on the file system holding the database, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +237,9 @@ pub struct ServerInfo {
     /// Ours.
     #[serde(default)]
     pub session_count: Option<u64>,
+    /// Ours: whether durable writes are succeeding (this answer stays 200 while they fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageHealth>,
 }
 
 /// What `implementation` says for this server.

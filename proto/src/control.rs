@@ -223,6 +223,10 @@ pub struct ServerStatus {
     pub healthy: Option<bool>,
     pub database: Option<String>,
     pub session_count: Option<u64>,
+    /// What the server says of its durable writes (`/v1/info`), when it answered. A failing storage is
+    /// shown, never cured by a restart: the supervisor leaves the server running.
+    #[serde(default)]
+    pub storage: Option<crate::api::StorageHealth>,
     /// Restarts after unexpected exits since the daemon started.
     pub restarts: u32,
     /// Most recent exits, oldest first (at most 10).

@@ -173,6 +173,8 @@ fn error_body_and_status_table() {
         (ErrorCode::HarnessProtocolViolation, 500),
         (ErrorCode::RunnerUnavailable, 503),
         (ErrorCode::RunnerCapabilityMismatch, 503),
+        (ErrorCode::StorageUnavailable, 503),
+        (ErrorCode::StorageFull, 507),
     ];
     for (code, status) in table {
         assert_eq!(code.status(), status, "{code:?}");
@@ -192,6 +194,7 @@ fn health_with_one_session_matches_the_wire() {
             },
         }),
         sessions: None,
+        storage: None,
     };
     assert_eq!(
         serde_json::to_value(&h).expect("ser"),
@@ -201,6 +204,7 @@ fn health_with_one_session_matches_the_wire() {
         status: "ok".into(),
         session: None,
         sessions: None,
+        storage: None,
     };
     assert_eq!(
         serde_json::to_value(&bare).expect("ser"),

@@ -62,27 +62,9 @@ async fn seed(home: &Path, sessions: usize, items: usize) -> Vec<String> {
         let id = new_id();
         let t = base + (s as i64) * 1000;
         let row = SessionRow {
-            id: id.clone(),
-            agent_id: echo.clone(),
             title: Some(format!("session {s} about topic {}", s % 97)),
-            labels: Default::default(),
-            status: "idle".into(),
-            created_at_ms: t,
-            updated_at_ms: t,
-            archived: false,
-            kind: "default".into(),
-            parent_session_id: None,
-            root_session_id: id.clone(),
-            sub_agent_name: None,
-            runner_id: None,
-            host_id: None,
             workspace: Some("/home/user/project".into()),
-            git_branch: None,
-            model_override: None,
-            reasoning_effort: None,
-            cost_control_mode_override: None,
-            external_session_id: None,
-            terminal_launch_args: None,
+            ..SessionRow::new(&id, &echo, t)
         };
         let new_items: Vec<NewItem> = (0..items)
             .map(|i| {

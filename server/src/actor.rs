@@ -695,11 +695,21 @@ impl Actor {
     }
 
     async fn persist_item(&mut self, item: NewItem) -> Result<ItemRow, ActorError> {
+        self.store_item(&item).await.map(|(row, _)| row)
+    }
+
+    /// Store `item` under the next sequence number. A failed write hands the number back, so what is
+    /// published next does not leave a gap in the stream; nothing is published here.
+    async fn store_item(&mut self, item: &NewItem) -> Result<(ItemRow, u64), ActorError> {
         let seq = self.take_seq().await?;
-        self.store
-            .append_item(&self.id, &item, seq)
-            .await?
-            .ok_or(ActorError::NotFound)
+        match self.store.append_item(&self.id, item, seq).await {
+            Ok(Some(row)) => Ok((row, seq)),
+            Ok(None) => Err(ActorError::NotFound),
+            Err(e) => {
+                self.next_seq = seq;
+                Err(ActorError::Store(e))
+            }
+        }
     }
 
     /// The relay to `runner_id`: the open one, or a new reader. Its readiness tells the caller when it may
@@ -965,16 +975,16 @@ impl Actor {
         if self.relay.text.is_empty() {
             return Ok(());
         }
-        let text = std::mem::take(&mut self.relay.text);
         let mut data = serde_json::Map::new();
         data.insert("role".into(), Value::from("assistant"));
         data.insert(
             "content".into(),
-            serde_json::json!([{"type": "output_text", "text": text}]),
+            serde_json::json!([{"type": "output_text", "text": self.relay.text}]),
         );
         if let Some(model) = &self.relay.model {
             data.insert("model".into(), Value::from(model.clone()));
         }
+        // The buffer is emptied only once stored: a failed write keeps it for the next flush.
         self.append_item(NewItem {
             id: omnigent_proto::ids::new_id(),
             kind: "message".into(),
@@ -985,6 +995,7 @@ impl Actor {
             data,
         })
         .await?;
+        self.relay.text.clear();
         Ok(())
     }
 
@@ -1107,14 +1118,11 @@ impl Actor {
             .then(|| self.relay.model.clone())
             .flatten();
         match relay::runner_item(item, response_id, model) {
-            Some(new) => match self.append_item(new).await {
-                Ok(_) => {}
-                Err(ActorError::Store(e)) => {
-                    warn!(session_id = %self.id, "cannot persist a runner item (relayed as is): {e}");
-                    self.publish(event).await?;
-                }
-                Err(e) => return Err(e),
-            },
+            Some(new) => {
+                // An item that could not be stored is not shown either: subscribers see only what a
+                // reload shows (the store logged the failure and `/health` reports it).
+                self.append_item(new).await?;
+            }
             None => {
                 self.publish(event).await?;
             }
@@ -1152,12 +1160,7 @@ impl Actor {
     }
 
     async fn append_item(&mut self, item: NewItem) -> Result<(ItemRow, u64), ActorError> {
-        let seq = self.take_seq().await?;
-        let row = self
-            .store
-            .append_item(&self.id, &item, seq)
-            .await?
-            .ok_or(ActorError::NotFound)?;
+        let (row, seq) = self.store_item(&item).await?;
         let json = item_done_json(&row);
         self.emit(seq, "response.output_item.done", &json);
         Ok((row, seq))
@@ -1254,29 +1257,7 @@ mod tests {
     use crate::store::{DatabaseLocation, NewSession, SessionRow};
 
     fn row(id: &str) -> SessionRow {
-        SessionRow {
-            id: id.to_owned(),
-            agent_id: "a".repeat(32),
-            title: None,
-            labels: Default::default(),
-            status: "idle".into(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            archived: false,
-            kind: "default".into(),
-            parent_session_id: None,
-            root_session_id: id.to_owned(),
-            sub_agent_name: None,
-            runner_id: None,
-            host_id: None,
-            workspace: None,
-            git_branch: None,
-            model_override: None,
-            reasoning_effort: None,
-            cost_control_mode_override: None,
-            external_session_id: None,
-            terminal_launch_args: None,
-        }
+        SessionRow::new(id, &"a".repeat(32), 0)
     }
 
     async fn wait_live(sessions: &Sessions, want: usize) {

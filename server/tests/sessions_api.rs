@@ -296,7 +296,17 @@ async fn search_uses_titles_and_item_text() {
     // FTS syntax in the input is neutralised, never a 500.
     assert!(search("%22%20OR%20*").await.is_empty());
     assert!(search("NEAR(").await.is_empty());
-    assert!(search("%22").await.len() == 3, "no words: no filter");
+    // Input with no words is literal: `%` and `_` are not wildcards, and never mean "no filter".
+    assert!(search("%25").await.is_empty(), "a lone %");
+    assert!(search("%").await.is_empty(), "a raw %");
+    assert!(search("_").await.is_empty(), "a lone _");
+    assert!(search("%25%25%20_%25").await.is_empty(), "%% _%");
+    assert!(search("%22").await.is_empty(), "a lone quote");
+    assert_eq!(
+        search("notes%25").await,
+        HashSet::from([b.clone()]),
+        "a word keeps matching"
+    );
     // Renaming reindexes the title; deleting removes it from results.
     srv.patch(
         &format!("/v1/sessions/{c}"),

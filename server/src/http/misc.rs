@@ -30,10 +30,14 @@ pub async fn health(
     State(st): State<AppState>,
     Q(q): Q<HealthQuery>,
 ) -> Result<Response, ApiError> {
+    let storage = storage_health(&st).await;
     let mut out = HealthResponse {
-        status: "ok".to_owned(),
+        // Still 200 while writes fail: supervisors restart on `/health`, and a restart frees no disk.
+        // Healthy, the answer is the reference's `{"status":"ok"}`, byte for byte.
+        status: if storage.ok { "ok" } else { "degraded" }.to_owned(),
         session: None,
         sessions: None,
+        storage: (!storage.ok).then_some(storage),
     };
     if let Some(raw) = q.session_id.as_deref().filter(|s| !s.is_empty()) {
         let liveness = liveness_of(&st, &[raw.to_owned()]).await?;
@@ -100,6 +104,13 @@ async fn liveness_of(
         .collect())
 }
 
+/// Whether durable writes succeed; while they fail, one probe write first, so the answer clears as soon as
+/// the disk takes writes again.
+async fn storage_health(st: &AppState) -> omnigent_proto::api::StorageHealth {
+    st.store.probe_storage().await;
+    st.store.storage_health()
+}
+
 fn missing() -> Liveness {
     Liveness {
         runner_online: true,
@@ -129,6 +140,7 @@ pub async fn info(State(st): State<AppState>) -> Result<Response, ApiError> {
         database: Some(st.database.to_string()),
         started_at: Some(st.started_at),
         session_count: Some(st.store.count_sessions().await?),
+        storage: Some(storage_health(&st).await),
     };
     Ok(json(StatusCode::OK, &info))
 }

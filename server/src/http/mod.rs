@@ -248,6 +248,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::CursorNotFound(_) => ApiError::invalid(e.to_string()),
+            // Logged by the store, with the file system and its free space.
+            StoreError::Full { .. } => ApiError::new(ErrorCode::StorageFull, e.to_string()),
+            StoreError::Unavailable { .. } => {
+                ApiError::new(ErrorCode::StorageUnavailable, e.to_string())
+            }
             e => {
                 error!("database failure: {e}");
                 ApiError::new(

@@ -138,6 +138,31 @@ pub enum StoreError {
         "cursor `{0}` names no row of this list (it may have been deleted); start again from the first page"
     )]
     CursorNotFound(String),
+    /// A write was not stored because the file system holding the database is full.
+    #[error(
+        "not stored: the file system holding the database {} is full ({free}; {cause}); free space there and \
+         retry (the server recovers by itself, no restart needed)",
+        path.display()
+    )]
+    Full {
+        path: PathBuf,
+        /// Free space on that file system, as text (`12 KiB free of 4.0 MiB`).
+        free: String,
+        #[source]
+        cause: sqlx::Error,
+    },
+    /// A write was not stored for another storage reason (I/O error, read-only or damaged file, …).
+    #[error(
+        "not stored: the database {} cannot be written ({cause}; its file system has {free}); check that \
+         disk and the server log, then retry (the server recovers by itself once it is writable)",
+        path.display()
+    )]
+    Unavailable {
+        path: PathBuf,
+        free: String,
+        #[source]
+        cause: sqlx::Error,
+    },
 }
 
 /// One session row.
@@ -164,6 +189,36 @@ pub struct SessionRow {
     pub cost_control_mode_override: Option<String>,
     pub external_session_id: Option<String>,
     pub terminal_launch_args: Option<Vec<String>>,
+}
+
+impl SessionRow {
+    /// An idle top-level session of `agent_id` created at `at_ms`, with nothing else set (callers fill in
+    /// what they have).
+    pub fn new(id: &str, agent_id: &str, at_ms: i64) -> SessionRow {
+        SessionRow {
+            id: id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            title: None,
+            labels: BTreeMap::new(),
+            status: "idle".into(),
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            archived: false,
+            kind: "default".into(),
+            parent_session_id: None,
+            root_session_id: id.to_owned(),
+            sub_agent_name: None,
+            runner_id: None,
+            host_id: None,
+            workspace: None,
+            git_branch: None,
+            model_override: None,
+            reasoning_effort: None,
+            cost_control_mode_override: None,
+            external_session_id: None,
+            terminal_launch_args: None,
+        }
+    }
 }
 
 /// A session to create (the id is chosen by the caller).
@@ -271,6 +326,21 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+        }
+    }
+
+    /// Whether durable writes are succeeding (cheap: no I/O).
+    pub fn storage_health(&self) -> omnigent_proto::api::StorageHealth {
+        match self {
+            Store::Sqlite(s) => s.storage_health(),
+        }
+    }
+
+    /// While writes are failing, try one small write, so the health clears as soon as the disk can take
+    /// writes again (not only at the next user write). Does nothing while healthy.
+    pub async fn probe_storage(&self) {
+        match self {
+            Store::Sqlite(s) => s.probe_storage().await,
         }
     }
 
@@ -469,19 +539,22 @@ pub fn search_text(kind: &str, data: &Map<String, Value>) -> String {
 }
 
 /// Build an FTS5 query from what a user typed: every word must match, as a prefix; FTS syntax in the
-/// input is neutralised by quoting. `None` when there are no words.
+/// input is neutralised by quoting. Input with no words (`%`, `_`, `"`) is searched for literally, as
+/// quoted phrases: punctuation is never indexed, so it matches nothing (it is not a wildcard, and not "no
+/// filter"). `None` only for blank input.
 pub fn fts_query(input: &str) -> Option<String> {
+    let quote = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
     let terms: Vec<String> = input
         .split(|c: char| !c.is_alphanumeric() && c != '_')
-        .filter(|w| !w.is_empty())
+        .filter(|w| w.chars().any(char::is_alphanumeric))
         .take(16)
-        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .map(|w| format!("{}*", quote(w)))
         .collect();
-    if terms.is_empty() {
-        None
-    } else {
-        Some(terms.join(" "))
+    if !terms.is_empty() {
+        return Some(terms.join(" "));
     }
+    let literal: Vec<String> = input.split_whitespace().take(16).map(quote).collect();
+    (!literal.is_empty()).then(|| literal.join(" "))
 }
 
 #[cfg(test)]
@@ -516,5 +589,10 @@ mod tests {
             fts_query("a\"b OR c*"),
             Some("\"a\"* \"b\"* \"OR\"* \"c\"*".to_owned())
         );
+        // No words: literal phrases, never a wildcard and never "no filter".
+        assert_eq!(fts_query("%"), Some("\"%\"".to_owned()));
+        assert_eq!(fts_query(" _ "), Some("\"_\"".to_owned()));
+        assert_eq!(fts_query("\""), Some("\"\"\"\"".to_owned()));
+        assert_eq!(fts_query("100% a_b"), Some("\"100\"* \"a_b\"*".to_owned()));
     }
 }

@@ -5,19 +5,22 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
+use omnigent_proto::api::{ErrorCode, StorageHealth};
 use serde_json::{Map, Value};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 
 mod hosts;
 
@@ -30,6 +33,11 @@ use super::{
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (2, "hosts", include_str!("../../migrations/0002_hosts.sql")),
+    (
+        3,
+        "storage_probe",
+        include_str!("../../migrations/0003_storage_probe.sql"),
+    ),
 ];
 
 const SESSION_COLS: &str = "s.id, s.agent_id, s.title, s.labels, s.status, s.created_at, s.updated_at, \
@@ -47,11 +55,50 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Inner {
-    /// One connection: every write goes through it, in arrival order.
+    /// The database file (named in storage errors; its directory's file system is the one measured).
+    path: PathBuf,
+    /// One connection: every write goes through it, in arrival order, checked out as a [`Writer`].
     writer: SqlitePool,
     readers: SqlitePool,
+    /// The last run of failed writes, cleared by the next write that succeeds. Held only to copy or set.
+    fault: Mutex<Option<Fault>>,
     /// Held for the life of the store; dropping it releases the lock.
     _lock: Flock<File>,
+}
+
+/// Why durable writes are failing, for `/health`.
+#[derive(Debug, Clone)]
+struct Fault {
+    code: ErrorCode,
+    error: String,
+    since_ms: i64,
+}
+
+/// The writer connection, checked out for one write; [`Writer::finish`] settles the outcome.
+struct Writer<'s> {
+    store: &'s SqliteStore,
+    conn: PoolConnection<Sqlite>,
+}
+
+impl Deref for Writer<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Writer<'_> {
+    /// Hand back the connection with the write's result: a storage failure discards the connection and
+    /// becomes [`StoreError::Full`] / [`StoreError::Unavailable`]; a success clears the recorded fault.
+    fn finish<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.store.settle(Some(&mut self.conn), result)
+    }
 }
 
 impl SqliteStore {
@@ -161,15 +208,134 @@ impl SqliteStore {
             .map_err(|e| sqlite_open_error(path, e))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
+                path: path.to_owned(),
                 writer,
                 readers,
+                fault: Mutex::new(None),
                 _lock: lock,
             }),
         })
     }
 
-    fn w(&self) -> &SqlitePool {
-        &self.inner.writer
+    /// Check out the writer connection for one write.
+    async fn writer(&self) -> Result<Writer<'_>, StoreError> {
+        match self.inner.writer.acquire().await {
+            Ok(conn) => Ok(Writer { store: self, conn }),
+            Err(e) => self.settle(None, Err(StoreError::Db(e))),
+        }
+    }
+
+    /// One statement on the writer.
+    async fn execute<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Result<sqlx::sqlite::SqliteQueryResult, StoreError> {
+        let mut w = self.writer().await?;
+        let result = query.execute(&mut *w).await.map_err(StoreError::from);
+        w.finish(result)
+    }
+
+    /// Classify the outcome of a write (see [`Writer::finish`]).
+    fn settle<T>(
+        &self,
+        conn: Option<&mut PoolConnection<Sqlite>>,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let cause = match result {
+            Ok(v) => {
+                self.set_fault(None);
+                return Ok(v);
+            }
+            Err(StoreError::Db(cause)) => cause,
+            Err(other) => return Err(other),
+        };
+        let Some(full) = storage_failure(&cause) else {
+            return Err(StoreError::Db(cause));
+        };
+        // After SQLITE_FULL or SQLITE_IOERR, SQLite may have rolled the transaction back by itself. sqlx does
+        // not notice: its transaction depth stays up, its ROLLBACK fails, and the next `begin` becomes a
+        // SAVEPOINT whose RELEASE never commits, so every later write is acknowledged and lost. Only a fresh
+        // connection is known to be clean: this one is closed (rolling back whatever it still holds) and the
+        // pool opens another for the next write.
+        if let Some(conn) = conn {
+            conn.close_on_drop();
+        }
+        let path = self.inner.path.clone();
+        let (free, _) = free_space(&path);
+        let err = if full {
+            StoreError::Full { path, free, cause }
+        } else {
+            StoreError::Unavailable { path, free, cause }
+        };
+        tracing::error!("{err}");
+        let code = if full {
+            ErrorCode::StorageFull
+        } else {
+            ErrorCode::StorageUnavailable
+        };
+        self.set_fault(Some((code, err.to_string())));
+        Err(err)
+    }
+
+    fn fault(&self) -> std::sync::MutexGuard<'_, Option<Fault>> {
+        // Only whole values are stored under this lock: a panic cannot leave it half-written.
+        self.inner.fault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_fault(&self, failed: Option<(ErrorCode, String)>) {
+        let mut fault = self.fault();
+        match failed {
+            None => {
+                if fault.take().is_some() {
+                    tracing::info!(database = %self.inner.path.display(), "durable writes succeed again");
+                }
+            }
+            Some((code, error)) => {
+                let since_ms = fault.as_ref().map_or_else(crate::now_ms, |f| f.since_ms);
+                *fault = Some(Fault {
+                    code,
+                    error,
+                    since_ms,
+                });
+            }
+        }
+    }
+
+    pub fn storage_health(&self) -> StorageHealth {
+        let fault = self.fault().clone();
+        let (_, free_bytes) = free_space(&self.inner.path);
+        match fault {
+            None => StorageHealth {
+                ok: true,
+                code: None,
+                error: None,
+                failing_since_ms: None,
+                free_bytes,
+            },
+            Some(f) => StorageHealth {
+                ok: false,
+                code: Some(f.code),
+                error: Some(f.error),
+                failing_since_ms: Some(f.since_ms),
+                free_bytes,
+            },
+        }
+    }
+
+    pub async fn probe_storage(&self) {
+        if self.fault().is_none() {
+            return;
+        }
+        // The outcome is recorded as the fault (or its end); nothing else to do with it.
+        let _ = self
+            .execute(
+                sqlx::query(
+                    "INSERT INTO storage_probe (id, at) VALUES (1, ?) \
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                )
+                .bind(crate::now_ms()),
+            )
+            .await;
     }
 
     fn r(&self) -> &SqlitePool {
@@ -180,7 +346,7 @@ impl SqliteStore {
         self.inner.readers.close().await;
         // A final checkpoint keeps the -wal file small for the next start; failure is harmless.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(self.w())
+            .execute(&self.inner.writer)
             .await;
         self.inner.writer.close().await;
     }
@@ -197,13 +363,18 @@ impl SqliteStore {
         new: &NewSession,
         items: &[NewItem],
     ) -> Result<(), StoreError> {
-        let mut tx = self.w().begin().await?;
-        let pk = insert_session(&mut tx, &new.row, items.len() as i64).await?;
-        for (position, item) in items.iter().enumerate() {
-            insert_item(&mut tx, pk, position as i64, 0, item).await?;
+        let mut w = self.writer().await?;
+        let result = async {
+            let mut tx = w.begin().await?;
+            let pk = insert_session(&mut tx, &new.row, items.len() as i64).await?;
+            for (position, item) in items.iter().enumerate() {
+                insert_item(&mut tx, pk, position as i64, 0, item).await?;
+            }
+            tx.commit().await?;
+            Ok(())
         }
-        tx.commit().await?;
-        Ok(())
+        .await;
+        w.finish(result)
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
@@ -401,25 +572,30 @@ impl SqliteStore {
         if let Some(v) = c.archived {
             q = q.bind(v);
         }
-        let row = q.bind(id).fetch_optional(self.w()).await?;
-        row.as_ref().map(session_from_row).transpose()
+        let mut w = self.writer().await?;
+        let result = q
+            .bind(id)
+            .fetch_optional(&mut *w)
+            .await
+            .map_err(StoreError::from);
+        w.finish(result)?.as_ref().map(session_from_row).transpose()
     }
 
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM sessions WHERE id = ?")
-            .bind(id)
-            .execute(self.w())
+        let done = self
+            .execute(sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id))
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
     pub async fn set_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET status = ? WHERE id = ?")
-            .bind(status)
-            .bind(id)
-            .execute(self.w())
-            .await?;
-        Ok(())
+        self.execute(
+            sqlx::query("UPDATE sessions SET status = ? WHERE id = ?")
+                .bind(status)
+                .bind(id),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn list_items(
@@ -494,22 +670,30 @@ impl SqliteStore {
         item: &NewItem,
         seq: u64,
     ) -> Result<Option<ItemRow>, StoreError> {
-        let mut tx = self.w().begin().await?;
-        let row = sqlx::query(
-            "UPDATE sessions SET next_position = next_position + 1, updated_at = max(updated_at, ?) \
-             WHERE id = ? RETURNING pk, next_position - 1",
-        )
-        .bind(item.created_at_ms)
-        .bind(session_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let mut w = self.writer().await?;
+        let result = async {
+            let mut tx = w.begin().await?;
+            let row = sqlx::query(
+                "UPDATE sessions SET next_position = next_position + 1, updated_at = max(updated_at, ?) \
+                 WHERE id = ? RETURNING pk, next_position - 1",
+            )
+            .bind(item.created_at_ms)
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let pk: i64 = row.try_get(0)?;
+            let position: i64 = row.try_get(1)?;
+            insert_item(&mut tx, pk, position, seq, item).await?;
+            tx.commit().await?;
+            Ok(Some(position))
+        }
+        .await;
+        let Some(position) = w.finish(result)? else {
             return Ok(None);
         };
-        let pk: i64 = row.try_get(0)?;
-        let position: i64 = row.try_get(1)?;
-        insert_item(&mut tx, pk, position, seq, item).await?;
-        tx.commit().await?;
         Ok(Some(ItemRow {
             id: item.id.clone(),
             position,
@@ -561,12 +745,13 @@ impl SqliteStore {
     }
 
     pub async fn reserve_seq(&self, id: &str, upto: u64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET seq_reserved = max(seq_reserved, ?) WHERE id = ?")
-            .bind(seq_i64(upto))
-            .bind(id)
-            .execute(self.w())
-            .await?;
-        Ok(())
+        self.execute(
+            sqlx::query("UPDATE sessions SET seq_reserved = max(seq_reserved, ?) WHERE id = ?")
+                .bind(seq_i64(upto))
+                .bind(id),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn fork_session(
@@ -576,43 +761,48 @@ impl SqliteStore {
         up_to_response_id: Option<&str>,
         new_item_id: &mut (dyn FnMut() -> String + Send),
     ) -> Result<Option<()>, StoreError> {
-        let mut tx = self.w().begin().await?;
-        let sql = format!(
-            "SELECT {ITEM_COLS} FROM items i JOIN sessions s ON s.pk = i.session_pk WHERE s.id = ? \
-             ORDER BY i.position"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(source_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut items = rows
-            .iter()
-            .map(item_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(resp) = up_to_response_id {
-            match items
+        let mut w = self.writer().await?;
+        let result = async {
+            let mut tx = w.begin().await?;
+            let sql = format!(
+                "SELECT {ITEM_COLS} FROM items i JOIN sessions s ON s.pk = i.session_pk WHERE s.id = ? \
+                 ORDER BY i.position"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(source_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut items = rows
                 .iter()
-                .rposition(|i| i.response_id.as_deref() == Some(resp))
-            {
-                Some(last) => items.truncate(last + 1),
-                None => return Ok(None),
+                .map(item_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(resp) = up_to_response_id {
+                match items
+                    .iter()
+                    .rposition(|i| i.response_id.as_deref() == Some(resp))
+                {
+                    Some(last) => items.truncate(last + 1),
+                    None => return Ok(None),
+                }
             }
+            let pk = insert_session(&mut tx, &new.row, items.len() as i64).await?;
+            for (position, item) in items.into_iter().enumerate() {
+                let copy = NewItem {
+                    id: new_item_id(),
+                    kind: item.kind,
+                    status: item.status,
+                    response_id: item.response_id,
+                    created_at_ms: item.created_at_ms,
+                    created_by: item.created_by,
+                    data: item.data,
+                };
+                insert_item(&mut tx, pk, position as i64, 0, &copy).await?;
+            }
+            tx.commit().await?;
+            Ok(Some(()))
         }
-        let pk = insert_session(&mut tx, &new.row, items.len() as i64).await?;
-        for (position, item) in items.into_iter().enumerate() {
-            let copy = NewItem {
-                id: new_item_id(),
-                kind: item.kind,
-                status: item.status,
-                response_id: item.response_id,
-                created_at_ms: item.created_at_ms,
-                created_by: item.created_by,
-                data: item.data,
-            };
-            insert_item(&mut tx, pk, position as i64, 0, &copy).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(()))
+        .await;
+        w.finish(result)
     }
 }
 
@@ -767,6 +957,68 @@ fn json_text<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
 /// SQLite integers are i64; sequences never come near the limit (a block of 1000 per actor start).
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Whether a write error is the storage failing (`Some(true)`: the file system is full; `Some(false)`: another
+/// I/O or file problem) rather than the write itself being wrong (`None`: a constraint, bad SQL).
+fn storage_failure(e: &sqlx::Error) -> Option<bool> {
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code()?.parse::<i64>().ok()?;
+            // Primary result codes: 13 FULL; 10 IOERR, 14 CANTOPEN, 8 READONLY, 11 CORRUPT, 26 NOTADB,
+            // 5 BUSY, 6 LOCKED, 7 NOMEM, 15 PROTOCOL.
+            match code & 0xff {
+                13 => Some(true),
+                5..=8 | 10 | 11 | 14 | 15 | 26 => Some(false),
+                _ => None,
+            }
+        }
+        sqlx::Error::Io(io) => Some(matches!(
+            io.raw_os_error(),
+            Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+        )),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            Some(false)
+        }
+        _ => None,
+    }
+}
+
+/// Free space of the file system holding `db`, as text for an error message and in bytes.
+// The statvfs fields are u64 on Linux but narrower elsewhere (macOS): the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
+fn free_space(db: &Path) -> (String, Option<u64>) {
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(st) => {
+            let unit = u64::from(st.fragment_size());
+            let free = u64::from(st.blocks_available()).saturating_mul(unit);
+            let total = u64::from(st.blocks()).saturating_mul(unit);
+            (
+                format!("{} free of {}", bytes_text(free), bytes_text(total)),
+                Some(free),
+            )
+        }
+        Err(e) => (format!("free space unknown: {e}"), None),
+    }
+}
+
+fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn lock_path(db: &Path) -> PathBuf {

@@ -19,7 +19,7 @@ impl SqliteStore {
     }
 
     pub async fn upsert_host(&self, h: &HostRow) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO hosts (host_id, name, owner, status, created_at, updated_at, configured_harnesses, \
              gateway_inference, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (host_id) DO UPDATE SET name = excluded.name, owner = excluded.owner, \
@@ -35,9 +35,8 @@ impl SqliteStore {
         .bind(h.updated_at_ms)
         .bind(json_map(h.configured_harnesses.as_ref(), "configured_harnesses")?)
         .bind(json_map(h.gateway_inference.as_ref(), "gateway_inference")?)
-        .bind(&h.version)
-        .execute(self.w())
-        .await?;
+        .bind(&h.version);
+        self.execute(query).await?;
         Ok(())
     }
 
@@ -47,22 +46,26 @@ impl SqliteStore {
         status: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE hosts SET status = ?, updated_at = ? WHERE host_id = ?")
-            .bind(status)
-            .bind(now_ms)
-            .bind(host_id)
-            .execute(self.w())
+        let done = self
+            .execute(
+                sqlx::query("UPDATE hosts SET status = ?, updated_at = ? WHERE host_id = ?")
+                    .bind(status)
+                    .bind(now_ms)
+                    .bind(host_id),
+            )
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
     pub async fn mark_all_hosts_offline(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE hosts SET status = 'offline', updated_at = ? WHERE status <> 'offline'",
-        )
-        .bind(now_ms)
-        .execute(self.w())
-        .await?;
+        let done = self
+            .execute(
+                sqlx::query(
+                    "UPDATE hosts SET status = 'offline', updated_at = ? WHERE status <> 'offline'",
+                )
+                .bind(now_ms),
+            )
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -74,16 +77,15 @@ impl SqliteStore {
         runner_id: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE sessions SET host_id = ?, workspace = ?, runner_id = ?, updated_at = ? WHERE id = ?",
         )
         .bind(host_id)
         .bind(workspace)
         .bind(runner_id)
         .bind(now_ms)
-        .bind(session_id)
-        .execute(self.w())
-        .await?;
+        .bind(session_id);
+        let done = self.execute(query).await?;
         Ok(done.rows_affected() > 0)
     }
 }
