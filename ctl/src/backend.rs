@@ -353,10 +353,11 @@ pub fn stop(args: StopArgs) -> Result<()> {
 /// Stop everything; returns what was stopped. Waits for an in-progress start (the start lock) first, so a
 /// `stop` racing a `start` always wins.
 pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
-    if !paths.runtime_dir.exists() {
+    // A daemon whose runtime dir a tmp cleaner removed still runs (it holds its guard): stop it too.
+    if !paths.runtime_dir.exists() && runtime::guard_holder(paths).is_none() {
         return Ok(vec![]);
     }
-    runtime::check_private_dir(&paths.runtime_dir).map_err(|e| ConfigError(e.to_string()))?;
+    runtime::ensure_private_dir(&paths.runtime_dir).map_err(|e| ConfigError(e.to_string()))?;
     let _start = runtime::StartLock::acquire(paths, launch::READY_TIMEOUT).await?;
     let mut stopped = Vec::new();
     match ControlClient::connect(paths).await {
@@ -395,6 +396,16 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
                 "daemon pid {} (omnigent {})",
                 daemon.pid, daemon.build_version
             ));
+        }
+        Err(ClientError::Stopped { pid }) if force => {
+            // SIGKILL works on a stopped process; its children get their parent-death signal.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
+            runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+            launch::wait_pid_gone(pid).await;
+            stopped.push(format!("daemon pid {pid} (stopped; killed)"));
         }
         Err(ClientError::NotRunning { .. }) => {
             if runtime::lock_is_held(paths) {
