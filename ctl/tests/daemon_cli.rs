@@ -1170,6 +1170,9 @@ fn one_daemon_after(remove: impl Fn(&Home)) {
     assert_eq!(st["daemon"]["pid"], daemon);
     // Status is answered after the daemon checked its files: they are back, the lock held, with its pid.
     assert!(h.run_dir().join("daemon.sock").exists());
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(h.run_dir().join("server.json")).unwrap()).unwrap();
+    assert_eq!(record["pid"], server);
     assert!(h.daemon_lock_held(), "the daemon did not re-take its lock");
     assert_eq!(
         std::fs::read_to_string(h.run_dir().join("daemon.lock"))

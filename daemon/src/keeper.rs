@@ -47,6 +47,17 @@ pub(crate) struct Keeper {
     pub link: Option<PathBuf>,
     /// A freshly bound control socket goes to the accept loop.
     pub listeners: mpsc::Sender<Listener>,
+    /// The last `server.json` seen (its inode and mtime, and its bytes), put back if a cleaner removes it
+    /// with the rest: `omnigent stop` needs it to find a server a killed daemon left behind.
+    pub record: Option<(RecordKey, Vec<u8>)>,
+}
+
+/// What tells one version of `server.json` from another.
+pub(crate) type RecordKey = (FileId, Option<std::time::SystemTime>);
+
+fn record_key(path: &std::path::Path) -> Option<RecordKey> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some((FileId::of_path(path)?, meta.modified().ok()))
 }
 
 impl Keeper {
@@ -142,7 +153,16 @@ impl Keeper {
             .link
             .as_ref()
             .is_none_or(|l| std::fs::read_link(l).is_ok_and(|t| t == self.socket));
+        let record_path = self.paths.server_json();
         if lock_ok && socket_ok && link_ok {
+            // Nothing was cleaned up: follow what the server supervisor writes (or removed).
+            match record_key(&record_path) {
+                None => self.record = None,
+                Some(key) if self.record.as_ref().is_some_and(|(k, _)| *k == key) => {}
+                Some(key) => {
+                    self.record = std::fs::read(&record_path).ok().map(|bytes| (key, bytes));
+                }
+            }
             return Ok(());
         }
         runtime::ensure_private_dir(&self.paths.runtime_dir)
@@ -198,6 +218,20 @@ impl Keeper {
         } else if !link_ok && let Some(link) = &self.link {
             let _ = std::fs::remove_file(link);
             let _ = std::os::unix::fs::symlink(&self.socket, link);
+        }
+        if !record_path.exists()
+            && let Some((_, bytes)) = &self.record
+        {
+            let tmp = record_path.with_extension("json.tmp");
+            match std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &record_path)) {
+                Ok(()) => {
+                    tracing::warn!(path = %record_path.display(), "server.json was removed; wrote it back");
+                    self.record = record_key(&record_path).map(|k| (k, bytes.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %record_path.display(), error = %e, "cannot write server.json back")
+                }
+            }
         }
         Ok(())
     }

@@ -335,6 +335,7 @@ pub async fn run(
             socket: socket.clone(),
             link: link.clone(),
             listeners: listeners_tx,
+            record: None,
         }
         .run(guard, checks_rx, stand_down.clone(), stop_all.clone()),
     );
