@@ -379,11 +379,7 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
                         "the daemon (pid {pid}) did not exit within 10s; retry with `omnigent stop --force`"
                     );
                 }
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::SIGKILL,
-                );
-                runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+                kill_daemon(paths, pid).await;
             }
             launch::wait_pid_gone(pid).await;
             stopped.push(format!("daemon pid {pid}"));
@@ -399,11 +395,7 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
         }
         Err(ClientError::Stopped { pid }) if force => {
             // SIGKILL works on a stopped process; its children get their parent-death signal.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::SIGKILL,
-            );
-            runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+            kill_daemon(paths, pid).await;
             launch::wait_pid_gone(pid).await;
             stopped.push(format!("daemon pid {pid} (stopped; killed)"));
         }
@@ -412,11 +404,7 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
                 // A daemon that holds the lock but does not answer: hung, or still binding.
                 let pid = runtime::read_lock_pid(&paths.daemon_lock());
                 if let (true, Some(pid)) = (force, pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::SIGKILL,
-                    );
-                    runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+                    kill_daemon(paths, pid).await;
                     stopped.push(format!("daemon pid {pid} (killed)"));
                 } else {
                     anyhow::bail!(
@@ -441,6 +429,15 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
         let _ = std::fs::remove_file(paths.server_json());
     }
     Ok(stopped)
+}
+
+/// SIGKILL the daemon `pid` and wait (at most 5 s) for its lock to be released.
+async fn kill_daemon(paths: &Paths, pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    );
+    runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
 }
 
 pub fn restart(args: StartArgs) -> Result<()> {

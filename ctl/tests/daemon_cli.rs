@@ -1371,30 +1371,19 @@ fn control_api_errors_are_all_json_errors() {
         (413, Some("payload_too_large")),
         "{body}"
     );
-    // A query string that does not parse.
-    let (code, body) = h.raw("GET", "/v1/status?after=soon", &[], "");
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (400, Some("bad_request")),
-        "{body}"
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("after"),
-        "{body}"
-    );
-    // A route asked with the wrong method.
-    let (code, body) = h.raw("GET", "/v1/shutdown", &[], "");
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (405, Some("bad_request")),
-        "{body}"
-    );
-    let (code, body) = h.raw("DELETE", "/v1/status", &[], "");
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (405, Some("bad_request")),
-        "{body}"
-    );
+    // A query string that does not parse; a route asked with the wrong method.
+    let error = |method: &str, path: &str, status: u16| {
+        let (code, body) = h.raw(method, path, &[], "");
+        assert_eq!(
+            (code, body["code"].as_str()),
+            (status, Some("bad_request")),
+            "{method} {path}: {body}"
+        );
+        body["message"].as_str().unwrap().to_owned()
+    };
+    assert!(error("GET", "/v1/status?after=soon", 400).contains("after"));
+    assert!(error("GET", "/v1/shutdown", 405).contains("/v1/shutdown"));
+    assert!(error("DELETE", "/v1/status", 405).contains("DELETE"));
 }
 
 // ---------------------------------------------------------------------------------------------------------
