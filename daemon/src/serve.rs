@@ -395,3 +395,71 @@ async fn serve_connection(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize) -> ControlLimits {
+        ControlLimits {
+            idle_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_has_the_idle_deadline_then_the_header_deadline_and_none_while_in_flight()
+    {
+        let l = limits(4);
+        let c = Clock::new();
+        let t0 = Instant::now();
+        assert_eq!(c.deadline(&l), Some(t0 + l.idle_timeout));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        c.on_read();
+        assert_eq!(c.deadline(&l), Some(t0 + Duration::from_secs(15)));
+        // More bytes of the same head do not move it.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        c.on_read();
+        assert_eq!(c.deadline(&l), Some(t0 + Duration::from_secs(15)));
+        c.begin();
+        assert_eq!(
+            c.deadline(&l),
+            None,
+            "a request being handled has no deadline"
+        );
+        tokio::time::advance(Duration::from_secs(100)).await;
+        c.end();
+        assert_eq!(c.deadline(&l), Some(Instant::now() + l.idle_timeout));
+        // A pipelined request read while handling starts its head when the first one ends.
+        c.begin();
+        c.on_read();
+        c.end();
+        assert_eq!(c.deadline(&l), Some(Instant::now() + l.header_timeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_the_longest_waiting_idle_connection_makes_room_and_busy_ones_never_do() {
+        let r = Registry::default();
+        let add = |id: u64| {
+            let clock = Arc::new(Clock::new());
+            let close = CancellationToken::new();
+            r.with(|m| m.insert(id, (clock.clone(), close.clone())));
+            (clock, close)
+        };
+        let (busy, busy_close) = add(1);
+        busy.begin();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (_, old_close) = add(2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (_, new_close) = add(3);
+        assert_eq!(r.make_room(4), Ok(None));
+        assert_eq!(r.make_room(3), Ok(Some(2)));
+        assert!(old_close.is_cancelled() && !new_close.is_cancelled());
+        assert_eq!(r.make_room(2), Ok(Some(3)));
+        assert_eq!(r.make_room(1), Err(()), "the only one left is busy");
+        assert!(!busy_close.is_cancelled());
+    }
+}
