@@ -353,10 +353,11 @@ pub fn stop(args: StopArgs) -> Result<()> {
 /// Stop everything; returns what was stopped. Waits for an in-progress start (the start lock) first, so a
 /// `stop` racing a `start` always wins.
 pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
-    if !paths.runtime_dir.exists() {
+    // A daemon whose runtime dir a tmp cleaner removed still runs (it holds its guard): stop it too.
+    if !paths.runtime_dir.exists() && runtime::guard_holder(paths).is_none() {
         return Ok(vec![]);
     }
-    runtime::check_private_dir(&paths.runtime_dir).map_err(|e| ConfigError(e.to_string()))?;
+    runtime::ensure_private_dir(&paths.runtime_dir).map_err(|e| ConfigError(e.to_string()))?;
     let _start = runtime::StartLock::acquire(paths, launch::READY_TIMEOUT).await?;
     let mut stopped = Vec::new();
     match ControlClient::connect(paths).await {
@@ -378,11 +379,7 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
                         "the daemon (pid {pid}) did not exit within 10s; retry with `omnigent stop --force`"
                     );
                 }
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::SIGKILL,
-                );
-                runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+                kill_daemon(paths, pid).await;
             }
             launch::wait_pid_gone(pid).await;
             stopped.push(format!("daemon pid {pid}"));
@@ -396,16 +393,18 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
                 daemon.pid, daemon.build_version
             ));
         }
+        Err(ClientError::Stopped { pid }) if force => {
+            // SIGKILL works on a stopped process; its children get their parent-death signal.
+            kill_daemon(paths, pid).await;
+            launch::wait_pid_gone(pid).await;
+            stopped.push(format!("daemon pid {pid} (stopped; killed)"));
+        }
         Err(ClientError::NotRunning { .. }) => {
             if runtime::lock_is_held(paths) {
                 // A daemon that holds the lock but does not answer: hung, or still binding.
                 let pid = runtime::read_lock_pid(&paths.daemon_lock());
                 if let (true, Some(pid)) = (force, pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::SIGKILL,
-                    );
-                    runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
+                    kill_daemon(paths, pid).await;
                     stopped.push(format!("daemon pid {pid} (killed)"));
                 } else {
                     anyhow::bail!(
@@ -430,6 +429,15 @@ pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> 
         let _ = std::fs::remove_file(paths.server_json());
     }
     Ok(stopped)
+}
+
+/// SIGKILL the daemon `pid` and wait (at most 5 s) for its lock to be released.
+async fn kill_daemon(paths: &Paths, pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    );
+    runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
 }
 
 pub fn restart(args: StartArgs) -> Result<()> {

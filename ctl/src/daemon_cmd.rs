@@ -68,6 +68,7 @@ fn run_inner(args: &RunArgs, started_by: String, notify_pipe: bool, systemd: boo
     rt.block_on(async move {
         let set_level = crate::logging::init_daemon(&paths, args.foreground)?;
         let mut listener = ControlListener::bind(&paths).map_err(classify)?;
+        listener.set_limits(control_limits_from_env());
         // Held until the process exits (the kernel releases it then), not until `run` returns: `omnigent stop`
         // waits for the lock to be free as the sign that this process is gone.
         std::mem::forget(listener.take_lock());
@@ -222,4 +223,31 @@ pub(crate) fn tunnel_timings_from_env() -> omnigent_daemon::host_tunnel::HostTun
         t.ws_ping_interval = t.ws_ping_interval.min(limit / 3);
     }
     t
+}
+
+/// Test/tuning knob: the control socket's idle, header and body timeouts in ms (default 30 s / 10 s / 10 s),
+/// all set to this value, read once at daemon start.
+pub(crate) const CONTROL_TIMEOUT_ENV: &str = "OMNIGENT_CONTROL_TIMEOUT_MS";
+/// Test/tuning knob: how many control connections may be open at once (default 64).
+pub(crate) const CONTROL_MAX_CONNECTIONS_ENV: &str = "OMNIGENT_CONTROL_MAX_CONNECTIONS";
+
+/// The control socket's limits, with the two knobs above applied when they are positive numbers.
+pub(crate) fn control_limits_from_env() -> omnigent_daemon::ControlLimits {
+    let mut limits = omnigent_daemon::ControlLimits::default();
+    let positive = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n > 0)
+    };
+    if let Some(ms) = positive(CONTROL_TIMEOUT_ENV) {
+        let t = std::time::Duration::from_millis(ms);
+        limits.idle_timeout = t;
+        limits.header_timeout = t;
+        limits.body_timeout = t;
+    }
+    if let Some(n) = positive(CONTROL_MAX_CONNECTIONS_ENV) {
+        limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    limits
 }

@@ -20,6 +20,8 @@ const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 struct Home {
     dir: tempfile::TempDir,
     port: u16,
+    /// Extra environment for every command (and so for the daemon a `start` spawns).
+    env: Vec<(&'static str, String)>,
 }
 
 fn free_port() -> u16 {
@@ -32,7 +34,14 @@ impl Home {
         Home {
             dir: tempfile::Builder::new().prefix("og").tempdir().unwrap(),
             port: free_port(),
+            env: Vec::new(),
         }
+    }
+
+    fn with_env(env: &[(&'static str, &str)]) -> Self {
+        let mut h = Home::new();
+        h.env = env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        h
     }
 
     fn path(&self) -> &Path {
@@ -51,6 +60,9 @@ impl Home {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("OMNIGENT_LOG")
             .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 
@@ -80,8 +92,6 @@ impl Home {
 
     /// Raw HTTP/1.1 on the control socket (what `curl --unix-socket` does).
     fn raw(&self, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, Value) {
-        let mut s = UnixStream::connect(self.run_dir().join("daemon.sock")).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut req =
             format!("{method} {path} HTTP/1.1\r\nHost: omnigent\r\nConnection: close\r\n");
         for h in headers {
@@ -96,9 +106,16 @@ impl Home {
         }
         req.push_str("\r\n");
         req.push_str(body);
+        self.raw_request(req.as_bytes())
+    }
+
+    /// Send `req` as is on the control socket and read the answer to its end.
+    fn raw_request(&self, req: &[u8]) -> (u16, Value) {
+        let mut s = UnixStream::connect(self.run_dir().join("daemon.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         // A daemon may refuse (413) and close before reading an oversized body: ignore the write error and read
         // its answer.
-        let _ = s.write_all(req.as_bytes());
+        let _ = s.write_all(req);
         let mut resp = Vec::new();
         let _ = s.read_to_end(&mut resp);
         let resp = String::from_utf8_lossy(&resp).to_string();
@@ -747,6 +764,7 @@ fn a_long_omnigent_home_binds_through_a_short_socket_path() {
             })
             .unwrap(),
         port: free_port(),
+        env: Vec::new(),
     };
     assert!(h.run_dir().join("daemon.sock").as_os_str().len() > 108);
     assert_eq!(h.start()["server"]["state"], "running");
@@ -1127,5 +1145,327 @@ fn the_daemon_refuses_peers_of_another_uid_even_when_file_modes_would_let_them_i
         text(&out)
     );
     // The owner is still served.
+    assert_eq!(h.raw("GET", "/v1/status", &[], "").0, 200);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Issue 9, hole 4: one daemon, whatever a tmp cleaner deletes.
+
+/// Start, let `remove` delete some of the runtime files, then check that `start` reuses the same daemon,
+/// `status` finds it (and the daemon has put its files back by the time it answers), there is one daemon
+/// and one server, and `stop` leaves nothing.
+fn one_daemon_after(remove: impl Fn(&Home)) {
+    let h = Home::new();
+    let first = h.start();
+    let daemon = first["daemon"]["pid"].as_u64().unwrap();
+    let server = first["server"]["pid"].as_u64().unwrap();
+    remove(&h);
+
+    let again = h.start();
+    assert_eq!(again["daemon"]["started"], false, "{again:#}");
+    assert_eq!(again["daemon"]["pid"], daemon, "{again:#}");
+    assert_eq!(again["server"]["pid"], server, "{again:#}");
+    let st = h.status();
+    assert_eq!(st["running"], true);
+    assert_eq!(st["daemon"]["pid"], daemon);
+    // Status is answered after the daemon checked its files: they are back, the lock held, with its pid.
+    assert!(h.run_dir().join("daemon.sock").exists());
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(h.run_dir().join("server.json")).unwrap()).unwrap();
+    assert_eq!(record["pid"], server);
+    assert!(h.daemon_lock_held(), "the daemon did not re-take its lock");
+    assert_eq!(
+        std::fs::read_to_string(h.run_dir().join("daemon.lock"))
+            .unwrap()
+            .trim(),
+        daemon.to_string()
+    );
+    assert_eq!(h.processes("daemon run"), vec![daemon as u32], "one daemon");
+    assert_eq!(h.processes("server run"), vec![server as u32], "one server");
+
+    let out = h.run(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !alive(daemon as u32) && !alive(server as u32),
+        "{}",
+        text(&out)
+    );
+    assert!(h.processes("daemon run").is_empty());
+    assert!(h.processes("server run").is_empty());
+    assert!(port_closed(h.port));
+}
+
+#[test]
+fn removing_the_whole_runtime_dir_keeps_one_daemon_and_stop_leaves_nothing() {
+    one_daemon_after(|h| std::fs::remove_dir_all(h.run_dir()).unwrap());
+}
+
+#[test]
+fn removing_only_the_control_socket_keeps_one_daemon_and_stop_leaves_nothing() {
+    one_daemon_after(|h| std::fs::remove_file(h.run_dir().join("daemon.sock")).unwrap());
+}
+
+#[test]
+fn removing_only_the_lock_file_keeps_one_daemon_and_stop_leaves_nothing() {
+    one_daemon_after(|h| std::fs::remove_file(h.run_dir().join("daemon.lock")).unwrap());
+}
+
+/// Kills (and reaps) a helper process when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait (bounded) until `pid` is gone or a zombie; it is not our child, so there is nothing to wait on.
+fn wait_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) did not exit");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_daemon_whose_lock_file_was_replaced_and_taken_by_another_stands_down_and_stops_its_children() {
+    let h = Home::new();
+    let first = h.start();
+    let daemon = first["daemon"]["pid"].as_u64().unwrap() as u32;
+    let server = first["server"]["pid"].as_u64().unwrap() as u32;
+    std::fs::remove_dir_all(h.run_dir()).unwrap();
+    // Another daemon the guard cannot see (another network namespace, say) took a new lock file: staged by
+    // taking it here and recording a live pid that is not a daemon's pid in it.
+    let other = KillOnDrop(Command::new("sleep").arg("120").spawn().unwrap());
+    std::fs::create_dir_all(h.run_dir()).unwrap();
+    std::fs::set_permissions(h.run_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut f = std::fs::File::create(h.run_dir().join("daemon.lock")).unwrap();
+    writeln!(f, "{}", other.0.id()).unwrap();
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+
+    // The CLI finds no socket and asks the daemon (through its guard) to put its files back: it cannot,
+    // says why, and goes.
+    let out = h.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("standing down"),
+        "{}",
+        text(&out)
+    );
+    wait_gone(daemon, "the daemon that stood down");
+    wait_gone(server, "its server");
+    assert!(h.processes("daemon run").is_empty());
+    assert!(h.processes("server run").is_empty());
+    // It left the other daemon's lock file alone.
+    assert_eq!(
+        std::fs::read_to_string(h.run_dir().join("daemon.lock"))
+            .unwrap()
+            .trim(),
+        other.0.id().to_string()
+    );
+    drop(lock);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Issue 9: a frozen daemon is named at once.
+
+/// SIGCONTs a process when dropped, so a failing test never leaves it frozen.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::SIGCONT,
+        );
+    }
+}
+
+#[test]
+fn status_and_start_against_a_sigstopped_daemon_say_so_at_once_and_stop_force_cleans_up() {
+    let h = Home::new();
+    let first = h.start();
+    let daemon = first["daemon"]["pid"].as_u64().unwrap() as u32;
+    let server = first["server"]["pid"].as_u64().unwrap() as u32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::SIGSTOP,
+    )
+    .unwrap();
+    let _resume = Resume(daemon);
+    let expected = format!(
+        "the omnigent daemon (pid {daemon}) is stopped (SIGSTOP); resume it with `kill -CONT {daemon}` or \
+         `omnigent stop --force`"
+    );
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["start"],
+        &["stop"],
+    ] {
+        let t = Instant::now();
+        let out = h.run(args);
+        // The client's call timeout is 10 s: well under it means it never waited for an answer.
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&expected),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        h.processes("daemon run"),
+        vec![daemon],
+        "start spawned another daemon"
+    );
+
+    let out = h.run(&["stop", "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(daemon), "{}", text(&out));
+    wait_gone(server, "the frozen daemon's server");
+    assert!(h.processes("daemon run").is_empty());
+    assert!(h.processes("server run").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Issue 9: every control API error is its JSON error.
+
+#[test]
+fn control_api_errors_are_all_json_errors() {
+    let h = Home::new();
+    h.start();
+    // Over the 1 MiB cap, by Content-Length (refused before reading) and in a chunked body (while reading).
+    let (code, body) = h.raw(
+        "POST",
+        "/v1/targets",
+        &[],
+        &format!("{{\"x\":\"{}\"}}", "a".repeat(2 * 1024 * 1024)),
+    );
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("1048576"),
+        "{body}"
+    );
+    let big = "a".repeat(2 * 1024 * 1024);
+    let chunked = format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len());
+    let (code, body) = h.raw_request(
+        format!(
+            "POST /v1/targets HTTP/1.1\r\nHost: omnigent\r\nConnection: close\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{chunked}"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    // A query string that does not parse; a route asked with the wrong method.
+    let error = |method: &str, path: &str, status: u16| {
+        let (code, body) = h.raw(method, path, &[], "");
+        assert_eq!(
+            (code, body["code"].as_str()),
+            (status, Some("bad_request")),
+            "{method} {path}: {body}"
+        );
+        body["message"].as_str().unwrap().to_owned()
+    };
+    assert!(error("GET", "/v1/status?after=soon", 400).contains("after"));
+    assert!(error("GET", "/v1/shutdown", 405).contains("/v1/shutdown"));
+    assert!(error("DELETE", "/v1/status", 405).contains("DELETE"));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Issue 9, hole 6: slow or idle clients of the control socket never starve the others.
+
+/// A connection that sent `bytes` and no more.
+fn slow_client(h: &Home, bytes: &str) -> UnixStream {
+    let mut s = UnixStream::connect(h.run_dir().join("daemon.sock")).unwrap();
+    s.write_all(bytes.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Read until the daemon closes `s`; what it said. Fails if it keeps the connection open.
+fn read_until_closed(mut s: UnixStream, what: &str) -> String {
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{what}: the daemon kept it open ({e}); it said {got:?}"),
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn slow_and_idle_control_connections_are_closed_and_never_lock_out_a_status() {
+    const TIMEOUT_MS: u64 = 1500;
+    let h = Home::with_env(&[
+        ("OMNIGENT_CONTROL_TIMEOUT_MS", "1500"),
+        ("OMNIGENT_CONTROL_MAX_CONNECTIONS", "8"),
+    ]);
+    h.start();
+    let head = "GET /v1/status HTTP/1.1\r\nHost: omnigent\r\n";
+    // `Expect: 100-continue`: the daemon says `100 Continue` when it starts reading the body, which tells
+    // the test the request is in flight.
+    let body = "POST /v1/targets HTTP/1.1\r\nHost: omnigent\r\nContent-Type: application/json\r\n\
+                Expect: 100-continue\r\nContent-Length: 100\r\n\r\n{\"url\"";
+    // More than the cap: idle connections, half-sent heads and half-sent bodies.
+    let idle: Vec<_> = (0..6).map(|_| slow_client(&h, "")).collect();
+    let heads: Vec<_> = (0..6).map(|_| slow_client(&h, head)).collect();
+    let bodies: Vec<_> = (0..2).map(|_| slow_client(&h, body)).collect();
+
+    // A normal status answers at once, not after the slow ones time out.
+    let t = Instant::now();
+    let (code, st) = h.raw("GET", "/v1/status", &[], "");
+    assert_eq!(code, 200, "{st}");
+    assert!(
+        t.elapsed() < Duration::from_millis(TIMEOUT_MS),
+        "status took {:?}",
+        t.elapsed()
+    );
+    // Every slow one is closed: idle and half-sent heads silently, half-sent bodies with a 408 JSON error.
+    for s in idle.into_iter().chain(heads) {
+        let said = read_until_closed(s, "an idle or half-sent connection");
+        assert!(said.is_empty(), "{said}");
+    }
+    for s in bodies {
+        let said = read_until_closed(s, "a half-sent body");
+        assert!(said.contains("HTTP/1.1 408"), "{said}");
+        assert!(said.contains("\"code\":\"request_timeout\""), "{said}");
+    }
+    let log = std::fs::read_to_string(h.path().join("state/logs/daemon.log")).unwrap();
+    assert!(
+        log.contains("control socket connection cap reached"),
+        "{log}"
+    );
+
+    // When every connection is busy (bodies being read), a new one gets a 503 JSON error, not a hang; once
+    // they time out, status works again.
+    let bodies: Vec<_> = (0..8)
+        .map(|_| {
+            let mut s = slow_client(&h, body);
+            let mut cont = [0u8; 25];
+            s.read_exact(&mut cont).unwrap();
+            assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+            s
+        })
+        .collect();
+    let (code, err) = h.raw("GET", "/v1/status", &[], "");
+    assert_eq!((code, err["code"].as_str()), (503, Some("busy")), "{err}");
+    for s in bodies {
+        assert!(read_until_closed(s, "a half-sent body").contains("HTTP/1.1 408"));
+    }
     assert_eq!(h.raw("GET", "/v1/status", &[], "").0, 200);
 }

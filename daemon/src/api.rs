@@ -1,10 +1,12 @@
-//! The control API served on the local socket: one axum router, HTTP/1.1 per accepted connection, peers
-//! of another uid refused before a byte is read.
+//! The control API served on the local socket (connections: `serve`). Every error, including a body over
+//! the cap, a body that does not arrive in time, a bad query string and a wrong method, is a
+//! [`ControlError`] JSON body.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -39,9 +41,13 @@ pub(crate) struct ApiState {
     pub started_at_ms: u64,
     pub started: tokio::time::Instant,
     pub started_by: String,
+    /// Asks the keeper to check (and re-create) the runtime files now.
+    pub checks: mpsc::Sender<crate::keeper::CheckRequest>,
+    pub limits: crate::ControlLimits,
 }
 
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
+    let limits = state.limits;
     Router::new()
         .route(ctl::HELLO_PATH, post(hello))
         .route(ctl::STATUS_PATH, get(status))
@@ -52,9 +58,65 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route(ctl::TARGETS_PATH, get(targets_list).post(target_add))
         .route(ctl::TARGETS_REMOVE_PATH, post(target_remove))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(check_protocol_header))
-        .layer(DefaultBodyLimit::max(ctl::MAX_CONTROL_BODY_BYTES))
+        .layer(middleware::from_fn(move |req, next| {
+            buffer_body(limits.body_timeout, req, next)
+        }))
         .with_state(state)
+}
+
+/// Read the whole body before any handler runs: at most [`ctl::MAX_CONTROL_BODY_BYTES`] (checked against
+/// `Content-Length` before reading, and while reading), within the body timeout; each failure is a JSON
+/// error, and one that leaves the body unread closes the connection.
+async fn buffer_body(timeout: Duration, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ControlErrorCode::PayloadTooLarge,
+            format!(
+                "the request body is larger than the control API's cap of {} bytes",
+                ctl::MAX_CONTROL_BODY_BYTES
+            ),
+        )
+        .closing()
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > ctl::MAX_CONTROL_BODY_BYTES as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, ctl::MAX_CONTROL_BODY_BYTES);
+    let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ControlErrorCode::BadRequest,
+                format!("cannot read the request body: {e}"),
+            )
+            .closing();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ControlErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+            .closing();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// A typed control error as an HTTP response.
@@ -70,6 +132,18 @@ impl ApiError {
                 daemon: None,
             },
         )
+    }
+}
+
+impl ApiError {
+    /// The response, telling the client the connection closes (its request was not read to the end).
+    fn closing(self) -> Response {
+        let mut resp = self.into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        resp
     }
 }
 
@@ -134,6 +208,18 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ControlErrorCode::BadRequest,
+        format!(
+            "{} is not a method of the control route {}; see docs/cli.md for the control API",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
 async fn hello(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
@@ -161,8 +247,23 @@ struct StatusQuery {
 
 async fn status(
     State(state): State<Arc<ApiState>>,
-    Query(q): Query<StatusQuery>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Json<DaemonStatus>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ControlErrorCode::BadRequest,
+            format!("bad query string: {e}; expected after=<revision>&timeout_ms=<ms>"),
+        )
+    })?;
+    // What status reports is checked first: the runtime files it names are there (re-created if a tmp
+    // cleaner removed them).
+    let (tx, rx) = oneshot::channel();
+    if state.checks.send(tx).await.is_ok()
+        && let Ok(Err(why)) = rx.await
+    {
+        tracing::warn!("status: the runtime files are not all in place: {why}");
+    }
     if let Some(after) = q.after {
         let wait = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_STATUS_WAIT);
         let mut rev = state.revision.clone();

@@ -30,6 +30,20 @@ pub enum ClientError {
         socket: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the omnigent daemon (pid {pid}) is stopped (SIGSTOP); resume it with `kill -CONT {pid}` or \
+         `omnigent stop --force`"
+    )]
+    Stopped { pid: u32 },
+    #[error(
+        "the omnigent daemon (pid {pid}) runs but its control socket {socket} is gone and it could not \
+         re-create it: {why}; see `omnigent logs daemon`, or `omnigent stop --force`"
+    )]
+    Unreachable {
+        pid: u32,
+        socket: PathBuf,
+        why: String,
+    },
     #[error(transparent)]
     RuntimeDir(#[from] RuntimeDirError),
     #[error("talking to the daemon failed: {0}")]
@@ -48,6 +62,66 @@ pub enum ClientError {
     },
 }
 
+/// How long a daemon found through its guard may take to put its control socket back.
+const RING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connect to the control socket; [`ClientError::NotRunning`] when nothing listens there.
+async fn connect_socket(
+    paths: &Paths,
+    socket: &std::path::Path,
+) -> Result<LocalSocketStream, ClientError> {
+    let not_running = || ClientError::NotRunning {
+        socket: socket.to_path_buf(),
+    };
+    if !paths.runtime_dir.exists() {
+        return Err(not_running());
+    }
+    runtime::check_private_dir(&paths.runtime_dir)?;
+    let name = socket
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|source| ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    match LocalSocketStream::connect(name).await {
+        Ok(s) => Ok(s),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Err(not_running())
+        }
+        Err(source) => Err(ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Ask the daemon holding the guard to put its runtime files back; its one-line answer comes once they are.
+async fn ring_daemon(ring: std::os::unix::net::UnixStream) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    ring.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let ring = tokio::net::UnixStream::from_std(ring).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(ring, 4096));
+    match tokio::time::timeout(RING_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) if line.trim() == "ok" => Ok(()),
+        Ok(Ok(_)) => Err(line
+            .trim()
+            .strip_prefix("failed: ")
+            .unwrap_or("it closed the connection without an answer")
+            .to_owned()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "it did not answer within {}s",
+            RING_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// A connection to the daemon on which the hello succeeded.
 pub struct ControlClient {
     conn: Connection,
@@ -58,31 +132,41 @@ pub struct ControlClient {
 impl ControlClient {
     /// Connect and say hello. [`ClientError::NotRunning`] when no daemon listens;
     /// [`ClientError::ProtocolMismatch`] when the daemon speaks another control protocol.
+    ///
+    /// When no socket answers but a daemon of ours holds the guard (its runtime files were deleted), it is
+    /// asked to re-create them and the socket is tried again. A daemon stopped by a signal is
+    /// [`ClientError::Stopped`] at once, not a timeout.
     pub async fn connect(paths: &Paths) -> Result<Self, ClientError> {
         let socket = runtime::control_socket_path(paths);
-        if !paths.runtime_dir.exists() {
-            return Err(ClientError::NotRunning { socket });
-        }
-        runtime::check_private_dir(&paths.runtime_dir)?;
-        let name = socket
-            .as_path()
-            .to_fs_name::<GenericFilePath>()
-            .map_err(|source| ClientError::Connect {
-                socket: socket.clone(),
-                source,
-            })?;
-        let stream = match LocalSocketStream::connect(name).await {
-            Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                return Err(ClientError::NotRunning { socket });
-            }
-            Err(source) => return Err(ClientError::Connect { socket, source }),
+        let stream = match connect_socket(paths, &socket).await {
+            Err(ClientError::NotRunning { .. }) => match runtime::guard_holder(paths) {
+                None => return Err(ClientError::NotRunning { socket }),
+                Some((pid, ring)) => {
+                    if runtime::is_stopped(pid) {
+                        return Err(ClientError::Stopped { pid });
+                    }
+                    ring_daemon(ring)
+                        .await
+                        .map_err(|why| ClientError::Unreachable {
+                            pid,
+                            socket: socket.clone(),
+                            why,
+                        })?;
+                    connect_socket(paths, &socket).await?
+                }
+            },
+            other => other?,
         };
+        let pid = stream
+            .peer_creds()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        if let Some(pid) = pid
+            && runtime::is_stopped(pid)
+        {
+            return Err(ClientError::Stopped { pid });
+        }
         let conn = Connection::open(stream, ctl::MAX_CONTROL_BODY_BYTES).await?;
         let mut client = ControlClient {
             conn,
@@ -99,7 +183,7 @@ impl ControlClient {
             why: e.to_string(),
         })?;
         // The hello carries no protocol header: it must reach any daemon, whatever its version.
-        client.daemon = client
+        let hello = client
             .call_raw(
                 Method::POST,
                 ctl::HELLO_PATH,
@@ -107,7 +191,14 @@ impl ControlClient {
                 CALL_TIMEOUT,
                 false,
             )
-            .await?;
+            .await;
+        client.daemon = match (hello, pid) {
+            // Frozen after we connected: say so rather than "did not answer".
+            (Err(ClientError::Timeout { .. }), Some(pid)) if runtime::is_stopped(pid) => {
+                return Err(ClientError::Stopped { pid });
+            }
+            (hello, _) => hello?,
+        };
         Ok(client)
     }
 

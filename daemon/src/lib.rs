@@ -14,12 +14,14 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod host_tunnel;
+pub mod keeper;
 pub mod launch;
 pub mod logfile;
 pub mod ports;
 pub mod process;
 pub mod runners;
 pub mod runtime;
+pub mod serve;
 pub mod server;
 pub mod targets;
 
@@ -31,9 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use interprocess::local_socket::tokio::prelude::*;
-use interprocess::local_socket::traits::StreamCommon;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use omnigent_proto::control::{ShutdownReply, StopRequest};
@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::config::Config;
-use crate::runtime::{DaemonLock, LockError, RuntimeDirError};
+use crate::runtime::{DaemonGuard, DaemonLock, FileId, LockError, RuntimeDirError};
+pub use crate::serve::ControlLimits;
 use crate::server::{ServerCmd, ServerContext};
 
 /// Applies a `log_level` from config.toml to the daemon's log filter.
@@ -92,68 +93,92 @@ pub enum DaemonError {
     },
 }
 
-/// The control socket, bound while holding the single-instance lock.
+/// The control socket, bound while holding the single-instance lock (and the guard, on Linux).
 pub struct ControlListener {
     listener: interprocess::local_socket::tokio::Listener,
     socket: PathBuf,
     link: Option<PathBuf>,
     lock: Option<DaemonLock>,
+    lock_id: Option<FileId>,
+    guard: Option<DaemonGuard>,
+    limits: ControlLimits,
 }
 
 impl ControlListener {
-    /// Prepare the runtime dir, take the daemon lock (failing with [`LockError::Held`] if another daemon
-    /// has it), remove a stale socket (only the lock holder may) and bind a fresh one with mode 0600.
+    /// Prepare the runtime dir, take the guard and the daemon lock (failing with [`LockError::Held`] if
+    /// another daemon has either), remove a stale socket (only the lock holder may) and bind a fresh one
+    /// with mode 0600.
     pub fn bind(paths: &Paths) -> Result<Self, DaemonError> {
         runtime::ensure_private_dir(&paths.runtime_dir)?;
+        // The guard first: a daemon whose files were deleted still holds it, and a second one must not
+        // even take the (new) lock file, or the first would find it taken and stand down.
+        let guard = DaemonGuard::bind(paths)?;
         let lock = DaemonLock::acquire(paths)?;
         let socket = runtime::control_socket_path(paths);
         let natural = paths.daemon_socket();
-        let link = if socket != natural {
-            runtime::ensure_private_dir(&runtime::short_socket_dir())?;
-            Some(natural)
-        } else {
-            None
-        };
-        let bind_err = |source| DaemonError::Bind {
-            path: socket.clone(),
-            source,
-        };
-        match std::fs::remove_file(&socket) {
-            Ok(()) => tracing::info!(path = %socket.display(), "removed a stale control socket"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
-        }
-        let name = socket
-            .as_path()
-            .to_fs_name::<GenericFilePath>()
-            .map_err(bind_err)?;
-        let listener = ListenerOptions::new()
-            .name(name)
-            .mode(0o600)
-            .create_tokio()
-            .map_err(bind_err)?;
-        if let Some(link) = &link {
-            // For people and curl: the natural path points at the short one.
-            let _ = std::fs::remove_file(link);
-            let _ = std::os::unix::fs::symlink(&socket, link);
-        }
+        let link = (socket != natural).then_some(natural);
+        let listener = bind_socket(&socket, link.as_deref())?;
         Ok(ControlListener {
             listener,
             socket,
             link,
+            lock_id: lock.file_id(),
             lock: Some(lock),
+            guard,
+            limits: ControlLimits::default(),
         })
     }
 
     /// Take the single-instance lock out, so the caller can hold it past [`run`]'s return (a daemon process
-    /// keeps it until it exits: a client that sees the lock free knows the process is gone).
+    /// keeps it until it exits: a client that sees the lock free knows the process is gone). A lock the
+    /// daemon re-takes after its lock file was deleted is then kept until the process exits too.
     pub fn take_lock(&mut self) -> Option<DaemonLock> {
         self.lock.take()
+    }
+
+    /// The control socket's timeouts and connection cap ([`ControlLimits::default`] unless set).
+    pub fn set_limits(&mut self, limits: ControlLimits) {
+        self.limits = limits;
     }
 
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
+}
+
+/// Remove a stale socket at `socket` (the caller holds the lock: only the lock holder may) and bind a fresh
+/// one with mode 0600; with `link`, the natural path becomes a symlink to it.
+pub(crate) fn bind_socket(
+    socket: &Path,
+    link: Option<&Path>,
+) -> Result<interprocess::local_socket::tokio::Listener, DaemonError> {
+    if link.is_some() {
+        runtime::ensure_private_dir(&runtime::short_socket_dir())?;
+    }
+    let bind_err = |source| DaemonError::Bind {
+        path: socket.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(socket) {
+        Ok(()) => tracing::info!(path = %socket.display(), "removed a stale control socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let name = socket.to_fs_name::<GenericFilePath>().map_err(bind_err)?;
+    // Never unlinked on drop: a replaced listener's path already belongs to its successor, and `run`
+    // removes the last one itself.
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .reclaim_name(false)
+        .create_tokio()
+        .map_err(bind_err)?;
+    if let Some(link) = link {
+        // For people and curl: the natural path points at the short one.
+        let _ = std::fs::remove_file(link);
+        let _ = std::os::unix::fs::symlink(socket, link);
+    }
+    Ok(listener)
 }
 
 /// Load `config.toml`, generating the host identity on first use.
@@ -288,6 +313,32 @@ pub async fn run(
 
     let (shutdown_tx, mut shutdown_rx) =
         mpsc::channel::<(StopRequest, oneshot::Sender<ShutdownReply>)>(4);
+    let ControlListener {
+        listener: control,
+        socket,
+        link,
+        lock,
+        lock_id,
+        guard,
+        limits,
+    } = listener;
+    let (listeners_tx, listeners_rx) = mpsc::channel(2);
+    let (checks_tx, checks_rx) = mpsc::channel::<keeper::CheckRequest>(16);
+    let stand_down = CancellationToken::new();
+    let keeper = tokio::spawn(
+        keeper::Keeper {
+            paths: paths.clone(),
+            leak_locks: lock.is_none(),
+            lock,
+            lock_id,
+            socket_id: FileId::of_path(&socket),
+            socket: socket.clone(),
+            link: link.clone(),
+            listeners: listeners_tx,
+            record: None,
+        }
+        .run(guard, checks_rx, stand_down.clone(), stop_all.clone()),
+    );
     let state = Arc::new(api::ApiState {
         server: server.clone(),
         targets: targets.clone(),
@@ -296,24 +347,29 @@ pub async fn run(
         config_edits: edits_tx,
         shutdown: shutdown_tx,
         paths: paths.clone(),
-        socket: listener.socket.display().to_string(),
+        socket: socket.display().to_string(),
+        checks: checks_tx,
+        limits,
         started_at_ms,
         started,
         started_by: config.started_by.clone(),
     });
     let app = api::router(state);
     let connections = TaskTracker::new();
-    let accept = tokio::spawn(accept_loop(
-        listener.listener,
+    let accept = tokio::spawn(serve::accept_loop(
+        control,
+        listeners_rx,
         app,
+        limits,
         connections.clone(),
         stop_all.clone(),
     ));
-    tracing::info!(pid = std::process::id(), socket = %listener.socket.display(), "daemon ready");
+    tracing::info!(pid = std::process::id(), socket = %socket.display(), "daemon ready");
 
     let (request, reply) = tokio::select! {
         () = shutdown => (StopRequest::default(), None),
         Some((req, reply)) = shutdown_rx.recv() => (req, Some(reply)),
+        () = stand_down.cancelled() => (StopRequest::default(), None),
     };
     tracing::info!(
         force = request.force,
@@ -360,62 +416,20 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
     drop(server);
     drop(watcher);
-    let _ = std::fs::remove_file(&listener.socket);
-    if let Some(link) = &listener.link {
-        let _ = std::fs::remove_file(link);
+    let socket_id = keeper.await.ok().flatten();
+    // A daemon standing down leaves the runtime files to the one that owns them now; otherwise only the
+    // socket we bound is removed (not one someone else put at the path).
+    if !stand_down.is_cancelled() {
+        if socket_id.is_some() && FileId::of_path(&socket) == socket_id {
+            let _ = std::fs::remove_file(&socket);
+        }
+        if let Some(link) = &link {
+            let _ = std::fs::remove_file(link);
+        }
+        let _ = std::fs::remove_file(paths.server_json());
     }
-    let _ = std::fs::remove_file(paths.server_json());
     tracing::info!("daemon stopped");
     Ok(())
-}
-
-async fn accept_loop(
-    listener: interprocess::local_socket::tokio::Listener,
-    app: axum::Router,
-    connections: TaskTracker,
-    stop: CancellationToken,
-) {
-    let me = nix::unistd::geteuid().as_raw();
-    let mut conn_id: u64 = 0;
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept on the control socket failed");
-                    continue;
-                }
-            },
-        };
-        conn_id += 1;
-        let peer = stream.peer_creds().ok().and_then(|c| c.euid());
-        if peer != Some(me) {
-            tracing::warn!(conn = conn_id, peer_uid = ?peer, "refused a control connection from another user");
-            continue;
-        }
-        let app = app.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
-            });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(conn = conn_id, error = %e, "control connection ended with an error");
-                    }
-                }
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
 }
 
 /// Keep the local server a target while the daemon runs one: added once it is up, moved when it comes back

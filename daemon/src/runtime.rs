@@ -3,6 +3,16 @@
 //! One daemon per user is guaranteed by a kernel `flock` on `daemon.lock`, held for the daemon's whole life.
 //! The pid written into the lock file is information for people, never evidence: a recycled pid after a
 //! reboot cannot block a start, because the kernel drops the lock when its holder dies.
+//!
+//! A tmp cleaner may remove the runtime dir (or just the socket or the lock file) under a running daemon.
+//! Two things keep that from ever giving two daemons:
+//! - the daemon checks every [`CHECK_INTERVAL`] (and before every status answer, and whenever a client rings
+//!   it) that the lock file and the socket at their paths are still the inodes it holds, and re-creates them
+//!   (`crate::keeper`);
+//! - on Linux a second guard that no file operation can remove: an abstract-namespace socket named after the
+//!   runtime dir ([`DaemonGuard`]), bound for the daemon's life. A client that finds no socket asks it
+//!   (its holder's pid comes from `SO_PEERCRED`, so even a frozen daemon is found), and a second daemon
+//!   refuses to start while it is bound.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -153,11 +163,36 @@ fn pid_hint(pid: Option<u32>) -> String {
     pid.map(|p| format!(", pid {p}")).unwrap_or_default()
 }
 
+/// Device and inode of a file: what tells "the file we hold" from "a new file at the same path".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The file at `path` (not following a last symlink); `None` when there is none.
+    pub fn of_path(path: &Path) -> Option<FileId> {
+        std::fs::symlink_metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    fn of_file(file: &File) -> Option<FileId> {
+        file.metadata().ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
 /// The held `flock` on `daemon.lock`; released by the kernel when dropped or when the process dies.
 #[derive(Debug)]
 pub struct DaemonLock {
     _lock: Flock<File>,
     path: PathBuf,
+    id: Option<FileId>,
 }
 
 impl DaemonLock {
@@ -183,11 +218,21 @@ impl DaemonLock {
         if let Err(e) = write {
             tracing::warn!(path = %path.display(), error = %e, "cannot record our pid in the lock file");
         }
-        Ok(DaemonLock { _lock: lock, path })
+        let id = FileId::of_file(&lock);
+        Ok(DaemonLock {
+            _lock: lock,
+            path,
+            id,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The locked file's device and inode (compared with what is at [`Self::path`] now).
+    pub fn file_id(&self) -> Option<FileId> {
+        self.id
     }
 }
 
@@ -209,6 +254,105 @@ pub fn read_lock_pid(path: &Path) -> Option<u32> {
     let mut s = String::new();
     File::open(path).ok()?.read_to_string(&mut s).ok()?;
     s.trim().parse().ok()
+}
+
+/// The state letter of process `pid` from `/proc/PID/stat` (`R`, `S`, `T` stopped, `Z` zombie, …); `None`
+/// when there is no such process or no procfs.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain ") ": the state follows the last one.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// True when process `pid` is stopped by a signal (SIGSTOP, SIGTSTP) or a tracer.
+pub fn is_stopped(pid: u32) -> bool {
+    matches!(process_state(pid), Some('T' | 't'))
+}
+
+/// The abstract socket name of the guard for this runtime dir (one per user and runtime dir).
+fn guard_name(paths: &Paths) -> String {
+    format!(
+        "omnigent-daemon-{}-{:016x}",
+        nix::unistd::geteuid().as_raw(),
+        fnv1a(paths.runtime_dir.as_os_str().as_encoded_bytes())
+    )
+}
+
+/// The daemon's second single-instance guard: an abstract-namespace Unix socket (Linux), which a tmp
+/// cleaner cannot delete and the kernel releases when the daemon dies. The daemon accepts on it: each
+/// connection of our uid is a "check your runtime files now" request, answered with one line (`ok`, or
+/// `failed: why`) once they are in place.
+#[derive(Debug)]
+pub struct DaemonGuard {
+    pub listener: std::os::unix::net::UnixListener,
+}
+
+impl DaemonGuard {
+    /// Bind the guard. [`LockError::Held`] when a process of ours holds it (another daemon for this runtime
+    /// dir, alive even if its files are gone); `Ok(None)` where it cannot work (not Linux) or when another
+    /// user squats the name (then the `flock` alone guards; logged).
+    pub fn bind(paths: &Paths) -> Result<Option<DaemonGuard>, LockError> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let name = guard_name(paths);
+            let addr = match std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot name the daemon guard socket; relying on the lock file alone");
+                    return Ok(None);
+                }
+            };
+            match std::os::unix::net::UnixListener::bind_addr(&addr) {
+                Ok(listener) => Ok(Some(DaemonGuard { listener })),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match guard_holder(paths) {
+                    Some((pid, _)) => Err(LockError::Held {
+                        path: PathBuf::from(format!("@{name}")),
+                        pid: Some(pid),
+                    }),
+                    None => {
+                        tracing::warn!(name = %name, "the daemon guard socket is held by another user; relying on the lock file alone");
+                        Ok(None)
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot bind the daemon guard socket; relying on the lock file alone");
+                    Ok(None)
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = paths;
+            Ok(None)
+        }
+    }
+}
+
+/// The process of our uid holding the daemon guard for this runtime dir, and a connection to it (the
+/// daemon answers it with one line once its runtime files are in place). `None` when no daemon of ours
+/// holds it. The pid comes from the kernel (`SO_PEERCRED`), so it is right even when the daemon's files are
+/// gone or it is frozen.
+pub fn guard_holder(paths: &Paths) -> Option<(u32, std::os::unix::net::UnixStream)> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(guard_name(paths).as_bytes())
+            .ok()?;
+        let stream = std::os::unix::net::UnixStream::connect_addr(&addr).ok()?;
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .ok()?;
+        if cred.uid() != nix::unistd::geteuid().as_raw() || cred.pid() <= 0 {
+            return None;
+        }
+        Some((cred.pid() as u32, stream))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = paths;
+        None
+    }
 }
 
 /// True when some process holds the daemon lock right now.

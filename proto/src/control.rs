@@ -116,6 +116,10 @@ pub enum ControlErrorCode {
     /// config.toml could not be read, parsed or written for a change the client asked for (500); the message
     /// names the file and the cause, and nothing was changed.
     ConfigFailed,
+    /// The request's body did not arrive within the daemon's body timeout (408).
+    RequestTimeout,
+    /// Every control connection the daemon allows is busy (503); retry in a moment.
+    Busy,
     /// Anything else (500).
     Internal,
     #[serde(other)]
