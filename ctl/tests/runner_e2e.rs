@@ -358,6 +358,10 @@ async fn a_runner_killed_mid_turn_fails_the_turn_after_the_grace() {
     let kinds: Vec<&str> = items.iter().map(|i| i["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["message", "message", "error"], "{items:?}");
     assert_eq!(text_of(&items[1]), "working ");
+    assert_eq!(
+        items[1]["status"], "incomplete",
+        "a reply cut short is never `completed`"
+    );
     assert_eq!(items[2]["error"]["code"], "runner_disconnected");
     // A message now is refused: the runner is gone.
     let (status, err) = server.message(&session, "hello?").await;
@@ -510,7 +514,8 @@ async fn a_server_killed_mid_turn_and_restarted_gets_its_runner_back() {
     assert_eq!(items.len(), 2, "{items:?}");
     assert_eq!(items[0]["id"], user_item);
     assert_eq!(items[1]["role"], "assistant");
-    assert!(text_of(&items[1]).ends_with("after"), "{items:?}");
+    assert_eq!(text_of(&items[1]), "before after", "{items:?}");
+    assert_eq!(items[1]["status"], "completed");
 }
 
 /// A second tunnel with the same runner id replaces the first: the first is closed with 4000 "tunnel

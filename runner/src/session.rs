@@ -209,6 +209,9 @@ struct Subscriber {
 /// Events published while a session has no live subscriber, for the next one: at most `max_events` of them
 /// and `max_bytes` of JSON, the oldest dropped first (the newest is always kept, even one that alone is larger).
 struct Backlog {
+    /// What the next subscriber gets before the kept events: the durable record of the turn as it stood
+    /// when the first of them was kept (see [`TurnRecord::resync`]).
+    resync: Option<Vec<Value>>,
     events: VecDeque<(Value, usize)>,
     bytes: usize,
     max_events: usize,
@@ -220,6 +223,7 @@ struct Backlog {
 impl Backlog {
     fn new(max_events: usize, max_bytes: usize) -> Self {
         Backlog {
+            resync: None,
             events: VecDeque::new(),
             bytes: 0,
             max_events,
@@ -228,10 +232,31 @@ impl Backlog {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.resync.is_none() && self.events.is_empty()
+    }
+
     fn push(&mut self, event: Value) {
+        // Consecutive deltas of one message merge: a long reply kept while no subscriber is connected costs
+        // one event, not one per word, so the bounds drop what matters last.
+        if let Some((last, size)) = self.events.back_mut()
+            && let Some(merged) = merge_deltas(last, &event)
+        {
+            self.bytes += merged;
+            *size += merged;
+        } else {
+            self.push_new(event);
+        }
+        self.trim();
+    }
+
+    fn push_new(&mut self, event: Value) {
         let size = json_len(&event);
         self.bytes += size;
         self.events.push_back((event, size));
+    }
+
+    fn trim(&mut self) {
         while self.events.len() > 1
             && (self.events.len() > self.max_events || self.bytes > self.max_bytes)
         {
@@ -242,12 +267,209 @@ impl Backlog {
         }
     }
 
-    /// Everything kept, oldest first, and how many were dropped to stay within the bounds; empties it.
+    /// Everything kept, oldest first (after the resync captured with the first of them, if any), and how
+    /// many were dropped to stay within the bounds; empties it.
     fn take(&mut self) -> (Vec<Value>, u64) {
         self.bytes = 0;
-        let events = self.events.drain(..).map(|(event, _)| event).collect();
+        let mut events = self.resync.take().unwrap_or_default();
+        events.extend(self.events.drain(..).map(|(event, _)| event));
         (events, std::mem::take(&mut self.dropped))
     }
+}
+
+/// Append `next`'s delta to `last` when both are plain text deltas of the same message (nothing but `type`,
+/// `delta`, `message_id` and `index`); answers the bytes added.
+fn merge_deltas(last: &mut Value, next: &Value) -> Option<usize> {
+    let plain = |e: &Value| {
+        e.as_object().is_some_and(|o| {
+            o.get("type").and_then(Value::as_str) == Some("response.output_text.delta")
+                && o.get("delta").is_some_and(Value::is_string)
+                && o.keys()
+                    .all(|k| matches!(k.as_str(), "type" | "delta" | "message_id" | "index"))
+        })
+    };
+    if !plain(last) || !plain(next) || last.get("message_id") != next.get("message_id") {
+        return None;
+    }
+    let add = next["delta"].as_str()?;
+    let Some(Value::String(text)) = last.get_mut("delta") else {
+        return None;
+    };
+    text.push_str(add);
+    let added = json_len(&next["delta"]).saturating_sub(2);
+    if let Some(index) = next.get("index") {
+        last["index"] = index.clone();
+    }
+    Some(added)
+}
+
+/// The durable part of a session's current (or last) turn, as its events went out: the items it completed
+/// (`response.output_item.done`, the assistant messages included) and the message being streamed. Every new
+/// stream subscriber gets it first ([`TurnRecord::resync`]), so a server that restarted, or missed events in
+/// flight when its tunnel went, stores the whole reply: items carry their ids and a server skips those it
+/// has. Reset when the next turn starts.
+#[derive(Default)]
+struct TurnRecord {
+    response_id: Option<String>,
+    model: Option<String>,
+    /// `response.output_item.done` events of the turn, in order.
+    items: Vec<Value>,
+    /// The assistant message whose deltas are going out.
+    open: Option<OpenMessage>,
+}
+
+struct OpenMessage {
+    id: String,
+    text: String,
+    /// `index` of the last delta sent.
+    index: u64,
+}
+
+/// What publishing one event does to the [`TurnRecord`], worked out before the event is handed on.
+enum Recorded {
+    Nothing,
+    Turn {
+        response_id: Option<String>,
+        model: Option<String>,
+    },
+    Text(String),
+    Item(Value),
+}
+
+impl TurnRecord {
+    /// The events to publish for `event`: response-scoped text deltas become deltas of one assistant message
+    /// (`message_id`, `index`), and that message is completed as a `response.output_item.done` (its whole
+    /// text, the runner's word for what the reply is) before the next item or the end of the response.
+    fn outgoing(&mut self, mut event: Value) -> Vec<Value> {
+        let kind = event["type"].as_str().unwrap_or("");
+        match kind {
+            "response.output_text.delta" if event.get("message_id").is_none_or(Value::is_null) => {
+                let open = self.open.get_or_insert_with(|| OpenMessage {
+                    id: harness::new_item_id(),
+                    text: String::new(),
+                    index: 0,
+                });
+                let index = if open.text.is_empty() {
+                    0
+                } else {
+                    open.index + 1
+                };
+                event["message_id"] = Value::from(open.id.clone());
+                event["index"] = Value::from(index);
+                vec![event]
+            }
+            "response.output_item.done" => {
+                let mut out: Vec<Value> = self.close(&event).into_iter().collect();
+                out.push(event);
+                out
+            }
+            k if is_terminal(k) => {
+                let mut out: Vec<Value> = self.close(&event).into_iter().collect();
+                out.push(event);
+                out
+            }
+            _ => vec![event],
+        }
+    }
+
+    /// The open message as a completed item, if it has text: `completed` unless the response ended otherwise.
+    fn close(&self, before: &Value) -> Option<Value> {
+        let open = self.open.as_ref().filter(|o| !o.text.is_empty())?;
+        let status = match before["type"].as_str() {
+            Some("response.failed" | "response.incomplete" | "response.cancelled") => "incomplete",
+            _ => "completed",
+        };
+        let mut item = json!({
+            "id": open.id,
+            "type": "message",
+            "role": "assistant",
+            "status": status,
+            "response_id": self.response_id,
+            "content": [{"type": "output_text", "text": open.text}],
+        });
+        if let Some(model) = &self.model {
+            item["model"] = Value::from(model.clone());
+        }
+        Some(json!({"type": "response.output_item.done", "item": item}))
+    }
+
+    /// What `event` (one of [`TurnRecord::outgoing`]'s) changes in the record.
+    fn effect(event: &Value) -> Recorded {
+        match event["type"].as_str().unwrap_or("") {
+            "response.in_progress" => Recorded::Turn {
+                response_id: event["response"]["id"].as_str().map(str::to_owned),
+                model: event["response"]["model"].as_str().map(str::to_owned),
+            },
+            "response.output_text.delta" => match event["delta"].as_str() {
+                Some(delta) => Recorded::Text(delta.to_owned()),
+                None => Recorded::Nothing,
+            },
+            "response.output_item.done"
+                if event["item"]["status"]
+                    .as_str()
+                    .is_none_or(|s| s != "in_progress") =>
+            {
+                Recorded::Item(event.clone())
+            }
+            _ => Recorded::Nothing,
+        }
+    }
+
+    fn apply(&mut self, recorded: Recorded) {
+        match recorded {
+            Recorded::Nothing => {}
+            Recorded::Turn { response_id, model } => {
+                *self = TurnRecord {
+                    response_id,
+                    model,
+                    ..TurnRecord::default()
+                };
+            }
+            Recorded::Text(delta) => {
+                if let Some(open) = &mut self.open {
+                    if !open.text.is_empty() {
+                        open.index += 1;
+                    }
+                    open.text.push_str(&delta);
+                }
+            }
+            Recorded::Item(event) => {
+                if self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| event["item"]["id"].as_str() == Some(o.id.as_str()))
+                {
+                    self.open = None;
+                }
+                self.items.push(event);
+            }
+        }
+    }
+
+    /// The turn so far, for a new subscriber: its completed items, then the open message's text so far as
+    /// one delta marked `snapshot` (with the `index` of its last delta), which a server takes as the whole
+    /// text streamed so far rather than as more of it.
+    fn resync(&self) -> Vec<Value> {
+        let mut events = self.items.clone();
+        if let Some(open) = self.open.as_ref().filter(|o| !o.text.is_empty()) {
+            events.push(json!({
+                "type": "response.output_text.delta",
+                "delta": open.text,
+                "message_id": open.id,
+                "index": open.index,
+                "snapshot": true,
+            }));
+        }
+        events
+    }
+}
+
+/// Whether `kind` ends a response.
+fn is_terminal(kind: &str) -> bool {
+    matches!(
+        kind,
+        "response.completed" | "response.failed" | "response.incomplete" | "response.cancelled"
+    )
 }
 
 /// The length of `value` as compact JSON, without building the string.
@@ -283,6 +505,8 @@ struct Session {
     next_subscriber: u64,
     /// What was published while no subscriber was live.
     backlog: Backlog,
+    /// The durable part of the current (or last) turn, re-sent to every new subscriber.
+    record: TurnRecord,
     /// Where turns send their events; the task fans them out in order.
     emit_tx: mpsc::UnboundedSender<Value>,
     /// Where turns report their end (the session's own command channel).
@@ -311,6 +535,7 @@ impl Session {
             subscribers: Vec::new(),
             next_subscriber: 0,
             backlog: Backlog::new(BACKLOG_MAX_EVENTS, BACKLOG_MAX_BYTES),
+            record: TurnRecord::default(),
             emit_tx,
             done_tx,
         }
@@ -351,8 +576,12 @@ impl Session {
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
                 let id = self.next_subscriber;
                 self.next_subscriber += 1;
+                // Nothing kept since the last subscriber: the record of the turn still goes first.
+                if self.backlog.resync.is_none() {
+                    self.backlog.resync = Some(self.record.resync());
+                }
+                let kept = self.backlog.events.len();
                 let (backlog, dropped) = self.backlog.take();
-                let kept = backlog.len();
                 let subscription = Subscription {
                     backlog,
                     events: rx,
@@ -378,11 +607,9 @@ impl Session {
                             );
                         }
                     }
-                    // The asker is gone: keep the events for the next one.
+                    // The asker is gone: keep the events for the next one (nothing was kept since the take).
                     Err(mut lost) => {
-                        for event in std::mem::take(&mut lost.backlog) {
-                            self.backlog.push(event);
-                        }
+                        self.backlog.resync = Some(std::mem::take(&mut lost.backlog));
                         self.backlog.dropped += dropped;
                     }
                 }
@@ -444,11 +671,29 @@ impl Session {
         }
     }
 
-    /// Send `event` to every live subscriber; with none, keep it for the next one. A subscriber that is gone
-    /// or too slow is dropped.
+    /// Send `event` (as [`TurnRecord::outgoing`] shapes it) to every live subscriber; with none, keep it for
+    /// the next one. A subscriber that is gone or too slow is dropped.
     fn publish(&mut self, event: Value) {
+        for event in self.record.outgoing(event) {
+            let recorded = TurnRecord::effect(&event);
+            self.fan_out(event);
+            self.record.apply(recorded);
+        }
+    }
+
+    /// Keep `event` for the next subscriber; the first one kept brings the record of the turn as it stood
+    /// before it, which the next subscriber gets first.
+    fn keep(&mut self, event: Value) {
+        if self.backlog.is_empty() {
+            self.backlog.resync = Some(self.record.resync());
+        }
+        self.backlog.push(event);
+    }
+
+    /// Send one outgoing event to every live subscriber, or keep it.
+    fn fan_out(&mut self, event: Value) {
         if self.subscribers.is_empty() {
-            self.backlog.push(event);
+            self.keep(event);
             return;
         }
         self.subscribers
@@ -463,7 +708,7 @@ impl Session {
         if self.subscribers.is_empty() {
             // Nobody took it: the next subscriber gets it after what the dropped ones already had.
             info!("{NO_SUBSCRIBER_LEFT}");
-            self.backlog.push(event);
+            self.keep(event);
         }
     }
 
@@ -643,7 +888,7 @@ mod tests {
     }
 
     fn event(n: usize) -> Value {
-        json!({"type": "response.output_text.delta", "delta": n.to_string()})
+        json!({"type": "session.test", "delta": n.to_string()})
     }
 
     fn numbers(events: &[Value]) -> Vec<usize> {
@@ -659,6 +904,129 @@ mod tests {
             events.push(event);
         }
         events
+    }
+
+    fn delta(text: &str) -> Value {
+        json!({"type": "response.output_text.delta", "delta": text})
+    }
+
+    fn in_progress() -> Value {
+        json!({"type": "response.in_progress", "response": {"id": "resp_1", "model": "m"}})
+    }
+
+    #[test]
+    fn a_turns_text_goes_out_as_one_message_completed_with_its_whole_text_before_each_item_and_the_end()
+     {
+        let (mut session, _commands) = session();
+        let mut sub = subscribe(&mut session);
+        session.publish(in_progress());
+        session.publish(delta("Let me "));
+        session.publish(delta("look."));
+        session.publish(json!({"type": "response.output_item.done", "item": {"id": "c".repeat(32),
+            "type": "function_call", "status": "completed", "call_id": "c1", "name": "shell", "arguments": "{}"}}));
+        session.publish(delta("Done."));
+        session.publish(json!({"type": "response.completed", "response": {"id": "resp_1"}}));
+        let out = received(&mut sub);
+        let kinds: Vec<&str> = out.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.in_progress",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_item.done",
+                "response.output_item.done",
+                "response.output_text.delta",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let first = &out[3]["item"];
+        assert_eq!(first["type"], "message");
+        assert_eq!(first["role"], "assistant");
+        assert_eq!(first["status"], "completed");
+        assert_eq!(first["response_id"], "resp_1");
+        assert_eq!(first["model"], "m");
+        assert_eq!(first["content"][0]["text"], "Let me look.");
+        assert_eq!(out[1]["message_id"], first["id"]);
+        assert_eq!((&out[1]["index"], &out[2]["index"]), (&json!(0), &json!(1)));
+        let second = &out[6]["item"];
+        assert_eq!(second["content"][0]["text"], "Done.");
+        assert_eq!(out[5]["message_id"], second["id"]);
+        assert_ne!(first["id"], second["id"]);
+    }
+
+    #[test]
+    fn a_new_subscriber_gets_the_turn_so_far_then_what_was_kept_with_deltas_merged() {
+        let (mut session, mut commands) = session();
+        let first = subscribe(&mut session);
+        session.publish(in_progress());
+        session.publish(delta("one "));
+        session.publish(json!({"type": "response.output_item.done", "item": {"id": "c".repeat(32),
+            "type": "function_call", "status": "completed", "call_id": "c1", "name": "shell", "arguments": "{}"}}));
+        session.publish(delta("two "));
+        // The subscriber goes (the server died with these in flight): the next one must still get all of it.
+        drop(first);
+        session.handle(commands.try_recv().unwrap());
+        session.publish(delta("three "));
+        session.publish(delta("four"));
+        let next = subscribe(&mut session);
+        let kinds: Vec<&str> = next
+            .backlog
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.output_item.done",
+                "response.output_item.done",
+                "response.output_text.delta",
+                "response.output_text.delta",
+            ]
+        );
+        assert_eq!(next.backlog[0]["item"]["content"][0]["text"], "one ");
+        assert_eq!(next.backlog[1]["item"]["call_id"], "c1");
+        // The open message as it stood when the subscriber went, marked as the whole text so far.
+        assert_eq!(next.backlog[2]["delta"], "two ");
+        assert_eq!(next.backlog[2]["snapshot"], true);
+        // What came after, merged into one delta of the same message.
+        assert_eq!(next.backlog[3]["delta"], "three four");
+        assert_eq!(next.backlog[3]["message_id"], next.backlog[2]["message_id"]);
+        assert_eq!(next.backlog[3]["index"], 2);
+        assert!(next.backlog[3].get("snapshot").is_none());
+
+        // Every later subscriber gets the record again (a server skips the items it has).
+        session.publish(json!({"type": "response.completed", "response": {"id": "resp_1"}}));
+        drop(next);
+        session.handle(commands.try_recv().unwrap());
+        let last = subscribe(&mut session);
+        let texts: Vec<&str> = last
+            .backlog
+            .iter()
+            .filter(|e| e["item"]["type"] == "message")
+            .map(|e| e["item"]["content"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["one ", "two three four"]);
+        // A new turn starts a new record.
+        session.publish(in_progress());
+        drop(last);
+        session.handle(commands.try_recv().unwrap());
+        let fresh = subscribe(&mut session);
+        assert_eq!(fresh.backlog.len(), 0, "{:?}", fresh.backlog);
+    }
+
+    #[test]
+    fn an_interrupted_or_failed_response_completes_its_message_as_incomplete() {
+        let (mut session, _commands) = session();
+        let mut sub = subscribe(&mut session);
+        session.publish(in_progress());
+        session.publish(delta("partial"));
+        session.publish(json!({"type": "response.incomplete", "response": {"id": "resp_1"}}));
+        let out = received(&mut sub);
+        assert_eq!(out[2]["item"]["status"], "incomplete");
+        assert_eq!(out[2]["item"]["content"][0]["text"], "partial");
+        assert_eq!(out[3]["type"], "response.incomplete");
     }
 
     #[test]

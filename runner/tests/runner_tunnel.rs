@@ -359,6 +359,7 @@ async fn whole_echo_turn_over_the_tunnel() {
             "response.output_text.delta",
             "response.output_text.delta",
             "response.output_text.delta",
+            "response.output_item.done",
             "response.completed",
             "session.status",
         ]
@@ -377,7 +378,16 @@ async fn whole_echo_turn_over_the_tunnel() {
         .map(|e| e["delta"].as_str().unwrap())
         .collect();
     assert_eq!(text, "hello brave world");
-    assert_eq!(turn[5]["response"]["id"], response_id);
+    // The deltas are one message's, and its item carries the whole text (what a server stores).
+    let item = &turn[5]["item"];
+    assert_eq!(
+        (&item["type"], &item["role"], &item["status"]),
+        (&json!("message"), &json!("assistant"), &json!("completed"))
+    );
+    assert_eq!(item["content"][0]["text"], "hello brave world");
+    assert_eq!(item["response_id"], response_id);
+    assert!(turn[2..5].iter().all(|d| d["message_id"] == item["id"]));
+    assert_eq!(turn[6]["response"]["id"], response_id);
     assert_eq!(turn[5]["response"]["status"], "completed");
 
     let (status, snapshot) = call(
@@ -511,12 +521,20 @@ async fn interrupt_mid_turn_and_a_message_queued_during_a_turn() {
         (202, Some("Interrupt requested."))
     );
     let rest = events.until_idle().await;
-    assert_eq!(types(&rest), ["response.incomplete", "session.status"]);
     assert_eq!(
-        rest[0]["response"]["incomplete_details"],
+        types(&rest),
+        [
+            "response.output_item.done",
+            "response.incomplete",
+            "session.status"
+        ]
+    );
+    assert_eq!(rest[0]["item"]["status"], "incomplete");
+    assert_eq!(
+        rest[1]["response"]["incomplete_details"],
         json!({"reason": "user_interrupt"})
     );
-    assert_eq!(rest[0]["response"]["status"], "incomplete");
+    assert_eq!(rest[1]["response"]["status"], "incomplete");
 
     // The queued message runs next, and this time the gate opens: it completes.
     let running = events.next().await;

@@ -102,7 +102,8 @@ pub enum Command {
     Delete {
         reply: oneshot::Sender<Result<(), ActorError>>,
     },
-    /// Persist an item without broadcasting it (the user input: `session.input.consumed` announces it).
+    /// Persist a turn input and announce it as `session.input.consumed` under the item's own sequence
+    /// number, so it comes before any event of the turn it starts and live and resumed streams agree.
     PersistItem {
         item: NewItem,
         reply: oneshot::Sender<Result<ItemRow, ActorError>>,
@@ -325,7 +326,7 @@ impl Sessions {
         .await
     }
 
-    /// Persist an item without broadcasting it; answers the stored row.
+    /// Persist a turn input and announce it (`session.input.consumed`); answers the stored row.
     pub async fn persist_item(
         &self,
         session_id: &str,
@@ -448,6 +449,9 @@ struct RelayState {
     reader: Option<Reader>,
     /// Response-scoped text deltas not yet persisted, and their response.
     text: String,
+    /// Text of the messages streamed as item-scoped deltas (`message_id`) whose item has not come yet,
+    /// oldest first: a turn that ends without it stores what came as an `incomplete` message.
+    messages: Vec<(String, String)>,
     response_id: Option<String>,
     model: Option<String>,
     /// `call_id` → `response_id` of completed function calls.
@@ -466,6 +470,27 @@ struct RelayState {
     /// The runner came back without the running turn (a new process): the turn stays open until the host's
     /// exit report fails it, or the grace runs out.
     orphaned: bool,
+}
+
+/// Most item-scoped messages a relay assembles at once.
+const MAX_OPEN_MESSAGES: usize = 64;
+
+impl RelayState {
+    /// An item-scoped delta of `message_id`: more of its text, or (`snapshot`) all of it so far.
+    fn message_text(&mut self, message_id: &str, delta: &str, snapshot: bool) {
+        if let Some((_, text)) = self.messages.iter_mut().find(|(id, _)| id == message_id) {
+            if snapshot {
+                text.clear();
+            }
+            text.push_str(delta);
+            return;
+        }
+        if self.messages.len() >= MAX_OPEN_MESSAGES {
+            self.messages.remove(0);
+        }
+        self.messages
+            .push((message_id.to_owned(), delta.to_owned()));
+    }
 }
 
 struct Reader {
@@ -694,8 +719,22 @@ impl Actor {
         Continue(())
     }
 
+    /// Store a turn input and announce it (`session.input.consumed`) under the sequence number of its item,
+    /// so it comes before any event of its turn and live and resumed streams carry the same ids.
     async fn persist_item(&mut self, item: NewItem) -> Result<ItemRow, ActorError> {
-        self.store_item(&item).await.map(|(row, _)| row)
+        let (row, seq) = self.store_item(&item).await?;
+        let event = ServerEvent::InputConsumed {
+            sequence_number: None,
+            data: omnigent_proto::events::InputConsumed {
+                item_id: row.id.clone(),
+                kind: row.kind.clone(),
+                data: Value::Object(row.data.clone()),
+                created_by: row.created_by.clone(),
+                cleared_pending_id: None,
+            },
+        };
+        self.emit(seq, event.event_type(), &to_json(&event));
+        Ok(row)
     }
 
     /// Store `item` under the next sequence number. A failed write hands the number back, so what is
@@ -842,7 +881,15 @@ impl Actor {
 
     /// End the running turn as failed: flush its text, persist the error, publish `session.status failed`.
     async fn fail_turn(&mut self, code: &str, message: &str) -> Result<(), ActorError> {
-        self.flush_text().await?;
+        self.flush_partial().await?;
+        let error = self.append_error(code, message).await?;
+        self.set_status(SessionStatus::Failed, None, Some(error))
+            .await?;
+        Ok(())
+    }
+
+    /// Persist an error item `{code, message}` for the current response; answers the error.
+    async fn append_error(&mut self, code: &str, message: &str) -> Result<Value, ActorError> {
         let error = serde_json::json!({"code": code, "message": message});
         let mut data = serde_json::Map::new();
         data.insert("error".into(), error.clone());
@@ -856,9 +903,7 @@ impl Actor {
             data,
         })
         .await?;
-        self.set_status(SessionStatus::Failed, None, Some(error))
-            .await?;
-        Ok(())
+        Ok(error)
     }
 
     async fn relay_ready(&mut self, _generation: u64, runner_status: Option<String>) {
@@ -878,7 +923,15 @@ impl Actor {
             // A restarted runner knows of no turn: the one we relayed is over. Keep what we have, settle.
             info!(session_id = %self.id, "the runner came back without the running turn; settling to idle");
             let settled = async {
-                self.flush_text().await?;
+                if self.flush_partial().await? {
+                    // What was streamed of the reply is kept as incomplete; say why.
+                    self.append_error(
+                        "turn_lost",
+                        "The runner restarted during the turn and does not know of it: the reply is \
+                         incomplete. Send the message again to retry.",
+                    )
+                    .await?;
+                }
                 self.set_status(SessionStatus::Idle, None, None).await
             };
             if let Err(e) = settled.await {
@@ -970,32 +1023,64 @@ impl Actor {
         Ok(seq)
     }
 
-    /// Persist the buffered response-scoped text as an assistant message.
-    async fn flush_text(&mut self) -> Result<(), ActorError> {
+    /// Persist the buffered response-scoped text as an assistant message with `status`.
+    async fn flush_text(&mut self, status: &str) -> Result<(), ActorError> {
         if self.relay.text.is_empty() {
             return Ok(());
         }
+        // The buffer is emptied only once stored: a failed write keeps it for the next flush.
+        let text = self.relay.text.clone();
+        self.append_assistant(omnigent_proto::ids::new_id(), text, status)
+            .await?;
+        self.relay.text.clear();
+        Ok(())
+    }
+
+    /// The turn ends without completing: persist every text it streamed that no item holds yet (buffered
+    /// deltas, messages whose item never came) as `incomplete` messages. Answers whether there was any.
+    async fn flush_partial(&mut self) -> Result<bool, ActorError> {
+        let mut any = !self.relay.text.is_empty();
+        self.flush_text("incomplete").await?;
+        for (message_id, text) in std::mem::take(&mut self.relay.messages) {
+            if text.is_empty() {
+                continue;
+            }
+            any = true;
+            let id = omnigent_proto::ids::canonical_id(&message_id)
+                .unwrap_or_else(omnigent_proto::ids::new_id);
+            if self.store.item_exists(&id).await? {
+                continue;
+            }
+            self.append_assistant(id, text, "incomplete").await?;
+        }
+        Ok(any)
+    }
+
+    async fn append_assistant(
+        &mut self,
+        id: String,
+        text: String,
+        status: &str,
+    ) -> Result<(), ActorError> {
         let mut data = serde_json::Map::new();
         data.insert("role".into(), Value::from("assistant"));
         data.insert(
             "content".into(),
-            serde_json::json!([{"type": "output_text", "text": self.relay.text}]),
+            serde_json::json!([{"type": "output_text", "text": text}]),
         );
         if let Some(model) = &self.relay.model {
             data.insert("model".into(), Value::from(model.clone()));
         }
-        // The buffer is emptied only once stored: a failed write keeps it for the next flush.
         self.append_item(NewItem {
-            id: omnigent_proto::ids::new_id(),
+            id,
             kind: "message".into(),
-            status: "completed".into(),
+            status: status.into(),
             response_id: self.relay.response_id.clone(),
             created_at_ms: crate::now_ms(),
             created_by: None,
             data,
         })
         .await?;
-        self.relay.text.clear();
         Ok(())
     }
 
@@ -1020,6 +1105,7 @@ impl Actor {
                 match status {
                     SessionStatus::Running => {
                         self.relay.text.clear();
+                        self.relay.messages.clear();
                         self.relay.fence = false;
                         self.relay.stopping = false;
                         self.relay.grace = None;
@@ -1042,10 +1128,21 @@ impl Actor {
                 self.publish(event).await?;
             }
             "response.output_text.delta" => {
-                if event["message_id"].is_null()
-                    && let Some(delta) = event["delta"].as_str()
-                {
-                    self.relay.text.push_str(delta);
+                let Some(delta) = event["delta"].as_str() else {
+                    self.publish(event).await?;
+                    return Ok(());
+                };
+                match event["message_id"].as_str() {
+                    None => self.relay.text.push_str(delta),
+                    Some(message_id) => {
+                        // A runner's snapshot (sent to a new subscriber) is the message's whole text so far:
+                        // it replaces what we have, and our subscribers already saw it or get the item.
+                        let snapshot = event["snapshot"] == true;
+                        self.relay.message_text(message_id, delta, snapshot);
+                        if snapshot {
+                            return Ok(());
+                        }
+                    }
                 }
                 self.publish(event).await?;
             }
@@ -1074,7 +1171,14 @@ impl Actor {
                     // A turn picked up after a server restart: its start was relayed by the previous server.
                     self.relay.response_id = event["response"]["id"].as_str().map(str::to_owned);
                 }
-                self.flush_text().await?;
+                if k == "response.completed" {
+                    self.flush_text("completed").await?;
+                    // A completed message comes as its item; deltas whose item never came are not kept.
+                    self.relay.messages.clear();
+                } else {
+                    // Cut short (an interrupt, a failure): what came is kept, marked as such.
+                    self.flush_partial().await?;
+                }
                 self.publish(event).await?;
             }
             _ => {
@@ -1088,6 +1192,24 @@ impl Actor {
     async fn relay_item(&mut self, event: Value) -> Result<(), ActorError> {
         let item = &event["item"];
         let kind = item["type"].as_str().unwrap_or("");
+        if self.relay.response_id.is_none() {
+            // A turn picked up after a server restart: its items name the response.
+            self.relay.response_id = item["response_id"].as_str().map(str::to_owned);
+        }
+        if let Some(raw_id) = item["id"].as_str() {
+            if kind == "message" {
+                self.relay.messages.retain(|(id, _)| id != raw_id);
+            }
+            // A runner re-sends its turn's items to every new subscriber (it cannot know what a server that
+            // went away had stored): one stored already is neither stored nor shown again.
+            if let Some(id) = omnigent_proto::ids::canonical_id(raw_id)
+                && item["status"].as_str().is_none_or(|s| s != "in_progress")
+                && self.store.item_exists(&id).await?
+            {
+                debug!(session_id = %self.id, item_id = %id, "runner item already stored; skipped");
+                return Ok(());
+            }
+        }
         let call_id = item["call_id"].as_str().map(str::to_owned);
         let own_response = item["response_id"].as_str().map(str::to_owned);
         let response_id = match kind {
@@ -1097,7 +1219,7 @@ impl Actor {
                     self.publish(event).await?;
                     return Ok(());
                 }
-                self.flush_text().await?;
+                self.flush_text("completed").await?;
                 let response_id = own_response.or_else(|| self.relay.response_id.clone());
                 if let (Some(call), Some(resp)) = (&call_id, &response_id) {
                     if self.relay.calls.len() >= MAX_TRACKED_CALLS {

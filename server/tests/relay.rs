@@ -555,3 +555,185 @@ async fn a_graceful_shutdown_closes_runner_tunnels_with_1012() {
     let (result, _) = stopping.await.expect("shutdown task");
     assert!(result.is_ok());
 }
+
+/// Events of a stream, as (id, type, JSON), until `stop` holds (inclusive); heartbeats skipped.
+async fn with_ids(
+    sse: &mut common::Sse,
+    stop: impl Fn(&str, &Value) -> bool,
+) -> Vec<(u64, String, Value)> {
+    let mut out = Vec::new();
+    loop {
+        let m = sse.next_non_heartbeat().await.expect("stream open");
+        let kind = m.event.clone().unwrap_or_default();
+        let v = common::json_of(&m);
+        let done = stop(&kind, &v);
+        out.push((common::id_of(&m), kind, v));
+        if done {
+            return out;
+        }
+    }
+}
+
+/// The item an event is about: the announced input, or the item of `response.output_item.done`.
+fn item_of(kind: &str, v: &Value) -> Option<String> {
+    match kind {
+        "session.input.consumed" => v["data"]["item_id"].as_str().map(str::to_owned),
+        "response.output_item.done" => v["item"]["id"].as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// A turn whose runner streams it before even answering the forward: the input is announced before any of
+/// its events, the live stream's ids have no gap, a stream resumed from the feed is the same sequence, and one
+/// resumed after a restart (from the store) gets each item under the id it had live.
+#[tokio::test]
+async fn a_fast_turn_is_announced_first_and_live_and_resumed_streams_are_the_same_sequence() {
+    let home = tempfile::tempdir().expect("tmp");
+    let config = |c: &mut omnigent_server::ServerConfig| {
+        c.runner_grace = Duration::from_secs(10);
+        c.tunnel.ping_interval = Duration::from_millis(20);
+    };
+    let srv = TestServer::start_with(home.path(), config).await;
+    let mut runner = FakeRunner::connect(&srv, "tok-fast", "idle").await;
+    let session = bound(&srv, "tok-fast").await;
+    let mut sse = srv.stream(&session, None).await;
+    let ready = common::id_of(&sse.expect().await);
+    runner.before_answer(vec![
+        json!({"type": "session.status", "status": "running"}),
+        json!({"type": "response.in_progress", "response": {"id": "resp_F", "model": "m"}}),
+        json!({"type": "response.output_text.delta", "delta": "quick"}),
+        json!({"type": "response.completed", "response": {"id": "resp_F"}}),
+        json!({"type": "session.status", "status": "idle"}),
+    ]);
+    let user_item = start_turn(&srv, &mut runner, &session, "fast").await;
+    let idle = |k: &str, v: &Value| k == "session.status" && v["status"] == "idle";
+    let live = with_ids(&mut sse, idle).await;
+    let kinds: Vec<&str> = live.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(kinds[0], "session.input.consumed", "{kinds:?}");
+    assert_eq!(live[0].2["data"]["item_id"], user_item.as_str());
+    let ids: Vec<u64> = live.iter().map(|(id, _, _)| *id).collect();
+    let gapless: Vec<u64> = (ready + 1..ready + 1 + ids.len() as u64).collect();
+    assert_eq!(ids, gapless, "live ids skip none: {kinds:?}");
+
+    // Resumed from the feed: the same events under the same ids.
+    let mut resumed = srv.stream(&session, Some(ready)).await;
+    resumed.expect().await;
+    let again = with_ids(&mut resumed, idle).await;
+    let key = |e: &[(u64, String, Value)]| -> Vec<(u64, String)> {
+        e.iter().map(|(id, k, _)| (*id, k.clone())).collect()
+    };
+    assert_eq!(key(&again), key(&live));
+    drop((sse, resumed, runner));
+
+    // Resumed after a restart, from the store: each durable item under the id it was announced with live.
+    let (stopped, _) = srv.shutdown().await;
+    stopped.expect("clean stop");
+    let srv = TestServer::start_with(home.path(), config).await;
+    let mut from_store = srv.stream(&session, Some(ready)).await;
+    from_store.expect().await;
+    let stored = with_ids(&mut from_store, |k, v| {
+        k == "response.output_item.done" && v["item"]["role"] == "assistant"
+    })
+    .await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for (id, kind, v) in &stored {
+        let item = item_of(kind, v).expect("an item");
+        let (_, live_kind, live_v) = live
+            .iter()
+            .find(|(live_id, _, _)| live_id == id)
+            .unwrap_or_else(|| panic!("id {id} ({kind}) was never sent live: {kinds:?}"));
+        assert_eq!(item_of(live_kind, live_v).as_deref(), Some(item.as_str()));
+    }
+}
+
+/// After a server restart the runner re-sends what its turn produced so far (its items, and the message
+/// being streamed as a `snapshot` delta): items the server has are neither stored nor shown twice; when the
+/// turn then cannot finish, the message is stored with all its text so far, as `incomplete`, beside an error.
+#[tokio::test]
+async fn a_turn_re_sent_by_its_runner_is_stored_once_and_an_unfinished_message_as_incomplete() {
+    let home = tempfile::tempdir().expect("tmp");
+    let config = |c: &mut omnigent_server::ServerConfig| {
+        c.runner_grace = Duration::from_millis(500);
+        c.tunnel.ping_interval = Duration::from_millis(20);
+    };
+    let srv = TestServer::start_with(home.path(), config).await;
+    let mut runner = FakeRunner::connect(&srv, "tok-resend", "running").await;
+    let session = bound(&srv, "tok-resend").await;
+    let mut sse = srv.stream(&session, None).await;
+    sse.expect().await;
+    start_turn(&srv, &mut runner, &session, "long").await;
+    let m1 = "1".repeat(32);
+    let m2 = "2".repeat(32);
+    let first = json!({"type": "response.output_item.done", "item": {"id": m1, "type": "message",
+        "role": "assistant", "status": "completed", "response_id": "resp_R",
+        "content": [{"type": "output_text", "text": "Hello world"}]}});
+    let call = json!({"type": "response.output_item.done", "item": {"id": "c".repeat(32),
+        "type": "function_call", "status": "completed", "response_id": "resp_R", "call_id": "c1",
+        "name": "shell", "arguments": "{}"}});
+    runner.push(json!({"type": "session.status", "status": "running"}));
+    runner
+        .push(json!({"type": "response.in_progress", "response": {"id": "resp_R", "model": "m"}}));
+    runner.push(json!({"type": "response.output_text.delta", "delta": "Hello ", "message_id": m1}));
+    runner.push(first.clone());
+    runner.push(call.clone());
+    runner.push(json!({"type": "response.output_text.delta", "delta": "par", "message_id": m2}));
+    until(&mut sse, |k, v| {
+        k == "response.output_text.delta" && v["delta"] == "par"
+    })
+    .await;
+    let (stopped, _) = srv.shutdown().await;
+    stopped.expect("clean stop");
+    drop((sse, runner));
+
+    let srv = TestServer::start_with(home.path(), config).await;
+    let mut sse = srv.stream(&session, None).await;
+    sse.expect().await;
+    let mut back = FakeRunner::connect(&srv, "tok-resend", "running").await;
+    back.stream_opened().await;
+    assert!(matches!(back.next_seen().await, Seen::Init(_)));
+    back.push(first);
+    back.push(call);
+    back.push(
+        json!({"type": "response.output_text.delta", "delta": "partial text", "message_id": m2,
+        "index": 3, "snapshot": true}),
+    );
+    back.push(
+        json!({"type": "response.output_text.delta", "delta": " and more", "message_id": m2}),
+    );
+    until(&mut sse, |k, v| {
+        k == "response.output_text.delta" && v["delta"] == " and more"
+    })
+    .await;
+    back.crash();
+    let events = until(&mut sse, |k, v| {
+        k == "session.status" && v["status"] == "failed"
+    })
+    .await;
+    let shown: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        shown,
+        [
+            "response.output_item.done",
+            "response.output_item.done",
+            "session.status"
+        ],
+        "only the unfinished message and the error are new: {events:?}"
+    );
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{session}/items?limit=100"))
+        .await;
+    assert_eq!(
+        summary(&items),
+        [
+            "message|user:long|-",
+            "message|assistant:Hello world|resp_R",
+            "function_call|c1|resp_R",
+            "message|assistant:partial text and more|resp_R",
+            "error|runner_disconnected|resp_R",
+        ]
+    );
+    let data = items["data"].as_array().expect("items");
+    assert_eq!(data[1]["status"], "completed");
+    assert_eq!(data[3]["status"], "incomplete");
+    assert_eq!(data[3]["id"], m2.as_str());
+}

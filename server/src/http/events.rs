@@ -70,8 +70,7 @@ pub async fn post_event(
             } else {
                 None
             };
-            let (status, item_id) =
-                deliver(&st, &id, kind, data, item, ev.created_by.clone()).await?;
+            let (status, item_id) = deliver(&st, &id, kind, data, item).await?;
             Ok(accepted(status, item_id))
         }
         "interrupt" | "stop_session" => {
@@ -216,14 +215,14 @@ async fn bound_runner(
 }
 
 /// A turn input (reference §3.4): resolve the runner, make sure the relay is subscribed and the session
-/// initialised, persist the item, forward the flattened body, announce `session.input.consumed`.
+/// initialised, persist the item and announce it (`session.input.consumed`, before any event of the turn it
+/// starts), forward the flattened body.
 async fn deliver(
     st: &AppState,
     id: &str,
     kind: &str,
     data: &Map<String, Value>,
     item: Option<NewItem>,
-    created_by: Option<String>,
 ) -> Result<(bool, Option<String>), ApiError> {
     let (row, runner_id) = bound_runner(st, id, kind).await?;
     let unavailable = |why: String| {
@@ -285,21 +284,7 @@ async fn deliver(
             .await?;
         return Err(ApiError::new(ErrorCode::RunnerUnavailable, message));
     }
-    let Some(stored) = stored else {
-        return Ok((true, None));
-    };
-    let event = ServerEvent::InputConsumed {
-        sequence_number: None,
-        data: omnigent_proto::events::InputConsumed {
-            item_id: stored.id.clone(),
-            kind: stored.kind.clone(),
-            data: Value::Object(stored.data.clone()),
-            created_by: stored.created_by.clone().or(created_by),
-            cleared_pending_id: None,
-        },
-    };
-    st.sessions.publish(id, to_value(&event)).await?;
-    Ok((true, Some(stored.id)))
+    Ok((true, stored.map(|row| row.id)))
 }
 
 /// Interrupt (or stop) the session's turn (reference §2.6): publish `session.interrupted` and fence the

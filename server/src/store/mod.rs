@@ -440,6 +440,13 @@ impl Store {
         }
     }
 
+    /// Whether an item with this id is stored (item ids are unique across sessions).
+    pub async fn item_exists(&self, item_id: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.item_exists(item_id).await,
+        }
+    }
+
     /// Append one item at the next position, stamped with SSE sequence `seq`; bumps `updated_at`.
     /// `None` when the session no longer exists.
     pub async fn append_item(

@@ -664,6 +664,14 @@ impl SqliteStore {
         rows.iter().map(item_from_row).collect()
     }
 
+    pub async fn item_exists(&self, item_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM items WHERE id = ?")
+            .bind(item_id)
+            .fetch_optional(self.r())
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn append_item(
         &self,
         session_id: &str,

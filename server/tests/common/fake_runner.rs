@@ -25,6 +25,8 @@ pub struct FakeRunner {
     pub seen: mpsc::UnboundedReceiver<Seen>,
     /// Status answers to `POST …/events`, by event type (default 202).
     pub answers: mpsc::UnboundedSender<(String, u16)>,
+    /// Events streamed before the answer to the next `POST …/events` (a turn faster than its answer).
+    pub before_answer: mpsc::UnboundedSender<Vec<Value>>,
     pub stream_id: Option<String>,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -51,6 +53,7 @@ impl FakeRunner {
         let (streams_tx, streams) = mpsc::unbounded_channel();
         let (seen_tx, seen) = mpsc::unbounded_channel();
         let (answers, mut answers_rx) = mpsc::unbounded_channel::<(String, u16)>();
+        let (before_answer, mut before_rx) = mpsc::unbounded_channel::<Vec<Value>>();
         let (registered_tx, registered) = tokio::sync::oneshot::channel::<()>();
         let hello = json!({"kind": "hello", "runner_version": "fake", "frame_protocol_version": 1,
             "harnesses": ["echo"], "envs": [], "telemetry_opt_out": true});
@@ -69,6 +72,7 @@ impl FakeRunner {
             });
             let mut registered_tx = Some(registered_tx);
             let mut codes: std::collections::HashMap<String, u16> = Default::default();
+            let mut last_stream: Option<String> = None;
             while let Some(Ok(msg)) = source.next().await {
                 let Message::Text(text) = msg else { continue };
                 let frame: Value = serde_json::from_str(text.as_str()).expect("frame json");
@@ -106,6 +110,7 @@ impl FakeRunner {
                                 "headers": [["content-type", "text/event-stream"]]}));
                             send(json!({"kind": "response.body", "id": id,
                                 "body": "data: {\"type\": \"session.heartbeat\"}\n\n", "encoding": "utf-8"}));
+                            last_stream = Some(id.clone());
                             let _ = streams_tx.send(id.clone());
                         } else if method == "POST" && path == "/v1/sessions" {
                             let _ = seen_tx.send(Seen::Init(body));
@@ -116,6 +121,13 @@ impl FakeRunner {
                             let kind = body["type"].as_str().unwrap_or("").to_owned();
                             let code = codes.get(&kind).copied().unwrap_or(202);
                             let _ = seen_tx.send(Seen::Event(body));
+                            if let (Ok(events), Some(stream)) = (before_rx.try_recv(), &last_stream)
+                            {
+                                for event in events {
+                                    send(json!({"kind": "response.body", "id": stream,
+                                        "body": format!("data: {event}\n\n"), "encoding": "utf-8"}));
+                                }
+                            }
                             answer(
                                 code,
                                 json!({"status": "accepted", "detail": "Turn started."}),
@@ -138,6 +150,7 @@ impl FakeRunner {
             streams,
             seen,
             answers,
+            before_answer,
             stream_id: None,
             task,
         }
@@ -148,6 +161,11 @@ impl FakeRunner {
         self.answers
             .send((kind.to_owned(), status))
             .expect("runner task");
+    }
+
+    /// Stream `events` just before answering the next `POST …/events`.
+    pub fn before_answer(&self, events: Vec<Value>) {
+        self.before_answer.send(events).expect("runner task");
     }
 
     /// Wait until the server has opened (or re-opened) the session stream.
