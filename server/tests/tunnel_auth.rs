@@ -61,6 +61,11 @@ async fn hello_then_close_code(ws: &mut Ws) -> u16 {
     let hello = json!({"kind": "hello", "runner_version": "impostor", "frame_protocol_version": 1,
         "harnesses": ["echo"], "envs": [], "telemetry_opt_out": true});
     let _ = ws.send(Message::Text(hello.to_string().into())).await;
+    close_code(ws).await
+}
+
+/// Read until the close; its code.
+async fn close_code(ws: &mut Ws) -> u16 {
     tokio::time::timeout(WAIT, async {
         loop {
             match ws.next().await {
@@ -147,18 +152,7 @@ async fn a_browser_origin_is_closed_4403_on_the_host_tunnel_too() {
         )
         .await
         .expect("upgrade");
-        let code = tokio::time::timeout(WAIT, async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                    Some(Ok(_)) => {}
-                    other => panic!("closed without a code: {other:?}"),
-                }
-            }
-        })
-        .await
-        .expect("closed in time");
-        assert_eq!(code, 4403, "{origin}");
+        assert_eq!(close_code(&mut ws).await, 4403, "{origin}");
     }
     let (_, list) = srv.get("/v1/hosts").await;
     assert_eq!(list, json!({"hosts": []}));

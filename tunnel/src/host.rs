@@ -13,14 +13,13 @@ use std::time::Duration;
 use axum::response::Response;
 use futures_util::StreamExt;
 use futures_util::stream::{SplitSink, SplitStream};
-use omnigent_proto::api::ErrorCode;
 use omnigent_proto::headers::HOST_TOKEN;
 use omnigent_proto::host_frames::{
     ConnectionError, CreateDirResult, HarnessReadiness, HostFrame, HostFrameError, HostHello,
     LaunchRunner, LaunchRunnerResult, ListDir, ListDirResult, PathRequest, Ping, RunnerRef,
     StatResult, StatusResult, close,
 };
-use omnigent_proto::ids::{canonical_id, check_path_id, loggable_id};
+use omnigent_proto::ids::{canonical_id, loggable_id};
 use omnigent_proto::{FRAME_PROTOCOL_VERSION, MAX_PRE_HELLO_FRAME_BYTES};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -569,13 +568,8 @@ pub fn upgrade(
     headers: &http::HeaderMap,
     registry: HostRegistry,
 ) -> Response {
-    if let Err(e) = check_path_id(&host_id) {
-        info!(host_id = %loggable_id(&host_id), error = %e, "refused a host tunnel: bad host id");
-        return crate::ws::error_response(
-            http::StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidInput,
-            format!("invalid host id: {e}"),
-        );
+    if let Some(refusal) = crate::ws::refuse_bad_id("host", &host_id) {
+        return refusal;
     }
     let credentials = PeerCredentials::from_headers(headers, HOST_TOKEN, ws.peer());
     let cap = registry.settings().max_frame_bytes;

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use axum::response::Response;
 use futures_util::StreamExt;
-use omnigent_proto::api::ErrorCode;
 use omnigent_proto::headers::RUNNER_TUNNEL_TOKEN;
-use omnigent_proto::ids::{check_path_id, loggable_id};
+use omnigent_proto::ids::loggable_id;
 use omnigent_proto::runner_frames::{FrameError, Hello, RunnerFrame, close};
 use omnigent_proto::{FRAME_PROTOCOL_VERSION, MAX_PRE_HELLO_FRAME_BYTES};
 use tokio::sync::broadcast;
@@ -238,13 +237,8 @@ pub fn upgrade(
     headers: &http::HeaderMap,
     registry: RunnerRegistry,
 ) -> Response {
-    if let Err(e) = check_path_id(&runner_id) {
-        info!(runner_id = %loggable_id(&runner_id), error = %e, "refused a runner tunnel: bad runner id");
-        return crate::ws::error_response(
-            http::StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidInput,
-            format!("invalid runner id: {e}"),
-        );
+    if let Some(refusal) = crate::ws::refuse_bad_id("runner", &runner_id) {
+        return refusal;
     }
     let credentials = PeerCredentials::from_headers(headers, RUNNER_TUNNEL_TOKEN, Some(peer));
     let cap = registry.config().max_frame_bytes;

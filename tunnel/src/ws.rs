@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use omnigent_proto::api::{ErrorBody, ErrorCode, ErrorDetail};
+use omnigent_proto::ids::{check_path_id, loggable_id};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -73,6 +74,18 @@ impl IntoResponse for UpgradeRejection {
             ),
         )
     }
+}
+
+/// The 400 answer that refuses the tunnel path id `id` of a `what` ("runner", "host") before the upgrade, or
+/// `None` when the id is fine. A refused id is logged cut and escaped, never in full.
+pub(crate) fn refuse_bad_id(what: &'static str, id: &str) -> Option<Response> {
+    let e = check_path_id(id).err()?;
+    tracing::info!(id = %loggable_id(id), error = %e, "refused a {what} tunnel: bad {what} id");
+    Some(error_response(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidInput,
+        format!("invalid {what} id: {e}"),
+    ))
 }
 
 /// A `{"error":{"code","message"}}` answer.
