@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use omnigent_daemon::logfile::{DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingFile};
 use omnigent_proto::paths::Paths;
+use tracing_subscriber::filter::{FilterFn, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, reload};
@@ -19,6 +20,17 @@ pub const LOG_ENV: &str = "OMNIGENT_LOG";
 
 /// Callback that swaps the daemon's log filter (for `log_level` in config.toml).
 pub type SetLevel = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Drops the WebSocket library's trace records, whatever the level asked for: they dump every frame and the
+/// client's upgrade request whole, with binding tokens (`host.launch_runner`, the tunnel token header) and the
+/// runner's HTTP headers in them. Tokens never reach a log line (DESIGN §7).
+fn secret_safe() -> FilterFn {
+    filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE
+            && (meta.target().starts_with("tungstenite")
+                || meta.target().starts_with("tokio_tungstenite")))
+    })
+}
 
 /// Install the daemon's subscriber. Returns a setter for the level.
 pub fn init_daemon(paths: &Paths, foreground: bool) -> anyhow::Result<SetLevel> {
@@ -39,6 +51,7 @@ pub fn init_daemon(paths: &Paths, foreground: bool) -> anyhow::Result<SetLevel> 
             .log_internal_errors(false)
     });
     let _ = tracing_subscriber::registry()
+        .with(secret_safe())
         .with(filter)
         .with(file_layer.and_then(stderr_layer))
         .try_init();
@@ -64,6 +77,7 @@ pub fn init_daemon(paths: &Paths, foreground: bool) -> anyhow::Result<SetLevel> 
 pub fn init_cli() {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::registry()
+        .with(secret_safe())
         .with(
             fmt::layer()
                 .with_writer(std::io::stderr)
@@ -80,6 +94,7 @@ pub fn init_process() {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
+        .with(secret_safe())
         .with(
             fmt::layer()
                 .with_writer(std::io::stderr)

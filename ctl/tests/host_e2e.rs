@@ -164,13 +164,15 @@ fn refusal(f: &Fake) -> Option<Response> {
 async fn tunnel_route(
     State(f): State<Fake>,
     AxPath(host_id): AxPath<String>,
-    ws: WebSocketUpgrade,
+    ws: omnigent_tunnel::TunnelUpgrade,
 ) -> Response {
     if let Some(r) = refusal(&f) {
         return r;
     }
     let registry = f.registry.clone();
-    ws.on_upgrade(move |socket| async move { serve_host_socket(socket, &host_id, registry).await })
+    ws.on_upgrade(move |socket| async move {
+        serve_host_socket(socket, &host_id, Default::default(), registry).await
+    })
 }
 
 async fn me_route(State(f): State<Fake>) -> Response {

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use omnigent_proto::headers::{HOST_TOKEN as HOST_TOKEN_HEADER, INTERNAL_ORIGIN};
 use omnigent_proto::host_frames::{
     ConnectionError, HostFrame, HostFrameError, HostHello, LaunchRunner, LaunchRunnerResult, Ping,
     RunnerExited, RunnerRef, StatusResult, close,
@@ -34,10 +35,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-/// The `Origin` first-party omnigent processes send.
-const INTERNAL_ORIGIN: &str = "omnigent://internal";
-/// The managed-host token header (`OMNIGENT_HOST_TOKEN`).
-const HOST_TOKEN_HEADER: &str = "x-omnigent-host-token";
 /// Room in the WebSocket layer above the frame cap.
 const WS_LAYER_SLACK: usize = 1024 * 1024;
 /// How many runner exits may wait for the tunnel (in the channel, and again parked while it is down).

@@ -115,7 +115,7 @@ async fn tunnel_route(
     State(s): State<Shared>,
     Path(host_id): Path<String>,
     headers: http::HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: omnigent_tunnel::TunnelUpgrade,
 ) -> Response {
     s.upgrades.fetch_add(1, Ordering::SeqCst);
     s.tunnel_headers.lock().unwrap().push(headers);
@@ -125,7 +125,7 @@ async fn tunnel_route(
     }
     ws.on_upgrade(move |socket| async move {
         tokio::select! {
-            () = serve_host_socket(socket, &host_id, s.registry.clone()) => {}
+            () = serve_host_socket(socket, &host_id, Default::default(), s.registry.clone()) => {}
             () = s.kill.cancelled() => {}
         }
     })

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path as AxPath, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -31,9 +30,11 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn tunnel_route(
     State(registry): State<HostRegistry>,
     AxPath(host_id): AxPath<String>,
-    ws: WebSocketUpgrade,
+    ws: omnigent_tunnel::TunnelUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |socket| async move { serve_host_socket(socket, &host_id, registry).await })
+    ws.on_upgrade(move |socket| async move {
+        serve_host_socket(socket, &host_id, Default::default(), registry).await
+    })
 }
 
 async fn me_route() -> axum::Json<Value> {

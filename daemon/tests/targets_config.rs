@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path as AxPath, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -37,12 +36,12 @@ struct Fake {
 async fn tunnel_route(
     State(f): State<Fake>,
     AxPath(host_id): AxPath<String>,
-    ws: WebSocketUpgrade,
+    ws: omnigent_tunnel::TunnelUpgrade,
 ) -> Response {
     f.upgrades.fetch_add(1, Ordering::SeqCst);
-    ws.on_upgrade(
-        move |socket| async move { serve_host_socket(socket, &host_id, f.registry).await },
-    )
+    ws.on_upgrade(move |socket| async move {
+        serve_host_socket(socket, &host_id, Default::default(), f.registry).await
+    })
 }
 
 async fn me_route() -> axum::Json<Value> {

@@ -18,6 +18,8 @@ pub mod close {
     pub const PROTOCOL_MISMATCH: u16 = 4002;
     /// Authentication failed.
     pub const UNAUTHENTICATED: u16 = 4004;
+    /// The upgrade carried an `Origin` that may not open a tunnel (a browser page): refused before any frame.
+    pub const FORBIDDEN_ORIGIN: u16 = 4403;
     /// Registration failed after accept (retryable).
     pub const REGISTRATION_FAILED: u16 = 4005;
     /// The host id belongs to another owner.

@@ -4,7 +4,9 @@
 //! - [`runner_frames`]: runner tunnel v1 frames (runner ⇄ server), omnigent-compatible.
 //! - [`host_frames`]: host tunnel v1 frames (daemon ⇄ server), omnigent-compatible.
 //! - [`control`]: the local control API (CLI ⇄ daemon), ours.
-//! - [`ids`]: id formats shared by all of them.
+//! - [`ids`]: id formats shared by all of them, and what a path id may look like.
+//! - [`headers`]: header names and values shared by the processes (origin sentinel, token headers), and
+//!   which headers carry secrets.
 //! - [`paths`]: where each process finds the files the others write.
 //!
 //! This crate depends on no internal crate.
@@ -12,6 +14,7 @@
 pub mod api;
 pub mod control;
 pub mod events;
+pub mod headers;
 pub mod host_frames;
 pub mod ids;
 pub mod paths;
@@ -26,5 +29,9 @@ pub const FRAME_PROTOCOL_VERSION: u32 = 1;
 /// Version of the local control API (CLI ⇄ daemon). Bump on any incompatible change.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
 
-/// Largest tunnel frame accepted, checked before allocating (reference §3.5).
+/// Largest tunnel frame accepted once the peer's `hello` is accepted, checked before allocating (reference §3.5).
 pub const MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+/// Largest tunnel frame accepted before the peer's `hello` is accepted (both tunnels): an unauthenticated peer
+/// cannot make the server buffer more than this. A 0.19.1 `hello` is a few hundred bytes.
+pub const MAX_PRE_HELLO_FRAME_BYTES: usize = 64 * 1024;

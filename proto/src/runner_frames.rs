@@ -27,6 +27,8 @@ pub mod close {
     pub const TUNNEL_CLOSED: u16 = 4003;
     /// The tunnel token is missing, wrong, or does not match the runner id.
     pub const UNAUTHENTICATED: u16 = 4004;
+    /// The upgrade carried an `Origin` that may not open a tunnel (a browser page): refused before any frame.
+    pub const FORBIDDEN_ORIGIN: u16 = 4403;
     /// WS channel: the terminal does not exist (or this runner serves no channels).
     pub const CHANNEL_NOT_FOUND: u16 = 4404;
     /// The runner is unavailable.

@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use omnigent_proto::headers::{INTERNAL_ORIGIN, RUNNER_TUNNEL_TOKEN as TOKEN_HEADER};
 use omnigent_proto::runner_frames::{Hello, close};
-use omnigent_tunnel::{INTERNAL_ORIGIN, RouterConfig, ServeEnd, TOKEN_HEADER, serve_router};
+use omnigent_tunnel::{RouterConfig, ServeEnd, serve_router};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;

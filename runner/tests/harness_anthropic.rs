@@ -258,6 +258,19 @@ async fn expect_vendor_error(canned: Canned) -> (u16, String, Option<u64>) {
 }
 
 #[tokio::test]
+async fn a_vendor_error_that_echoes_the_key_is_redacted() {
+    let (status, message, _) = expect_vendor_error(Canned::status(
+        401,
+        r#"{"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key: sk-ant-test"}}"#,
+    ))
+    .await;
+    assert_eq!(
+        (status, message.as_str()),
+        (401, "invalid x-api-key: [redacted]")
+    );
+}
+
+#[tokio::test]
 async fn http_errors_carry_the_vendor_message() {
     let (status, message, retry) = expect_vendor_error(Canned::status(
         401,

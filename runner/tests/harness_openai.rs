@@ -318,17 +318,18 @@ async fn expect_vendor_error(canned: Canned) -> (u16, String, Option<u64>, Strin
 }
 
 #[tokio::test]
-async fn unauthorized_carries_the_vendor_message() {
+async fn unauthorized_carries_the_vendor_message_with_the_key_redacted() {
     let (status, message, retry_after, shown) = expect_vendor_error(Canned::status(
         401,
         r#"{"error": {"message": "Incorrect API key provided: sk-test.", "type": "invalid_request_error", "code": "invalid_api_key"}}"#,
     ))
     .await;
     assert_eq!((status, retry_after), (401, None));
-    assert_eq!(message, "Incorrect API key provided: sk-test.");
+    // The vendor echoed the key: what the session stores and the runner logs must not hold it.
+    assert_eq!(message, "Incorrect API key provided: [redacted].");
     assert_eq!(
         shown,
-        "openai returned HTTP 401: Incorrect API key provided: sk-test."
+        "openai returned HTTP 401: Incorrect API key provided: [redacted]."
     );
 }
 

@@ -37,7 +37,7 @@ async fn tunnel_route(
     Path(runner_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: http::HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: omnigent_tunnel::TunnelUpgrade,
 ) -> Response {
     assert_eq!(headers["origin"], "omnigent://internal");
     upgrade(ws, peer, runner_id, &headers, server.registry)
@@ -49,7 +49,7 @@ async fn token_route(
     headers: http::HeaderMap,
 ) -> Response {
     let token = headers
-        .get(omnigent_tunnel::TOKEN_HEADER)
+        .get(omnigent_proto::headers::RUNNER_TUNNEL_TOKEN)
         .map(|v| v.to_str().unwrap().to_owned());
     let _ = server.announces.send((runner_id, token));
     // What a local 0.19.1 server answers; the runner carries on.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Stream, StreamExt};
@@ -18,11 +17,15 @@ use omnigent_proto::runner_frames::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::auth::Authentication;
 use crate::channel::{Channel, ChannelEvent, ChannelMessage, TUNNEL_LOST};
 use crate::socket;
+use crate::ws::TunnelStream;
 use crate::{TunnelConfig, TunnelError, epoch_millis};
 
 /// How long the writer may take to flush the final close frame.
@@ -68,7 +71,8 @@ struct Inner {
     runner_id: String,
     generation: u64,
     hello: Hello,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
+    authentication: Authentication,
     commands: mpsc::UnboundedSender<Command>,
     closed: CancellationToken,
 }
@@ -88,7 +92,8 @@ impl RunnerConnection {
         runner_id: String,
         generation: u64,
         hello: Hello,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
+        authentication: Authentication,
     ) -> (RunnerConnection, mpsc::UnboundedReceiver<Command>) {
         let (commands, rx) = mpsc::unbounded_channel();
         let conn = RunnerConnection {
@@ -97,6 +102,7 @@ impl RunnerConnection {
                 generation,
                 hello,
                 peer,
+                authentication,
                 commands,
                 closed: CancellationToken::new(),
             }),
@@ -118,8 +124,14 @@ impl RunnerConnection {
         &self.inner.hello
     }
 
-    pub fn peer(&self) -> SocketAddr {
+    /// The TCP peer, when the server knew it.
+    pub fn peer(&self) -> Option<SocketAddr> {
         self.inner.peer
+    }
+
+    /// How the tunnel proved its claim on the runner id.
+    pub fn authentication(&self) -> Authentication {
+        self.inner.authentication
     }
 
     /// Whether the connection task has ended.
@@ -302,14 +314,16 @@ impl Pending {
 pub(crate) async fn run_connection(
     conn: RunnerConnection,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    mut stream: SplitStream<WebSocket>,
-    sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<TunnelStream>,
+    sink: SplitSink<TunnelStream, Message>,
     config: TunnelConfig,
 ) -> (u16, String) {
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(socket::write_loop(sink, out_rx, "runner"));
     let send = |frame: RunnerFrame| {
-        let _ = out_tx.send(Message::Text(frame.encode().into()));
+        let text = frame.encode();
+        socket::trace_frame("runner", "out", &text);
+        let _ = out_tx.send(Message::Text(text.into()));
     };
 
     let mut pending: HashMap<String, Pending> = HashMap::new();
@@ -325,6 +339,10 @@ pub(crate) async fn run_connection(
             message = stream.next() => {
                 let text = match socket::inbound(message, "runner") {
                     socket::Inbound::Closed => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
+                    socket::Inbound::TooBig => break (
+                        close::MESSAGE_TOO_BIG,
+                        format!("frame exceeds {} bytes", config.max_frame_bytes),
+                    ),
                     socket::Inbound::Alive => {
                         last_inbound = Instant::now();
                         continue;
@@ -332,6 +350,7 @@ pub(crate) async fn run_connection(
                     socket::Inbound::Text(text) => text,
                 };
                 last_inbound = Instant::now();
+                socket::trace_frame("runner", "in", text.as_str());
                 let frame = match RunnerFrame::decode_capped(text.as_str(), config.max_frame_bytes) {
                     Ok(frame) => frame,
                     Err(runner_frames::FrameError::TooLarge { size, cap }) => {
@@ -401,16 +420,18 @@ pub(crate) async fn run_connection(
     }
     conn.inner.closed.cancel();
     let _ = out_tx.send(Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.clone().into(),
+        code: code.into(),
+        reason: reason.as_str().into(),
     })));
     drop(out_tx);
-    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer)
-        .await
-        .is_err()
-    {
-        debug!("runner tunnel writer did not flush the close frame in time");
-    }
+    let sink = match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer).await {
+        Ok(Ok(sink)) => Some(sink),
+        _ => {
+            debug!("runner tunnel writer did not flush the close frame in time");
+            None
+        }
+    };
+    socket::finish(stream, sink);
     (code, reason)
 }
 

@@ -10,25 +10,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use futures_util::StreamExt;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use omnigent_proto::headers::HOST_TOKEN;
 use omnigent_proto::host_frames::{
     ConnectionError, CreateDirResult, HarnessReadiness, HostFrame, HostFrameError, HostHello,
     LaunchRunner, LaunchRunnerResult, ListDir, ListDirResult, PathRequest, Ping, RunnerRef,
     StatResult, StatusResult, close,
 };
-use omnigent_proto::{FRAME_PROTOCOL_VERSION, ids::canonical_id};
+use omnigent_proto::ids::{canonical_id, loggable_id};
+use omnigent_proto::{FRAME_PROTOCOL_VERSION, MAX_PRE_HELLO_FRAME_BYTES};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::auth::{Admission, Authentication, Claim, PeerCredentials, admit, may_replace};
 use crate::epoch_millis;
 use crate::socket;
-
-use crate::WS_LAYER_SLACK;
+use crate::ws::{TunnelSocket, TunnelStream, TunnelUpgrade, is_oversized};
 
 /// How long the writer may take to flush the final close frame.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -245,9 +248,18 @@ impl HostRegistry {
     }
 
     /// Register `conn`; an older tunnel of the same host is closed 4000 "tunnel replaced" (its pending
-    /// requests fail with [`HostRequestError::Closed`]).
-    fn register(&self, conn: HostConnection) {
-        let old = self.lock().insert(conn.host_id().to_owned(), conn.clone());
+    /// requests fail with [`HostRequestError::Closed`]), unless it is more strongly authenticated than `conn`
+    /// ([`may_replace`]): then `conn` is refused with the old one's authentication.
+    fn register(&self, conn: HostConnection) -> Result<(), Authentication> {
+        let old = {
+            let mut hosts = self.lock();
+            if let Some(live) = hosts.get(conn.host_id())
+                && !may_replace(live.authentication(), conn.authentication())
+            {
+                return Err(live.authentication());
+            }
+            hosts.insert(conn.host_id().to_owned(), conn.clone())
+        };
         if let Some(old) = old {
             info!(
                 old = old.generation(),
@@ -261,6 +273,7 @@ impl HostRegistry {
             generation: conn.generation(),
             hello: conn.hello().clone(),
         });
+        Ok(())
     }
 
     /// Remove `host_id` only if its registered tunnel is still `generation`.
@@ -312,6 +325,7 @@ struct ConnInner {
     host_id: String,
     generation: u64,
     hello: HostHello,
+    authentication: Authentication,
     settings: HostSettings,
     commands: mpsc::UnboundedSender<Command>,
     closed: CancellationToken,
@@ -341,6 +355,11 @@ impl HostConnection {
     /// The host's `host.hello` (name, version, live runners, harnesses…).
     pub fn hello(&self) -> &HostHello {
         &self.inner.hello
+    }
+
+    /// How the tunnel proved its claim on the host id.
+    pub fn authentication(&self) -> Authentication {
+        self.inner.authentication
     }
 
     pub fn is_closed(&self) -> bool {
@@ -540,41 +559,62 @@ impl Drop for ForgetOnDrop {
     }
 }
 
-/// The axum side of `GET /v1/hosts/{host_id}/tunnel`: applies the frame cap to the upgrade and runs
-/// [`serve_host_socket`] on the upgraded socket. Authentication and the owner check (409) belong to the caller,
-/// before this.
-pub fn upgrade(ws: WebSocketUpgrade, host_id: String, registry: HostRegistry) -> Response {
-    let cap = registry
-        .settings()
-        .max_frame_bytes
-        .saturating_add(WS_LAYER_SLACK);
-    ws.max_message_size(cap)
-        .max_frame_size(cap)
-        .read_buffer_size(crate::WS_READ_BUFFER)
-        .on_upgrade(
-            move |socket| async move { serve_host_socket(socket, &host_id, registry).await },
-        )
+/// The axum side of `GET /v1/hosts/{host_id}/tunnel`: refuses an id that is not a safe path id with 400 before
+/// the upgrade, takes the admission decision of [`crate::auth`] from the headers (the `Origin`; hosts are
+/// owner "local" on this server), applies the frame cap to the socket and runs [`serve_host_socket`] on it.
+pub fn upgrade(
+    ws: TunnelUpgrade,
+    host_id: String,
+    headers: &http::HeaderMap,
+    registry: HostRegistry,
+) -> Response {
+    if let Some(refusal) = crate::ws::refuse_bad_id("host", &host_id) {
+        return refusal;
+    }
+    let credentials = PeerCredentials::from_headers(headers, HOST_TOKEN, ws.peer());
+    let cap = registry.settings().max_frame_bytes;
+    ws.max_frame_bytes(cap)
+        .on_upgrade(move |socket| async move {
+            serve_host_socket(socket, &host_id, credentials, registry).await
+        })
 }
 
-/// Run one host tunnel to its end: check the host id, require a `host.hello` of protocol 1, register (newest
-/// wins), then ping, correlate results and surface notifications until the tunnel ends, and deregister.
-pub async fn serve_host_socket(socket: WebSocket, host_id: &str, registry: HostRegistry) {
-    let span = info_span!("host_tunnel", host_id = %host_id, conn = tracing::field::Empty);
-    serve(socket, host_id, registry).instrument(span).await
+/// Run one host tunnel to its end: admit the peer ([`crate::auth::admit`]) before reading anything, check the
+/// host id, require a `host.hello` of protocol 1 within the pre-hello cap, register (newest wins among equally
+/// authenticated tunnels), then ping, correlate results and surface notifications until the tunnel ends, and
+/// deregister.
+pub async fn serve_host_socket(
+    socket: TunnelSocket,
+    host_id: &str,
+    credentials: PeerCredentials,
+    registry: HostRegistry,
+) {
+    let span =
+        info_span!("host_tunnel", host_id = %loggable_id(host_id), conn = tracing::field::Empty);
+    serve(socket, host_id, credentials, registry)
+        .instrument(span)
+        .await
 }
 
-async fn serve(mut socket: WebSocket, path_host_id: &str, registry: HostRegistry) {
+async fn serve(
+    mut socket: TunnelSocket,
+    path_host_id: &str,
+    credentials: PeerCredentials,
+    registry: HostRegistry,
+) {
+    let authentication = match admit(&credentials, Claim::Host(path_host_id)) {
+        Admission::Admit(auth) => auth,
+        Admission::Refuse { code, reason } => {
+            info!(code, reason, origin = ?credentials.origin, "refused a host tunnel");
+            return socket.close(code, reason).await;
+        }
+    };
     let Some(host_id) = canonical_id(path_host_id) else {
         info!("refused: host id is not a UUID");
         return refuse(socket, None, close::INVALID_HOST_ID, "invalid host id").await;
     };
     let settings = registry.settings().clone();
-    let hello = match tokio::time::timeout(
-        settings.hello_timeout,
-        read_hello(&mut socket, settings.max_frame_bytes),
-    )
-    .await
-    {
+    let hello = match tokio::time::timeout(settings.hello_timeout, read_hello(&mut socket)).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(HelloRefusal::Gone)) => {
             debug!("host went away before its hello");
@@ -594,6 +634,7 @@ async fn serve(mut socket: WebSocket, path_host_id: &str, registry: HostRegistry
             return refuse(socket, Some(error), close::HELLO_EXPECTED, "hello expected").await;
         }
     };
+    socket.hello_accepted();
 
     let generation = registry
         .inner
@@ -606,19 +647,30 @@ async fn serve(mut socket: WebSocket, path_host_id: &str, registry: HostRegistry
             host_id: host_id.clone(),
             generation,
             hello,
+            authentication,
             settings: settings.clone(),
             commands,
             closed: CancellationToken::new(),
         }),
     };
-    let (sink, stream) = socket.split();
-    registry.register(conn.clone());
+    if let Err(held) = registry.register(conn.clone()) {
+        warn!(held_by = ?held, ours = ?authentication, "refused: the host id is held by a more strongly authenticated tunnel");
+        let error = "this host id is held by a more strongly authenticated tunnel".to_owned();
+        return refuse(
+            socket,
+            Some(error),
+            close::UNAUTHENTICATED,
+            "unauthenticated",
+        )
+        .await;
+    }
     info!(
         name = %conn.hello().name,
         version = %conn.hello().version,
         runners = conn.hello().runners.len(),
         "host connected"
     );
+    let (sink, stream) = socket.ws.split();
     let (code, reason) = run_connection(&conn, commands_rx, stream, sink, &registry).await;
     registry.deregister(&host_id, generation);
     info!(code, reason, "host disconnected");
@@ -635,10 +687,22 @@ enum HelloRefusal {
     },
 }
 
-/// Read until the first text frame, which must be a `host.hello` of our protocol major.
-async fn read_hello(socket: &mut WebSocket, cap: usize) -> Result<HostHello, HelloRefusal> {
+/// Read until the first text frame, which must be a `host.hello` of our protocol major and at most
+/// [`MAX_PRE_HELLO_FRAME_BYTES`].
+async fn read_hello(socket: &mut TunnelSocket) -> Result<HostHello, HelloRefusal> {
+    let too_big = || HelloRefusal::Close {
+        code: close::MESSAGE_TOO_BIG,
+        reason: "frame exceeds 65536 bytes before hello",
+        error: format!(
+            "the first frame exceeds {MAX_PRE_HELLO_FRAME_BYTES} bytes; host.hello is far smaller"
+        ),
+    };
     let text = loop {
         match socket.recv().await {
+            Some(Err(e)) if is_oversized(&e, socket.budget_exhausted()) => {
+                warn!(error = %e, cap = MAX_PRE_HELLO_FRAME_BYTES, "host sent more than the pre-hello cap; closing");
+                return Err(too_big());
+            }
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(HelloRefusal::Gone),
             Some(Ok(Message::Text(text))) => break text,
             Some(Ok(_)) => continue,
@@ -651,7 +715,7 @@ async fn read_hello(socket: &mut WebSocket, cap: usize) -> Result<HostHello, Hel
             error,
         })
     };
-    match HostFrame::decode_capped(text.as_str(), cap) {
+    match HostFrame::decode_capped(text.as_str(), MAX_PRE_HELLO_FRAME_BYTES) {
         Ok(HostFrame::Hello(hello)) if hello.frame_protocol_version == FRAME_PROTOCOL_VERSION => {
             Ok(hello)
         }
@@ -671,6 +735,13 @@ async fn read_hello(socket: &mut WebSocket, cap: usize) -> Result<HostHello, Hel
                 other.kind()
             ),
         ),
+        Err(HostFrameError::TooLarge { size, cap }) => {
+            warn!(
+                size,
+                cap, "host sent a frame above the pre-hello cap; closing"
+            );
+            Err(too_big())
+        }
         Err(e) => refuse(
             close::HELLO_EXPECTED,
             "hello expected",
@@ -680,7 +751,7 @@ async fn read_hello(socket: &mut WebSocket, cap: usize) -> Result<HostHello, Hel
 }
 
 /// Send `host.connection_error{stage:"hello", retryable:false}` when there is an `error`, then close.
-async fn refuse(mut socket: WebSocket, error: Option<String>, code: u16, reason: &str) {
+async fn refuse(mut socket: TunnelSocket, error: Option<String>, code: u16, reason: &str) {
     if let Some(error) = error {
         let frame = HostFrame::ConnectionError(ConnectionError {
             stage: "hello".to_owned(),
@@ -688,15 +759,10 @@ async fn refuse(mut socket: WebSocket, error: Option<String>, code: u16, reason:
             retryable: false,
             extra: Default::default(),
         });
-        let _ = socket.send(Message::Text(frame.encode().into())).await;
+        let _ =
+            futures_util::SinkExt::send(&mut socket.ws, Message::Text(frame.encode().into())).await;
     }
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-    let _ = socket.close().await;
+    socket.close(code, reason).await;
 }
 
 struct Pending {
@@ -709,15 +775,17 @@ struct Pending {
 async fn run_connection(
     conn: &HostConnection,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    mut stream: SplitStream<WebSocket>,
-    sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<TunnelStream>,
+    sink: SplitSink<TunnelStream, Message>,
     registry: &HostRegistry,
 ) -> (u16, String) {
     let settings = &conn.inner.settings;
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(socket::write_loop(sink, out_rx, "host"));
     let send = |frame: &HostFrame| {
-        let _ = out_tx.send(Message::Text(frame.encode().into()));
+        let text = frame.encode();
+        socket::trace_frame("host", "out", &text);
+        let _ = out_tx.send(Message::Text(text.into()));
     };
 
     let mut pending: HashMap<String, Pending> = HashMap::new();
@@ -734,6 +802,10 @@ async fn run_connection(
             message = stream.next() => {
                 let text = match socket::inbound(message, "host") {
                     socket::Inbound::Closed => break (close::PING_TIMEOUT, "tunnel closed".to_owned()),
+                    socket::Inbound::TooBig => break (
+                        close::MESSAGE_TOO_BIG,
+                        format!("frame exceeds {} bytes", settings.max_frame_bytes),
+                    ),
                     socket::Inbound::Alive => {
                         last_inbound = Instant::now();
                         continue;
@@ -741,6 +813,7 @@ async fn run_connection(
                     socket::Inbound::Text(text) => text,
                 };
                 last_inbound = Instant::now();
+                socket::trace_frame("host", "in", text.as_str());
                 let frame = match HostFrame::decode_capped(text.as_str(), settings.max_frame_bytes) {
                     Ok(frame) => frame,
                     Err(HostFrameError::TooLarge { size, cap }) => {
@@ -792,16 +865,18 @@ async fn run_connection(
         }
     }
     let _ = out_tx.send(Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.clone().into(),
+        code: code.into(),
+        reason: reason.as_str().into(),
     })));
     drop(out_tx);
-    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer)
-        .await
-        .is_err()
-    {
-        debug!("host tunnel writer did not flush the close frame in time");
-    }
+    let sink = match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer).await {
+        Ok(Ok(sink)) => Some(sink),
+        _ => {
+            debug!("host tunnel writer did not flush the close frame in time");
+            None
+        }
+    };
+    socket::finish(stream, sink);
     (code, reason)
 }
 
@@ -849,7 +924,7 @@ fn on_frame(
             }
         }
         HostFrame::RunnerExited(exited) => {
-            info!(runner_id = %exited.runner_id, error = ?exited.error, "host reports a runner exited");
+            info!(runner_id = %loggable_id(&exited.runner_id), error = ?exited.error, "host reports a runner exited");
             registry.emit(HostEvent::RunnerExited {
                 host_id: host_id.to_owned(),
                 runner_id: exited.runner_id,

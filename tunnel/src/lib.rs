@@ -1,8 +1,12 @@
 //! omnigent-tunnel: HTTP over WebSocket (runner tunnel v1, reference/omnigent-server-v1.md §3), written once.
 //!
-//! - Server side ([`server`]): [`RunnerRegistry`] (newest connection wins, generation-guarded deregistration,
-//!   connect/disconnect events, `wait_for_runner`), [`serve_runner_socket`] / [`upgrade`] (the handshake of
-//!   §3.1 and the connection task), and [`RunnerConnection`], an HTTP client whose transport is the tunnel.
+//! - Server side ([`server`]): [`RunnerRegistry`] (newest connection wins among equally authenticated ones,
+//!   generation-guarded deregistration, connect/disconnect events, `wait_for_runner`), [`serve_runner_socket`] /
+//!   [`upgrade`] (the handshake of §3.1 and the connection task), and [`RunnerConnection`], an HTTP client whose
+//!   transport is the tunnel.
+//! - [`auth`]: who may open a tunnel (runner or host) and which tunnel may replace which, written once.
+//! - [`ws`]: the server end's WebSocket ([`TunnelUpgrade`], [`TunnelSocket`]): the pre-hello read budget, the
+//!   frame cap, the lingering close.
 //! - Runner side ([`router`]): [`serve_router`] drives an axum `Router` from `request` frames.
 //! - [`sse`]: reading a runner's SSE stream as JSON events (for the server's relay).
 //!
@@ -17,7 +21,7 @@
 //!     Path(runner_id): Path<String>,
 //!     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 //!     headers: HeaderMap,
-//!     ws: WebSocketUpgrade,
+//!     ws: omnigent_tunnel::TunnelUpgrade,
 //! ) -> Response {
 //!     omnigent_tunnel::upgrade(ws, peer, runner_id, &headers, app.runners.clone())
 //! }
@@ -35,13 +39,11 @@
 
 use std::time::Duration;
 
-/// Room in the WebSocket layer above the frame cap, so an oversized frame reaches our own check and is refused
-/// with a clear close reason.
-pub(crate) const WS_LAYER_SLACK: usize = 1024 * 1024;
 /// Read buffer of each server-side tunnel socket. Tungstenite's default (128 KiB, allocated up front) made an
 /// idle tunnel cost about 150 KiB of server memory; large frames still arrive whole, in more reads.
 pub(crate) const WS_READ_BUFFER: usize = 16 * 1024;
 
+pub mod auth;
 pub mod channel;
 pub mod connection;
 pub mod host;
@@ -49,17 +51,13 @@ pub mod router;
 pub mod server;
 mod socket;
 pub mod sse;
+pub mod ws;
 
 pub use channel::{Channel, ChannelEvent, ChannelMessage};
 pub use connection::RunnerConnection;
 pub use router::{RouterConfig, ServeEnd, serve_router};
 pub use server::{RunnerEvent, RunnerInfo, RunnerRegistry, serve_runner_socket, upgrade};
-
-/// The header carrying a runner's binding token on the tunnel upgrade and on its HTTP calls.
-pub const TOKEN_HEADER: &str = "x-omnigent-runner-tunnel-token";
-
-/// The `Origin` first-party omnigent processes send.
-pub const INTERNAL_ORIGIN: &str = "omnigent://internal";
+pub use ws::{TunnelSocket, TunnelUpgrade, UpgradeRejection};
 
 /// Timings and limits of the server side of the tunnel. The defaults are the protocol's (reference §3.5); tests
 /// shrink them or run under `tokio::time::pause()`.
@@ -71,7 +69,8 @@ pub struct TunnelConfig {
     pub liveness_timeout: Duration,
     /// How long a new connection may take to send its `hello` (30 s).
     pub hello_timeout: Duration,
-    /// Largest text frame accepted ([`omnigent_proto::MAX_FRAME_BYTES`]).
+    /// Largest text frame accepted once the `hello` is accepted ([`omnigent_proto::MAX_FRAME_BYTES`]); before
+    /// it, [`omnigent_proto::MAX_PRE_HELLO_FRAME_BYTES`].
     pub max_frame_bytes: usize,
 }
 

@@ -114,6 +114,7 @@ where
                     }
                 };
                 last_inbound = Instant::now();
+                crate::socket::trace_frame("server", "in", text.as_str());
                 let frame = match RunnerFrame::decode_capped(text.as_str(), config.max_frame_bytes) {
                     Ok(frame) => frame,
                     Err(runner_frames::FrameError::TooLarge { size, cap }) => {

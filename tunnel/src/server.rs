@@ -6,18 +6,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
-use omnigent_proto::runner_frames::{Hello, RunnerFrame, close};
-use omnigent_proto::{FRAME_PROTOCOL_VERSION, ids::runner_id_for_token};
+use futures_util::StreamExt;
+use omnigent_proto::headers::RUNNER_TUNNEL_TOKEN;
+use omnigent_proto::ids::loggable_id;
+use omnigent_proto::runner_frames::{FrameError, Hello, RunnerFrame, close};
+use omnigent_proto::{FRAME_PROTOCOL_VERSION, MAX_PRE_HELLO_FRAME_BYTES};
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::auth::{Admission, Authentication, Claim, PeerCredentials, admit, may_replace};
 use crate::connection::{RunnerConnection, run_connection};
-use crate::{TOKEN_HEADER, TunnelConfig, TunnelError};
-
-use crate::WS_LAYER_SLACK;
+use crate::ws::{TunnelSocket, TunnelUpgrade, is_oversized};
+use crate::{TunnelConfig, TunnelError};
 
 /// What happened to a runner's tunnel. `generation` tells a replaced tunnel's disconnect from the current one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +35,9 @@ pub struct RunnerInfo {
     pub generation: u64,
     pub harnesses: Vec<String>,
     pub runner_version: String,
-    pub peer: SocketAddr,
+    pub peer: Option<SocketAddr>,
+    /// How the tunnel proved its claim on the id.
+    pub authentication: Authentication,
 }
 
 /// The live runner tunnels of this server, keyed by runner id. Newest connection wins. Cheap to clone.
@@ -109,6 +113,7 @@ impl RunnerRegistry {
                 harnesses: c.hello().harnesses.clone(),
                 runner_version: c.hello().runner_version.clone(),
                 peer: c.peer(),
+                authentication: c.authentication(),
             })
             .collect();
         list.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));
@@ -175,14 +180,21 @@ impl RunnerRegistry {
         self.inner.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Register `conn`; an older tunnel of the same runner is closed 4000 "tunnel replaced".
-    fn register(&self, conn: RunnerConnection) {
-        let old = self
-            .lock()
-            .insert(conn.runner_id().to_owned(), conn.clone());
+    /// Register `conn`; an older tunnel of the same runner is closed 4000 "tunnel replaced", unless it is more
+    /// strongly authenticated than `conn` ([`may_replace`]): then `conn` is refused with the old one's
+    /// authentication.
+    fn register(&self, conn: RunnerConnection) -> Result<(), Authentication> {
+        let old = {
+            let mut runners = self.lock();
+            if let Some(live) = runners.get(conn.runner_id())
+                && !may_replace(live.authentication(), conn.authentication())
+            {
+                return Err(live.authentication());
+            }
+            runners.insert(conn.runner_id().to_owned(), conn.clone())
+        };
         if let Some(old) = old {
             info!(
-                runner_id = conn.runner_id(),
                 old = old.generation(),
                 new = conn.generation(),
                 "tunnel replaced"
@@ -193,6 +205,7 @@ impl RunnerRegistry {
             runner_id: conn.runner_id().to_owned(),
             generation: conn.generation(),
         });
+        Ok(())
     }
 
     /// Remove `runner_id` only if its registered tunnel is still `generation`: a stale handler never removes a
@@ -214,121 +227,119 @@ impl RunnerRegistry {
     }
 }
 
-/// Whether `peer` is a loopback address (127.0.0.0/8, ::1, v4-mapped loopback).
-fn is_loopback(peer: &SocketAddr) -> bool {
-    peer.ip().to_canonical().is_loopback()
-}
-
-/// The axum side of the route `GET /v1/runners/{runner_id}/tunnel`: applies the frame cap to the upgrade and
-/// runs [`serve_runner_socket`] on the upgraded socket. Needs `ConnectInfo<SocketAddr>` for `peer`.
+/// The axum side of the route `GET /v1/runners/{runner_id}/tunnel`: refuses a bad id with 400 before the
+/// upgrade, takes the admission decision of [`crate::auth`] from the headers and `peer`, applies the frame cap
+/// to the socket, and runs [`serve_runner_socket`] on it (a refused peer is closed before any frame is read).
 pub fn upgrade(
-    ws: WebSocketUpgrade,
+    ws: TunnelUpgrade,
     peer: SocketAddr,
     runner_id: String,
     headers: &http::HeaderMap,
     registry: RunnerRegistry,
 ) -> Response {
-    let token = headers
-        .get(TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty());
-    let cap = registry
-        .config()
-        .max_frame_bytes
-        .saturating_add(WS_LAYER_SLACK);
-    ws.max_message_size(cap)
-        .max_frame_size(cap)
-        .read_buffer_size(crate::WS_READ_BUFFER)
-        .on_upgrade(move |socket| serve_runner_socket(socket, peer, runner_id, token, registry))
+    if let Some(refusal) = crate::ws::refuse_bad_id("runner", &runner_id) {
+        return refusal;
+    }
+    let credentials = PeerCredentials::from_headers(headers, RUNNER_TUNNEL_TOKEN, Some(peer));
+    let cap = registry.config().max_frame_bytes;
+    ws.max_frame_bytes(cap)
+        .on_upgrade(move |socket| serve_runner_socket(socket, runner_id, credentials, registry))
 }
 
-/// Run one runner tunnel to its end (reference §3.1): check the token against the path's runner id, require a
-/// `hello` of protocol 1, register (newest wins), then serve requests until the tunnel ends, and deregister.
+/// Run one runner tunnel to its end (reference §3.1): admit the peer ([`crate::auth::admit`]) before reading
+/// anything, require a `hello` of protocol 1 within the pre-hello cap, register (newest wins among equally
+/// authenticated tunnels), then serve requests until the tunnel ends, and deregister.
 pub async fn serve_runner_socket(
-    socket: WebSocket,
-    peer: SocketAddr,
-    path_runner_id: String,
-    token: Option<String>,
+    socket: TunnelSocket,
+    runner_id: String,
+    credentials: PeerCredentials,
     registry: RunnerRegistry,
 ) {
-    let span = info_span!("runner_tunnel", runner_id = %path_runner_id, %peer, conn = tracing::field::Empty);
-    serve(socket, peer, path_runner_id, token, registry)
+    let span = info_span!(
+        "runner_tunnel",
+        runner_id = %loggable_id(&runner_id),
+        peer = ?credentials.peer,
+        conn = tracing::field::Empty
+    );
+    serve(socket, runner_id, credentials, registry)
         .instrument(span)
         .await
 }
 
 async fn serve(
-    mut socket: WebSocket,
-    peer: SocketAddr,
+    mut socket: TunnelSocket,
     runner_id: String,
-    token: Option<String>,
+    credentials: PeerCredentials,
     registry: RunnerRegistry,
 ) {
-    match &token {
-        Some(token) if runner_id_for_token(token) != runner_id => {
-            info!("refused: runner id does not match its tunnel token");
-            return refuse(
-                socket,
-                close::UNAUTHENTICATED,
-                "runner_id does not match tunnel token",
-            )
-            .await;
+    let auth = match admit(&credentials, Claim::Runner(&runner_id)) {
+        Admission::Admit(auth) => auth,
+        Admission::Refuse { code, reason } => {
+            info!(code, reason, origin = ?credentials.origin, "refused a runner tunnel");
+            return socket.close(code, reason).await;
         }
-        None if !is_loopback(&peer) => {
-            info!("refused: non-loopback runner without a token");
-            return refuse(
-                socket,
-                close::UNAUTHENTICATED,
-                "runner tunnel token is required",
-            )
-            .await;
-        }
-        _ => {}
-    }
+    };
 
     let config = registry.config().clone();
-    let hello =
-        match tokio::time::timeout(config.hello_timeout, read_hello(&mut socket, &config)).await {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(Some((code, reason)))) => {
-                info!(code, reason, "refused runner tunnel");
-                return refuse(socket, code, reason).await;
-            }
-            Ok(Err(None)) => {
-                debug!("runner went away before its hello");
-                return;
-            }
-            Err(_) => {
-                info!("no hello in time");
-                return refuse(socket, close::HELLO_EXPECTED, "hello expected").await;
-            }
-        };
+    let hello = match tokio::time::timeout(config.hello_timeout, read_hello(&mut socket)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(Some((code, reason)))) => {
+            info!(code, reason, "refused runner tunnel");
+            return socket.close(code, reason).await;
+        }
+        Ok(Err(None)) => {
+            debug!("runner went away before its hello");
+            return;
+        }
+        Err(_) => {
+            info!("no hello in time");
+            return socket.close(close::HELLO_EXPECTED, "hello expected").await;
+        }
+    };
+    socket.hello_accepted();
 
     let generation = registry.next_generation();
     tracing::Span::current().record("conn", generation);
-    let (conn, commands) = RunnerConnection::new(runner_id.clone(), generation, hello, peer);
-    let (sink, stream) = socket.split();
-    registry.register(conn.clone());
-    info!(harnesses = ?conn.hello().harnesses, "runner connected");
+    let (conn, commands) =
+        RunnerConnection::new(runner_id.clone(), generation, hello, credentials.peer, auth);
+    if let Err(held) = registry.register(conn.clone()) {
+        warn!(
+            held_by = ?held,
+            ours = ?auth,
+            "refused: the runner id is held by a more strongly authenticated tunnel"
+        );
+        return socket
+            .close(
+                close::UNAUTHENTICATED,
+                "runner id is held by an authenticated tunnel",
+            )
+            .await;
+    }
+    info!(harnesses = ?conn.hello().harnesses, ?auth, "runner connected");
+    let (sink, stream) = socket.ws.split();
     let (code, reason) = run_connection(conn, commands, stream, sink, config).await;
     registry.deregister(&runner_id, generation);
     info!(code, reason, "runner disconnected");
 }
 
-/// Read frames until the first text frame, which must be a `hello` of our protocol major.
-/// `Err(None)`: the peer went away; `Err(Some((code, reason)))`: close with that.
-async fn read_hello(
-    socket: &mut WebSocket,
-    config: &TunnelConfig,
-) -> Result<Hello, Option<(u16, &'static str)>> {
+/// Read frames until the first text frame, which must be a `hello` of our protocol major and at most
+/// [`MAX_PRE_HELLO_FRAME_BYTES`]. `Err(None)`: the peer went away; `Err(Some((code, reason)))`: close with that.
+async fn read_hello(socket: &mut TunnelSocket) -> Result<Hello, Option<(u16, &'static str)>> {
+    const TOO_BIG: (u16, &str) = (
+        close::MESSAGE_TOO_BIG,
+        "frame exceeds 65536 bytes before hello",
+    );
     loop {
         let text = match socket.recv().await {
+            Some(Err(e)) if is_oversized(&e, socket.budget_exhausted()) => {
+                warn!(error = %e, cap = MAX_PRE_HELLO_FRAME_BYTES, "runner sent more than the pre-hello cap; closing");
+                return Err(Some(TOO_BIG));
+            }
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(_)) => continue,
         };
-        return match RunnerFrame::decode_capped(text.as_str(), config.max_frame_bytes) {
+        return match RunnerFrame::decode_capped(text.as_str(), MAX_PRE_HELLO_FRAME_BYTES) {
             Ok(RunnerFrame::Hello(hello))
                 if hello.frame_protocol_version == FRAME_PROTOCOL_VERSION =>
             {
@@ -348,6 +359,13 @@ async fn read_hello(
                 warn!(kind = other.kind(), "first runner frame is not hello");
                 Err(Some((close::HELLO_EXPECTED, "hello expected")))
             }
+            Err(FrameError::TooLarge { size, cap }) => {
+                warn!(
+                    size,
+                    cap, "runner sent a frame above the pre-hello cap; closing"
+                );
+                Err(Some(TOO_BIG))
+            }
             Err(e) => {
                 warn!(error = %e, "first runner frame is not a valid hello");
                 Err(Some((close::HELLO_EXPECTED, "hello expected")))
@@ -356,12 +374,35 @@ async fn read_hello(
     }
 }
 
-async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-    let _ = socket.close().await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(generation: u64, auth: Authentication) -> RunnerConnection {
+        let hello: Hello = serde_json::from_value(serde_json::json!({
+            "runner_version": "t", "frame_protocol_version": 1, "harnesses": [], "envs": [],
+            "telemetry_opt_out": true
+        }))
+        .unwrap_or_else(|e| panic!("hello: {e}"));
+        RunnerConnection::new("runner_x".to_owned(), generation, hello, None, auth).0
+    }
+
+    #[test]
+    fn newest_wins_only_among_equally_authenticated_tunnels() {
+        let registry = RunnerRegistry::default();
+        assert_eq!(
+            registry.register(conn(1, Authentication::BindingToken)),
+            Ok(())
+        );
+        assert_eq!(
+            registry.register(conn(2, Authentication::Anonymous)),
+            Err(Authentication::BindingToken)
+        );
+        assert_eq!(registry.get("runner_x").map(|c| c.generation()), Some(1));
+        assert_eq!(
+            registry.register(conn(3, Authentication::BindingToken)),
+            Ok(())
+        );
+        assert_eq!(registry.get("runner_x").map(|c| c.generation()), Some(3));
+    }
 }

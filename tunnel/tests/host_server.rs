@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -29,9 +28,10 @@ const HOST: &str = "534486bde1be41d9bec6e7b32874609b";
 async fn tunnel_route(
     State(registry): State<HostRegistry>,
     Path(host_id): Path<String>,
-    ws: WebSocketUpgrade,
+    headers: http::HeaderMap,
+    ws: omnigent_tunnel::TunnelUpgrade,
 ) -> Response {
-    upgrade(ws, host_id, registry)
+    upgrade(ws, host_id, &headers, registry)
 }
 
 async fn start_server(settings: HostSettings) -> (SocketAddr, HostRegistry) {
@@ -614,4 +614,84 @@ async fn a_silent_host_is_closed_after_90_s_and_any_frame_keeps_it_alive() {
         }
     }
     assert!(!registry.is_online(HOST));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hostile peers (issue 9, hole 2): the same rule as the runner tunnel.
+
+async fn dial_as(addr: SocketAddr, host_id: &str, origin: Option<&str>) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/v1/hosts/{host_id}/tunnel")
+        .into_client_request()
+        .unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("dial: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_or_null_origin_is_closed_4403_before_any_frame() {
+    let (addr, registry) = start_server(HostSettings::default()).await;
+    for origin in ["http://evil.example", "null"] {
+        let mut ws = dial_as(addr, HOST, Some(origin)).await.unwrap();
+        let _ = ws.send(hello(1, &[])).await;
+        assert_eq!(
+            read_close(&mut ws).await,
+            (4403, "forbidden origin".to_owned()),
+            "{origin}"
+        );
+    }
+    assert!(registry.list().is_empty());
+    for origin in ["omnigent://internal", "http://127.0.0.1:6767"] {
+        let mut ws = dial_as(addr, HOST, Some(origin)).await.unwrap();
+        ws.send(hello(1, &[])).await.unwrap();
+        let conn = registry.wait_for_host(HOST, WAIT).await.unwrap();
+        drop(ws);
+        conn.closed().await;
+    }
+}
+
+#[tokio::test]
+async fn more_than_64_kib_before_the_hello_is_closed_1009() {
+    let (addr, registry) = start_server(HostSettings::default()).await;
+    for pad in [100 * 1024, 65 * 1024] {
+        let mut ws = dial(addr, HOST).await;
+        let Message::Text(text) = hello(1, &[]) else {
+            unreachable!()
+        };
+        let mut frame: Value = serde_json::from_str(text.as_str()).unwrap();
+        frame["pad"] = json!("x".repeat(pad));
+        let _ = ws.send(Message::text(frame.to_string())).await;
+        let (code, reason) = loop {
+            // A host.connection_error may come first.
+            match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    break (u16::from(f.code), f.reason.to_string());
+                }
+                Some(Ok(_)) => {}
+                other => panic!("closed without a code: {other:?}"),
+            }
+        };
+        assert_eq!(code, 1009, "{pad}: {reason}");
+    }
+    assert!(registry.list().is_empty());
+}
+
+#[tokio::test]
+async fn a_host_id_that_is_too_long_or_not_a_plain_name_is_refused_400_before_the_upgrade() {
+    let (addr, registry) = start_server(HostSettings::default()).await;
+    let long = "a".repeat(10_000);
+    for id in [long.as_str(), "..%2F..%2Fx", "%1B%5B31m"] {
+        assert_eq!(dial_as(addr, id, None).await.err(), Some(400));
+    }
+    assert!(registry.list().is_empty());
 }

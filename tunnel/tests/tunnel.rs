@@ -15,11 +15,13 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
+use omnigent_proto::headers::RUNNER_TUNNEL_TOKEN;
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_proto::runner_frames::{Hello, RunnerFrame};
+use omnigent_tunnel::TunnelUpgrade;
 use omnigent_tunnel::{
     RouterConfig, RunnerEvent, RunnerRegistry, ServeEnd, TunnelConfig, TunnelError, serve_router,
-    serve_runner_socket, upgrade,
+    upgrade,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -39,7 +41,7 @@ async fn tunnel_route(
     Path(runner_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: http::HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: TunnelUpgrade,
 ) -> Response {
     upgrade(ws, peer, runner_id, &headers, registry)
 }
@@ -49,14 +51,10 @@ async fn remote_tunnel_route(
     State(registry): State<RunnerRegistry>,
     Path(runner_id): Path<String>,
     headers: http::HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: TunnelUpgrade,
 ) -> Response {
-    let token = headers
-        .get(omnigent_tunnel::TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let peer: SocketAddr = "10.1.2.3:4567".parse().unwrap();
-    ws.on_upgrade(move |socket| serve_runner_socket(socket, peer, runner_id, token, registry))
+    upgrade(ws, peer, runner_id, &headers, registry)
 }
 
 async fn start_server(config: TunnelConfig) -> (SocketAddr, RunnerRegistry) {
@@ -86,7 +84,7 @@ async fn dial_path(addr: SocketAddr, path: &str, token: Option<&str>) -> Ws {
     if let Some(token) = token {
         request
             .headers_mut()
-            .insert(omnigent_tunnel::TOKEN_HEADER, token.parse().unwrap());
+            .insert(RUNNER_TUNNEL_TOKEN, token.parse().unwrap());
     }
     tokio_tungstenite::connect_async(request).await.unwrap().0
 }
@@ -952,4 +950,249 @@ async fn giving_up_before_the_response_head_cancels_the_runner_handler() {
         .expect("the handler is aborted once the caller gives up")
         .unwrap();
     assert!(!conn.is_closed());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hostile peers (issue 9, hole 2)
+
+/// Dial `path` with exactly the `origin` and `token` given; `Err(status)` when the upgrade is answered with
+/// an HTTP error instead.
+async fn dial_as(
+    addr: SocketAddr,
+    path: &str,
+    origin: Option<&str>,
+    token: Option<&str>,
+) -> Result<Ws, u16> {
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert(RUNNER_TUNNEL_TOKEN, token.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("dial {path}: {e}"),
+    }
+}
+
+/// The log lines written while the returned guard lives. The test runtime is single-threaded, so the server's
+/// tasks log here too.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_or_null_origin_is_closed_4403_before_any_frame() {
+    let (addr, registry) = start_server(TunnelConfig::default()).await;
+    for origin in [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+    ] {
+        let mut ws = dial_as(addr, "/v1/runners/runner_web/tunnel", Some(origin), None)
+            .await
+            .unwrap();
+        // A hello sent at once is never read: the decision came before any frame.
+        let _ = ws.send(Message::text(hello_text(1))).await;
+        assert_eq!(
+            read_close(&mut ws).await,
+            (4403, "forbidden origin".to_owned()),
+            "{origin}"
+        );
+    }
+    assert!(registry.list().is_empty());
+    // A page served from this machine, and a client with no Origin at all, may connect.
+    for (id, origin) in [
+        ("runner_local_page", Some("http://localhost:5173")),
+        ("runner_no_origin", None),
+    ] {
+        let mut ws = dial_as(addr, &format!("/v1/runners/{id}/tunnel"), origin, None)
+            .await
+            .unwrap();
+        ws.send(Message::text(hello_text(1))).await.unwrap();
+        assert!(registry.wait_for_runner(id, WAIT).await.is_some(), "{id}");
+    }
+}
+
+#[tokio::test]
+async fn an_impostor_cannot_replace_a_token_bound_runner_which_keeps_serving() {
+    let (addr, registry) = start_server(TunnelConfig::default()).await;
+    let id = runner_id_for_token("the-real-token");
+    let ws = dial(addr, &id, Some("the-real-token")).await;
+    let stop = CancellationToken::new();
+    let real = tokio::spawn(serve_router(
+        ws,
+        hello(),
+        echo_router(),
+        RouterConfig::default(),
+        stop.clone(),
+    ));
+    let live = registry.wait_for_runner(&id, WAIT).await.unwrap();
+
+    // Without the token (from loopback, where token-less runners are otherwise fine), or with another one.
+    for (token, reason) in [
+        (None, "runner tunnel token is required"),
+        (Some("a-guess"), "runner_id does not match tunnel token"),
+    ] {
+        let mut impostor = dial(addr, &id, token).await;
+        let _ = impostor.send(Message::text(hello_text(1))).await;
+        assert_eq!(read_close(&mut impostor).await, (4004, reason.to_owned()));
+    }
+
+    // The real runner is still the registered tunnel and still answers.
+    assert_eq!(registry.get(&id).unwrap().generation(), live.generation());
+    let response = registry
+        .request(
+            &id,
+            http::Request::post("/v1/echo")
+                .header("content-type", "text/plain")
+                .body(Bytes::from_static(b"still the real one"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body_text(response).await, "still the real one");
+    assert!(!real.is_finished());
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn more_than_64_kib_before_the_hello_is_closed_1009_with_a_log_line() {
+    let (logs, _guard) = Logs::capture();
+    let (addr, registry) = start_server(TunnelConfig::default()).await;
+    let padded_hello = |pad: usize| {
+        let mut h = serde_json::to_value(RunnerFrame::Hello(hello())).unwrap();
+        h["pad"] = json!("x".repeat(pad));
+        h.to_string()
+    };
+    // 100 KiB: beyond what the socket reads from a peer before its hello.
+    // 65 KiB: read whole, then refused by the pre-hello frame cap.
+    for pad in [100 * 1024, 65 * 1024] {
+        let mut ws = dial(addr, "runner_fat_hello", None).await;
+        let _ = ws.send(Message::text(padded_hello(pad))).await;
+        let (code, reason) = read_close(&mut ws).await;
+        assert_eq!(code, 1009, "{pad}: {reason}");
+        assert!(reason.contains("65536"), "{reason}");
+    }
+    assert!(registry.list().is_empty());
+    let text = logs.text();
+    assert_eq!(
+        text.matches("pre-hello cap").count(),
+        2,
+        "one warning per refused peer:\n{text}"
+    );
+    // A hello under the cap is still welcome.
+    let mut ws = dial(addr, "runner_fat_hello", None).await;
+    ws.send(Message::text(padded_hello(60 * 1024)))
+        .await
+        .unwrap();
+    assert!(
+        registry
+            .wait_for_runner("runner_fat_hello", WAIT)
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn after_the_hello_the_normal_cap_applies_and_an_over_cap_frame_is_closed_1009() {
+    let (logs, _guard) = Logs::capture();
+    let config = TunnelConfig {
+        max_frame_bytes: 128 * 1024,
+        ..TunnelConfig::default()
+    };
+    let (addr, registry) = start_server(config).await;
+    let mut ws = dial(addr, "runner_after_hello", None).await;
+    ws.send(Message::text(hello_text(1))).await.unwrap();
+    let conn = registry
+        .wait_for_runner("runner_after_hello", WAIT)
+        .await
+        .unwrap();
+    // 100 KiB after the hello: above the pre-hello cap, under the normal one.
+    let pong = |pad: usize| json!({"kind":"pong","ts":1,"pad":"x".repeat(pad)}).to_string();
+    ws.send(Message::text(pong(100 * 1024))).await.unwrap();
+    let request = tokio::spawn(async move { conn.request(get_request("/v1/alive")).await });
+    let RunnerFrame::Request(req) = next_frame(&mut ws).await else {
+        panic!("expected a request: the tunnel survived the 100 KiB frame")
+    };
+    ws.send(Message::text(
+        json!({"kind":"response.head","id":req.id,"status":204,"headers":[]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        json!({"kind":"response.end","id":req.id}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(request.await.unwrap().unwrap().status(), 204);
+
+    // 200 KiB: over the cap.
+    let _ = ws.send(Message::text(pong(200 * 1024))).await;
+    let (code, reason) = read_close(&mut ws).await;
+    assert_eq!(code, 1009);
+    assert!(reason.contains("131072"), "{reason}");
+    let text = logs.text();
+    assert!(
+        text.contains("above the cap"),
+        "a warning names it:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_runner_id_that_is_too_long_or_not_a_plain_name_is_refused_400_before_the_upgrade() {
+    let (addr, registry) = start_server(TunnelConfig::default()).await;
+    let long = "r".repeat(10_000);
+    for id in [long.as_str(), "..%2F..%2Fx", "a%20b", "%1B%5B31m"] {
+        let path = format!("/v1/runners/{id}/tunnel");
+        assert_eq!(
+            dial_as(addr, &path, Some("omnigent://internal"), None)
+                .await
+                .err(),
+            Some(400),
+            "{}",
+            &id[..id.len().min(20)]
+        );
+    }
+    assert!(registry.list().is_empty());
 }

@@ -85,6 +85,17 @@ impl Proc {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap())
     }
 
+    /// SIGKILL the process, reap it, and return everything it wrote to stderr.
+    pub async fn kill_and_read_log(&mut self) -> Vec<String> {
+        self.kill();
+        let mut all = std::mem::take(&mut self.seen);
+        // The reader thread ends at the pipe's EOF, which the kill brings.
+        while let Ok(Some(line)) = tokio::time::timeout(WAIT, self.lines.recv()).await {
+            all.push(line);
+        }
+        all
+    }
+
     /// SIGKILL the process and reap it.
     pub fn kill(&mut self) {
         let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
@@ -118,9 +129,22 @@ pub struct Server {
 
 /// `omnigent server run` on `port` (0: any), with the runner grace `grace_ms`; waits for its ready line.
 pub async fn start_server(home: &Path, port: u16, grace_ms: u64) -> Server {
+    start_server_env(home, port, grace_ms, &[]).await
+}
+
+/// [`start_server`] with the extra environment `env` (say, `OMNIGENT_LOG=trace`).
+pub async fn start_server_env(
+    home: &Path,
+    port: u16,
+    grace_ms: u64,
+    env: &[(&str, &str)],
+) -> Server {
     let mut cmd = omnigent(home);
     cmd.args(["server", "run", "--port", &port.to_string()])
         .env("OMNIGENT_RUNNER_GRACE_MS", grace_ms.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     start_server_cmd(cmd).await
 }
 

@@ -123,17 +123,40 @@ impl Usage {
 }
 
 /// Send `request` and wait for the response head. A non-2xx status becomes [`HarnessError::Vendor`] with the
-/// vendor's own message; a vendor that does not answer within `idle` fails the turn.
+/// vendor's own message; a vendor that does not answer within `idle` fails the turn. Every credential the
+/// request carries (its API key) is redacted from the error, which the session stores and the runner logs.
 pub(super) async fn open_stream(
     vendor: &'static str,
     request: reqwest::RequestBuilder,
     idle: Duration,
     cancel: &CancellationToken,
 ) -> Result<SseStream, HarnessError> {
+    let (client, request) = request.build_split();
+    let request = request.map_err(|e| HarnessError::Stream {
+        vendor,
+        message: format!("cannot build the request: {}", error_chain(&e)),
+    })?;
+    let secrets = Secrets::of(request.headers());
+    match open_built(vendor, client, request, idle, cancel).await {
+        Ok(mut stream) => {
+            stream.secrets = secrets;
+            Ok(stream)
+        }
+        Err(e) => Err(secrets.redact_error(e)),
+    }
+}
+
+async fn open_built(
+    vendor: &'static str,
+    client: reqwest::Client,
+    request: reqwest::Request,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Result<SseStream, HarnessError> {
     let response = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Err(HarnessError::Interrupted),
-        sent = tokio::time::timeout(idle, request.send()) => match sent {
+        sent = tokio::time::timeout(idle, client.execute(request)) => match sent {
             Err(_) => return Err(HarnessError::Stream {
                 vendor,
                 message: format!(
@@ -153,6 +176,7 @@ pub(super) async fn open_stream(
     }
     Ok(SseStream {
         vendor,
+        secrets: Secrets(Vec::new()),
         response,
         idle,
         buf: Vec::new(),
@@ -162,6 +186,58 @@ pub(super) async fn open_stream(
         has_data: false,
         eof: false,
     })
+}
+
+/// The credential values of a request (`Authorization`, `x-api-key`…), to cut out of anything a vendor echoes.
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    fn of(headers: &reqwest::header::HeaderMap) -> Self {
+        let mut values = Vec::new();
+        for (name, value) in headers {
+            if !omnigent_proto::headers::is_secret_header(name.as_str()) {
+                continue;
+            }
+            let Ok(value) = value.to_str() else { continue };
+            let value = value.trim();
+            // `Bearer <key>`: the key alone is what a vendor echoes.
+            let key = value.split_once(' ').map_or(value, |(_, key)| key.trim());
+            // Shorter values would redact ordinary words; no real API key is that short.
+            if key.len() >= 4 {
+                values.push(key.to_owned());
+            }
+        }
+        // Longest first, so a key that contains another is cut whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        Secrets(values)
+    }
+
+    fn redact(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |text, secret| {
+            text.replace(secret.as_str(), omnigent_proto::headers::REDACTED)
+        })
+    }
+
+    fn redact_error(&self, error: HarnessError) -> HarnessError {
+        match error {
+            HarnessError::Vendor {
+                vendor,
+                status,
+                message,
+                retry_after,
+            } => HarnessError::Vendor {
+                vendor,
+                status,
+                message: self.redact(&message),
+                retry_after,
+            },
+            HarnessError::Stream { vendor, message } => HarnessError::Stream {
+                vendor,
+                message: self.redact(&message),
+            },
+            other => other,
+        }
+    }
 }
 
 fn seconds(d: Duration) -> String {
@@ -237,6 +313,8 @@ pub(super) struct SseEvent {
 /// Reads a streaming response as Server-Sent Events.
 pub(super) struct SseStream {
     vendor: &'static str,
+    /// Cut out of every error message (a vendor's error event may echo the key).
+    secrets: Secrets,
     response: reqwest::Response,
     idle: Duration,
     /// Bytes received; those before `pos` are already split into lines.
@@ -357,7 +435,7 @@ impl SseStream {
     pub fn error(&self, message: String) -> HarnessError {
         HarnessError::Stream {
             vendor: self.vendor,
-            message,
+            message: self.secrets.redact(&message),
         }
     }
 

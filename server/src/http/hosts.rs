@@ -1,22 +1,18 @@
 //! Host routes (reference omnigent-server-v1.md §1.3, §3.7): the host tunnel, the host list, launching a
 //! runner on a host, and the workspace picker's filesystem calls proxied through the tunnel.
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use omnigent_proto::api::{ErrorCode, HostList};
 use omnigent_proto::ids::canonical_id;
 use omnigent_tunnel::host::{HostConnection, HostRequestError};
+use omnigent_tunnel::{TunnelUpgrade, UpgradeRejection};
 use serde::Deserialize;
 use serde_json::json as json_value;
 
 use super::{ApiError, AppState, JsonBody, Q, json, session_id};
 use crate::hosts::{self, request_error};
-
-/// The `Origin` first-party omnigent processes send; a browser page (any other origin) may not open a host
-/// tunnel, or it could receive binding tokens.
-const INTERNAL_ORIGIN: &str = "omnigent://internal";
 
 /// Default page of `GET …/filesystem` (the host's default), and the largest.
 const DEFAULT_LIST_LIMIT: u32 = 20;
@@ -25,38 +21,23 @@ const MAX_LIST_LIMIT: u32 = 1000;
 /// Longest path accepted from a client.
 const MAX_PATH_BYTES: usize = 4096;
 
-/// `GET /v1/hosts/{host_id}/tunnel`: upgrade, then the tunnel's own handshake (`host.hello` first, protocol
-/// check, newest connection wins, pings, 90 s liveness) in [`omnigent_tunnel::host`]. The owner is always
-/// `"local"` on a server without accounts, so no host id is ever refused for belonging to someone else.
+/// `GET /v1/hosts/{host_id}/tunnel`: upgrade, then the tunnel's own rules in [`omnigent_tunnel::host`] and
+/// [`omnigent_tunnel::auth`] (a bad id 400 before the upgrade; a foreign `Origin` closed 4403 before any frame;
+/// `host.hello` first within the pre-hello cap, protocol check, newest connection wins, pings, 90 s liveness).
+/// The owner is always `"local"` on a server without accounts, so no host id is ever refused for belonging to
+/// someone else.
 pub async fn tunnel(
     State(st): State<AppState>,
     Path(host_id): Path<String>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        if origin != INTERNAL_ORIGIN {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "a host tunnel may not be opened from origin `{origin}`; only omnigent hosts (Origin: \
-                     {INTERNAL_ORIGIN}, or none) may connect"
-                ),
-            ));
+    ws: Result<TunnelUpgrade, UpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => {
+            omnigent_tunnel::host::upgrade(ws, host_id, &headers, st.hosts.registry().clone())
         }
+        Err(rejection) => rejection.into_response(),
     }
-    let ws = ws.map_err(|e| {
-        ApiError::invalid(format!(
-            "this route is the host tunnel: open it as a WebSocket ({})",
-            e.body_text()
-        ))
-    })?;
-    Ok(omnigent_tunnel::host::upgrade(
-        ws,
-        host_id,
-        st.hosts.registry().clone(),
-    ))
 }
 
 /// `GET /v1/hosts`.

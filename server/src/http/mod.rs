@@ -19,6 +19,7 @@ use tracing::error;
 use crate::actor::{ActorError, ActorLimits, Sessions};
 use crate::store::{Store, StoreError};
 use crate::{ServerConfig, now_ms};
+use omnigent_tunnel::auth::origin_allowed;
 
 mod events;
 mod host_check;
@@ -131,6 +132,7 @@ pub fn router(state: AppState) -> Router {
 
 /// A browser page from another site must not change anything here (CSRF): requests that may write and
 /// carry an `Origin` are refused unless it is a loopback origin or omnigent's own `omnigent://internal`
+/// (the same rule as the tunnels' Origin check, [`omnigent_tunnel::auth::origin_allowed`])
 /// (the local-mode policy of reference §5, applied to every writing method).
 async fn refuse_cross_origin_writes(req: Request, next: axum::middleware::Next) -> Response {
     let safe = matches!(
@@ -152,24 +154,6 @@ async fn refuse_cross_origin_writes(req: Request, next: axum::middleware::Next) 
         .into_response();
     }
     next.run(req).await
-}
-
-fn origin_allowed(origin: &str) -> bool {
-    if origin == "omnigent://internal" {
-        return true;
-    }
-    let Some((_, rest)) = origin.split_once("://") else {
-        return false;
-    };
-    let host = if let Some(v6) = rest.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        rest.split([':', '/']).next().unwrap_or("")
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// One log line per request (debug), and a warning for every server error.
@@ -390,28 +374,5 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
             format!("cannot encode the answer: {e}"),
         )
         .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn loopback_origins_are_allowed() {
-        for ok in [
-            "http://127.0.0.1:6767",
-            "http://localhost:5173",
-            "http://[::1]:80",
-            "omnigent://internal",
-        ] {
-            assert!(super::origin_allowed(ok), "{ok}");
-        }
-        for bad in [
-            "https://evil.example",
-            "http://127.0.0.1.evil.example",
-            "null",
-            "http://192.168.1.2:6767",
-        ] {
-            assert!(!super::origin_allowed(bad), "{bad}");
-        }
     }
 }
