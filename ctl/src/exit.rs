@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 /// Exit code for a configuration error (EX_CONFIG): wrong flags values, unusable files, refused settings,
 /// or a peer that can never be talked to (protocol mismatch, rejected token).
-pub const EXIT_CONFIG: u8 = 78;
+pub const EXIT_CONFIG: u8 = omnigent_proto::exit::CONFIG;
 
 /// An error that must end the process with [`EXIT_CONFIG`] instead of 1.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,6 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     if err.downcast_ref::<ConfigError>().is_some() {
         ExitCode::from(EXIT_CONFIG)
     } else {
-        ExitCode::from(1)
+        ExitCode::from(omnigent_proto::exit::FAILURE)
     }
 }

@@ -43,7 +43,7 @@ const WS_LAYER_SLACK: usize = 1024 * 1024;
 /// How many runner exits may wait for the tunnel (in the channel, and again parked while it is down).
 pub const EXIT_QUEUE: usize = 256;
 /// The daemon's exit code for a fatal tunnel error (EX_CONFIG): service managers must not restart it.
-pub const FATAL_EXIT_CODE: i32 = 78;
+pub const FATAL_EXIT_CODE: i32 = omnigent_proto::exit::CONFIG as i32;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -85,14 +85,9 @@ async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Respon
     .into_iter()
     .find_map(|v| v.as_str().filter(|s| !s.is_empty()));
     let harness = harness_name.and_then(|name| {
-        let kind = HarnessKind::parse(name);
-        if kind.is_none() {
-            warn!(
-                harness = name,
-                "unknown harness in session init; using the runner default"
-            );
-        }
-        kind
+        HarnessKind::parse(name)
+            .inspect_err(|e| warn!(error = %e, "session init names an unknown harness; using the runner default"))
+            .ok()
     });
     let init = SessionInit {
         agent_id: body["agent_id"].as_str().map(str::to_owned),

@@ -26,21 +26,37 @@ pub fn endpoint(base_url: Option<&str>) -> String {
     format!("{}/v1/messages", base.trim_end_matches('/'))
 }
 
+/// How a request authenticates: `x-api-key` with an API key, else `Authorization: Bearer` with an auth token
+/// (what Anthropic's own clients do with `ANTHROPIC_AUTH_TOKEN`).
+enum Auth<'a> {
+    ApiKey(&'a str),
+    Bearer(&'a str),
+}
+
+fn auth(config: &super::HarnessConfig) -> Result<Auth<'_>, HarnessError> {
+    if let Some(key) = set(&config.api_key) {
+        return Ok(Auth::ApiKey(key));
+    }
+    if let Some(token) = set(&config.auth_token) {
+        return Ok(Auth::Bearer(token));
+    }
+    Err(HarnessError::NotConfigured(
+        "the anthropic harness has no credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN for a bearer token)"
+            .into(),
+    ))
+}
+
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|k| !k.is_empty())
+}
+
 pub async fn run_turn(
     turn: &Turn,
     sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<TurnOutcome, HarnessError> {
     let config = &turn.config;
-    let api_key = config
-        .api_key
-        .as_deref()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            HarnessError::NotConfigured(
-                "the anthropic harness has no API key: set ANTHROPIC_API_KEY".into(),
-            )
-        })?;
+    let auth = auth(config)?;
     let model = config
         .model
         .as_deref()
@@ -66,9 +82,12 @@ pub async fn run_turn(
         });
         let request = client
             .post(&url)
-            .header("x-api-key", api_key)
             .header("anthropic-version", API_VERSION)
             .json(&body);
+        let request = match auth {
+            Auth::ApiKey(key) => request.header("x-api-key", key),
+            Auth::Bearer(token) => request.bearer_auth(token),
+        };
         let stream = vendor::open_stream(VENDOR, request, idle, cancel).await?;
         let reply = read_reply(stream, sink, cancel, &mut usage).await?;
         if !reply.text.is_empty() {

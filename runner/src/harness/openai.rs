@@ -41,7 +41,9 @@ pub async fn run_turn(
             )
         })?;
     let url = endpoint(config.base_url.as_deref());
-    let api_key = config.api_key.as_deref().filter(|k| !k.is_empty());
+    let api_key = [&config.api_key, &config.auth_token]
+        .into_iter()
+        .find_map(|k| k.as_deref().filter(|k| !k.is_empty()));
     let idle = vendor::idle_timeout(config);
     let shell_timeout = config.tool_timeout.unwrap_or(tools::DEFAULT_SHELL_TIMEOUT);
     let max_rounds = vendor::max_tool_rounds(config);
