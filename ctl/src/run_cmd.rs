@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -85,7 +86,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             .to_owned();
         if args.json {
             // Not a server event: tells an NDJSON reader which session to attach to later.
-            println!("{}", json!({"type": "session.created", "session": session}));
+            println!(
+                "{}",
+                json!({"type": kind::SESSION_CREATED, "session": session})
+            );
         } else if std::io::stderr().is_terminal() {
             eprintln!(
                 "session {session_id} ({} in {})",
@@ -346,14 +350,14 @@ fn show(ev: &Value, json_out: bool, seen_running: &mut bool, at_line_start: &mut
     }
     let mut err = std::io::stderr();
     match kind {
-        "response.output_text.delta" if !json_out => {
+        kind::RESPONSE_OUTPUT_TEXT_DELTA if !json_out => {
             if let Some(d) = ev["delta"].as_str() {
                 print!("{d}");
                 let _ = std::io::stdout().flush();
                 *at_line_start = d.ends_with('\n');
             }
         }
-        "response.output_item.done" if !json_out => {
+        kind::RESPONSE_OUTPUT_ITEM_DONE if !json_out => {
             let item = &ev["item"];
             match item["type"].as_str().unwrap_or("") {
                 "function_call" => {
@@ -376,7 +380,7 @@ fn show(ev: &Value, json_out: bool, seen_running: &mut bool, at_line_start: &mut
                 _ => {}
             }
         }
-        "session.status" => match ev["status"].as_str().unwrap_or("") {
+        kind::SESSION_STATUS => match ev["status"].as_str().unwrap_or("") {
             "running" | "launching" => *seen_running = true,
             "idle" if *seen_running => return Step::Idle,
             "failed" => {
@@ -392,7 +396,7 @@ fn show(ev: &Value, json_out: bool, seen_running: &mut bool, at_line_start: &mut
             }
             _ => {}
         },
-        "response.failed" | "response.error" | "error" => {
+        kind::RESPONSE_FAILED | kind::RESPONSE_ERROR | "error" => {
             let why = ev["response"]["error"]["message"]
                 .as_str()
                 .or(ev["error"]["message"].as_str())
@@ -404,7 +408,7 @@ fn show(ev: &Value, json_out: bool, seen_running: &mut bool, at_line_start: &mut
                 let _ = writeln!(err, "error: {why}");
             }
         }
-        "session.interrupted" if !json_out => {
+        kind::SESSION_INTERRUPTED if !json_out => {
             end_line(at_line_start);
             let _ = writeln!(err, "(interrupted)");
         }
@@ -439,7 +443,7 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
     // The ready heartbeat: the server has registered us, nothing we send from now on is missed.
     tokio::time::timeout(READY_TIMEOUT, async {
         while let Some(ev) = events.recv().await {
-            if ev["type"] == "session.heartbeat" {
+            if ev["type"] == kind::SESSION_HEARTBEAT {
                 return Ok(());
             }
         }

@@ -237,11 +237,11 @@ pub struct LaunchRequest {
     pub extra: Map<String, Value>,
 }
 
-/// Why a launch failed: `code` is `"harness_not_configured"`, `"workspace_missing"` or `None`.
+/// Why a launch failed, with the code the server acts on (none: a failure a retry may fix).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct LaunchError {
-    pub code: Option<String>,
+    pub code: Option<omnigent_proto::host_frames::LaunchErrorCode>,
     pub message: String,
 }
 
@@ -1137,7 +1137,7 @@ async fn launch<A: HostActions>(actions: &A, req: LaunchRunner) -> HostFrame {
                 status: "failed".to_owned(),
                 runner_id: None,
                 error: Some(e.message),
-                error_code: e.code,
+                error_code: e.code.map(|c| c.as_str().to_owned()),
                 extra: Default::default(),
             }
         }

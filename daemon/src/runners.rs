@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use omnigent_proto::control::{ChildExit, ChildState, RunnerStatus as RunnerView};
 use omnigent_proto::harness::{self, Harness};
+use omnigent_proto::host_frames::LaunchErrorCode;
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_proto::paths::Paths;
 use serde_json::{Map, Value};
@@ -398,14 +399,14 @@ impl Task {
             && let Err(unknown) = Harness::parse(h)
         {
             return Err(LaunchError {
-                code: Some("harness_not_configured".to_owned()),
+                code: Some(LaunchErrorCode::HarnessNotConfigured),
                 message: format!("{unknown}; pick one of them for this host"),
             });
         }
         let workspace = expand_home(&request.workspace);
         if !workspace.is_dir() {
             return Err(LaunchError {
-                code: Some("workspace_missing".to_owned()),
+                code: Some(LaunchErrorCode::WorkspaceMissing),
                 message: format!(
                     "workspace {} is not a directory on this host; create it or pick another",
                     workspace.display()

@@ -4,6 +4,7 @@
 //! from their `input_json_delta` fragments); if it stopped for `tool_use`, emit each call, run it, emit its
 //! output, and send the results back as `tool_result` blocks, until the model stops for another reason.
 
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -269,7 +270,9 @@ async fn read_reply(
                     }
                     Some("thinking_delta") => {
                         if let Some(t) = delta.get("thinking").and_then(Value::as_str) {
-                            sink.emit(json!({"type": "response.reasoning_text.delta", "delta": t}));
+                            sink.emit(
+                                json!({"type": kind::RESPONSE_REASONING_TEXT_DELTA, "delta": t}),
+                            );
                         }
                     }
                     _ => {}

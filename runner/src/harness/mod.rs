@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use omnigent_proto::events::kind;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -140,13 +141,13 @@ impl EventSink {
 
     /// `response.output_text.delta` (response-scoped: the server assembles and persists the text).
     pub fn text_delta(&self, delta: &str) {
-        self.emit(serde_json::json!({"type": "response.output_text.delta", "delta": delta}));
+        self.emit(serde_json::json!({"type": kind::RESPONSE_OUTPUT_TEXT_DELTA, "delta": delta}));
     }
 
     /// `response.output_item.done` for a completed `function_call` item.
     pub fn function_call(&self, response_id: &str, call_id: &str, name: &str, arguments: &str) {
         self.emit(serde_json::json!({
-            "type": "response.output_item.done",
+            "type": kind::RESPONSE_OUTPUT_ITEM_DONE,
             "item": {
                 "id": crate::harness::new_item_id(),
                 "type": "function_call",
@@ -162,7 +163,7 @@ impl EventSink {
     /// `response.output_item.done` for a `function_call_output` item.
     pub fn function_call_output(&self, response_id: &str, call_id: &str, output: &str) {
         self.emit(serde_json::json!({
-            "type": "response.output_item.done",
+            "type": kind::RESPONSE_OUTPUT_ITEM_DONE,
             "item": {
                 "id": crate::harness::new_item_id(),
                 "type": "function_call_output",
