@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 /// Exit code for a configuration error (EX_CONFIG): wrong flags values, unusable files, refused settings,
 /// or a peer that can never be talked to (protocol mismatch, rejected token).
-pub const EXIT_CONFIG: u8 = 78;
+pub const EXIT_CONFIG: u8 = omnigent_proto::exit::CONFIG;
 /// Exit code after Ctrl-C (128 + SIGINT).
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub const EXIT_INTERRUPTED: u8 = omnigent_proto::exit::INTERRUPTED;
 /// Exit code when the reader of stdout or stderr went away (128 + SIGPIPE), e.g. `omnigent … | head -1`.
-pub const EXIT_CLOSED_PIPE: i32 = 141;
+pub const EXIT_CLOSED_PIPE: i32 = omnigent_proto::exit::CLOSED_PIPE as i32;
 
 /// An error that must end the process with [`EXIT_CONFIG`] instead of 1.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     if err.downcast_ref::<ConfigError>().is_some() {
         ExitCode::from(EXIT_CONFIG)
     } else {
-        ExitCode::from(1)
+        ExitCode::from(omnigent_proto::exit::FAILURE)
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -87,7 +88,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             // Not a server event: tells an NDJSON reader which session to attach to later.
             crate::exit::out(&format!(
                 "{}\n",
-                json!({"type": "session.created", "session": session})
+                json!({"type": kind::SESSION_CREATED, "session": session})
             ));
         } else if std::io::stderr().is_terminal() {
             eprintln!(
@@ -412,13 +413,13 @@ fn show(ev: &Value, json_out: bool, st: &mut TurnState) -> Step {
         crate::exit::out(&format!("{ev}\n"));
     }
     match kind {
-        "response.output_text.delta" if !json_out => {
+        kind::RESPONSE_OUTPUT_TEXT_DELTA if !json_out => {
             if let Some(d) = ev["delta"].as_str() {
                 crate::exit::out(d);
                 st.at_line_start = d.ends_with('\n');
             }
         }
-        "response.output_item.done" if !json_out => {
+        kind::RESPONSE_OUTPUT_ITEM_DONE if !json_out => {
             let item = &ev["item"];
             match item["type"].as_str().unwrap_or("") {
                 "function_call" => {
@@ -440,7 +441,7 @@ fn show(ev: &Value, json_out: bool, st: &mut TurnState) -> Step {
                 _ => {}
             }
         }
-        "session.status" => match ev["status"].as_str().unwrap_or("") {
+        kind::SESSION_STATUS => match ev["status"].as_str().unwrap_or("") {
             "running" | "launching" => st.seen_running = true,
             "idle" if st.seen_running => return Step::Idle,
             "failed" => {
@@ -455,7 +456,7 @@ fn show(ev: &Value, json_out: bool, st: &mut TurnState) -> Step {
             }
             _ => {}
         },
-        "response.error" | "error" => {
+        kind::RESPONSE_ERROR | "error" => {
             let why = error_message(ev);
             st.show_error(&why, json_out);
             // A tool's error is the agent's to handle; an LLM or runner error ends the turn.
@@ -463,12 +464,12 @@ fn show(ev: &Value, json_out: bool, st: &mut TurnState) -> Step {
                 st.failure = Some(why);
             }
         }
-        "response.failed" => {
+        kind::RESPONSE_FAILED => {
             let why = st.failure.clone().unwrap_or_else(|| error_message(ev));
             st.show_error(&why, json_out);
             st.failure.get_or_insert(why);
         }
-        "response.incomplete" => {
+        kind::RESPONSE_INCOMPLETE => {
             let reason = ev["response"]["incomplete_details"]["reason"]
                 .as_str()
                 .unwrap_or("unknown reason");
@@ -476,8 +477,8 @@ fn show(ev: &Value, json_out: bool, st: &mut TurnState) -> Step {
             st.show_error(&why, json_out);
             st.failure.get_or_insert(why);
         }
-        "response.completed" => st.failure = None,
-        "response.cancelled" | "session.interrupted" => {
+        kind::RESPONSE_COMPLETED => st.failure = None,
+        kind::RESPONSE_CANCELLED | kind::SESSION_INTERRUPTED => {
             if !json_out && !st.cancelled {
                 end_line(&mut st.at_line_start);
                 eprintln!("(interrupted)");
@@ -516,7 +517,7 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
     // The ready heartbeat: the server has registered us, nothing we send from now on is missed.
     tokio::time::timeout(READY_TIMEOUT, async {
         while let Some(ev) = events.recv().await {
-            if ev["type"] == "session.heartbeat" {
+            if ev["type"] == kind::SESSION_HEARTBEAT {
                 return Ok(());
             }
         }

@@ -32,12 +32,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     crate::logging::init_process();
-    let harness = HarnessKind::parse(&args.harness).ok_or_else(|| {
-        ConfigError(format!(
-            "unknown harness {:?}; use one of: echo, openai, anthropic, exec",
-            args.harness
-        ))
-    })?;
+    let harness = HarnessKind::parse(&args.harness)
+        .map_err(|e| ConfigError(format!("{e}; pass one of them to --harness")))?;
     let workspace = match args.workspace {
         Some(dir) => dir,
         None => {

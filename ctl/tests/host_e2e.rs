@@ -934,7 +934,7 @@ async fn server_frozen_past_the_liveness_limit_is_detected_and_after_sigcont_the
         st.targets
             .iter()
             .find(|t| t.local)
-            .map(|t| t.tunnel.clone())
+            .map(|t| t.tunnel)
             .unwrap_or_default()
     };
     assert_eq!(local_tunnel(&st), "online", "{st:?}");

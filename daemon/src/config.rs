@@ -15,9 +15,9 @@
 //! url = "https://team.example.com"   # servers this machine is a host of (restored at every start)
 //! ```
 //!
-//! The daemon edits the file itself in two places only, as text so every other byte stays as written: the
-//! host identity ([`ensure_identity`]) and `[[targets]]` tables ([`add_target`], [`remove_target`], for
-//! `omnigent host URL --background` and `omnigent host stop URL`).
+//! The daemon edits the file itself in two places only, through `toml_edit` so comments, order and layout
+//! stay as written: the host identity ([`ensure_identity`]) and `[[targets]]` tables ([`add_target`],
+//! [`remove_target`], for `omnigent host URL --background` and `omnigent host stop URL`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -175,37 +175,49 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Make sure the config file carries a host identity, generating `host_id` (32 hex) and `name` (the
-/// hostname) once. Existing content is kept: the missing keys are added as text, never rewritten.
+/// hostname) once. Existing content is kept: the missing keys are added to the `[host]` table (however its
+/// header is written: `[host] # me`, `[ host ]`), or a `[host]` table is appended; nothing else is rewritten.
 pub fn ensure_identity(path: &Path) -> Result<Config, ConfigError> {
     let text = read_for_edit(path)?;
     let config = parse(path, &text)?;
     if config.host.host_id.is_some() && config.host.name.is_some() {
         return Ok(config);
     }
-    let mut add = String::new();
-    if config.host.host_id.is_none() {
-        add.push_str(&format!(
-            "host_id = \"{}\"\n",
-            uuid::Uuid::new_v4().simple()
-        ));
-    }
-    if config.host.name.is_none() {
-        add.push_str(&format!("name = {}\n", toml_string(&hostname())));
-    }
-    let new_text = match text.lines().position(|l| l.trim() == "[host]") {
-        Some(i) => {
-            let mut lines: Vec<&str> = text.lines().collect();
-            lines.insert(i + 1, add.trim_end());
-            lines.join("\n") + "\n"
+    let host_id = config
+        .host
+        .host_id
+        .is_none()
+        .then(|| uuid::Uuid::new_v4().simple().to_string());
+    let name = config.host.name.is_none().then(hostname);
+    let new_text = if text.is_empty() {
+        let mut add = String::from("[host]\n");
+        for (key, value) in [("host_id", &host_id), ("name", &name)] {
+            if let Some(v) = value {
+                add.push_str(&format!("{key} = {}\n", toml_string(v)));
+            }
         }
-        None if text.is_empty() => format!("{}[host]\n{add}", default_header()),
-        None => format!(
-            "{}{}\n[host]\n{add}",
-            text,
-            if text.ends_with('\n') { "" } else { "\n" }
-        ),
+        format!("{}{add}", default_header())
+    } else {
+        let mut doc = edit_document(path, &text)?;
+        let host = match doc.get_mut("host") {
+            Some(item) => item.as_table_like_mut().ok_or_else(|| {
+                edit_error(path, "`host` is not a table; fix it by hand".to_owned())
+            })?,
+            None => {
+                append_table(&mut doc, "host", toml_edit::Table::new(), false);
+                doc["host"]
+                    .as_table_like_mut()
+                    .ok_or_else(|| edit_error(path, "cannot add a [host] table".to_owned()))?
+            }
+        };
+        for (key, value) in [("host_id", host_id), ("name", name)] {
+            if let Some(v) = value {
+                host.insert(key, toml_edit::value(v));
+            }
+        }
+        render(&doc, &text)
     };
-    let config = parse(path, &new_text)?;
+    let config = parse_edit(path, &new_text, "adding the host identity")?;
     write_atomic(path, &new_text)?;
     Ok(config)
 }
@@ -240,7 +252,8 @@ fn edit_error(path: &Path, why: String) -> ConfigError {
     }
 }
 
-/// Parse text we are about to write; an error is ours, not the user's, so it says what we tried.
+/// Parse text we are about to write into the config it holds; an error is ours, not the user's, so it says
+/// what we tried.
 fn parse_edit(path: &Path, text: &str, what: &str) -> Result<Config, ConfigError> {
     parse(path, text).map_err(|e| {
         let why = match e {
@@ -254,9 +267,102 @@ fn parse_edit(path: &Path, text: &str, what: &str) -> Result<Config, ConfigError
     })
 }
 
+/// The file as an editable document (comments, order and layout kept). `text` has already parsed as a
+/// [`Config`], so a failure here is a TOML subtlety the two parsers see differently.
+fn edit_document(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, ConfigError> {
+    text.parse::<toml_edit::DocumentMut>()
+        .map_err(|e| edit_error(path, format!("{e}; edit it by hand")))
+}
+
+/// Add `table` under `key` at the very end of the document (as one more `[[key]]` when `array`), set apart
+/// by a blank line: whatever trailed the last table (comments, blank lines) stays before it.
+fn append_table(doc: &mut toml_edit::DocumentMut, key: &str, table: toml_edit::Table, array: bool) {
+    let mut table = table;
+    let trailing = doc.trailing().as_str().unwrap_or("").to_owned();
+    doc.set_trailing("");
+    table
+        .decor_mut()
+        .set_prefix(separator(&doc.to_string(), &trailing));
+    table.set_position(isize::MAX);
+    match doc.get_mut(key) {
+        Some(toml_edit::Item::ArrayOfTables(tables)) => tables.push(table),
+        _ if array => {
+            let mut tables = toml_edit::ArrayOfTables::new();
+            tables.push(table);
+            doc.insert(key, toml_edit::Item::ArrayOfTables(tables));
+        }
+        _ => {
+            doc.insert(key, toml_edit::Item::Table(table));
+        }
+    }
+}
+
+/// The document positions of every table under `table`.
+fn table_positions(table: &toml_edit::Table, out: &mut Vec<isize>) {
+    for (_, item) in table.iter() {
+        let children: Vec<&toml_edit::Table> = match item {
+            toml_edit::Item::Table(t) => vec![t],
+            toml_edit::Item::ArrayOfTables(a) => a.iter().collect(),
+            _ => Vec::new(),
+        };
+        for t in children {
+            out.extend(t.position());
+            table_positions(t, out);
+        }
+    }
+}
+
+/// The decor of the table at document position `at`, under `table`.
+fn decor_at(table: &mut toml_edit::Table, at: isize) -> Option<&mut toml_edit::Decor> {
+    for (_, item) in table.iter_mut() {
+        let children: Vec<&mut toml_edit::Table> = match item {
+            toml_edit::Item::Table(t) => vec![t],
+            toml_edit::Item::ArrayOfTables(a) => a.iter_mut().collect(),
+            _ => Vec::new(),
+        };
+        for t in children {
+            let mut below = Vec::new();
+            table_positions(t, &mut below);
+            if t.position() == Some(at) {
+                return Some(t.decor_mut());
+            }
+            if below.contains(&at) {
+                return decor_at(t, at);
+            }
+        }
+    }
+    None
+}
+
+/// What goes between the text so far (`head`, then what trailed it) and an appended table header: the
+/// trailing text, then newlines until a blank line separates them (nothing in an empty file).
+fn separator(head: &str, trailing: &str) -> String {
+    let mut all = format!("{head}{trailing}");
+    if !all.is_empty() {
+        if !all.ends_with('\n') {
+            all.push('\n');
+        }
+        if !all.ends_with("\n\n") {
+            all.push('\n');
+        }
+    }
+    all.split_off(head.len())
+}
+
+/// The edited document as text. toml_edit ends the last key-value line with a newline; a file that ended
+/// without one keeps ending without one.
+fn render(doc: &toml_edit::DocumentMut, original: &str) -> String {
+    let mut text = doc.to_string();
+    if !original.is_empty() && !original.ends_with('\n') && text.ends_with('\n') {
+        text.pop();
+    }
+    text
+}
+
 /// Keep `url` as a `[[targets]]` table: appended at the end of the file (created if missing), every existing
 /// byte kept. Nothing is written when the file already lists it (compared without a trailing `/`). A file
-/// that cannot be read or parsed is an error and is left as it is.
+/// that cannot be read or parsed is an error and is left as it is, and so is one that writes `targets`
+/// another way (an inline array).
 pub fn add_target(path: &Path, url: &str) -> Result<Edited, ConfigError> {
     let url = normalize_url(url);
     let text = read_for_edit(path)?;
@@ -267,28 +373,21 @@ pub fn add_target(path: &Path, url: &str) -> Result<Edited, ConfigError> {
             changed: false,
         });
     }
-    let mut new_text = text;
-    if !new_text.is_empty() {
-        if !new_text.ends_with('\n') {
-            new_text.push('\n');
-        }
-        if !new_text.ends_with("\n\n") {
-            new_text.push('\n');
-        }
-    }
-    new_text.push_str(&format!("[[targets]]\nurl = {}\n", toml_string(&url)));
-    let new = parse_edit(path, &new_text, "appending a [[targets]] table")?;
-    let mut expected = config;
-    expected.targets.push(Target { url: url.clone() });
-    if new != expected {
+    let mut doc = edit_document(path, &text)?;
+    if doc.get("targets").is_some_and(|t| !t.is_array_of_tables()) {
         return Err(edit_error(
             path,
             format!(
-                "appending a [[targets]] table for {url} would change other settings (is `targets` written \
-                 another way?); add it by hand"
+                "`targets` is written another way than [[targets]] tables (an inline array?); add {url} by hand"
             ),
         ));
     }
+    let mut table = toml_edit::Table::new();
+    table.insert("url", toml_edit::value(url.clone()));
+    append_table(&mut doc, "targets", table, true);
+    // The table is appended as the last one, so there is a trailing newline to keep.
+    let new_text = doc.to_string();
+    let new = parse_edit(path, &new_text, "appending a [[targets]] table")?;
     write_atomic(path, &new_text)?;
     Ok(Edited {
         config: new,
@@ -296,9 +395,10 @@ pub fn add_target(path: &Path, url: &str) -> Result<Edited, ConfigError> {
     })
 }
 
-/// Remove every `[[targets]]` table whose `url` is `url` (without a trailing `/`): only the lines of those
-/// tables (and the blank line that set one apart), the rest of the file byte for byte. Nothing is written
-/// when the file does not list it. A target written in another form (an inline array) is an error naming it.
+/// Remove every `[[targets]]` table whose `url` is `url` (without a trailing `/`), with its sub-tables and the
+/// blank line that set it apart; comments before the next header belong to what follows and stay, and so
+/// does every other byte. Nothing is written when the file does not list it. A target written in another
+/// form (an inline array) is an error naming it.
 pub fn remove_target(path: &Path, url: &str) -> Result<Edited, ConfigError> {
     let url = normalize_url(url);
     let text = read_for_edit(path)?;
@@ -309,55 +409,8 @@ pub fn remove_target(path: &Path, url: &str) -> Result<Edited, ConfigError> {
             changed: false,
         });
     }
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let mut drop = vec![false; lines.len()];
-    let mut i = 0;
-    while i < lines.len() {
-        if header_key(lines[i]).as_deref() != Some("[[targets]]") {
-            i += 1;
-            continue;
-        }
-        // The table runs to the next header that is not one of its own sub-tables.
-        let start = i;
-        let mut next = i + 1;
-        while next < lines.len() {
-            match header_key(lines[next]) {
-                Some(k) if !k.starts_with("[targets.") && !k.starts_with("[[targets.") => break,
-                _ => next += 1,
-            }
-        }
-        i = next;
-        let block: String = lines[start..next].concat();
-        let matches = toml::from_str::<Config>(&block)
-            .is_ok_and(|c| c.targets.len() == 1 && normalize_url(&c.targets[0].url) == url);
-        if !matches {
-            continue;
-        }
-        // Comments and blank lines before the next header belong to what follows.
-        let mut end = next;
-        while end > start + 1 && is_blank_or_comment(lines[end - 1]) {
-            end -= 1;
-        }
-        drop[start..end].iter_mut().for_each(|d| *d = true);
-        // The blank line that set the table apart goes with it, unless that would join two other lines.
-        if start > 0
-            && lines[start - 1].trim().is_empty()
-            && !drop[start - 1]
-            && (end == lines.len() || lines[end].trim().is_empty())
-        {
-            drop[start - 1] = true;
-        }
-    }
-    let new_text: String = lines
-        .iter()
-        .zip(&drop)
-        .filter(|(_, d)| !**d)
-        .map(|(l, _)| *l)
-        .collect();
-    let new = parse_edit(path, &new_text, "removing its [[targets]] table")?;
-    let mut expected = config;
-    expected.targets.retain(|t| normalize_url(&t.url) != url);
-    if new != expected {
+    let mut doc = edit_document(path, &text)?;
+    let Some(toml_edit::Item::ArrayOfTables(tables)) = doc.get_mut("targets") else {
         return Err(edit_error(
             path,
             format!(
@@ -365,32 +418,53 @@ pub fn remove_target(path: &Path, url: &str) -> Result<Edited, ConfigError> {
                  `url`); remove it by hand"
             ),
         ));
+    };
+    let listed = |t: &toml_edit::Table| {
+        t.get("url")
+            .and_then(toml_edit::Item::as_str)
+            .is_some_and(|u| normalize_url(u) == url)
+    };
+    // Comments before a removed header belong to what precedes it; only the blank line that set the table
+    // apart goes with it. They move to the next table (or the end of the file).
+    let kept: Vec<(isize, String)> = tables
+        .iter()
+        .filter(|t| listed(t))
+        .filter_map(|t| {
+            let prefix = t.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
+            let prefix = match prefix.strip_suffix('\n') {
+                Some(before) if before.is_empty() || before.ends_with('\n') => before,
+                _ => prefix,
+            };
+            Some((t.position()?, prefix.to_owned())).filter(|(_, p)| !p.is_empty())
+        })
+        .collect();
+    tables.retain(|t| !listed(t));
+    if tables.is_empty() {
+        doc.remove("targets");
     }
+    for (removed_at, text) in kept {
+        let mut positions = Vec::new();
+        table_positions(doc.as_table(), &mut positions);
+        match positions.into_iter().filter(|p| *p > removed_at).min() {
+            Some(next) => {
+                if let Some(decor) = decor_at(doc.as_table_mut(), next) {
+                    let prefix = decor.prefix().and_then(|p| p.as_str()).unwrap_or("");
+                    decor.set_prefix(format!("{text}{prefix}"));
+                }
+            }
+            None => {
+                let trailing = doc.trailing().as_str().unwrap_or("").to_owned();
+                doc.set_trailing(format!("{text}{trailing}"));
+            }
+        }
+    }
+    let new_text = render(&doc, &text);
+    let new = parse_edit(path, &new_text, "removing its [[targets]] table")?;
     write_atomic(path, &new_text)?;
     Ok(Edited {
         config: new,
         changed: true,
     })
-}
-
-/// `[[targets]]` for a line `  [[ targets ]] # c`, `[server]` for `[server]`; None when the line is not a
-/// table header.
-fn header_key(line: &str) -> Option<String> {
-    let t = line.trim_start();
-    if !t.starts_with('[') {
-        return None;
-    }
-    let t = t.split('#').next().unwrap_or("");
-    Some(
-        t.chars()
-            .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
-            .collect(),
-    )
-}
-
-fn is_blank_or_comment(line: &str) -> bool {
-    let t = line.trim();
-    t.is_empty() || t.starts_with('#')
 }
 
 fn default_header() -> &'static str {
@@ -518,7 +592,11 @@ mod tests {
         assert_eq!(load(&path).unwrap(), c);
     }
 
+    /// The first line ends in CRLF: toml_edit writes every line end as LF (it drops each `\r`), so an edit
+    /// turns that one into LF (see [`USER_AFTER_EDIT`]); nothing else changes.
     const USER: &str = "# mine: keep this\r\nlog_level = \"debug\"   # inline\n\n[host]\nname = \"box\"\n\n\
+                        [[targets]]\nurl = \"https://a.example\"\n\n# about the server\n[server]\nport = 7000";
+    const USER_AFTER_EDIT: &str = "# mine: keep this\nlog_level = \"debug\"   # inline\n\n[host]\nname = \"box\"\n\n\
                         [[targets]]\nurl = \"https://a.example\"\n\n# about the server\n[server]\nport = 7000";
 
     #[test]
@@ -531,7 +609,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            format!("{USER}\n\n[[targets]]\nurl = \"http://127.0.0.1:9\"\n")
+            format!("{USER_AFTER_EDIT}\n\n[[targets]]\nurl = \"http://127.0.0.1:9\"\n")
         );
         assert_eq!(load(&path).unwrap(), e.config);
         let urls: Vec<&str> = e.config.targets.iter().map(|t| t.url.as_str()).collect();
@@ -581,15 +659,55 @@ mod tests {
         assert!(e.changed && e.config.targets.is_empty());
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "# mine: keep this\r\nlog_level = \"debug\"   # inline\n\n[host]\nname = \"box\"\n\n\
+            "# mine: keep this\nlog_level = \"debug\"   # inline\n\n[host]\nname = \"box\"\n\n\
              # about the server\n[server]\nport = 7000"
         );
         let with_sub = "[[targets]]\nurl = \"http://s\"\n[targets.extra]\nk = 1\n[[ targets ]] # two\nurl = \"http://t\"\n";
         std::fs::write(&path, with_sub).unwrap();
         remove_target(&path, "http://s").unwrap();
+        // toml_edit keeps one header key for all the tables of an array, the first one's: with that table
+        // removed, the spaces inside `[[ targets ]]` go (its comment stays).
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "[[ targets ]] # two\nurl = \"http://t\"\n"
+            "[[targets]] # two\nurl = \"http://t\"\n"
+        );
+    }
+
+    #[test]
+    fn a_commented_host_header_gets_the_identity_and_trailing_comments_stay_before_a_new_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[host] # me\nname = \"box\"\n[server]\nport = 7000\n",
+        )
+        .unwrap();
+        let c = ensure_identity(&path).unwrap();
+        assert_eq!(c.host_name(), "box");
+        let id = c.host_id().to_owned();
+        assert_eq!(id.len(), 32);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("[host] # me\nname = \"box\"\nhost_id = \"{id}\"\n[server]\nport = 7000\n")
+        );
+
+        let text = "[[targets]]\nurl = \"http://s\"\n[targets.extra]\nk = 1\n\n# the end\n";
+        std::fs::write(&path, text).unwrap();
+        let e = add_target(&path, "http://u").unwrap();
+        assert_eq!(e.config.targets.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{text}\n[[targets]]\nurl = \"http://u\"\n")
+        );
+        remove_target(&path, "http://u").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        // A comment right above a removed header stays, for the table that follows.
+        let text = "[[targets]]\nurl = \"http://s\"\n# about u\n[[targets]]\nurl = \"http://u\"\n[server]\nport = 1\n";
+        std::fs::write(&path, text).unwrap();
+        remove_target(&path, "http://u").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[[targets]]\nurl = \"http://s\"\n# about u\n[server]\nport = 1\n"
         );
     }
 

@@ -40,7 +40,7 @@ const WS_LAYER_SLACK: usize = 1024 * 1024;
 /// How many runner exits may wait for the tunnel (in the channel, and again parked while it is down).
 pub const EXIT_QUEUE: usize = 256;
 /// The daemon's exit code for a fatal tunnel error (EX_CONFIG): service managers must not restart it.
-pub const FATAL_EXIT_CODE: i32 = 78;
+pub const FATAL_EXIT_CODE: i32 = omnigent_proto::exit::CONFIG as i32;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -234,11 +234,11 @@ pub struct LaunchRequest {
     pub extra: Map<String, Value>,
 }
 
-/// Why a launch failed: `code` is `"harness_not_configured"`, `"workspace_missing"` or `None`.
+/// Why a launch failed, with the code the server acts on (none: a failure a retry may fix).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct LaunchError {
-    pub code: Option<String>,
+    pub code: Option<omnigent_proto::host_frames::LaunchErrorCode>,
     pub message: String,
 }
 
@@ -1134,7 +1134,7 @@ async fn launch<A: HostActions>(actions: &A, req: LaunchRunner) -> HostFrame {
                 status: "failed".to_owned(),
                 runner_id: None,
                 error: Some(e.message),
-                error_code: e.code,
+                error_code: e.code.map(|c| c.as_str().to_owned()),
                 extra: Default::default(),
             }
         }

@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use omnigent_proto::control::{ChildExit, ChildState, RunnerStatus as RunnerView};
+use omnigent_proto::harness::{self, Harness};
+use omnigent_proto::host_frames::LaunchErrorCode;
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_proto::paths::Paths;
 use serde_json::{Map, Value};
@@ -73,7 +75,8 @@ pub const RUNNER_ENV: &[&str] = &[
     "OMNIGENT_EXEC_COMMAND",
     "OMNIGENT_RUNNER_ENV_PASSTHROUGH",
     "RUST_LOG",
-    // Harness credentials (each also accepted with an `OMNIGENT_` prefix, see [`RUNNER_ENV_PREFIXES`]).
+    // Harness credentials (each also accepted with an `OMNIGENT_` prefix, see [`RUNNER_ENV_PREFIXES`]). Every
+    // variable of the harness table (`omnigent_proto::harness::env_vars`) passes too, see [`env_allowed`].
     "AWS_BEARER_TOKEN_BEDROCK",
     "CLAUDE_CODE_OAUTH_TOKEN",
     "CODEX_ACCESS_TOKEN",
@@ -94,9 +97,6 @@ pub const RUNNER_ENV_PREFIXES: &[&str] = &[
 /// Never handed to runners even when a prefix matches: the server's database belongs to the server.
 const RUNNER_ENV_DENIED: &[&str] = &["OMNIGENT_DATABASE_URI"];
 
-/// The harnesses a runner knows.
-pub const HARNESSES: &[&str] = &["echo", "openai", "anthropic", "exec"];
-
 /// Exits remembered per runner for status.
 const KEEP_EXITS: usize = 10;
 /// Log lines in an exit report (reference host §4.3: ≤ 15 lines).
@@ -109,6 +109,7 @@ pub fn env_allowed(name: &str, extra: &[String]) -> bool {
     }
     RUNNER_ENV.contains(&name)
         || RUNNER_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+        || harness::env_vars().any(|v| v == name)
         || extra.iter().any(|e| e == name)
 }
 
@@ -246,31 +247,9 @@ impl HostActions for Runners {
     }
 
     fn configured_harnesses(&self) -> Map<String, Value> {
-        configured_harnesses(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+        // The runners get these variables from this environment (they pass [`env_allowed`]).
+        harness::configured_harnesses(|name| std::env::var(name).ok())
     }
-}
-
-/// harness → `true` | `"needs-auth"`, from which credentials are set (`has` tells whether a variable is).
-pub fn configured_harnesses(has: impl Fn(&str) -> bool) -> Map<String, Value> {
-    let mut m = Map::new();
-    let auth = |keys: &[&str]| -> Value {
-        if keys.iter().any(|k| has(k) || has(&format!("OMNIGENT_{k}"))) {
-            Value::Bool(true)
-        } else {
-            Value::String("needs-auth".to_owned())
-        }
-    };
-    m.insert("echo".into(), Value::Bool(true));
-    m.insert("exec".into(), Value::Bool(true));
-    m.insert(
-        "openai".into(),
-        auth(&["OPENAI_API_KEY", "OPENAI_BASE_URL"]),
-    );
-    m.insert(
-        "anthropic".into(),
-        auth(&["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]),
-    );
-    m
 }
 
 /// Start the supervisor task for one target.
@@ -414,21 +393,20 @@ impl Task {
                 message: "host.launch_runner carried an empty binding_token".to_owned(),
             });
         }
+        // Known names (ours and Python omnigent's) launch even without credentials: the runner reports those
+        // as a turn error (reference wire notes). The runner resolves the name through the same table.
         if let Some(h) = &request.harness
-            && !HARNESSES.contains(&h.as_str())
+            && let Err(unknown) = Harness::parse(h)
         {
             return Err(LaunchError {
-                code: Some("harness_not_configured".to_owned()),
-                message: format!(
-                    "harness {h:?} is not available on this host; it knows {}",
-                    HARNESSES.join(", ")
-                ),
+                code: Some(LaunchErrorCode::HarnessNotConfigured),
+                message: format!("{unknown}; pick one of them for this host"),
             });
         }
         let workspace = expand_home(&request.workspace);
         if !workspace.is_dir() {
             return Err(LaunchError {
-                code: Some("workspace_missing".to_owned()),
+                code: Some(LaunchErrorCode::WorkspaceMissing),
                 message: format!(
                     "workspace {} is not a directory on this host; create it or pick another",
                     workspace.display()
@@ -850,13 +828,15 @@ mod tests {
     }
 
     #[test]
-    fn harnesses_without_credentials_say_needs_auth() {
-        let none = configured_harnesses(|_| false);
-        assert_eq!(none["echo"], true);
-        assert_eq!(none["openai"], "needs-auth");
-        assert_eq!(none["anthropic"], "needs-auth");
-        let keyed = configured_harnesses(|k| k == "OMNIGENT_ANTHROPIC_API_KEY");
-        assert_eq!(keyed["anthropic"], true);
+    fn every_variable_of_the_harness_table_reaches_the_runner() {
+        for var in harness::env_vars() {
+            assert!(
+                env_allowed(var, &[]),
+                "{var} is read by the runner but dropped"
+            );
+            let env = runner_env(os(&[(var, "v")]), &[]);
+            assert_eq!(env.len(), 1, "{var}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use omnigent_proto::control::{RemoveTargetReply, RunnerStatus as RunnerView, TargetStatus};
+use omnigent_proto::control::{
+    RemoveTargetReply, RunnerStatus as RunnerView, TargetStatus, TunnelState,
+};
 use omnigent_proto::paths::Paths;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -51,20 +53,25 @@ pub struct TargetView {
 impl TargetView {
     pub fn status(&self) -> TargetStatus {
         let state = self.state.borrow().clone();
-        let (word, attempt, last_error, warning) = match state {
-            HostTunnelState::Connecting => ("connecting", 0, None, None),
-            HostTunnelState::Online => ("online", 0, None, None),
+        let (tunnel, attempt, last_error, warning) = match state {
+            HostTunnelState::Connecting => (TunnelState::Connecting, 0, None, None),
+            HostTunnelState::Online => (TunnelState::Online, 0, None, None),
             HostTunnelState::Reconnecting {
                 attempt,
                 last_error,
                 warning,
-            } => ("reconnecting", attempt, Some(last_error), warning),
-            HostTunnelState::Failed { reason } => ("failed", 0, Some(reason), None),
-            HostTunnelState::Stopped => ("stopped", 0, None, None),
+            } => (
+                TunnelState::Reconnecting,
+                attempt,
+                Some(last_error),
+                warning,
+            ),
+            HostTunnelState::Failed { reason } => (TunnelState::Failed, 0, Some(reason), None),
+            HostTunnelState::Stopped => (TunnelState::Stopped, 0, None, None),
         };
         TargetStatus {
             url: self.url.clone(),
-            tunnel: word.to_owned(),
+            tunnel,
             local: self.local,
             persistent: self.persistent,
             attempt,

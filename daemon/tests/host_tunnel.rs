@@ -55,7 +55,7 @@ impl HostActions for Fake {
         }
         if request.workspace == "/missing" {
             return Err(LaunchError {
-                code: Some("workspace_missing".into()),
+                code: Some(omnigent_proto::host_frames::LaunchErrorCode::WorkspaceMissing),
                 message: "workspace /missing is not a directory".into(),
             });
         }

@@ -341,6 +341,36 @@ async fn a_missing_workspace_and_an_unknown_harness_fail_the_launch_with_their_c
     host.shutdown().await;
 }
 
+/// A Python omnigent server launches with its own harness names (`claude-sdk` for the built-in agents,
+/// `openai-agents` for an OpenAI-compatible one): both reach a runner, which is handed the name as asked (it
+/// resolves it through the same proto table), and the hello reports both names.
+#[tokio::test]
+async fn python_omnigent_harness_names_launch_a_runner() {
+    let mut host = host().await;
+    let ws = host.workspace("ws-py", "echo \"args=$*\"\nexit 78\n");
+    for (token, name) in [
+        ("tok-claude", "claude-sdk"),
+        ("tok-agents", "openai-agents"),
+    ] {
+        let r = host
+            .conn
+            .launch_runner(token, ws.to_str().unwrap(), Some("sess-py"), Some(name))
+            .await
+            .unwrap();
+        assert_eq!(r.status, "launched", "{name}: {r:?}");
+        let error = host.next_exit(&runner_id_for_token(token)).await.unwrap();
+        assert!(error.contains(&format!("--harness {name}")), "{error}");
+    }
+    let harnesses = host.conn.hello().configured_harnesses.clone().unwrap();
+    for name in ["claude-sdk", "openai-agents", "anthropic", "openai"] {
+        assert!(
+            harnesses.contains_key(name),
+            "{name} missing: {harnesses:?}"
+        );
+    }
+    host.shutdown().await;
+}
+
 #[tokio::test]
 async fn fifty_launches_at_once_all_run_and_a_shutdown_stops_them_all() {
     let mut host = host().await;

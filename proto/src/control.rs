@@ -246,12 +246,59 @@ pub struct ServerStatus {
     pub log_file: String,
 }
 
+/// A host tunnel's state as `omnigent status` shows it (wire: the lowercase name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelState {
+    /// Dialling for the first time.
+    Connecting,
+    /// Serving the server's requests.
+    Online,
+    /// Lost or refused; retrying.
+    Reconnecting,
+    /// Gave up for good.
+    Failed,
+    /// Stopped on request.
+    Stopped,
+    /// No tunnel (older daemons), or a state this version does not know.
+    #[default]
+    #[serde(other)]
+    None,
+}
+
+impl TunnelState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelState::Connecting => "connecting",
+            TunnelState::Online => "online",
+            TunnelState::Reconnecting => "reconnecting",
+            TunnelState::Failed => "failed",
+            TunnelState::Stopped => "stopped",
+            TunnelState::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for TunnelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with the wire name (`state == "online"`).
+impl PartialEq<&str> for TunnelState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A server this host serves (the local one, remote ones once the host tunnel lands).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub url: String,
-    /// The host tunnel: `connecting`, `online`, `reconnecting`, `failed`, `stopped` (`none` from older daemons).
-    pub tunnel: String,
+    /// The host tunnel's state.
+    pub tunnel: TunnelState,
     /// The local server (true) or a remote one (`omnigent host URL`, config `targets`).
     #[serde(default)]
     pub local: bool,
@@ -383,6 +430,25 @@ pub struct ServerRecord {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnel_states_keep_their_wire_names_and_an_unknown_one_is_none() {
+        for (state, wire) in [
+            (TunnelState::Connecting, "connecting"),
+            (TunnelState::Online, "online"),
+            (TunnelState::Reconnecting, "reconnecting"),
+            (TunnelState::Failed, "failed"),
+            (TunnelState::Stopped, "stopped"),
+            (TunnelState::None, "none"),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), wire);
+            let back: TunnelState = serde_json::from_value(wire.into()).unwrap();
+            assert_eq!(back, state);
+            assert_eq!(state, wire);
+        }
+        let later: TunnelState = serde_json::from_str(r#""paused""#).unwrap();
+        assert_eq!(later, TunnelState::None);
+    }
 
     #[test]
     fn hello_round_trips_and_ignores_extra_fields() {

@@ -19,6 +19,64 @@ pub const SSE_DONE: &str = "data: [DONE]\n\n";
 /// Headers of every stream answer.
 pub const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
 
+/// The `type` of every event in [`ServerEvent`], once: the server, the runner and the CLI match on and emit
+/// these names (the serde renames on [`ServerEvent`] must agree; a test checks it).
+pub mod kind {
+    pub const SESSION_HEARTBEAT: &str = "session.heartbeat";
+    pub const SESSION_STATUS: &str = "session.status";
+    pub const SESSION_INPUT_CONSUMED: &str = "session.input.consumed";
+    pub const SESSION_INTERRUPTED: &str = "session.interrupted";
+    pub const SESSION_CHANGED_FILES_INVALIDATED: &str = "session.changed_files.invalidated";
+    pub const SESSION_PRESENCE: &str = "session.presence";
+    pub const SESSION_TERMINAL_PENDING: &str = "session.terminal_pending";
+    pub const SESSION_RESOURCE_CREATED: &str = "session.resource.created";
+    pub const SESSION_RESOURCE_DELETED: &str = "session.resource.deleted";
+    pub const SESSION_MODEL: &str = "session.model";
+    pub const SESSION_USAGE: &str = "session.usage";
+    pub const RESPONSE_CREATED: &str = "response.created";
+    pub const RESPONSE_QUEUED: &str = "response.queued";
+    pub const RESPONSE_IN_PROGRESS: &str = "response.in_progress";
+    pub const RESPONSE_COMPLETED: &str = "response.completed";
+    pub const RESPONSE_FAILED: &str = "response.failed";
+    pub const RESPONSE_INCOMPLETE: &str = "response.incomplete";
+    pub const RESPONSE_CANCELLED: &str = "response.cancelled";
+    pub const RESPONSE_OUTPUT_TEXT_DELTA: &str = "response.output_text.delta";
+    pub const RESPONSE_REASONING_TEXT_DELTA: &str = "response.reasoning_text.delta";
+    pub const RESPONSE_FUNCTION_CALL_OUTPUT_DELTA: &str = "response.function_call_output.delta";
+    pub const RESPONSE_OUTPUT_ITEM_DONE: &str = "response.output_item.done";
+    pub const RESPONSE_ERROR: &str = "response.error";
+
+    /// Not a server event: the first line of `omnigent run --json`, naming the session it created.
+    pub const SESSION_CREATED: &str = "session.created";
+
+    /// Every server event kind above.
+    pub const ALL: [&str; 23] = [
+        SESSION_HEARTBEAT,
+        SESSION_STATUS,
+        SESSION_INPUT_CONSUMED,
+        SESSION_INTERRUPTED,
+        SESSION_CHANGED_FILES_INVALIDATED,
+        SESSION_PRESENCE,
+        SESSION_TERMINAL_PENDING,
+        SESSION_RESOURCE_CREATED,
+        SESSION_RESOURCE_DELETED,
+        SESSION_MODEL,
+        SESSION_USAGE,
+        RESPONSE_CREATED,
+        RESPONSE_QUEUED,
+        RESPONSE_IN_PROGRESS,
+        RESPONSE_COMPLETED,
+        RESPONSE_FAILED,
+        RESPONSE_INCOMPLETE,
+        RESPONSE_CANCELLED,
+        RESPONSE_OUTPUT_TEXT_DELTA,
+        RESPONSE_REASONING_TEXT_DELTA,
+        RESPONSE_FUNCTION_CALL_OUTPUT_DELTA,
+        RESPONSE_OUTPUT_ITEM_DONE,
+        RESPONSE_ERROR,
+    ];
+}
+
 /// One SSE event as written on the wire.
 pub fn sse_frame(event_type: &str, seq: u64, json: &str) -> String {
     format!("event: {event_type}\nid: {seq}\ndata: {json}\n\n")
@@ -251,29 +309,31 @@ impl ServerEvent {
     /// The wire name of this event (its `type`).
     pub fn event_type(&self) -> &'static str {
         match self {
-            ServerEvent::Heartbeat { .. } => "session.heartbeat",
-            ServerEvent::Status { .. } => "session.status",
-            ServerEvent::InputConsumed { .. } => "session.input.consumed",
-            ServerEvent::Interrupted { .. } => "session.interrupted",
-            ServerEvent::ChangedFilesInvalidated { .. } => "session.changed_files.invalidated",
-            ServerEvent::Presence { .. } => "session.presence",
-            ServerEvent::TerminalPending { .. } => "session.terminal_pending",
-            ServerEvent::ResourceCreated { .. } => "session.resource.created",
-            ServerEvent::ResourceDeleted { .. } => "session.resource.deleted",
-            ServerEvent::Model { .. } => "session.model",
-            ServerEvent::Usage { .. } => "session.usage",
-            ServerEvent::ResponseCreated { .. } => "response.created",
-            ServerEvent::ResponseQueued { .. } => "response.queued",
-            ServerEvent::ResponseInProgress { .. } => "response.in_progress",
-            ServerEvent::ResponseCompleted { .. } => "response.completed",
-            ServerEvent::ResponseFailed { .. } => "response.failed",
-            ServerEvent::ResponseIncomplete { .. } => "response.incomplete",
-            ServerEvent::ResponseCancelled { .. } => "response.cancelled",
-            ServerEvent::OutputTextDelta { .. } => "response.output_text.delta",
-            ServerEvent::ReasoningTextDelta { .. } => "response.reasoning_text.delta",
-            ServerEvent::FunctionCallOutputDelta { .. } => "response.function_call_output.delta",
-            ServerEvent::OutputItemDone { .. } => "response.output_item.done",
-            ServerEvent::ResponseError { .. } => "response.error",
+            ServerEvent::Heartbeat { .. } => kind::SESSION_HEARTBEAT,
+            ServerEvent::Status { .. } => kind::SESSION_STATUS,
+            ServerEvent::InputConsumed { .. } => kind::SESSION_INPUT_CONSUMED,
+            ServerEvent::Interrupted { .. } => kind::SESSION_INTERRUPTED,
+            ServerEvent::ChangedFilesInvalidated { .. } => kind::SESSION_CHANGED_FILES_INVALIDATED,
+            ServerEvent::Presence { .. } => kind::SESSION_PRESENCE,
+            ServerEvent::TerminalPending { .. } => kind::SESSION_TERMINAL_PENDING,
+            ServerEvent::ResourceCreated { .. } => kind::SESSION_RESOURCE_CREATED,
+            ServerEvent::ResourceDeleted { .. } => kind::SESSION_RESOURCE_DELETED,
+            ServerEvent::Model { .. } => kind::SESSION_MODEL,
+            ServerEvent::Usage { .. } => kind::SESSION_USAGE,
+            ServerEvent::ResponseCreated { .. } => kind::RESPONSE_CREATED,
+            ServerEvent::ResponseQueued { .. } => kind::RESPONSE_QUEUED,
+            ServerEvent::ResponseInProgress { .. } => kind::RESPONSE_IN_PROGRESS,
+            ServerEvent::ResponseCompleted { .. } => kind::RESPONSE_COMPLETED,
+            ServerEvent::ResponseFailed { .. } => kind::RESPONSE_FAILED,
+            ServerEvent::ResponseIncomplete { .. } => kind::RESPONSE_INCOMPLETE,
+            ServerEvent::ResponseCancelled { .. } => kind::RESPONSE_CANCELLED,
+            ServerEvent::OutputTextDelta { .. } => kind::RESPONSE_OUTPUT_TEXT_DELTA,
+            ServerEvent::ReasoningTextDelta { .. } => kind::RESPONSE_REASONING_TEXT_DELTA,
+            ServerEvent::FunctionCallOutputDelta { .. } => {
+                kind::RESPONSE_FUNCTION_CALL_OUTPUT_DELTA
+            }
+            ServerEvent::OutputItemDone { .. } => kind::RESPONSE_OUTPUT_ITEM_DONE,
+            ServerEvent::ResponseError { .. } => kind::RESPONSE_ERROR,
         }
     }
 }
@@ -399,6 +459,22 @@ mod tests {
         assert_eq!(got[0].event.as_deref(), Some("session.heartbeat"));
         assert_eq!(got[0].id.as_deref(), Some("3"));
         assert!(got[1].is_done());
+    }
+
+    #[test]
+    fn each_variant_is_tagged_with_its_kind_constant() {
+        for event in [
+            ServerEvent::heartbeat(Some(1.0)),
+            ServerEvent::status("conv_1", SessionStatus::Idle),
+        ] {
+            let json = serde_json::to_value(&event).expect("serializes");
+            assert_eq!(json["type"], event.event_type());
+            assert!(kind::ALL.contains(&event.event_type()));
+        }
+        let mut all = kind::ALL.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), kind::ALL.len());
     }
 
     #[test]

@@ -251,8 +251,39 @@ pub struct LaunchRunner {
     pub extra: Map<String, Value>,
 }
 
-/// `host.launch_runner_result`. `status` is `"launched"` or `"failed"`; `error_code` is
-/// `"harness_not_configured"` or `"workspace_missing"` on failure.
+/// Why a host refused a `host.launch_runner` (reference host §4.1): the `error_code` of a failed
+/// `host.launch_runner_result`, by its wire name [`LaunchErrorCode::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchErrorCode {
+    /// The harness named is not one this host knows.
+    HarnessNotConfigured,
+    /// The workspace is not a directory on the host.
+    WorkspaceMissing,
+}
+
+impl LaunchErrorCode {
+    pub const ALL: [LaunchErrorCode; 2] = [
+        LaunchErrorCode::HarnessNotConfigured,
+        LaunchErrorCode::WorkspaceMissing,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaunchErrorCode::HarnessNotConfigured => "harness_not_configured",
+            LaunchErrorCode::WorkspaceMissing => "workspace_missing",
+        }
+    }
+
+    /// The code of a wire name; `None` for a code this version does not know.
+    pub fn parse(code: &str) -> Option<LaunchErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
+
+/// `host.launch_runner_result`. `status` is `"launched"` or `"failed"`; `error_code` is a
+/// [`LaunchErrorCode`] wire name on failure (kept as a string: a peer may send codes we do not know).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LaunchRunnerResult {
     pub request_id: String,
@@ -396,6 +427,19 @@ pub struct Ping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn launch_error_codes_have_their_wire_names() {
+        for code in LaunchErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).expect("serializes"), code.as_str());
+            assert_eq!(LaunchErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(
+            LaunchErrorCode::HarnessNotConfigured.as_str(),
+            "harness_not_configured"
+        );
+        assert_eq!(LaunchErrorCode::parse("something_new"), None);
+    }
 
     #[test]
     fn unknown_kinds_are_skipped_not_fatal() {

@@ -4,6 +4,8 @@
 //! - [`runner_frames`]: runner tunnel v1 frames (runner ⇄ server), omnigent-compatible.
 //! - [`host_frames`]: host tunnel v1 frames (daemon ⇄ server), omnigent-compatible.
 //! - [`control`]: the local control API (CLI ⇄ daemon), ours.
+//! - [`harness`]: the harness table (names, aliases, credential variables), read by the daemon and the runner.
+//! - [`exit`]: process exit codes.
 //! - [`ids`]: id formats shared by all of them, and what a path id may look like.
 //! - [`headers`]: header names and values shared by the processes (origin sentinel, token headers), and
 //!   which headers carry secrets.
@@ -14,6 +16,8 @@
 pub mod api;
 pub mod control;
 pub mod events;
+pub mod exit;
+pub mod harness;
 pub mod headers;
 pub mod host_frames;
 pub mod ids;

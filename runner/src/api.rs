@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
@@ -85,14 +86,9 @@ async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Respon
     .into_iter()
     .find_map(|v| v.as_str().filter(|s| !s.is_empty()));
     let harness = harness_name.and_then(|name| {
-        let kind = HarnessKind::parse(name);
-        if kind.is_none() {
-            warn!(
-                harness = name,
-                "unknown harness in session init; using the runner default"
-            );
-        }
-        kind
+        HarnessKind::parse(name)
+            .inspect_err(|e| warn!(error = %e, "session init names an unknown harness; using the runner default"))
+            .ok()
     });
     let init = SessionInit {
         agent_id: body["agent_id"].as_str().map(str::to_owned),
@@ -216,7 +212,7 @@ async fn stream(State(sessions): State<Sessions>, Path(id): Path<String>) -> Res
         Ok(subscription) => subscription,
         Err(gone) => return gone.into_response(),
     };
-    let heartbeat = json!({"type": "session.heartbeat"});
+    let heartbeat = json!({"type": kind::SESSION_HEARTBEAT});
     // The heartbeat and the backlog in one chunk: a reader that has the ready signal has the backlog too (the
     // server's relay applies it before it judges the runner's status), and it takes no room in the channel of
     // live events, so a long backlog cannot make this subscriber look slow.

@@ -23,56 +23,80 @@ mod session;
 
 use backoff::{Backoff, BackoffPolicy};
 use harness::{HarnessConfig, HarnessKind};
+use omnigent_proto::harness::{self as harness_table, CredentialKind};
 /// The shutdown switch [`run`] takes (re-exported so callers need not depend on tokio-util).
 pub use tokio_util::sync::CancellationToken;
 
 /// How long the pre-tunnel `POST /v1/runners/{id}/token` and the WebSocket upgrade may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Vendor settings read from the environment once at startup; each harness takes its own.
+/// Vendor settings read from the environment once at startup; each harness takes its own. Every variable is
+/// one the harness table (`omnigent_proto::harness`) names, read in the table's order, so what the daemon
+/// reports as configured is what the runner uses.
 #[derive(Debug, Clone, Default)]
 pub struct HarnessEnv {
     /// `OMNIGENT_MODEL`
     pub model: Option<String>,
-    /// `OPENAI_BASE_URL`, `OPENAI_API_KEY`
-    pub openai_base_url: Option<String>,
-    pub openai_api_key: Option<String>,
-    /// `ANTHROPIC_BASE_URL`, `ANTHROPIC_API_KEY`
-    pub anthropic_base_url: Option<String>,
-    pub anthropic_api_key: Option<String>,
+    /// Per vendor harness: its base URL and credential.
+    pub vendors: Vec<(HarnessKind, VendorEnv)>,
     /// `OMNIGENT_EXEC_COMMAND`, split on whitespace.
     pub exec_command: Option<Vec<String>>,
+}
+
+/// One vendor harness's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VendorEnv {
+    pub base_url: Option<String>,
+    /// The first credential of the table's list that is set.
+    pub credential: Option<(CredentialKind, String)>,
 }
 
 impl HarnessEnv {
     /// Read the variables of this process's environment.
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Read the table's variables through `get` (which returns one variable's value).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Self {
+        let value = |vars: &[&'static str]| harness_table::first_set(vars, &get).map(|(_, v)| v);
+        let vendors = HarnessKind::ALL
+            .into_iter()
+            .filter(|k| !k.spec().credentials.is_empty() || !k.spec().base_url.is_empty())
+            .map(|k| {
+                let env = VendorEnv {
+                    base_url: k.base_url(&get),
+                    credential: k.credential(&get).map(|(c, v)| (c.kind, v)),
+                };
+                (k, env)
+            })
+            .collect();
         HarnessEnv {
-            model: var("OMNIGENT_MODEL"),
-            openai_base_url: var("OPENAI_BASE_URL"),
-            openai_api_key: var("OPENAI_API_KEY"),
-            anthropic_base_url: var("ANTHROPIC_BASE_URL"),
-            anthropic_api_key: var("ANTHROPIC_API_KEY"),
-            exec_command: var("OMNIGENT_EXEC_COMMAND")
+            model: value(harness_table::MODEL_VARS),
+            vendors,
+            exec_command: value(HarnessKind::Exec.spec().command)
                 .map(|c| c.split_whitespace().map(str::to_owned).collect()),
         }
     }
 
     /// The settings of harness `kind`.
     pub fn config_for(&self, kind: HarnessKind) -> HarnessConfig {
-        let (base_url, api_key) = match kind {
-            HarnessKind::OpenAi => (self.openai_base_url.clone(), self.openai_api_key.clone()),
-            HarnessKind::Anthropic => (
-                self.anthropic_base_url.clone(),
-                self.anthropic_api_key.clone(),
-            ),
-            HarnessKind::Echo | HarnessKind::Exec => (None, None),
+        let vendor = self
+            .vendors
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let (api_key, auth_token) = match vendor.credential {
+            Some((CredentialKind::ApiKey, v)) => (Some(v), None),
+            Some((CredentialKind::BearerToken, v)) => (None, Some(v)),
+            None => (None, None),
         };
         HarnessConfig {
             model: self.model.clone(),
-            base_url,
+            base_url: vendor.base_url,
             api_key,
+            auth_token,
             exec_command: match kind {
                 HarnessKind::Exec => self.exec_command.clone(),
                 _ => None,
@@ -403,23 +427,51 @@ mod tests {
 
     #[test]
     fn each_harness_gets_its_own_vendor_settings() {
-        let env = HarnessEnv {
-            model: Some("m".into()),
-            openai_base_url: Some("http://openai".into()),
-            openai_api_key: Some("ok".into()),
-            anthropic_base_url: Some("http://anthropic".into()),
-            anthropic_api_key: Some("ak".into()),
-            exec_command: Some(vec!["claude".into(), "-p".into()]),
-        };
+        let vars = [
+            ("OMNIGENT_MODEL", "m"),
+            ("OPENAI_BASE_URL", "http://openai"),
+            ("OPENAI_API_KEY", "ok"),
+            ("ANTHROPIC_BASE_URL", "http://anthropic"),
+            ("ANTHROPIC_API_KEY", "ak"),
+            ("OMNIGENT_EXEC_COMMAND", "claude -p"),
+        ];
+        let env = HarnessEnv::from_vars(|n| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        });
         let openai = env.config_for(HarnessKind::OpenAi);
         assert_eq!(openai.base_url.as_deref(), Some("http://openai"));
         assert_eq!(openai.api_key.as_deref(), Some("ok"));
         assert_eq!(openai.exec_command, None);
         let anthropic = env.config_for(HarnessKind::Anthropic);
         assert_eq!(anthropic.api_key.as_deref(), Some("ak"));
+        assert_eq!(anthropic.base_url.as_deref(), Some("http://anthropic"));
         assert_eq!(anthropic.model.as_deref(), Some("m"));
         let exec = env.config_for(HarnessKind::Exec);
         assert_eq!(exec.exec_command.unwrap(), vec!["claude", "-p"]);
         assert_eq!(exec.api_key, None);
+    }
+
+    /// The daemon reports `configured_harnesses` from the proto table; whatever single variable makes it say
+    /// `true` for a harness must be one this runner reads for that harness.
+    #[test]
+    fn every_credential_the_daemon_counts_is_one_the_runner_reads() {
+        for kind in HarnessKind::ALL {
+            for cred in kind.spec().credentials {
+                let get = |n: &str| (n == cred.var).then(|| "secret".to_owned());
+                let reported = harness_table::configured_harnesses(get);
+                assert_eq!(reported[kind.name()], true, "{}", cred.var);
+                let config = HarnessEnv::from_vars(get).config_for(kind);
+                let read = config.api_key.or(config.auth_token);
+                assert_eq!(read.as_deref(), Some("secret"), "{} is not read", cred.var);
+            }
+        }
+        // The case of issue 10: only ANTHROPIC_AUTH_TOKEN, sent as a bearer token.
+        let get = |n: &str| (n == "ANTHROPIC_AUTH_TOKEN").then(|| "tok".to_owned());
+        assert_eq!(harness_table::configured_harnesses(get)["claude-sdk"], true);
+        let config = HarnessEnv::from_vars(get).config_for(HarnessKind::Anthropic);
+        assert_eq!(config.auth_token.as_deref(), Some("tok"));
+        assert_eq!(config.api_key, None);
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -789,8 +790,8 @@ async fn run_turn(
     let send = |event: Value| {
         let _ = emit.send(event);
     };
-    send(json!({"type": "session.status", "status": "running"}));
-    send(json!({"type": "response.in_progress", "response": response("in_progress")}));
+    send(json!({"type": kind::SESSION_STATUS, "status": "running"}));
+    send(json!({"type": kind::RESPONSE_IN_PROGRESS, "response": response("in_progress")}));
     let sink = EventSink::new(emit.clone());
     let harness_turn = harness::run_turn(kind, &turn, &sink, &cancel);
     tokio::pin!(harness_turn);
@@ -812,27 +813,27 @@ async fn run_turn(
             if let Some(usage) = outcome.usage {
                 done["usage"] = usage;
             }
-            send(json!({"type": "response.completed", "response": done}));
+            send(json!({"type": kind::RESPONSE_COMPLETED, "response": done}));
             outcome.new_history
         }
         Err(HarnessError::Interrupted) => {
             let mut incomplete = response("incomplete");
             incomplete["incomplete_details"] = json!({"reason": "user_interrupt"});
-            send(json!({"type": "response.incomplete", "response": incomplete}));
+            send(json!({"type": kind::RESPONSE_INCOMPLETE, "response": incomplete}));
             Vec::new()
         }
         Err(err) => {
             let (code, message) = error_code_and_message(&err);
             warn!(%code, %message, "turn failed");
             let error = json!({"code": code, "message": message});
-            send(json!({"type": "response.error", "source": "llm", "error": error}));
+            send(json!({"type": kind::RESPONSE_ERROR, "source": "llm", "error": error}));
             let mut failed = response("failed");
             failed["error"] = error;
-            send(json!({"type": "response.failed", "response": failed}));
+            send(json!({"type": kind::RESPONSE_FAILED, "response": failed}));
             Vec::new()
         }
     };
-    send(json!({"type": "session.status", "status": "idle"}));
+    send(json!({"type": kind::SESSION_STATUS, "status": "idle"}));
     new_history
 }
 

@@ -242,6 +242,24 @@ async fn no_api_key_is_not_configured() {
     }
 }
 
+#[tokio::test]
+async fn an_auth_token_alone_is_sent_as_a_bearer_token() {
+    let mut reply = vec![message_start(5)];
+    reply.extend(text_block(0, &["hi"]));
+    reply.extend(message_end("end_turn", 1));
+    let vendor = FakeVendor::start(vec![Canned::stream(reply)]).await;
+    let config = HarnessConfig {
+        api_key: None,
+        auth_token: Some("tok-gateway".into()),
+        ..config(&vendor)
+    };
+    let (_ws, result, _) = run(config, vec![user("hi")]).await;
+    result.unwrap();
+    let requests = vendor.requests();
+    assert_eq!(requests[0].headers["authorization"], "Bearer tok-gateway");
+    assert!(!requests[0].headers.contains_key("x-api-key"));
+}
+
 async fn expect_vendor_error(canned: Canned) -> (u16, String, Option<u64>) {
     let vendor = FakeVendor::start(vec![canned]).await;
     let (_ws, result, events) = run(config(&vendor), vec![user("hi")]).await;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use omnigent_proto::api::{SessionStatus, WireItem};
+use omnigent_proto::events::kind;
 use omnigent_proto::events::{ServerEvent, sse_frame};
 use omnigent_tunnel::RunnerRegistry;
 use serde_json::Value;
@@ -1098,7 +1099,7 @@ impl Actor {
             }
         }
         match kind.as_str() {
-            "session.status" => {
+            kind::SESSION_STATUS => {
                 let Some(status) = event["status"].as_str().and_then(SessionStatus::parse) else {
                     return Ok(());
                 };
@@ -1118,7 +1119,7 @@ impl Actor {
                 let error = event.get("error").filter(|e| !e.is_null()).cloned();
                 self.set_status(status, response_id, error).await?;
             }
-            "response.created" | "response.queued" | "response.in_progress" => {
+            kind::RESPONSE_CREATED | kind::RESPONSE_QUEUED | kind::RESPONSE_IN_PROGRESS => {
                 if let Some(id) = event["response"]["id"].as_str() {
                     self.relay.response_id = Some(id.to_owned());
                 }
@@ -1127,7 +1128,7 @@ impl Actor {
                 }
                 self.publish(event).await?;
             }
-            "response.output_text.delta" => {
+            kind::RESPONSE_OUTPUT_TEXT_DELTA => {
                 let Some(delta) = event["delta"].as_str() else {
                     self.publish(event).await?;
                     return Ok(());
@@ -1146,8 +1147,8 @@ impl Actor {
                 }
                 self.publish(event).await?;
             }
-            "response.output_item.done" => self.relay_item(event).await?,
-            "response.error" => {
+            kind::RESPONSE_OUTPUT_ITEM_DONE => self.relay_item(event).await?,
+            kind::RESPONSE_ERROR => {
                 let mut data = serde_json::Map::new();
                 for key in ["source", "tool_name", "error"] {
                     if let Some(v) = event.get(key).filter(|v| !v.is_null()) {
@@ -1171,7 +1172,7 @@ impl Actor {
                     // A turn picked up after a server restart: its start was relayed by the previous server.
                     self.relay.response_id = event["response"]["id"].as_str().map(str::to_owned);
                 }
-                if k == "response.completed" {
+                if k == kind::RESPONSE_COMPLETED {
                     self.flush_text("completed").await?;
                     // A completed message comes as its item; deltas whose item never came are not kept.
                     self.relay.messages.clear();
@@ -1284,7 +1285,7 @@ impl Actor {
     async fn append_item(&mut self, item: NewItem) -> Result<(ItemRow, u64), ActorError> {
         let (row, seq) = self.store_item(&item).await?;
         let json = item_done_json(&row);
-        self.emit(seq, "response.output_item.done", &json);
+        self.emit(seq, kind::RESPONSE_OUTPUT_ITEM_DONE, &json);
         Ok((row, seq))
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
+use omnigent_proto::events::kind;
 use omnigent_tunnel::{RunnerConnection, TunnelError};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -209,7 +210,7 @@ async fn read(
         Ok(None) => return Err("the runner's session stream ended at once".to_owned()),
         Ok(Some(Err(e))) => return Err(e.to_string()),
         Ok(Some(Ok(first))) => {
-            if first["type"] != "session.heartbeat" {
+            if first["type"] != kind::SESSION_HEARTBEAT {
                 // Not the ready signal, but an event all the same: keep it.
                 forward(actor, spec.epoch, vec![first]).await?;
             }
@@ -305,7 +306,7 @@ where
         match next {
             None => return Taken::Ended,
             Some(Ok(event)) => {
-                if event["type"] != "session.heartbeat" {
+                if event["type"] != kind::SESSION_HEARTBEAT {
                     batch.push(event);
                 }
             }
@@ -377,7 +378,10 @@ pub fn flatten_event(
 pub fn is_terminal(kind: &str) -> bool {
     matches!(
         kind,
-        "response.completed" | "response.failed" | "response.incomplete" | "response.cancelled"
+        kind::RESPONSE_COMPLETED
+            | kind::RESPONSE_FAILED
+            | kind::RESPONSE_INCOMPLETE
+            | kind::RESPONSE_CANCELLED
     )
 }
 

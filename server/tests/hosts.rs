@@ -103,7 +103,7 @@ impl Host {
 
     fn fail_launches(&self, code: Option<&str>, message: &str) {
         *self.fail.lock().expect("lock") = Some(LaunchError {
-            code: code.map(str::to_owned),
+            code: code.and_then(omnigent_proto::host_frames::LaunchErrorCode::parse),
             message: message.to_owned(),
         });
     }

@@ -4,6 +4,7 @@
 //! from their `input_json_delta` fragments); if it stopped for `tool_use`, emit each call, run it, emit its
 //! output, and send the results back as `tool_result` blocks, until the model stops for another reason.
 
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -26,21 +27,37 @@ pub fn endpoint(base_url: Option<&str>) -> String {
     format!("{}/v1/messages", base.trim_end_matches('/'))
 }
 
+/// How a request authenticates: `x-api-key` with an API key, else `Authorization: Bearer` with an auth token
+/// (what Anthropic's own clients do with `ANTHROPIC_AUTH_TOKEN`).
+enum Auth<'a> {
+    ApiKey(&'a str),
+    Bearer(&'a str),
+}
+
+fn auth(config: &super::HarnessConfig) -> Result<Auth<'_>, HarnessError> {
+    if let Some(key) = set(&config.api_key) {
+        return Ok(Auth::ApiKey(key));
+    }
+    if let Some(token) = set(&config.auth_token) {
+        return Ok(Auth::Bearer(token));
+    }
+    Err(HarnessError::NotConfigured(
+        "the anthropic harness has no credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN for a bearer token)"
+            .into(),
+    ))
+}
+
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|k| !k.is_empty())
+}
+
 pub async fn run_turn(
     turn: &Turn,
     sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<TurnOutcome, HarnessError> {
     let config = &turn.config;
-    let api_key = config
-        .api_key
-        .as_deref()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            HarnessError::NotConfigured(
-                "the anthropic harness has no API key: set ANTHROPIC_API_KEY".into(),
-            )
-        })?;
+    let auth = auth(config)?;
     let model = config
         .model
         .as_deref()
@@ -66,9 +83,12 @@ pub async fn run_turn(
         });
         let request = client
             .post(&url)
-            .header("x-api-key", api_key)
             .header("anthropic-version", API_VERSION)
             .json(&body);
+        let request = match auth {
+            Auth::ApiKey(key) => request.header("x-api-key", key),
+            Auth::Bearer(token) => request.bearer_auth(token),
+        };
         let stream = vendor::open_stream(VENDOR, request, idle, cancel).await?;
         let reply = read_reply(stream, sink, cancel, &mut usage).await?;
         if !reply.text.is_empty() {
@@ -250,7 +270,9 @@ async fn read_reply(
                     }
                     Some("thinking_delta") => {
                         if let Some(t) = delta.get("thinking").and_then(Value::as_str) {
-                            sink.emit(json!({"type": "response.reasoning_text.delta", "delta": t}));
+                            sink.emit(
+                                json!({"type": kind::RESPONSE_REASONING_TEXT_DELTA, "delta": t}),
+                            );
                         }
                     }
                     _ => {}

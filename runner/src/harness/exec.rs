@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
 use tokio::process::Child;
@@ -451,8 +452,9 @@ impl<'a> Mapper<'a> {
                 self.text(&text, true);
             }
             "reasoning" => {
-                self.sink
-                    .emit(json!({"type": "response.reasoning_text.delta", "delta": field("text")}));
+                self.sink.emit(
+                    json!({"type": kind::RESPONSE_REASONING_TEXT_DELTA, "delta": field("text")}),
+                );
             }
             "command_execution" => {
                 self.call(

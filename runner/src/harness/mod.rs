@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use omnigent_proto::events::kind;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,44 +19,10 @@ pub mod openai;
 pub mod tools;
 mod vendor;
 
-/// The harnesses this runner can run. The name on the wire is [`HarnessKind::name`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HarnessKind {
-    Echo,
-    OpenAi,
-    Anthropic,
-    Exec,
-}
-
-impl HarnessKind {
-    pub const ALL: [HarnessKind; 4] = [
-        HarnessKind::Echo,
-        HarnessKind::OpenAi,
-        HarnessKind::Anthropic,
-        HarnessKind::Exec,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            HarnessKind::Echo => "echo",
-            HarnessKind::OpenAi => "openai",
-            HarnessKind::Anthropic => "anthropic",
-            HarnessKind::Exec => "exec",
-        }
-    }
-
-    /// Parse a harness name. Python omnigent names map onto ours (`openai-agents` → openai,
-    /// `claude-sdk` → anthropic) so a Python server can launch our runners.
-    pub fn parse(name: &str) -> Option<HarnessKind> {
-        match name {
-            "echo" => Some(HarnessKind::Echo),
-            "openai" | "openai-agents" | "open-responses" => Some(HarnessKind::OpenAi),
-            "anthropic" | "claude-sdk" => Some(HarnessKind::Anthropic),
-            "exec" | "claude-native" | "codex" => Some(HarnessKind::Exec),
-            _ => None,
-        }
-    }
-}
+/// The harnesses this runner can run: the table in `omnigent_proto::harness` (names, Python omnigent's names as
+/// aliases, the variables each reads), which the daemon reads too. The name on the wire is
+/// [`HarnessKind::name`]; [`HarnessKind::parse`] takes ours or an alias.
+pub use omnigent_proto::harness::Harness as HarnessKind;
 
 /// One entry of a session's conversation, as the harnesses see it. The runner keeps this history per session
 /// and appends what each turn produced (user input, assistant text, tool calls and their results).
@@ -83,10 +50,13 @@ pub enum HistoryEntry {
 pub struct HarnessConfig {
     /// Model name (`OMNIGENT_MODEL`, or the harness default).
     pub model: Option<String>,
-    /// `OPENAI_BASE_URL` / `ANTHROPIC_BASE_URL`.
+    /// The vendor's base URL (the table's `base_url` variables: `OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`…).
     pub base_url: Option<String>,
-    /// `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`.
+    /// An API key (the table's `ApiKey` credentials: `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`…).
     pub api_key: Option<String>,
+    /// A bearer token (the table's `BearerToken` credentials: `ANTHROPIC_AUTH_TOKEN`…), sent as
+    /// `Authorization: Bearer` when no API key is set.
+    pub auth_token: Option<String>,
     /// For `exec`: the command line to run per turn (`OMNIGENT_EXEC_COMMAND`), the prompt appended as last arg.
     pub exec_command: Option<Vec<String>>,
     /// Vendor streams: how long the harness waits for the next byte (or for response headers) before failing
@@ -171,13 +141,13 @@ impl EventSink {
 
     /// `response.output_text.delta` (response-scoped: the server assembles and persists the text).
     pub fn text_delta(&self, delta: &str) {
-        self.emit(serde_json::json!({"type": "response.output_text.delta", "delta": delta}));
+        self.emit(serde_json::json!({"type": kind::RESPONSE_OUTPUT_TEXT_DELTA, "delta": delta}));
     }
 
     /// `response.output_item.done` for a completed `function_call` item.
     pub fn function_call(&self, response_id: &str, call_id: &str, name: &str, arguments: &str) {
         self.emit(serde_json::json!({
-            "type": "response.output_item.done",
+            "type": kind::RESPONSE_OUTPUT_ITEM_DONE,
             "item": {
                 "id": crate::harness::new_item_id(),
                 "type": "function_call",
@@ -193,7 +163,7 @@ impl EventSink {
     /// `response.output_item.done` for a `function_call_output` item.
     pub fn function_call_output(&self, response_id: &str, call_id: &str, output: &str) {
         self.emit(serde_json::json!({
-            "type": "response.output_item.done",
+            "type": kind::RESPONSE_OUTPUT_ITEM_DONE,
             "item": {
                 "id": crate::harness::new_item_id(),
                 "type": "function_call_output",

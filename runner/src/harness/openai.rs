@@ -5,6 +5,7 @@
 //! their `delta.tool_calls` fragments), and if the model asked for tools, emit each call, run it, emit its
 //! output, and ask again with the results, until the model answers without tool calls.
 
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +42,9 @@ pub async fn run_turn(
             )
         })?;
     let url = endpoint(config.base_url.as_deref());
-    let api_key = config.api_key.as_deref().filter(|k| !k.is_empty());
+    let api_key = [&config.api_key, &config.auth_token]
+        .into_iter()
+        .find_map(|k| k.as_deref().filter(|k| !k.is_empty()));
     let idle = vendor::idle_timeout(config);
     let shell_timeout = config.tool_timeout.unwrap_or(tools::DEFAULT_SHELL_TIMEOUT);
     let max_rounds = vendor::max_tool_rounds(config);
@@ -193,7 +196,7 @@ async fn read_reply(
             .and_then(Value::as_str)
             .filter(|r| !r.is_empty())
         {
-            sink.emit(json!({"type": "response.reasoning_text.delta", "delta": reasoning}));
+            sink.emit(json!({"type": kind::RESPONSE_REASONING_TEXT_DELTA, "delta": reasoning}));
         }
         if let Some(content) = delta
             .get("content")

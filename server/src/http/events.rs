@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use omnigent_proto::api::{ErrorCode, EventAccepted, SessionEventInput, SessionStatus};
+use omnigent_proto::events::kind;
 use omnigent_proto::events::{Interrupted, ServerEvent};
 use omnigent_proto::ids::{canonical_id, new_id};
 use serde_json::{Map, Value};
@@ -158,7 +159,7 @@ pub async fn post_event(
         }
         "external_session_usage" => {
             let mut event = data.clone();
-            event.insert("type".into(), Value::from("session.usage"));
+            event.insert("type".into(), Value::from(kind::SESSION_USAGE));
             event.insert("conversation_id".into(), Value::from(id.clone()));
             st.sessions.publish(&id, Value::Object(event)).await?;
             Ok(accepted(false, None))

@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use omnigent_proto::events::kind;
 use omnigent_proto::events::{SSE_CONTENT_TYPE, SSE_DONE, ServerEvent, sse_frame};
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
@@ -164,7 +165,7 @@ impl StreamState {
         let mut chunk = String::new();
         for row in &rows {
             chunk.push_str(&sse_frame(
-                "response.output_item.done",
+                kind::RESPONSE_OUTPUT_ITEM_DONE,
                 row.seq,
                 &item_done_json(row),
             ));
