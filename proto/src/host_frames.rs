@@ -431,7 +431,10 @@ mod tests {
     #[test]
     fn launch_error_codes_have_their_wire_names() {
         for code in LaunchErrorCode::ALL {
-            assert_eq!(serde_json::to_value(code).expect("serializes"), code.as_str());
+            assert_eq!(
+                serde_json::to_value(code).expect("serializes"),
+                code.as_str()
+            );
             assert_eq!(LaunchErrorCode::parse(code.as_str()), Some(code));
         }
         assert_eq!(
