@@ -720,12 +720,7 @@ impl Actor {
     }
 
     async fn persist_item(&mut self, item: NewItem) -> Result<ItemRow, ActorError> {
-        let seq = self.take_seq().await?;
-        let row = self
-            .store
-            .append_item(&self.id, &item, seq)
-            .await?
-            .ok_or(ActorError::NotFound)?;
+        let (row, seq) = self.store_item(&item).await?;
         let event = ServerEvent::InputConsumed {
             sequence_number: None,
             data: omnigent_proto::events::InputConsumed {
@@ -1270,13 +1265,19 @@ impl Actor {
         Ok(seq)
     }
 
-    async fn append_item(&mut self, item: NewItem) -> Result<(ItemRow, u64), ActorError> {
+    /// Store `item` under the next sequence number.
+    async fn store_item(&mut self, item: &NewItem) -> Result<(ItemRow, u64), ActorError> {
         let seq = self.take_seq().await?;
         let row = self
             .store
-            .append_item(&self.id, &item, seq)
+            .append_item(&self.id, item, seq)
             .await?
             .ok_or(ActorError::NotFound)?;
+        Ok((row, seq))
+    }
+
+    async fn append_item(&mut self, item: NewItem) -> Result<(ItemRow, u64), ActorError> {
+        let (row, seq) = self.store_item(&item).await?;
         let json = item_done_json(&row);
         self.emit(seq, "response.output_item.done", &json);
         Ok((row, seq))
