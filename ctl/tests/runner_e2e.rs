@@ -424,9 +424,12 @@ async fn a_runner_restarted_within_the_grace_loses_nothing() {
         .await;
     assert_eq!(events.last().unwrap().1["status"], "idle", "{events:?}");
     let items = server.transcript(&session).await;
-    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items.len(), 3, "{items:?}");
     assert_eq!(text_of(&items[0]), "first question");
+    // What was streamed is kept, marked incomplete, and an error item says why.
     assert_eq!(text_of(&items[1]), "first ");
+    assert_eq!(items[1]["status"], "incomplete");
+    assert_eq!(items[2]["error"]["code"], "turn_lost");
 
     let (status, err) = server.message(&session, "second question").await;
     assert_eq!(status, 202, "{err}");
@@ -442,6 +445,7 @@ async fn a_runner_restarted_within_the_grace_loses_nothing() {
         [
             "first question",
             "first ",
+            "",
             "second question",
             "second answer"
         ]

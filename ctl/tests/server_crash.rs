@@ -74,14 +74,15 @@ async fn crash_and_restart(server: Server, home: &Path, runner_id: &str, session
     server
 }
 
-/// Wait until the session is idle: subscribe first, then read the status, so an idle that comes after the
-/// read is on the stream.
-async fn wait_idle(server: &Server, session: &str) {
+/// Wait until turn `turn` has its reply stored: subscribe first, then read the transcript, so a reply stored
+/// after the read is on the stream.
+async fn wait_reply(server: &Server, session: &str, turn: usize) {
     let mut sse = server.stream(session).await;
-    let (_, snap) = server.get(&format!("/v1/sessions/{session}")).await;
-    if snap["status"] != "idle" {
-        sse.until(is_idle).await;
+    if server.transcript(session).await.len() > 2 * turn + 1 {
+        return;
     }
+    sse.until(|k, v| k == "response.output_item.done" && v["item"]["role"] == "assistant")
+        .await;
 }
 
 /// The session's last turn stored exactly `want` as one completed assistant message after its user input.
@@ -230,7 +231,7 @@ async fn a_server_killed_at_any_point_of_an_exec_turn_loses_nothing_of_the_reply
             gate.release().await;
         }
         gate.writer = None;
-        wait_idle(&server, &session).await;
+        wait_reply(&server, &session, turn).await;
         assert_reply(&server, &session, turn, &want, &note).await;
     }
 }
@@ -249,11 +250,12 @@ async fn a_server_killed_at_any_point_of_a_long_echo_turn_loses_nothing_of_the_r
         .await;
     let session = server.bound_session("echo", ws.path(), &runner_id).await;
     for turn in 0..iterations() {
-        // 850 KB of words, different each turn.
+        // 850 KB of words (about 9,000, one delta each), different each turn.
         let mut prompt = String::with_capacity(870_000);
+        let pad = "y".repeat(80);
         let mut w = 0;
         while prompt.len() < 850_000 {
-            prompt.push_str(&format!("t{turn}w{w} "));
+            prompt.push_str(&format!("t{turn}w{w}{pad} "));
             w += 1;
         }
         let kill_after = rng.upto(2000);
@@ -273,7 +275,7 @@ async fn a_server_killed_at_any_point_of_a_long_echo_turn_loses_nothing_of_the_r
         }
         drop(sse);
         server = crash_and_restart(server, home.path(), &runner_id, &session).await;
-        wait_idle(&server, &session).await;
+        wait_reply(&server, &session, turn).await;
         assert_reply(&server, &session, turn, &prompt, &note).await;
     }
 }

@@ -316,7 +316,8 @@ mod tests {
             env: Default::default(),
         });
         let session = sessions.get_or_create("s3");
-        let delta = |n: u32| json!({"type": "response.output_text.delta", "delta": n.to_string()});
+        // Not text deltas: those of one message would merge while kept.
+        let delta = |n: u32| json!({"type": "session.test", "n": n});
         for n in 0..3 {
             session.emit(delta(n));
         }

@@ -311,6 +311,8 @@ fn merge_deltas(last: &mut Value, next: &Value) -> Option<usize> {
 /// has. Reset when the next turn starts.
 #[derive(Default)]
 struct TurnRecord {
+    /// The turn's `response.in_progress`, until its response ended.
+    running: Option<Value>,
     response_id: Option<String>,
     model: Option<String>,
     /// `response.output_item.done` events of the turn, in order.
@@ -330,9 +332,11 @@ struct OpenMessage {
 enum Recorded {
     Nothing,
     Turn {
+        started: Value,
         response_id: Option<String>,
         model: Option<String>,
     },
+    Ended,
     Text(String),
     Item(Value),
 }
@@ -398,6 +402,7 @@ impl TurnRecord {
     fn effect(event: &Value) -> Recorded {
         match event["type"].as_str().unwrap_or("") {
             "response.in_progress" => Recorded::Turn {
+                started: event.clone(),
                 response_id: event["response"]["id"].as_str().map(str::to_owned),
                 model: event["response"]["model"].as_str().map(str::to_owned),
             },
@@ -412,6 +417,7 @@ impl TurnRecord {
             {
                 Recorded::Item(event.clone())
             }
+            k if is_terminal(k) => Recorded::Ended,
             _ => Recorded::Nothing,
         }
     }
@@ -419,8 +425,14 @@ impl TurnRecord {
     fn apply(&mut self, recorded: Recorded) {
         match recorded {
             Recorded::Nothing => {}
-            Recorded::Turn { response_id, model } => {
+            Recorded::Ended => self.running = None,
+            Recorded::Turn {
+                started,
+                response_id,
+                model,
+            } => {
                 *self = TurnRecord {
+                    running: Some(started),
                     response_id,
                     model,
                     ..TurnRecord::default()
@@ -447,11 +459,18 @@ impl TurnRecord {
         }
     }
 
-    /// The turn so far, for a new subscriber: its completed items, then the open message's text so far as
+    /// The turn so far, for a new subscriber: while it runs, its `session.status running` and
+    /// `response.in_progress`; its completed items; then the open message's text so far as
     /// one delta marked `snapshot` (with the `index` of its last delta), which a server takes as the whole
     /// text streamed so far rather than as more of it.
     fn resync(&self) -> Vec<Value> {
-        let mut events = self.items.clone();
+        let mut events = Vec::new();
+        if let Some(started) = &self.running {
+            // A server that missed the turn's start (it died with it in flight) learns it is under way.
+            events.push(json!({"type": "session.status", "status": "running"}));
+            events.push(started.clone());
+        }
+        events.extend(self.items.iter().cloned());
         if let Some(open) = self.open.as_ref().filter(|o| !o.text.is_empty()) {
             events.push(json!({
                 "type": "response.output_text.delta",
@@ -980,22 +999,29 @@ mod tests {
         assert_eq!(
             kinds,
             [
+                "session.status",
+                "response.in_progress",
                 "response.output_item.done",
                 "response.output_item.done",
                 "response.output_text.delta",
                 "response.output_text.delta",
             ]
         );
-        assert_eq!(next.backlog[0]["item"]["content"][0]["text"], "one ");
-        assert_eq!(next.backlog[1]["item"]["call_id"], "c1");
-        // The open message as it stood when the subscriber went, marked as the whole text so far.
-        assert_eq!(next.backlog[2]["delta"], "two ");
-        assert_eq!(next.backlog[2]["snapshot"], true);
-        // What came after, merged into one delta of the same message.
-        assert_eq!(next.backlog[3]["delta"], "three four");
-        assert_eq!(next.backlog[3]["message_id"], next.backlog[2]["message_id"]);
-        assert_eq!(next.backlog[3]["index"], 2);
-        assert!(next.backlog[3].get("snapshot").is_none());
+        // The turn is under way, ...
+        assert_eq!(next.backlog[0]["status"], "running");
+        assert_eq!(next.backlog[1]["response"]["id"], "resp_1");
+        // ... what it completed, ...
+        let b = &next.backlog[2..];
+        assert_eq!(b[0]["item"]["content"][0]["text"], "one ");
+        assert_eq!(b[1]["item"]["call_id"], "c1");
+        // ... the open message as it stood when the subscriber went, marked as the whole text so far, ...
+        assert_eq!(b[2]["delta"], "two ");
+        assert_eq!(b[2]["snapshot"], true);
+        // ... and what came after, merged into one delta of the same message.
+        assert_eq!(b[3]["delta"], "three four");
+        assert_eq!(b[3]["message_id"], b[2]["message_id"]);
+        assert_eq!(b[3]["index"], 2);
+        assert!(b[3].get("snapshot").is_none());
 
         // Every later subscriber gets the record again (a server skips the items it has).
         session.publish(json!({"type": "response.completed", "response": {"id": "resp_1"}}));
@@ -1009,12 +1035,16 @@ mod tests {
             .map(|e| e["item"]["content"][0]["text"].as_str().unwrap())
             .collect();
         assert_eq!(texts, ["one ", "two three four"]);
+        assert!(
+            last.backlog.iter().all(|e| e["type"] != "session.status"),
+            "ended"
+        );
         // A new turn starts a new record.
         session.publish(in_progress());
         drop(last);
         session.handle(commands.try_recv().unwrap());
         let fresh = subscribe(&mut session);
-        assert_eq!(fresh.backlog.len(), 0, "{:?}", fresh.backlog);
+        assert_eq!(fresh.backlog.len(), 2, "{:?}", fresh.backlog);
     }
 
     #[test]

@@ -388,7 +388,7 @@ async fn whole_echo_turn_over_the_tunnel() {
     assert_eq!(item["response_id"], response_id);
     assert!(turn[2..5].iter().all(|d| d["message_id"] == item["id"]));
     assert_eq!(turn[6]["response"]["id"], response_id);
-    assert_eq!(turn[5]["response"]["status"], "completed");
+    assert_eq!(turn[6]["response"]["status"], "completed");
 
     let (status, snapshot) = call(
         &conn,
