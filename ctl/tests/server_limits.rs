@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! `omnigent server run` against hostile clients (issue 9 holes 5 and 6), as a real process: under a 256-file
-//! limit, 300 half-sent requests are closed (at once beyond the connection cap, after the header timeout
-//! otherwise), the cap is logged, and a normal `GET /health` is answered; a request for a foreign `Host` (DNS
+//! limit, 300 half-sent requests are closed (the oldest evicted for newer ones beyond the connection cap, the
+//! rest after the header timeout), the cap is logged, and a normal `GET /health` is answered; a request for a foreign `Host` (DNS
 //! rebinding) gets 421. Waits are on the server closing sockets (read → EOF), never on sleeps.
 
 mod common;

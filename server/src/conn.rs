@@ -5,20 +5,24 @@
 //! - **Idle timeout**: a kept-alive connection with no request under way is closed after `idle_timeout`.
 //! - **Body timeout**: a request body must arrive whole within `body_read_timeout` of its head; a handler
 //!   reading it then gets an error (the JSON extractors answer 400) and the connection is not reused.
-//! - **Connection cap**: at most `max_connections` open connections, WebSockets included (the permit lives
-//!   in the socket, so an upgraded tunnel holds it until it closes). Beyond the cap a new connection is closed
-//!   at once, with a warning at most every [`REFUSAL_LOG_EVERY`].
+//! - **Connection cap**: at most `max_connections` open connections, WebSockets included (the slot lives in
+//!   the socket, so an upgraded tunnel holds it until it closes). At the cap a new connection is admitted by
+//!   closing the one that has waited longest with no request under way (idle between keep-alive requests, or
+//!   still sending its request head), so slow clients never lock others out; only when every open connection
+//!   has a request under way (an SSE stream, an upgraded tunnel, a handler running) is the new one closed at
+//!   once. Either way a warning, at most every [`REFUSAL_LOG_EVERY`], says how many were evicted and refused.
 //!
 //! None of these limits cut a response that is streaming (SSE) or an upgraded WebSocket: the clocks run only
 //! while no request is under way on the connection.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,7 +35,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,9 +75,12 @@ pub async fn accept_loop(
     stop: CancellationToken,
     force: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut refusals = RateLimited::default();
-    let mut accept_errors = RateLimited::default();
+    let registry = Arc::new(Registry::default());
+    let mut next_id: u64 = 0;
+    let mut cap_log = RateLimited::default();
+    let (mut evicted, mut refused) = (0u64, 0u64);
+    let mut accept_log = RateLimited::default();
+    let mut accept_errors = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -81,8 +88,10 @@ pub async fn accept_loop(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: retrying at once would spin; a short pause lets connections close.
-                    if let Some(n) = accept_errors.hit() {
-                        warn!(error = %e, failures = n, "cannot accept a connection; retrying");
+                    accept_errors += 1;
+                    if accept_log.due() {
+                        warn!(error = %e, failures = std::mem::take(&mut accept_errors),
+                            "cannot accept a connection; retrying");
                     }
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -92,25 +101,41 @@ pub async fn accept_loop(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        next_id += 1;
+        let activity = Arc::new(Activity::new());
+        let admission = registry.admit(next_id, activity.clone(), limits.max_connections);
+        match admission {
+            Admission::Free => {}
+            Admission::Evicted => evicted += 1,
+            Admission::Refused => refused += 1,
+        }
+        if admission != Admission::Free && cap_log.due() {
+            warn!(
+                max_connections = limits.max_connections,
+                evicted,
+                refused,
+                "connection cap reached ({} open): closed {evicted} connection(s) that waited longest with no \
+                 request under way (idle or slow clients) to admit new ones, and refused {refused} new \
+                 connection(s) because every open one had a request under way (streams, tunnels, handlers). \
+                 Raise OMNIGENT_SERVER_MAX_CONNECTIONS or the open-file limit if this is real load",
+                limits.max_connections
+            );
+            (evicted, refused) = (0, 0);
+        }
+        if admission == Admission::Refused {
             drop(stream);
-            if let Some(n) = refusals.hit() {
-                warn!(
-                    max_connections = limits.max_connections,
-                    refused = n,
-                    "connection cap reached: refused {n} new connection(s) while {} are open (slow or idle \
-                     clients?); they close after the header or idle timeout. Raise \
-                     OMNIGENT_SERVER_MAX_CONNECTIONS or the open-file limit if this is real load",
-                    limits.max_connections
-                );
-            }
             continue;
+        }
+        let slot = Slot {
+            registry: registry.clone(),
+            id: next_id,
+            activity,
         };
         let _ = stream.set_nodelay(true);
         connections.spawn(serve_connection(
             stream,
             peer,
-            permit,
+            slot,
             app.clone(),
             limits,
             stop.clone(),
@@ -119,21 +144,77 @@ pub async fn accept_loop(
     }
 }
 
+/// Whether a new connection got a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Below the cap.
+    Free,
+    /// At the cap: the longest-waiting connection with no request under way was closed for it.
+    Evicted,
+    /// At the cap with a request under way on every open connection: the new one is closed.
+    Refused,
+}
+
+/// The open connections (until their socket drops, upgraded ones included), by id.
+#[derive(Default)]
+struct Registry {
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+}
+
+impl Registry {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u64, Arc<Activity>>) -> T) -> T {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut open)
+    }
+
+    /// Give connection `id` a slot if there is one or one can be freed (see [`Admission`]).
+    fn admit(&self, id: u64, activity: Arc<Activity>, max: usize) -> Admission {
+        self.with(|open| {
+            let mut admission = Admission::Free;
+            while open.len() >= max.max(1) {
+                let Some((_, victim)) = open
+                    .iter()
+                    .filter_map(|(id, a)| a.waiting_since().map(|t| (t, *id)))
+                    .min()
+                else {
+                    return Admission::Refused;
+                };
+                // A request may have begun since `waiting_since`: then it is busy, and the next one is tried.
+                if open.get(&victim).is_some_and(|a| a.try_evict()) {
+                    open.remove(&victim);
+                    admission = Admission::Evicted;
+                }
+            }
+            open.insert(id, activity);
+            admission
+        })
+    }
+}
+
+/// A connection's slot in the [`Registry`], freed when its socket drops.
+struct Slot {
+    registry: Arc<Registry>,
+    id: u64,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.with(|open| open.remove(&self.id));
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     app: Router,
     limits: ConnLimits,
     stop: CancellationToken,
     force: CancellationToken,
 ) {
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked {
-        _permit: permit,
-        stream,
-        activity: activity.clone(),
-    });
+    let activity = slot.activity.clone();
+    let io = TokioIo::new(Tracked { slot, stream });
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let guard = RequestGuard::begin(requests.clone());
@@ -144,6 +225,10 @@ async fn serve_connection(
         let app = app.clone();
         async move {
             let response = tower::ServiceExt::oneshot(app, req).await?;
+            if response.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                // The socket becomes a WebSocket once this answer is sent: busy for as long as it lives.
+                guard.0.in_flight.fetch_add(1, Ordering::AcqRel);
+            }
             // The request counts as under way until its response body is dropped (an SSE stream, for as
             // long as it streams).
             Ok::<_, Infallible>(response.map(|body| {
@@ -173,6 +258,11 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
             () = force.cancelled() => return,
+            () = activity.evict.cancelled() => {
+                debug!(%peer, "closing the connection: the connection cap is reached and it waited longest \
+                    with no request under way");
+                return;
+            }
             () = activity.changed.notified() => {}
             () = sleep_until(deadline) => {
                 if let Some(why) = activity.expired(&limits) {
@@ -202,9 +292,13 @@ struct Activity {
     head_since: AtomicU64,
     /// Wakes the connection's task when a request ends (its clocks start again).
     changed: Notify,
+    /// Cancelled when the connection is closed to make room for a new one (see [`Registry::admit`]).
+    evict: CancellationToken,
 }
 
 const NONE: u64 = u64::MAX;
+/// `in_flight` of an evicted connection: busy from then on, so it is neither evicted twice nor timed out.
+const EVICTED: usize = usize::MAX / 2;
 
 impl Activity {
     fn new() -> Self {
@@ -215,6 +309,7 @@ impl Activity {
             // A new connection must send its first request within the header timeout.
             head_since: AtomicU64::new(0),
             changed: Notify::new(),
+            evict: CancellationToken::new(),
         }
     }
 
@@ -235,6 +330,25 @@ impl Activity {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// Since when the connection waits with no request under way (idle, or sending a request head); `None`
+    /// while one is under way (a handler running, a response streaming, a WebSocket). The eviction order.
+    fn waiting_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Acquire) == 0)
+            .then(|| self.at(self.idle_since.load(Ordering::Acquire)))
+    }
+
+    /// Close the connection to make room, unless a request is under way on it by now.
+    fn try_evict(&self) -> bool {
+        let evicted = self
+            .in_flight
+            .compare_exchange(0, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if evicted {
+            self.evict.cancel();
+        }
+        evicted
     }
 
     /// When the connection must be closed unless something happens; `None` while a request is under way.
@@ -283,13 +397,12 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The socket, noting reads for the header clock and holding the connection's permit until it closes (also
+/// The socket, noting reads for the header clock and holding the connection's slot until it closes (also
 /// after a WebSocket upgrade, which takes it over).
 struct Tracked {
     // Dropped first (fields drop in order): the slot is free before the peer can see the socket close.
-    _permit: OwnedSemaphorePermit,
+    slot: Slot,
     stream: TcpStream,
-    activity: Arc<Activity>,
 }
 
 impl AsyncRead for Tracked {
@@ -301,7 +414,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.read_some();
+            self.slot.activity.read_some();
         }
         result
     }
@@ -387,22 +500,20 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-/// Counts events and says when to log them: the first at once, then at most once per [`REFUSAL_LOG_EVERY`]
-/// with the count since the last line.
+/// Says when to log a recurring event: the first time at once, then at most once per [`REFUSAL_LOG_EVERY`]
+/// (the caller counts the events in between).
 #[derive(Default)]
 struct RateLimited {
     last: Option<Instant>,
-    count: u64,
 }
 
 impl RateLimited {
-    fn hit(&mut self) -> Option<u64> {
-        self.count += 1;
+    fn due(&mut self) -> bool {
         let now = Instant::now();
         if self.last.is_some_and(|t| now < t + REFUSAL_LOG_EVERY) {
-            return None;
+            return false;
         }
         self.last = Some(now);
-        Some(std::mem::take(&mut self.count))
+        true
     }
 }

@@ -70,8 +70,9 @@ pub struct ServerConfig {
     /// A kept-alive connection with no request under way is closed after this long.
     /// `OMNIGENT_SERVER_IDLE_TIMEOUT_MS`. (Streams and WebSockets are never idle in this sense.)
     pub idle_timeout: Duration,
-    /// Open connections at most (WebSockets included); more are closed at once, with a warning. Default: the
-    /// open-file limit minus 64. `OMNIGENT_SERVER_MAX_CONNECTIONS`.
+    /// Open connections at most (WebSockets included). At the cap a new connection closes the one waiting
+    /// longest with no request under way, or is closed itself when every one has a request under way (streams,
+    /// tunnels); either is logged. Default: the open-file limit minus 64. `OMNIGENT_SERVER_MAX_CONNECTIONS`.
     pub max_connections: usize,
 }
 

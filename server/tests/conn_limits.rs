@@ -1,6 +1,7 @@
 //! Slow and idle clients (issue 9 hole 6): a half-sent request head, an idle kept-alive connection and a
-//! trickled body are closed after their timeouts; beyond the connection cap a new connection is closed at
-//! once; an SSE stream and a runner tunnel outlive every timeout. Waits are on the server closing the socket
+//! trickled body are closed after their timeouts; at the connection cap the connection waiting longest with
+//! nothing under way is closed for a new one, and only when every slot holds a stream is a new connection
+//! closed at once; an SSE stream and a runner tunnel outlive every timeout. Waits are on the server closing the socket
 //! (read → EOF) or on stream events, never on sleeps.
 
 mod common;
@@ -8,22 +9,31 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fake_runner::FakeRunner;
-use common::raw_http::{addr_of, read_head, send_raw, wait_closed};
+use common::raw_http::{addr_of, read_head, request, send_raw, wait_closed};
 use common::{TestServer, WAIT};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const SHORT: Duration = Duration::from_millis(300);
 
-async fn short_timeouts(home: &std::path::Path) -> TestServer {
+/// A server whose header, body and idle timeouts are all `timeouts` (heartbeats and tunnel pings every
+/// 100 ms), with a connection cap of `max` if given.
+async fn with_limits(home: &std::path::Path, timeouts: Duration, max: Option<usize>) -> TestServer {
     TestServer::start_with(home, |c| {
-        c.header_read_timeout = SHORT;
-        c.body_read_timeout = SHORT;
-        c.idle_timeout = SHORT;
+        c.header_read_timeout = timeouts;
+        c.body_read_timeout = timeouts;
+        c.idle_timeout = timeouts;
         c.heartbeat_interval = Duration::from_millis(100);
         c.tunnel.ping_interval = Duration::from_millis(100);
+        if let Some(max) = max {
+            c.max_connections = max;
+        }
     })
     .await
+}
+
+async fn short_timeouts(home: &std::path::Path) -> TestServer {
+    with_limits(home, SHORT, None).await
 }
 
 async fn closed_in_time(sock: &mut TcpStream) -> Duration {
@@ -111,58 +121,101 @@ async fn an_sse_stream_and_a_runner_tunnel_outlive_every_timeout() {
     assert!(!runner.task.is_finished());
 }
 
+/// Long enough that a test passing in time proves the cap evicted, not a timeout.
+const LONG: Duration = Duration::from_secs(60);
+
+const HALF_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+
 #[tokio::test]
-async fn beyond_the_connection_cap_a_new_connection_is_closed_at_once() {
+async fn at_the_cap_the_oldest_half_sent_head_is_closed_for_a_new_connection() {
     let home = tempfile::tempdir().expect("tmp");
-    let srv = TestServer::start_with(home.path(), |c| {
-        c.max_connections = 4;
-        c.header_read_timeout = WAIT * 3;
-        c.idle_timeout = WAIT * 3;
-    })
-    .await;
+    let srv = with_limits(home.path(), LONG, Some(4)).await;
     let addr = addr_of(&srv.url);
-    // Four half-sent requests hold every slot (each answered once it is complete, so each is accepted).
-    let mut held = Vec::new();
+    // Four half-sent request heads fill the cap (accepted in connection order: the first is the oldest).
+    let mut slow = Vec::new();
     for _ in 0..4 {
         let mut sock = TcpStream::connect(&addr).await.expect("connect");
-        sock.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            .await
-            .expect("write");
-        assert_eq!(read_head(&mut sock).await.0, 200);
-        held.push(sock);
+        sock.write_all(HALF_HEAD).await.expect("write");
+        slow.push(sock);
     }
+    // A normal request on a fifth connection is answered at once, long before any header timeout.
+    let started = Instant::now();
+    let (status, _) = request(&addr, "GET", "/health", Some("127.0.0.1")).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < LONG / 4, "{:?}", started.elapsed());
+    // The oldest slow connection was closed for it; the other three are still served once they finish.
+    closed_in_time(&mut slow[0]).await;
+    for sock in &mut slow[1..] {
+        sock.write_all(b"1\r\n\r\n").await.expect("finish the head");
+        assert_eq!(read_head(sock).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn at_the_cap_streams_are_never_closed_and_a_new_connection_is_refused() {
+    let home = tempfile::tempdir().expect("tmp");
+    let srv = with_limits(home.path(), LONG, Some(4)).await;
+    let addr = addr_of(&srv.url);
+    let session = srv.create_session("capped").await;
+    // An idle kept-alive connection, then four SSE streams: the last streams get their slots by closing the
+    // connections waiting with nothing under way (this one, and the client's pooled one if it kept it).
+    let mut idle = TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_head(&mut idle).await.0, 200);
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(srv.stream(&session, None).await);
+    }
+    closed_in_time(&mut idle).await;
+    // Every slot holds a stream now: a fifth connection is closed unanswered, at once.
     let mut extra = TcpStream::connect(&addr).await.expect("connect");
     let _ = extra
         .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await;
-    closed_in_time(&mut extra).await;
-    // A slot frees as soon as one client leaves.
-    drop(held.pop());
-    let mut again = TcpStream::connect(&addr).await.expect("connect");
-    let mut status = 0;
-    // The server may not have seen the close yet: a refused attempt is closed at once, so retry until served.
-    for _ in 0..100 {
-        if again
-            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await
-            .is_ok()
-            && let Ok(Ok(s)) = tokio::time::timeout(WAIT, try_status(&mut again)).await
-        {
-            status = s;
-            break;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut extra, &mut buf))
+        .await
+        .expect("the refused connection is closed in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a connection beyond the cap was answered: {read:?}"
+    );
+    // The streams keep streaming: five heartbeats each (100 ms apart, so most come after the refusal).
+    for sse in &mut streams {
+        let mut beats = 0;
+        while beats < 5 {
+            let m = sse.expect().await;
+            if m.event.as_deref() == Some("session.heartbeat")
+                || m.data.contains("session.heartbeat")
+            {
+                beats += 1;
+            }
         }
-        again = TcpStream::connect(&addr).await.expect("connect");
     }
-    assert_eq!(status, 200);
 }
 
-async fn try_status(sock: &mut TcpStream) -> std::io::Result<u16> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 64];
-    let n = sock.read(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {text:?}")))
+#[tokio::test]
+async fn at_the_cap_a_runner_tunnel_is_never_closed_for_a_new_connection() {
+    let home = tempfile::tempdir().expect("tmp");
+    let srv = with_limits(home.path(), LONG, Some(3)).await;
+    let addr = addr_of(&srv.url);
+    let token = "runner_token_conn_cap";
+    // The tunnel is the oldest connection, then two half-sent heads fill the cap.
+    let runner = FakeRunner::connect(&srv, token, "idle").await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut sock = TcpStream::connect(&addr).await.expect("connect");
+        sock.write_all(HALF_HEAD).await.expect("write");
+        slow.push(sock);
+    }
+    // A new connection takes the slot of the oldest half-sent head, not the tunnel's.
+    let (status, _) = request(&addr, "GET", "/health", Some("127.0.0.1")).await;
+    assert_eq!(status, 200);
+    closed_in_time(&mut slow[0]).await;
+    let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+    let (_, status) = srv.get(&format!("/v1/runners/{runner_id}/status")).await;
+    assert_eq!(status["online"], true, "the tunnel is still up: {status}");
+    assert!(!runner.task.is_finished());
 }
