@@ -11,6 +11,14 @@ pub const RUNNER_TUNNEL_TOKEN: &str = "x-omnigent-runner-tunnel-token";
 /// A managed host's token on the host tunnel upgrade (and `GET /v1/me`).
 pub const HOST_TOKEN: &str = "x-omnigent-host-token";
 
+/// Sent by a server on the runner's `GET /v1/sessions/{id}/stream` to ask for the turn's record first (its
+/// items so far and the open message's text as one `snapshot` delta). A peer that does not send it (a Python
+/// omnigent server) gets the stream as before: the events kept while it had none, then the live ones.
+pub const TURN_RECORD_HEADER: &str = "x-omnigent-turn-record";
+
+/// The value of [`TURN_RECORD_HEADER`] that asks for the record.
+pub const TURN_RECORD_WANTED: &str = "1";
+
 /// Headers whose values are credentials: they are never logged, at any level.
 pub const SECRET_HEADERS: &[&str] = &[
     "authorization",

@@ -8,11 +8,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use omnigent_proto::events::kind;
+use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
@@ -206,9 +207,16 @@ fn sse_frames<'a>(events: impl IntoIterator<Item = &'a Value>) -> Bytes {
 
 /// `GET /v1/sessions/{id}/stream`: the session's events as SSE `data:` lines: the ready heartbeat first, then
 /// the events kept while the session had no subscriber (a tunnel blip), then the live ones, with a heartbeat
-/// every 15 s.
-async fn stream(State(sessions): State<Sessions>, Path(id): Path<String>) -> Response {
-    let mut subscription = match sessions.get_or_create(&id).subscribe().await {
+/// every 15 s. A subscriber that sends [`TURN_RECORD_HEADER`] gets the turn's record before the kept events.
+async fn stream(
+    State(sessions): State<Sessions>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let record = headers
+        .get(TURN_RECORD_HEADER)
+        .is_some_and(|v| v.as_bytes() == TURN_RECORD_WANTED.as_bytes());
+    let mut subscription = match sessions.get_or_create(&id).subscribe(record).await {
         Ok(subscription) => subscription,
         Err(gone) => return gone.into_response(),
     };

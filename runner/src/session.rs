@@ -62,7 +62,11 @@ pub(crate) enum Accepted {
 }
 
 enum Command {
-    Subscribe(oneshot::Sender<Subscription>),
+    /// A new subscriber; `record`: whether it asked for the turn's record first.
+    Subscribe {
+        record: bool,
+        reply: oneshot::Sender<Subscription>,
+    },
     /// A [`Subscription`] was dropped (its stream ended or its tunnel went away).
     Unsubscribe(u64),
     Init(SessionInit),
@@ -154,9 +158,10 @@ impl SessionHandle {
         rx.await.map_err(|_| SessionGone)
     }
 
-    /// A new subscriber of the session's events: those kept while it had none, then the live ones.
-    pub async fn subscribe(&self) -> Result<Subscription, SessionGone> {
-        self.ask(Command::Subscribe).await
+    /// A new subscriber of the session's events: the turn's record when it asks for it (`record`), those kept
+    /// while the session had none, then the live ones.
+    pub async fn subscribe(&self, record: bool) -> Result<Subscription, SessionGone> {
+        self.ask(|reply| Command::Subscribe { record, reply }).await
     }
 
     /// Publish `event` as a turn of this session would.
@@ -268,13 +273,16 @@ impl Backlog {
         }
     }
 
-    /// Everything kept, oldest first (after the resync captured with the first of them, if any), and how
-    /// many were dropped to stay within the bounds; empties it.
-    fn take(&mut self) -> (Vec<Value>, u64) {
+    /// The resync captured with the first event kept (if any), everything kept, oldest first, and how many
+    /// were dropped to stay within the bounds; empties it.
+    fn take(&mut self) -> (Option<Vec<Value>>, Vec<Value>, u64) {
         self.bytes = 0;
-        let mut events = self.resync.take().unwrap_or_default();
-        events.extend(self.events.drain(..).map(|(event, _)| event));
-        (events, std::mem::take(&mut self.dropped))
+        let events = self.events.drain(..).map(|(event, _)| event).collect();
+        (
+            self.resync.take(),
+            events,
+            std::mem::take(&mut self.dropped),
+        )
     }
 }
 
@@ -592,16 +600,25 @@ impl Session {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Subscribe(reply) => {
+            Command::Subscribe { record, reply } => {
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
                 let id = self.next_subscriber;
                 self.next_subscriber += 1;
                 // Nothing kept since the last subscriber: the record of the turn still goes first.
-                if self.backlog.resync.is_none() {
+                if record && self.backlog.resync.is_none() {
                     self.backlog.resync = Some(self.record.resync());
                 }
                 let kept = self.backlog.events.len();
-                let (backlog, dropped) = self.backlog.take();
+                let (resync, events, dropped) = self.backlog.take();
+                // A subscriber that did not ask for the record (a Python server) gets the kept events alone;
+                // the resync stays aside, for the next subscriber should this one be gone already.
+                let (backlog, unsent) = match (record, resync) {
+                    (true, Some(mut resync)) => {
+                        resync.extend(events);
+                        (resync, None)
+                    }
+                    (_, resync) => (events, resync.filter(|_| !record)),
+                };
                 let subscription = Subscription {
                     backlog,
                     events: rx,
@@ -629,7 +646,15 @@ impl Session {
                     }
                     // The asker is gone: keep the events for the next one (nothing was kept since the take).
                     Err(mut lost) => {
-                        self.backlog.resync = Some(std::mem::take(&mut lost.backlog));
+                        let lost = std::mem::take(&mut lost.backlog);
+                        self.backlog.resync = match unsent {
+                            Some(mut resync) => {
+                                resync.extend(lost);
+                                Some(resync)
+                            }
+                            None if lost.is_empty() => None,
+                            None => Some(lost),
+                        };
                         self.backlog.dropped += dropped;
                     }
                 }
@@ -901,9 +926,14 @@ mod tests {
         (session, commands)
     }
 
+    /// A subscriber that asks for the turn's record, as our server does.
     fn subscribe(session: &mut Session) -> Subscription {
+        subscribe_asking(session, true)
+    }
+
+    fn subscribe_asking(session: &mut Session, record: bool) -> Subscription {
         let (reply, mut answer) = oneshot::channel();
-        session.handle(Command::Subscribe(reply));
+        session.handle(Command::Subscribe { record, reply });
         answer.try_recv().unwrap()
     }
 
@@ -1048,6 +1078,54 @@ mod tests {
     }
 
     #[test]
+    fn only_a_subscriber_that_asks_gets_the_turns_record() {
+        let (mut session, mut commands) = session();
+        let first = subscribe(&mut session);
+        session.publish(in_progress());
+        session.publish(delta("one "));
+        session.publish(json!({"type": "response.output_item.done", "item": {"id": "c".repeat(32),
+            "type": "function_call", "status": "completed", "call_id": "c1", "name": "shell", "arguments": "{}"}}));
+        session.publish(delta("two "));
+        drop(first);
+        session.handle(commands.try_recv().unwrap());
+
+        // Nothing kept: a peer that did not ask (a Python server) gets nothing re-sent.
+        let plain = subscribe_asking(&mut session, false);
+        assert!(plain.backlog.is_empty(), "{:?}", plain.backlog);
+        drop(plain);
+        session.handle(commands.try_recv().unwrap());
+
+        // Something kept: it gets just that, no items it had and no snapshot delta.
+        session.publish(delta("three "));
+        let plain = subscribe_asking(&mut session, false);
+        assert_eq!(plain.backlog.len(), 1, "{:?}", plain.backlog);
+        assert_eq!(plain.backlog[0]["delta"], "three ");
+        assert!(plain.backlog[0].get("snapshot").is_none());
+        drop(plain);
+        session.handle(commands.try_recv().unwrap());
+
+        // One that asks gets the record: the turn under way, its items, the open message's whole text.
+        let asked = subscribe_asking(&mut session, true);
+        let kinds: Vec<&str> = asked
+            .backlog
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "session.status",
+                "response.in_progress",
+                "response.output_item.done",
+                "response.output_item.done",
+                "response.output_text.delta",
+            ]
+        );
+        assert_eq!(asked.backlog[4]["delta"], "two three ");
+        assert_eq!(asked.backlog[4]["snapshot"], true);
+    }
+
+    #[test]
     fn an_interrupted_or_failed_response_completes_its_message_as_incomplete() {
         let (mut session, _commands) = session();
         let mut sub = subscribe(&mut session);
@@ -1149,14 +1227,14 @@ mod tests {
             backlog.push(big(n));
         }
         assert_eq!(backlog.bytes, 3 * size);
-        let (kept, dropped) = backlog.take();
+        let (_, kept, dropped) = backlog.take();
         let kept: Vec<u64> = kept.iter().map(|e| e["n"].as_u64().unwrap()).collect();
         assert_eq!((kept, dropped), (vec![2, 3, 4], 2));
 
         let mut backlog = Backlog::new(100, size / 2);
         backlog.push(big(0));
         backlog.push(big(1));
-        let (kept, dropped) = backlog.take();
+        let (_, kept, dropped) = backlog.take();
         assert_eq!((kept, dropped), (vec![big(1)], 1));
     }
 

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
 use omnigent_runner::backoff::BackoffPolicy;
 use omnigent_runner::harness::HarnessKind;
 use omnigent_runner::{CancellationToken, HarnessEnv, RunnerConfig, RunnerError};
@@ -171,18 +172,22 @@ struct Events {
 }
 
 impl Events {
+    /// The stream as a 0.19.1 server opens it (no turn record asked for).
     async fn open(conn: &RunnerConnection, session_id: &str) -> Events {
-        let response = tokio::time::timeout(
-            WAIT,
-            conn.request(
-                http::Request::get(format!("/v1/sessions/{session_id}/stream"))
-                    .body(Bytes::new())
-                    .unwrap(),
-            ),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        Events::open_asking(conn, session_id, false).await
+    }
+
+    /// The stream, with the turn's record first when `record` (as our server opens it).
+    async fn open_asking(conn: &RunnerConnection, session_id: &str, record: bool) -> Events {
+        let mut request = http::Request::get(format!("/v1/sessions/{session_id}/stream"));
+        if record {
+            request = request.header(TURN_RECORD_HEADER, TURN_RECORD_WANTED);
+        }
+        let response =
+            tokio::time::timeout(WAIT, conn.request(request.body(Bytes::new()).unwrap()))
+                .await
+                .unwrap()
+                .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.headers()["content-type"],
@@ -427,6 +432,84 @@ async fn whole_echo_turn_over_the_tunnel() {
     assert_eq!(status, 400);
     assert_eq!(error["code"], "invalid_input");
 
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, runner)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// The ids of the items a turn completed.
+fn item_ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.done")
+        .map(|e| e["item"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn only_a_stream_that_asks_for_the_turn_record_gets_it() {
+    let workspace = tempfile::tempdir().unwrap();
+    let (addr, server) = start_server().await;
+    let config = runner_config(addr, Some("record-token"), workspace.path());
+    let runner_id = config.runner_id();
+    let (runner, shutdown) = spawn_runner(config);
+    let conn = server
+        .registry
+        .wait_for_runner(&runner_id, WAIT)
+        .await
+        .expect("runner connects");
+    let session = "5b1e0c8f2a3d4e6f8a9b0c1d2e3f4a5b";
+    let turn = |text: &str| {
+        json_request(
+            "POST",
+            &format!("/v1/sessions/{session}/events"),
+            message(text),
+        )
+    };
+
+    let mut ours = Events::open_asking(&conn, session, true).await;
+    assert_eq!(ours.next().await["type"], "session.heartbeat");
+    let (status, _) = call(
+        &conn,
+        json_request(
+            "POST",
+            "/v1/sessions",
+            session_init(session, workspace.path(), None),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(call(&conn, turn("first turn")).await.0, 202);
+    let first = item_ids(&ours.until_idle().await);
+    assert!(!first.is_empty());
+    drop(ours);
+
+    // A 0.19.1 server's stream: after its ready heartbeat, the next turn's events and nothing of the last one.
+    let mut plain = Events::open(&conn, session).await;
+    assert_eq!(plain.next().await["type"], "session.heartbeat");
+    assert_eq!(call(&conn, turn("second turn")).await.0, 202);
+    let second = plain.until_idle().await;
+    assert_eq!(second[0]["type"], "session.status", "{second:?}");
+    assert_eq!(second[0]["status"], "running");
+    assert!(second.iter().all(|e| e.get("snapshot").is_none()));
+    let second = item_ids(&second);
+    assert!(!second.is_empty());
+    assert!(
+        second.iter().all(|id| !first.contains(id)),
+        "{first:?} {second:?}"
+    );
+
+    // Ours gets the last turn's items again, in the same chunk as the heartbeat.
+    let mut again = Events::open_asking(&conn, session, true).await;
+    assert_eq!(again.next().await["type"], "session.heartbeat");
+    let resent = again.next().await;
+    assert_eq!(resent["type"], "response.output_item.done", "{resent:?}");
+    assert_eq!(resent["item"]["id"].as_str(), Some(second[0].as_str()));
+
+    drop((plain, again));
     shutdown.cancel();
     tokio::time::timeout(WAIT, runner)
         .await

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use omnigent_proto::events::kind;
+use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
 use omnigent_tunnel::{RunnerConnection, TunnelError};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -182,6 +183,7 @@ async fn read(
     let sid = &spec.session_id;
     let request = http::Request::get(format!("/v1/sessions/{sid}/stream"))
         .header("accept", "text/event-stream")
+        .header(TURN_RECORD_HEADER, TURN_RECORD_WANTED)
         .body(Bytes::new())
         .map_err(|e| e.to_string())?;
     let response = tokio::time::timeout(READY_TIMEOUT, spec.conn.request(request))
