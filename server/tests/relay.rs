@@ -690,6 +690,10 @@ async fn a_turn_re_sent_by_its_runner_is_stored_once_and_an_unfinished_message_a
     sse.expect().await;
     let mut back = FakeRunner::connect(&srv, "tok-resend", "running").await;
     back.stream_opened().await;
+    assert!(
+        back.asked_record,
+        "the relay asks the runner for the turn's record"
+    );
     assert!(matches!(back.next_seen().await, Seen::Init(_)));
     back.push(first);
     back.push(call);

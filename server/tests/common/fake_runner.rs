@@ -3,6 +3,7 @@
 //! rules can be checked event by event.
 
 use futures_util::{SinkExt, StreamExt};
+use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,14 +21,17 @@ pub enum Seen {
 /// A runner that answers the server's requests over a real tunnel and streams what the test pushes.
 pub struct FakeRunner {
     pub out: mpsc::UnboundedSender<Message>,
-    /// Request ids of the session streams the server opened, newest last.
-    pub streams: mpsc::UnboundedReceiver<String>,
+    /// Request ids of the session streams the server opened, newest last, and whether each asked for the
+    /// turn's record (`TURN_RECORD_HEADER`).
+    pub streams: mpsc::UnboundedReceiver<(String, bool)>,
     pub seen: mpsc::UnboundedReceiver<Seen>,
     /// Status answers to `POST …/events`, by event type (default 202).
     pub answers: mpsc::UnboundedSender<(String, u16)>,
     /// Events streamed before the answer to the next `POST …/events` (a turn faster than its answer).
     pub before_answer: mpsc::UnboundedSender<Vec<Value>>,
     pub stream_id: Option<String>,
+    /// Whether the last stream opened asked for the turn's record.
+    pub asked_record: bool,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -111,7 +115,15 @@ impl FakeRunner {
                             send(json!({"kind": "response.body", "id": id,
                                 "body": "data: {\"type\": \"session.heartbeat\"}\n\n", "encoding": "utf-8"}));
                             last_stream = Some(id.clone());
-                            let _ = streams_tx.send(id.clone());
+                            let asked = frame["headers"].as_array().is_some_and(|h| {
+                                h.iter().any(|pair| {
+                                    pair[0]
+                                        .as_str()
+                                        .is_some_and(|n| n.eq_ignore_ascii_case(TURN_RECORD_HEADER))
+                                        && pair[1] == TURN_RECORD_WANTED
+                                })
+                            });
+                            let _ = streams_tx.send((id.clone(), asked));
                         } else if method == "POST" && path == "/v1/sessions" {
                             let _ = seen_tx.send(Seen::Init(body));
                             answer(201, json!({}));
@@ -152,6 +164,7 @@ impl FakeRunner {
             answers,
             before_answer,
             stream_id: None,
+            asked_record: false,
             task,
         }
     }
@@ -170,11 +183,12 @@ impl FakeRunner {
 
     /// Wait until the server has opened (or re-opened) the session stream.
     pub async fn stream_opened(&mut self) {
-        let id = tokio::time::timeout(WAIT, self.streams.recv())
+        let (id, asked) = tokio::time::timeout(WAIT, self.streams.recv())
             .await
             .expect("stream opened in time")
             .expect("runner task");
         self.stream_id = Some(id);
+        self.asked_record = asked;
     }
 
     pub async fn next_seen(&mut self) -> Seen {
