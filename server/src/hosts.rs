@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use omnigent_proto::api::{ErrorCode, HostInfo};
-use omnigent_proto::host_frames::{HostHello, LaunchRunnerResult};
+use omnigent_proto::api::HostInfo;
+use omnigent_proto::host_frames::{HostHello, LaunchErrorCode, LaunchRunnerResult};
 use omnigent_proto::ids::{new_binding_token, runner_id_for_token};
+use omnigent_tunnel::RunnerRegistry;
 use omnigent_tunnel::host::{HostConnection, HostEvent, HostRegistry, HostRequestError};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -24,9 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::http::{ApiError, AppState};
 use crate::now_ms;
-use crate::store::{HostRow, SessionChanges, SessionRow, Store};
+use crate::store::{HostRow, SessionChanges, SessionRow, Store, StoreError};
 
 /// The owner of every host on a server without accounts.
 pub const LOCAL_OWNER: &str = "local";
@@ -129,30 +129,28 @@ impl Hosts {
     }
 
     /// Every host that ever connected, by host id.
-    pub async fn list(&self) -> Result<Vec<HostView>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<HostView>, HostListStopped> {
         let (tx, rx) = oneshot::channel();
         self.ask(Command::List(tx), rx).await
     }
 
     /// One host by canonical id.
-    pub async fn get(&self, host_id: &str) -> Result<Option<HostView>, ApiError> {
+    pub async fn get(&self, host_id: &str) -> Result<Option<HostView>, HostListStopped> {
         let (tx, rx) = oneshot::channel();
         self.ask(Command::Get(host_id.to_owned(), tx), rx).await
     }
 
-    async fn ask<T>(&self, command: Command, rx: oneshot::Receiver<T>) -> Result<T, ApiError> {
-        let gone = || {
-            ApiError::new(
-                ErrorCode::InternalError,
-                "the server's host list is not running (the server is shutting down); retry",
-            )
-        };
+    async fn ask<T>(
+        &self,
+        command: Command,
+        rx: oneshot::Receiver<T>,
+    ) -> Result<T, HostListStopped> {
         self.inner
             .commands
             .send(command)
             .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+            .map_err(|_| HostListStopped)?;
+        rx.await.map_err(|_| HostListStopped)
     }
 
     /// The last exit report (`host.runner_exited.error`) of `runner_id`, if it came in the last 10 minutes:
@@ -170,6 +168,88 @@ impl Hosts {
     }
 }
 
+/// The host task is gone (the server is shutting down), so the host list cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the server's host list is not running (the server is shutting down); retry")]
+pub struct HostListStopped;
+
+/// Why a workspace on a host cannot be used (`host.stat` said so).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("host {name:?} cannot inspect workspace {workspace}: {why}; pick another directory")]
+    Uninspectable {
+        name: String,
+        workspace: String,
+        why: String,
+    },
+    #[error(
+        "workspace {workspace} does not exist on host {name:?}; create it (POST /v1/hosts/{host_id}/directories) \
+         or pick another directory"
+    )]
+    Missing {
+        name: String,
+        workspace: String,
+        host_id: String,
+    },
+    #[error(
+        "workspace {workspace} on host {name:?} is a {file_type}, not a directory; pick a directory"
+    )]
+    NotADirectory {
+        name: String,
+        workspace: String,
+        file_type: String,
+    },
+}
+
+/// Why a runner could not be launched (or relaunched) on a host for a session.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("host_id `{raw}` is not a host id (32 hex digits); GET /v1/hosts lists the hosts")]
+    BadHostId { raw: String },
+    #[error(
+        "host {host_id} is offline: its daemon is not connected to this server; start it (`omnigent host \
+         <server>` or `omnigent start` on that machine) and retry"
+    )]
+    HostOffline { host_id: String },
+    #[error("Session not found")]
+    SessionNotFound,
+    #[error(
+        "session {session_id} already has runner `{runner_id}`; send it a message to relaunch it, or create a \
+         new session"
+    )]
+    AlreadyBound {
+        session_id: String,
+        runner_id: String,
+    },
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// The host answered `host.launch_runner` with `failed`; `code` is its `error_code` when this version
+    /// knows it.
+    #[error("host {host_id} could not launch runner {runner_id}: {why}")]
+    Refused {
+        host_id: String,
+        runner_id: String,
+        code: Option<LaunchErrorCode>,
+        why: String,
+    },
+    #[error(
+        "the host relaunched runner {runner_id} of session {session_id}, but it did not connect within \
+         {wait:?}{}; check the host daemon's log (`omnigent status`) and retry",
+        .exited.as_ref().map(|e| format!(" (it exited: {e})")).unwrap_or_default()
+    )]
+    RunnerDidNotConnect {
+        runner_id: String,
+        session_id: String,
+        wait: Duration,
+        exited: Option<String>,
+    },
+    /// A request to the host failed (offline, closed, timed out, off protocol).
+    #[error(transparent)]
+    Request(#[from] HostRequestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// A launch prepared for a session about to be created: the host is online and the workspace is a directory
 /// there; the runner id is known before the launch. (No `Debug`: it holds the binding token, a secret.)
 pub struct PreparedLaunch {
@@ -181,13 +261,14 @@ pub struct PreparedLaunch {
 }
 
 /// Check that `raw_host_id` is online and `workspace` is a directory on it (`host.stat`), and mint the
-/// binding token: 409 `conflict` when the host is not connected, 410 `workspace_missing` otherwise.
+/// binding token: [`LaunchError::HostOffline`] when the host is not connected, [`LaunchError::Workspace`]
+/// otherwise.
 pub async fn prepare_launch(
-    app: &AppState,
+    hosts: &Hosts,
     raw_host_id: &str,
     workspace: &str,
-) -> Result<PreparedLaunch, ApiError> {
-    let host = online_host(app, raw_host_id)?;
+) -> Result<PreparedLaunch, LaunchError> {
+    let host = online_host(hosts, raw_host_id)?;
     check_workspace(&host, workspace).await?;
     let token = new_binding_token();
     Ok(PreparedLaunch {
@@ -202,11 +283,12 @@ pub async fn prepare_launch(
 /// Send the prepared `host.launch_runner` for the just-created `session_id`. On failure the session is
 /// deleted again (a failed create leaves nothing behind) and the error says why.
 pub async fn launch_new_session(
-    app: &AppState,
+    hosts: &Hosts,
+    store: &Store,
     launch: PreparedLaunch,
     session_id: &str,
     harness: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), LaunchError> {
     let result = send_launch(
         &launch.host,
         &launch.token,
@@ -218,11 +300,11 @@ pub async fn launch_new_session(
     .await;
     match result {
         Ok(()) => {
-            app.hosts.remember_token(session_id, &launch.token);
+            hosts.remember_token(session_id, &launch.token);
             Ok(())
         }
         Err(e) => {
-            if let Err(del) = app.store.delete_session(session_id).await {
+            if let Err(del) = store.delete_session(session_id).await {
                 warn!(%session_id, error = %del, "cannot delete the session whose runner failed to launch");
             }
             Err(e)
@@ -234,20 +316,23 @@ pub async fn launch_new_session(
 /// with the session's binding token (the same runner id; after a server restart, which forgets tokens, a
 /// fresh token whose runner id is stored on the session first). `Ok(true)` when a launch was sent and the host
 /// accepted it; `Ok(false)` when the session has no host, no workspace, or its host is offline.
-pub async fn ensure_host_runner(app: &AppState, session_id: &str) -> Result<bool, ApiError> {
-    let row = app
-        .store
+pub async fn ensure_host_runner(
+    hosts: &Hosts,
+    store: &Store,
+    session_id: &str,
+) -> Result<bool, LaunchError> {
+    let row = store
         .get_session(session_id)
         .await?
-        .ok_or_else(ApiError::session_not_found)?;
+        .ok_or(LaunchError::SessionNotFound)?;
     let (Some(host_id), Some(workspace)) = (row.host_id.as_deref(), row.workspace.as_deref())
     else {
         return Ok(false);
     };
-    let Some(host) = app.hosts.registry().get(host_id) else {
+    let Some(host) = hosts.registry().get(host_id) else {
         return Ok(false);
     };
-    let token = match app.hosts.token_of(session_id) {
+    let token = match hosts.token_of(session_id) {
         Some(token) => token,
         None => {
             let token = new_binding_token();
@@ -255,11 +340,11 @@ pub async fn ensure_host_runner(app: &AppState, session_id: &str) -> Result<bool
                 runner_id: Some(Some(runner_id_for_token(&token))),
                 ..SessionChanges::default()
             };
-            app.store
+            store
                 .update_session(session_id, &changes, now_ms())
                 .await?
-                .ok_or_else(ApiError::session_not_found)?;
-            app.hosts.remember_token(session_id, &token);
+                .ok_or(LaunchError::SessionNotFound)?;
+            hosts.remember_token(session_id, &token);
             token
         }
     };
@@ -280,44 +365,34 @@ pub async fn ensure_host_runner(app: &AppState, session_id: &str) -> Result<bool
 
 /// The message path's relaunch (reference §3.7 "Auto-relaunch"): for a host-bound session whose runner is
 /// offline while its host is online, send `host.launch_runner` again ([`ensure_host_runner`]) and wait for the
-/// runner's tunnel (as long as a launch may take, 30 s by default). `Ok(Some((row, runner_id)))` once it is
-/// online; `Ok(None)` when no launch could be sent (no host, or the host is offline); 503 when the runner did
-/// not come.
+/// runner's tunnel in `runners` (as long as a launch may take, 30 s by default). `Ok(Some((row, runner_id)))`
+/// once it is online; `Ok(None)` when no launch could be sent (no host, or the host is offline);
+/// [`LaunchError::RunnerDidNotConnect`] when the runner did not come.
 pub async fn relaunch_host_runner(
-    app: &AppState,
+    hosts: &Hosts,
+    store: &Store,
+    runners: &RunnerRegistry,
     session_id: &str,
-) -> Result<Option<(SessionRow, String)>, ApiError> {
-    if !ensure_host_runner(app, session_id).await? {
+) -> Result<Option<(SessionRow, String)>, LaunchError> {
+    if !ensure_host_runner(hosts, store, session_id).await? {
         return Ok(None);
     }
     // Re-read: after a server restart the session was given a fresh token, so a new runner id.
-    let row = app
-        .store
+    let row = store
         .get_session(session_id)
         .await?
-        .ok_or_else(ApiError::session_not_found)?;
+        .ok_or(LaunchError::SessionNotFound)?;
     let Some(runner_id) = row.runner_id.clone() else {
         return Ok(None);
     };
-    let wait = app.hosts.registry().settings().launch_timeout;
-    if app
-        .sessions
-        .runners()
-        .wait_for_runner(&runner_id, wait)
-        .await
-        .is_none()
-    {
-        let error = app.hosts.runner_exit_error(&runner_id);
-        return Err(ApiError::new(
-            ErrorCode::RunnerUnavailable,
-            format!(
-                "the host relaunched runner {runner_id} of session {session_id}, but it did not connect within \
-                 {wait:?}{}; check the host daemon's log (`omnigent status`) and retry",
-                error
-                    .map(|e| format!(" (it exited: {e})"))
-                    .unwrap_or_default()
-            ),
-        ));
+    let wait = hosts.registry().settings().launch_timeout;
+    if runners.wait_for_runner(&runner_id, wait).await.is_none() {
+        return Err(LaunchError::RunnerDidNotConnect {
+            exited: hosts.runner_exit_error(&runner_id),
+            runner_id,
+            session_id: session_id.to_owned(),
+            wait,
+        });
     }
     Ok(Some((row, runner_id)))
 }
@@ -325,25 +400,24 @@ pub async fn relaunch_host_runner(
 /// `POST /v1/hosts/{id}/runners`: launch a runner for an existing session that has none, binding the session
 /// to the host and workspace. Answers the runner id.
 pub async fn launch_for_session(
-    app: &AppState,
+    hosts: &Hosts,
+    store: &Store,
     raw_host_id: &str,
     session_id: &str,
     workspace: &str,
-) -> Result<String, ApiError> {
-    let row = app
-        .store
+) -> Result<String, LaunchError> {
+    let row = store
         .get_session(session_id)
         .await?
-        .ok_or_else(ApiError::session_not_found)?;
+        .ok_or(LaunchError::SessionNotFound)?;
     if let Some(runner) = &row.runner_id {
-        return Err(ApiError::invalid(format!(
-            "session {session_id} already has runner `{runner}`; send it a message to relaunch it, or create a \
-             new session"
-        )));
+        return Err(LaunchError::AlreadyBound {
+            session_id: session_id.to_owned(),
+            runner_id: runner.clone(),
+        });
     }
-    let launch = prepare_launch(app, raw_host_id, workspace).await?;
-    let bound = app
-        .store
+    let launch = prepare_launch(hosts, raw_host_id, workspace).await?;
+    let bound = store
         .bind_session_to_host(
             session_id,
             &launch.host_id,
@@ -353,7 +427,7 @@ pub async fn launch_for_session(
         )
         .await?;
     if !bound {
-        return Err(ApiError::session_not_found());
+        return Err(LaunchError::SessionNotFound);
     }
     let harness = crate::agents::find(&row.agent_id).map(|a| a.harness.as_str());
     send_launch(
@@ -365,59 +439,54 @@ pub async fn launch_for_session(
         harness.unwrap_or("echo"),
     )
     .await?;
-    app.hosts.remember_token(session_id, &launch.token);
+    hosts.remember_token(session_id, &launch.token);
     Ok(launch.runner_id)
 }
 
-/// The live tunnel of a host, or 409 `conflict` naming what to do.
-pub fn online_host(app: &AppState, raw_host_id: &str) -> Result<HostConnection, ApiError> {
-    let host_id = omnigent_proto::ids::canonical_id(raw_host_id).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "host_id `{raw_host_id}` is not a host id (32 hex digits); GET /v1/hosts lists the hosts"
-        ))
-    })?;
-    app.hosts.registry().get(&host_id).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Conflict,
-            format!(
-                "host {host_id} is offline: its daemon is not connected to this server; start it (`omnigent \
-                 host <server>` or `omnigent start` on that machine) and retry"
-            ),
-        )
-    })
+/// The live tunnel of a host, or [`LaunchError::HostOffline`] (or [`LaunchError::BadHostId`]).
+pub fn online_host(hosts: &Hosts, raw_host_id: &str) -> Result<HostConnection, LaunchError> {
+    let host_id =
+        omnigent_proto::ids::canonical_id(raw_host_id).ok_or_else(|| LaunchError::BadHostId {
+            raw: raw_host_id.to_owned(),
+        })?;
+    hosts
+        .registry()
+        .get(&host_id)
+        .ok_or(LaunchError::HostOffline { host_id })
 }
 
-/// `host.stat` the workspace: it must exist and be a directory (410 `workspace_missing` otherwise).
-async fn check_workspace(host: &HostConnection, workspace: &str) -> Result<(), ApiError> {
+/// `host.stat` the workspace: it must exist and be a directory ([`WorkspaceError`] otherwise).
+async fn check_workspace(host: &HostConnection, workspace: &str) -> Result<(), LaunchError> {
     let name = &host.hello().name;
-    let stat = host
-        .stat(workspace)
-        .await
-        .map_err(|e| request_error(e, ErrorCode::RunnerUnavailable))?;
-    let missing = |why: String| ApiError::new(ErrorCode::WorkspaceMissing, why);
+    let stat = host.stat(workspace).await?;
     if stat.status != "ok" {
-        return Err(missing(format!(
-            "host {name:?} cannot inspect workspace {workspace}: {}; pick another directory",
-            stat.error.as_deref().unwrap_or("unknown error")
-        )));
+        return Err(WorkspaceError::Uninspectable {
+            name: name.clone(),
+            workspace: workspace.to_owned(),
+            why: stat.error.unwrap_or_else(|| "unknown error".to_owned()),
+        }
+        .into());
     }
     if !stat.exists {
-        return Err(missing(format!(
-            "workspace {workspace} does not exist on host {name:?}; create it (POST /v1/hosts/{}/directories) or \
-             pick another directory",
-            host.host_id()
-        )));
+        return Err(WorkspaceError::Missing {
+            name: name.clone(),
+            workspace: workspace.to_owned(),
+            host_id: host.host_id().to_owned(),
+        }
+        .into());
     }
     match stat.file_type.as_deref() {
         Some("directory") => Ok(()),
-        other => Err(missing(format!(
-            "workspace {workspace} on host {name:?} is a {}, not a directory; pick a directory",
-            other.unwrap_or("thing of unknown type")
-        ))),
+        other => Err(WorkspaceError::NotADirectory {
+            name: name.clone(),
+            workspace: workspace.to_owned(),
+            file_type: other.unwrap_or("thing of unknown type").to_owned(),
+        }
+        .into()),
     }
 }
 
-/// Send `host.launch_runner` and turn its result into an API error when it failed.
+/// Send `host.launch_runner` and turn its result into a [`LaunchError`] when it failed.
 async fn send_launch(
     host: &HostConnection,
     token: &str,
@@ -425,19 +494,20 @@ async fn send_launch(
     workspace: &str,
     session_id: &str,
     harness: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), LaunchError> {
     let result = host
         .launch_runner(token, workspace, Some(session_id), Some(harness))
-        .await
-        .map_err(|e| request_error(e, ErrorCode::RunnerUnavailable))?;
+        .await?;
     launch_outcome(&result, runner_id, host.host_id())
 }
 
-fn launch_outcome(
+/// The outcome of a `host.launch_runner_result`: `Ok` when launched, else [`LaunchError::Refused`] with the
+/// host's error code (when this version knows it).
+pub(crate) fn launch_outcome(
     result: &LaunchRunnerResult,
     runner_id: &str,
     host_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), LaunchError> {
     if result.status == "launched" {
         if let Some(got) = result.runner_id.as_deref().filter(|got| *got != runner_id) {
             warn!(
@@ -447,30 +517,18 @@ fn launch_outcome(
         }
         return Ok(());
     }
-    let why = result.error.as_deref().unwrap_or("no reason given");
-    let code = match result.error_code.as_deref() {
-        Some("harness_not_configured") => ErrorCode::HarnessNotConfigured,
-        Some("workspace_missing") => ErrorCode::WorkspaceMissing,
-        _ => ErrorCode::RunnerUnavailable,
-    };
-    Err(ApiError::new(
-        code,
-        format!("host {host_id} could not launch runner {runner_id}: {why}"),
-    ))
-}
-
-/// A failed request to a host as an API error; `on_timeout` is the code of a timeout (the filesystem routes
-/// answer 504 themselves before calling this).
-pub fn request_error(e: HostRequestError, on_timeout: ErrorCode) -> ApiError {
-    match &e {
-        HostRequestError::HostOffline(_) | HostRequestError::Closed { .. } => {
-            ApiError::new(ErrorCode::Conflict, e.to_string())
-        }
-        HostRequestError::Timeout { .. } => ApiError::new(on_timeout, e.to_string()),
-        HostRequestError::NotARequest(_) | HostRequestError::UnexpectedReply { .. } => {
-            ApiError::new(ErrorCode::InternalError, e.to_string())
-        }
-    }
+    Err(LaunchError::Refused {
+        host_id: host_id.to_owned(),
+        runner_id: runner_id.to_owned(),
+        code: result
+            .error_code
+            .as_deref()
+            .and_then(LaunchErrorCode::parse),
+        why: result
+            .error
+            .clone()
+            .unwrap_or_else(|| "no reason given".to_owned()),
+    })
 }
 
 /// The task that owns the host list.
@@ -688,8 +746,6 @@ impl ExitLog {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Map;
-
     use super::*;
 
     #[test]
@@ -730,46 +786,6 @@ mod tests {
         assert_eq!(
             log.get(&format!("r{EXIT_CAP}"), t0).as_deref(),
             Some(format!("e{EXIT_CAP}").as_str())
-        );
-    }
-
-    #[test]
-    fn launch_failures_map_to_their_codes() {
-        let result = |status: &str, code: Option<&str>| LaunchRunnerResult {
-            request_id: "1".into(),
-            status: status.into(),
-            runner_id: None,
-            error: Some("nope".into()),
-            error_code: code.map(str::to_owned),
-            extra: Map::new(),
-        };
-        assert!(launch_outcome(&result("launched", None), "r", "h").is_ok());
-        let status = |r: Result<(), ApiError>| {
-            r.err().map(|e| {
-                axum::response::IntoResponse::into_response(e)
-                    .status()
-                    .as_u16()
-            })
-        };
-        assert_eq!(
-            status(launch_outcome(
-                &result("failed", Some("harness_not_configured")),
-                "r",
-                "h"
-            )),
-            Some(412)
-        );
-        assert_eq!(
-            status(launch_outcome(
-                &result("failed", Some("workspace_missing")),
-                "r",
-                "h"
-            )),
-            Some(410)
-        );
-        assert_eq!(
-            status(launch_outcome(&result("failed", None), "r", "h")),
-            Some(503)
         );
     }
 }

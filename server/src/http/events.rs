@@ -195,7 +195,11 @@ async fn bound_runner(
         .runner_id
         .as_deref()
         .is_some_and(|r| st.sessions.runners().is_online(r));
-    if !online && let Some(relaunched) = crate::hosts::relaunch_host_runner(st, id).await? {
+    if !online
+        && let Some(relaunched) =
+            crate::hosts::relaunch_host_runner(&st.hosts, &st.store, st.sessions.runners(), id)
+                .await?
+    {
         return Ok(relaunched);
     }
     let why = match &row.runner_id {

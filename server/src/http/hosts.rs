@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use omnigent_proto::api::{ErrorCode, HostList};
+use omnigent_proto::host_frames::LaunchErrorCode;
 use omnigent_proto::ids::canonical_id;
 use omnigent_tunnel::host::{HostConnection, HostRequestError};
 use omnigent_tunnel::{TunnelUpgrade, UpgradeRejection};
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json as json_value;
 
 use super::{ApiError, AppState, JsonBody, Q, json, session_id};
-use crate::hosts::{self, request_error};
+use crate::hosts::{self, HostListStopped, LaunchError};
 
 /// Default page of `GET …/filesystem` (the host's default), and the largest.
 const DEFAULT_LIST_LIMIT: u32 = 20;
@@ -108,7 +109,8 @@ pub async fn launch_runner(
     live_host(&st, &raw).await?;
     check_path("workspace", &body.workspace)?;
     let sid = session_id(&body.session_id)?;
-    let runner_id = hosts::launch_for_session(&st, &raw, &sid, &body.workspace).await?;
+    let runner_id =
+        hosts::launch_for_session(&st.hosts, &st.store, &raw, &sid, &body.workspace).await?;
     Ok(json(
         StatusCode::OK,
         &json_value!({ "runner_id": runner_id, "status": "launching" }),
@@ -129,6 +131,55 @@ fn check_path(name: &str, path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+impl From<HostListStopped> for ApiError {
+    fn from(e: HostListStopped) -> Self {
+        ApiError::new(ErrorCode::InternalError, e.to_string())
+    }
+}
+
+impl From<LaunchError> for ApiError {
+    fn from(e: LaunchError) -> Self {
+        match e {
+            LaunchError::SessionNotFound => ApiError::session_not_found(),
+            LaunchError::Request(e) => request_error(&e, ErrorCode::RunnerUnavailable),
+            LaunchError::Store(e) => e.into(),
+            e @ (LaunchError::BadHostId { .. } | LaunchError::AlreadyBound { .. }) => {
+                ApiError::invalid(e.to_string())
+            }
+            e @ LaunchError::HostOffline { .. } => {
+                ApiError::new(ErrorCode::Conflict, e.to_string())
+            }
+            e @ LaunchError::Workspace(_) => {
+                ApiError::new(ErrorCode::WorkspaceMissing, e.to_string())
+            }
+            e @ LaunchError::Refused { code, .. } => {
+                let code = match code {
+                    Some(LaunchErrorCode::HarnessNotConfigured) => ErrorCode::HarnessNotConfigured,
+                    Some(LaunchErrorCode::WorkspaceMissing) => ErrorCode::WorkspaceMissing,
+                    None => ErrorCode::RunnerUnavailable,
+                };
+                ApiError::new(code, e.to_string())
+            }
+            e @ LaunchError::RunnerDidNotConnect { .. } => {
+                ApiError::new(ErrorCode::RunnerUnavailable, e.to_string())
+            }
+        }
+    }
+}
+
+/// A failed request to a host as an API error; `on_timeout` is the code of a timeout (the filesystem routes
+/// answer 504 themselves before calling this).
+fn request_error(e: &HostRequestError, on_timeout: ErrorCode) -> ApiError {
+    let code = match e {
+        HostRequestError::HostOffline(_) | HostRequestError::Closed { .. } => ErrorCode::Conflict,
+        HostRequestError::Timeout { .. } => on_timeout,
+        HostRequestError::NotARequest(_) | HostRequestError::UnexpectedReply { .. } => {
+            ErrorCode::InternalError
+        }
+    };
+    ApiError::new(code, e.to_string())
+}
+
 /// An error of the filesystem routes: an API error, or 504 when the host did not answer in time.
 #[derive(Debug)]
 pub enum FsError {
@@ -146,7 +197,7 @@ impl From<HostRequestError> for FsError {
     fn from(e: HostRequestError) -> Self {
         match e {
             HostRequestError::Timeout { .. } => FsError::Timeout(e.to_string()),
-            e => FsError::Api(request_error(e, ErrorCode::InternalError)),
+            e => FsError::Api(request_error(&e, ErrorCode::InternalError)),
         }
     }
 }
@@ -255,4 +306,192 @@ pub async fn create_dir(
     }
     let path = result.path.unwrap_or(body.path);
     Ok(json(StatusCode::CREATED, &json_value!({ "path": path })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use omnigent_proto::host_frames::LaunchRunnerResult;
+    use serde_json::Map;
+
+    use super::*;
+    use crate::hosts::{WorkspaceError, launch_outcome};
+    use crate::store::StoreError;
+
+    /// Status and code on the wire of an error.
+    fn wire(e: impl Into<ApiError>) -> (u16, ErrorCode) {
+        let e: ApiError = e.into();
+        (e.code.status(), e.code)
+    }
+
+    #[test]
+    fn launch_failures_map_to_their_codes() {
+        let result = |status: &str, code: Option<&str>| LaunchRunnerResult {
+            request_id: "1".into(),
+            status: status.into(),
+            runner_id: None,
+            error: Some("nope".into()),
+            error_code: code.map(str::to_owned),
+            extra: Map::new(),
+        };
+        assert!(launch_outcome(&result("launched", None), "r", "h").is_ok());
+        let status = |r: Result<(), LaunchError>| {
+            r.err()
+                .map(|e| ApiError::from(e).into_response().status().as_u16())
+        };
+        assert_eq!(
+            status(launch_outcome(
+                &result("failed", Some("harness_not_configured")),
+                "r",
+                "h"
+            )),
+            Some(412)
+        );
+        assert_eq!(
+            status(launch_outcome(
+                &result("failed", Some("workspace_missing")),
+                "r",
+                "h"
+            )),
+            Some(410)
+        );
+        assert_eq!(
+            status(launch_outcome(&result("failed", None), "r", "h")),
+            Some(503)
+        );
+        // A code this version does not know is a plain 503, and the message names host, runner and reason.
+        let e = ApiError::from(
+            launch_outcome(&result("failed", Some("quota_exceeded")), "r", "h").unwrap_err(),
+        );
+        assert_eq!(e.code, ErrorCode::RunnerUnavailable);
+        assert_eq!(e.message, "host h could not launch runner r: nope");
+    }
+
+    #[test]
+    fn each_host_domain_error_has_its_status_and_code() {
+        let workspace = |w: WorkspaceError| LaunchError::Workspace(w);
+        let timeout = HostRequestError::Timeout {
+            host_id: "h".into(),
+            kind: "host.stat",
+            after: Duration::from_secs(5),
+        };
+        let cases: Vec<(LaunchError, u16, ErrorCode)> = vec![
+            (
+                LaunchError::BadHostId { raw: "x".into() },
+                400,
+                ErrorCode::InvalidInput,
+            ),
+            (
+                LaunchError::HostOffline {
+                    host_id: "h".into(),
+                },
+                409,
+                ErrorCode::Conflict,
+            ),
+            (LaunchError::SessionNotFound, 404, ErrorCode::NotFound),
+            (
+                LaunchError::AlreadyBound {
+                    session_id: "s".into(),
+                    runner_id: "r".into(),
+                },
+                400,
+                ErrorCode::InvalidInput,
+            ),
+            (
+                workspace(WorkspaceError::Uninspectable {
+                    name: "n".into(),
+                    workspace: "/w".into(),
+                    why: "denied".into(),
+                }),
+                410,
+                ErrorCode::WorkspaceMissing,
+            ),
+            (
+                workspace(WorkspaceError::Missing {
+                    name: "n".into(),
+                    workspace: "/w".into(),
+                    host_id: "h".into(),
+                }),
+                410,
+                ErrorCode::WorkspaceMissing,
+            ),
+            (
+                workspace(WorkspaceError::NotADirectory {
+                    name: "n".into(),
+                    workspace: "/w".into(),
+                    file_type: "file".into(),
+                }),
+                410,
+                ErrorCode::WorkspaceMissing,
+            ),
+            (
+                LaunchError::RunnerDidNotConnect {
+                    runner_id: "r".into(),
+                    session_id: "s".into(),
+                    wait: Duration::from_secs(30),
+                    exited: Some("exit 1".into()),
+                },
+                503,
+                ErrorCode::RunnerUnavailable,
+            ),
+            (
+                LaunchError::Request(HostRequestError::HostOffline("h".into())),
+                409,
+                ErrorCode::Conflict,
+            ),
+            (
+                LaunchError::Request(HostRequestError::Closed {
+                    host_id: "h".into(),
+                    kind: "host.stat",
+                }),
+                409,
+                ErrorCode::Conflict,
+            ),
+            // A launch's timeout is the runner's unavailability; the filesystem routes answer 504 instead.
+            (
+                LaunchError::Request(timeout.clone()),
+                503,
+                ErrorCode::RunnerUnavailable,
+            ),
+            (
+                LaunchError::Request(HostRequestError::NotARequest("host.hello")),
+                500,
+                ErrorCode::InternalError,
+            ),
+            (
+                LaunchError::Store(StoreError::CursorNotFound("c".into())),
+                400,
+                ErrorCode::InvalidInput,
+            ),
+        ];
+        for (e, status, code) in cases {
+            let what = format!("{e:?}");
+            assert_eq!(wire(e), (status, code), "{what}");
+        }
+        assert_eq!(
+            wire(HostListStopped),
+            (500, ErrorCode::InternalError),
+            "host list stopped"
+        );
+        // The message on the wire is the domain error's own text.
+        let e = ApiError::from(LaunchError::RunnerDidNotConnect {
+            runner_id: "r".into(),
+            session_id: "s".into(),
+            wait: Duration::from_secs(30),
+            exited: Some("exit 1".into()),
+        });
+        assert_eq!(
+            e.message,
+            "the host relaunched runner r of session s, but it did not connect within 30s (it exited: exit 1); \
+             check the host daemon's log (`omnigent status`) and retry"
+        );
+        assert_eq!(
+            ApiError::from(LaunchError::SessionNotFound).message,
+            "Session not found"
+        );
+        // The filesystem routes keep their own 504 for a timeout.
+        let fs = FsError::from(timeout).into_response();
+        assert_eq!(fs.status().as_u16(), 504);
+    }
 }

@@ -73,7 +73,7 @@ pub async fn create(
     // A host-bound session: the host is online and the workspace a directory there (host.stat) first.
     let launch = match (&req.host_id, &req.workspace) {
         (Some(host), Some(workspace)) => {
-            Some(crate::hosts::prepare_launch(&st, host, workspace).await?)
+            Some(crate::hosts::prepare_launch(&st.hosts, host, workspace).await?)
         }
         _ => None,
     };
@@ -104,7 +104,7 @@ pub async fn create(
         .create_session(&NewSession { row: row.clone() }, &items)
         .await?;
     if let Some(launch) = launch {
-        crate::hosts::launch_new_session(&st, launch, &id, &agent.harness).await?;
+        crate::hosts::launch_new_session(&st.hosts, &st.store, launch, &id, &agent.harness).await?;
     }
     let rows: Vec<ItemRow> = items
         .into_iter()
