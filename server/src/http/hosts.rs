@@ -361,9 +361,10 @@ mod tests {
             Some(503)
         );
         // A code this version does not know is a plain 503, and the message names host, runner and reason.
-        let e = ApiError::from(
-            launch_outcome(&result("failed", Some("quota_exceeded")), "r", "h").unwrap_err(),
-        );
+        let Err(e) = launch_outcome(&result("failed", Some("quota_exceeded")), "r", "h") else {
+            panic!("an unknown error code is still a failed launch");
+        };
+        let e = ApiError::from(e);
         assert_eq!(e.code, ErrorCode::RunnerUnavailable);
         assert_eq!(e.message, "host h could not launch runner r: nope");
     }
