@@ -47,6 +47,7 @@ pub mod auth;
 pub mod channel;
 pub mod connection;
 pub mod host;
+pub mod registry;
 pub mod router;
 pub mod server;
 mod socket;
