@@ -139,36 +139,13 @@ pub struct HostRegistry {
 }
 
 struct RegistryInner {
-    tunnels: Registry<HostConnection>,
+    tunnels: Registry<HostConnection, HostEvent>,
     settings: HostSettings,
 }
 
 impl Tunnel for HostConnection {
-    type Event = HostEvent;
-    fn id(&self) -> &str {
-        self.host_id()
-    }
-    fn generation(&self) -> u64 {
-        HostConnection::generation(self)
-    }
-    fn authentication(&self) -> Authentication {
-        HostConnection::authentication(self)
-    }
     fn close(&self, code: u16, reason: &str) {
         HostConnection::close(self, code, reason)
-    }
-    fn connected(&self) -> HostEvent {
-        HostEvent::Connected {
-            host_id: self.host_id().to_owned(),
-            generation: HostConnection::generation(self),
-            hello: self.hello().clone(),
-        }
-    }
-    fn disconnected(id: &str, generation: u64) -> HostEvent {
-        HostEvent::Disconnected {
-            host_id: id.to_owned(),
-            generation,
-        }
     }
 }
 
@@ -244,6 +221,30 @@ impl HostRegistry {
 
     fn emit(&self, event: HostEvent) {
         self.inner.tunnels.emit(event);
+    }
+
+    /// Make `conn` the live tunnel of its host and send `Connected` (see [`Registry::register`]).
+    fn register(&self, conn: HostConnection) -> Result<(), Authentication> {
+        let connected = HostEvent::Connected {
+            host_id: conn.host_id().to_owned(),
+            generation: conn.generation(),
+            hello: conn.hello().clone(),
+        };
+        let host_id = conn.host_id().to_owned();
+        let (generation, auth) = (conn.generation(), conn.authentication());
+        self.inner
+            .tunnels
+            .register(&host_id, generation, auth, conn, connected)
+    }
+
+    /// The tunnel `generation` of `host_id` ended; `Disconnected` only if it was the live one (see
+    /// [`Registry::deregister`]).
+    fn deregister(&self, host_id: &str, generation: u64) {
+        let event = HostEvent::Disconnected {
+            host_id: host_id.to_owned(),
+            generation,
+        };
+        self.inner.tunnels.deregister(host_id, generation, event);
     }
 }
 
@@ -598,7 +599,7 @@ async fn serve(
             closed: CancellationToken::new(),
         }),
     };
-    if let Err(held) = registry.inner.tunnels.register(conn.clone()) {
+    if let Err(held) = registry.register(conn.clone()) {
         warn!(held_by = ?held, ours = ?authentication, "refused: the host id is held by a more strongly authenticated tunnel");
         let error = "this host id is held by a more strongly authenticated tunnel".to_owned();
         return refuse(
@@ -617,7 +618,7 @@ async fn serve(
     );
     let (sink, stream) = socket.ws.split();
     let (code, reason) = run_connection(&conn, commands_rx, stream, sink, &registry).await;
-    registry.inner.tunnels.deregister(&host_id, generation);
+    registry.deregister(&host_id, generation);
     info!(code, reason, "host disconnected");
 }
 

@@ -17,34 +17,29 @@ use tracing::info;
 
 use crate::auth::{Authentication, may_replace};
 
-/// One live tunnel as the registry sees it: its id, its generation, how it authenticated, how to close it, and
-/// the events that announce it.
+/// A live tunnel as the registry needs it: a way to close it (when a newer one replaces it, or on shutdown).
 pub trait Tunnel: Clone {
-    /// What subscribers hear; the registry sends [`Tunnel::connected`] and [`Tunnel::disconnected`], the
-    /// tunnel's own notifications go through [`Registry::emit`].
-    type Event: Clone + Send + 'static;
-
-    /// The registry key (a runner id, a canonical host id).
-    fn id(&self) -> &str;
-    /// From [`Registry::next_generation`]; tells a reconnected tunnel from the one it replaced.
-    fn generation(&self) -> u64;
-    fn authentication(&self) -> Authentication;
-    /// Close the tunnel (its task ends, then deregisters).
+    /// Close the tunnel; its task ends, then calls [`Registry::deregister`].
     fn close(&self, code: u16, reason: &str);
-    /// The event announcing `self` as the live tunnel of its id.
-    fn connected(&self) -> Self::Event;
-    /// The event announcing that `id` has no live tunnel any more (its last one was `generation`).
-    fn disconnected(id: &str, generation: u64) -> Self::Event;
+}
+
+/// One registered tunnel with what the rule reads.
+struct Entry<C> {
+    conn: C,
+    generation: u64,
+    authentication: Authentication,
 }
 
 /// The live tunnels of one kind, keyed by id. Share it behind an `Arc` (the wrappers do).
-pub struct Registry<C: Tunnel> {
-    live: Mutex<HashMap<String, C>>,
-    events: broadcast::Sender<C::Event>,
+/// `E` is what subscribers hear: the `connected`/`disconnected` events of [`Self::register`] and
+/// [`Self::deregister`], and the tunnels' own notifications ([`Self::emit`]).
+pub struct Registry<C, E> {
+    live: Mutex<HashMap<String, Entry<C>>>,
+    events: broadcast::Sender<E>,
     next_generation: AtomicU64,
 }
 
-impl<C: Tunnel> std::fmt::Debug for Registry<C> {
+impl<C: Tunnel, E: Clone> std::fmt::Debug for Registry<C, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("live", &self.lock().len())
@@ -52,7 +47,7 @@ impl<C: Tunnel> std::fmt::Debug for Registry<C> {
     }
 }
 
-impl<C: Tunnel> Registry<C> {
+impl<C: Tunnel, E: Clone> Registry<C, E> {
     /// An empty registry whose slowest subscriber may fall `event_buffer` events behind before it sees `Lagged`.
     pub fn new(event_buffer: usize) -> Self {
         let (events, _) = broadcast::channel(event_buffer);
@@ -63,7 +58,7 @@ impl<C: Tunnel> Registry<C> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, C>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry<C>>> {
         // Every critical section is a single lookup, insert or remove, so a poisoned map is still consistent.
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -75,7 +70,7 @@ impl<C: Tunnel> Registry<C> {
 
     /// The live tunnel of `id`, if any.
     pub fn get(&self, id: &str) -> Option<C> {
-        self.lock().get(id).cloned()
+        self.lock().get(id).map(|e| e.conn.clone())
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -84,18 +79,22 @@ impl<C: Tunnel> Registry<C> {
 
     /// Every live tunnel, sorted by id.
     pub fn tunnels(&self) -> Vec<C> {
-        let mut list: Vec<C> = self.lock().values().cloned().collect();
-        list.sort_by(|a, b| a.id().cmp(b.id()));
-        list
+        let mut list: Vec<(String, C)> = self
+            .lock()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.conn.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list.into_iter().map(|(_, conn)| conn).collect()
     }
 
     /// Notifications from now on. On `Lagged`, resync from [`Self::tunnels`].
-    pub fn subscribe(&self) -> broadcast::Receiver<C::Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<E> {
         self.events.subscribe()
     }
 
     /// Send `event` to every subscriber (none is fine: nobody needs to hear it).
-    pub fn emit(&self, event: C::Event) {
+    pub fn emit(&self, event: E) {
         let _ = self.events.send(event);
     }
 
@@ -123,44 +122,53 @@ impl<C: Tunnel> Registry<C> {
         }
     }
 
-    /// Make `conn` the live tunnel of its id and announce it. An older tunnel of the id is closed 4000 "tunnel
-    /// replaced" (it sends no `Disconnected` when it ends), unless it is more strongly authenticated than `conn`
-    /// ([`may_replace`]): then nothing changes and `conn` is refused with the old one's authentication.
-    pub fn register(&self, conn: C) -> Result<(), Authentication> {
+    /// Make `conn` (tunnel `generation` of `id`, authenticated as `authentication`) the live tunnel of `id`
+    /// and send `connected`. An older tunnel of the id is closed 4000 "tunnel replaced" (it sends no
+    /// `Disconnected` when it ends), unless it is more strongly authenticated ([`may_replace`]): then nothing
+    /// changes and `conn` is refused with the old one's authentication.
+    pub fn register(
+        &self,
+        id: &str,
+        generation: u64,
+        authentication: Authentication,
+        conn: C,
+        connected: E,
+    ) -> Result<(), Authentication> {
         let old = {
             let mut live = self.lock();
-            if let Some(held) = live.get(conn.id())
-                && !may_replace(held.authentication(), conn.authentication())
+            if let Some(held) = live.get(id)
+                && !may_replace(held.authentication, authentication)
             {
-                return Err(held.authentication());
+                return Err(held.authentication);
             }
-            live.insert(conn.id().to_owned(), conn.clone())
+            let entry = Entry {
+                conn,
+                generation,
+                authentication,
+            };
+            live.insert(id.to_owned(), entry)
         };
         if let Some(old) = old {
-            info!(
-                old = old.generation(),
-                new = conn.generation(),
-                "tunnel replaced"
-            );
-            old.close(close::REPLACED, "tunnel replaced");
+            info!(old = old.generation, new = generation, "tunnel replaced");
+            old.conn.close(close::REPLACED, "tunnel replaced");
         }
-        self.emit(conn.connected());
+        self.emit(connected);
         Ok(())
     }
 
-    /// The tunnel `generation` of `id` ended. Only if it is still the live one is it removed and `Disconnected`
+    /// The tunnel `generation` of `id` ended. Only if it is still the live one is it removed and `disconnected`
     /// sent; a replaced (or refused) tunnel changes nothing. Returns whether it was removed.
-    pub fn deregister(&self, id: &str, generation: u64) -> bool {
+    pub fn deregister(&self, id: &str, generation: u64, disconnected: E) -> bool {
         let removed = {
             let mut live = self.lock();
-            let current = live.get(id).is_some_and(|c| c.generation() == generation);
+            let current = live.get(id).is_some_and(|e| e.generation == generation);
             if current {
                 live.remove(id);
             }
             current
         };
         if removed {
-            self.emit(C::disconnected(id, generation));
+            self.emit(disconnected);
         }
         removed
     }
@@ -182,30 +190,12 @@ mod tests {
     #[derive(Clone)]
     struct Fake {
         generation: u64,
-        auth: Authentication,
         closed: Arc<Mutex<Option<(u16, String)>>>,
     }
 
     impl Tunnel for Fake {
-        type Event = Event;
-        fn id(&self) -> &str {
-            "peer"
-        }
-        fn generation(&self) -> u64 {
-            self.generation
-        }
-        fn authentication(&self) -> Authentication {
-            self.auth
-        }
         fn close(&self, code: u16, reason: &str) {
             *self.closed.lock().unwrap() = Some((code, reason.to_owned()));
-        }
-        fn connected(&self) -> Event {
-            Event::Connected(self.generation)
-        }
-        fn disconnected(id: &str, generation: u64) -> Event {
-            assert_eq!(id, "peer");
-            Event::Disconnected(generation)
         }
     }
 
@@ -249,7 +239,7 @@ mod tests {
 
     /// Plays `rows` against one registry, checking each step's answer, events, live tunnel and closes.
     fn play(rows: Vec<Row>) {
-        let registry = Registry::<Fake>::new(64);
+        let registry = Registry::<Fake, Event>::new(64);
         let mut events = registry.subscribe();
         let mut made: HashMap<u64, Fake> = HashMap::new();
         for (i, row) in rows.into_iter().enumerate() {
@@ -257,18 +247,20 @@ mod tests {
                 Connect(generation, auth) => {
                     let conn = Fake {
                         generation,
-                        auth,
                         closed: Arc::default(),
                     };
                     made.insert(generation, conn.clone());
+                    let connected = Event::Connected(generation);
                     assert_eq!(
-                        registry.register(conn).err(),
+                        registry
+                            .register("peer", generation, auth, conn, connected)
+                            .err(),
                         row.refused_by,
                         "step {i}: register"
                     );
                 }
                 End(generation) => {
-                    registry.deregister("peer", generation);
+                    registry.deregister("peer", generation, Event::Disconnected(generation));
                 }
             }
             let mut seen = Vec::new();

@@ -47,7 +47,7 @@ pub struct RunnerRegistry {
 }
 
 struct RegistryInner {
-    tunnels: Registry<RunnerConnection>,
+    tunnels: Registry<RunnerConnection, RunnerEvent>,
     config: TunnelConfig,
 }
 
@@ -55,30 +55,8 @@ struct RegistryInner {
 const EVENT_BUFFER: usize = 1024;
 
 impl Tunnel for RunnerConnection {
-    type Event = RunnerEvent;
-    fn id(&self) -> &str {
-        self.runner_id()
-    }
-    fn generation(&self) -> u64 {
-        RunnerConnection::generation(self)
-    }
-    fn authentication(&self) -> Authentication {
-        RunnerConnection::authentication(self)
-    }
     fn close(&self, code: u16, reason: &str) {
         RunnerConnection::close(self, code, reason)
-    }
-    fn connected(&self) -> RunnerEvent {
-        RunnerEvent::Connected {
-            runner_id: self.runner_id().to_owned(),
-            generation: RunnerConnection::generation(self),
-        }
-    }
-    fn disconnected(id: &str, generation: u64) -> RunnerEvent {
-        RunnerEvent::Disconnected {
-            runner_id: id.to_owned(),
-            generation,
-        }
     }
 }
 
@@ -175,12 +153,26 @@ impl RunnerRegistry {
 
     /// See [`Registry::register`].
     fn register(&self, conn: RunnerConnection) -> Result<(), Authentication> {
-        self.inner.tunnels.register(conn)
+        let connected = RunnerEvent::Connected {
+            runner_id: conn.runner_id().to_owned(),
+            generation: conn.generation(),
+        };
+        let (generation, auth) = (conn.generation(), conn.authentication());
+        let runner_id = conn.runner_id().to_owned();
+        self.inner
+            .tunnels
+            .register(&runner_id, generation, auth, conn, connected)
     }
 
-    /// See [`Registry::deregister`].
+    /// See [`Registry::deregister`]: a replaced tunnel's end sends no `Disconnected`.
     fn deregister(&self, runner_id: &str, generation: u64) {
-        self.inner.tunnels.deregister(runner_id, generation);
+        let disconnected = RunnerEvent::Disconnected {
+            runner_id: runner_id.to_owned(),
+            generation,
+        };
+        self.inner
+            .tunnels
+            .deregister(runner_id, generation, disconnected);
     }
 }
 
