@@ -195,7 +195,8 @@ mod tests {
 
     impl Tunnel for Fake {
         fn close(&self, code: u16, reason: &str) {
-            *self.closed.lock().unwrap() = Some((code, reason.to_owned()));
+            *self.closed.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((code, reason.to_owned()));
         }
     }
 
@@ -275,7 +276,11 @@ mod tests {
             );
             assert_eq!(registry.contains("peer"), row.live.is_some());
             for generation in row.replaced {
-                let closed = made[generation].closed.lock().unwrap().take();
+                let closed = made[generation]
+                    .closed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
                 assert_eq!(
                     closed,
                     Some((4000, "tunnel replaced".to_owned())),
@@ -284,7 +289,7 @@ mod tests {
             }
             for (generation, conn) in &made {
                 assert_eq!(
-                    *conn.closed.lock().unwrap(),
+                    *conn.closed.lock().unwrap_or_else(PoisonError::into_inner),
                     None,
                     "step {i}: generation {generation} closed unexpectedly"
                 );
