@@ -6,8 +6,7 @@
 //! separate writer task is the only writer. Everything else talks to it through [`HostConnection`] messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
@@ -28,8 +27,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::{Admission, Authentication, Claim, PeerCredentials, admit, may_replace};
+use crate::auth::{Admission, Authentication, Claim, PeerCredentials, admit};
 use crate::epoch_millis;
+use crate::registry::{Registry, Tunnel};
 use crate::socket;
 use crate::ws::{TunnelSocket, TunnelStream, TunnelUpgrade, is_oversized};
 
@@ -130,24 +130,29 @@ pub enum HostRequestError {
     },
 }
 
-/// The live host tunnels of this server, keyed by canonical (bare hex) host id. Newest connection wins.
-/// Cheap to clone.
+/// The live host tunnels of this server, keyed by canonical (bare hex) host id: a [`Registry`] of
+/// [`HostConnection`]s (newest wins among equally authenticated tunnels; a replaced tunnel's end sends no
+/// `Disconnected`). Cheap to clone.
 #[derive(Clone)]
 pub struct HostRegistry {
     inner: Arc<RegistryInner>,
 }
 
 struct RegistryInner {
-    hosts: Mutex<HashMap<String, HostConnection>>,
-    events: broadcast::Sender<HostEvent>,
-    next_generation: AtomicU64,
+    tunnels: Registry<HostConnection, HostEvent>,
     settings: HostSettings,
+}
+
+impl Tunnel for HostConnection {
+    fn close(&self, code: u16, reason: &str) {
+        HostConnection::close(self, code, reason)
+    }
 }
 
 impl std::fmt::Debug for HostRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostRegistry")
-            .field("hosts", &self.lock().len())
+            .field("tunnels", &self.inner.tunnels)
             .finish()
     }
 }
@@ -160,12 +165,9 @@ impl Default for HostRegistry {
 
 impl HostRegistry {
     pub fn new(settings: HostSettings) -> Self {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         HostRegistry {
             inner: Arc::new(RegistryInner {
-                hosts: Mutex::new(HashMap::new()),
-                events,
-                next_generation: AtomicU64::new(1),
+                tunnels: Registry::new(EVENT_BUFFER),
                 settings,
             }),
         }
@@ -175,18 +177,9 @@ impl HostRegistry {
         &self.inner.settings
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HostConnection>> {
-        // Every critical section is a single lookup, insert or remove, so a poisoned map is still consistent.
-        self.inner
-            .hosts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The live tunnel of `host_id` (bare hex, dashed or legacy `host_`-prefixed), if any.
     pub fn get(&self, host_id: &str) -> Option<HostConnection> {
-        let id = canonical_id(host_id)?;
-        self.lock().get(&id).cloned()
+        self.inner.tunnels.get(&canonical_id(host_id)?)
     }
 
     pub fn is_online(&self, host_id: &str) -> bool {
@@ -195,32 +188,18 @@ impl HostRegistry {
 
     /// Every live tunnel, sorted by host id.
     pub fn list(&self) -> Vec<HostConnection> {
-        let mut list: Vec<HostConnection> = self.lock().values().cloned().collect();
-        list.sort_by(|a, b| a.host_id().cmp(b.host_id()));
-        list
+        self.inner.tunnels.tunnels()
     }
 
     /// Notifications from now on. On `Lagged`, resync from [`Self::list`].
     pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
-        self.inner.events.subscribe()
+        self.inner.tunnels.subscribe()
     }
 
     /// The host's tunnel, waiting up to `timeout` for it to connect. Event-driven: no polling.
     pub async fn wait_for_host(&self, host_id: &str, timeout: Duration) -> Option<HostConnection> {
         let id = canonical_id(host_id)?;
-        let mut events = self.subscribe();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(conn) = self.get(&id) {
-                return Some(conn);
-            }
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return None,
-                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
-                // The registry owns the sender, so this cannot happen while `self` is alive.
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
-            }
-        }
+        self.inner.tunnels.wait_for(&id, timeout).await
     }
 
     /// Send `frame` to `host_id` (see [`HostConnection::request`]).
@@ -237,65 +216,35 @@ impl HostRegistry {
 
     /// Close every tunnel (server shutdown: 1012 "service restart" makes hosts reconnect at once).
     pub fn close_all(&self, code: u16, reason: &str) {
-        for conn in self.list() {
-            conn.close(code, reason);
-        }
+        self.inner.tunnels.close_all(code, reason);
     }
 
     fn emit(&self, event: HostEvent) {
-        // No subscriber is fine: nobody needs to hear it.
-        let _ = self.inner.events.send(event);
+        self.inner.tunnels.emit(event);
     }
 
-    /// Register `conn`; an older tunnel of the same host is closed 4000 "tunnel replaced" (its pending
-    /// requests fail with [`HostRequestError::Closed`]), unless it is more strongly authenticated than `conn`
-    /// ([`may_replace`]): then `conn` is refused with the old one's authentication.
+    /// Make `conn` the live tunnel of its host and send `Connected` (see [`Registry::register`]).
     fn register(&self, conn: HostConnection) -> Result<(), Authentication> {
-        let old = {
-            let mut hosts = self.lock();
-            if let Some(live) = hosts.get(conn.host_id())
-                && !may_replace(live.authentication(), conn.authentication())
-            {
-                return Err(live.authentication());
-            }
-            hosts.insert(conn.host_id().to_owned(), conn.clone())
-        };
-        if let Some(old) = old {
-            info!(
-                old = old.generation(),
-                new = conn.generation(),
-                "host tunnel replaced"
-            );
-            old.close(close::REPLACED, "tunnel replaced");
-        }
-        self.emit(HostEvent::Connected {
+        let connected = HostEvent::Connected {
             host_id: conn.host_id().to_owned(),
             generation: conn.generation(),
             hello: conn.hello().clone(),
-        });
-        Ok(())
+        };
+        let host_id = conn.host_id().to_owned();
+        let (generation, auth) = (conn.generation(), conn.authentication());
+        self.inner
+            .tunnels
+            .register(&host_id, generation, auth, conn, connected)
     }
 
-    /// Remove `host_id` only if its registered tunnel is still `generation`.
+    /// The tunnel `generation` of `host_id` ended; `Disconnected` only if it was the live one (see
+    /// [`Registry::deregister`]).
     fn deregister(&self, host_id: &str, generation: u64) {
-        let removed = {
-            let mut hosts = self.lock();
-            if hosts
-                .get(host_id)
-                .is_some_and(|c| c.generation() == generation)
-            {
-                hosts.remove(host_id);
-                true
-            } else {
-                false
-            }
+        let event = HostEvent::Disconnected {
+            host_id: host_id.to_owned(),
+            generation,
         };
-        if removed {
-            self.emit(HostEvent::Disconnected {
-                host_id: host_id.to_owned(),
-                generation,
-            });
-        }
+        self.inner.tunnels.deregister(host_id, generation, event);
     }
 }
 
@@ -636,10 +585,7 @@ async fn serve(
     };
     socket.hello_accepted();
 
-    let generation = registry
-        .inner
-        .next_generation
-        .fetch_add(1, Ordering::Relaxed);
+    let generation = registry.inner.tunnels.next_generation();
     tracing::Span::current().record("conn", generation);
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let conn = HostConnection {

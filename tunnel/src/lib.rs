@@ -1,7 +1,9 @@
 //! omnigent-tunnel: HTTP over WebSocket (runner tunnel v1, reference/omnigent-server-v1.md §3), written once.
 //!
-//! - Server side ([`server`]): [`RunnerRegistry`] (newest connection wins among equally authenticated ones,
-//!   generation-guarded deregistration, connect/disconnect events, `wait_for_runner`), [`serve_runner_socket`] /
+//! - [`registry`]: the one registry of live tunnels behind [`RunnerRegistry`] and [`host::HostRegistry`] (newest
+//!   connection wins among equally authenticated ones, generation-guarded deregistration, connect/disconnect
+//!   events; a replaced tunnel's end sends no `Disconnected`).
+//! - Server side ([`server`]): [`RunnerRegistry`] (the runner registry, `wait_for_runner`), [`serve_runner_socket`] /
 //!   [`upgrade`] (the handshake of §3.1 and the connection task), and [`RunnerConnection`], an HTTP client whose
 //!   transport is the tunnel.
 //! - [`auth`]: who may open a tunnel (runner or host) and which tunnel may replace which, written once.
@@ -29,7 +31,8 @@
 //! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
 //!
 //! // GET /v1/runners: registry.list() → {"data":[{"runner_id","online":true,"harnesses"}]}
-//! // React to tunnels: registry.subscribe() → RunnerEvent::Connected / Disconnected { generation }.
+//! // React to tunnels: registry.subscribe() → RunnerEvent::Connected / Disconnected { generation }
+//! // (Disconnected only when the runner has no live tunnel left, never for a replaced one).
 //! // Relay: let conn = registry.wait_for_runner(&id, Duration::from_secs(30)).await?;
 //! //        let body = conn.request(http::Request::get(format!("/v1/sessions/{sid}/stream"))
 //! //                       .body(Bytes::new())?).await?.into_body();
@@ -47,6 +50,7 @@ pub mod auth;
 pub mod channel;
 pub mod connection;
 pub mod host;
+pub mod registry;
 pub mod router;
 pub mod server;
 mod socket;

@@ -1,9 +1,7 @@
 //! Server side of the runner tunnel: the registry of live runners and the handshake of reference §3.1.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
@@ -16,8 +14,9 @@ use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::{Admission, Authentication, Claim, PeerCredentials, admit, may_replace};
+use crate::auth::{Admission, Authentication, Claim, PeerCredentials, admit};
 use crate::connection::{RunnerConnection, run_connection};
+use crate::registry::{Registry, Tunnel};
 use crate::ws::{TunnelSocket, TunnelUpgrade, is_oversized};
 use crate::{TunnelConfig, TunnelError};
 
@@ -40,23 +39,31 @@ pub struct RunnerInfo {
     pub authentication: Authentication,
 }
 
-/// The live runner tunnels of this server, keyed by runner id. Newest connection wins. Cheap to clone.
+/// The live runner tunnels of this server, keyed by runner id: a [`Registry`] of [`RunnerConnection`]s (newest
+/// wins among equally authenticated tunnels; a replaced tunnel's end sends no `Disconnected`). Cheap to clone.
 #[derive(Clone)]
 pub struct RunnerRegistry {
     inner: Arc<RegistryInner>,
 }
 
 struct RegistryInner {
-    runners: Mutex<HashMap<String, RunnerConnection>>,
-    events: broadcast::Sender<RunnerEvent>,
-    next_generation: AtomicU64,
+    tunnels: Registry<RunnerConnection, RunnerEvent>,
     config: TunnelConfig,
+}
+
+/// How many events a slow subscriber may fall behind before it sees `Lagged`.
+const EVENT_BUFFER: usize = 1024;
+
+impl Tunnel for RunnerConnection {
+    fn close(&self, code: u16, reason: &str) {
+        RunnerConnection::close(self, code, reason)
+    }
 }
 
 impl std::fmt::Debug for RunnerRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunnerRegistry")
-            .field("runners", &self.lock().len())
+            .field("tunnels", &self.inner.tunnels)
             .finish()
     }
 }
@@ -69,12 +76,9 @@ impl Default for RunnerRegistry {
 
 impl RunnerRegistry {
     pub fn new(config: TunnelConfig) -> Self {
-        let (events, _) = broadcast::channel(1024);
         RunnerRegistry {
             inner: Arc::new(RegistryInner {
-                runners: Mutex::new(HashMap::new()),
-                events,
-                next_generation: AtomicU64::new(1),
+                tunnels: Registry::new(EVENT_BUFFER),
                 config,
             }),
         }
@@ -84,29 +88,22 @@ impl RunnerRegistry {
         &self.inner.config
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, RunnerConnection>> {
-        // The map stays consistent even if a holder panicked: every critical section is a single insert/remove.
-        self.inner
-            .runners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The live tunnel of `runner_id`, if any.
     pub fn get(&self, runner_id: &str) -> Option<RunnerConnection> {
-        self.lock().get(runner_id).cloned()
+        self.inner.tunnels.get(runner_id)
     }
 
     /// Whether `runner_id` has a live tunnel.
     pub fn is_online(&self, runner_id: &str) -> bool {
-        self.lock().contains_key(runner_id)
+        self.inner.tunnels.contains(runner_id)
     }
 
     /// Every online runner, sorted by id.
     pub fn list(&self) -> Vec<RunnerInfo> {
-        let mut list: Vec<RunnerInfo> = self
-            .lock()
-            .values()
+        self.inner
+            .tunnels
+            .tunnels()
+            .iter()
             .map(|c| RunnerInfo {
                 runner_id: c.runner_id().to_owned(),
                 generation: c.generation(),
@@ -115,14 +112,13 @@ impl RunnerRegistry {
                 peer: c.peer(),
                 authentication: c.authentication(),
             })
-            .collect();
-        list.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));
-        list
+            .collect()
     }
 
-    /// Connect/disconnect notifications, from now on.
+    /// Connect/disconnect notifications, from now on. `Disconnected` means the runner has no live tunnel any
+    /// more; a tunnel that ends after a newer one replaced it sends nothing.
     pub fn subscribe(&self) -> broadcast::Receiver<RunnerEvent> {
-        self.inner.events.subscribe()
+        self.inner.tunnels.subscribe()
     }
 
     /// The runner's tunnel, waiting up to `timeout` for it to connect. Event-driven: no polling.
@@ -131,29 +127,7 @@ impl RunnerRegistry {
         runner_id: &str,
         timeout: Duration,
     ) -> Option<RunnerConnection> {
-        let mut events = self.subscribe();
-        if let Some(conn) = self.get(runner_id) {
-            return Some(conn);
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return None,
-                Ok(Ok(RunnerEvent::Connected { runner_id: id, .. })) if id == runner_id => {
-                    if let Some(conn) = self.get(runner_id) {
-                        return Some(conn);
-                    }
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    if let Some(conn) = self.get(runner_id) {
-                        return Some(conn);
-                    }
-                }
-                // The registry owns the sender, so this cannot happen while `self` is alive.
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
-            }
-        }
+        self.inner.tunnels.wait_for(runner_id, timeout).await
     }
 
     /// Send one HTTP request to `runner_id` (see [`RunnerConnection::request`]).
@@ -170,60 +144,35 @@ impl RunnerRegistry {
 
     /// Close every tunnel (server shutdown). Runners see `code` and reconnect per their policy.
     pub fn close_all(&self, code: u16, reason: &str) {
-        let conns: Vec<RunnerConnection> = self.lock().values().cloned().collect();
-        for conn in conns {
-            conn.close(code, reason);
-        }
+        self.inner.tunnels.close_all(code, reason);
     }
 
     fn next_generation(&self) -> u64 {
-        self.inner.next_generation.fetch_add(1, Ordering::Relaxed)
+        self.inner.tunnels.next_generation()
     }
 
-    /// Register `conn`; an older tunnel of the same runner is closed 4000 "tunnel replaced", unless it is more
-    /// strongly authenticated than `conn` ([`may_replace`]): then `conn` is refused with the old one's
-    /// authentication.
+    /// See [`Registry::register`].
     fn register(&self, conn: RunnerConnection) -> Result<(), Authentication> {
-        let old = {
-            let mut runners = self.lock();
-            if let Some(live) = runners.get(conn.runner_id())
-                && !may_replace(live.authentication(), conn.authentication())
-            {
-                return Err(live.authentication());
-            }
-            runners.insert(conn.runner_id().to_owned(), conn.clone())
-        };
-        if let Some(old) = old {
-            info!(
-                old = old.generation(),
-                new = conn.generation(),
-                "tunnel replaced"
-            );
-            old.close(close::REPLACED, "tunnel replaced");
-        }
-        let _ = self.inner.events.send(RunnerEvent::Connected {
+        let connected = RunnerEvent::Connected {
             runner_id: conn.runner_id().to_owned(),
             generation: conn.generation(),
-        });
-        Ok(())
+        };
+        let (generation, auth) = (conn.generation(), conn.authentication());
+        let runner_id = conn.runner_id().to_owned();
+        self.inner
+            .tunnels
+            .register(&runner_id, generation, auth, conn, connected)
     }
 
-    /// Remove `runner_id` only if its registered tunnel is still `generation`: a stale handler never removes a
-    /// newer tunnel.
+    /// See [`Registry::deregister`]: a replaced tunnel's end sends no `Disconnected`.
     fn deregister(&self, runner_id: &str, generation: u64) {
-        {
-            let mut runners = self.lock();
-            if runners
-                .get(runner_id)
-                .is_some_and(|c| c.generation() == generation)
-            {
-                runners.remove(runner_id);
-            }
-        }
-        let _ = self.inner.events.send(RunnerEvent::Disconnected {
+        let disconnected = RunnerEvent::Disconnected {
             runner_id: runner_id.to_owned(),
             generation,
-        });
+        };
+        self.inner
+            .tunnels
+            .deregister(runner_id, generation, disconnected);
     }
 }
 

@@ -379,7 +379,7 @@ async fn newest_connection_wins_and_the_old_one_fails_its_requests() {
     let in_flight = old.request(get_request("/v1/stream")).await.unwrap();
     let mut in_flight = in_flight.into_body().into_data_stream();
 
-    let (_new_runner, _stop_new) = start_runner(addr, "runner_dup", echo_router()).await;
+    let (new_runner, stop_new) = start_runner(addr, "runner_dup", echo_router()).await;
     // The old tunnel is closed 4000 "tunnel replaced"…
     let end = tokio::time::timeout(WAIT, old_runner)
         .await
@@ -402,7 +402,7 @@ async fn newest_connection_wins_and_the_old_one_fails_its_requests() {
     old.closed().await;
     // …and the old handler's deregistration did not remove the new tunnel.
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < 2 {
         seen.push(
             tokio::time::timeout(WAIT, events.recv())
                 .await
@@ -412,14 +412,19 @@ async fn newest_connection_wins_and_the_old_one_fails_its_requests() {
     }
     let new = registry.get("runner_dup").expect("new tunnel registered");
     assert!(new.generation() > old.generation());
-    assert!(seen.contains(&RunnerEvent::Disconnected {
-        runner_id: "runner_dup".into(),
-        generation: old.generation()
-    }));
-    assert!(seen.contains(&RunnerEvent::Connected {
-        runner_id: "runner_dup".into(),
-        generation: new.generation()
-    }));
+    assert_eq!(
+        seen,
+        [
+            RunnerEvent::Connected {
+                runner_id: "runner_dup".into(),
+                generation: old.generation()
+            },
+            RunnerEvent::Connected {
+                runner_id: "runner_dup".into(),
+                generation: new.generation()
+            }
+        ]
+    );
     let response = registry
         .request(
             "runner_dup",
@@ -435,6 +440,20 @@ async fn newest_connection_wins_and_the_old_one_fails_its_requests() {
         old.request(get_request("/v1/query")).await.unwrap_err(),
         TunnelError::Closed
     );
+    // The replaced tunnel's end announced nothing: the next event is the live tunnel's own end.
+    stop_new.cancel();
+    assert_eq!(new_runner.await.unwrap(), ServeEnd::Shutdown);
+    assert_eq!(
+        tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        RunnerEvent::Disconnected {
+            runner_id: "runner_dup".into(),
+            generation: new.generation()
+        }
+    );
+    assert!(!registry.is_online("runner_dup"));
 }
 
 #[tokio::test]
