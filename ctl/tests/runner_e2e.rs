@@ -256,11 +256,9 @@ async fn an_interrupt_mid_stream_ends_the_turn_and_keeps_the_partial_text() {
         ws.path(),
         &openai_env(&vendor_url),
     );
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("openai", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("openai", ws.path(), &runner_id).await;
     let mut sse = server.stream(&session).await;
     let (status, _) = server.message(&session, "talk").await;
     assert_eq!(status, 202);
@@ -325,11 +323,9 @@ async fn a_runner_killed_mid_turn_fails_the_turn_after_the_grace() {
         ws.path(),
         &openai_env(&vendor_url),
     );
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("openai", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("openai", ws.path(), &runner_id).await;
     let quiet = server.bound_session("echo", ws.path(), &runner_id).await;
     let mut quiet_sse = server.stream(&quiet).await;
     let (status, _) = server.message(&quiet, "one quick turn").await;
@@ -401,11 +397,9 @@ async fn a_runner_restarted_within_the_grace_loses_nothing() {
     let (token, runner_id) = token_and_id("restarted");
     let env = openai_env(&vendor_url);
     let mut runner = start_runner(home.path(), &server.url, &token, "openai", ws.path(), &env);
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("openai", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("openai", ws.path(), &runner_id).await;
     let mut sse = server.stream(&session).await;
     let (status, _) = server.message(&session, "first question").await;
     assert_eq!(status, 202);
@@ -478,11 +472,9 @@ async fn a_server_killed_mid_turn_and_restarted_gets_its_runner_back() {
         ws.path(),
         &openai_env(&vendor_url),
     );
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("openai", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("openai", ws.path(), &runner_id).await;
     let mut sse = server.stream(&session).await;
     let (status, accepted) = server.message(&session, "survive this").await;
     assert_eq!(status, 202);

@@ -195,11 +195,9 @@ async fn a_server_killed_at_any_point_of_an_exec_turn_loses_nothing_of_the_reply
             format!("/bin/sh {}", script.display()),
         )],
     );
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("exec", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("exec", ws.path(), &runner_id).await;
     for turn in 0..iterations() {
         let prompt = format!("turn-{turn}");
         let want: String = (1..=LINES)
@@ -244,11 +242,9 @@ async fn a_server_killed_at_any_point_of_a_long_echo_turn_loses_nothing_of_the_r
     let mut server = start_server(home.path(), 0, 30_000).await;
     let (token, runner_id) = token_and_id("crash-echo");
     let _runner = start_runner(home.path(), &server.url, &token, "echo", ws.path(), &[]);
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("echo", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("echo", ws.path(), &runner_id).await;
     for turn in 0..iterations() {
         // 850 KB of words (about 9,000, one delta each), different each turn.
         let mut prompt = String::with_capacity(870_000);

@@ -76,11 +76,9 @@ async fn a_full_disk_refuses_writes_shows_in_status_and_recovers_without_a_resta
 
     let (token, runner_id) = token_and_id("full");
     let mut runner = start_runner(home, &server.url, &token, "echo", ws.path(), &[]);
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("echo", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("echo", ws.path(), &runner_id).await;
     let mut sse = server.stream(&session).await;
     let events = format!("/v1/sessions/{session}/events");
     let (status, body) = server.post(&events, message("before")).await;

@@ -60,11 +60,9 @@ async fn a_web_page_or_a_token_less_process_cannot_take_over_a_runner_that_keeps
     let mut server = start_server(home.path(), 0, 10_000).await;
     let (token, runner_id) = token_and_id("takeover");
     let _runner = start_runner(home.path(), &server.url, &token, "echo", ws.path(), &[]);
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("echo", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("echo", ws.path(), &runner_id).await;
 
     for (origin, token, code) in [
         (Some("http://evil.example"), None, 4403),
@@ -112,11 +110,9 @@ async fn a_trace_level_turn_logs_no_binding_token() {
         ws.path(),
         &trace.map(|(k, v)| (k, v.to_owned())),
     );
-    server
-        .proc
-        .wait_log(&["runner connected", &runner_id])
+    let session = server
+        .session_on_runner("echo", ws.path(), &runner_id)
         .await;
-    let session = server.bound_session("echo", ws.path(), &runner_id).await;
     let mut sse = server.stream(&session).await;
     let (status, body) = server.message(&session, "hello at trace level").await;
     assert_eq!(status, 202, "{body}");

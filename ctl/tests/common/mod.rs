@@ -208,6 +208,17 @@ impl Server {
     }
 
     /// Create a session on `agent` working in `workspace` and bind it to `runner_id`.
+    /// Wait until `runner_id`'s tunnel is up (the server's log says so), then [`Server::bound_session`].
+    pub async fn session_on_runner(
+        &mut self,
+        agent: &str,
+        workspace: &Path,
+        runner_id: &str,
+    ) -> String {
+        self.proc.wait_log(&["runner connected", runner_id]).await;
+        self.bound_session(agent, workspace, runner_id).await
+    }
+
     pub async fn bound_session(&self, agent: &str, workspace: &Path, runner_id: &str) -> String {
         let (status, created) = self
             .post(
