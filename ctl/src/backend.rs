@@ -1,19 +1,18 @@
-//! The commands that talk to the daemon: start, stop, restart, status, logs, server start|status|stop.
-//! Text for people on stdout, decoration and progress on stderr; `--json` prints the documented schemas of
-//! docs/cli.md on stdout.
+//! What the commands that talk to the daemon share: their runtime, connecting to the daemon (or starting it),
+//! stopping it, error mapping, and the status lines more than one command prints. Text for people on
+//! stdout, decoration and progress on stderr; `--json` prints the documented schemas of docs/cli.md on
+//! stdout.
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use omnigent_daemon::client::{ClientError, ControlClient};
-use omnigent_daemon::launch::{self, Connected, LaunchError};
-use omnigent_daemon::runtime;
+use omnigent_daemon::control::client::{ClientError, ControlClient};
+use omnigent_daemon::runtime::launch::{self, Connected, LaunchError, StopError};
 use omnigent_proto::control::{
     ChildState, ControlErrorCode, DaemonStatus, HelloReply, ServerStatus, TargetStatus,
 };
 use omnigent_proto::paths::Paths;
-use serde_json::json;
 
 use crate::exit::ConfigError;
 
@@ -21,42 +20,17 @@ use crate::exit::ConfigError;
 pub struct JsonArgs {
     /// Print JSON (schema in docs/cli.md) instead of text.
     #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct StartArgs {
-    /// Address the local server listens on. Only loopback (127.0.0.1) until LAN access lands.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: String,
-    /// Print JSON (schema in docs/cli.md) instead of text.
-    #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
     /// Do not wait for a graceful stop: SIGKILL children (and an unresponsive daemon) at once.
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
     /// Print JSON (schema in docs/cli.md) instead of text.
     #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct LogsArgs {
-    /// Which log: `daemon`, `server`, or `runner <ID>`.
-    #[arg(default_value = "daemon")]
-    which: String,
-    /// The runner id, with `runner`.
-    id: Option<String>,
-    /// Keep printing new lines as they are written.
-    #[arg(short, long)]
-    follow: bool,
-    /// How many of the last lines to print first.
-    #[arg(short = 'n', long, default_value_t = 100)]
-    lines: usize,
+    pub(crate) json: bool,
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -70,11 +44,11 @@ pub(crate) fn paths() -> Result<Paths> {
     Ok(Paths::from_env()?)
 }
 
-fn exe() -> Result<std::path::PathBuf> {
+pub(crate) fn exe() -> Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot find the omnigent executable to start the daemon")
 }
 
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     if std::io::stderr().is_terminal() {
         eprintln!("{msg}");
     }
@@ -167,60 +141,6 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn check_bind(bind: &str) -> Result<()> {
-    match bind {
-        "127.0.0.1" | "localhost" => Ok(()),
-        other => Err(ConfigError(format!(
-            "refusing to serve on {other}: LAN access is not available yet (it comes with device pairing); \
-             `omnigent start` serves on 127.0.0.1 only"
-        ))
-        .into()),
-    }
-}
-
-pub fn start(args: StartArgs) -> Result<()> {
-    check_bind(&args.bind)?;
-    let paths = paths()?;
-    runtime()?.block_on(async {
-        let (mut client, how) = connect_or_start(&paths).await?;
-        let server = client.server_start().await.map_err(client_err)?;
-        let daemon_pid = client.daemon.pid;
-        // This machine registers itself with the local server as a host; say how that went (never fatal:
-        // the server is up either way, and the tunnel keeps retrying).
-        let host = match &server.url {
-            Some(url) => wait_target(&mut client, url, START_HOST_WAIT, true)
-                .await
-                .ok(),
-            None => None,
-        };
-        if args.json {
-            return print_json(&json!({
-                "daemon": {
-                    "pid": daemon_pid,
-                    "version": client.daemon.build_version,
-                    "started": how != Connected::Reused,
-                },
-                "server": server,
-                "host": host.as_ref().map(|(t, _)| t),
-            }));
-        }
-        match how {
-            Connected::Reused => println!("omnigent is running (daemon pid {daemon_pid})."),
-            _ => println!("Started omnigent (daemon pid {daemon_pid})."),
-        }
-        print_server_lines(&server);
-        if let Some((t, st)) = &host {
-            println!("  host:   {}", host_line(t, st));
-        }
-        println!("  logs:   {}", paths.logs_dir().display());
-        println!("Stop it with:\n  omnigent stop");
-        Ok(())
-    })
-}
-
-/// How long `start` waits for the host to be online with the local server before reporting its state.
-const START_HOST_WAIT: Duration = Duration::from_secs(5);
-
 /// "online as 'laptop' (id …), 2 runner(s)" / "reconnecting (attempt 3): why".
 pub(crate) fn host_line(t: &TargetStatus, st: &DaemonStatus) -> String {
     match t.tunnel.as_str() {
@@ -298,18 +218,7 @@ pub(crate) async fn ensure_local_host(wait: Duration) -> Result<(String, String)
     Ok((url, st.config.host_id))
 }
 
-fn print_server_lines(s: &ServerStatus) {
-    match (&s.url, s.pid) {
-        (Some(url), Some(pid)) => println!("  server: {url} (pid {pid})"),
-        (Some(url), None) => println!("  server: {url}"),
-        _ => println!("  server: {}", state_word(s.state)),
-    }
-    if let Some(f) = &s.foreign {
-        eprintln!("note: {}", foreign_text(f));
-    }
-}
-
-fn foreign_text(f: &omnigent_proto::control::ForeignListener) -> String {
+pub(crate) fn foreign_text(f: &omnigent_proto::control::ForeignListener) -> String {
     let who = match (f.pid, &f.command) {
         (Some(pid), Some(cmd)) => format!("pid {pid}: {cmd}"),
         (Some(pid), None) => format!("pid {pid}"),
@@ -334,143 +243,17 @@ pub(crate) fn state_word(s: ChildState) -> &'static str {
     }
 }
 
-pub fn stop(args: StopArgs) -> Result<()> {
-    let paths = paths()?;
-    runtime()?.block_on(async {
-        let stopped = stop_all(&paths, args.force).await?;
-        if args.json {
-            return print_json(&json!({ "stopped": stopped }));
-        }
-        if stopped.is_empty() {
-            println!("Nothing to stop.");
-        } else {
-            println!("Stopped {}.", stopped.join(", "));
-        }
-        Ok(())
-    })
-}
-
 /// Stop everything; returns what was stopped. Waits for an in-progress start (the start lock) first, so a
-/// `stop` racing a `start` always wins.
+/// `stop` racing a `start` always wins. The mechanics are the daemon crate's ([`launch::stop_daemon`]).
 pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
-    // A daemon whose runtime dir a tmp cleaner removed still runs (it holds its guard): stop it too.
-    if !paths.runtime_dir.exists() && runtime::guard_holder(paths).is_none() {
-        return Ok(vec![]);
-    }
-    runtime::ensure_private_dir(&paths.runtime_dir).map_err(|e| ConfigError(e.to_string()))?;
-    let _start = runtime::StartLock::acquire(paths, launch::READY_TIMEOUT).await?;
-    let mut stopped = Vec::new();
-    match ControlClient::connect(paths).await {
-        Ok(mut client) => {
-            let pid = client.daemon.pid;
-            match client.shutdown(force).await {
-                Ok(reply) => stopped.extend(reply.stopped),
-                Err(e) if force => {
-                    eprintln!("the daemon did not answer the shutdown ({e}); killing it")
-                }
-                Err(e) => return Err(anyhow::anyhow!("{e}; retry with `omnigent stop --force`")),
-            }
-            drop(client);
-            if !runtime::wait_lock_released(paths, Duration::from_secs(if force { 2 } else { 10 }))
-                .await
-            {
-                if !force {
-                    anyhow::bail!(
-                        "the daemon (pid {pid}) did not exit within 10s; retry with `omnigent stop --force`"
-                    );
-                }
-                kill_daemon(paths, pid).await;
-            }
-            launch::wait_pid_gone(pid).await;
-            stopped.push(format!("daemon pid {pid}"));
-        }
-        Err(ClientError::ProtocolMismatch { daemon, .. }) => {
-            launch::stop_pid_and_wait(paths, daemon.pid)
-                .await
-                .map_err(|()| anyhow::anyhow!("the daemon pid {} did not exit", daemon.pid))?;
-            stopped.push(format!(
-                "daemon pid {} (omnigent {})",
-                daemon.pid, daemon.build_version
-            ));
-        }
-        Err(ClientError::Stopped { pid }) if force => {
-            // SIGKILL works on a stopped process; its children get their parent-death signal.
-            kill_daemon(paths, pid).await;
-            launch::wait_pid_gone(pid).await;
-            stopped.push(format!("daemon pid {pid} (stopped; killed)"));
-        }
-        Err(ClientError::NotRunning { .. }) => {
-            if runtime::lock_is_held(paths) {
-                // A daemon that holds the lock but does not answer: hung, or still binding.
-                let pid = runtime::read_lock_pid(&paths.daemon_lock());
-                if let (true, Some(pid)) = (force, pid) {
-                    kill_daemon(paths, pid).await;
-                    stopped.push(format!("daemon pid {pid} (killed)"));
-                } else {
-                    anyhow::bail!(
-                        "a daemon holds {} (pid {}) but does not answer on its socket; retry with `omnigent stop --force`",
-                        paths.daemon_lock().display(),
-                        pid.map_or("unknown".to_owned(), |p| p.to_string())
-                    );
-                }
-            }
-        }
-        Err(e) => return Err(client_err(e)),
-    }
-    // A server left behind by a daemon that was killed: stop it too.
-    if let Some(pid) = omnigent_daemon::server::leftover_server_pid(paths) {
-        let grace = if force {
-            Duration::ZERO
-        } else {
-            omnigent_daemon::process::STOP_GRACE
-        };
-        omnigent_daemon::server::terminate_foreign_pid(pid, grace).await;
-        stopped.push(format!("left-over server pid {pid}"));
-        let _ = std::fs::remove_file(paths.server_json());
-    }
-    Ok(stopped)
-}
-
-/// SIGKILL the daemon `pid` and wait (at most 5 s) for its lock to be released.
-async fn kill_daemon(paths: &Paths, pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::SIGKILL,
-    );
-    runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
-}
-
-pub fn restart(args: StartArgs) -> Result<()> {
-    check_bind(&args.bind)?;
-    let paths = paths()?;
-    let stopped = runtime()?.block_on(stop_all(&paths, false))?;
-    if !stopped.is_empty() && !args.json {
-        println!("Stopped {}.", stopped.join(", "));
-    }
-    start(args)
-}
-
-pub fn status(args: JsonArgs) -> Result<()> {
-    let paths = paths()?;
-    runtime()?.block_on(async {
-        let Some(mut client) = connect_existing(&paths).await? else {
-            if args.json {
-                return print_json(&json!({ "running": false }));
-            }
-            println!("omnigent daemon: not running (start it with `omnigent start`)");
-            return Ok(());
-        };
-        let status = client.status().await.map_err(client_err)?;
-        if args.json {
-            let mut v = serde_json::to_value(&status)?;
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("running".into(), true.into());
-            }
-            return print_json(&v);
-        }
-        print_status(&status);
-        Ok(())
-    })
+    launch::stop_daemon(paths, force, &|note| eprintln!("{note}"))
+        .await
+        .map_err(|e| match e {
+            StopError::RuntimeDir(e) => ConfigError(e.to_string()).into(),
+            StopError::Client(e) => client_err(e),
+            StopError::StartLock(e) => e.into(),
+            other => anyhow::anyhow!("{other}"),
+        })
 }
 
 pub(crate) fn duration_text(ms: u64) -> String {
@@ -480,38 +263,6 @@ pub(crate) fn duration_text(ms: u64) -> String {
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
-}
-
-fn print_status(st: &DaemonStatus) {
-    let d = &st.daemon;
-    println!(
-        "daemon   running, pid {}, omnigent {} (protocol {}), up {}, started by {}",
-        d.pid,
-        d.version,
-        d.protocol_version,
-        duration_text(d.uptime_ms),
-        d.started_by
-    );
-    print_server_block(&st.server, "server   ");
-    if st.targets.is_empty() {
-        println!("targets  none");
-    }
-    for t in &st.targets {
-        let kind = if t.local { "local" } else { "remote" };
-        println!("targets  {} ({kind}): host {}", t.url, host_line(t, st));
-    }
-    if st.runners.is_empty() {
-        println!("runners  none");
-    }
-    print_runners(st, "runners  ");
-    println!(
-        "config   {} (host '{}', id {})",
-        st.config.path, st.config.host_name, st.config.host_id
-    );
-    if let Some(e) = &st.config.error {
-        println!("         error: {e}");
-    }
-    println!("logs     {}\n         {}", st.logs.daemon, st.logs.server);
 }
 
 pub(crate) fn print_runners(st: &DaemonStatus, label: &str) {
@@ -547,7 +298,7 @@ pub(crate) fn print_runners(st: &DaemonStatus, label: &str) {
                 .map(|e| {
                     format!(
                         "{} after {}",
-                        omnigent_daemon::process::exit_text(e.code, e.signal),
+                        omnigent_daemon::supervise::process::exit_text(e.code, e.signal),
                         duration_text(e.uptime_ms)
                     )
                 })
@@ -563,7 +314,7 @@ pub(crate) fn print_runners(st: &DaemonStatus, label: &str) {
     }
 }
 
-fn print_server_block(s: &ServerStatus, label: &str) {
+pub(crate) fn print_server_block(s: &ServerStatus, label: &str) {
     let pad = " ".repeat(label.len());
     match (&s.url, s.state) {
         (Some(url), ChildState::Running | ChildState::Adopted) => {
@@ -617,7 +368,7 @@ fn print_server_block(s: &ServerStatus, label: &str) {
                 .map(|e| {
                     format!(
                         "{} after {}",
-                        omnigent_daemon::process::exit_text(e.code, e.signal),
+                        omnigent_daemon::supervise::process::exit_text(e.code, e.signal),
                         duration_text(e.uptime_ms)
                     )
                 })
@@ -631,114 +382,4 @@ fn print_server_block(s: &ServerStatus, label: &str) {
             }
         }
     }
-}
-
-pub fn server_start(args: JsonArgs) -> Result<()> {
-    let paths = paths()?;
-    runtime()?.block_on(async {
-        let (mut client, _) = connect_or_start(&paths).await?;
-        let server = client.server_start().await.map_err(client_err)?;
-        if args.json {
-            return print_json(&server);
-        }
-        match (&server.url, server.pid) {
-            (Some(url), Some(pid)) => println!("Local server running at {url} (pid {pid})."),
-            _ => println!("Local server: {}", state_word(server.state)),
-        }
-        if let Some(f) = &server.foreign {
-            eprintln!("note: {}", foreign_text(f));
-        }
-        Ok(())
-    })
-}
-
-pub fn server_status(args: JsonArgs) -> Result<()> {
-    let paths = paths()?;
-    runtime()?.block_on(async {
-        let Some(mut client) = connect_existing(&paths).await? else {
-            if args.json {
-                return print_json(&json!({ "state": "stopped", "daemon_running": false }));
-            }
-            println!("Local server: not running (no daemon; start it with `omnigent start`)");
-            return Ok(());
-        };
-        let server = client.server_status().await.map_err(client_err)?;
-        if args.json {
-            return print_json(&server);
-        }
-        print_server_block(&server, "Local server: ");
-        Ok(())
-    })
-}
-
-pub fn server_stop(args: StopArgs) -> Result<()> {
-    let paths = paths()?;
-    runtime()?.block_on(async {
-        let Some(mut client) = connect_existing(&paths).await? else {
-            if args.json {
-                return print_json(&json!({ "stopped": false }));
-            }
-            println!("No local server is running.");
-            return Ok(());
-        };
-        let before = client.server_status().await.map_err(client_err)?;
-        let after = client.server_stop(args.force).await.map_err(client_err)?;
-        let stopped = before.pid.is_some();
-        if args.json {
-            return print_json(&json!({ "stopped": stopped, "pid": before.pid, "server": after }));
-        }
-        match before.pid {
-            Some(pid) => println!("Stopped the local server (pid {pid})."),
-            None => println!("No local server is running."),
-        }
-        Ok(())
-    })
-}
-
-pub fn logs(args: LogsArgs) -> Result<()> {
-    let paths = paths()?;
-    let dir = paths.logs_dir();
-    let path = match (args.which.as_str(), &args.id) {
-        ("daemon", None) => dir.join("daemon.log"),
-        ("server", None) => dir.join("server.log"),
-        ("runner", Some(id)) => {
-            if id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(ConfigError(format!("{id:?} is not a runner id")).into());
-            }
-            dir.join("runners").join(format!("{id}.log"))
-        }
-        ("runner", None) => {
-            return Err(ConfigError("`omnigent logs runner` needs a runner id".into()).into());
-        }
-        (other, _) => {
-            return Err(ConfigError(format!(
-                "unknown log {other:?}: use daemon, server or runner <ID>"
-            ))
-            .into());
-        }
-    };
-    if !path.exists() && !args.follow {
-        anyhow::bail!(
-            "{} does not exist yet (has that process run?)",
-            path.display()
-        );
-    }
-    // Where following starts, taken before the tail is read: a line written in between is printed twice
-    // rather than lost.
-    let end = std::fs::metadata(&path).map(|m| m.len()).ok();
-    for line in omnigent_daemon::logfile::tail_lines(&path, args.lines) {
-        println!("{line}");
-    }
-    if args.follow {
-        runtime()?.block_on(omnigent_daemon::logfile::follow(&path, end, |bytes| {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes).and_then(|()| out.flush()).is_ok()
-        }))?;
-    }
-    Ok(())
 }

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use omnigent_daemon::logfile::{DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingFile};
+use omnigent_daemon::config::logfile::{DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingFile};
 use omnigent_proto::paths::Paths;
 use tracing_subscriber::filter::{FilterFn, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;

@@ -6,13 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod backend;
-mod daemon_cmd;
+mod commands;
 mod exit;
-mod host_cmd;
 mod logging;
-mod run_cmd;
-mod runner_cmd;
-mod server_run;
+mod signals;
+
+use commands::{daemon, host, logs, run, runner, server};
 
 /// Run coding agents on your machine; watch and co-drive them from a browser, a phone or a teammate's laptop.
 #[derive(Debug, Parser)]
@@ -25,15 +24,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the daemon and the local server (on 127.0.0.1), or reuse the running ones.
-    Start(backend::StartArgs),
+    Start(daemon::StartArgs),
     /// Stop runners, the local server and the daemon; returns once every process is gone.
     Stop(backend::StopArgs),
     /// Stop everything, then start again (picks up a new omnigent binary).
-    Restart(backend::StartArgs),
+    Restart(daemon::StartArgs),
     /// Show the daemon, the local server, targets, runners and log paths.
     Status(backend::JsonArgs),
     /// Print (or follow) a log: the daemon's, the server's, or a runner's.
-    Logs(backend::LogsArgs),
+    Logs(logs::LogsArgs),
     /// The per-user host daemon.
     #[command(subcommand)]
     Daemon(DaemonCommand),
@@ -41,26 +40,26 @@ enum Command {
     #[command(subcommand)]
     Server(ServerCommand),
     /// Run one runner: dial a server's runner tunnel and serve sessions with agent harnesses.
-    Runner(runner_cmd::Args),
+    Runner(runner::Args),
     /// Register this machine as a host of a server (the local one by default) and run its sessions' runners.
-    Host(host_cmd::HostArgs),
+    Host(host::HostArgs),
     /// Start a session on this machine and stream the agent's answer (interactive without PROMPT).
-    Run(run_cmd::RunArgs),
+    Run(run::RunArgs),
     /// Co-drive an existing session from this terminal.
-    Attach(run_cmd::AttachArgs),
+    Attach(run::AttachArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum DaemonCommand {
     /// Run the daemon in this process (what `omnigent start` spawns; use --foreground under a terminal or
     /// systemd).
-    Run(daemon_cmd::RunArgs),
+    Run(daemon::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum ServerCommand {
     /// Run the server in the foreground (SQLite in the data dir by default). Stops on SIGTERM or Ctrl-C.
-    Run(server_run::Args),
+    Run(server::Args),
     /// Start the local server through the daemon (starting the daemon if needed).
     Start(backend::JsonArgs),
     /// Show the local server the daemon runs.
@@ -73,20 +72,20 @@ fn main() -> ExitCode {
     exit::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Start(args) => backend::start(args),
-        Command::Stop(args) => backend::stop(args),
-        Command::Restart(args) => backend::restart(args),
-        Command::Status(args) => backend::status(args),
-        Command::Logs(args) => backend::logs(args),
-        Command::Daemon(DaemonCommand::Run(args)) => daemon_cmd::run(args),
-        Command::Server(ServerCommand::Run(args)) => server_run::run(args),
-        Command::Server(ServerCommand::Start(args)) => backend::server_start(args),
-        Command::Server(ServerCommand::Status(args)) => backend::server_status(args),
-        Command::Server(ServerCommand::Stop(args)) => backend::server_stop(args),
-        Command::Runner(args) => runner_cmd::run(args),
-        Command::Host(args) => host_cmd::run(args),
-        Command::Run(args) => run_cmd::run(args),
-        Command::Attach(args) => run_cmd::attach(args),
+        Command::Start(args) => daemon::start(args),
+        Command::Stop(args) => daemon::stop(args),
+        Command::Restart(args) => daemon::restart(args),
+        Command::Status(args) => daemon::status(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Daemon(DaemonCommand::Run(args)) => daemon::run(args),
+        Command::Server(ServerCommand::Run(args)) => server::run(args),
+        Command::Server(ServerCommand::Start(args)) => server::start(args),
+        Command::Server(ServerCommand::Status(args)) => server::status(args),
+        Command::Server(ServerCommand::Stop(args)) => server::stop(args),
+        Command::Runner(args) => runner::run(args),
+        Command::Host(args) => host::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Attach(args) => run::attach(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

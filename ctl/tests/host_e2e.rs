@@ -77,7 +77,7 @@ impl Home {
     /// `host status --json` entries for `url` then.
     async fn wait_online(&self, url: &str) -> Vec<Value> {
         let paths = omnigent_proto::paths::Paths::under(self.dir.path());
-        let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+        let mut client = omnigent_daemon::control::client::ControlClient::connect(&paths)
             .await
             .unwrap();
         tokio::time::timeout(WAIT, async {
@@ -553,7 +553,7 @@ async fn a_401_after_the_host_was_online_keeps_it_retrying_with_a_warning_until_
     reject.store(401, Ordering::SeqCst);
     registry.close_all(1012, "service restart");
     let paths = omnigent_proto::paths::Paths::under(home.dir.path());
-    let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+    let mut client = omnigent_daemon::control::client::ControlClient::connect(&paths)
         .await
         .unwrap();
     let target = tokio::time::timeout(WAIT, async {
@@ -623,7 +623,7 @@ async fn fifty_sessions_created_at_once_each_get_a_runner_on_this_host_and_stop_
     runner_ids.dedup();
     assert_eq!(runner_ids.len(), 50, "one runner per session");
     let paths = omnigent_proto::paths::Paths::under(home.dir.path());
-    let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+    let mut client = omnigent_daemon::control::client::ControlClient::connect(&paths)
         .await
         .unwrap();
     let st = tokio::time::timeout(WAIT, async {
@@ -925,7 +925,7 @@ async fn server_frozen_past_the_liveness_limit_is_detected_and_after_sigcont_the
     let session = first["session"]["id"].as_str().unwrap().to_owned();
 
     let paths = omnigent_proto::paths::Paths::under(home.dir.path());
-    let mut client = omnigent_daemon::client::ControlClient::connect(&paths)
+    let mut client = omnigent_daemon::control::client::ControlClient::connect(&paths)
         .await
         .unwrap();
     let st = client.status().await.unwrap();

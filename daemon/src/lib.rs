@@ -1,41 +1,38 @@
 //! omnigent-daemon: the per-user host daemon (DESIGN §2, §5.1, §6).
 //!
+//! The modules by role: [`control`] (the control socket, its API and the CLI's client), [`supervise`] (the
+//! supervised children: local server, runners; processes, reaper, restart rules, the daemon's tasks),
+//! [`hosting`] (targets and their host tunnels), [`config`] (`config.toml` and its task, log files, ports),
+//! [`runtime`] (runtime dir, lock, keeper, and the CLI's "start or reuse" / "stop" in [`runtime::launch`]).
+//!
 //! - [`ControlListener::bind`]: the runtime dir (0700, ours), the single-instance `flock` and the control
 //!   socket (0600), all before "ready".
-//! - [`run`]: serve the control API, supervise the local server, watch `config.toml` (and edit its
-//!   `[[targets]]` when a client asks to keep or drop a target), keep one host tunnel and one runner
-//!   supervisor per target ([`targets`], [`runners`]: the local server, config `targets`, targets added over
-//!   the API), reap orphaned descendants ([`process::reaper`]), until `shutdown`.
-//! - [`client`] / [`launch`]: the CLI side: connect + hello, and "start or reuse".
+//! - [`run`], the composition root: serve the control API, supervise the local server, run the config task
+//!   (watch `config.toml`, edit its `[[targets]]`), keep one host tunnel and one runner supervisor per target
+//!   ([`hosting::targets`], [`supervise::runners`]: the local server, config `targets`, targets added over
+//!   the API), reap orphaned descendants ([`supervise::reaper`]), until `shutdown`; every task it spawns is
+//!   drained before it returns.
 //!
 //! This crate never prints; it logs through `tracing` (the subscriber is installed by `ctl`).
 
-pub mod backoff;
-pub mod client;
 pub mod config;
-pub mod host_tunnel;
-pub mod keeper;
-pub mod launch;
-pub mod logfile;
-pub mod ports;
-pub mod process;
-pub mod runners;
+pub mod control;
+pub mod hosting;
 pub mod runtime;
-pub mod serve;
-pub mod server;
-pub mod targets;
+pub mod supervise;
 
-mod api;
-mod http;
+// Short paths for what other crates use most: the host tunnel (the server's tests dial it), and the CLI's
+// side (`client`, `launch`) with the log files it prints.
+pub use config::logfile;
+pub use control::client;
+pub use hosting::host_tunnel;
+pub use runtime::launch;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use interprocess::local_socket::tokio::prelude::*;
-use interprocess::local_socket::{GenericFilePath, ListenerOptions};
-use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use omnigent_proto::control::{ShutdownReply, StopRequest};
 use omnigent_proto::paths::Paths;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -43,9 +40,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::config::Config;
-use crate::runtime::{DaemonGuard, DaemonLock, FileId, LockError, RuntimeDirError};
-pub use crate::serve::ControlLimits;
-use crate::server::{ServerCmd, ServerContext};
+use crate::config::task::{ConfigEditRequest, ConfigTask, ConfigView, follow_config_targets};
+pub use crate::control::listener::ControlListener;
+pub use crate::control::serve::ControlLimits;
+use crate::control::{api, serve};
+use crate::hosting::targets;
+use crate::runtime::{FileId, LockError, RuntimeDirError, keeper};
+use crate::supervise::child::{ChildLog, now_ms};
+use crate::supervise::local_server::{self, ServerCmd, ServerContext};
+use crate::supervise::tasks::Tasks;
+use crate::supervise::{backoff, process, reaper};
+
+/// How long the daemon waits, once its children are stopped, for its remaining tasks to end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Applies a `log_level` from config.toml to the daemon's log filter.
 pub type SetLogLevel = Arc<dyn Fn(&str) + Send + Sync>;
@@ -93,135 +100,12 @@ pub enum DaemonError {
     },
 }
 
-/// The control socket, bound while holding the single-instance lock (and the guard, on Linux).
-pub struct ControlListener {
-    listener: interprocess::local_socket::tokio::Listener,
-    socket: PathBuf,
-    link: Option<PathBuf>,
-    lock: Option<DaemonLock>,
-    lock_id: Option<FileId>,
-    guard: Option<DaemonGuard>,
-    limits: ControlLimits,
-}
-
-impl ControlListener {
-    /// Prepare the runtime dir, take the guard and the daemon lock (failing with [`LockError::Held`] if
-    /// another daemon has either), remove a stale socket (only the lock holder may) and bind a fresh one
-    /// with mode 0600.
-    pub fn bind(paths: &Paths) -> Result<Self, DaemonError> {
-        runtime::ensure_private_dir(&paths.runtime_dir)?;
-        // The guard first: a daemon whose files were deleted still holds it, and a second one must not
-        // even take the (new) lock file, or the first would find it taken and stand down.
-        let guard = DaemonGuard::bind(paths)?;
-        let lock = DaemonLock::acquire(paths)?;
-        let socket = runtime::control_socket_path(paths);
-        let natural = paths.daemon_socket();
-        let link = (socket != natural).then_some(natural);
-        let listener = bind_socket(&socket, link.as_deref())?;
-        Ok(ControlListener {
-            listener,
-            socket,
-            link,
-            lock_id: lock.file_id(),
-            lock: Some(lock),
-            guard,
-            limits: ControlLimits::default(),
-        })
-    }
-
-    /// Take the single-instance lock out, so the caller can hold it past [`run`]'s return (a daemon process
-    /// keeps it until it exits: a client that sees the lock free knows the process is gone). A lock the
-    /// daemon re-takes after its lock file was deleted is then kept until the process exits too.
-    pub fn take_lock(&mut self) -> Option<DaemonLock> {
-        self.lock.take()
-    }
-
-    /// The control socket's timeouts and connection cap ([`ControlLimits::default`] unless set).
-    pub fn set_limits(&mut self, limits: ControlLimits) {
-        self.limits = limits;
-    }
-
-    pub fn socket_path(&self) -> &Path {
-        &self.socket
-    }
-}
-
-/// Remove a stale socket at `socket` (the caller holds the lock: only the lock holder may) and bind a fresh
-/// one with mode 0600; with `link`, the natural path becomes a symlink to it.
-pub(crate) fn bind_socket(
-    socket: &Path,
-    link: Option<&Path>,
-) -> Result<interprocess::local_socket::tokio::Listener, DaemonError> {
-    if link.is_some() {
-        runtime::ensure_private_dir(&runtime::short_socket_dir())?;
-    }
-    let bind_err = |source| DaemonError::Bind {
-        path: socket.to_path_buf(),
-        source,
-    };
-    match std::fs::remove_file(socket) {
-        Ok(()) => tracing::info!(path = %socket.display(), "removed a stale control socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(bind_err(e)),
-    }
-    let name = socket.to_fs_name::<GenericFilePath>().map_err(bind_err)?;
-    // Never unlinked on drop: a replaced listener's path already belongs to its successor, and `run`
-    // removes the last one itself.
-    let listener = ListenerOptions::new()
-        .name(name)
-        .mode(0o600)
-        .reclaim_name(false)
-        .create_tokio()
-        .map_err(bind_err)?;
-    if let Some(link) = link {
-        // For people and curl: the natural path points at the short one.
-        let _ = std::fs::remove_file(link);
-        let _ = std::os::unix::fs::symlink(socket, link);
-    }
-    Ok(listener)
-}
-
 /// Load `config.toml`, generating the host identity on first use.
 pub fn load_config(paths: &Paths) -> Result<Config, config::ConfigError> {
     let config = config::ensure_identity(&paths.config_file())?;
     config.server_port()?;
     Ok(config)
 }
-
-/// The config in force, the last reload error, and how many loads succeeded.
-#[derive(Debug, Clone)]
-pub struct ConfigView {
-    pub config: Config,
-    pub error: Option<String>,
-    pub loads: u64,
-}
-
-impl ConfigView {
-    fn targets(&self) -> targets::ConfigTargets {
-        targets::ConfigTargets {
-            loads: self.loads,
-            urls: self.config.targets.iter().map(|t| t.url.clone()).collect(),
-        }
-    }
-}
-
-/// An edit of config.toml asked for over the control API. The config task makes it, so edits and reloads
-/// never interleave and the config in force includes the edit when the reply comes.
-pub(crate) enum ConfigEdit {
-    AddTarget(String),
-    RemoveTarget(String),
-}
-
-/// What an edit did: whether the file changed, and the config targets in force after it.
-pub(crate) struct EditOutcome {
-    pub changed: bool,
-    pub targets: targets::ConfigTargets,
-}
-
-pub(crate) type ConfigEditRequest = (
-    ConfigEdit,
-    oneshot::Sender<Result<EditOutcome, config::ConfigError>>,
-);
 
 /// Serve the control API on `listener`, supervise the local server and host every target until `shutdown`
 /// resolves or a client asks for a shutdown; then stop children in order (runners and tunnels, then the
@@ -233,7 +117,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let paths = config.paths.clone();
     let started = tokio::time::Instant::now();
-    let started_at_ms = server::now_ms();
+    let started_at_ms = now_ms();
+    let tasks = Tasks::new();
     let (revision_tx, revision_rx) = watch::channel(0u64);
 
     let log_path = paths.logs_dir().join("server.log");
@@ -249,23 +134,25 @@ pub async fn run(
         apply(level);
     }
 
-    let server = server::spawn_supervisor(ServerContext {
+    let server = local_server::spawn_supervisor(ServerContext {
         exe: config.exe.clone(),
         paths: paths.clone(),
-        log: Arc::new(Mutex::new(server_log)),
+        log: ChildLog::new(server_log),
         log_path,
         policy: config.policy,
         port: port_rx,
         autostart: config.config.server_autostart(),
         revision: revision_tx.clone(),
+        tasks: tasks.clone(),
     });
 
-    let stop_all = CancellationToken::new();
+    // Cancelled once the children are stopped: every task that waits for the daemon to stop watches it.
+    let stop_all = tasks.stopping();
     // Orphaned grandchildren (a tool's leftovers) are re-parented to us and reaped here (reference host §4.5).
-    if let Err(e) = process::reaper::become_subreaper() {
+    if let Err(e) = reaper::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned tool processes go to init");
     }
-    if let Err(e) = process::reaper::spawn_reaper(stop_all.clone()) {
+    if let Err(e) = reaper::spawn_reaper(&tasks) {
         tracing::warn!(error = %e, "cannot listen for SIGCHLD; orphaned descendants are not reaped");
     }
     let (config_tx, config_rx) = watch::channel(ConfigView {
@@ -282,8 +169,9 @@ pub async fn run(
         config: config_rx.clone(),
         timings: config.tunnel_timings.clone(),
         revision: revision_tx.clone(),
+        tasks: tasks.clone(),
     });
-    tokio::spawn(follow_local_server(
+    tasks.spawn(follow_local_server(
         server.status.clone(),
         targets.clone(),
         stop_all.clone(),
@@ -294,13 +182,13 @@ pub async fn run(
         path: config_path.clone(),
         source,
     })?;
-    tokio::spawn(follow_config_targets(
+    tasks.spawn(follow_config_targets(
         config_rx.clone(),
         targets.clone(),
         stop_all.clone(),
     ));
     let (edits_tx, edits) = mpsc::channel::<ConfigEditRequest>(8);
-    tokio::spawn(
+    tasks.spawn(
         ConfigTask {
             path: config_path,
             view: config_tx,
@@ -325,7 +213,7 @@ pub async fn run(
     let (listeners_tx, listeners_rx) = mpsc::channel(2);
     let (checks_tx, checks_rx) = mpsc::channel::<keeper::CheckRequest>(16);
     let stand_down = CancellationToken::new();
-    let keeper = tokio::spawn(
+    let keeper = tasks.spawn(
         keeper::Keeper {
             paths: paths.clone(),
             leak_locks: lock.is_none(),
@@ -356,7 +244,7 @@ pub async fn run(
     });
     let app = api::router(state);
     let connections = TaskTracker::new();
-    let accept = tokio::spawn(serve::accept_loop(
+    let accept = tasks.spawn(serve::accept_loop(
         control,
         listeners_rx,
         app,
@@ -417,6 +305,9 @@ pub async fn run(
     drop(server);
     drop(watcher);
     let socket_id = keeper.await.ok().flatten();
+    drop(targets);
+    // The supervisors, tunnels, pumps and followers end now that their children and handles are gone.
+    tasks.drain(DRAIN_TIMEOUT).await;
     // A daemon standing down leaves the runtime files to the one that owns them now; otherwise only the
     // socket we bound is removed (not one someone else put at the path).
     if !stand_down.is_cancelled() {
@@ -466,141 +357,5 @@ async fn follow_local_server(
             () = stop.cancelled() => return,
             changed = status.changed() => if changed.is_err() { return },
         }
-    }
-}
-
-/// Apply config.toml `targets` (at boot and on every reload).
-async fn follow_config_targets(
-    mut config: watch::Receiver<ConfigView>,
-    targets: targets::Targets,
-    stop: CancellationToken,
-) {
-    let mut current: Option<Vec<String>> = None;
-    loop {
-        let next = config.borrow_and_update().targets();
-        if current.as_ref() != Some(&next.urls) {
-            current = Some(next.urls.clone());
-            if targets
-                .cmds
-                .send(targets::TargetCmd::SetConfig(next))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            changed = config.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Owns the config in force: reloads the file when it changes and makes the edits clients ask for, one at
-/// a time.
-struct ConfigTask {
-    path: PathBuf,
-    view: watch::Sender<ConfigView>,
-    port: watch::Sender<u16>,
-    revision: watch::Sender<u64>,
-    on_log_level: Option<SetLogLevel>,
-}
-
-impl ConfigTask {
-    async fn run(
-        self,
-        mut changes: mpsc::Receiver<()>,
-        mut edits: mpsc::Receiver<ConfigEditRequest>,
-        stop: CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                change = changes.recv() => {
-                    if change.is_none() {
-                        return;
-                    }
-                    tokio::time::sleep(config::RELOAD_SETTLE).await;
-                    // Drain what arrived while settling: one reload reads the newest content.
-                    while changes.try_recv().is_ok() {}
-                    self.reload();
-                }
-                Some((edit, reply)) = edits.recv() => {
-                    let _ = reply.send(self.edit(edit));
-                }
-            }
-        }
-    }
-
-    fn reload(&self) {
-        match config::load(&self.path) {
-            Ok(new) => {
-                if let Err(e) = self.install(new) {
-                    self.failed(e);
-                }
-            }
-            Err(e) => self.failed(e),
-        }
-    }
-
-    fn edit(&self, edit: ConfigEdit) -> Result<EditOutcome, config::ConfigError> {
-        let edited = match &edit {
-            ConfigEdit::AddTarget(url) => config::add_target(&self.path, url),
-            ConfigEdit::RemoveTarget(url) => config::remove_target(&self.path, url),
-        }?;
-        if edited.changed {
-            match &edit {
-                ConfigEdit::AddTarget(url) => {
-                    tracing::info!(path = %self.path.display(), server = %url, "kept a host target in config")
-                }
-                ConfigEdit::RemoveTarget(url) => {
-                    tracing::info!(path = %self.path.display(), server = %url, "removed a host target from config")
-                }
-            }
-        }
-        // The file as it is now is the config in force (the reload its write triggers finds nothing new).
-        self.install(edited.config)?;
-        Ok(EditOutcome {
-            changed: edited.changed,
-            targets: self.view.borrow().targets(),
-        })
-    }
-
-    /// Make `new` the config in force, unless it equals it.
-    fn install(&self, mut new: Config) -> Result<(), config::ConfigError> {
-        let new_port = new.server_port()?;
-        let current = self.view.borrow().clone();
-        // The host identity never changes under a running daemon: an edit that drops it keeps the one in
-        // force (it is generated once, at boot).
-        new.host.host_id = new.host.host_id.or(current.config.host.host_id.clone());
-        new.host.name = new.host.name.or(current.config.host.name.clone());
-        if current.config == new && current.error.is_none() {
-            return Ok(());
-        }
-        tracing::info!(path = %self.path.display(), "config reloaded");
-        if new.log_level != current.config.log_level
-            && let (Some(level), Some(apply)) = (&new.log_level, &self.on_log_level)
-        {
-            apply(level);
-        }
-        self.port
-            .send_if_modified(|p| std::mem::replace(p, new_port) != new_port);
-        self.view.send_replace(ConfigView {
-            config: new,
-            error: None,
-            loads: current.loads + 1,
-        });
-        self.revision.send_modify(|r| *r += 1);
-        Ok(())
-    }
-
-    fn failed(&self, e: config::ConfigError) {
-        tracing::warn!("config reload failed: {e}");
-        let message = e.to_string();
-        if self.view.borrow().error.as_deref() == Some(message.as_str()) {
-            return;
-        }
-        self.view.send_modify(|v| v.error = Some(message));
-        self.revision.send_modify(|r| *r += 1);
     }
 }

@@ -13,7 +13,7 @@ use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use omnigent_daemon::host_tunnel::{
+use omnigent_daemon::hosting::host_tunnel::{
     HostActions, HostAuth, HostTunnelConfig, HostTunnelError, HostTunnelHandle, HostTunnelState,
     LaunchError, LaunchRequest, RunnerStatus, spawn_host_tunnel,
 };

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use omnigent_daemon::backoff::RestartPolicy;
-use omnigent_daemon::client::{ClientError, ControlClient};
+use omnigent_daemon::control::client::{ClientError, ControlClient};
 use omnigent_daemon::runtime::{self, LockError};
+use omnigent_daemon::supervise::backoff::RestartPolicy;
 use omnigent_daemon::{ControlListener, DaemonConfig, DaemonError};
 use omnigent_proto::control::{ChildState, ControlErrorCode};
 use omnigent_proto::paths::Paths;

@@ -6,17 +6,18 @@
 
 use std::time::Duration;
 
-use omnigent_daemon::process::{self, ChildSpec, reaper};
+use omnigent_daemon::supervise::process::{self, ChildSpec};
+use omnigent_daemon::supervise::reaper;
+use omnigent_daemon::supervise::tasks::Tasks;
 use tokio::io::AsyncBufReadExt;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn an_orphaned_grandchild_is_reaped_and_our_own_childs_status_is_not_stolen() {
     reaper::become_subreaper().unwrap();
-    let stop = CancellationToken::new();
-    let reaped = reaper::spawn_reaper(stop.clone()).unwrap();
+    let tasks = Tasks::new();
+    let reaped = reaper::spawn_reaper(&tasks).unwrap();
     let mut reaped_rx = reaped.subscribe();
     // The subshell starts a short-lived grandchild, prints its pid and exits: the grandchild is orphaned
     // and re-parented to us. The direct child exits 7 at once: its zombie waits for tokio, not the sweep.
@@ -50,5 +51,5 @@ async fn an_orphaned_grandchild_is_reaped_and_our_own_childs_status_is_not_stole
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(7));
-    stop.cancel();
+    assert!(tasks.drain(WAIT).await);
 }

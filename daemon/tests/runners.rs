@@ -14,8 +14,8 @@ use axum::Router;
 use axum::extract::{Path as AxPath, State};
 use axum::response::Response;
 use axum::routing::get;
-use omnigent_daemon::backoff::RestartPolicy;
-use omnigent_daemon::client::ControlClient;
+use omnigent_daemon::control::client::ControlClient;
+use omnigent_daemon::supervise::backoff::RestartPolicy;
 use omnigent_daemon::{ControlListener, DaemonConfig};
 use omnigent_proto::control::{ChildState, DaemonStatus};
 use omnigent_proto::ids::runner_id_for_token;
@@ -80,7 +80,7 @@ async fn host() -> Host {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = omnigent_daemon::load_config(&paths).unwrap();
     let host_id = config.host_id().to_owned();
-    let timings = omnigent_daemon::host_tunnel::HostTunnelTimings {
+    let timings = omnigent_daemon::hosting::host_tunnel::HostTunnelTimings {
         backoff_base: Duration::from_millis(10),
         backoff_cap: Duration::from_millis(50),
         ..Default::default()
@@ -417,7 +417,7 @@ async fn fifty_launches_at_once_all_run_and_a_shutdown_stops_them_all() {
 
 #[tokio::test]
 async fn a_grandchild_left_behind_by_a_tool_is_reaped_by_the_daemon() {
-    let mut reaped = omnigent_daemon::process::reaper::subscribe();
+    let mut reaped = omnigent_daemon::supervise::reaper::subscribe();
     let host = host().await;
     // The "tool" (a subshell) starts a grandchild and exits at once: the grandchild is orphaned while the
     // runner lives on, re-parented to the daemon (a subreaper), and must not stay a zombie when it ends.

@@ -14,8 +14,8 @@ use axum::Router;
 use axum::extract::{Path as AxPath, State};
 use axum::response::Response;
 use axum::routing::get;
-use omnigent_daemon::backoff::RestartPolicy;
-use omnigent_daemon::client::{ClientError, ControlClient};
+use omnigent_daemon::control::client::{ClientError, ControlClient};
+use omnigent_daemon::supervise::backoff::RestartPolicy;
 use omnigent_daemon::{ControlListener, DaemonConfig, DaemonError};
 use omnigent_proto::control::{ControlErrorCode, DaemonStatus, TargetStatus};
 use omnigent_proto::paths::Paths;
@@ -80,7 +80,7 @@ impl Daemon {
             started_by: "test".into(),
             policy: RestartPolicy::default(),
             on_log_level: None,
-            tunnel_timings: omnigent_daemon::host_tunnel::HostTunnelTimings {
+            tunnel_timings: omnigent_daemon::hosting::host_tunnel::HostTunnelTimings {
                 backoff_base: Duration::from_millis(10),
                 backoff_cap: Duration::from_millis(50),
                 ..Default::default()

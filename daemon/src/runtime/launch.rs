@@ -1,6 +1,9 @@
 //! "Start or reuse" (DESIGN §2): connect to the running daemon, or spawn `omnigent daemon run` and wait for
 //! its readiness line (bounded), under a start lock so concurrent commands end with exactly one daemon.
 //! A daemon speaking another control protocol is stopped (SIGTERM, its lock released) and replaced.
+//!
+//! "Stop" ([`stop_daemon`]): ask the daemon to shut down, wait for its lock, kill it when asked to force
+//! (or when it is stopped or hung), and stop a server a killed daemon left behind. The CLI only prints.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,9 +15,10 @@ use omnigent_proto::control::{self as ctl, HelloReply};
 use omnigent_proto::paths::Paths;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::client::{ClientError, ControlClient};
-use crate::logfile::tail_lines;
+use crate::config::logfile::tail_lines;
+use crate::control::client::{ClientError, ControlClient};
 use crate::runtime::{self, LockError, RuntimeDirError, StartLock};
+use crate::supervise::process;
 
 /// How long a spawned daemon may take to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -136,7 +140,7 @@ async fn try_connect(
 /// no exit notification to wait for: we check every millisecond.
 pub async fn wait_pid_gone(pid: u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while crate::process::pid_alive(pid) && !crate::server::is_zombie(pid) {
+    while process::pid_alive(pid) && !process::is_zombie(pid) {
         if tokio::time::Instant::now() >= deadline {
             return;
         }
@@ -159,6 +163,122 @@ pub async fn stop_pid_and_wait(paths: &Paths, pid: u32) -> Result<(), ()> {
     } else {
         Err(())
     }
+}
+
+/// Why [`stop_daemon`] did not stop everything.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The runtime dir is unusable (an environment problem).
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
+    /// Waiting for an in-progress start failed.
+    #[error(transparent)]
+    StartLock(#[from] LockError),
+    /// The daemon did not answer the shutdown request (without `force`).
+    #[error("{0}; retry with `omnigent stop --force`")]
+    NoReply(ClientError),
+    #[error("the daemon (pid {0}) did not exit within 10s; retry with `omnigent stop --force`")]
+    DidNotExit(u32),
+    /// An incompatible daemon survived SIGTERM and SIGKILL.
+    #[error("the daemon pid {0} did not exit")]
+    Stuck(u32),
+    #[error(
+        "a daemon holds {lock} (pid {pid}) but does not answer on its socket; retry with `omnigent stop --force`",
+        lock = lock.display(),
+        pid = pid.map_or("unknown".to_owned(), |p| p.to_string())
+    )]
+    Unresponsive { lock: PathBuf, pid: Option<u32> },
+    #[error(transparent)]
+    Client(ClientError),
+}
+
+/// Stop the daemon and everything it runs; returns what was stopped ("daemon pid N", "server pid N", …).
+/// Waits for an in-progress start (the start lock) first, so a stop racing a start always wins. `note` gets
+/// what people should know on the way (a daemon that did not answer and is killed).
+pub async fn stop_daemon(
+    paths: &Paths,
+    force: bool,
+    note: &dyn Fn(&str),
+) -> Result<Vec<String>, StopError> {
+    // A daemon whose runtime dir a tmp cleaner removed still runs (it holds its guard): stop it too.
+    if !paths.runtime_dir.exists() && runtime::guard_holder(paths).is_none() {
+        return Ok(vec![]);
+    }
+    runtime::ensure_private_dir(&paths.runtime_dir)?;
+    let _start = StartLock::acquire(paths, READY_TIMEOUT).await?;
+    let mut stopped = Vec::new();
+    match ControlClient::connect(paths).await {
+        Ok(mut client) => {
+            let pid = client.daemon.pid;
+            match client.shutdown(force).await {
+                Ok(reply) => stopped.extend(reply.stopped),
+                Err(e) if force => note(&format!(
+                    "the daemon did not answer the shutdown ({e}); killing it"
+                )),
+                Err(e) => return Err(StopError::NoReply(e)),
+            }
+            drop(client);
+            if !runtime::wait_lock_released(paths, Duration::from_secs(if force { 2 } else { 10 }))
+                .await
+            {
+                if !force {
+                    return Err(StopError::DidNotExit(pid));
+                }
+                kill_daemon(paths, pid).await;
+            }
+            wait_pid_gone(pid).await;
+            stopped.push(format!("daemon pid {pid}"));
+        }
+        Err(ClientError::ProtocolMismatch { daemon, .. }) => {
+            stop_pid_and_wait(paths, daemon.pid)
+                .await
+                .map_err(|()| StopError::Stuck(daemon.pid))?;
+            stopped.push(format!(
+                "daemon pid {} (omnigent {})",
+                daemon.pid, daemon.build_version
+            ));
+        }
+        Err(ClientError::Stopped { pid }) if force => {
+            // SIGKILL works on a stopped process; its children get their parent-death signal.
+            kill_daemon(paths, pid).await;
+            wait_pid_gone(pid).await;
+            stopped.push(format!("daemon pid {pid} (stopped; killed)"));
+        }
+        Err(ClientError::NotRunning { .. }) => {
+            if runtime::lock_is_held(paths) {
+                // A daemon that holds the lock but does not answer: hung, or still binding.
+                let pid = runtime::read_lock_pid(&paths.daemon_lock());
+                if let (true, Some(pid)) = (force, pid) {
+                    kill_daemon(paths, pid).await;
+                    stopped.push(format!("daemon pid {pid} (killed)"));
+                } else {
+                    return Err(StopError::Unresponsive {
+                        lock: paths.daemon_lock(),
+                        pid,
+                    });
+                }
+            }
+        }
+        Err(e) => return Err(StopError::Client(e)),
+    }
+    // A server left behind by a daemon that was killed: stop it too.
+    if let Some(pid) = crate::supervise::local_server::leftover_server_pid(paths) {
+        let grace = if force {
+            Duration::ZERO
+        } else {
+            process::STOP_GRACE
+        };
+        process::terminate_foreign_pid(pid, grace).await;
+        stopped.push(format!("left-over server pid {pid}"));
+        let _ = std::fs::remove_file(paths.server_json());
+    }
+    Ok(stopped)
+}
+
+/// SIGKILL the daemon `pid` and wait (at most 5 s) for its lock to be released.
+async fn kill_daemon(paths: &Paths, pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
 }
 
 async fn spawn_and_wait(paths: &Paths, exe: &std::path::Path) -> Result<(), LaunchError> {
@@ -198,10 +318,9 @@ async fn spawn_and_wait(paths: &Paths, exe: &std::path::Path) -> Result<(), Laun
         Ok(Ok(0)) | Ok(Err(_)) => {
             let status = child.wait().await;
             let how = match status {
-                Ok(s) => crate::process::exit_text(
-                    s.code(),
-                    std::os::unix::process::ExitStatusExt::signal(&s),
-                ),
+                Ok(s) => {
+                    process::exit_text(s.code(), std::os::unix::process::ExitStatusExt::signal(&s))
+                }
                 Err(e) => e.to_string(),
             };
             Err(failed(format!("it exited before it was ready ({how})")))

@@ -13,7 +13,7 @@ use omnigent_proto::control::{
 use omnigent_proto::paths::Paths;
 use serde::de::DeserializeOwned;
 
-use crate::http::{Connection, HttpError};
+use super::http::{Connection, HttpError};
 use crate::runtime::{self, RuntimeDirError};
 
 /// Default time to wait for a quick control call.

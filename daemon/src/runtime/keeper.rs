@@ -184,7 +184,7 @@ impl Keeper {
                 // Only a daemon writes its pid into the lock; a client probing it (a shared lock for an
                 // instant) does not, and must not make us go.
                 Err(LockError::Held { pid: Some(pid), .. })
-                    if pid != std::process::id() && crate::process::pid_alive(pid) =>
+                    if pid != std::process::id() && crate::supervise::process::pid_alive(pid) =>
                 {
                     return Err(Problem::StandDown(format!(
                         "the daemon lock file {} was replaced and another daemon (pid {pid}) holds the new one",
@@ -205,9 +205,10 @@ impl Keeper {
             }
         }
         if !socket_ok {
-            let listener = crate::bind_socket(&self.socket, self.link.as_deref()).map_err(|e| {
-                Problem::Failed(format!("cannot re-create the control socket: {e}"))
-            })?;
+            let listener =
+                crate::control::listener::bind_socket(&self.socket, self.link.as_deref()).map_err(
+                    |e| Problem::Failed(format!("cannot re-create the control socket: {e}")),
+                )?;
             self.socket_id = FileId::of_path(&self.socket);
             tracing::warn!(path = %self.socket.display(), "the control socket was removed; bound a new one");
             if self.listeners.try_send(listener).is_err() {

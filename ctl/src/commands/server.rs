@@ -1,4 +1,5 @@
-//! `omnigent server run`: the server in the foreground.
+//! `omnigent server run`: the server in the foreground; `omnigent server start|status|stop`: the local server
+//! the daemon runs.
 //!
 //! Prints exactly one line on stdout once it accepts connections (the daemon reads it):
 //! `{"ready":true,"url":"http://127.0.0.1:PORT","pid":PID,"database":"…"}`. Logs go to stderr.
@@ -9,7 +10,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use anyhow::{Context, Result};
 use omnigent_proto::paths::Paths;
 use omnigent_server::ServerConfig;
+use serde_json::json;
 
+use crate::backend::{
+    JsonArgs, StopArgs, client_err, connect_existing, connect_or_start, foreign_text, paths,
+    print_json, print_server_block, runtime, state_word,
+};
 use crate::exit::ConfigError;
 
 #[derive(Debug, clap::Args)]
@@ -99,31 +105,70 @@ fn parse_bind(bind: &str) -> Result<IpAddr> {
 /// Resolves on SIGTERM or SIGINT (Ctrl-C), whatever logging does: the server runs this future in a task of
 /// its own, and a panic there would mean no shutdown at all.
 async fn shutdown_requested() {
-    shutdown_signal().await;
+    crate::signals::stop_requested().await;
     // Logging is not expected to panic (see `run`); if it ever does in an unwinding build, the stop still goes
     // through (release builds use panic = "abort", where the process ends instead of hanging).
     let _ = std::panic::catch_unwind(|| tracing::info!("shutdown requested"));
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+pub fn start(args: JsonArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let (mut client, _) = connect_or_start(&paths).await?;
+        let server = client.server_start().await.map_err(client_err)?;
+        if args.json {
+            return print_json(&server);
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+        match (&server.url, server.pid) {
+            (Some(url), Some(pid)) => println!("Local server running at {url} (pid {pid})."),
+            _ => println!("Local server: {}", state_word(server.state)),
+        }
+        if let Some(f) = &server.foreign {
+            eprintln!("note: {}", foreign_text(f));
+        }
+        Ok(())
+    })
+}
+
+pub fn status(args: JsonArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let Some(mut client) = connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "state": "stopped", "daemon_running": false }));
+            }
+            println!("Local server: not running (no daemon; start it with `omnigent start`)");
+            return Ok(());
+        };
+        let server = client.server_status().await.map_err(client_err)?;
+        if args.json {
+            return print_json(&server);
+        }
+        print_server_block(&server, "Local server: ");
+        Ok(())
+    })
+}
+
+pub fn stop(args: StopArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let Some(mut client) = connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "stopped": false }));
+            }
+            println!("No local server is running.");
+            return Ok(());
+        };
+        let before = client.server_status().await.map_err(client_err)?;
+        let after = client.server_stop(args.force).await.map_err(client_err)?;
+        let stopped = before.pid.is_some();
+        if args.json {
+            return print_json(&json!({ "stopped": stopped, "pid": before.pid, "server": after }));
+        }
+        match before.pid {
+            Some(pid) => println!("Stopped the local server (pid {pid})."),
+            None => println!("No local server is running."),
+        }
+        Ok(())
+    })
 }

@@ -5,31 +5,29 @@
 //! a foreign listener is named (pid, command) and the server is started on a free port instead; a free port
 //! is used as is. The child is `<exe> server run --bind 127.0.0.1 --port N`; it is up when it prints its
 //! ready line ([`ServerReady`]). Unexpected exits are restarted with the backoff of DESIGN §6 until the crash
-//! loop rule trips. Runners are supervised the same way (`runners`: spawn/stop in `process`, rules in `backoff`).
+//! loop rule trips. Runners are supervised the same way: both are a [`child`](super::child) (spawn, log, exit,
+//! restarts).
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use omnigent_proto::control::{ChildExit, ChildState, ServerReady, ServerRecord, ServerStatus};
+use omnigent_proto::control::{ChildState, ServerReady, ServerRecord, ServerStatus};
 use omnigent_proto::paths::Paths;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::backoff::{AfterExit, CrashTracker, RestartPolicy};
-use crate::logfile::{RotatingFile, tail_lines};
-use crate::process::{self, ChildSpec, STOP_GRACE};
+use super::backoff::{AfterExit, RestartPolicy};
+use super::child::{ChildLog, Exit, Restarts, Running, now_ms};
+use super::process::{self, ChildSpec, STOP_GRACE, is_zombie, terminate_foreign_pid};
+use super::tasks::Tasks;
+use crate::config::logfile::tail_lines;
 
 /// How long a starting server may take to print its ready line (first boots run migrations).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest ready line we read.
 const MAX_READY_LINE: u64 = 64 * 1024;
-/// Exits remembered for status.
-const KEEP_EXITS: usize = 10;
 /// Log lines shown with a failing server.
 const TAIL_LINES: usize = 20;
 
@@ -51,7 +49,7 @@ pub enum ServerCmd {
 pub struct ServerContext {
     pub exe: PathBuf,
     pub paths: Paths,
-    pub log: Arc<Mutex<RotatingFile>>,
+    pub log: ChildLog,
     pub log_path: PathBuf,
     pub policy: RestartPolicy,
     /// The configured port, re-read at every start (config edits apply to the next start).
@@ -59,6 +57,8 @@ pub struct ServerContext {
     pub autostart: bool,
     /// Bumped on every published change (see `STATUS_PATH`'s `after`).
     pub revision: watch::Sender<u64>,
+    /// Where its tasks (the supervisor, the log pumps) run.
+    pub tasks: Tasks,
 }
 
 /// Handle held by the API: send commands, read snapshots.
@@ -88,16 +88,16 @@ pub fn spawn_supervisor(ctx: ServerContext) -> ServerHandle {
         log_file: ctx.log_path.display().to_string(),
     };
     let (status_tx, status) = watch::channel(initial.clone());
+    let tasks = ctx.tasks.clone();
     let task = Task {
-        tracker: CrashTracker::new(ctx.policy),
+        restarts: Restarts::new(ctx.policy),
         ctx,
         cmds,
         status: status_tx,
         view: initial,
         waiters: Vec::new(),
-        exits: VecDeque::new(),
     };
-    tokio::spawn(task.run());
+    tasks.spawn(task.run());
     ServerHandle {
         cmds: cmd_tx,
         status,
@@ -109,14 +109,8 @@ struct Task {
     cmds: mpsc::Receiver<ServerCmd>,
     status: watch::Sender<ServerStatus>,
     view: ServerStatus,
-    tracker: CrashTracker,
+    restarts: Restarts,
     waiters: Vec<oneshot::Sender<ServerStatus>>,
-    exits: VecDeque<ChildExit>,
-}
-
-struct Running {
-    child: Child,
-    started: Instant,
 }
 
 struct Adopted {
@@ -128,7 +122,7 @@ enum Phase {
     Idle,
     Start,
     Backoff(Duration),
-    Running(Running),
+    Running(Box<Running>),
     Adopted(Adopted),
     Exit,
 }
@@ -163,7 +157,7 @@ impl Task {
                 Phase::Idle => self.idle().await,
                 Phase::Start => self.start().await,
                 Phase::Backoff(delay) => self.backoff(delay).await,
-                Phase::Running(running) => self.running(running).await,
+                Phase::Running(running) => self.running(*running).await,
                 Phase::Adopted(adopted) => self.adopted(adopted).await,
                 Phase::Exit => break,
             };
@@ -172,7 +166,8 @@ impl Task {
     }
 
     fn publish(&mut self) {
-        self.view.last_exits = self.exits.iter().cloned().collect();
+        self.view.last_exits = self.restarts.exits();
+        self.view.restarts = self.restarts.count;
         let view = self.view.clone();
         self.status.send_replace(view);
         self.ctx.revision.send_modify(|r| *r += 1);
@@ -205,7 +200,7 @@ impl Task {
             None => Phase::Exit,
             Some(ServerCmd::Start(reply)) => {
                 self.waiters.push(reply);
-                self.tracker.reset();
+                self.restarts.reset();
                 Phase::Start
             }
             Some(ServerCmd::Stop { reply, .. }) => {
@@ -246,7 +241,7 @@ impl Task {
             }
             Probe::Ours(info) => return self.adopt(port, info),
             Probe::Foreign => {
-                let owner = crate::ports::listener_owner(port);
+                let owner = crate::config::ports::listener_owner(port);
                 tracing::warn!(
                     port,
                     pid = owner.pid,
@@ -272,33 +267,27 @@ impl Task {
             cwd: "/".into(),
             env_clear: false,
         };
-        let mut child = match process::spawn(&spec) {
-            Ok(child) => child,
-            Err(e) => {
-                let why = format!("cannot run {} server run: {e}", self.ctx.exe.display());
-                return self.after_exit(None, None, Duration::ZERO, Some(why));
-            }
-        };
-        let started = Instant::now();
-        log_line(
-            &self.ctx.log,
-            &format!(
-                "--- daemon: started server pid {:?} on port {spawn_port}",
-                child.id()
-            ),
-        );
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(pump(BufReader::new(stderr), self.ctx.log.clone()));
-        }
-        let Some(stdout) = child.stdout.take() else {
+        let (mut running, stdout) =
+            match Running::spawn(&spec, "server", &self.ctx.log, &self.ctx.tasks, true) {
+                Ok(spawned) => spawned,
+                Err(e) => {
+                    let why = format!("cannot run {} server run: {e}", self.ctx.exe.display());
+                    return self.after_exit(None, None, Duration::ZERO, Some(why));
+                }
+            };
+        self.ctx.log.line(&format!(
+            "--- daemon: started server pid {:?} on port {spawn_port}",
+            running.pid
+        ));
+        let Some(stdout) = stdout else {
             return self
-                .fail_running_child(child, started, "the server's stdout was not piped".into())
+                .fail_running_child(running, "the server's stdout was not piped".into())
                 .await;
         };
         let mut reader = BufReader::new(stdout);
         enum Outcome {
             Line(std::io::Result<String>),
-            Exited(std::io::Result<std::process::ExitStatus>),
+            Exited(Exit),
             Timeout,
             Stop(bool, Option<oneshot::Sender<ServerStatus>>),
         }
@@ -309,7 +298,7 @@ impl Task {
             loop {
                 tokio::select! {
                     line = &mut ready => break Outcome::Line(line),
-                    status = process::wait(&mut child) => break Outcome::Exited(status),
+                    exit = running.wait() => break Outcome::Exited(exit),
                     () = &mut deadline => break Outcome::Timeout,
                     cmd = self.cmds.recv() => match cmd {
                         Some(ServerCmd::Start(reply)) => self.waiters.push(reply),
@@ -322,47 +311,38 @@ impl Task {
         match outcome {
             Outcome::Line(Ok(line)) => match serde_json::from_str::<ServerReady>(line.trim()) {
                 Ok(ready) if ready.ready => {
-                    tokio::spawn(pump(reader, self.ctx.log.clone()));
-                    self.on_ready(child, started, ready)
+                    self.ctx.log.pump(&self.ctx.tasks, reader);
+                    self.on_ready(running, ready)
                 }
                 _ => {
                     let why = format!(
                         "the server printed {:?} instead of its ready line",
                         truncate(&line, 200)
                     );
-                    self.fail_running_child(child, started, why).await
+                    self.fail_running_child(running, why).await
                 }
             },
             Outcome::Line(Err(e)) => {
                 self.fail_running_child(
-                    child,
-                    started,
+                    running,
                     format!("cannot read the server's ready line: {e}"),
                 )
                 .await
             }
-            Outcome::Exited(status) => {
-                // Let the log pumps catch the last words before reading the tail.
-                tokio::task::yield_now().await;
-                let (code, signal) = status
-                    .as_ref()
-                    .map(process::describe_exit)
-                    .unwrap_or((None, None));
-                let why = format!(
-                    "the server exited before it was ready ({})",
-                    process::exit_text(code, signal)
-                );
-                self.after_exit(code, signal, started.elapsed(), Some(why))
+            Outcome::Exited(exit) => {
+                // `wait` let the log pumps catch the last words before the tail is read.
+                let why = format!("the server exited before it was ready ({})", exit.text());
+                self.after_exit(exit.code, exit.signal, exit.uptime, Some(why))
             }
             Outcome::Timeout => {
                 let why = format!(
                     "the server did not become ready within {}s",
                     READY_TIMEOUT.as_secs()
                 );
-                self.fail_running_child(child, started, why).await
+                self.fail_running_child(running, why).await
             }
             Outcome::Stop(force, reply) => {
-                self.stop_child(Running { child, started }, force).await;
+                self.stop_child(running, force).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(self.view.clone());
                     Phase::Idle
@@ -373,9 +353,9 @@ impl Task {
         }
     }
 
-    fn on_ready(&mut self, child: Child, started: Instant, ready: ServerReady) -> Phase {
+    fn on_ready(&mut self, running: Running, ready: ServerReady) -> Phase {
         let port = port_of(&ready.url);
-        self.view.pid = ready.pid.or(child.id());
+        self.view.pid = ready.pid.or(running.pid);
         self.view.url = Some(ready.url.clone());
         self.view.port = port;
         self.view.database = ready.database.clone();
@@ -399,7 +379,7 @@ impl Task {
             url = self.view.url.as_deref(),
             "local server is up"
         );
-        Phase::Running(Running { child, started })
+        Phase::Running(Box::new(running))
     }
 
     fn adopt(&mut self, port: u16, info: ServerInfo) -> Phase {
@@ -433,16 +413,10 @@ impl Task {
         })
     }
 
-    async fn fail_running_child(&mut self, child: Child, started: Instant, why: String) -> Phase {
+    async fn fail_running_child(&mut self, running: Running, why: String) -> Phase {
         tracing::warn!("{why}");
-        let status = self
-            .stop_child_quiet(Running { child, started }, false)
-            .await;
-        let (code, signal) = status
-            .as_ref()
-            .map(process::describe_exit)
-            .unwrap_or((None, None));
-        self.after_exit(code, signal, started.elapsed(), Some(why))
+        let exit = running.stop(STOP_GRACE).await;
+        self.after_exit(exit.code, exit.signal, exit.uptime, Some(why))
     }
 
     /// Record an unexpected exit and decide between a backoff and a crash loop.
@@ -453,28 +427,16 @@ impl Task {
         uptime: Duration,
         why: Option<String>,
     ) -> Phase {
-        self.exits.push_back(ChildExit {
-            code,
-            signal,
-            uptime_ms: uptime.as_millis() as u64,
-            at_ms: now_ms(),
-        });
-        while self.exits.len() > KEEP_EXITS {
-            self.exits.pop_front();
-        }
+        self.restarts.record(code, signal, uptime);
         let why = why
             .unwrap_or_else(|| format!("the server exited ({})", process::exit_text(code, signal)));
         tracing::warn!(uptime_ms = uptime.as_millis() as u64, "{why}");
-        log_line(&self.ctx.log, &format!("--- daemon: {why}"));
+        self.ctx.log.line(&format!("--- daemon: {why}"));
         self.view.last_error = Some(why);
         self.view.log_tail = tail_lines(&self.ctx.log_path, TAIL_LINES);
         remove_record(&self.ctx.paths);
-        match self
-            .tracker
-            .on_exit(Instant::now(), uptime, rand::random_range(-1.0..=1.0))
-        {
+        match self.restarts.decide(uptime) {
             AfterExit::RestartAfter(delay) => {
-                self.view.restarts += 1;
                 self.set_state(ChildState::Backoff);
                 Phase::Backoff(delay)
             }
@@ -490,15 +452,11 @@ impl Task {
 
     async fn running(&mut self, mut running: Running) -> Phase {
         tokio::select! {
-            status = process::wait(&mut running.child) => {
-                let (code, signal) = status.as_ref().map(process::describe_exit).unwrap_or((None, None));
-                tokio::task::yield_now().await;
-                self.after_exit(code, signal, running.started.elapsed(), None)
-            }
+            exit = running.wait() => self.after_exit(exit.code, exit.signal, exit.uptime, None),
             cmd = self.cmds.recv() => match cmd {
                 Some(ServerCmd::Start(reply)) => {
                     let _ = reply.send(self.view.clone());
-                    Phase::Running(running)
+                    Phase::Running(Box::new(running))
                 }
                 Some(ServerCmd::Stop { force, reply }) => {
                     self.stop_child(running, force).await;
@@ -513,33 +471,15 @@ impl Task {
         }
     }
 
-    async fn stop_child_quiet(
-        &mut self,
-        mut running: Running,
-        force: bool,
-    ) -> Option<std::process::ExitStatus> {
-        let grace = if force { Duration::ZERO } else { STOP_GRACE };
-        match process::stop(&mut running.child, grace).await {
-            Ok(status) => Some(status),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot collect the server's exit status");
-                None
-            }
-        }
-    }
-
     async fn stop_child(&mut self, running: Running, force: bool) {
         self.set_state_keep(ChildState::Stopping);
-        let status = self.stop_child_quiet(running, force).await;
-        if let Some(status) = status {
-            let (code, signal) = process::describe_exit(&status);
-            log_line(
-                &self.ctx.log,
-                &format!(
-                    "--- daemon: stopped the server ({})",
-                    process::exit_text(code, signal)
-                ),
-            );
+        let exit = running
+            .stop(if force { Duration::ZERO } else { STOP_GRACE })
+            .await;
+        if exit.status.is_some() {
+            self.ctx
+                .log
+                .line(&format!("--- daemon: stopped the server ({})", exit.text()));
         }
         remove_record(&self.ctx.paths);
         self.view.foreign = None;
@@ -594,28 +534,6 @@ async fn read_ready_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Re
     Ok(line)
 }
 
-/// Copy a child's output into the log file until EOF.
-pub(crate) async fn pump<R: AsyncRead + Unpin>(mut reader: R, log: Arc<Mutex<RotatingFile>>) {
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                // The lock is held only for this synchronous write.
-                if let Ok(mut f) = log.lock() {
-                    let _ = std::io::Write::write_all(&mut *f, &buf[..n]);
-                }
-            }
-        }
-    }
-}
-
-fn log_line(log: &Arc<Mutex<RotatingFile>>, line: &str) {
-    if let Ok(mut f) = log.lock() {
-        let _ = std::io::Write::write_all(&mut *f, format!("{line}\n").as_bytes());
-    }
-}
-
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
@@ -624,13 +542,6 @@ fn port_of(url: &str) -> Option<u16> {
     let rest = url.split("://").nth(1)?;
     let authority = rest.split('/').next()?;
     authority.rsplit(':').next()?.parse().ok()
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn probe_port(port: u16) -> Probe {
@@ -657,7 +568,7 @@ async fn probe_port(port: u16) -> Probe {
 pub async fn probe_info(port: u16, timeout: Duration) -> Option<ServerInfo> {
     let get = async {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let mut conn = crate::http::Connection::open(stream, 1024 * 1024)
+        let mut conn = crate::control::http::Connection::open(stream, 1024 * 1024)
             .await
             .ok()?;
         let (status, body) = conn
@@ -690,39 +601,6 @@ pub async fn probe_info(port: u16, timeout: Duration) -> Option<ServerInfo> {
         })
     };
     tokio::time::timeout(timeout, get).await.ok().flatten()
-}
-
-/// SIGTERM a process that is not our child, wait (bounded) for it to be gone, then SIGKILL.
-/// It is not our child, so there is no exit notification to wait for: we check every 10 ms.
-pub async fn terminate_foreign_pid(pid: u32, grace: Duration) {
-    use nix::sys::signal::{Signal, kill};
-    let target = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = kill(
-        target,
-        if grace.is_zero() {
-            Signal::SIGKILL
-        } else {
-            Signal::SIGTERM
-        },
-    );
-    let deadline = Instant::now() + grace.max(Duration::from_millis(100));
-    while process::pid_alive(pid) && !is_zombie(pid) {
-        if Instant::now() >= deadline {
-            let _ = kill(target, Signal::SIGKILL);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-pub(crate) fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 pub fn read_record(paths: &Paths) -> Option<ServerRecord> {
@@ -793,18 +671,21 @@ mod tests {
     ) -> (ServerContext, watch::Receiver<u64>) {
         let paths = Paths::under(home);
         let log_path = paths.logs_dir().join("server.log");
-        let log = RotatingFile::open(&log_path, 1024 * 1024, 2).unwrap();
+        let log = ChildLog::new(
+            crate::config::logfile::RotatingFile::open(&log_path, 1024 * 1024, 2).unwrap(),
+        );
         let (revision, rev_rx) = watch::channel(0);
         let ctx = ServerContext {
             exe: exe.into(),
             paths,
-            log: Arc::new(Mutex::new(log)),
+            log,
             log_path,
             policy: RestartPolicy::default(),
             // Port 0: no probe, so nothing here waits on real I/O and paused time is safe.
             port: watch::channel(0).1,
             autostart,
             revision,
+            tasks: Tasks::new(),
         };
         (ctx, rev_rx)
     }

@@ -22,19 +22,20 @@ use omnigent_proto::paths::Paths;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::server::{ServerCmd, ServerHandle};
-use crate::targets::{TargetCmd, normalize_url};
-use crate::{ConfigEdit, ConfigView, EditOutcome};
+use crate::config::task::{ConfigEdit, ConfigEditRequest, ConfigView, EditOutcome};
+use crate::hosting::targets::{self, TargetCmd, normalize_url};
+use crate::runtime::keeper;
+use crate::supervise::local_server::{self, ServerCmd, ServerHandle};
 
 /// Longest `after` wait a status call may ask for.
 const MAX_STATUS_WAIT: Duration = Duration::from_secs(60);
 
 pub(crate) struct ApiState {
     pub server: ServerHandle,
-    pub targets: crate::targets::Targets,
+    pub targets: targets::Targets,
     pub revision: watch::Receiver<u64>,
     pub config: watch::Receiver<ConfigView>,
-    pub config_edits: mpsc::Sender<crate::ConfigEditRequest>,
+    pub config_edits: mpsc::Sender<ConfigEditRequest>,
     pub shutdown: mpsc::Sender<(StopRequest, oneshot::Sender<ShutdownReply>)>,
     pub paths: Paths,
     pub socket: String,
@@ -42,7 +43,7 @@ pub(crate) struct ApiState {
     pub started: tokio::time::Instant,
     pub started_by: String,
     /// Asks the keeper to check (and re-create) the runtime files now.
-    pub checks: mpsc::Sender<crate::keeper::CheckRequest>,
+    pub checks: mpsc::Sender<keeper::CheckRequest>,
     pub limits: crate::ControlLimits,
 }
 
@@ -310,7 +311,7 @@ async fn live_server_status(state: &ApiState) -> ServerStatus {
     if matches!(s.state, ChildState::Running | ChildState::Adopted)
         && let Some(port) = s.port
     {
-        match crate::server::probe_info(port, Duration::from_millis(500)).await {
+        match local_server::probe_info(port, Duration::from_millis(500)).await {
             Some(info) => {
                 s.healthy = Some(true);
                 s.database = info.database.or(s.database);

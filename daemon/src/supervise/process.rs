@@ -3,8 +3,6 @@
 //! from /dev/null, and is stopped by SIGTERM to its group, a grace period, then SIGKILL. Exits are collected
 //! by tokio's SIGCHLD-driven reaper (`Child::wait`), never by polling, so no zombies are left.
 
-pub mod reaper;
-
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -15,6 +13,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+
+use super::reaper;
 
 /// Grace period between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -168,6 +168,40 @@ pub fn command_line(pid: u32) -> Option<String> {
     } else {
         Some(parts.join(" "))
     }
+}
+
+/// SIGTERM a process that is not our child, wait (bounded) for it to be gone, then SIGKILL.
+/// It is not our child, so there is no exit notification to wait for: we check every 10 ms.
+pub async fn terminate_foreign_pid(pid: u32, grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = kill(
+        target,
+        if grace.is_zero() {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        },
+    );
+    let deadline = tokio::time::Instant::now() + grace.max(Duration::from_millis(100));
+    while pid_alive(pid) && !is_zombie(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            let _ = kill(target, Signal::SIGKILL);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped by its parent), where the OS tells (Linux `/proc`).
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -511,8 +511,7 @@ fn clip(s: &str, n: usize) -> String {
 /// turn is an error (exit 1), Ctrl-C is [`crate::exit::Interrupted`] (exit 130).
 async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Result<()> {
     // One SIGINT listener for the whole session, so a Ctrl-C between two polls is never lost.
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot listen for Ctrl-C")?;
+    let mut sigint = crate::signals::interrupts().context("cannot listen for Ctrl-C")?;
     let mut events = api.stream(session).await?;
     // The ready heartbeat: the server has registered us, nothing we send from now on is missed.
     tokio::time::timeout(READY_TIMEOUT, async {

@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::task::AbortOnDropHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -24,6 +25,7 @@ pub enum HttpError {
 pub struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
     cap: usize,
+    _driver: AbortOnDropHandle<()>,
 }
 
 impl Connection {
@@ -35,12 +37,17 @@ impl Connection {
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(HttpError::Handshake)?;
-        tokio::spawn(async move {
+        // Tied to the connection: dropping it ends the driver, so none outlives its user.
+        let driver = AbortOnDropHandle::new(tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP client connection ended");
             }
-        });
-        Ok(Connection { sender, cap })
+        }));
+        Ok(Connection {
+            sender,
+            cap,
+            _driver: driver,
+        })
     }
 
     /// Send one request and buffer its reply (at most `cap` bytes).

@@ -193,8 +193,8 @@ async fn background(remote: Option<String>) -> Result<()> {
 /// Follow the target until Ctrl-C (`Ok(true)`), or until it is removed by someone else (`Ok(false)`); a
 /// tunnel that gives up is an error (exit 78).
 async fn follow(client: &mut ControlClient, url: &str) -> Result<bool> {
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| anyhow!("cannot listen for Ctrl-C: {e}"))?;
+    let mut sigint =
+        crate::signals::interrupts().map_err(|e| anyhow!("cannot listen for Ctrl-C: {e}"))?;
     let mut st = client.status().await.map_err(client_err)?;
     println!(
         "Connecting to {url} as '{}' ({})",
@@ -337,7 +337,7 @@ fn be_the_daemon(remote: Option<String>, paths: Paths) -> Result<()> {
             started_by: "host".to_owned(),
             policy: Default::default(),
             on_log_level: Some(set_level),
-            tunnel_timings: crate::daemon_cmd::tunnel_timings_from_env(),
+            tunnel_timings: super::daemon::tunnel_timings_from_env(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let daemon = tokio::spawn(omnigent_daemon::run(daemon_config, listener, async move {

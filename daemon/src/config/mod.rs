@@ -19,6 +19,12 @@
 //! stay as written: the host identity ([`ensure_identity`]) and `[[targets]]` tables ([`add_target`],
 //! [`remove_target`], for `omnigent host URL --background` and `omnigent host stop URL`).
 
+pub mod logfile;
+pub mod ports;
+pub(crate) mod task;
+
+pub use task::ConfigView;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

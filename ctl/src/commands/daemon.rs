@@ -1,4 +1,5 @@
-//! `omnigent daemon run [--foreground]`: the per-user daemon in this process.
+//! The daemon's lifecycle: `omnigent start`, `stop`, `restart`, `status`, and `omnigent daemon run
+//! [--foreground]`, the per-user daemon in this process.
 //!
 //! Without `--foreground` it detaches from whatever started it (new session, cwd /; the spawning CLI already
 //! gave it /dev/null for stdin) and logs only to `daemon.log`. When spawned by a CLI it reports `ready` or
@@ -6,14 +7,23 @@
 //! stop its children in order, then it exits 0.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Result;
 use omnigent_daemon::runtime::LockError;
+use omnigent_daemon::runtime::launch::Connected;
 use omnigent_daemon::{ControlListener, DaemonConfig, DaemonError};
-use omnigent_proto::control as ctl;
+use omnigent_proto::control::{self as ctl, DaemonStatus, ServerStatus};
 use omnigent_proto::paths::Paths;
+use serde_json::json;
 
+use crate::backend::{
+    JsonArgs, StopArgs, client_err, connect_existing, connect_or_start, duration_text,
+    foreign_text, host_line, paths, print_json, print_runners, print_server_block, runtime,
+    state_word, stop_all, wait_target,
+};
 use crate::exit::ConfigError;
+use crate::signals::StopSignals;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -84,21 +94,16 @@ fn run_inner(args: &RunArgs, started_by: String, notify_pipe: bool, systemd: boo
             tunnel_timings: tunnel_timings_from_env(),
         };
         // Listen for SIGTERM/SIGINT before saying ready, so a stop right after ready is graceful too.
-        let signals = {
-            use tokio::signal::unix::{SignalKind, signal};
-            signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
-        };
+        let signals = StopSignals::listen();
         notify(notify_pipe, ctl::NOTIFY_READY);
         if systemd {
             sd_notify("READY=1");
         }
         let shutdown = async move {
             match signals {
-                Ok((mut term, mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => tracing::info!("SIGTERM received"),
-                        _ = int.recv() => tracing::info!("SIGINT received"),
-                    }
+                Ok(mut signals) => {
+                    let which = signals.recv().await;
+                    tracing::info!("{which} received");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; stop the daemon with `omnigent stop`");
@@ -250,4 +255,160 @@ pub(crate) fn control_limits_from_env() -> omnigent_daemon::ControlLimits {
         limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
     }
     limits
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Address the local server listens on. Only loopback (127.0.0.1) until LAN access lands.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) bind: String,
+    /// Print JSON (schema in docs/cli.md) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn check_bind(bind: &str) -> Result<()> {
+    match bind {
+        "127.0.0.1" | "localhost" => Ok(()),
+        other => Err(ConfigError(format!(
+            "refusing to serve on {other}: LAN access is not available yet (it comes with device pairing); \
+             `omnigent start` serves on 127.0.0.1 only"
+        ))
+        .into()),
+    }
+}
+
+pub fn start(args: StartArgs) -> Result<()> {
+    check_bind(&args.bind)?;
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let (mut client, how) = connect_or_start(&paths).await?;
+        let server = client.server_start().await.map_err(client_err)?;
+        let daemon_pid = client.daemon.pid;
+        // This machine registers itself with the local server as a host; say how that went (never fatal:
+        // the server is up either way, and the tunnel keeps retrying).
+        let host = match &server.url {
+            Some(url) => wait_target(&mut client, url, START_HOST_WAIT, true)
+                .await
+                .ok(),
+            None => None,
+        };
+        if args.json {
+            return print_json(&json!({
+                "daemon": {
+                    "pid": daemon_pid,
+                    "version": client.daemon.build_version,
+                    "started": how != Connected::Reused,
+                },
+                "server": server,
+                "host": host.as_ref().map(|(t, _)| t),
+            }));
+        }
+        match how {
+            Connected::Reused => println!("omnigent is running (daemon pid {daemon_pid})."),
+            _ => println!("Started omnigent (daemon pid {daemon_pid})."),
+        }
+        print_server_lines(&server);
+        if let Some((t, st)) = &host {
+            println!("  host:   {}", host_line(t, st));
+        }
+        println!("  logs:   {}", paths.logs_dir().display());
+        println!("Stop it with:\n  omnigent stop");
+        Ok(())
+    })
+}
+
+/// How long `start` waits for the host to be online with the local server before reporting its state.
+const START_HOST_WAIT: Duration = Duration::from_secs(5);
+
+fn print_server_lines(s: &ServerStatus) {
+    match (&s.url, s.pid) {
+        (Some(url), Some(pid)) => println!("  server: {url} (pid {pid})"),
+        (Some(url), None) => println!("  server: {url}"),
+        _ => println!("  server: {}", state_word(s.state)),
+    }
+    if let Some(f) = &s.foreign {
+        eprintln!("note: {}", foreign_text(f));
+    }
+}
+
+pub fn stop(args: StopArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let stopped = stop_all(&paths, args.force).await?;
+        if args.json {
+            return print_json(&json!({ "stopped": stopped }));
+        }
+        if stopped.is_empty() {
+            println!("Nothing to stop.");
+        } else {
+            println!("Stopped {}.", stopped.join(", "));
+        }
+        Ok(())
+    })
+}
+
+pub fn restart(args: StartArgs) -> Result<()> {
+    check_bind(&args.bind)?;
+    let paths = paths()?;
+    let stopped = runtime()?.block_on(stop_all(&paths, false))?;
+    if !stopped.is_empty() && !args.json {
+        println!("Stopped {}.", stopped.join(", "));
+    }
+    start(args)
+}
+
+pub fn status(args: JsonArgs) -> Result<()> {
+    let paths = paths()?;
+    runtime()?.block_on(async {
+        let Some(mut client) = connect_existing(&paths).await? else {
+            if args.json {
+                return print_json(&json!({ "running": false }));
+            }
+            println!("omnigent daemon: not running (start it with `omnigent start`)");
+            return Ok(());
+        };
+        let status = client.status().await.map_err(client_err)?;
+        if args.json {
+            let mut v = serde_json::to_value(&status)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("running".into(), true.into());
+            }
+            return print_json(&v);
+        }
+        print_status(&status);
+        Ok(())
+    })
+}
+
+fn print_status(st: &DaemonStatus) {
+    let d = &st.daemon;
+    println!(
+        "daemon   running, pid {}, omnigent {} (protocol {}), up {}, started by {}",
+        d.pid,
+        d.version,
+        d.protocol_version,
+        duration_text(d.uptime_ms),
+        d.started_by
+    );
+    print_server_block(&st.server, "server   ");
+    if st.targets.is_empty() {
+        println!("targets  none");
+    }
+    for t in &st.targets {
+        let kind = if t.local { "local" } else { "remote" };
+        println!("targets  {} ({kind}): host {}", t.url, host_line(t, st));
+    }
+    if st.runners.is_empty() {
+        println!("runners  none");
+    }
+    print_runners(st, "runners  ");
+    println!(
+        "config   {} (host '{}', id {})",
+        st.config.path, st.config.host_name, st.config.host_id
+    );
+    if let Some(e) = &st.config.error {
+        println!("         error: {e}");
+    }
+    println!("logs     {}\n         {}", st.logs.daemon, st.logs.server);
 }

@@ -16,11 +16,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::RestartPolicy;
-use crate::host_tunnel::{
+use super::host_tunnel::{
     self, HostAuth, HostTunnelConfig, HostTunnelError, HostTunnelState, HostTunnelTimings,
 };
-use crate::runners::{self, RunnerContext, Runners};
+use crate::supervise::backoff::RestartPolicy;
+use crate::supervise::runners::{self, RunnerContext, Runners};
+use crate::supervise::tasks::Tasks;
 
 /// `OMNIGENT_HOST_TOKEN`: a managed host's token, sent as `X-Omnigent-Host-Token`.
 pub const HOST_TOKEN_ENV: &str = "OMNIGENT_HOST_TOKEN";
@@ -34,10 +35,12 @@ pub struct TargetsContext {
     pub host_id: String,
     pub host_name: String,
     /// The config in force (runners read `env_passthrough` from it).
-    pub config: watch::Receiver<crate::ConfigView>,
+    pub config: watch::Receiver<crate::config::ConfigView>,
     /// Tunnel timings (tests shrink them).
     pub timings: HostTunnelTimings,
     pub revision: watch::Sender<u64>,
+    /// Where the targets task, each tunnel and each runner supervisor run.
+    pub tasks: Tasks,
 }
 
 /// One target as status shows it.
@@ -194,7 +197,8 @@ impl Wanted {
 pub fn spawn_targets(ctx: TargetsContext) -> Targets {
     let (cmds_tx, mut cmds) = mpsc::channel(32);
     let (views_tx, views) = watch::channel(Vec::<TargetView>::new());
-    tokio::spawn(async move {
+    let tasks = ctx.tasks.clone();
+    tasks.spawn(async move {
         let mut live: BTreeMap<String, Live> = BTreeMap::new();
         let mut wanted = Wanted::default();
         // Set once the daemon stops: nothing is started any more.
@@ -270,7 +274,7 @@ pub fn spawn_targets(ctx: TargetsContext) -> Targets {
 }
 
 fn runners_grace() -> Duration {
-    crate::process::STOP_GRACE
+    crate::supervise::process::STOP_GRACE
 }
 
 fn publish(
@@ -319,6 +323,7 @@ fn start_target(ctx: &TargetsContext, url: &str, local: bool, persistent: bool) 
         config: ctx.config.clone(),
         exits: reporter,
         revision: ctx.revision.clone(),
+        tasks: ctx.tasks.clone(),
     });
     let mut config = HostTunnelConfig::new(url, &ctx.host_id, &ctx.host_name);
     config.timings = ctx.timings.clone();
@@ -329,7 +334,7 @@ fn start_target(ctx: &TargetsContext, url: &str, local: bool, persistent: bool) 
     }
     let (state_tx, state) = watch::channel(HostTunnelState::Connecting);
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(host_tunnel::run_host_tunnel(
+    let task = ctx.tasks.spawn(host_tunnel::run_host_tunnel(
         config,
         runners.clone(),
         exits,
@@ -339,7 +344,7 @@ fn start_target(ctx: &TargetsContext, url: &str, local: bool, persistent: bool) 
     // Status long-polls follow tunnel state changes.
     let mut follow = state.clone();
     let revision = ctx.revision.clone();
-    tokio::spawn(async move {
+    ctx.tasks.spawn(async move {
         while follow.changed().await.is_ok() {
             revision.send_modify(|r| *r += 1);
         }
@@ -406,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn an_older_config_load_never_undoes_a_newer_one() {
         let home = tempfile::tempdir().unwrap();
-        let (_config_tx, config_rx) = watch::channel(crate::ConfigView {
+        let (_config_tx, config_rx) = watch::channel(crate::config::ConfigView {
             config: Default::default(),
             error: None,
             loads: 1,
@@ -420,6 +425,7 @@ mod tests {
             config: config_rx,
             timings: HostTunnelTimings::default(),
             revision: watch::channel(0).0,
+            tasks: Tasks::new(),
         });
         // Port 9 on loopback: nothing answers, the tunnel keeps reconnecting; no network is used.
         let a = "http://127.0.0.1:9";

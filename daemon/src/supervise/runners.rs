@@ -5,37 +5,36 @@
 //! A runner is `<exe> runner --server <target> --workspace <ws> [--harness <h>]` with the binding token in
 //! `OMNIGENT_RUNNER_TOKEN` (not on the command line, where `ps` shows it), cwd = the workspace, an environment
 //! built from [`RUNNER_ENV`] alone, its own process group, PR_SET_PDEATHSIG, and stdout/stderr in
-//! `logs/runners/<id>.log` (rotated). Each child is waited on by a small watcher task that reports the exit
-//! back to the supervisor task (and does the SIGTERM/grace/SIGKILL when asked to stop it).
+//! `logs/runners/<id>.log` (rotated): a [`child`](super::child), like the local server. Each child is waited
+//! on by a small watcher task that reports the exit back to the supervisor task (and does the
+//! SIGTERM/grace/SIGKILL when asked to stop it).
 //!
 //! On an exit: code 0 is an idle runner's clean exit (silent, forgotten). Anything else is reported as
 //! `host.runner_exited` with the exit code and log tail, then relaunched with the same token (so the same
 //! runner id) after the backoff of DESIGN §6, until 5 short runs within 120 s make it a crash loop (kept for
 //! `omnigent status` with its last exits). Exit 78 (a refusal no retry fixes) is not relaunched.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use omnigent_proto::control::{ChildExit, ChildState, RunnerStatus as RunnerView};
+use omnigent_proto::control::{ChildState, RunnerStatus as RunnerView};
 use omnigent_proto::harness::{self, Harness};
 use omnigent_proto::host_frames::LaunchErrorCode;
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_proto::paths::Paths;
 use serde_json::{Map, Value};
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 
-use crate::backoff::{AfterExit, CrashTracker, RestartPolicy};
-use crate::host_tunnel::{
+use super::backoff::{AfterExit, RestartPolicy};
+use super::child::{ChildLog, Exit, Restarts, Running};
+use super::process::{self, ChildSpec, STOP_GRACE};
+use super::tasks::Tasks;
+use crate::config::logfile::tail_lines;
+use crate::hosting::host_tunnel::{
     ExitReporter, FATAL_EXIT_CODE, HostActions, LaunchError, LaunchRequest, RunnerStatus,
 };
-use crate::logfile::{self, RotatingFile, tail_lines};
-use crate::process::{self, ChildSpec, STOP_GRACE};
 
 /// Variables handed to runners from the daemon's environment (reference host §2, "daemon → runner"), by
 /// exact name. Everything else is dropped: the daemon's secrets for other systems never reach a tool.
@@ -97,8 +96,6 @@ pub const RUNNER_ENV_PREFIXES: &[&str] = &[
 /// Never handed to runners even when a prefix matches: the server's database belongs to the server.
 const RUNNER_ENV_DENIED: &[&str] = &["OMNIGENT_DATABASE_URI"];
 
-/// Exits remembered per runner for status.
-const KEEP_EXITS: usize = 10;
 /// Log lines in an exit report (reference host §4.3: ≤ 15 lines).
 const TAIL_LINES: usize = 15;
 
@@ -146,11 +143,13 @@ pub struct RunnerContext {
     pub server_url: String,
     pub policy: RestartPolicy,
     /// The config in force (its `env_passthrough` is read at each spawn, so edits apply to the next runner).
-    pub config: watch::Receiver<crate::ConfigView>,
+    pub config: watch::Receiver<crate::config::ConfigView>,
     /// Where exits are reported (`host.runner_exited`).
     pub exits: ExitReporter,
     /// Bumped on every change (status long-polls wait on it).
     pub revision: watch::Sender<u64>,
+    /// Where the supervisor, its watchers, timers and log pumps run.
+    pub tasks: Tasks,
 }
 
 enum Cmd {
@@ -161,7 +160,7 @@ enum Cmd {
     Exited {
         id: String,
         generation: u64,
-        status: Option<ExitStatus>,
+        exit: Exit,
     },
     Relaunch {
         id: String,
@@ -256,6 +255,7 @@ impl HostActions for Runners {
 pub fn spawn_runners(ctx: RunnerContext) -> Runners {
     let (cmd_tx, cmds) = mpsc::channel(64);
     let (views_tx, views) = watch::channel(Vec::new());
+    let tasks = ctx.tasks.clone();
     let task = Task {
         self_tx: cmd_tx.downgrade(),
         ctx,
@@ -265,7 +265,7 @@ pub fn spawn_runners(ctx: RunnerContext) -> Runners {
         generation: 0,
         stop_all: Vec::new(),
     };
-    tokio::spawn(task.run());
+    tasks.spawn(task.run());
     Runners {
         cmds: cmd_tx,
         views,
@@ -284,10 +284,7 @@ struct Entry {
     generation: u64,
     /// Asks the watcher to stop the child with this grace.
     stop: Option<oneshot::Sender<Duration>>,
-    started: Instant,
-    tracker: CrashTracker,
-    exits: VecDeque<ChildExit>,
-    restarts: u32,
+    restarts: Restarts,
     last_error: Option<String>,
     log_tail: Vec<String>,
     log_path: PathBuf,
@@ -336,8 +333,8 @@ impl Task {
             Cmd::Exited {
                 id,
                 generation,
-                status,
-            } => self.exited(&id, generation, status),
+                exit,
+            } => self.exited(&id, generation, exit),
             Cmd::Relaunch { id, generation } => {
                 let Some(entry) = self.runners.get(&id) else {
                     return;
@@ -365,8 +362,8 @@ impl Task {
                 session_id: e.session_id.clone(),
                 harness: e.harness.clone(),
                 workspace: e.workspace.display().to_string(),
-                restarts: e.restarts,
-                last_exits: e.exits.iter().cloned().collect(),
+                restarts: e.restarts.count,
+                last_exits: e.restarts.exits(),
                 last_error: e.last_error.clone(),
                 log_tail: e.log_tail.clone(),
                 log_file: e.log_path.display().to_string(),
@@ -427,7 +424,7 @@ impl Task {
                 }
                 _ => {
                     // Dead or crash-looping: an explicit launch starts afresh.
-                    entry.tracker.reset();
+                    entry.restarts.reset();
                     entry.workspace = workspace;
                     entry.harness = request.harness.clone();
                     entry.session_id = request.session_id.clone().or(entry.session_id.take());
@@ -452,10 +449,7 @@ impl Task {
                     pid: None,
                     generation: 0,
                     stop: None,
-                    started: Instant::now(),
-                    tracker: CrashTracker::new(self.ctx.policy),
-                    exits: VecDeque::new(),
-                    restarts: 0,
+                    restarts: Restarts::new(self.ctx.policy),
                     last_error: None,
                     log_tail: Vec::new(),
                     log_path,
@@ -486,13 +480,8 @@ impl Task {
             code: None,
             message: format!("failed to spawn runner: {what}"),
         };
-        let log = RotatingFile::open(
-            &entry.log_path,
-            logfile::DEFAULT_MAX_BYTES,
-            logfile::DEFAULT_KEEP,
-        )
-        .map_err(|e| fail(format!("cannot open {}: {e}", entry.log_path.display())))?;
-        let log = Arc::new(Mutex::new(log));
+        let log = ChildLog::open(&entry.log_path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", entry.log_path.display())))?;
         let passthrough = self.ctx.config.borrow().config.env_passthrough.clone();
         let mut env = runner_env(std::env::vars_os(), &passthrough);
         env.push(("OMNIGENT_RUNNER_TOKEN".into(), entry.token.clone().into()));
@@ -515,34 +504,24 @@ impl Task {
             cwd: entry.workspace.clone(),
             env_clear: true,
         };
-        let mut child =
-            process::spawn(&spec).map_err(|e| fail(format!("{}: {e}", self.ctx.exe.display())))?;
-        let pid = child.id();
-        log_line(
-            &log,
-            &format!(
-                "--- daemon: started runner pid {} (session {}, harness {}, workspace {})",
-                pid.map_or("?".to_owned(), |p| p.to_string()),
-                entry.session_id.as_deref().unwrap_or("-"),
-                entry.harness.as_deref().unwrap_or("default"),
-                entry.workspace.display()
-            ),
-        );
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(crate::server::pump(out, log.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(crate::server::pump(err, log.clone()));
-        }
+        let (child, _) = Running::spawn(&spec, "runner", &log, &self.ctx.tasks, false)
+            .map_err(|e| fail(format!("{}: {e}", self.ctx.exe.display())))?;
+        let pid = child.pid;
+        log.line(&format!(
+            "--- daemon: started runner pid {} (session {}, harness {}, workspace {})",
+            pid.map_or("?".to_owned(), |p| p.to_string()),
+            entry.session_id.as_deref().unwrap_or("-"),
+            entry.harness.as_deref().unwrap_or("default"),
+            entry.workspace.display()
+        ));
         let (stop_tx, stop_rx) = oneshot::channel();
         entry.generation = generation;
         entry.pid = pid;
         entry.state = ChildState::Running;
-        entry.started = Instant::now();
         entry.stop = Some(stop_tx);
         tracing::info!(runner_id = %id, pid, session_id = ?entry.session_id, "runner started");
         if let Some(tx) = self.self_tx.upgrade() {
-            tokio::spawn(watch_child(
+            self.ctx.tasks.spawn(watch_child(
                 child,
                 stop_rx,
                 id.to_owned(),
@@ -602,18 +581,19 @@ impl Task {
         }
     }
 
-    fn exited(&mut self, id: &str, generation: u64, status: Option<ExitStatus>) {
+    fn exited(&mut self, id: &str, generation: u64, exit: Exit) {
         let Some(entry) = self.runners.get_mut(id) else {
             return;
         };
         if entry.generation != generation {
             return;
         }
-        let (code, signal) = status
-            .as_ref()
-            .map(process::describe_exit)
-            .unwrap_or((None, None));
-        let uptime = entry.started.elapsed();
+        let Exit {
+            code,
+            signal,
+            uptime,
+            ..
+        } = exit;
         entry.pid = None;
         entry.stop = None;
         if entry.state == ChildState::Stopping {
@@ -647,15 +627,7 @@ impl Task {
         let Some(entry) = self.runners.get_mut(id) else {
             return;
         };
-        entry.exits.push_back(ChildExit {
-            code,
-            signal,
-            uptime_ms: uptime.as_millis() as u64,
-            at_ms: crate::server::now_ms(),
-        });
-        while entry.exits.len() > KEEP_EXITS {
-            entry.exits.pop_front();
-        }
+        entry.restarts.record(code, signal, uptime);
         let tail = tail_lines(&entry.log_path, TAIL_LINES);
         let mut error = why.unwrap_or_else(|| {
             let how = match (code, signal) {
@@ -677,17 +649,14 @@ impl Task {
             entry.state = ChildState::Stopped;
             return;
         }
-        match entry
-            .tracker
-            .on_exit(Instant::now(), uptime, rand::random_range(-1.0..=1.0))
-        {
+        match entry.restarts.decide(uptime) {
             AfterExit::RestartAfter(delay) => {
                 entry.state = ChildState::Backoff;
-                entry.restarts += 1;
                 let generation = entry.generation;
                 let id = id.to_owned();
                 if let Some(tx) = self.self_tx.upgrade() {
-                    tokio::spawn(async move {
+                    // Dropped when the daemon stops: a pending relaunch must not hold the task up.
+                    self.ctx.tasks.spawn_until_stopped(async move {
                         tokio::time::sleep(delay).await;
                         let _ = tx.send(Cmd::Relaunch { id, generation }).await;
                     });
@@ -703,53 +672,28 @@ impl Task {
 
 /// Own one child until it exits or the supervisor asks to stop it; report the exit either way.
 async fn watch_child(
-    mut child: Child,
+    mut child: Running,
     stop: oneshot::Receiver<Duration>,
     id: String,
     generation: u64,
     tx: mpsc::Sender<Cmd>,
-    log: Arc<Mutex<RotatingFile>>,
+    log: ChildLog,
 ) {
-    let pid = child.id();
-    let status = tokio::select! {
-        status = process::wait(&mut child) => {
-            // The runner is gone; whatever it left in its group goes too.
-            if let Some(pid) = pid {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-            }
-            status
-        }
-        grace = stop => process::stop(&mut child, grace.unwrap_or(STOP_GRACE)).await,
+    let exit = tokio::select! {
+        // The runner is gone; whatever it left in its group goes too (`wait` sees to it).
+        exit = child.wait() => exit,
+        grace = stop => child.stop(grace.unwrap_or(STOP_GRACE)).await,
     };
-    // Let the log pumps write the last words before the tail is read.
-    tokio::task::yield_now().await;
-    let status = match status {
-        Ok(s) => {
-            let (code, signal) = process::describe_exit(&s);
-            log_line(
-                &log,
-                &format!("--- daemon: runner {}", process::exit_text(code, signal)),
-            );
-            Some(s)
-        }
-        Err(e) => {
-            tracing::warn!(runner_id = %id, error = %e, "cannot collect the runner's exit status");
-            None
-        }
-    };
+    if exit.status.is_some() {
+        log.line(&format!("--- daemon: runner {}", exit.text()));
+    }
     let _ = tx
         .send(Cmd::Exited {
             id,
             generation,
-            status,
+            exit,
         })
         .await;
-}
-
-fn log_line(log: &Arc<Mutex<RotatingFile>>, line: &str) {
-    if let Ok(mut f) = log.lock() {
-        let _ = std::io::Write::write_all(&mut *f, format!("{line}\n").as_bytes());
-    }
 }
 
 /// `~` and `~/x` to the home directory.

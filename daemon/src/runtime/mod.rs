@@ -8,11 +8,14 @@
 //! Two things keep that from ever giving two daemons:
 //! - the daemon checks every [`CHECK_INTERVAL`] (and before every status answer, and whenever a client rings
 //!   it) that the lock file and the socket at their paths are still the inodes it holds, and re-creates them
-//!   (`crate::keeper`);
+//!   (`crate::runtime::keeper`);
 //! - on Linux a second guard that no file operation can remove: an abstract-namespace socket named after the
 //!   runtime dir ([`DaemonGuard`]), bound for the daemon's life. A client that finds no socket asks it
 //!   (its holder's pid comes from `SO_PEERCRED`, so even a frozen daemon is found), and a second daemon
 //!   refuses to start while it is bound.
+
+pub mod keeper;
+pub mod launch;
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

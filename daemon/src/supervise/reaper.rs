@@ -14,9 +14,9 @@ use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::supervise::tasks::Tasks;
 use tokio::process::Child;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 /// Pids of children spawned by us whose exit status is collected by their owner, not by the sweep.
 static OURS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
@@ -80,20 +80,16 @@ pub fn subscribe() -> broadcast::Receiver<u32> {
     reaped_channel().subscribe()
 }
 
-/// Start the SIGCHLD-driven sweep; it runs until `shutdown`. The returned sender announces every pid it
-/// reaped (as does [`subscribe`]).
-pub fn spawn_reaper(shutdown: CancellationToken) -> io::Result<broadcast::Sender<u32>> {
+/// Start the SIGCHLD-driven sweep in `tasks`; it runs until they stop. The returned sender announces every
+/// pid it reaped (as does [`subscribe`]).
+pub fn spawn_reaper(tasks: &Tasks) -> io::Result<broadcast::Sender<u32>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigchld = signal(SignalKind::child())?;
     let tx = reaped_channel().clone();
     let reaped = tx.clone();
-    tokio::spawn(async move {
+    tasks.spawn_until_stopped(async move {
         sweep(&reaped);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                got = sigchld.recv() => if got.is_none() { return },
-            }
+        while sigchld.recv().await.is_some() {
             sweep(&reaped);
         }
     });

@@ -8,7 +8,7 @@ use omnigent_proto::control::ForeignListener;
 pub fn listener_owner(port: u16) -> ForeignListener {
     let pid = proc_listener_pid(port).or_else(|| lsof_listener_pid(port));
     let command = pid
-        .and_then(crate::process::command_line)
+        .and_then(crate::supervise::process::command_line)
         .or_else(|| pid.and_then(ps_command));
     ForeignListener { port, pid, command }
 }
@@ -63,7 +63,7 @@ fn lsof_listener_pid(port: u16) -> Option<u32> {
     if Path::new("/proc/net/tcp").exists() {
         return None;
     }
-    let _pause = crate::process::reaper::pause();
+    let _pause = crate::supervise::reaper::pause();
     let out = std::process::Command::new("lsof")
         .args(["-nP", &format!("-iTCP:{port}"), "-sTCP:LISTEN", "-t"])
         .stdin(std::process::Stdio::null())
@@ -79,7 +79,7 @@ fn lsof_listener_pid(port: u16) -> Option<u32> {
 }
 
 fn ps_command(pid: u32) -> Option<String> {
-    let _pause = crate::process::reaper::pause();
+    let _pause = crate::supervise::reaper::pause();
     let out = std::process::Command::new("ps")
         .args(["-o", "command=", "-p", &pid.to_string()])
         .stdin(std::process::Stdio::null())

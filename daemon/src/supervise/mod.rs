@@ -1,0 +1,11 @@
+//! Supervision of the daemon's children: one supervised-child type ([`child`]) behind the local server
+//! ([`local_server`]) and the runners ([`runners`]), every task tracked ([`tasks`]); process groups and signals ([`process`]), the
+//! subreaper for orphans ([`reaper`]) and the restart rules ([`backoff`]).
+
+pub mod backoff;
+pub mod child;
+pub mod local_server;
+pub mod process;
+pub mod reaper;
+pub mod runners;
+pub mod tasks;
