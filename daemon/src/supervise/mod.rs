@@ -1,6 +1,6 @@
 //! Supervision of the daemon's children: one supervised-child type ([`child`]) behind the local server
-//! ([`local_server`]) and the runners ([`runners`]), every task tracked ([`tasks`]); process groups and signals ([`process`]), the
-//! subreaper for orphans ([`reaper`]) and the restart rules ([`backoff`]).
+//! ([`local_server`]) and the runners ([`runners`]); process groups and signals ([`process`]), the subreaper
+//! for orphans ([`reaper`]), the restart rules ([`backoff`]), and every task the daemon spawns ([`tasks`]).
 
 pub mod backoff;
 pub mod child;
