@@ -465,6 +465,12 @@ pub struct SessionListItem {
     pub parent_session_id: Option<String>,
     pub kind: String,
     pub sub_agent_name: Option<String>,
+    /// The reader's "last seen" baseline (`PUT …/read-state`), epoch seconds; `null` when never set.
+    #[serde(default)]
+    pub viewer_last_seen: Option<i64>,
+    /// The reader marked the session unread.
+    #[serde(default)]
+    pub viewer_unread: bool,
 }
 
 /// `GET /v1/sessions/{id}`, and the answer of create, patch and fork.
