@@ -136,7 +136,7 @@ pub enum ServerEvent {
         conversation_id: String,
         viewers: Vec<Value>,
         /// Ours: every open stream of the session (`crate::live::PresenceConnection`).
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         connections: Vec<crate::live::PresenceConnection>,
     },
     #[serde(rename = "session.terminal_pending")]

@@ -1,8 +1,8 @@
 //! Who is watching a session: every open `GET …/stream` is one connection, registered while its response
-//! lives. Whenever the list changes while more than one stream is open (a second one joins, or one of several
-//! leaves), every stream of the session writes `session.presence` with the full list (never a delta), out of
-//! band like a heartbeat: it takes no sequence number and is never replayed. A stream alone on its session
-//! gets none (nobody else is watching), so a single reader's stream is unchanged.
+//! lives. A stream opened with `?presence=true` (ours) writes `session.presence` with the full list (never a
+//! delta) when it opens and whenever the list changes, out of band like a heartbeat: it takes no sequence
+//! number and is never replayed. Other streams are counted but write none, so existing readers see the
+//! stream they always saw (0.19.1 sends `viewers: []` to a single-user server's streams anyway).
 //!
 //! 0.19.1 lists distinct signed-in users in `viewers` and never the single-user `local`, so ours stays empty
 //! there; `connections` (ours) lists the streams.
@@ -40,8 +40,9 @@ impl Presence {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Register one stream of `session_id`; it stays listed until the returned guard is dropped.
-    pub fn join(&self, session_id: &str, idle: bool) -> Watching {
+    /// Register one stream of `session_id`; it stays listed until the returned guard is dropped. With
+    /// `announce`, the guard yields the list now and at every change ([`Watching::changed`]).
+    pub fn join(&self, session_id: &str, idle: bool, announce: bool) -> Watching {
         let mut state = self.lock();
         state.next_connection += 1;
         let connection_id = format!("c{}", state.next_connection);
@@ -57,26 +58,17 @@ impl Presence {
             joined_at: iso8601_utc(crate::now_ms() / 1000),
             idle,
         });
-        let mut rx = watched.tx.subscribe();
-        if watched.list.len() > 1 {
-            watched.tx.send_replace(watched.list.clone());
-            rx.mark_changed();
-        }
-        Watching {
+        watched.tx.send_replace(watched.list.clone());
+        let rx = watched.tx.subscribe();
+        let mut watching = Watching {
             presence: self.clone(),
             session_id: session_id.to_owned(),
             connection_id,
             rx,
-        }
-    }
-
-    /// The open streams of `session_id`, in join order.
-    pub fn connections(&self, session_id: &str) -> Vec<PresenceConnection> {
-        self.lock()
-            .by_session
-            .get(session_id)
-            .map(|w| w.list.clone())
-            .unwrap_or_default()
+            announce,
+        };
+        watching.rx.mark_changed();
+        watching
     }
 }
 
@@ -87,12 +79,14 @@ pub struct Watching {
     session_id: String,
     connection_id: String,
     rx: watch::Receiver<Vec<PresenceConnection>>,
+    /// This stream writes `session.presence` (`?presence=true`).
+    announce: bool,
 }
 
 impl Watching {
     /// The next `session.presence` event (JSON) to write to this stream; pending until the list changes.
     pub async fn changed(&mut self) -> String {
-        if self.rx.changed().await.is_err() {
+        if !self.announce || self.rx.changed().await.is_err() {
             // The sender lives as long as any stream of the session, this one included.
             std::future::pending::<()>().await;
         }
@@ -110,13 +104,12 @@ impl Drop for Watching {
     fn drop(&mut self) {
         let mut state = self.presence.lock();
         if let Some(watched) = state.by_session.get_mut(&self.session_id) {
-            let before = watched.list.len();
             watched
                 .list
                 .retain(|c| c.connection_id != self.connection_id);
             if watched.list.is_empty() {
                 state.by_session.remove(&self.session_id);
-            } else if before > 1 {
+            } else {
                 watched.tx.send_replace(watched.list.clone());
             }
         }

@@ -4,11 +4,12 @@
 
 mod common;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use common::{TestServer, WAIT, json_of};
 use futures_util::{SinkExt, StreamExt};
-use omnigent_proto::events::SseMessage;
+use omnigent_proto::events::{SseMessage, SseParser};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -663,68 +664,111 @@ async fn external_events_in_python_shapes_work_without_a_runner() {
 // ---------------------------------------------------------------------------------------------------------
 // session.presence
 
-#[tokio::test]
-async fn presence_lists_the_open_streams_on_join_and_leave() {
-    let (_home, srv) = server().await;
-    let id = srv.create_session("watched").await;
-    let mut a = srv.stream(&id, None).await;
-    a.expect().await;
-    // Alone: no presence event (the next event is the delta).
-    srv.delta(&id, "one").await;
-    let m = a.next_non_heartbeat().await.expect("event");
-    assert_eq!(m.event.as_deref(), Some("response.output_text.delta"));
+/// One `GET …/stream?presence=true…` response, read event by event.
+struct Stream {
+    resp: reqwest::Response,
+    parser: SseParser,
+    pending: VecDeque<SseMessage>,
+}
 
-    let mut b = srv.stream(&id, None).await;
-    assert_eq!(b.expect().await.event.as_deref(), Some("session.heartbeat"));
-    for sse in [&mut a, &mut b] {
-        let m = next_presence(sse).await;
-        let v = json_of(&m);
-        assert_eq!(v["conversation_id"], id.as_str());
-        assert_eq!(v["viewers"], json!([]));
-        let connections = v["connections"].as_array().expect("connections");
-        assert_eq!(connections.len(), 2, "{v}");
-        assert!(
-            connections[0]["joined_at"]
-                .as_str()
-                .expect("joined_at")
-                .ends_with('Z')
-        );
-        assert_eq!(connections[1]["idle"], false);
+impl Stream {
+    async fn open(srv: &TestServer, id: &str, query: &str) -> Stream {
+        let resp = srv
+            .client
+            .get(srv.u(&format!("/v1/sessions/{id}/stream?{query}")))
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(resp.status(), 200);
+        Stream {
+            resp,
+            parser: SseParser::new(1 << 20),
+            pending: VecDeque::new(),
+        }
+    }
+
+    async fn next(&mut self) -> SseMessage {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return m;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
+                .await
+                .expect("an event in time")
+                .expect("read")
+                .expect("the stream is open");
+            self.pending
+                .extend(self.parser.push(&chunk).expect("event fits"));
+        }
+    }
+
+    /// The next event that is not a heartbeat.
+    async fn event(&mut self) -> SseMessage {
+        loop {
+            let m = self.next().await;
+            if m.event.as_deref() != Some("session.heartbeat") {
+                return m;
+            }
+        }
+    }
+
+    /// The connections of the next event, which must be `session.presence`.
+    async fn presence(&mut self, session: &str) -> Vec<Value> {
+        let m = self.event().await;
+        assert_eq!(m.event.as_deref(), Some("session.presence"), "{}", m.data);
         assert!(
             m.id.is_some(),
             "it carries the stream's cursor like a heartbeat"
         );
+        let v = json_of(&m);
+        assert_eq!(v["conversation_id"], session);
+        assert_eq!(v["viewers"], json!([]));
+        v["connections"].as_array().expect("connections").clone()
     }
-    // b leaves: a is told it is alone again.
-    drop(b);
-    let v = json_of(&next_presence(&mut a).await);
-    assert_eq!(
-        v["connections"].as_array().expect("connections").len(),
-        1,
-        "{v}"
+}
+
+#[tokio::test]
+async fn presence_lists_the_open_streams_on_join_and_leave() {
+    let (_home, srv) = server().await;
+    let id = srv.create_session("watched").await;
+    // A stream that does not ask gets no presence (the next event after the ready heartbeat is the delta),
+    // but is counted.
+    let mut plain = srv.stream(&id, None).await;
+    plain.expect().await;
+    let mut a = Stream::open(&srv, &id, "presence=true").await;
+    let joined = a.presence(&id).await;
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    assert!(
+        joined[1]["joined_at"]
+            .as_str()
+            .expect("joined_at")
+            .ends_with('Z')
     );
-    // An idle tab says so.
-    let resp = srv
-        .client
-        .get(srv.u(&format!("/v1/sessions/{id}/stream?idle=true")))
-        .send()
-        .await
-        .expect("stream");
-    assert_eq!(resp.status(), 200);
-    let v = json_of(&next_presence(&mut a).await);
-    assert_eq!(v["connections"][1]["idle"], true, "{v}");
+    assert_eq!(joined[1]["idle"], false);
+    srv.delta(&id, "one").await;
+    let m = plain.next_non_heartbeat().await.expect("event");
+    assert_eq!(m.event.as_deref(), Some("response.output_text.delta"));
+    assert_eq!(
+        a.event().await.event.as_deref(),
+        Some("response.output_text.delta")
+    );
+
+    // Another joins (a backgrounded tab): both announcing streams get the list of three.
+    let mut b = Stream::open(&srv, &id, "presence=true&idle=true").await;
+    for s in [&mut a, &mut b] {
+        let list = s.presence(&id).await;
+        assert_eq!(list.len(), 3, "{list:?}");
+        assert_eq!(list[2]["idle"], true);
+    }
+    // Leaves: the others are told.
+    drop(b);
+    assert_eq!(a.presence(&id).await.len(), 2);
+    drop(plain);
+    let alone = a.presence(&id).await;
+    assert_eq!(alone.len(), 1);
+    assert_eq!(alone[0], joined[1]);
     let (status, _) = srv
         .get(&format!("/v1/sessions/{id}/stream?idle=maybe"))
         .await;
     assert_eq!(status, 400);
-}
-
-async fn next_presence(sse: &mut common::Sse) -> SseMessage {
-    loop {
-        let m = sse.expect().await;
-        if m.event.as_deref() == Some("session.presence") {
-            return m;
-        }
-        assert_eq!(m.event.as_deref(), Some("session.heartbeat"), "{}", m.data);
-    }
 }

@@ -485,11 +485,13 @@ async fn session_row(st: &AppState, raw: &str) -> Result<SessionRow, ApiError> {
         .ok_or_else(ApiError::session_not_found)
 }
 
-/// `GET /v1/sessions/{id}/stream` query: `idle=true` from a backgrounded tab (shown in `session.presence`).
+/// `GET /v1/sessions/{id}/stream` query: `idle=true` from a backgrounded tab (shown in `session.presence`);
+/// `presence=true` (ours) to receive `session.presence` (see `crate::presence`).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default)]
 pub struct StreamQuery {
     pub idle: Option<bool>,
+    pub presence: Option<bool>,
 }
 
 /// The item of an `external_conversation_item` in 0.19.1's shape, `data: {item_type, item_data,

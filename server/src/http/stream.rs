@@ -48,7 +48,9 @@ pub async fn stream(
     };
     let sub = st.sessions.subscribe(&id, after).await?;
     // liveapi hook: listed in `session.presence` while this response lives.
-    let watching = st.presence.join(&id, q.idle.unwrap_or(false));
+    let watching = st
+        .presence
+        .join(&id, q.idle.unwrap_or(false), q.presence.unwrap_or(false));
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + st.heartbeat_interval,
         st.heartbeat_interval,
