@@ -185,6 +185,40 @@ async fn updates_snapshot_then_changes_removals_and_new_sessions() {
 }
 
 #[tokio::test]
+async fn updates_follow_runner_liveness() {
+    let home = tempfile::tempdir().expect("tmp");
+    let srv = TestServer::start_with(home.path(), |c| {
+        c.tunnel.ping_interval = Duration::from_millis(20);
+    })
+    .await;
+    let id = srv.create_session("bound").await;
+    let mut ws = dial(&srv, None).await.expect("upgrade");
+    watch(&mut ws, json!([id])).await;
+    let snap = event(&mut ws).await;
+    assert_eq!(snap["items"][0]["runner_online"], false);
+    let token = "runner_token_live_api_liveness";
+    let runner = common::fake_runner::FakeRunner::connect(&srv, token, "idle").await;
+    let runner_id = omnigent_proto::ids::runner_id_for_token(token);
+    let (status, body) = srv
+        .patch(
+            &format!("/v1/sessions/{id}"),
+            json!({"runner_id": runner_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let changed = event(&mut ws).await;
+    assert_eq!(changed["type"], "changed", "{changed}");
+    assert_eq!(changed["items"][0]["runner_id"], runner_id.as_str());
+    assert_eq!(changed["items"][0]["runner_online"], true);
+    // The runner goes away: the entry says so without any write to the session.
+    runner.task.abort();
+    drop(runner);
+    let changed = event(&mut ws).await;
+    assert_eq!(changed["type"], "changed", "{changed}");
+    assert_eq!(changed["items"][0]["runner_online"], false);
+}
+
+#[tokio::test]
 async fn updates_bad_frames_get_an_error_frame_and_the_socket_stays_usable() {
     let (_home, srv) = server().await;
     let a = srv.create_session("a").await;

@@ -14,8 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use omnigent_proto::api::{
-    DEFAULT_SESSIONS_LIMIT, ErrorCode, ListEnvelope, MAX_LIST_LIMIT, Order, PageQuery,
-    SessionListItem,
+    DEFAULT_SESSIONS_LIMIT, ErrorCode, ListEnvelope, Order, PageQuery, SessionListItem,
 };
 use omnigent_proto::ids::canonical_id;
 use omnigent_proto::live::{
@@ -26,7 +25,7 @@ use omnigent_tunnel::auth::origin_allowed;
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::sessions::live_list_items;
+use super::sessions::{check_limit, live_list_items};
 use super::{ApiError, AppState, JsonBody, Q, json, session_id};
 use crate::store::SessionRow;
 use crate::updates::{Change, Notice};
@@ -388,15 +387,7 @@ pub async fn child_sessions(
     Q(q): Q<PageQuery>,
 ) -> Result<Response, ApiError> {
     let parent = session_row(&st, &raw).await?;
-    let limit = match q.limit {
-        None => DEFAULT_SESSIONS_LIMIT as usize,
-        Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(ApiError::invalid(format!(
-                "limit={n} is out of range; use 1 to {MAX_LIST_LIMIT}"
-            )));
-        }
-    };
+    let limit = check_limit(q.limit, DEFAULT_SESSIONS_LIMIT)? as usize;
     let mut rows = st.store.child_sessions(&parent.id, MAX_CHILDREN).await?;
     if q.order.unwrap_or(Order::Desc) == Order::Desc {
         rows.reverse();

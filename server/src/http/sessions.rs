@@ -196,7 +196,7 @@ pub async fn list(
     ))
 }
 
-fn check_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+pub(super) fn check_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
     match limit {
         None => Ok(default),
         Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
