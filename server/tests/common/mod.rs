@@ -218,17 +218,13 @@ impl Sse {
         self.next().await.expect("the stream ended early")
     }
 
-    /// The next event that is not a heartbeat (nor `session.presence`, the other out-of-band frame: several
-    /// streams of one session announce each other). Fails the test if none comes within [`WAIT`]
-    /// (heartbeats alone do not count as progress).
+    /// The next event that is not a heartbeat. Fails the test if none comes within [`WAIT`] (heartbeats
+    /// alone do not count as progress).
     pub async fn next_non_heartbeat(&mut self) -> Option<SseMessage> {
         let found = tokio::time::timeout(WAIT, async {
             loop {
                 let m = self.next().await?;
-                if !matches!(
-                    m.event.as_deref(),
-                    Some("session.heartbeat" | "session.presence")
-                ) {
+                if m.event.as_deref() != Some("session.heartbeat") {
                     return Some(m);
                 }
             }
