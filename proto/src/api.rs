@@ -463,8 +463,16 @@ pub struct SessionListItem {
     pub archived: bool,
     pub pending_elicitations_count: u32,
     pub parent_session_id: Option<String>,
+    /// Ours (`default` or `sub_agent`); absent from a 0.19.1 entry.
+    #[serde(default)]
     pub kind: String,
     pub sub_agent_name: Option<String>,
+    /// The reader's "last seen" baseline (`PUT …/read-state`), epoch seconds; `null` when never set.
+    #[serde(default)]
+    pub viewer_last_seen: Option<i64>,
+    /// The reader marked the session unread.
+    #[serde(default)]
+    pub viewer_unread: bool,
 }
 
 /// `GET /v1/sessions/{id}`, and the answer of create, patch and fork.

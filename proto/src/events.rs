@@ -135,6 +135,9 @@ pub enum ServerEvent {
         sequence_number: Option<i64>,
         conversation_id: String,
         viewers: Vec<Value>,
+        /// Ours: every open stream of the session (`crate::live::PresenceConnection`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        connections: Vec<crate::live::PresenceConnection>,
     },
     #[serde(rename = "session.terminal_pending")]
     TerminalPending {

@@ -3,6 +3,8 @@
 //! - [`api`] and [`events`]: the public HTTP API and SSE events (clients ⇄ server), omnigent-compatible.
 //! - [`runner_frames`]: runner tunnel v1 frames (runner ⇄ server), omnigent-compatible.
 //! - [`host_frames`]: host tunnel v1 frames (daemon ⇄ server), omnigent-compatible.
+//! - [`live`]: what a live web client needs beyond sessions (the session-list WebSocket, read state,
+//!   projects, catalogs, presence), omnigent-compatible.
 //! - [`control`]: the local control API (CLI ⇄ daemon), ours.
 //! - [`harness`]: the harness table (names, aliases, credential variables), read by the daemon and the runner.
 //! - [`exit`]: process exit codes.
@@ -21,6 +23,7 @@ pub mod harness;
 pub mod headers;
 pub mod host_frames;
 pub mod ids;
+pub mod live;
 pub mod paths;
 pub mod runner_frames;
 

@@ -115,6 +115,8 @@ fn list_item_and_create_shapes() {
         parent_session_id: None,
         kind: "default".into(),
         sub_agent_name: None,
+        viewer_last_seen: None,
+        viewer_unread: false,
     };
     let v = serde_json::to_value(&item).expect("ser");
     assert_eq!(v["status"], "running");

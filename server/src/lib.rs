@@ -24,8 +24,10 @@ mod conn;
 pub mod feed;
 pub mod hosts;
 mod http;
+pub mod presence;
 pub mod relay;
 pub mod store;
+pub mod updates;
 
 pub use store::{DatabaseLocation, OpenError, Store};
 

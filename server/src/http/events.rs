@@ -91,9 +91,11 @@ pub async fn post_event(
             Ok(accepted(false, None))
         }
         "external_conversation_item" => {
-            let item_value = data
-                .get("item")
-                .filter(|v| v.is_object())
+            // liveapi hook: 0.19.1's `{item_type, item_data, response_id?}` (http/live.rs).
+            let python = super::live::python_external_item(data)?;
+            let item_value = python
+                .as_ref()
+                .or_else(|| data.get("item").filter(|v| v.is_object()))
                 .unwrap_or(&ev.data);
             let kind = item_value
                 .get("type")

@@ -21,9 +21,11 @@ use crate::store::{Store, StoreError};
 use crate::{ServerConfig, now_ms};
 use omnigent_tunnel::auth::origin_allowed;
 
+mod catalog;
 mod events;
 mod host_check;
 mod hosts;
+mod live;
 mod misc;
 mod runners;
 mod sessions;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub started_at: i64,
     /// The `Host` names requests may be sent to.
     pub allowed_hosts: host_check::HostAllowList,
+    /// Who is watching each session (`session.presence`).
+    pub presence: crate::presence::Presence,
 }
 
 impl AppState {
@@ -69,6 +73,7 @@ impl AppState {
             database: config.database.display().into(),
             started_at: now_ms() / 1000,
             allowed_hosts: host_check::HostAllowList::new(&config.allowed_hosts),
+            presence: crate::presence::Presence::default(),
         }
     }
 }
@@ -118,6 +123,29 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(events::post_event),
         )
         .route("/v1/sessions/{id}/stream", get(stream::stream))
+        // Live web client routes (liveapi): http/live.rs, http/catalog.rs.
+        .route("/v1/sessions/updates", get(live::updates))
+        .route("/v1/sessions/projects", get(catalog::projects))
+        .route(
+            "/v1/sessions/{id}/read-state",
+            axum::routing::put(live::put_read_state),
+        )
+        .route("/v1/sessions/{id}/agent", get(live::agent))
+        .route(
+            "/v1/sessions/{id}/child_sessions",
+            get(live::child_sessions),
+        )
+        .route(
+            "/v1/sessions/{id}/resources/terminals",
+            get(live::terminals),
+        )
+        .route("/v1/harnesses", get(catalog::harnesses))
+        .route("/v1/extensions", get(catalog::extensions))
+        .route("/v1/skills", get(catalog::skills))
+        .route(
+            "/v1/projects/order",
+            get(catalog::get_project_order).put(catalog::put_project_order),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_cross_origin_writes))

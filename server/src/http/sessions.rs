@@ -189,29 +189,14 @@ pub async fn list(
         }),
     };
     let (rows, has_more) = st.store.list_sessions(&params).await?;
-    let runners = st.sessions.runners();
-    let data: Vec<SessionListItem> = rows
-        .iter()
-        .map(|row| {
-            let mut item = list_item(row);
-            item.runner_online = row
-                .runner_id
-                .as_deref()
-                .is_some_and(|r| runners.is_online(r));
-            item.host_online = row
-                .host_id
-                .as_deref()
-                .map(|h| st.hosts.registry().is_online(h));
-            item
-        })
-        .collect();
+    let data = live_list_items(&st, &rows).await?;
     Ok(json(
         StatusCode::OK,
         &ListEnvelope::new(data, has_more, |s| s.id.as_str()),
     ))
 }
 
-fn check_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+pub(super) fn check_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
     match limit {
         None => Ok(default),
         Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
@@ -430,6 +415,36 @@ pub async fn fork(
     Ok(json(StatusCode::CREATED, &session_response(&row, &items)))
 }
 
+/// The list entries of `rows` as the reader sees them now: liveness from the registries, read state from the
+/// store (`GET /v1/sessions` and `WS /v1/sessions/updates` both build theirs here).
+pub(super) async fn live_list_items(
+    st: &AppState,
+    rows: &[SessionRow],
+) -> Result<Vec<SessionListItem>, ApiError> {
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let read = st.store.read_states(&ids).await?;
+    let runners = st.sessions.runners();
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let mut item = list_item(row);
+            item.runner_online = row
+                .runner_id
+                .as_deref()
+                .is_some_and(|r| runners.is_online(r));
+            item.host_online = row
+                .host_id
+                .as_deref()
+                .map(|h| st.hosts.registry().is_online(h));
+            if let Some(r) = read.get(&row.id) {
+                item.viewer_last_seen = Some(r.last_seen);
+                item.viewer_unread = r.unread;
+            }
+            item
+        })
+        .collect())
+}
+
 fn status_of(row: &SessionRow) -> SessionStatus {
     SessionStatus::parse(&row.status).unwrap_or_default()
 }
@@ -455,6 +470,8 @@ fn list_item(row: &SessionRow) -> SessionListItem {
         parent_session_id: row.parent_session_id.clone(),
         kind: row.kind.clone(),
         sub_agent_name: row.sub_agent_name.clone(),
+        viewer_last_seen: None,
+        viewer_unread: false,
     }
 }
 

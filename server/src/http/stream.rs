@@ -28,6 +28,7 @@ pub async fn stream(
     State(st): State<AppState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
+    super::Q(q): super::Q<super::live::StreamQuery>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&raw)?;
     let after = match headers.get("last-event-id") {
@@ -46,6 +47,10 @@ pub async fn stream(
         }
     };
     let sub = st.sessions.subscribe(&id, after).await?;
+    // liveapi hook: listed in `session.presence` while this response lives.
+    let watching = st
+        .presence
+        .join(&id, q.idle.unwrap_or(false), q.presence.unwrap_or(false));
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + st.heartbeat_interval,
         st.heartbeat_interval,
@@ -61,6 +66,7 @@ pub async fn stream(
         stop: st.stop.clone(),
         cursor: sub.ready_seq,
         finished: false,
+        watching,
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
         s.next()
@@ -97,6 +103,8 @@ struct StreamState {
     /// Id of the last event written (heartbeats repeat it so `Last-Event-ID` stays right).
     cursor: u64,
     finished: bool,
+    /// This stream in the session's presence list (liveapi).
+    watching: crate::presence::Watching,
 }
 
 impl StreamState {
@@ -138,6 +146,9 @@ impl StreamState {
                         self.finished = true;
                         return None;
                     }
+                }
+                json = self.watching.changed() => {
+                    return Some(Bytes::from(sse_frame(kind::SESSION_PRESENCE, self.cursor, &json)));
                 }
                 _ = self.heartbeat.tick() => {
                     let event = ServerEvent::heartbeat(Some(crate::now_secs_f64()));

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use crate::updates::Change;
+
 mod hosts;
+mod live;
 mod sqlite;
 
 pub use hosts::HostRow;
@@ -355,9 +358,11 @@ impl Store {
         new: &NewSession,
         items: &[NewItem],
     ) -> Result<(), StoreError> {
-        match self {
+        let created = match self {
             Store::Sqlite(s) => s.create_session(new, items).await,
-        }
+        };
+        self.announce(&created, || Change::Created(new.row.id.clone()));
+        created
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
@@ -404,22 +409,32 @@ impl Store {
         changes: &SessionChanges,
         now_ms: i64,
     ) -> Result<Option<SessionRow>, StoreError> {
-        match self {
+        let updated = match self {
             Store::Sqlite(s) => s.update_session(id, changes, now_ms).await,
+        };
+        if matches!(updated, Ok(Some(_))) {
+            self.updates().send(Change::Changed(id.to_owned()));
         }
+        updated
     }
 
     /// Delete a session and its items; false when it did not exist.
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        match self {
+        let deleted = match self {
             Store::Sqlite(s) => s.delete_session(id).await,
+        };
+        if matches!(deleted, Ok(true)) {
+            self.updates().send(Change::Removed(id.to_owned()));
         }
+        deleted
     }
 
     pub async fn set_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
-        match self {
+        let set = match self {
             Store::Sqlite(s) => s.set_status(id, status).await,
-        }
+        };
+        self.announce(&set, || Change::Changed(id.to_owned()));
+        set
     }
 
     /// A page of items; `None` when the session does not exist.
@@ -455,9 +470,13 @@ impl Store {
         item: &NewItem,
         seq: u64,
     ) -> Result<Option<ItemRow>, StoreError> {
-        match self {
+        let appended = match self {
             Store::Sqlite(s) => s.append_item(session_id, item, seq).await,
+        };
+        if matches!(appended, Ok(Some(_))) {
+            self.updates().send(Change::Changed(session_id.to_owned()));
         }
+        appended
     }
 
     /// Durable items published with a sequence in `(after, before)`, in sequence order (at most `cap`).
@@ -496,12 +515,16 @@ impl Store {
         up_to_response_id: Option<&str>,
         new_item_id: &mut (dyn FnMut() -> String + Send),
     ) -> Result<Option<()>, StoreError> {
-        match self {
+        let forked = match self {
             Store::Sqlite(s) => {
                 s.fork_session(source_id, new, up_to_response_id, new_item_id)
                     .await
             }
+        };
+        if matches!(forked, Ok(Some(()))) {
+            self.updates().send(Change::Created(new.row.id.clone()));
         }
+        forked
     }
 }
 

@@ -23,6 +23,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 mod hosts;
+mod live;
 
 use super::{
     ItemListParams, ItemRow, NewItem, NewSession, OpenError, SessionChanges, SessionListParams,
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "storage_probe",
         include_str!("../../migrations/0003_storage_probe.sql"),
     ),
+    (4, "live", include_str!("../../migrations/0004_live.sql")),
 ];
 
 const SESSION_COLS: &str = "s.id, s.agent_id, s.title, s.labels, s.status, s.created_at, s.updated_at, \
@@ -64,6 +66,8 @@ struct Inner {
     fault: Mutex<Option<Fault>>,
     /// Held for the life of the store; dropping it releases the lock.
     _lock: Flock<File>,
+    /// Session-change notices, sent after each session write (`crate::updates`; liveapi hook).
+    updates: crate::updates::Updates,
 }
 
 /// Why durable writes are failing, for `/health`.
@@ -213,6 +217,7 @@ impl SqliteStore {
                 readers,
                 fault: Mutex::new(None),
                 _lock: lock,
+                updates: crate::updates::Updates::default(),
             }),
         })
     }

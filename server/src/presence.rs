@@ -1,0 +1,152 @@
+//! Who is watching a session: every open `GET …/stream` is one connection, registered while its response
+//! lives. A stream opened with `?presence=true` (ours) writes `session.presence` with the full list (never a
+//! delta) when it opens and whenever the list changes, out of band like a heartbeat: it takes no sequence
+//! number and is never replayed. Other streams are counted but write none, so existing readers see the
+//! stream they always saw (0.19.1 sends `viewers: []` to a single-user server's streams anyway).
+//!
+//! 0.19.1 lists distinct signed-in users in `viewers` and never the single-user `local`, so ours stays empty
+//! there; `connections` (ours) lists the streams.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use omnigent_proto::events::ServerEvent;
+use omnigent_proto::live::PresenceConnection;
+use tokio::sync::watch;
+
+/// The connections of every watched session.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_connection: u64,
+    by_session: HashMap<String, Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    list: Vec<PresenceConnection>,
+    /// The list as last announced to the session's streams.
+    tx: watch::Sender<Vec<PresenceConnection>>,
+}
+
+impl Presence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Register one stream of `session_id`; it stays listed until the returned guard is dropped. With
+    /// `announce`, the guard yields the list now and at every change ([`Watching::changed`]).
+    pub fn join(&self, session_id: &str, idle: bool, announce: bool) -> Watching {
+        let mut state = self.lock();
+        state.next_connection += 1;
+        let connection_id = format!("c{}", state.next_connection);
+        let watched = state
+            .by_session
+            .entry(session_id.to_owned())
+            .or_insert_with(|| Watched {
+                list: Vec::new(),
+                tx: watch::channel(Vec::new()).0,
+            });
+        watched.list.push(PresenceConnection {
+            connection_id: connection_id.clone(),
+            joined_at: iso8601_utc(crate::now_ms() / 1000),
+            idle,
+        });
+        watched.tx.send_replace(watched.list.clone());
+        let rx = watched.tx.subscribe();
+        let mut watching = Watching {
+            presence: self.clone(),
+            session_id: session_id.to_owned(),
+            connection_id,
+            rx,
+            announce,
+        };
+        watching.rx.mark_changed();
+        watching
+    }
+}
+
+/// One registered stream; dropping it (the response ended or the client went away) is the leave.
+#[derive(Debug)]
+pub struct Watching {
+    presence: Presence,
+    session_id: String,
+    connection_id: String,
+    rx: watch::Receiver<Vec<PresenceConnection>>,
+    /// This stream writes `session.presence` (`?presence=true`).
+    announce: bool,
+}
+
+impl Watching {
+    /// The next `session.presence` event (JSON) to write to this stream; pending until the list changes.
+    pub async fn changed(&mut self) -> String {
+        if !self.announce || self.rx.changed().await.is_err() {
+            // The sender lives as long as any stream of the session, this one included.
+            std::future::pending::<()>().await;
+        }
+        let event = ServerEvent::Presence {
+            sequence_number: None,
+            conversation_id: self.session_id.clone(),
+            viewers: Vec::new(),
+            connections: self.rx.borrow_and_update().clone(),
+        };
+        serde_json::to_string(&event).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut state = self.presence.lock();
+        if let Some(watched) = state.by_session.get_mut(&self.session_id) {
+            watched
+                .list
+                .retain(|c| c.connection_id != self.connection_id);
+            if watched.list.is_empty() {
+                state.by_session.remove(&self.session_id);
+            } else {
+                watched.tx.send_replace(watched.list.clone());
+            }
+        }
+    }
+}
+
+/// `2026-06-10T17:00:00Z` for epoch seconds `secs` (proleptic Gregorian, UTC).
+pub fn iso8601_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso8601_utc;
+
+    #[test]
+    fn iso8601_dates() {
+        assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601_utc(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(iso8601_utc(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+        assert_eq!(iso8601_utc(1_781_110_800), "2026-06-10T17:00:00Z");
+    }
+}
