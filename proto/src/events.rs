@@ -599,7 +599,10 @@ mod tests {
     }
 
     /// Every item of `chunks` read through [`SseStream`] (the bodies here are always ready).
-    fn read<E>(chunks: Vec<Result<&'static [u8], E>>, max: usize) -> Vec<Result<SseMessage, SseError<E>>> {
+    fn read<E>(
+        chunks: Vec<Result<&'static [u8], E>>,
+        max: usize,
+    ) -> Vec<Result<SseMessage, SseError<E>>> {
         use futures_util::StreamExt as _;
         let mut stream = SseStream::new(futures_util::stream::iter(chunks), max);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -659,7 +662,14 @@ mod tests {
         assert_eq!(items[1], Err(SseError::TooLarge(SseTooLarge(16))));
         assert!(SseTooLarge(16).to_string().contains("larger than 16 bytes"));
 
-        let items = read(vec![Ok(b"data: {}\n\n"), Err("tunnel closed"), Ok(b"data: x\n\n")], 1024);
+        let items = read(
+            vec![
+                Ok(b"data: {}\n\n"),
+                Err("tunnel closed"),
+                Ok(b"data: x\n\n"),
+            ],
+            1024,
+        );
         assert_eq!(items.len(), 2);
         assert!(matches!(&items[0], Ok(m) if m.data == "{}"));
         assert_eq!(items[1], Err(SseError::Body("tunnel closed")));

@@ -61,13 +61,19 @@ pub(crate) fn inbound(message: Option<Result<Message, WsError>>, peer: &'static 
     }
 }
 
-/// The only writer of a tunnel socket: sends what the connection task queues, stops after a close frame or a
-/// failed write, flushes, and hands the sink back (for [`finish`]).
-pub(crate) async fn write_loop(
-    mut sink: SplitSink<TunnelStream, Message>,
+/// The only writer of a tunnel socket, at either end (the server's tunnels, the runner's router, the host's
+/// dialer): sends what its owner queues, stops after a close frame or a failed write, closes the sink (which
+/// flushes a close reply the WebSocket layer queued) and hands it back (for [`finish`]). `peer` names the
+/// tunnel in logs.
+pub async fn write_loop<S>(
+    mut sink: S,
     mut rx: mpsc::UnboundedReceiver<Message>,
     peer: &'static str,
-) -> SplitSink<TunnelStream, Message> {
+) -> S
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
     while let Some(message) = rx.recv().await {
         let is_close = matches!(message, Message::Close(_));
         if let Err(e) = sink.send(message).await {
