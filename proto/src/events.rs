@@ -359,18 +359,25 @@ impl SseMessage {
     }
 }
 
-/// Incremental SSE parser: feed bytes as they arrive, take whole events out. Lines longer than `max_event`
-/// bytes make [`SseParser::push`] fail instead of growing without bound.
+/// Incremental SSE parser, the one of the workspace (the relay, the CLI, the vendor harnesses and the tests
+/// all read SSE through it): feed bytes as they arrive, take whole events out. Lines end with LF or CRLF; a
+/// blank line ends an event, which is dispatched only when it had a `data:` line (the `data:` lines joined by
+/// `\n`); comments (`:`…) and other fields are skipped. Bytes that are not UTF-8 are replaced. An event (or an
+/// unfinished line) above `max_event` bytes makes [`SseParser::push`] fail instead of growing without bound.
+/// [`SseStream`] is the same parser as a `Stream` adapter over a body.
 #[derive(Debug)]
 pub struct SseParser {
     buf: Vec<u8>,
-    /// Bytes of `buf` already searched for a blank line (so a large event is scanned once).
+    /// Bytes of `buf` already searched for a line end (so a large line is scanned once).
     scanned: usize,
+    /// The event being assembled.
+    current: SseMessage,
+    has_data: bool,
     max_event: usize,
 }
 
 /// An SSE event grew past the parser's cap.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "an SSE event is larger than {0} bytes; the stream is not an omnigent event stream or is corrupt"
 )]
@@ -381,65 +388,169 @@ impl SseParser {
         SseParser {
             buf: Vec::new(),
             scanned: 0,
+            current: SseMessage::default(),
+            has_data: false,
             max_event,
         }
     }
 
     /// Add bytes and return every event now complete.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseMessage>, SseTooLarge> {
-        self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let from = self.scanned.saturating_sub(3);
-            let Some((at, len)) = find_blank_line(&self.buf[from..]) else {
-                self.scanned = self.buf.len();
-                break;
-            };
-            let end = (from + at, len);
-            self.scanned = 0;
-            let block: Vec<u8> = self.buf.drain(..end.0 + end.1).collect();
-            let text = String::from_utf8_lossy(&block[..end.0]);
-            let mut msg = SseMessage::default();
-            let mut data_lines: Vec<&str> = Vec::new();
-            let mut any = false;
-            for line in text.lines() {
-                if line.starts_with(':') {
-                    continue;
-                }
-                let (field, value) = match line.split_once(':') {
-                    Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                    None => (line, ""),
-                };
-                match field {
-                    "event" => msg.event = Some(value.to_owned()),
-                    "id" => msg.id = Some(value.to_owned()),
-                    "data" => data_lines.push(value),
-                    _ => continue,
-                }
-                any = true;
+        self.push_into(bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// Add bytes and append every event now complete to `out` (those complete before an oversized one too).
+    pub fn push_into(
+        &mut self,
+        bytes: &[u8],
+        out: &mut impl Extend<SseMessage>,
+    ) -> Result<(), SseTooLarge> {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(offset) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+            let end = self.scanned + offset;
+            self.scanned = end + 1;
+            let line = &self.buf[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let line = String::from_utf8_lossy(line).into_owned();
+            start = end + 1;
+            if let Some(message) = self.line(&line) {
+                out.extend(Some(message));
             }
-            if any {
-                msg.data = data_lines.join("\n");
-                out.push(msg);
+            if self.current.data.len() > self.max_event {
+                self.buf.drain(..start);
+                self.scanned = 0;
+                return Err(SseTooLarge(self.max_event));
             }
         }
-        if self.buf.len() > self.max_event {
+        self.buf.drain(..start);
+        self.scanned = self.buf.len();
+        if self.buf.len().saturating_add(self.current.data.len()) > self.max_event {
             return Err(SseTooLarge(self.max_event));
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The end of the body: a last event not followed by its blank line still counts.
+    pub fn finish(&mut self) -> Option<SseMessage> {
+        let rest = std::mem::take(&mut self.buf);
+        self.scanned = 0;
+        if !rest.is_empty() {
+            let rest = rest.strip_suffix(b"\r").unwrap_or(&rest);
+            if let Some(message) = self.line(&String::from_utf8_lossy(rest)) {
+                return Some(message);
+            }
+        }
+        self.line("")
+    }
+
+    /// One line of the stream; a blank line dispatches the event when it has data.
+    fn line(&mut self, line: &str) -> Option<SseMessage> {
+        if line.is_empty() {
+            let message = std::mem::take(&mut self.current);
+            return std::mem::take(&mut self.has_data).then_some(message);
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.current.event = Some(value.to_owned()),
+            "id" => self.current.id = Some(value.to_owned()),
+            "data" => {
+                if self.has_data {
+                    self.current.data.push('\n');
+                }
+                self.current.data.push_str(value);
+                self.has_data = true;
+            }
+            _ => {}
+        }
+        None
     }
 }
 
-/// Position and length of the first blank-line separator (`\n\n` or `\r\n\r\n`).
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// Why reading an SSE body through [`SseStream`] failed; either way the stream ends after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError<E> {
+    /// The body failed.
+    #[error("the event stream broke: {0}")]
+    Body(E),
+    /// One event grew past the cap.
+    #[error(transparent)]
+    TooLarge(SseTooLarge),
+}
+
+/// A body (a `Stream` of byte chunks) read as SSE events through one [`SseParser`] capped at `max_event`
+/// bytes: each complete event in order, then the last one without its blank line at the end of the body. A
+/// body error or an oversized event is yielded once as `Err`, and the stream ends.
+pub struct SseStream<S> {
+    body: S,
+    parser: SseParser,
+    ready: std::collections::VecDeque<SseMessage>,
+    too_large: Option<SseTooLarge>,
+    done: bool,
+}
+
+impl<S> SseStream<S> {
+    pub fn new(body: S, max_event: usize) -> Self {
+        SseStream {
+            body,
+            parser: SseParser::new(max_event),
+            ready: std::collections::VecDeque::new(),
+            too_large: None,
+            done: false,
+        }
+    }
+}
+
+impl<S, B, E> futures_util::Stream for SseStream<S>
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    type Item = Result<SseMessage, SseError<E>>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Some(message) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(message)));
+            }
+            if let Some(e) = this.too_large.take() {
+                return Poll::Ready(Some(Err(SseError::TooLarge(e))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match std::pin::Pin::new(&mut this.body).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Err(e) = this.parser.push_into(chunk.as_ref(), &mut this.ready) {
+                        // What was complete before the oversized event comes first, then the error.
+                        this.too_large = Some(e);
+                        this.done = true;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(SseError::Body(e))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.ready.extend(this.parser.finish());
+                }
+            }
+        }
     }
 }
 
@@ -484,5 +595,86 @@ mod tests {
     fn parser_refuses_an_endless_event() {
         let mut p = SseParser::new(16);
         assert!(p.push(b"data: 0123456789abcdefghij").is_err());
+        // Many short data lines count as one event too.
+        let mut p = SseParser::new(16);
+        assert!(p.push(b"data: 0123\n").is_ok());
+        assert!(p.push(b"data: 4567\ndata: 89abcdef\n").is_err());
+    }
+
+    /// Every item of `chunks` read through [`SseStream`] (the bodies here are always ready).
+    fn read<E>(
+        chunks: Vec<Result<&'static [u8], E>>,
+        max: usize,
+    ) -> Vec<Result<SseMessage, SseError<E>>> {
+        use futures_util::StreamExt as _;
+        let mut stream = SseStream::new(futures_util::stream::iter(chunks), max);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            match stream.poll_next_unpin(&mut cx) {
+                std::task::Poll::Ready(Some(item)) => out.push(item),
+                std::task::Poll::Ready(None) => return out,
+                std::task::Poll::Pending => panic!("an always-ready body is never pending"),
+            }
+        }
+    }
+
+    fn data(item: &Result<SseMessage, SseError<()>>) -> &str {
+        match item {
+            Ok(m) => &m.data,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+
+    #[test]
+    fn stream_reassembles_events_split_anywhere_with_crlf_comments_and_multi_line_data() {
+        let items = read::<()>(
+            vec![
+                Ok(b"data: {\"type\": \"session.heartbeat\"}\n"),
+                Ok(b"\nevent: x\nid: 3\ndata: {\"delta\":\"\xc3"),
+                Ok(b"\xa9\"}\r\n\r\n: keep-alive\n\n"),
+                Ok(b"event: only-a-name\n\n"),
+                Ok(b"data: {\"a\":\r\ndata:1}\r"),
+                Ok(b"\n\r\ndata: last without its blank line"),
+            ],
+            1024,
+        );
+        assert_eq!(items.len(), 4, "{items:?}");
+        assert_eq!(data(&items[0]), r#"{"type": "session.heartbeat"}"#);
+        let second = items[1].as_ref().expect("event");
+        assert_eq!(second.event.as_deref(), Some("x"));
+        assert_eq!(second.id.as_deref(), Some("3"));
+        assert_eq!(second.data, r#"{"delta":"é"}"#);
+        // An event with no data line is not dispatched; data lines join with \n; the `:` space is optional.
+        assert_eq!(data(&items[2]), "{\"a\":\n1}");
+        assert_eq!(data(&items[3]), "last without its blank line");
+    }
+
+    #[test]
+    fn stream_ends_with_one_error_on_an_oversized_event_or_a_broken_body() {
+        let items = read::<()>(
+            vec![
+                Ok(b"data: ok\n\ndata: 0123456789"),
+                Ok(b"0123456789"),
+                Ok(b"data: never read\n\n"),
+            ],
+            16,
+        );
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(data(&items[0]), "ok");
+        assert_eq!(items[1], Err(SseError::TooLarge(SseTooLarge(16))));
+        assert!(SseTooLarge(16).to_string().contains("larger than 16 bytes"));
+
+        let items = read(
+            vec![
+                Ok(b"data: {}\n\n"),
+                Err("tunnel closed"),
+                Ok(b"data: x\n\n"),
+            ],
+            1024,
+        );
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&items[0], Ok(m) if m.data == "{}"));
+        assert_eq!(items[1], Err(SseError::Body("tunnel closed")));
     }
 }

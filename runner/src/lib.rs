@@ -2,28 +2,25 @@
 //! turns through harnesses. See ARCHITECTURE.md.
 //!
 //! The whole surface is [`run`]`(`[`RunnerConfig`]`, shutdown)`: it keeps the tunnel up (reconnecting with
-//! [`backoff`]), and ends with `Ok` on shutdown or with a [`RunnerError`] no retry can fix.
+//! the full-jitter schedule of `omnigent_tunnel::client`), and ends with `Ok` on shutdown or with a [`RunnerError`] no retry can fix.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use omnigent_proto::headers::{INTERNAL_ORIGIN, RUNNER_TUNNEL_TOKEN as TOKEN_HEADER};
+use omnigent_proto::headers::RUNNER_TUNNEL_TOKEN as TOKEN_HEADER;
 use omnigent_proto::runner_frames::{Hello, close};
+use omnigent_tunnel::client::{self, Backoff, DialError, DialRequest, ServerUrl};
 use omnigent_tunnel::{RouterConfig, ServeEnd, serve_router};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 mod api;
-pub mod backoff;
 pub mod harness;
 mod session;
 
-use backoff::{Backoff, BackoffPolicy};
 use harness::{HarnessConfig, HarnessKind};
 use omnigent_proto::harness::{self as harness_table, CredentialKind};
+/// The redial schedule of [`RunnerConfig::backoff`] (250 ms doubling to 10 s, full jitter).
+pub use omnigent_tunnel::client::BackoffPolicy;
 /// The shutdown switch [`run`] takes (re-exported so callers need not depend on tokio-util).
 pub use tokio_util::sync::CancellationToken;
 
@@ -202,12 +199,13 @@ async fn run_as(
             url: config.server.clone(),
             reason: format!("cannot build an HTTP client: {e}"),
         })?;
+    let dial = urls.dial(config.token.as_deref());
     let mut backoff = Backoff::new(config.backoff.clone());
     let mut ever_connected = false;
     loop {
         let dialled = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            dialled = dial(&http, &urls, config.token.as_deref()) => dialled,
+            dialled = client::dial(&http, &dial) => dialled,
         };
         let delay = match dialled {
             Ok(ws) => {
@@ -225,7 +223,7 @@ async fn run_as(
                 if end == ServeEnd::Shutdown {
                     return Ok(());
                 }
-                let delay = backoff.after_tunnel(&end, started.elapsed())?;
+                let delay = after_tunnel(&mut backoff, &end, started.elapsed())?;
                 warn!(?end, ?delay, "runner tunnel lost; reconnecting");
                 delay
             }
@@ -266,11 +264,40 @@ fn hello() -> Hello {
     }
 }
 
+/// What to do after a tunnel that was up for `connected_for` ended with `end` (DESIGN.md §6): wait this long
+/// (the schedule reset after a long healthy connection or a routine recycle, close 1001/1012), or stop for
+/// good (a refusal no retry can fix).
+fn after_tunnel(
+    backoff: &mut Backoff,
+    end: &ServeEnd,
+    connected_for: Duration,
+) -> Result<Duration, RunnerError> {
+    backoff.connection_ended(connected_for);
+    match end {
+        ServeEnd::Closed {
+            code: Some(code),
+            reason,
+        } if close::is_fatal_for_runner(*code) => Err(RunnerError::Refused {
+            code: *code,
+            reason: reason.clone(),
+        }),
+        ServeEnd::Closed {
+            code: Some(close::GOING_AWAY | close::SERVICE_RESTART),
+            ..
+        } => {
+            backoff.reset();
+            Ok(Duration::ZERO)
+        }
+        ServeEnd::Shutdown => Ok(Duration::ZERO),
+        ServeEnd::Closed { .. } | ServeEnd::IdleTimeout => Ok(backoff.next_delay()),
+    }
+}
+
 struct ServerUrls {
     /// `http(s)://…/v1/runners/{id}/token`
-    token: reqwest::Url,
+    token: client::Url,
     /// `ws(s)://…/v1/runners/{id}/tunnel`
-    tunnel: reqwest::Url,
+    tunnel: client::Url,
 }
 
 impl ServerUrls {
@@ -279,88 +306,29 @@ impl ServerUrls {
             url: server.to_owned(),
             reason,
         };
-        let base = reqwest::Url::parse(server.trim()).map_err(|e| bad(e.to_string()))?;
-        let (http_scheme, ws_scheme) = match base.scheme() {
-            "http" | "ws" => ("http", "ws"),
-            "https" | "wss" => ("https", "wss"),
-            other => {
-                return Err(bad(format!(
-                    "scheme {other:?} is not http, https, ws or wss"
-                )));
-            }
-        };
-        let prefix = base.path().trim_end_matches('/');
-        let with = |scheme: &str, leaf: &str| {
-            let mut url = base.clone();
-            url.set_path(&format!("{prefix}/v1/runners/{runner_id}/{leaf}"));
-            url.set_query(None);
-            url.set_scheme(scheme)
-                .map_err(|()| bad(format!("cannot use scheme {scheme}")))?;
-            Ok::<_, RunnerError>(url)
-        };
+        let base = ServerUrl::parse(server).map_err(bad)?;
         Ok(ServerUrls {
-            token: with(http_scheme, "token")?,
-            tunnel: with(ws_scheme, "tunnel")?,
+            token: base
+                .http(&format!("/v1/runners/{runner_id}/token"))
+                .map_err(bad)?,
+            tunnel: base
+                .ws(&format!("/v1/runners/{runner_id}/tunnel"))
+                .map_err(bad)?,
         })
     }
-}
 
-#[derive(Debug, thiserror::Error)]
-enum DialError {
-    #[error("the server answered the upgrade with HTTP {0}")]
-    Status(u16),
-    #[error("{0}")]
-    Other(String),
-}
-
-type TunnelSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// `POST …/token` like 0.19.1 (whatever it answers, carry on), then the WebSocket upgrade.
-async fn dial(
-    http: &reqwest::Client,
-    urls: &ServerUrls,
-    token: Option<&str>,
-) -> Result<TunnelSocket, DialError> {
-    let mut announce = http
-        .post(urls.token.clone())
-        .header("origin", INTERNAL_ORIGIN);
-    if let Some(token) = token {
-        announce = announce.header(TOKEN_HEADER, token);
-    }
-    match announce.send().await {
-        Ok(response) => debug!(
-            status = response.status().as_u16(),
-            "token announce answered"
-        ),
-        Err(e) => debug!(error = %e, "token announce failed"),
-    }
-
-    let mut request = urls
-        .tunnel
-        .as_str()
-        .into_client_request()
-        .map_err(|e| DialError::Other(format!("tunnel request: {e}")))?;
-    let headers = request.headers_mut();
-    headers.insert("origin", http::HeaderValue::from_static(INTERNAL_ORIGIN));
-    if let Some(token) = token {
-        let value = http::HeaderValue::from_str(token).map_err(|_| {
-            DialError::Other("the token contains characters not allowed in a header".to_owned())
-        })?;
-        headers.insert(TOKEN_HEADER, value);
-    }
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(omnigent_proto::MAX_FRAME_BYTES))
-        .max_frame_size(Some(omnigent_proto::MAX_FRAME_BYTES));
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
-    match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
-        Err(_) => Err(DialError::Other(format!(
-            "no answer to the upgrade within {DIAL_TIMEOUT:?}"
-        ))),
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            Err(DialError::Status(response.status().as_u16()))
+    /// `POST …/token` like 0.19.1 (whatever it answers, carry on), then the upgrade, both with the token.
+    fn dial(&self, token: Option<&str>) -> DialRequest {
+        DialRequest {
+            announce: Some((http::Method::POST, self.token.clone())),
+            tunnel: self.tunnel.clone(),
+            headers: token
+                .map(|t| (http::HeaderName::from_static(TOKEN_HEADER), t.to_owned()))
+                .into_iter()
+                .collect(),
+            timeout: DIAL_TIMEOUT,
+            max_message_bytes: omnigent_proto::MAX_FRAME_BYTES,
         }
-        Ok(Err(e)) => Err(DialError::Other(e.to_string())),
     }
 }
 
@@ -387,6 +355,64 @@ mod tests {
         );
         assert!(ServerUrls::new("ftp://x", "r").is_err());
         assert!(ServerUrls::new("not a url", "r").is_err());
+    }
+
+    fn closed(code: u16) -> ServeEnd {
+        ServeEnd::Closed {
+            code: Some(code),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn long_connections_and_recycles_reset_the_schedule() {
+        let mut backoff = Backoff::new(BackoffPolicy::default());
+        for _ in 0..5 {
+            backoff.next_delay();
+        }
+        // A short-lived tunnel keeps climbing.
+        after_tunnel(&mut backoff, &closed(4003), Duration::from_secs(1)).unwrap();
+        assert_eq!(backoff.ceiling(), Duration::from_secs(10));
+        // A tunnel that was up for 60 s starts over.
+        let delay = after_tunnel(&mut backoff, &closed(4003), Duration::from_secs(60)).unwrap();
+        assert!(delay <= Duration::from_millis(250));
+        assert_eq!(backoff.ceiling(), Duration::from_millis(500));
+        // 1001 and 1012 are routine recycles: redial at once.
+        for code in [1001, 1012] {
+            for _ in 0..5 {
+                backoff.next_delay();
+            }
+            assert_eq!(
+                after_tunnel(&mut backoff, &closed(code), Duration::ZERO).unwrap(),
+                Duration::ZERO
+            );
+            assert_eq!(backoff.ceiling(), Duration::from_millis(250));
+        }
+    }
+
+    #[test]
+    fn refusals_are_fatal() {
+        for code in [4001, 4002, 4004, 4500] {
+            let mut backoff = Backoff::new(BackoffPolicy::default());
+            let err = after_tunnel(&mut backoff, &closed(code), Duration::ZERO).unwrap_err();
+            assert!(matches!(err, RunnerError::Refused { code: c, .. } if c == code));
+        }
+        let mut backoff = Backoff::new(BackoffPolicy::default());
+        for end in [
+            closed(4000),
+            closed(4003),
+            closed(1006),
+            ServeEnd::IdleTimeout,
+            ServeEnd::Closed {
+                code: None,
+                reason: "reset".into(),
+            },
+        ] {
+            assert!(
+                after_tunnel(&mut backoff, &end, Duration::ZERO).is_ok(),
+                "{end:?}"
+            );
+        }
     }
 
     #[test]

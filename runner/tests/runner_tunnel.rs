@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use omnigent_proto::events::SseStream;
 use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
-use omnigent_runner::backoff::BackoffPolicy;
+use omnigent_runner::BackoffPolicy;
 use omnigent_runner::harness::HarnessKind;
 use omnigent_runner::{CancellationToken, HarnessEnv, RunnerConfig, RunnerError};
 use omnigent_tunnel::{RunnerConnection, RunnerRegistry, TunnelConfig, upgrade};
@@ -167,8 +168,7 @@ impl CollectBytes for Body {
 
 /// A runner SSE stream opened through the tunnel, parsed into events.
 struct Events {
-    body: axum::body::BodyDataStream,
-    buffer: String,
+    body: SseStream<axum::body::BodyDataStream>,
 }
 
 impl Events {
@@ -195,29 +195,22 @@ impl Events {
         );
         assert_eq!(response.headers()["cache-control"], "no-cache");
         Events {
-            body: response.into_body().into_data_stream(),
-            buffer: String::new(),
+            body: SseStream::new(response.into_body().into_data_stream(), 1 << 20),
         }
     }
 
-    /// The next event; panics on a line that is not `data:` (the runner sends no `event:` lines).
+    /// The next event; panics on an event with an `event:` or `id:` line (the runner sends data only).
     async fn next(&mut self) -> Value {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let data = block
-                    .trim_end()
-                    .strip_prefix("data: ")
-                    .unwrap_or_else(|| panic!("not a data-only SSE event: {block:?}"));
-                return serde_json::from_str(data).unwrap();
-            }
-            let chunk = tokio::time::timeout(WAIT, self.body.next())
-                .await
-                .expect("an event in time")
-                .expect("stream still open")
-                .unwrap();
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
+        let event = tokio::time::timeout(WAIT, self.body.next())
+            .await
+            .expect("an event in time")
+            .expect("stream still open")
+            .unwrap();
+        assert!(
+            event.event.is_none() && event.id.is_none(),
+            "not a data-only SSE event: {event:?}"
+        );
+        serde_json::from_str(&event.data).unwrap()
     }
 
     /// Events up to and including the next `session.status` idle, heartbeats left out.

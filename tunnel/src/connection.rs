@@ -9,16 +9,14 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::Stream;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{Stream, StreamExt};
 use omnigent_proto::runner_frames::{
     self, Hello, Ping, Request, RequestCancel, ResponseHead, RunnerFrame, WsClose, WsFrame, WsOpen,
     close,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -27,9 +25,6 @@ use crate::channel::{Channel, ChannelEvent, ChannelMessage, TUNNEL_LOST};
 use crate::socket;
 use crate::ws::TunnelStream;
 use crate::{TunnelConfig, TunnelError, epoch_millis};
-
-/// How long the writer may take to flush the final close frame.
-const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) enum Command {
     Request {
@@ -309,130 +304,157 @@ impl Pending {
     }
 }
 
-/// Drive one registered tunnel until it ends; returns the close code and reason sent to the runner.
-/// This task is the only owner of the in-flight requests; a separate writer task is the only writer.
+/// Drive one registered tunnel until it ends (through the one socket driver, [`socket::drive`]); returns
+/// the close code and reason sent to the runner. The driver's task is the only owner of the in-flight
+/// requests and channels.
 pub(crate) async fn run_connection(
     conn: RunnerConnection,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    mut stream: SplitStream<TunnelStream>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    stream: SplitStream<TunnelStream>,
     sink: SplitSink<TunnelStream, Message>,
     config: TunnelConfig,
 ) -> (u16, String) {
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(socket::write_loop(sink, out_rx, "runner"));
-    let send = |frame: RunnerFrame| {
-        let text = frame.encode();
-        socket::trace_frame("runner", "out", &text);
-        let _ = out_tx.send(Message::Text(text.into()));
+    let config = socket::DriverConfig {
+        ping_interval: config.ping_interval,
+        liveness_timeout: config.liveness_timeout,
+        max_frame_bytes: config.max_frame_bytes,
     };
-
-    let mut pending: HashMap<String, Pending> = HashMap::new();
-    let mut channels: HashMap<String, mpsc::UnboundedSender<ChannelEvent>> = HashMap::new();
-    let mut last_inbound = Instant::now();
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    let (code, reason) = loop {
-        let deadline = last_inbound + config.liveness_timeout;
-        tokio::select! {
-            message = stream.next() => {
-                let text = match socket::inbound(message, "runner") {
-                    socket::Inbound::Closed => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
-                    socket::Inbound::TooBig => break (
-                        close::MESSAGE_TOO_BIG,
-                        format!("frame exceeds {} bytes", config.max_frame_bytes),
-                    ),
-                    socket::Inbound::Alive => {
-                        last_inbound = Instant::now();
-                        continue;
-                    }
-                    socket::Inbound::Text(text) => text,
-                };
-                last_inbound = Instant::now();
-                socket::trace_frame("runner", "in", text.as_str());
-                let frame = match RunnerFrame::decode_capped(text.as_str(), config.max_frame_bytes) {
-                    Ok(frame) => frame,
-                    Err(runner_frames::FrameError::TooLarge { size, cap }) => {
-                        warn!(size, cap, "runner sent a frame above the cap; closing the tunnel");
-                        break (close::MESSAGE_TOO_BIG, format!("frame exceeds {cap} bytes"));
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "skipping a malformed runner frame");
-                        continue;
-                    }
-                };
-                on_frame(frame, text.as_str(), &mut pending, &mut channels, &send);
-            }
-            command = commands.recv() => match command {
-                Some(Command::Request { frame, head_tx, body_tx }) => {
-                    let id = frame.id.clone();
-                    send(RunnerFrame::Request(frame));
-                    pending.insert(id, Pending { head_tx: Some(head_tx), body_tx });
-                }
-                Some(Command::Cancel { id }) => {
-                    if pending.remove(&id).is_some() {
-                        send(RunnerFrame::RequestCancel(RequestCancel {
-                            id,
-                            reason: "client_disconnected".to_owned(),
-                            extra: Default::default(),
-                        }));
-                    }
-                }
-                Some(Command::Close { code, reason }) => break (code, reason),
-                Some(Command::OpenChannel { ch_id, path, query_string, events }) => {
-                    send(RunnerFrame::WsOpen(WsOpen { ch_id: ch_id.clone(), path, query_string, extra: Default::default() }));
-                    channels.insert(ch_id, events);
-                }
-                Some(Command::ChannelSend { ch_id, message }) => {
-                    if channels.contains_key(&ch_id) {
-                        let (data, encoding) = match message {
-                            ChannelMessage::Text(text) => (text, runner_frames::BodyEncoding::Utf8),
-                            ChannelMessage::Binary(bytes) => runner_frames::encode_body(None, &bytes),
-                        };
-                        send(RunnerFrame::WsFrame(WsFrame { ch_id, data, encoding, extra: Default::default() }));
-                    }
-                }
-                Some(Command::ChannelClose { ch_id, code, reason }) => {
-                    if channels.remove(&ch_id).is_some() {
-                        send(RunnerFrame::WsClose(WsClose { ch_id, code, reason, extra: Default::default() }));
-                    }
-                }
-                // Every handle is gone: nobody can use this tunnel any more.
-                None => break (close::TUNNEL_CLOSED, "tunnel closed".to_owned()),
-            },
-            _ = ping.tick() => send(RunnerFrame::Ping(Ping { ts: epoch_millis().into(), extra: Default::default() })),
-            _ = tokio::time::sleep_until(deadline) => {
-                warn!(silent_for = ?config.liveness_timeout, "runner tunnel silent; closing");
-                break (close::TUNNEL_CLOSED, "ping timeout".to_owned());
-            }
-        }
+    let protocol = RunnerTunnel {
+        conn,
+        pending: HashMap::new(),
+        channels: HashMap::new(),
     };
+    socket::drive(protocol, commands, stream, sink, config).await
+}
 
-    for (_, p) in pending.drain() {
-        p.fail(TunnelError::Closed);
+/// What the runner tunnel holds: its requests awaiting a response and its open channels.
+struct RunnerTunnel {
+    conn: RunnerConnection,
+    pending: HashMap<String, Pending>,
+    channels: HashMap<String, mpsc::UnboundedSender<ChannelEvent>>,
+}
+
+impl socket::Protocol for RunnerTunnel {
+    type Frame = RunnerFrame;
+    type Command = Command;
+    const PEER: &'static str = "runner";
+    const CLOSED: u16 = close::TUNNEL_CLOSED;
+
+    fn decode(text: &str, cap: usize) -> Result<RunnerFrame, socket::DecodeError> {
+        RunnerFrame::decode_capped(text, cap).map_err(|e| match e {
+            runner_frames::FrameError::TooLarge { size, cap } => {
+                socket::DecodeError::TooLarge { size, cap }
+            }
+            e => socket::DecodeError::Malformed(e.to_string()),
+        })
     }
-    for (_, events) in channels.drain() {
-        let _ = events.send(ChannelEvent::Closed {
-            code: TUNNEL_LOST,
-            reason: "tunnel closed".to_owned(),
+
+    fn encode(frame: &RunnerFrame) -> String {
+        frame.encode()
+    }
+
+    fn ping() -> RunnerFrame {
+        RunnerFrame::Ping(Ping {
+            ts: epoch_millis().into(),
+            extra: Default::default(),
+        })
+    }
+
+    fn on_frame(&mut self, frame: RunnerFrame, text: &str, out: &socket::Outbox<Self>) {
+        on_frame(frame, text, &mut self.pending, &mut self.channels, &|f| {
+            out.send(f)
         });
     }
-    conn.inner.closed.cancel();
-    let _ = out_tx.send(Message::Close(Some(CloseFrame {
-        code: code.into(),
-        reason: reason.as_str().into(),
-    })));
-    drop(out_tx);
-    let sink = match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer).await {
-        Ok(Ok(sink)) => Some(sink),
-        _ => {
-            debug!("runner tunnel writer did not flush the close frame in time");
-            None
+
+    fn on_command(
+        &mut self,
+        command: Command,
+        out: &socket::Outbox<Self>,
+    ) -> Option<(u16, String)> {
+        match command {
+            Command::Request {
+                frame,
+                head_tx,
+                body_tx,
+            } => {
+                let id = frame.id.clone();
+                out.send(RunnerFrame::Request(frame));
+                self.pending.insert(
+                    id,
+                    Pending {
+                        head_tx: Some(head_tx),
+                        body_tx,
+                    },
+                );
+            }
+            Command::Cancel { id } => {
+                if self.pending.remove(&id).is_some() {
+                    out.send(RunnerFrame::RequestCancel(RequestCancel {
+                        id,
+                        reason: "client_disconnected".to_owned(),
+                        extra: Default::default(),
+                    }));
+                }
+            }
+            Command::Close { code, reason } => return Some((code, reason)),
+            Command::OpenChannel {
+                ch_id,
+                path,
+                query_string,
+                events,
+            } => {
+                out.send(RunnerFrame::WsOpen(WsOpen {
+                    ch_id: ch_id.clone(),
+                    path,
+                    query_string,
+                    extra: Default::default(),
+                }));
+                self.channels.insert(ch_id, events);
+            }
+            Command::ChannelSend { ch_id, message } => {
+                if self.channels.contains_key(&ch_id) {
+                    let (data, encoding) = match message {
+                        ChannelMessage::Text(text) => (text, runner_frames::BodyEncoding::Utf8),
+                        ChannelMessage::Binary(bytes) => runner_frames::encode_body(None, &bytes),
+                    };
+                    out.send(RunnerFrame::WsFrame(WsFrame {
+                        ch_id,
+                        data,
+                        encoding,
+                        extra: Default::default(),
+                    }));
+                }
+            }
+            Command::ChannelClose {
+                ch_id,
+                code,
+                reason,
+            } => {
+                if self.channels.remove(&ch_id).is_some() {
+                    out.send(RunnerFrame::WsClose(WsClose {
+                        ch_id,
+                        code,
+                        reason,
+                        extra: Default::default(),
+                    }));
+                }
+            }
         }
-    };
-    socket::finish(stream, sink);
-    (code, reason)
+        None
+    }
+
+    fn on_end(&mut self, _commands: &mut mpsc::UnboundedReceiver<Command>) {
+        for (_, p) in self.pending.drain() {
+            p.fail(TunnelError::Closed);
+        }
+        for (_, events) in self.channels.drain() {
+            let _ = events.send(ChannelEvent::Closed {
+                code: TUNNEL_LOST,
+                reason: "tunnel closed".to_owned(),
+            });
+        }
+        self.conn.inner.closed.cancel();
+    }
 }
 
 fn on_frame(

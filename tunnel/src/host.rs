@@ -21,9 +21,7 @@ use omnigent_proto::host_frames::{
 use omnigent_proto::ids::{canonical_id, loggable_id};
 use omnigent_proto::{FRAME_PROTOCOL_VERSION, MAX_PRE_HELLO_FRAME_BYTES};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -32,9 +30,6 @@ use crate::epoch_millis;
 use crate::registry::{Registry, Tunnel};
 use crate::socket;
 use crate::ws::{TunnelSocket, TunnelStream, TunnelUpgrade, is_oversized};
-
-/// How long the writer may take to flush the final close frame.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many notifications a slow subscriber may fall behind before it sees `Lagged` (and should resync
 /// from [`HostRegistry::list`]).
@@ -717,113 +712,120 @@ struct Pending {
     reply: oneshot::Sender<Result<HostFrame, HostRequestError>>,
 }
 
-/// Drive one registered tunnel until it ends; returns the close code and reason sent to the host.
+/// Drive one registered tunnel until it ends (through the one socket driver, [`socket::drive`]); returns
+/// the close code and reason sent to the host.
 async fn run_connection(
     conn: &HostConnection,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    mut stream: SplitStream<TunnelStream>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    stream: SplitStream<TunnelStream>,
     sink: SplitSink<TunnelStream, Message>,
     registry: &HostRegistry,
 ) -> (u16, String) {
     let settings = &conn.inner.settings;
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(socket::write_loop(sink, out_rx, "host"));
-    let send = |frame: &HostFrame| {
-        let text = frame.encode();
-        socket::trace_frame("host", "out", &text);
-        let _ = out_tx.send(Message::Text(text.into()));
+    let config = socket::DriverConfig {
+        ping_interval: settings.ping_interval,
+        liveness_timeout: settings.liveness_timeout,
+        max_frame_bytes: settings.max_frame_bytes,
     };
-
-    let mut pending: HashMap<String, Pending> = HashMap::new();
-    let mut last_inbound = Instant::now();
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    let (code, reason) = loop {
-        let deadline = last_inbound + settings.liveness_timeout;
-        tokio::select! {
-            message = stream.next() => {
-                let text = match socket::inbound(message, "host") {
-                    socket::Inbound::Closed => break (close::PING_TIMEOUT, "tunnel closed".to_owned()),
-                    socket::Inbound::TooBig => break (
-                        close::MESSAGE_TOO_BIG,
-                        format!("frame exceeds {} bytes", settings.max_frame_bytes),
-                    ),
-                    socket::Inbound::Alive => {
-                        last_inbound = Instant::now();
-                        continue;
-                    }
-                    socket::Inbound::Text(text) => text,
-                };
-                last_inbound = Instant::now();
-                socket::trace_frame("host", "in", text.as_str());
-                let frame = match HostFrame::decode_capped(text.as_str(), settings.max_frame_bytes) {
-                    Ok(frame) => frame,
-                    Err(HostFrameError::TooLarge { size, cap }) => {
-                        warn!(size, cap, "host sent a frame above the cap; closing the tunnel");
-                        break (close::MESSAGE_TOO_BIG, format!("frame exceeds {cap} bytes"));
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "skipping a malformed host frame");
-                        continue;
-                    }
-                };
-                on_frame(conn, frame, text.as_str(), &mut pending, &send, registry);
-            }
-            command = commands.recv() => match command {
-                Some(Command::Request { id, expected, frame, reply }) => {
-                    send(&frame);
-                    pending.insert(id, Pending { expected, kind: frame.kind(), reply });
-                }
-                Some(Command::Forget { id }) => {
-                    pending.remove(&id);
-                }
-                Some(Command::Close { code, reason }) => break (code, reason),
-                // The connection itself holds a sender, so this cannot happen while `conn` is alive.
-                None => break (close::PING_TIMEOUT, "tunnel closed".to_owned()),
-            },
-            _ = ping.tick() => send(&HostFrame::Ping(Ping { ts: epoch_millis(), extra: Default::default() })),
-            _ = tokio::time::sleep_until(deadline) => {
-                warn!(silent_for = ?settings.liveness_timeout, "host tunnel silent; closing");
-                break (close::PING_TIMEOUT, "ping timeout".to_owned());
-            }
-        }
+    let protocol = HostTunnel {
+        conn: conn.clone(),
+        registry: registry.clone(),
+        pending: HashMap::new(),
     };
+    socket::drive(protocol, commands, stream, sink, config).await
+}
 
-    // Refuse new requests first, then fail the open ones: nothing can slip in between.
-    conn.inner.closed.cancel();
-    commands.close();
-    for (_, p) in pending.drain() {
-        let _ = p.reply.send(Err(HostRequestError::Closed {
-            host_id: conn.host_id().to_owned(),
-            kind: p.kind,
-        }));
+/// What the host tunnel holds: its requests awaiting a `*_result`.
+struct HostTunnel {
+    conn: HostConnection,
+    registry: HostRegistry,
+    pending: HashMap<String, Pending>,
+}
+
+impl socket::Protocol for HostTunnel {
+    type Frame = HostFrame;
+    type Command = Command;
+    const PEER: &'static str = "host";
+    const CLOSED: u16 = close::PING_TIMEOUT;
+
+    fn decode(text: &str, cap: usize) -> Result<HostFrame, socket::DecodeError> {
+        HostFrame::decode_capped(text, cap).map_err(|e| match e {
+            HostFrameError::TooLarge { size, cap } => socket::DecodeError::TooLarge { size, cap },
+            e => socket::DecodeError::Malformed(e.to_string()),
+        })
     }
-    while let Ok(command) = commands.try_recv() {
-        if let Command::Request { reply, frame, .. } = command {
-            let _ = reply.send(Err(HostRequestError::Closed {
-                host_id: conn.host_id().to_owned(),
-                kind: frame.kind(),
-            }));
+
+    fn encode(frame: &HostFrame) -> String {
+        frame.encode()
+    }
+
+    fn ping() -> HostFrame {
+        HostFrame::Ping(Ping {
+            ts: epoch_millis(),
+            extra: Default::default(),
+        })
+    }
+
+    fn on_frame(&mut self, frame: HostFrame, text: &str, out: &socket::Outbox<Self>) {
+        let send = |frame: HostFrame| out.send(frame);
+        on_frame(
+            &self.conn,
+            frame,
+            text,
+            &mut self.pending,
+            &send,
+            &self.registry,
+        );
+    }
+
+    fn on_command(
+        &mut self,
+        command: Command,
+        out: &socket::Outbox<Self>,
+    ) -> Option<(u16, String)> {
+        match command {
+            Command::Request {
+                id,
+                expected,
+                frame,
+                reply,
+            } => {
+                let kind = frame.kind();
+                out.send(*frame);
+                self.pending.insert(
+                    id,
+                    Pending {
+                        expected,
+                        kind,
+                        reply,
+                    },
+                );
+            }
+            Command::Forget { id } => {
+                self.pending.remove(&id);
+            }
+            Command::Close { code, reason } => return Some((code, reason)),
+        }
+        None
+    }
+
+    /// Refuse new requests first, then fail the open ones: nothing can slip in between.
+    fn on_end(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
+        let closed = |kind| HostRequestError::Closed {
+            host_id: self.conn.host_id().to_owned(),
+            kind,
+        };
+        self.conn.inner.closed.cancel();
+        commands.close();
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(closed(p.kind)));
+        }
+        while let Ok(command) = commands.try_recv() {
+            if let Command::Request { reply, frame, .. } = command {
+                let _ = reply.send(Err(closed(frame.kind())));
+            }
         }
     }
-    let _ = out_tx.send(Message::Close(Some(CloseFrame {
-        code: code.into(),
-        reason: reason.as_str().into(),
-    })));
-    drop(out_tx);
-    let sink = match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer).await {
-        Ok(Ok(sink)) => Some(sink),
-        _ => {
-            debug!("host tunnel writer did not flush the close frame in time");
-            None
-        }
-    };
-    socket::finish(stream, sink);
-    (code, reason)
 }
 
 fn on_frame(
@@ -831,7 +833,7 @@ fn on_frame(
     frame: HostFrame,
     text: &str,
     pending: &mut HashMap<String, Pending>,
-    send: &impl Fn(&HostFrame),
+    send: &impl Fn(HostFrame),
     registry: &HostRegistry,
 ) {
     let host_id = conn.host_id();
@@ -881,7 +883,7 @@ fn on_frame(
             host_id: host_id.to_owned(),
             readiness,
         }),
-        HostFrame::Ping(ping) => send(&HostFrame::Pong(Ping {
+        HostFrame::Ping(ping) => send(HostFrame::Pong(Ping {
             ts: ping.ts,
             extra: Default::default(),
         })),

@@ -10,6 +10,8 @@
 //! - [`ws`]: the server end's WebSocket ([`TunnelUpgrade`], [`TunnelSocket`]): the pre-hello read budget, the
 //!   frame cap, the lingering close.
 //! - Runner side ([`router`]): [`serve_router`] drives an axum `Router` from `request` frames.
+//! - [`client`]: the dialing end of both tunnels (the runner and the daemon's host tunnel): server URLs, the
+//!   dial, the full-jitter redial schedule, the write loop.
 //! - [`sse`]: reading a runner's SSE stream as JSON events (for the server's relay).
 //!
 //! Frames are [`omnigent_proto::runner_frames::RunnerFrame`].
@@ -48,6 +50,7 @@ pub(crate) const WS_READ_BUFFER: usize = 16 * 1024;
 
 pub mod auth;
 pub mod channel;
+pub mod client;
 pub mod connection;
 pub mod host;
 pub mod registry;

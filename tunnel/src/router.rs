@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use omnigent_proto::runner_frames::{
     self, Hello, Ping, Request, ResponseBody, ResponseEnd, ResponseHead, RunnerFrame, WsClose,
@@ -70,7 +70,7 @@ where
 {
     let (sink, mut stream) = ws.split();
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let writer = tokio::spawn(crate::socket::write_loop(sink, out_rx, "runner"));
     let send = |frame: RunnerFrame| {
         let _ = out_tx.send(Message::Text(frame.encode().into()));
     };
@@ -301,23 +301,4 @@ fn http_request(request: Request) -> Result<http::Request<Body>, String> {
     builder
         .body(Body::from(body))
         .map_err(|e| format!("request {uri:?}: {e}"))
-}
-
-async fn write_loop<S>(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    while let Some(message) = rx.recv().await {
-        let is_close = matches!(message, Message::Close(_));
-        if let Err(e) = sink.send(message).await {
-            debug!(error = %e, "tunnel write failed");
-            break;
-        }
-        if is_close {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }

@@ -1,8 +1,9 @@
 //! Reading a runner's SSE stream (`GET /v1/sessions/{id}/stream` through the tunnel): the JSON of each event's
-//! `data:` lines, as the server's relay needs it (reference §3.4 step 6).
+//! `data:` lines, as the server's relay needs it (reference §3.4 step 6), over the one SSE parser of `proto`.
 
 use axum::body::Body;
 use futures_util::{Stream, StreamExt};
+use omnigent_proto::events::{SseError as ProtoSseError, SseStream};
 use serde_json::Value;
 
 /// Why reading a runner's SSE stream failed.
@@ -20,108 +21,22 @@ pub enum SseError {
 }
 
 /// The events of an SSE body, one JSON value per event (`data:` lines joined; `event:`, `id:` and comments
-/// ignored). `data: [DONE]` ends the stream. A body error or an event above `max_event_bytes` yields one `Err`
-/// and ends the stream; an event whose data is not JSON yields an `Err` and reading goes on.
+/// ignored), read through the workspace's one parser ([`omnigent_proto::events::SseStream`]). `data: [DONE]`
+/// ends the stream. A body error or an event above `max_event_bytes` yields one `Err` and ends the stream; an
+/// event whose data is not JSON yields an `Err` and reading goes on.
 pub fn data_events(
     body: Body,
     max_event_bytes: usize,
 ) -> impl Stream<Item = Result<Value, SseError>> + Send {
-    let state = Reader {
-        body: body.into_data_stream(),
-        buffer: Vec::new(),
-        done: false,
-        max: max_event_bytes,
-    };
-    futures_util::stream::unfold(state, |mut reader| async move {
-        let item = reader.next_event().await?;
-        Some((item, reader))
-    })
-}
-
-struct Reader {
-    body: axum::body::BodyDataStream,
-    buffer: Vec<u8>,
-    done: bool,
-    max: usize,
-}
-
-impl Reader {
-    async fn next_event(&mut self) -> Option<Result<Value, SseError>> {
-        loop {
-            if self.done {
-                return None;
+    SseStream::new(body.into_data_stream(), max_event_bytes)
+        .take_while(|item| std::future::ready(!matches!(item, Ok(m) if m.is_done())))
+        .map(|item| match item {
+            Ok(message) => {
+                serde_json::from_str(&message.data).map_err(|e| SseError::BadJson(e.to_string()))
             }
-            if let Some((end, separator)) = find_blank_line(&self.buffer) {
-                let block: Vec<u8> = self.buffer.drain(..end + separator).collect();
-                let block = String::from_utf8_lossy(&block[..end]);
-                let Some(data) = event_data(&block) else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    self.done = true;
-                    return None;
-                }
-                return Some(
-                    serde_json::from_str(&data).map_err(|e| SseError::BadJson(e.to_string())),
-                );
-            }
-            if self.buffer.len() > self.max {
-                self.done = true;
-                return Some(Err(SseError::TooLarge(self.max)));
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(SseError::Body(e.to_string())));
-                }
-                None => {
-                    self.done = true;
-                    // A last event without its blank line still counts.
-                    let rest = String::from_utf8_lossy(&self.buffer).into_owned();
-                    self.buffer.clear();
-                    return event_data(&rest).filter(|d| d != "[DONE]").map(|d| {
-                        serde_json::from_str(&d).map_err(|e| SseError::BadJson(e.to_string()))
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// The end of the first event in `buffer` and the length of its separator (`\n\n` or `\r\n\r\n`), in one pass.
-fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
-    let mut from = 0;
-    while let Some(offset) = buffer[from..].iter().position(|b| *b == b'\n') {
-        let at = from + offset;
-        if buffer.get(at + 1) == Some(&b'\n') {
-            return Some((at, 2));
-        }
-        if at >= 1 && buffer[at - 1] == b'\r' && buffer[at + 1..].starts_with(b"\r\n") {
-            return Some((at - 1, 4));
-        }
-        from = at + 1;
-    }
-    None
-}
-
-/// The joined `data:` lines of one event block; `None` when it has none (a comment or keep-alive).
-fn event_data(block: &str) -> Option<String> {
-    let mut data: Option<String> = None;
-    for line in block.lines() {
-        let Some(value) = line.strip_prefix("data:") else {
-            continue;
-        };
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match &mut data {
-            Some(data) => {
-                data.push('\n');
-                data.push_str(value);
-            }
-            None => data = Some(value.to_owned()),
-        }
-    }
-    data
+            Err(ProtoSseError::Body(e)) => Err(SseError::Body(e.to_string())),
+            Err(ProtoSseError::TooLarge(e)) => Err(SseError::TooLarge(e.0)),
+        })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
-use omnigent_proto::events::kind;
+use omnigent_proto::events::{SseError, SseMessage, SseStream, kind};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -24,7 +24,8 @@ use crate::backend;
 const HOST_ONLINE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a freshly launched runner may take to connect before a message to it fails.
 const RUNNER_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest SSE line or event we buffer (a tool output can be big; a stream without newlines is not SSE).
+/// Largest SSE event we buffer (a tool output can be big; a stream without newlines is not SSE): a bigger one
+/// ends the stream.
 const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// How long a stream may take to send its ready heartbeat.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -270,26 +271,20 @@ impl Api {
         }
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            let mut body = resp.bytes_stream();
-            let mut buf: Vec<u8> = Vec::new();
-            let mut event = SseEvent::default();
-            while let Some(Ok(chunk)) = body.next().await {
-                buf.extend_from_slice(&chunk);
-                if buf.len() > MAX_EVENT_BYTES || event.data.len() > MAX_EVENT_BYTES {
-                    tracing::warn!(
-                        "a session event is larger than {MAX_EVENT_BYTES} bytes; closing the stream"
-                    );
-                    return;
-                }
-                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    let line = String::from_utf8_lossy(&line);
-                    let line = line.trim_end_matches(['\n', '\r']);
-                    if let Some(v) = event.feed(line)
-                        && tx.send(v).await.is_err()
-                    {
+            let mut events = SseStream::new(resp.bytes_stream(), MAX_EVENT_BYTES);
+            while let Some(item) = events.next().await {
+                let message = match item {
+                    Ok(message) => message,
+                    Err(SseError::TooLarge(e)) => {
+                        tracing::warn!("{e}; closing the session stream");
                         return;
                     }
+                    Err(SseError::Body(_)) => return,
+                };
+                if let Some(v) = event_value(message)
+                    && tx.send(v).await.is_err()
+                {
+                    return;
                 }
             }
         });
@@ -297,40 +292,19 @@ impl Api {
     }
 }
 
-/// One SSE event being assembled.
-#[derive(Default)]
-struct SseEvent {
-    name: Option<String>,
-    data: String,
-}
-
-impl SseEvent {
-    /// Feed one line; a blank line completes the event (its data parsed as JSON, `type` defaulted from
-    /// the `event:` line).
-    fn feed(&mut self, line: &str) -> Option<Value> {
-        if line.is_empty() {
-            let ev = std::mem::take(self);
-            if ev.data.is_empty() || ev.data == "[DONE]" {
-                return ev.data.eq("[DONE]").then(|| json!({"type": "done"}));
-            }
-            let mut v: Value = serde_json::from_str(&ev.data).ok()?;
-            if v.get("type").is_none()
-                && let (Some(name), Some(obj)) = (ev.name, v.as_object_mut())
-            {
-                obj.insert("type".into(), name.into());
-            }
-            return Some(v);
-        }
-        if let Some(rest) = line.strip_prefix("event:") {
-            self.name = Some(rest.trim().to_owned());
-        } else if let Some(rest) = line.strip_prefix("data:") {
-            if !self.data.is_empty() {
-                self.data.push('\n');
-            }
-            self.data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
-        }
-        None
+/// One SSE event as the turn printer reads it: its data as JSON, `type` defaulted from the `event:` line;
+/// `[DONE]` becomes `{"type": "done"}`; data that is not JSON is skipped.
+fn event_value(message: SseMessage) -> Option<Value> {
+    if message.is_done() {
+        return Some(json!({"type": "done"}));
     }
+    let mut v: Value = serde_json::from_str(&message.data).ok()?;
+    if v.get("type").is_none()
+        && let (Some(name), Some(obj)) = (message.event, v.as_object_mut())
+    {
+        obj.insert("type".into(), name.trim().into());
+    }
+    Some(v)
 }
 
 /// What one event means for the turn.
@@ -682,17 +656,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sse_lines_make_events_with_their_type() {
-        let mut ev = SseEvent::default();
-        assert!(ev.feed("event: response.output_text.delta").is_none());
-        assert!(ev.feed("id: 4").is_none());
-        assert!(ev.feed("data: {\"delta\":\"hi\"}").is_none());
-        let v = ev.feed("").unwrap();
-        assert_eq!(v["type"], "response.output_text.delta");
-        assert_eq!(v["delta"], "hi");
-        assert!(ev.feed("data: [DONE]").is_none());
-        assert_eq!(ev.feed("").unwrap()["type"], "done");
-        assert!(ev.feed("").is_none());
+    fn sse_events_get_their_type_from_the_event_line() {
+        let mut parser = omnigent_proto::events::SseParser::new(1024);
+        let wire = "event: response.output_text.delta\nid: 4\ndata: {\"delta\":\"hi\"}\n\n\
+                    event: x\ndata: {\"type\":\"own\"}\n\ndata: not json\n\ndata: [DONE]\n\n";
+        let values: Vec<Value> = parser
+            .push(wire.as_bytes())
+            .unwrap()
+            .into_iter()
+            .filter_map(event_value)
+            .collect();
+        assert_eq!(values.len(), 3);
+        assert_eq!(values[0]["type"], "response.output_text.delta");
+        assert_eq!(values[0]["delta"], "hi");
+        assert_eq!(values[1]["type"], "own");
+        assert_eq!(values[2]["type"], "done");
     }
 
     #[test]

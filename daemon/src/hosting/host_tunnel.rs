@@ -14,24 +14,23 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
-use omnigent_proto::headers::{HOST_TOKEN as HOST_TOKEN_HEADER, INTERNAL_ORIGIN};
+use futures_util::StreamExt;
+use omnigent_proto::headers::HOST_TOKEN as HOST_TOKEN_HEADER;
 use omnigent_proto::host_frames::{
     ConnectionError, HostFrame, HostFrameError, HostHello, LaunchRunner, LaunchRunnerResult, Ping,
     RunnerExited, RunnerRef, StatusResult, close,
 };
 use omnigent_proto::ids::canonical_id;
+use omnigent_tunnel::client::{
+    self, Backoff, BackoffPolicy, ClientSocket as Ws, DialError, DialRequest, ServerUrl, write_loop,
+};
 use serde_json::{Map, Value};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -41,8 +40,6 @@ const WS_LAYER_SLACK: usize = 1024 * 1024;
 pub const EXIT_QUEUE: usize = 256;
 /// The daemon's exit code for a fatal tunnel error (EX_CONFIG): service managers must not restart it.
 pub const FATAL_EXIT_CODE: i32 = omnigent_proto::exit::CONFIG as i32;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How the host proves who it is to the server. Omitted on loopback.
 #[derive(Clone, PartialEq, Eq)]
@@ -407,58 +404,14 @@ impl ServerUrls {
             url: server.to_owned(),
             reason,
         };
-        let base = reqwest::Url::parse(server.trim()).map_err(|e| bad(e.to_string()))?;
-        let (http_scheme, ws_scheme) = match base.scheme() {
-            "http" | "ws" => ("http", "ws"),
-            "https" | "wss" => ("https", "wss"),
-            other => {
-                return Err(bad(format!(
-                    "scheme {other:?} is not http, https, ws or wss"
-                )));
-            }
-        };
-        let host = base
-            .host_str()
-            .ok_or_else(|| bad("it has no host".to_owned()))?;
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let prefix = base.path().trim_end_matches('/').to_owned();
-        let with = |scheme: &str, path: String| {
-            let mut url = base.clone();
-            url.set_path(&path);
-            url.set_query(None);
-            url.set_fragment(None);
-            url.set_scheme(scheme)
-                .map_err(|()| bad(format!("cannot use scheme {scheme}")))?;
-            Ok::<_, HostTunnelError>(url)
-        };
+        let base = ServerUrl::parse(server).map_err(bad)?;
         Ok(ServerUrls {
-            me: with(http_scheme, format!("{prefix}/v1/me"))?,
-            tunnel: with(ws_scheme, format!("{prefix}/v1/hosts/{host_id}/tunnel"))?,
-            loopback,
+            me: base.http("/v1/me").map_err(bad)?,
+            tunnel: base
+                .ws(&format!("/v1/hosts/{host_id}/tunnel"))
+                .map_err(bad)?,
+            loopback: base.is_loopback(),
         })
-    }
-}
-
-/// Why a dial failed.
-#[derive(Debug)]
-enum DialError {
-    /// The server answered the upgrade with this HTTP status.
-    Status(u16),
-    Other(String),
-}
-
-impl std::fmt::Display for DialError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DialError::Status(status) => {
-                write!(f, "the server answered the upgrade with HTTP {status}")
-            }
-            DialError::Other(e) => f.write_str(e),
-        }
     }
 }
 
@@ -488,36 +441,6 @@ struct SessionOutcome {
     /// The last `host.connection_error` the server sent.
     connection_error: Option<ConnectionError>,
     connected_for: Duration,
-}
-
-/// The reconnect schedule: full jitter `U(0, min(cap, base × 2^n))`.
-#[derive(Debug, Clone)]
-struct Backoff {
-    base: Duration,
-    cap: Duration,
-    full_jitter: bool,
-    attempt: u32,
-}
-
-impl Backoff {
-    fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        if self.full_jitter {
-            ceiling.mul_f64(rand::random_range(0.0..=1.0))
-        } else {
-            ceiling
-        }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
 }
 
 /// Runner exits waiting for the tunnel: one per runner (the newest report wins), at most [`EXIT_QUEUE`].
@@ -654,12 +577,12 @@ impl<A: HostActions> Tunnel<A> {
         })?;
 
         let t = self.config.timings.clone();
-        let mut backoff = Backoff {
+        let mut backoff = Backoff::new(BackoffPolicy {
             base: t.backoff_base,
             cap: t.backoff_cap,
-            full_jitter: t.full_jitter,
-            attempt: 0,
-        };
+            reset_after: t.backoff_reset_after,
+        })
+        .with_jitter(t.full_jitter);
         let mut ever_connected = false;
         let mut auth_rejections = 0u32;
         let mut attempt = 0u32;
@@ -692,9 +615,7 @@ impl<A: HostActions> Tunnel<A> {
                     info!(url = %urls.tunnel, "host tunnel connected");
                     let outcome = self.session(ws).await;
                     ever_connected |= outcome.established;
-                    if outcome.connected_for >= t.backoff_reset_after {
-                        backoff.reset();
-                    }
+                    backoff.connection_ended(outcome.connected_for);
                     if outcome.received {
                         silent_prompts = 0;
                     }
@@ -893,10 +814,10 @@ impl<A: HostActions> Tunnel<A> {
         let t = self.config.timings.clone();
         let started = Instant::now();
         let (sink, mut stream) = ws.split();
-        let (out_tx, out_rx) = mpsc::unbounded_channel::<Outbound>();
-        let writer = tokio::spawn(write_loop(sink, out_rx));
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Message>();
+        let writer = tokio::spawn(write_loop(sink, out_rx, "host"));
         let send = |frame: &HostFrame| {
-            let _ = out_tx.send(Outbound::Message(Message::text(frame.encode())));
+            let _ = out_tx.send(Message::text(frame.encode()));
         };
 
         send(&self.hello());
@@ -928,7 +849,7 @@ impl<A: HostActions> Tunnel<A> {
         let end = loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => {
-                    let _ = out_tx.send(Outbound::Close(Some(CloseFrame {
+                    let _ = out_tx.send(Message::Close(Some(CloseFrame {
                         code: CloseCode::Normal,
                         reason: "host shutting down".into(),
                     })));
@@ -983,7 +904,7 @@ impl<A: HostActions> Tunnel<A> {
                 }
                 Some(exit) = self.exits.rx.recv() => send(&runner_exited(exit)),
                 _ = ping.tick() => {
-                    let _ = out_tx.send(Outbound::Message(Message::Ping(Default::default())));
+                    let _ = out_tx.send(Message::Ping(Default::default()));
                 }
                 () = tokio::time::sleep_until(established_at), if !outcome.established => {
                     outcome.established = true;
@@ -993,10 +914,9 @@ impl<A: HostActions> Tunnel<A> {
         };
         match &end {
             SessionEnd::Shutdown => {}
-            // Answer the server's close (tungstenite queues the reply; closing the sink flushes it).
-            SessionEnd::Closed { .. } => {
-                let _ = out_tx.send(Outbound::Close(None));
-            }
+            // Answer the server's close (tungstenite queues the reply; the writer, its queue ended below,
+            // closes the sink, which flushes it).
+            SessionEnd::Closed { .. } => {}
             SessionEnd::Lost(_) | SessionEnd::Silent | SessionEnd::Woke => writer.abort(),
         }
         drop(out_tx);
@@ -1014,7 +934,7 @@ impl<A: HostActions> Tunnel<A> {
     }
 
     /// One frame from the server. Requests run in tasks of their own; the rest is answered inline.
-    fn on_frame(&self, frame: HostFrame, text: &str, out: &mpsc::UnboundedSender<Outbound>) {
+    fn on_frame(&self, frame: HostFrame, text: &str, out: &mpsc::UnboundedSender<Message>) {
         let kind = frame.kind();
         let actions = self.actions.clone();
         match frame {
@@ -1023,7 +943,7 @@ impl<A: HostActions> Tunnel<A> {
                     ts: ping.ts,
                     extra: Default::default(),
                 });
-                let _ = out.send(Outbound::Message(Message::text(pong.encode())));
+                let _ = out.send(Message::text(pong.encode()));
             }
             HostFrame::Pong(_) | HostFrame::ConnectionError(_) => {}
             HostFrame::LaunchRunner(req) => {
@@ -1082,17 +1002,14 @@ impl<A: HostActions> Tunnel<A> {
 /// Run one request handler in a task of its own and send its result, unless the tunnel died meanwhile (the
 /// server's request times out and it retries).
 fn spawn_reply(
-    out: &mpsc::UnboundedSender<Outbound>,
+    out: &mpsc::UnboundedSender<Message>,
     kind: &'static str,
     handler: impl Future<Output = HostFrame> + Send + 'static,
 ) {
     let out = out.clone();
     tokio::spawn(async move {
         let result = handler.await;
-        if out
-            .send(Outbound::Message(Message::text(result.encode())))
-            .is_err()
-        {
+        if out.send(Message::text(result.encode())).is_err() {
             info!(
                 kind,
                 "the tunnel died before the reply could be sent; reply dropped"
@@ -1181,96 +1098,27 @@ async fn dial(
     open_timeout: Duration,
     max_frame_bytes: usize,
 ) -> Result<Ws, DialError> {
-    let mut me = http
-        .get(urls.me.clone())
-        .header(http::header::ORIGIN, INTERNAL_ORIGIN)
-        .timeout(open_timeout);
-    match auth {
-        Some(HostAuth::Bearer(token)) => me = me.bearer_auth(token),
-        Some(HostAuth::HostToken(token)) => me = me.header(HOST_TOKEN_HEADER, token),
-        None => {}
-    }
-    match me.send().await {
-        Ok(response) => debug!(status = response.status().as_u16(), "GET /v1/me answered"),
-        Err(e) => debug!(error = %e, "GET /v1/me failed"),
-    }
-
-    let mut request = urls
-        .tunnel
-        .as_str()
-        .into_client_request()
-        .map_err(|e| DialError::Other(format!("cannot build the tunnel request: {e}")))?;
-    let headers = request.headers_mut();
-    headers.insert(
-        http::header::ORIGIN,
-        http::HeaderValue::from_static(INTERNAL_ORIGIN),
-    );
-    let header = |value: String| {
-        http::HeaderValue::from_str(&value).map_err(|_| {
-            DialError::Other(
-                "the host token contains characters not allowed in a header".to_owned(),
-            )
-        })
-    };
-    match auth {
+    let headers = match auth {
         Some(HostAuth::Bearer(token)) => {
-            headers.insert(
-                http::header::AUTHORIZATION,
-                header(format!("Bearer {token}"))?,
-            );
+            vec![(http::header::AUTHORIZATION, format!("Bearer {token}"))]
         }
         Some(HostAuth::HostToken(token)) => {
-            headers.insert(HOST_TOKEN_HEADER, header(token.clone())?);
+            vec![(
+                http::HeaderName::from_static(HOST_TOKEN_HEADER),
+                token.clone(),
+            )]
         }
-        None => {}
-    }
-    // Room above our own cap, so an oversized frame reaches the check in the session and is skipped there.
-    let ws_cap = max_frame_bytes.saturating_add(WS_LAYER_SLACK);
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(ws_cap))
-        .max_frame_size(Some(ws_cap));
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
-    match tokio::time::timeout(open_timeout, connect).await {
-        Err(_) => Err(DialError::Other(format!(
-            "no answer to the upgrade within {open_timeout:?}"
-        ))),
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            Err(DialError::Status(response.status().as_u16()))
-        }
-        Ok(Err(e)) => Err(DialError::Other(format!(
-            "cannot reach {}: {e}",
-            urls.tunnel
-        ))),
-    }
-}
-
-enum Outbound {
-    Message(Message),
-    /// Send this close frame (or flush a queued close reply, `None`), then stop.
-    Close(Option<CloseFrame>),
-}
-
-/// The only writer of the socket.
-async fn write_loop(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Outbound>) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Outbound::Message(message) => {
-                if let Err(e) = sink.send(message).await {
-                    debug!(error = %e, "host tunnel write failed");
-                    return;
-                }
-            }
-            Outbound::Close(frame) => {
-                if let Some(frame) = frame {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                }
-                let _ = sink.close().await;
-                return;
-            }
-        }
-    }
-    let _ = sink.close().await;
+        None => Vec::new(),
+    };
+    let request = DialRequest {
+        announce: Some((http::Method::GET, urls.me.clone())),
+        tunnel: urls.tunnel.clone(),
+        headers,
+        timeout: open_timeout,
+        // Room above our own cap, so an oversized frame reaches the check in the session and is skipped there.
+        max_message_bytes: max_frame_bytes.saturating_add(WS_LAYER_SLACK),
+    };
+    client::dial(http, &request).await
 }
 
 #[cfg(test)]
@@ -1299,25 +1147,6 @@ mod tests {
             Err(HostTunnelError::BadServerUrl { .. })
         ));
         assert!(ServerUrls::new("not a url", "a").is_err());
-    }
-
-    #[test]
-    fn backoff_is_full_jitter_under_a_doubling_ceiling_capped_at_3s() {
-        let mut b = Backoff {
-            base: Duration::from_millis(250),
-            cap: Duration::from_secs(3),
-            full_jitter: false,
-            attempt: 0,
-        };
-        let ceilings: Vec<u64> = (0..6).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(ceilings, vec![250, 500, 1000, 2000, 3000, 3000]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(250));
-        b.full_jitter = true;
-        b.attempt = 40;
-        for _ in 0..200 {
-            assert!(b.next_delay() <= Duration::from_secs(3));
-        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use omnigent_proto::events;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -177,14 +179,8 @@ async fn open_built(
     Ok(SseStream {
         vendor,
         secrets: Secrets(Vec::new()),
-        response,
+        events: events::SseStream::new(Box::pin(response.bytes_stream()), MAX_EVENT_BYTES),
         idle,
-        buf: Vec::new(),
-        pos: 0,
-        event: None,
-        data: String::new(),
-        has_data: false,
-        eof: false,
     })
 }
 
@@ -302,133 +298,51 @@ async fn vendor_error(
     }
 }
 
-/// One Server-Sent Event.
-#[derive(Debug)]
-pub(super) struct SseEvent {
-    /// The `event:` field, when given.
-    pub event: Option<String>,
-    pub data: String,
-}
+/// One Server-Sent Event (its `event:` line and joined `data:` lines).
+pub(super) type SseEvent = events::SseMessage;
 
-/// Reads a streaming response as Server-Sent Events.
+type VendorBody = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>,
+>;
+
+/// Reads a streaming response as Server-Sent Events, through the workspace's one SSE parser.
 pub(super) struct SseStream {
     vendor: &'static str,
     /// Cut out of every error message (a vendor's error event may echo the key).
     secrets: Secrets,
-    response: reqwest::Response,
+    events: events::SseStream<VendorBody>,
     idle: Duration,
-    /// Bytes received; those before `pos` are already split into lines.
-    buf: Vec<u8>,
-    pos: usize,
-    event: Option<String>,
-    data: String,
-    has_data: bool,
-    eof: bool,
 }
 
 impl SseStream {
     /// The next event, or `None` when the stream ended cleanly (whether the vendor's protocol was complete is
-    /// the caller's judgement). Fails when the connection breaks, the vendor is silent for the idle timeout,
-    /// an event exceeds [`MAX_EVENT_BYTES`] or is not UTF-8; gives way to `cancel` at once.
+    /// the caller's judgement; a last event not followed by a blank line still counts). Fails when the
+    /// connection breaks, the vendor is silent for the idle timeout or an event exceeds [`MAX_EVENT_BYTES`];
+    /// gives way to `cancel` at once.
     pub async fn next(
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Option<SseEvent>, HarnessError> {
-        loop {
-            if let Some(event) = self.take_event()? {
-                return Ok(Some(event));
-            }
-            if self.eof {
-                // A last event not followed by a blank line still counts.
-                if self.has_data {
-                    return Ok(Some(self.dispatch()));
-                }
-                return Ok(None);
-            }
-            let chunk = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(HarnessError::Interrupted),
-                chunk = tokio::time::timeout(self.idle, self.response.chunk()) => chunk,
-            };
-            match chunk {
-                Err(_) => {
-                    return Err(self.error(format!(
-                        "no data for {} (idle timeout); the vendor stalled mid-stream, retry later",
-                        seconds(self.idle)
-                    )));
-                }
-                Ok(Err(e)) => {
-                    return Err(self.error(format!(
-                        "the connection broke off mid-stream: {}",
-                        error_chain(&e)
-                    )));
-                }
-                Ok(Ok(None)) => {
-                    self.eof = true;
-                    if !self.buf.is_empty() {
-                        // A final line without its newline.
-                        self.buf.push(b'\n');
-                    }
-                }
-                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
-            }
-        }
-    }
-
-    /// Process the complete lines in `buf`; return an event when a blank line ends one.
-    fn take_event(&mut self) -> Result<Option<SseEvent>, HarnessError> {
-        while let Some(offset) = self.buf[self.pos..].iter().position(|&b| b == b'\n') {
-            let start = self.pos;
-            let mut end = start + offset;
-            self.pos = end + 1;
-            if end > start && self.buf[end - 1] == b'\r' {
-                end -= 1;
-            }
-            let line = self.buf[start..end].to_vec();
-            if line.is_empty() {
-                if self.has_data {
-                    return Ok(Some(self.dispatch()));
-                }
-                self.event = None;
-                continue;
-            }
-            let line = String::from_utf8(line)
-                .map_err(|_| self.error("the stream sent a line that is not UTF-8".to_owned()))?;
-            if line.starts_with(':') {
-                continue; // comment / keep-alive
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-                None => (line.as_str(), ""),
-            };
-            match field {
-                "event" => self.event = Some(value.to_owned()),
-                "data" => {
-                    if self.has_data {
-                        self.data.push('\n');
-                    }
-                    self.data.push_str(value);
-                    self.has_data = true;
-                    if self.data.len() > MAX_EVENT_BYTES {
-                        return Err(self.too_big());
-                    }
-                }
-                _ => {} // id, retry and unknown fields
-            }
-        }
-        self.buf.drain(..self.pos);
-        self.pos = 0;
-        if self.buf.len() > MAX_EVENT_BYTES {
-            return Err(self.too_big());
-        }
-        Ok(None)
-    }
-
-    fn dispatch(&mut self) -> SseEvent {
-        self.has_data = false;
-        SseEvent {
-            event: self.event.take(),
-            data: std::mem::take(&mut self.data),
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(HarnessError::Interrupted),
+            item = tokio::time::timeout(self.idle, self.events.next()) => item,
+        };
+        match item {
+            Err(_) => Err(self.error(format!(
+                "no data for {} (idle timeout); the vendor stalled mid-stream, retry later",
+                seconds(self.idle)
+            ))),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(event))) => Ok(Some(event)),
+            Ok(Some(Err(events::SseError::Body(e)))) => Err(self.error(format!(
+                "the connection broke off mid-stream: {}",
+                error_chain(&e)
+            ))),
+            Ok(Some(Err(events::SseError::TooLarge(_)))) => Err(self.error(format!(
+                "the stream sent an event larger than {} MiB; refusing it",
+                MAX_EVENT_BYTES >> 20
+            ))),
         }
     }
 
@@ -437,13 +351,6 @@ impl SseStream {
             vendor: self.vendor,
             message: self.secrets.redact(&message),
         }
-    }
-
-    fn too_big(&self) -> HarnessError {
-        self.error(format!(
-            "the stream sent an event larger than {} MiB; refusing it",
-            MAX_EVENT_BYTES >> 20
-        ))
     }
 }
 
