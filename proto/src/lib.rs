@@ -2,6 +2,7 @@
 //!
 //! - [`api`] and [`events`]: the public HTTP API and SSE events (clients ⇄ server), omnigent-compatible.
 //! - [`runner_frames`]: runner tunnel v1 frames (runner ⇄ server), omnigent-compatible.
+//! - [`runner_api`]: bodies of the runner HTTP API the server drives (session init, turn event, errors).
 //! - [`host_frames`]: host tunnel v1 frames (daemon ⇄ server), omnigent-compatible.
 //! - [`control`]: the local control API (CLI ⇄ daemon), ours.
 //! - [`harness`]: the harness table (names, aliases, credential variables), read by the daemon and the runner.
@@ -22,6 +23,7 @@ pub mod headers;
 pub mod host_frames;
 pub mod ids;
 pub mod paths;
+pub mod runner_api;
 pub mod runner_frames;
 
 /// The build version of every omnigent-rs binary (what `host.hello.version` and the control hello carry).
