@@ -318,7 +318,8 @@ mod tests {
 
     #[test]
     fn absent_null_and_set_fields_each_re_encode_as_they_came() {
-        let body = json!({"session_id": "s", "sub_agent_name": null, "session_init": {"snapshot": {}}});
+        let body =
+            json!({"session_id": "s", "sub_agent_name": null, "session_init": {"snapshot": {}}});
         let parsed: SessionCreate = serde_json::from_value(body.clone()).expect("parse");
         assert_eq!(parsed.sub_agent_name, Some(None));
         assert_eq!(parsed.harness, None);
