@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::turn::Relay;
+use super::runner::Relay;
 use super::{ActorError, ActorLimits, Command, Msg, SEQ_BLOCK, Sessions, Subscription};
 use crate::feed::Feed;
 use crate::hosts::Hosts;

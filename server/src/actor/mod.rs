@@ -33,6 +33,7 @@ use crate::relay::RelayError;
 use crate::store::{ItemRow, NewItem, SessionRow, Store, StoreError};
 
 mod core;
+mod runner;
 mod turn;
 
 pub use self::core::{item_done_json, wire_item};
@@ -151,13 +152,8 @@ pub enum TunnelEvent {
 /// What a task the actor started came back with.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The relaunch of the session's runner on its host (for `input`, read as `row`).
-    Relaunched {
-        input: TurnInput,
-        row: Box<SessionRow>,
-        result: Result<Option<(SessionRow, String)>, LaunchError>,
-        reply: Reply<Option<String>>,
-    },
+    /// The relaunch of the session's runner on its host.
+    Relaunched(Box<Relaunched>),
     /// The forward of a turn input of `kind`, whose item was stored as `item_id`.
     Forwarded {
         kind: String,
@@ -171,6 +167,15 @@ pub enum Outcome {
         stop: bool,
         reply: Reply<()>,
     },
+}
+
+/// The relaunch of a session's runner on its host, for `input` (the session read as `row`).
+#[derive(Debug)]
+pub struct Relaunched {
+    pub input: TurnInput,
+    pub row: SessionRow,
+    pub result: Result<Option<(SessionRow, String)>, LaunchError>,
+    pub reply: Reply<Option<String>>,
 }
 
 /// One message of an actor's mailbox.
@@ -203,9 +208,8 @@ impl Msg {
                 Command::Interrupt { reply, .. } => drop(reply.send(Err(err()))),
             },
             Msg::Outcome(outcome) => match outcome {
-                Outcome::Relaunched { reply, .. } | Outcome::Forwarded { reply, .. } => {
-                    drop(reply.send(Err(err())));
-                }
+                Outcome::Relaunched(r) => drop(r.reply.send(Err(err()))),
+                Outcome::Forwarded { reply, .. } => drop(reply.send(Err(err()))),
                 Outcome::InterruptDelivered { reply, .. } => drop(reply.send(Err(err()))),
             },
             Msg::Tunnel(_) | Msg::Reader(_) => {}

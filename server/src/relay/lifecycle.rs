@@ -286,6 +286,10 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(10);
 
+    /// One row of the table: what it shows, where it starts, what happens, what the actor sees, the effects
+    /// and the state after.
+    type Row<'a> = (&'a str, Start, Input<'a>, View, Vec<Effect>, After);
+
     /// A state to start from, in words.
     #[derive(Debug, Clone, Copy)]
     enum Start {
@@ -371,7 +375,7 @@ mod tests {
             ..CALM
         };
         #[rustfmt::skip]
-        let table: Vec<(&str, Start, Input<'_>, View, Vec<Effect>, After)> = vec![
+        let table: Vec<Row<'_>> = vec![
             ("an interrupt raises the fence", Start::Calm, Input::Interrupted { stop: false }, MID, vec![], After { fence: true, ..CALM }),
             ("a stop raises it and remembers the stop", Start::Calm, Input::Interrupted { stop: true }, MID, vec![], After { fence: true, stopping: true, ..CALM }),
             ("an undelivered interrupt lifts the fence", Start::Fenced, Input::InterruptUndelivered { stop: false }, MID, vec![], CALM),
