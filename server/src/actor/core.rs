@@ -356,7 +356,7 @@ impl Actor {
     fn subscribe(&mut self, after: Option<u64>) -> Subscription {
         let head = self.next_seq - 1;
         let ready_seq = after.filter(|n| *n < head).unwrap_or(head);
-        let heartbeat = ServerEvent::heartbeat(Some(crate::now_secs_f64()));
+        let heartbeat = ServerEvent::heartbeat(Some(crate::clock::now_secs_f64()));
         let ready = sse_frame(heartbeat.event_type(), ready_seq, &to_json(&heartbeat));
         Subscription {
             ready_seq,

@@ -352,7 +352,7 @@ impl Actor {
             code,
             message,
             self.turn.response_id.clone(),
-            crate::now_ms(),
+            crate::clock::now_ms(),
         );
         self.append_item(item).await?;
         Ok(error)
@@ -360,7 +360,7 @@ impl Actor {
 
     /// Store what the turn streamed that no item holds yet as incomplete; answers whether there was any.
     async fn flush_partial(&mut self) -> Result<bool, ActorError> {
-        let steps = self.turn.flush_partial(crate::now_ms());
+        let steps = self.turn.flush_partial(crate::clock::now_ms());
         let any = !steps.is_empty();
         self.steps(steps).await?;
         Ok(any)
@@ -384,7 +384,9 @@ impl Actor {
             }
             None => false,
         };
-        let steps = self.turn.translate(event, already_stored, crate::now_ms());
+        let steps = self
+            .turn
+            .translate(event, already_stored, crate::clock::now_ms());
         self.steps(steps).await
     }
 

@@ -176,7 +176,7 @@ impl Actor {
         let event = ServerEvent::Interrupted {
             sequence_number: None,
             data: Interrupted {
-                requested_at: crate::now_secs_f64(),
+                requested_at: crate::clock::now_secs_f64(),
                 response_id: response_id.or_else(|| self.turn.response_id.clone()),
             },
         };

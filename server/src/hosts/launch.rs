@@ -11,7 +11,7 @@ use omnigent_tunnel::host::{HostConnection, HostRequestError};
 use tracing::{info, warn};
 
 use super::Hosts;
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::store::{SessionChanges, SessionRow, Store, StoreError};
 
 /// Why a workspace on a host cannot be used (`host.stat` said so).

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::store::{HostRow, Store};
 
 mod launch;

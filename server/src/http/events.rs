@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::{ApiError, AppState, JsonBody, json, session_id};
 use crate::actor::TurnInput;
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::store::NewItem;
 
 /// Types that start or steer a turn: they need a runner.
@@ -88,7 +88,7 @@ pub async fn post_event(
             let event = ServerEvent::Interrupted {
                 sequence_number: None,
                 data: Interrupted {
-                    requested_at: crate::now_secs_f64(),
+                    requested_at: crate::clock::now_secs_f64(),
                     response_id: opt_str(data, "response_id")?,
                 },
             };

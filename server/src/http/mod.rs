@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::actor::{ActorError, ActorLimits, Sessions};
+use crate::clock::now_ms;
+use crate::config::ServerConfig;
 use crate::store::{Store, StoreError};
-use crate::{ServerConfig, now_ms};
 use omnigent_tunnel::auth::origin_allowed;
 
 mod events;

@@ -68,7 +68,9 @@ impl SqliteStore {
                 }
             }
             Some((code, error)) => {
-                let since_ms = fault.as_ref().map_or_else(crate::now_ms, |f| f.since_ms);
+                let since_ms = fault
+                    .as_ref()
+                    .map_or_else(crate::clock::now_ms, |f| f.since_ms);
                 *fault = Some(Fault {
                     code,
                     error,
@@ -110,7 +112,7 @@ impl SqliteStore {
                     "INSERT INTO storage_probe (id, at) VALUES (1, ?) \
                      ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                 )
-                .bind(crate::now_ms()),
+                .bind(crate::clock::now_ms()),
             )
             .await;
     }
