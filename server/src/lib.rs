@@ -6,11 +6,13 @@
 //! Code map (imports run one way: `lib` → `http` → `hosts`/`actor` → `relay` → `store` → `clock`; nothing
 //! imports the crate root):
 //! - [`store`]: the database behind one interface (SQLite now, Postgres later), migrations embedded.
-//! - [`actor`]: one task per live session owning its status, subscribers, replay buffer, writes and runner relay.
-//! - [`relay`]: the runner side of a session: the reader of the runner's stream, session init, forwarding.
+//! - [`actor`]: one task per live session owning its status, subscribers, replay buffer, writes and turn.
+//! - [`relay`]: the runner side of a session: the reader of the runner's stream, session init, forwarding,
+//!   the relay's lifecycle rules and the translation of runner events (both without I/O).
 //! - `http`: the axum routes (reference omnigent-server-v1.md §1–2), JSON errors, SSE.
 
 use std::future::Future;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
