@@ -14,18 +14,49 @@ use serde_json::{Map, Value};
 /// Version of the session init the server sends (`session_init.protocol_version`).
 pub const SESSION_INIT_PROTOCOL_VERSION: u32 = 2;
 
-/// Reads a present field as `Some(value)` (`Some(None)` for `null`); an absent one stays `None` by `default`.
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
+/// A field that may be absent, `null` or set, and re-encodes as it came: with
+/// `#[serde(default, skip_serializing_if = "Field::is_absent")]`, an absent field stays absent and a `null`
+/// stays `null`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Null,
+    Set(T),
 }
 
-/// The value of a field that may be absent, `null` or set.
-fn set<T>(field: &Option<Option<T>>) -> Option<&T> {
-    field.as_ref().and_then(Option::as_ref)
+impl<T> Field<T> {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Field::Absent)
+    }
+
+    /// The value, when set.
+    pub fn get(&self) -> Option<&T> {
+        match self {
+            Field::Set(v) => Some(v),
+            Field::Absent | Field::Null => None,
+        }
+    }
+
+    /// A field that is sent: `null` for `None`.
+    pub fn sent(value: Option<T>) -> Self {
+        value.map_or(Field::Null, Field::Set)
+    }
+}
+
+impl<T: Serialize> Serialize for Field<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Set(v) => v.serialize(s),
+            Field::Absent | Field::Null => s.serialize_none(),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<T>::deserialize(d).map(Field::sent)
+    }
 }
 
 /// `POST /v1/sessions` on the runner: create or re-initialise a session.
@@ -35,19 +66,11 @@ pub struct SessionCreate {
     pub session_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub sub_agent_name: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub sub_agent_name: Field<String>,
     /// Ours (a 0.19.1 server does not send it): which harness the runner should use.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub harness: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub harness: Field<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_init: Option<SessionInit>,
     #[serde(flatten)]
@@ -66,24 +89,16 @@ pub struct SessionInit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     /// Ours, as on [`SessionCreate::harness`].
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub harness: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub harness: Field<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppress_recovery_turn: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_interrupted_turn: Option<bool>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub recovery_id: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub recovery_id: Field<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -91,20 +106,12 @@ pub struct SessionInit {
 /// `session_init.snapshot`: the session as the server stores it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub workspace: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub workspace: Field<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub harness_override: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub harness_override: Field<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -126,11 +133,11 @@ impl SessionCreate {
     /// The init our server sends: 0.19.1's fields plus `harness` (top level, in `session_init`, and as the
     /// snapshot's `harness_override`), with no recovery turn.
     pub fn new(facts: SessionFacts<'_>) -> Self {
-        let harness = Some(facts.harness.map(str::to_owned));
+        let harness = Field::sent(facts.harness.map(str::to_owned));
         SessionCreate {
             session_id: facts.session_id.to_owned(),
             agent_id: Some(facts.agent_id.to_owned()),
-            sub_agent_name: Some(facts.sub_agent_name.map(str::to_owned)),
+            sub_agent_name: Field::sent(facts.sub_agent_name.map(str::to_owned)),
             harness: harness.clone(),
             session_init: Some(SessionInit {
                 protocol_version: Some(SESSION_INIT_PROTOCOL_VERSION),
@@ -139,14 +146,14 @@ impl SessionCreate {
                 agent_id: Some(facts.agent_id.to_owned()),
                 harness: harness.clone(),
                 snapshot: Some(Snapshot {
-                    workspace: Some(facts.workspace.map(str::to_owned)),
+                    workspace: Field::sent(facts.workspace.map(str::to_owned)),
                     labels: Some(facts.labels.clone()),
                     harness_override: harness,
                     extra: Map::new(),
                 }),
                 suppress_recovery_turn: Some(true),
                 resume_interrupted_turn: Some(false),
-                recovery_id: Some(None),
+                recovery_id: Field::Null,
                 extra: Map::new(),
             }),
             extra: Map::new(),
@@ -161,9 +168,9 @@ impl SessionCreate {
     /// the top-level `harness`.
     pub fn harness_name(&self) -> Option<&str> {
         [
-            self.snapshot().and_then(|s| set(&s.harness_override)),
-            self.session_init.as_ref().and_then(|i| set(&i.harness)),
-            set(&self.harness),
+            self.snapshot().and_then(|s| s.harness_override.get()),
+            self.session_init.as_ref().and_then(|i| i.harness.get()),
+            self.harness.get(),
         ]
         .into_iter()
         .flatten()
@@ -174,7 +181,7 @@ impl SessionCreate {
     /// The session's workspace (the snapshot's), when it names one.
     pub fn workspace(&self) -> Option<&str> {
         self.snapshot()
-            .and_then(|s| set(&s.workspace))
+            .and_then(|s| s.workspace.get())
             .map(String::as_str)
             .filter(|w| !w.is_empty())
     }
@@ -192,28 +199,16 @@ pub struct TurnEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     /// The agent's name (0.19.1 calls it `model`).
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub model: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub model: Field<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub has_mcp_servers: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub browser_renderer_available: Option<bool>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub persisted_item_id: Option<Option<String>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub agent_revision: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub persisted_item_id: Field<String>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    pub agent_revision: Field<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -245,11 +240,11 @@ impl TurnEvent {
             kind: kind.to_owned(),
             content,
             agent_id: Some(agent_id.to_owned()),
-            model: Some(agent_name.map(str::to_owned)),
+            model: Field::sent(agent_name.map(str::to_owned)),
             has_mcp_servers: Some(false),
             browser_renderer_available: Some(false),
-            persisted_item_id: Some(persisted_item_id.map(str::to_owned)),
-            agent_revision: Some(None),
+            persisted_item_id: Field::sent(persisted_item_id.map(str::to_owned)),
+            agent_revision: Field::Null,
             extra,
         }
     }
@@ -264,7 +259,7 @@ impl TurnEvent {
 
     /// The agent name the server sent (`model`), when set.
     pub fn agent_name(&self) -> Option<&str> {
-        set(&self.model).map(String::as_str)
+        self.model.get().map(String::as_str)
     }
 }
 
@@ -321,8 +316,8 @@ mod tests {
         let body =
             json!({"session_id": "s", "sub_agent_name": null, "session_init": {"snapshot": {}}});
         let parsed: SessionCreate = serde_json::from_value(body.clone()).expect("parse");
-        assert_eq!(parsed.sub_agent_name, Some(None));
-        assert_eq!(parsed.harness, None);
+        assert_eq!(parsed.sub_agent_name, Field::Null);
+        assert_eq!(parsed.harness, Field::Absent);
         assert_eq!(serde_json::to_value(&parsed).expect("encode"), body);
     }
 

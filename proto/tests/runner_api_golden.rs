@@ -3,7 +3,7 @@
 //! proto/tests/golden/, a copy of reference/wire-samples/omnigent-0.19.1-host-runner-tunnels.jsonl) parse as
 //! `proto::runner_api` types and re-encode field for field; so do the ones our server builds.
 
-use omnigent_proto::runner_api::{EventAccepted, SessionCreate, SessionFacts, TurnEvent};
+use omnigent_proto::runner_api::{EventAccepted, Field, SessionCreate, SessionFacts, TurnEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -48,7 +48,7 @@ fn every_captured_session_init_round_trips_and_is_read() {
     for body in &bodies {
         let init: SessionCreate = round_trips(body);
         assert_eq!(init.session_id, body["session_id"].as_str().unwrap());
-        assert_eq!(init.sub_agent_name, Some(None));
+        assert_eq!(init.sub_agent_name, Field::Null);
         assert_eq!(init.workspace(), Some("$TMPROOT/workspace"));
         assert_eq!(init.harness_name(), None);
         let session_init = init.session_init.as_ref().unwrap();

@@ -320,16 +320,8 @@ pub async fn forward_input(
     session_id: &str,
     body: &TurnEvent,
 ) -> Result<(), RelayError> {
-    call(
-        conn,
-        http::Method::POST,
-        &format!("/v1/sessions/{session_id}/events"),
-        Some(body),
-        FORWARD_CONNECT_TIMEOUT,
-        FORWARD_READ_TIMEOUT,
-    )
-    .await
-    .map(drop)
+    let budget = (FORWARD_CONNECT_TIMEOUT, FORWARD_READ_TIMEOUT);
+    post_event(conn, session_id, body, budget).await
 }
 
 /// Deliver an interrupt (`interrupt` or `stop_session`) to the runner within [`INTERRUPT_TIMEOUT`].
@@ -338,14 +330,19 @@ pub async fn deliver_interrupt(
     session_id: &str,
     kind: &str,
 ) -> Result<(), RelayError> {
-    call(
-        conn,
-        http::Method::POST,
-        &format!("/v1/sessions/{session_id}/events"),
-        Some(&TurnEvent::interrupt(kind)),
-        INTERRUPT_TIMEOUT,
-        INTERRUPT_TIMEOUT,
-    )
-    .await
-    .map(drop)
+    let budget = (INTERRUPT_TIMEOUT, INTERRUPT_TIMEOUT);
+    post_event(conn, session_id, &TurnEvent::interrupt(kind), budget).await
+}
+
+/// `POST /v1/sessions/{id}/events` on the runner within `(head, whole answer)` timeouts.
+async fn post_event(
+    conn: &RunnerConnection,
+    session_id: &str,
+    body: &TurnEvent,
+    (head, read): (Duration, Duration),
+) -> Result<(), RelayError> {
+    let path = format!("/v1/sessions/{session_id}/events");
+    call(conn, http::Method::POST, &path, Some(body), head, read)
+        .await
+        .map(drop)
 }
