@@ -238,13 +238,8 @@ async fn read<M: From<FromReader>>(spec: &OpenSpec, sink: &Sink<M>) -> Result<()
     // to the actor before the runner's status, so a turn that ended meanwhile ends by its own events, not as
     // a turn the runner no longer knows of.
     while let Some(next) = events.next().now_or_never() {
-        let mut batch = Vec::new();
-        let taken = take_batch(&mut events, next, &mut batch, sid);
-        sink.events(batch).await?;
-        match taken {
-            Taken::More => {}
-            Taken::Ended => return Ok(()),
-            Taken::Broke(why) => return Err(why),
+        if pass_on(sink, &mut events, next, sid).await?.is_break() {
+            return Ok(());
         }
     }
     sink.send(ReaderEvent::Ready { runner_status }).await?;
@@ -252,15 +247,32 @@ async fn read<M: From<FromReader>>(spec: &OpenSpec, sink: &Sink<M>) -> Result<()
     loop {
         // Wait for an event, then take every one that has already arrived with it (up to a batch): the actor
         // handles them back to back and wakes the stream subscribers once.
-        let mut batch = Vec::new();
         let next = events.next().await;
-        let taken = take_batch(&mut events, next, &mut batch, sid);
-        sink.events(batch).await?;
-        match taken {
-            Taken::More => {}
-            Taken::Ended => return Ok(()),
-            Taken::Broke(why) => return Err(why),
+        if pass_on(sink, &mut events, next, sid).await?.is_break() {
+            return Ok(());
         }
+    }
+}
+
+/// Hand `next` and the events already there after it to the session: `Break` when the stream ended, an error
+/// when it broke.
+async fn pass_on<M, S>(
+    sink: &Sink<M>,
+    events: &mut S,
+    next: Option<Result<Value, omnigent_tunnel::sse::SseError>>,
+    sid: &str,
+) -> Result<std::ops::ControlFlow<()>, String>
+where
+    M: From<FromReader>,
+    S: futures_util::Stream<Item = Result<Value, omnigent_tunnel::sse::SseError>> + Unpin,
+{
+    let mut batch = Vec::new();
+    let taken = take_batch(events, next, &mut batch, sid);
+    sink.events(batch).await?;
+    match taken {
+        Taken::More => Ok(std::ops::ControlFlow::Continue(())),
+        Taken::Ended => Ok(std::ops::ControlFlow::Break(())),
+        Taken::Broke(why) => Err(why),
     }
 }
 
