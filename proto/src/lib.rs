@@ -2,6 +2,7 @@
 //!
 //! - [`api`] and [`events`]: the public HTTP API and SSE events (clients ⇄ server), omnigent-compatible.
 //! - [`runner_frames`]: runner tunnel v1 frames (runner ⇄ server), omnigent-compatible.
+//! - [`runner_api`]: bodies of the runner HTTP API the server drives (session init, turn event, errors).
 //! - [`host_frames`]: host tunnel v1 frames (daemon ⇄ server), omnigent-compatible.
 //! - [`live`]: what a live web client needs beyond sessions (the session-list WebSocket, read state,
 //!   projects, catalogs, presence), omnigent-compatible.
@@ -25,6 +26,7 @@ pub mod host_frames;
 pub mod ids;
 pub mod live;
 pub mod paths;
+pub mod runner_api;
 pub mod runner_frames;
 
 /// The build version of every omnigent-rs binary (what `host.hello.version` and the control hello carry).

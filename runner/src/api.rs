@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use omnigent_proto::events::kind;
 use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
+use omnigent_proto::runner_api::{EventAccepted, RunnerError, SessionCreate, TurnEvent};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
@@ -35,11 +36,7 @@ pub(crate) fn router(sessions: Sessions) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({"code": code, "message": message.into()})),
-    )
-        .into_response()
+    (status, axum::Json(RunnerError::new(code, message))).into_response()
 }
 
 impl IntoResponse for SessionGone {
@@ -62,38 +59,26 @@ fn bad_json(e: serde_json::Error) -> Response {
 
 /// `POST /v1/sessions`: create or re-initialise a session from the server's `session_init`.
 async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Response {
-    let body: Value = match serde_json::from_slice(&body) {
+    let body: SessionCreate = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => return bad_json(e),
     };
-    let Some(id) = body["session_id"].as_str().filter(|s| !s.is_empty()) else {
+    let id = body.session_id.as_str();
+    if id.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_input",
             "session_id is required",
         );
-    };
-    let init_body = &body["session_init"];
-    let snapshot = &init_body["snapshot"];
-    let workspace = snapshot["workspace"]
-        .as_str()
-        .filter(|w| !w.is_empty())
-        .map(PathBuf::from);
-    let harness_name = [
-        &snapshot["harness_override"],
-        &init_body["harness"],
-        &body["harness"],
-    ]
-    .into_iter()
-    .find_map(|v| v.as_str().filter(|s| !s.is_empty()));
-    let harness = harness_name.and_then(|name| {
+    }
+    let harness = body.harness_name().and_then(|name| {
         HarnessKind::parse(name)
             .inspect_err(|e| warn!(error = %e, "session init names an unknown harness; using the runner default"))
             .ok()
     });
     let init = SessionInit {
-        agent_id: body["agent_id"].as_str().map(str::to_owned),
-        workspace,
+        agent_id: body.agent_id.clone(),
+        workspace: body.workspace().map(PathBuf::from),
         harness,
     };
     let handle = sessions.get_or_create(id);
@@ -102,7 +87,8 @@ async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Respon
     }
     match handle.snapshot().await {
         Ok(mut session) => {
-            session["session_init_protocol_version"] = json!(2);
+            session["session_init_protocol_version"] =
+                json!(omnigent_proto::runner_api::SESSION_INIT_PROTOCOL_VERSION);
             session["terminal_ready"] = Value::Null;
             (StatusCode::CREATED, axum::Json(session)).into_response()
         }
@@ -132,17 +118,16 @@ async fn post_event(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let body: Value = match serde_json::from_slice(&body) {
+    let body: TurnEvent = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => return bad_json(e),
     };
     let handle = sessions.get_or_create(&id);
-    let kind = body["type"].as_str().unwrap_or("");
-    let detail = match kind {
+    let detail = match body.kind.as_str() {
         "message" => match handle
             .message(TurnInput {
-                text: message_text(&body["content"]),
-                agent_name: body["model"].as_str().map(str::to_owned),
+                text: body.content.as_ref().map(message_text).unwrap_or_default(),
+                agent_name: body.agent_name().map(str::to_owned),
             })
             .await
         {
@@ -163,11 +148,7 @@ async fn post_event(
             "Ignored."
         }
     };
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"status": "accepted", "detail": detail})),
-    )
-        .into_response()
+    (StatusCode::ACCEPTED, axum::Json(EventAccepted::new(detail))).into_response()
 }
 
 /// The text of a message's content: a string, or the `text` of its text blocks joined.

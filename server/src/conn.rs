@@ -46,7 +46,7 @@ pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// File descriptors kept free for the database, logs and the runtime when the cap is derived from the limit.
 const FD_RESERVE: u64 = 64;
 
-/// The limits on every connection (fields of [`crate::ServerConfig`]).
+/// The limits on every connection (fields of [`crate::config::ServerConfig`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,

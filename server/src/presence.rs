@@ -55,7 +55,7 @@ impl Presence {
             });
         watched.list.push(PresenceConnection {
             connection_id: connection_id.clone(),
-            joined_at: iso8601_utc(crate::now_ms() / 1000),
+            joined_at: iso8601_utc(crate::clock::now_ms() / 1000),
             idle,
         });
         watched.tx.send_replace(watched.list.clone());

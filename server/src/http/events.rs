@@ -1,7 +1,7 @@
 //! `POST /v1/sessions/{id}/events` (reference §1.2 "Event types accepted by POST /events").
 //!
 //! User-facing types that start or steer a turn go to the session's runner (reference §3.4); `interrupt` and
-//! `stop_session` follow §2.6. The `external_*` types let a client (or a runner over plain HTTP) append items and publish deltas
+//! `stop_session` follow §2.6. Each is one command to the session's actor, which owns the turn. The `external_*` types let a client (or a runner over plain HTTP) append items and publish deltas
 //! without a runner; they all go through the session's actor.
 
 use axum::extract::{Path, State};
@@ -14,8 +14,8 @@ use omnigent_proto::ids::{canonical_id, new_id};
 use serde_json::{Map, Value};
 
 use super::{ApiError, AppState, JsonBody, json, session_id};
-use crate::now_ms;
-use crate::relay::{self, ReadyState};
+use crate::actor::TurnInput;
+use crate::clock::now_ms;
 use crate::store::NewItem;
 
 /// Types that start or steer a turn: they need a runner.
@@ -71,19 +71,24 @@ pub async fn post_event(
             } else {
                 None
             };
-            let (status, item_id) = deliver(&st, &id, kind, data, item).await?;
-            Ok(accepted(status, item_id))
+            let input = TurnInput {
+                kind: kind.to_owned(),
+                data: data.clone(),
+                item,
+            };
+            let item_id = st.sessions.deliver(&id, input).await?;
+            Ok(accepted(true, item_id))
         }
         "interrupt" | "stop_session" => {
-            let stop = ev.kind == "stop_session";
-            interrupt(&st, &id, &ev.kind, stop, opt_str(data, "response_id")?).await?;
+            let response_id = opt_str(data, "response_id")?;
+            st.sessions.interrupt(&id, &ev.kind, response_id).await?;
             Ok(accepted(false, None))
         }
         "external_session_interrupted" => {
             let event = ServerEvent::Interrupted {
                 sequence_number: None,
                 data: Interrupted {
-                    requested_at: crate::now_secs_f64(),
+                    requested_at: crate::clock::now_secs_f64(),
                     response_id: opt_str(data, "response_id")?,
                 },
             };
@@ -179,172 +184,6 @@ pub async fn post_event(
             "unknown event type `{other}`; accepted types: {ACCEPTED}"
         ))),
     }
-}
-
-/// The runner bound to session `id` and its live tunnel, or 503 `runner_unavailable` saying what to do.
-async fn bound_runner(
-    st: &AppState,
-    id: &str,
-    kind: &str,
-) -> Result<(crate::store::SessionRow, String), ApiError> {
-    let row = st
-        .store
-        .get_session(id)
-        .await?
-        .ok_or_else(ApiError::session_not_found)?;
-    // A host-bound session whose runner is offline while its host is online: the host relaunches it.
-    let online = row
-        .runner_id
-        .as_deref()
-        .is_some_and(|r| st.sessions.runners().is_online(r));
-    if !online
-        && let Some(relaunched) =
-            crate::hosts::relaunch_host_runner(&st.hosts, &st.store, st.sessions.runners(), id)
-                .await?
-    {
-        return Ok(relaunched);
-    }
-    let why = match &row.runner_id {
-        Some(r) if st.sessions.runners().is_online(r) => {
-            let runner = r.clone();
-            return Ok((row, runner));
-        }
-        Some(r) => format!("its runner `{r}` is not connected"),
-        None => "no runner is bound to it".to_owned(),
-    };
-    Err(ApiError::new(
-        ErrorCode::RunnerUnavailable,
-        format!(
-            "cannot deliver `{kind}` to session {id}: {why}. Start the session's runner (or create the \
-             session with a host_id so the host launches one), then retry"
-        ),
-    ))
-}
-
-/// A turn input (reference §3.4): resolve the runner, make sure the relay is subscribed and the session
-/// initialised, persist the item and announce it (`session.input.consumed`, before any event of the turn it
-/// starts), forward the flattened body.
-async fn deliver(
-    st: &AppState,
-    id: &str,
-    kind: &str,
-    data: &Map<String, Value>,
-    item: Option<NewItem>,
-) -> Result<(bool, Option<String>), ApiError> {
-    let (row, runner_id) = bound_runner(st, id, kind).await?;
-    let unavailable = |why: String| {
-        ApiError::new(
-            ErrorCode::RunnerUnavailable,
-            format!(
-                "cannot deliver `{kind}` to session {id}: {why}; retry when the runner is back"
-            ),
-        )
-    };
-    let mut ready = st.sessions.ensure_relay(id, &runner_id).await?;
-    let outcome = match tokio::time::timeout(
-        relay::READY_TIMEOUT + relay::INIT_TIMEOUT,
-        ready.wait_for(|s| !matches!(s, ReadyState::Opening)),
-    )
-    .await
-    {
-        Err(_) => Err(format!("runner `{runner_id}` did not get ready in time")),
-        Ok(Err(_)) => Err("the session's relay stopped".to_owned()),
-        Ok(Ok(state)) => match &*state {
-            ReadyState::Failed(why) => Err(why.clone()),
-            _ => Ok(()),
-        },
-    };
-    outcome.map_err(unavailable)?;
-    let conn = st
-        .sessions
-        .runners()
-        .get(&runner_id)
-        .ok_or_else(|| unavailable(format!("runner `{runner_id}` disconnected")))?;
-    // Persist before forwarding (I1): the input survives whatever happens to the runner next.
-    let stored = match item {
-        Some(item) => Some(st.sessions.persist_item(id, item).await?),
-        None => None,
-    };
-    let agent_name = crate::agents::find(&row.agent_id).map(|a| a.name.as_str());
-    let body = relay::flatten_event(
-        kind,
-        data,
-        &row.agent_id,
-        agent_name,
-        stored.as_ref().map(|r| r.id.as_str()),
-    );
-    let forwarded = relay::call(
-        &conn,
-        http::Method::POST,
-        &format!("/v1/sessions/{id}/events"),
-        Some(&body),
-        relay::FORWARD_CONNECT_TIMEOUT,
-        relay::FORWARD_READ_TIMEOUT,
-    )
-    .await;
-    if let Err(e) = forwarded {
-        let message = format!("the runner did not take the `{kind}` event: {e}");
-        tracing::warn!(session_id = %id, %runner_id, "{message}");
-        let error = serde_json::json!({"code": "runner_rejected_event", "message": message});
-        st.sessions
-            .set_status(id, SessionStatus::Failed, None, Some(error))
-            .await?;
-        return Err(ApiError::new(ErrorCode::RunnerUnavailable, message));
-    }
-    Ok((true, stored.map(|row| row.id)))
-}
-
-/// Interrupt (or stop) the session's turn (reference §2.6): publish `session.interrupted` and fence the
-/// cancelled turn's trailing output, deliver the interrupt to the runner (5 s), lift the fence if it did not
-/// get there. Without a connected runner there is no turn to cancel: a stop settles the status to idle.
-async fn interrupt(
-    st: &AppState,
-    id: &str,
-    kind: &str,
-    stop: bool,
-    response_id: Option<String>,
-) -> Result<(), ApiError> {
-    let row = st
-        .store
-        .get_session(id)
-        .await?
-        .ok_or_else(ApiError::session_not_found)?;
-    st.sessions.interrupt(id, stop, response_id).await?;
-    let conn = row
-        .runner_id
-        .as_deref()
-        .and_then(|r| st.sessions.runners().get(r));
-    let delivered = match &conn {
-        Some(conn) => {
-            let body = serde_json::json!({"type": kind});
-            match relay::call(
-                conn,
-                http::Method::POST,
-                &format!("/v1/sessions/{id}/events"),
-                Some(&body),
-                relay::INTERRUPT_TIMEOUT,
-                relay::INTERRUPT_TIMEOUT,
-            )
-            .await
-            {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(session_id = %id, "the interrupt did not reach the runner: {e}");
-                    false
-                }
-            }
-        }
-        None => false,
-    };
-    if !delivered {
-        st.sessions.lift_fence(id).await;
-        if stop {
-            st.sessions
-                .set_status(id, SessionStatus::Idle, None, None)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 fn to_value(event: &ServerEvent) -> Value {

@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::actor::{ActorError, ActorLimits, Sessions};
+use crate::clock::now_ms;
+use crate::config::ServerConfig;
 use crate::store::{Store, StoreError};
-use crate::{ServerConfig, now_ms};
 use omnigent_tunnel::auth::origin_allowed;
 
 mod catalog;
@@ -59,13 +60,11 @@ impl AppState {
             runner_grace: config.runner_grace,
         };
         let runners = omnigent_tunnel::RunnerRegistry::new(config.tunnel.clone());
+        let hosts =
+            crate::hosts::Hosts::spawn(config.host_registry.clone(), store.clone(), stop.clone());
         AppState {
-            sessions: Sessions::with_runners(store.clone(), limits, runners),
-            hosts: crate::hosts::Hosts::spawn(
-                config.host_registry.clone(),
-                store.clone(),
-                stop.clone(),
-            ),
+            sessions: Sessions::with_runners(store.clone(), limits, runners, Some(hosts.clone())),
+            hosts,
             store,
             stop,
             max_body_bytes: config.max_body_bytes,
@@ -285,6 +284,10 @@ impl From<ActorError> for ApiError {
             ActorError::Store(e) => e.into(),
             ActorError::Gone => ApiError::new(ErrorCode::RunnerUnavailable, e.to_string()),
             ActorError::Untyped => ApiError::invalid(e.to_string()),
+            ActorError::RunnerUnavailable(message) => {
+                ApiError::new(ErrorCode::RunnerUnavailable, message)
+            }
+            ActorError::Launch(e) => e.into(),
         }
     }
 }

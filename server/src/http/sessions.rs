@@ -18,7 +18,7 @@ use super::events::item_from_input;
 use super::{ApiError, AppState, JsonBody, Q, json, session_id};
 use crate::actor::wire_item;
 use crate::agents;
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::store::{
     ItemListParams, ItemRow, NewSession, SessionChanges, SessionListParams, SessionRow,
     SessionSort, fts_query,

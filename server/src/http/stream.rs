@@ -151,7 +151,7 @@ impl StreamState {
                     return Some(Bytes::from(sse_frame(kind::SESSION_PRESENCE, self.cursor, &json)));
                 }
                 _ = self.heartbeat.tick() => {
-                    let event = ServerEvent::heartbeat(Some(crate::now_secs_f64()));
+                    let event = ServerEvent::heartbeat(Some(crate::clock::now_secs_f64()));
                     let json = serde_json::to_string(&event).unwrap_or_else(|_| String::from("{}"));
                     return Some(Bytes::from(sse_frame(event.event_type(), self.cursor, &json)));
                 }

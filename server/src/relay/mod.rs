@@ -1,10 +1,13 @@
 //! The runner side of a session (reference §3.4): talking to the session's runner through its tunnel.
 //!
-//! The state of a session's relay (text buffer, interrupt fence, `call_id → response_id`, disconnect grace) is
-//! owned by the session's actor (`crate::actor`). This module holds what the actor delegates: the reader task
-//! that subscribes to the runner's `GET /v1/sessions/{id}/stream`, initialises the session on the runner, and
-//! hands every runner event back to the actor as a message; and the one-shot requests of a turn (forward an
-//! input, deliver an interrupt) that the HTTP handlers send.
+//! The session's actor (`crate::actor`) owns the relay's state; this module holds what it delegates, with no
+//! knowledge of the actor: the reader task that subscribes to the runner's `GET /v1/sessions/{id}/stream`,
+//! initialises the session on the runner and hands every runner event back as a [`ReaderEvent`]; the one-shot
+//! requests of a turn (forward an input, deliver an interrupt); the relay's [`lifecycle`] (fence, grace,
+//! re-open, orphaned turn) as a sans-I/O type; and the pure [`translate`] of runner events into items.
+
+pub mod lifecycle;
+pub mod translate;
 
 use std::time::Duration;
 
@@ -12,12 +15,11 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use omnigent_proto::events::kind;
 use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
+use omnigent_proto::runner_api::{SessionCreate, TurnEvent};
 use omnigent_tunnel::{RunnerConnection, TunnelError};
-use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use serde_json::Value;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-
-use crate::actor::Command;
 
 /// How long the runner may take to answer the stream request and send its ready heartbeat (reference §3.4).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,15 +36,24 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Largest single runner event accepted on the relay.
 const MAX_EVENT_BYTES: usize = omnigent_proto::MAX_FRAME_BYTES;
 
-/// Where a relay stands, as the readers of its `watch` see it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReadyState {
-    /// Opening the stream and initialising the session.
-    Opening,
-    /// Subscribed (ready heartbeat seen) and the session initialised on tunnel `generation`.
-    Ready { generation: u64 },
-    /// The relay could not be opened, or its stream ended.
-    Failed(String),
+/// What a relay reader tells its session, in order.
+#[derive(Debug)]
+pub enum ReaderEvent {
+    /// Runner events, in order (those that arrived together, so the subscribers are woken once for all).
+    Events(Vec<Value>),
+    /// Subscribed (ready heartbeat seen) and the session initialised; what the runner says of its status.
+    Ready { runner_status: Option<String> },
+    /// The stream ended (or could not be opened), for this reason. The reader's last word.
+    Ended { why: String },
+}
+
+/// A [`ReaderEvent`] of the reader `epoch`, on tunnel `generation`: the session's mailbox takes these
+/// (`From<FromReader>`), so a reader needs no more of the actor than a weak sender.
+#[derive(Debug)]
+pub struct FromReader {
+    pub epoch: u64,
+    pub generation: u64,
+    pub event: ReaderEvent,
 }
 
 /// Why a request to the runner failed.
@@ -67,40 +78,7 @@ pub struct OpenSpec {
     pub epoch: u64,
     pub conn: RunnerConnection,
     /// Body of the runner's `POST /v1/sessions` (session init).
-    pub init: Value,
-}
-
-/// The body of the session init (`POST /v1/sessions` on the runner), as 0.19.1 sends it, plus `harness` (which
-/// our runner reads to pick echo/openai/anthropic/exec).
-pub fn init_body(
-    session_id: &str,
-    agent_id: &str,
-    harness: Option<&str>,
-    sub_agent_name: Option<&str>,
-    workspace: Option<&str>,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> Value {
-    json!({
-        "session_id": session_id,
-        "agent_id": agent_id,
-        "sub_agent_name": sub_agent_name,
-        "harness": harness,
-        "session_init": {
-            "protocol_version": 2,
-            "server_version": omnigent_proto::BUILD_VERSION,
-            "session_id": session_id,
-            "agent_id": agent_id,
-            "harness": harness,
-            "snapshot": {
-                "workspace": workspace,
-                "labels": labels,
-                "harness_override": harness,
-            },
-            "suppress_recovery_turn": true,
-            "resume_interrupted_turn": false,
-            "recovery_id": null,
-        },
-    })
+    pub init: SessionCreate,
 }
 
 /// Send one JSON request to the runner and read its answer (status, JSON body or `null`), bounded by
@@ -109,7 +87,7 @@ pub async fn call(
     conn: &RunnerConnection,
     method: http::Method,
     path: &str,
-    body: Option<&Value>,
+    body: Option<&impl serde::Serialize>,
     head_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<(u16, Value), RelayError> {
@@ -120,7 +98,7 @@ pub async fn call(
     let bytes = match body {
         Some(body) => {
             builder = builder.header("content-type", "application/json");
-            Bytes::from(body.to_string())
+            Bytes::from(serde_json::to_vec(body).map_err(|e| RelayError::Build(e.to_string()))?)
         }
         None => Bytes::new(),
     };
@@ -150,36 +128,52 @@ pub async fn call(
 }
 
 /// The reader of one relay: open the runner's stream, wait for its ready heartbeat, initialise the session,
-/// report ready, then hand every event to the actor until the stream ends. Ends with a `RelayEnded` message.
-pub async fn run_reader(
-    spec: OpenSpec,
-    actor: mpsc::WeakSender<Command>,
-    ready: watch::Sender<ReadyState>,
-) {
-    let epoch = spec.epoch;
-    let generation = spec.conn.generation();
-    let why = match read(&spec, &actor, &ready).await {
+/// report ready, then hand every event to the session until the stream ends. Ends with [`ReaderEvent::Ended`].
+pub async fn run_reader<M>(spec: OpenSpec, session: mpsc::WeakSender<M>)
+where
+    M: From<FromReader> + Send + 'static,
+{
+    let sink = Sink {
+        session,
+        epoch: spec.epoch,
+        generation: spec.conn.generation(),
+    };
+    let why = match read(&spec, &sink).await {
         Ok(()) => "the runner's event stream ended".to_owned(),
         Err(why) => why,
     };
-    debug!(session_id = %spec.session_id, epoch, generation, %why, "relay reader ended");
-    ready.send_replace(ReadyState::Failed(why.clone()));
-    if let Some(actor) = actor.upgrade() {
-        let _ = actor
-            .send(Command::RelayEnded {
-                epoch,
-                generation,
-                why,
-            })
-            .await;
+    debug!(session_id = %spec.session_id, epoch = sink.epoch, generation = sink.generation, %why, "relay reader ended");
+    let _ = sink.send(ReaderEvent::Ended { why }).await;
+}
+
+/// Where a reader's events go.
+struct Sink<M> {
+    session: mpsc::WeakSender<M>,
+    epoch: u64,
+    generation: u64,
+}
+
+impl<M: From<FromReader>> Sink<M> {
+    async fn send(&self, event: ReaderEvent) -> Result<(), String> {
+        let stopped = || "the session actor stopped".to_owned();
+        let tx = self.session.upgrade().ok_or_else(stopped)?;
+        let message = FromReader {
+            epoch: self.epoch,
+            generation: self.generation,
+            event,
+        };
+        tx.send(M::from(message)).await.map_err(|_| stopped())
+    }
+
+    async fn events(&self, events: Vec<Value>) -> Result<(), String> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.send(ReaderEvent::Events(events)).await
     }
 }
 
-async fn read(
-    spec: &OpenSpec,
-    actor: &mpsc::WeakSender<Command>,
-    ready: &watch::Sender<ReadyState>,
-) -> Result<(), String> {
+async fn read<M: From<FromReader>>(spec: &OpenSpec, sink: &Sink<M>) -> Result<(), String> {
     let sid = &spec.session_id;
     let request = http::Request::get(format!("/v1/sessions/{sid}/stream"))
         .header("accept", "text/event-stream")
@@ -214,14 +208,14 @@ async fn read(
         Ok(Some(Ok(first))) => {
             if first["type"] != kind::SESSION_HEARTBEAT {
                 // Not the ready signal, but an event all the same: keep it.
-                forward(actor, spec.epoch, vec![first]).await?;
+                sink.events(vec![first]).await?;
             }
         }
     }
     call(
         &spec.conn,
         http::Method::POST,
-        "/v1/sessions",
+        SESSIONS_PATH,
         Some(&spec.init),
         INIT_TIMEOUT,
         INIT_TIMEOUT,
@@ -233,7 +227,7 @@ async fn read(
         &spec.conn,
         http::Method::GET,
         &format!("/v1/sessions/{sid}"),
-        None,
+        None::<&Value>,
         Duration::from_secs(2),
         Duration::from_secs(2),
     )
@@ -244,42 +238,41 @@ async fn read(
     // to the actor before the runner's status, so a turn that ended meanwhile ends by its own events, not as
     // a turn the runner no longer knows of.
     while let Some(next) = events.next().now_or_never() {
-        let mut batch = Vec::new();
-        let taken = take_batch(&mut events, next, &mut batch, sid);
-        forward(actor, spec.epoch, batch).await?;
-        match taken {
-            Taken::More => {}
-            Taken::Ended => return Ok(()),
-            Taken::Broke(why) => return Err(why),
+        if pass_on(sink, &mut events, next, sid).await?.is_break() {
+            return Ok(());
         }
     }
-    let Some(tx) = actor.upgrade() else {
-        return Ok(());
-    };
-    tx.send(Command::RelayReady {
-        epoch: spec.epoch,
-        generation: spec.conn.generation(),
-        runner_status,
-    })
-    .await
-    .map_err(|_| "the session actor stopped".to_owned())?;
-    drop(tx);
-    ready.send_replace(ReadyState::Ready {
-        generation: spec.conn.generation(),
-    });
+    sink.send(ReaderEvent::Ready { runner_status }).await?;
     info!(session_id = %sid, runner_id = spec.conn.runner_id(), generation = spec.conn.generation(), "relay subscribed");
     loop {
         // Wait for an event, then take every one that has already arrived with it (up to a batch): the actor
         // handles them back to back and wakes the stream subscribers once.
-        let mut batch = Vec::new();
         let next = events.next().await;
-        let taken = take_batch(&mut events, next, &mut batch, sid);
-        forward(actor, spec.epoch, batch).await?;
-        match taken {
-            Taken::More => {}
-            Taken::Ended => return Ok(()),
-            Taken::Broke(why) => return Err(why),
+        if pass_on(sink, &mut events, next, sid).await?.is_break() {
+            return Ok(());
         }
+    }
+}
+
+/// Hand `next` and the events already there after it to the session: `Break` when the stream ended, an error
+/// when it broke.
+async fn pass_on<M, S>(
+    sink: &Sink<M>,
+    events: &mut S,
+    next: Option<Result<Value, omnigent_tunnel::sse::SseError>>,
+    sid: &str,
+) -> Result<std::ops::ControlFlow<()>, String>
+where
+    M: From<FromReader>,
+    S: futures_util::Stream<Item = Result<Value, omnigent_tunnel::sse::SseError>> + Unpin,
+{
+    let mut batch = Vec::new();
+    let taken = take_batch(events, next, &mut batch, sid);
+    sink.events(batch).await?;
+    match taken {
+        Taken::More => Ok(std::ops::ControlFlow::Continue(())),
+        Taken::Ended => Ok(std::ops::ControlFlow::Break(())),
+        Taken::Broke(why) => Err(why),
     }
 }
 
@@ -330,102 +323,38 @@ where
 /// Most runner events handed to the actor in one message.
 const RELAY_BATCH: usize = 256;
 
-async fn forward(
-    actor: &mpsc::WeakSender<Command>,
-    epoch: u64,
-    events: Vec<Value>,
-) -> Result<(), String> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let tx = actor
-        .upgrade()
-        .ok_or_else(|| "the session actor stopped".to_owned())?;
-    tx.send(Command::RunnerEvents { epoch, events })
-        .await
-        .map_err(|_| "the session actor stopped".to_owned())
+/// The runner's session collection (`POST` initialises a session).
+const SESSIONS_PATH: &str = "/v1/sessions";
+
+/// Forward a turn input to the runner (`POST /v1/sessions/{id}/events`, reference §3.4 step 4).
+pub async fn forward_input(
+    conn: &RunnerConnection,
+    session_id: &str,
+    body: &TurnEvent,
+) -> Result<(), RelayError> {
+    let budget = (FORWARD_CONNECT_TIMEOUT, FORWARD_READ_TIMEOUT);
+    post_event(conn, session_id, body, budget).await
 }
 
-/// The runner body of a client event: `{type, ...data, agent_id, model, …}` (reference §3.4 step 4).
-pub fn flatten_event(
+/// Deliver an interrupt (`interrupt` or `stop_session`) to the runner within [`INTERRUPT_TIMEOUT`].
+pub async fn deliver_interrupt(
+    conn: &RunnerConnection,
+    session_id: &str,
     kind: &str,
-    data: &serde_json::Map<String, Value>,
-    agent_id: &str,
-    agent_name: Option<&str>,
-    persisted_item_id: Option<&str>,
-) -> Value {
-    let mut body = serde_json::Map::new();
-    body.insert("type".into(), Value::from(kind));
-    for (k, v) in data {
-        if k != "type" {
-            body.insert(k.clone(), v.clone());
-        }
-    }
-    body.insert("agent_id".into(), Value::from(agent_id));
-    body.insert(
-        "model".into(),
-        agent_name.map(Value::from).unwrap_or(Value::Null),
-    );
-    body.insert("has_mcp_servers".into(), Value::Bool(false));
-    body.insert("browser_renderer_available".into(), Value::Bool(false));
-    body.insert(
-        "persisted_item_id".into(),
-        persisted_item_id.map(Value::from).unwrap_or(Value::Null),
-    );
-    body.insert("agent_revision".into(), Value::Null);
-    Value::Object(body)
+) -> Result<(), RelayError> {
+    let budget = (INTERRUPT_TIMEOUT, INTERRUPT_TIMEOUT);
+    post_event(conn, session_id, &TurnEvent::interrupt(kind), budget).await
 }
 
-/// Whether `kind` ends a response (these pass the interrupt fence and flush the text buffer).
-pub fn is_terminal(kind: &str) -> bool {
-    matches!(
-        kind,
-        kind::RESPONSE_COMPLETED
-            | kind::RESPONSE_FAILED
-            | kind::RESPONSE_INCOMPLETE
-            | kind::RESPONSE_CANCELLED
-    )
-}
-
-/// A runner's conversation item (`response.output_item.done`'s `item`) as a row to persist, with the
-/// `response_id` the relay decided on and the agent's `model` on assistant messages. `None` when it is not an
-/// object with a `type`.
-pub fn runner_item(
-    item: &Value,
-    response_id: Option<String>,
-    model: Option<String>,
-) -> Option<crate::store::NewItem> {
-    let mut fields = item.as_object()?.clone();
-    let kind = match fields.remove("type") {
-        Some(Value::String(kind)) if !kind.is_empty() => kind,
-        _ => return None,
-    };
-    let id = fields
-        .remove("id")
-        .and_then(|v| v.as_str().and_then(omnigent_proto::ids::canonical_id))
-        .unwrap_or_else(omnigent_proto::ids::new_id);
-    let status = match fields.remove("status") {
-        Some(Value::String(s)) => s,
-        _ => "completed".to_owned(),
-    };
-    fields.remove("response_id");
-    fields.remove("created_at");
-    let created_by = match fields.remove("created_by") {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
-    if let Some(model) = model
-        && !fields.contains_key("model")
-    {
-        fields.insert("model".into(), Value::from(model));
-    }
-    Some(crate::store::NewItem {
-        id,
-        kind,
-        status,
-        response_id,
-        created_at_ms: crate::now_ms(),
-        created_by,
-        data: fields,
-    })
+/// `POST /v1/sessions/{id}/events` on the runner within `(head, whole answer)` timeouts.
+async fn post_event(
+    conn: &RunnerConnection,
+    session_id: &str,
+    body: &TurnEvent,
+    (head, read): (Duration, Duration),
+) -> Result<(), RelayError> {
+    let path = format!("/v1/sessions/{session_id}/events");
+    call(conn, http::Method::POST, &path, Some(body), head, read)
+        .await
+        .map(drop)
 }
