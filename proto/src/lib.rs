@@ -4,6 +4,7 @@
 //! - [`runner_frames`]: runner tunnel v1 frames (runner ⇄ server), omnigent-compatible.
 //! - [`host_frames`]: host tunnel v1 frames (daemon ⇄ server), omnigent-compatible.
 //! - [`control`]: the local control API (CLI ⇄ daemon), ours.
+//! - [`agent`]: agent specs (`config.yaml`) and the `.tar.gz` bundles that carry them (CLI → server → runner).
 //! - [`harness`]: the harness table (names, aliases, credential variables), read by the daemon and the runner.
 //! - [`exit`]: process exit codes.
 //! - [`ids`]: id formats shared by all of them, and what a path id may look like.
@@ -13,6 +14,7 @@
 //!
 //! This crate depends on no internal crate.
 
+pub mod agent;
 pub mod api;
 pub mod control;
 pub mod events;
