@@ -71,6 +71,8 @@ pub enum BundleError {
     UnsafeEntry { path: String, reason: &'static str },
     #[error("bundle entry {path:?} appears twice")]
     Duplicate { path: String },
+    #[error("bundle entry {path:?} is inside {parent:?}, which is a file")]
+    FileAsDirectory { path: String, parent: String },
     #[error("not a .tar.gz bundle: {0}")]
     Corrupt(io::Error),
     #[error("{path}: {source}")]
@@ -283,6 +285,15 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
     for dir in &dirs {
         if files.contains_key(dir) {
             return Err(BundleError::Duplicate { path: dir.clone() });
+        }
+    }
+    for path in files.keys().chain(&dirs) {
+        let mut ancestors = path.match_indices('/').map(|(at, _)| &path[..at]);
+        if let Some(parent) = ancestors.find(|parent| files.contains_key(*parent)) {
+            return Err(BundleError::FileAsDirectory {
+                path: path.clone(),
+                parent: parent.to_owned(),
+            });
         }
     }
     let spec = files.get(SPEC_FILE).ok_or(BundleError::NoSpec)?;
