@@ -38,11 +38,16 @@ fn agent_dir(root: &Path) -> PathBuf {
     fs::write(dir.join("prompts/system.md"), "Be kind.\n").expect("write");
     let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     fs::write(dir.join("bin/data.bin"), &binary).expect("write");
-    fs::write(dir.join("bin/server.py"), "#!/usr/bin/env python3\nprint('hi')\n").expect("write");
+    fs::write(
+        dir.join("bin/server.py"),
+        "#!/usr/bin/env python3\nprint('hi')\n",
+    )
+    .expect("write");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir.join("bin/server.py"), fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(dir.join("bin/server.py"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
     }
     dir
 }
@@ -53,31 +58,57 @@ fn a_directory_round_trips_byte_identical_and_packs_deterministically() {
     let dir = agent_dir(tmp.path());
     let limits = Limits::default();
     let bytes = bundle::pack_dir(&dir, &limits).expect("pack");
-    assert_eq!(bytes, bundle::pack_dir(&dir, &limits).expect("pack again"), "same directory, same bytes");
+    assert_eq!(
+        bytes,
+        bundle::pack_dir(&dir, &limits).expect("pack again"),
+        "same directory, same bytes"
+    );
 
     let inspected = bundle::inspect(&bytes, &limits).expect("inspect");
     assert_eq!(inspected.spec_text, SPEC);
     let spec = AgentSpec::parse(&inspected.spec_text).expect("spec");
-    spec.validate(|rel| inspected.has_file(rel)).expect("the bundle holds the spec's instructions file");
+    spec.validate(|rel| inspected.has_file(rel))
+        .expect("the bundle holds the spec's instructions file");
 
     let target = tmp.path().join("unpacked");
     bundle::unpack(&bytes, &target, &limits).expect("unpack");
-    for rel in ["config.yaml", "prompts/system.md", "bin/data.bin", "bin/server.py"] {
-        assert_eq!(fs::read(dir.join(rel)).expect("src"), fs::read(target.join(rel)).expect("dst"), "{rel}");
+    for rel in [
+        "config.yaml",
+        "prompts/system.md",
+        "bin/data.bin",
+        "bin/server.py",
+    ] {
+        assert_eq!(
+            fs::read(dir.join(rel)).expect("src"),
+            fs::read(target.join(rel)).expect("dst"),
+            "{rel}"
+        );
     }
     let files = |root: &Path| -> Vec<PathBuf> {
-        tree(root).into_iter().filter(|p| root.join(p).is_file()).collect()
+        tree(root)
+            .into_iter()
+            .filter(|p| root.join(p).is_file())
+            .collect()
     };
     assert_eq!(files(&dir), files(&target));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = |rel: &str| fs::metadata(target.join(rel)).expect("meta").permissions().mode() & 0o777;
+        let mode = |rel: &str| {
+            fs::metadata(target.join(rel))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777
+        };
         assert_eq!(mode("bin/server.py"), 0o755, "the execute bit survives");
         assert_eq!(mode("config.yaml"), 0o644);
     }
     spec.validate_in_dir(&target).expect("valid unpacked");
-    assert_eq!(spec.instructions(&target).expect("read").as_deref(), Some("Be kind.\n"));
+    assert_eq!(
+        spec.instructions(&target).expect("read").as_deref(),
+        Some("Be kind.\n")
+    );
 }
 
 #[test]
@@ -88,7 +119,10 @@ fn packing_refuses_a_symlink_and_a_directory_without_config_yaml() {
     {
         std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).expect("symlink");
         let err = bundle::pack_dir(&dir, &Limits::default()).expect_err("symlink");
-        assert!(matches!(err, BundleError::UnsafeEntry { ref path, .. } if path == "passwd"), "{err}");
+        assert!(
+            matches!(err, BundleError::UnsafeEntry { ref path, .. } if path == "passwd"),
+            "{err}"
+        );
         fs::remove_file(dir.join("passwd")).expect("rm");
     }
     fs::remove_file(dir.join("config.yaml")).expect("rm");
@@ -110,6 +144,16 @@ fn file<'a>(path: &'a str, data: &'a [u8]) -> Raw<'a> {
         kind: EntryType::Regular,
         link: "",
         data,
+    }
+}
+
+/// A data-less entry: a link (to `link`), a device, a fifo.
+fn entry<'a>(path: &'a str, kind: EntryType, link: &'a str) -> Raw<'a> {
+    Raw {
+        path,
+        kind,
+        link,
+        data: b"",
     }
 }
 
@@ -139,25 +183,48 @@ fn raw_bundle(entries: &[Raw<'_>]) -> Vec<u8> {
 fn refused(bytes: &[u8], limits: &Limits, elsewhere: &[PathBuf]) -> BundleError {
     let tmp = tempfile::tempdir().expect("tempdir");
     let err = bundle::unpack(bytes, &tmp.path().join("out"), limits).expect_err("refused");
-    assert_eq!(tree(tmp.path()), Vec::<PathBuf>::new(), "nothing written: {err}");
+    assert_eq!(
+        tree(tmp.path()),
+        Vec::<PathBuf>::new(),
+        "nothing written: {err}"
+    );
     for path in elsewhere {
-        assert!(fs::symlink_metadata(path).is_err(), "{} written: {err}", path.display());
+        assert!(
+            fs::symlink_metadata(path).is_err(),
+            "{} written: {err}",
+            path.display()
+        );
     }
-    assert!(bundle::inspect(bytes, limits).is_err(), "inspect refuses it too");
+    assert!(
+        bundle::inspect(bytes, limits).is_err(),
+        "inspect refuses it too"
+    );
     err
 }
 
 fn unsafe_entry(err: &BundleError, want: &str) {
-    assert!(matches!(err, BundleError::UnsafeEntry { path, .. } if path == want), "{err}");
+    assert!(
+        matches!(err, BundleError::UnsafeEntry { path, .. } if path == want),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_parent_directory_path_is_refused() {
-    let bytes = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), file("../escape.txt", b"x")]);
+    let bytes = raw_bundle(&[
+        file("config.yaml", SPEC.as_bytes()),
+        file("../escape.txt", b"x"),
+    ]);
     let err = refused(&bytes, &Limits::default(), &[]);
     unsafe_entry(&err, "../escape.txt");
-    let bytes = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), file("a/../../escape.txt", b"x")]);
-    unsafe_entry(&refused(&bytes, &Limits::default(), &[]), "a/../../escape.txt");
+    let bytes = raw_bundle(&[
+        file("config.yaml", SPEC.as_bytes()),
+        file("a/../../escape.txt", b"x"),
+    ]);
+    unsafe_entry(
+        &refused(&bytes, &Limits::default(), &[]),
+        "a/../../escape.txt",
+    );
 }
 
 #[test]
@@ -166,7 +233,10 @@ fn an_absolute_path_is_refused() {
     let target = outside.path().join("abs.txt");
     let path = target.to_str().expect("utf8");
     let bytes = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), file(path, b"x")]);
-    unsafe_entry(&refused(&bytes, &Limits::default(), &[target.clone()]), path);
+    unsafe_entry(
+        &refused(&bytes, &Limits::default(), std::slice::from_ref(&target)),
+        path,
+    );
 }
 
 #[test]
@@ -176,23 +246,13 @@ fn a_symlink_out_is_refused_and_nothing_is_written_through_it() {
     let link_target = outside.path().to_str().expect("utf8").to_owned();
     let bytes = raw_bundle(&[
         file("config.yaml", SPEC.as_bytes()),
-        Raw {
-            path: "link",
-            kind: EntryType::Symlink,
-            link: &link_target,
-            data: b"",
-        },
+        entry("link", EntryType::Symlink, &link_target),
         file("link/victim.txt", b"owned"),
     ]);
     unsafe_entry(&refused(&bytes, &Limits::default(), &[victim]), "link");
     let relative = raw_bundle(&[
         file("config.yaml", SPEC.as_bytes()),
-        Raw {
-            path: "up",
-            kind: EntryType::Symlink,
-            link: "../..",
-            data: b"",
-        },
+        entry("up", EntryType::Symlink, "../.."),
     ]);
     unsafe_entry(&refused(&relative, &Limits::default(), &[]), "up");
 }
@@ -201,12 +261,7 @@ fn a_symlink_out_is_refused_and_nothing_is_written_through_it() {
 fn a_hard_link_out_is_refused() {
     let bytes = raw_bundle(&[
         file("config.yaml", SPEC.as_bytes()),
-        Raw {
-            path: "passwd",
-            kind: EntryType::Link,
-            link: "/etc/passwd",
-            data: b"",
-        },
+        entry("passwd", EntryType::Link, "/etc/passwd"),
     ]);
     unsafe_entry(&refused(&bytes, &Limits::default(), &[]), "passwd");
 }
@@ -214,15 +269,7 @@ fn a_hard_link_out_is_refused() {
 #[test]
 fn device_files_and_fifos_are_refused() {
     for kind in [EntryType::Char, EntryType::Block, EntryType::Fifo] {
-        let bytes = raw_bundle(&[
-            file("config.yaml", SPEC.as_bytes()),
-            Raw {
-                path: "dev",
-                kind,
-                link: "",
-                data: b"",
-            },
-        ]);
+        let bytes = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), entry("dev", kind, "")]);
         unsafe_entry(&refused(&bytes, &Limits::default(), &[]), "dev");
     }
 }
@@ -230,28 +277,49 @@ fn device_files_and_fifos_are_refused() {
 #[test]
 fn a_gzip_bomb_is_refused_by_its_expansion_ratio() {
     let zeros = vec![0u8; 20 * 1024 * 1024];
-    let bytes = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), file("bomb.bin", &zeros)]);
-    assert!(bytes.len() < 100 * 1024, "the bomb is small: {}", bytes.len());
+    let bytes = raw_bundle(&[
+        file("config.yaml", SPEC.as_bytes()),
+        file("bomb.bin", &zeros),
+    ]);
+    assert!(
+        bytes.len() < 100 * 1024,
+        "the bomb is small: {}",
+        bytes.len()
+    );
     let err = refused(&bytes, &Limits::default(), &[]);
-    assert!(matches!(err, BundleError::ExpansionRatio { ratio: 100 }), "{err}");
+    assert!(
+        matches!(err, BundleError::ExpansionRatio { ratio: 100 }),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_bundle_over_the_unpacked_size_is_refused() {
-    let noise: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let bytes = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), file("noise.bin", &noise)]);
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let bytes = raw_bundle(&[
+        file("config.yaml", SPEC.as_bytes()),
+        file("noise.bin", &noise),
+    ]);
     let limits = Limits {
         max_unpacked_bytes: 100_000,
         ..Limits::default()
     };
     let err = refused(&bytes, &limits, &[]);
-    assert!(matches!(err, BundleError::UnpackedTooLarge { limit: 100_000 }), "{err}");
+    assert!(
+        matches!(err, BundleError::UnpackedTooLarge { limit: 100_000 }),
+        "{err}"
+    );
     let limits = Limits {
         max_bundle_bytes: 1000,
         ..Limits::default()
     };
     let err = refused(&bytes, &limits, &[]);
-    assert!(matches!(err, BundleError::TooLarge { limit: 1000, .. }), "{err}");
+    assert!(
+        matches!(err, BundleError::TooLarge { limit: 1000, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -264,7 +332,10 @@ fn too_many_entries_are_refused() {
         ..Limits::default()
     };
     let err = refused(&raw_bundle(&entries), &limits, &[]);
-    assert!(matches!(err, BundleError::TooManyEntries { limit: 10 }), "{err}");
+    assert!(
+        matches!(err, BundleError::TooManyEntries { limit: 10 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -273,25 +344,49 @@ fn a_huge_config_yaml_is_refused() {
     while huge.len() <= 300 * 1024 {
         huge.push_str("# padding padding padding padding padding padding padding padding\n");
     }
-    let err = refused(&raw_bundle(&[file("config.yaml", huge.as_bytes())]), &Limits::default(), &[]);
-    assert!(matches!(err, BundleError::SpecTooLarge { limit: 262_144, .. }), "{err}");
+    let err = refused(
+        &raw_bundle(&[file("config.yaml", huge.as_bytes())]),
+        &Limits::default(),
+        &[],
+    );
+    assert!(
+        matches!(err, BundleError::SpecTooLarge { limit: 262_144, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_bundle_without_config_yaml_with_duplicates_or_not_gzip_is_refused() {
-    let err = refused(&raw_bundle(&[file("other.yaml", b"x")]), &Limits::default(), &[]);
+    let err = refused(
+        &raw_bundle(&[file("other.yaml", b"x")]),
+        &Limits::default(),
+        &[],
+    );
     assert!(matches!(err, BundleError::NoSpec), "{err}");
-    let dup = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), file("./config.yaml", b"name: b\n")]);
-    assert!(matches!(refused(&dup, &Limits::default(), &[]), BundleError::Duplicate { .. }));
+    let dup = raw_bundle(&[
+        file("config.yaml", SPEC.as_bytes()),
+        file("./config.yaml", b"name: b\n"),
+    ]);
+    assert!(matches!(
+        refused(&dup, &Limits::default(), &[]),
+        BundleError::Duplicate { .. }
+    ));
     let err = refused(b"this is not gzip", &Limits::default(), &[]);
     assert!(matches!(err, BundleError::Corrupt(_)), "{err}");
 }
 
 #[test]
 fn a_file_used_as_a_directory_is_refused_before_anything_is_written() {
-    let bytes = raw_bundle(&[file("config.yaml", SPEC.as_bytes()), file("a", b"x"), file("a/b", b"y")]);
+    let bytes = raw_bundle(&[
+        file("config.yaml", SPEC.as_bytes()),
+        file("a", b"x"),
+        file("a/b", b"y"),
+    ]);
     let err = refused(&bytes, &Limits::default(), &[]);
-    assert!(matches!(err, BundleError::FileAsDirectory { ref parent, .. } if parent == "a"), "{err}");
+    assert!(
+        matches!(err, BundleError::FileAsDirectory { ref parent, .. } if parent == "a"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -301,5 +396,9 @@ fn unpacking_refuses_an_existing_target() {
     let bytes = bundle::pack_dir(&dir, &Limits::default()).expect("pack");
     let err = bundle::unpack(&bytes, &dir, &Limits::default()).expect_err("exists");
     assert!(matches!(err, BundleError::Io { .. }), "{err}");
-    assert_eq!(fs::read_to_string(dir.join("config.yaml")).expect("kept"), SPEC, "the existing dir is untouched");
+    assert_eq!(
+        fs::read_to_string(dir.join("config.yaml")).expect("kept"),
+        SPEC,
+        "the existing dir is untouched"
+    );
 }

@@ -122,7 +122,9 @@ pub fn pack(files: &BTreeMap<String, BundleFile>, limits: &Limits) -> Result<Vec
             limit: limits.max_entries,
         });
     }
-    let gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), Compression::default());
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for (path, file) in files {
@@ -151,11 +153,11 @@ pub fn pack(files: &BTreeMap<String, BundleFile>, limits: &Limits) -> Result<Vec
     Ok(bytes)
 }
 
-fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, BundleFile>) -> Result<(), BundleError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BundleError::Io { path, source }
-    };
+fn collect(
+    root: &Path,
+    dir: &Path,
+    files: &mut BTreeMap<String, BundleFile>,
+) -> Result<(), BundleError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let path = entry.path();
@@ -174,7 +176,13 @@ fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, BundleFile>) ->
         } else if kind.is_file() {
             let contents = fs::read(&path).map_err(io_err(&path))?;
             let executable = is_executable(&entry.metadata().map_err(io_err(&path))?);
-            files.insert(rel, BundleFile { contents, executable });
+            files.insert(
+                rel,
+                BundleFile {
+                    contents,
+                    executable,
+                },
+            );
         } else {
             return Err(BundleError::UnsafeEntry {
                 path: rel,
@@ -205,7 +213,9 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
             limit: limits.max_bundle_bytes,
         });
     }
-    let by_ratio = size.saturating_mul(limits.max_expansion_ratio).max(limits.ratio_floor_bytes);
+    let by_ratio = size
+        .saturating_mul(limits.max_expansion_ratio)
+        .max(limits.ratio_floor_bytes);
     let budget = by_ratio.min(limits.max_unpacked_bytes);
     let tripped = Cell::new(None);
     let capped = Capped {
@@ -267,8 +277,21 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
                     .take(size)
                     .read_to_end(&mut contents)
                     .map_err(|e| read_error(e, &tripped))?;
-                let executable = entry.header().mode().map(|m| m & 0o111 != 0).unwrap_or(false);
-                if files.insert(rel.clone(), BundleFile { contents, executable }).is_some() {
+                let executable = entry
+                    .header()
+                    .mode()
+                    .map(|m| m & 0o111 != 0)
+                    .unwrap_or(false);
+                if files
+                    .insert(
+                        rel.clone(),
+                        BundleFile {
+                            contents,
+                            executable,
+                        },
+                    )
+                    .is_some()
+                {
                     return Err(BundleError::Duplicate { path: rel });
                 }
             }
@@ -276,10 +299,20 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
                 return Err(unsafe_entry(&path, "links are not allowed in a bundle"));
             }
             EntryType::Char | EntryType::Block => {
-                return Err(unsafe_entry(&path, "device files are not allowed in a bundle"));
+                return Err(unsafe_entry(
+                    &path,
+                    "device files are not allowed in a bundle",
+                ));
             }
-            EntryType::Fifo => return Err(unsafe_entry(&path, "fifos are not allowed in a bundle")),
-            _ => return Err(unsafe_entry(&path, "only regular files and directories are allowed")),
+            EntryType::Fifo => {
+                return Err(unsafe_entry(&path, "fifos are not allowed in a bundle"));
+            }
+            _ => {
+                return Err(unsafe_entry(
+                    &path,
+                    "only regular files and directories are allowed",
+                ));
+            }
         }
     }
     for dir in &dirs {
@@ -297,10 +330,11 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
         }
     }
     let spec = files.get(SPEC_FILE).ok_or(BundleError::NoSpec)?;
-    let spec_text = String::from_utf8(spec.contents.clone()).map_err(|_| BundleError::UnsafeEntry {
-        path: SPEC_FILE.to_owned(),
-        reason: "config.yaml is not UTF-8",
-    })?;
+    let spec_text =
+        String::from_utf8(spec.contents.clone()).map_err(|_| BundleError::UnsafeEntry {
+            path: SPEC_FILE.to_owned(),
+            reason: "config.yaml is not UTF-8",
+        })?;
     Ok(Bundle {
         spec_text,
         files,
@@ -312,10 +346,7 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
 /// `target` is removed again: a refused or half-written bundle leaves nothing behind.
 pub fn unpack(bytes: &[u8], target: &Path, limits: &Limits) -> Result<Bundle, BundleError> {
     let bundle = inspect(bytes, limits)?;
-    fs::create_dir(target).map_err(|source| BundleError::Io {
-        path: target.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir(target).map_err(io_err(target))?;
     match write(&bundle, target) {
         Ok(()) => Ok(bundle),
         Err(e) => {
@@ -327,10 +358,6 @@ pub fn unpack(bytes: &[u8], target: &Path, limits: &Limits) -> Result<Bundle, Bu
 }
 
 fn write(bundle: &Bundle, target: &Path) -> Result<(), BundleError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BundleError::Io { path, source }
-    };
     for dir in &bundle.dirs {
         let path = target.join(dir);
         fs::create_dir_all(&path).map_err(io_err(&path))?;
@@ -353,6 +380,12 @@ fn write(bundle: &Bundle, target: &Path) -> Result<(), BundleError> {
     Ok(())
 }
 
+/// An I/O error on `path`, for `map_err`.
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + use<> {
+    let path = path.to_path_buf();
+    move |source| BundleError::Io { path, source }
+}
+
 /// A bundle path made safe: `/`-separated normal components (`.` dropped); `..`, absolute paths and
 /// backslashes refused. Returns the normalized path (empty for the root itself).
 fn check_path(path: &str) -> Result<String, BundleError> {
@@ -360,7 +393,10 @@ fn check_path(path: &str) -> Result<String, BundleError> {
         return Err(unsafe_entry(path, "absolute paths are not allowed"));
     }
     if path.contains('\\') || path.contains('\0') {
-        return Err(unsafe_entry(path, "backslashes and NULs are not allowed in paths"));
+        return Err(unsafe_entry(
+            path,
+            "backslashes and NULs are not allowed in paths",
+        ));
     }
     let mut parts = Vec::new();
     for part in path.split('/') {
@@ -420,7 +456,9 @@ impl<R: Read> Read for Capped<'_, R> {
                 }
             };
         }
-        let max = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
         self.left -= n as u64;
         Ok(n)

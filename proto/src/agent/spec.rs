@@ -261,7 +261,8 @@ impl AgentSpec {
         if text.trim_start().starts_with('{') {
             serde_json::from_str::<Value>(text).map_err(|e| document_error(&e))?;
             let de = &mut serde_json::Deserializer::from_str(text);
-            return serde_path_to_error::deserialize(de).map_err(|e| syntax_error(e.path(), e.inner()));
+            return serde_path_to_error::deserialize(de)
+                .map_err(|e| syntax_error(e.path(), e.inner()));
         }
         serde_norway::from_str::<serde_norway::Value>(text).map_err(|e| document_error(&e))?;
         let de = serde_norway::Deserializer::from_str(text);
@@ -271,7 +272,11 @@ impl AgentSpec {
     /// Reads and parses the spec at `path` (an agent YAML, or a directory's `config.yaml`).
     pub fn load(path: &Path) -> Result<AgentSpec, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            SpecError::new("$", SpecErrorKind::MissingFile, format!("cannot read {}: {e}", path.display()))
+            SpecError::new(
+                "$",
+                SpecErrorKind::MissingFile,
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
         AgentSpec::parse(&text)
     }
@@ -300,16 +305,21 @@ impl AgentSpec {
                 "no harness: set executor.harness (or executor.config.harness), e.g. openai-agents or claude-sdk",
             ));
         };
-        let harness =
-            Harness::parse(name).map_err(|e| SpecError::new(path, SpecErrorKind::UnknownHarness, e.to_string()))?;
-        if let Some(other) = self.executor.as_ref().and_then(|e| e.config.as_ref()?.harness.as_deref()) {
-            if path == "executor.harness" && Harness::parse(other).ok() != Some(harness) {
-                return Err(SpecError::new(
-                    "executor.config.harness",
-                    SpecErrorKind::Invalid,
-                    format!("{other:?} disagrees with executor.harness {name:?}; set one of them"),
-                ));
-            }
+        let harness = Harness::parse(name)
+            .map_err(|e| SpecError::new(path, SpecErrorKind::UnknownHarness, e.to_string()))?;
+        let in_config = self
+            .executor
+            .as_ref()
+            .and_then(|e| e.config.as_ref()?.harness.as_deref());
+        if let Some(other) = in_config
+            && path == "executor.harness"
+            && Harness::parse(other).ok() != Some(harness)
+        {
+            return Err(SpecError::new(
+                "executor.config.harness",
+                SpecErrorKind::Invalid,
+                format!("{other:?} disagrees with executor.harness {name:?}; set one of them"),
+            ));
         }
         Ok(harness)
     }
@@ -331,7 +341,10 @@ impl AgentSpec {
         let trimmed = value.trim();
         let looks_like_path = !trimmed.is_empty()
             && !trimmed.contains(char::is_whitespace)
-            && (trimmed.contains('/') || trimmed.rsplit_once('.').is_some_and(|(stem, ext)| is_extension(stem, ext)));
+            && (trimmed.contains('/')
+                || trimmed
+                    .rsplit_once('.')
+                    .is_some_and(|(stem, ext)| is_extension(stem, ext)));
         if looks_like_path {
             Some((path, InstructionsSource::File(trimmed)))
         } else {
@@ -348,9 +361,15 @@ impl AgentSpec {
             InstructionsSource::Inline(text) => Ok(Some(text.to_owned())),
             InstructionsSource::File(file) => {
                 let rel = relative_file(field, file)?;
-                std::fs::read_to_string(dir.join(&rel)).map(Some).map_err(|e| {
-                    SpecError::new(field, SpecErrorKind::MissingFile, format!("cannot read {file:?}: {e}"))
-                })
+                std::fs::read_to_string(dir.join(&rel))
+                    .map(Some)
+                    .map_err(|e| {
+                        SpecError::new(
+                            field,
+                            SpecErrorKind::MissingFile,
+                            format!("cannot read {file:?}: {e}"),
+                        )
+                    })
             }
         }
     }
@@ -406,17 +425,22 @@ impl AgentSpec {
     /// The spec with every `${VAR}` in its string values replaced by `get(VAR)`; `$${` writes a literal `${`.
     /// The runner calls this with its environment. A variable `get` does not know is an error naming the field
     /// and the variable, so the runner can say what to set.
-    pub fn interpolate(&self, get: impl Fn(&str) -> Option<String>) -> Result<AgentSpec, SpecError> {
+    pub fn interpolate(
+        &self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<AgentSpec, SpecError> {
         let mut value = serde_json::to_value(self)
             .map_err(|e| SpecError::new("$", SpecErrorKind::Invalid, e.to_string()))?;
         interpolate_value(&mut value, &mut String::new(), &get)?;
-        let de = value;
-        serde_path_to_error::deserialize(de).map_err(|e| syntax_error(e.path(), e.inner()))
+        serde_path_to_error::deserialize(value).map_err(|e| syntax_error(e.path(), e.inner()))
     }
 }
 
 fn is_extension(stem: &str, ext: &str) -> bool {
-    !stem.is_empty() && !ext.is_empty() && ext.len() <= 8 && ext.chars().all(|c| c.is_ascii_alphanumeric())
+    !stem.is_empty()
+        && !ext.is_empty()
+        && ext.len() <= 8
+        && ext.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 /// A relative path inside the agent: no absolute path, no `..`.
@@ -446,7 +470,11 @@ fn relative_file(field: &str, file: &str) -> Result<PathBuf, SpecError> {
 }
 
 fn document_error(e: &impl std::fmt::Display) -> SpecError {
-    SpecError::new("$", SpecErrorKind::Syntax, format!("not valid YAML or JSON: {e}"))
+    SpecError::new(
+        "$",
+        SpecErrorKind::Syntax,
+        format!("not valid YAML or JSON: {e}"),
+    )
 }
 
 fn syntax_error(path: &serde_path_to_error::Path, inner: &impl std::fmt::Display) -> SpecError {
@@ -502,7 +530,11 @@ pub fn interpolate_str(
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
             let Some(end) = after.find('}') else {
-                return Err(SpecError::new(path, SpecErrorKind::Invalid, format!("unclosed ${{ in {text:?}")));
+                return Err(SpecError::new(
+                    path,
+                    SpecErrorKind::Invalid,
+                    format!("unclosed ${{ in {text:?}"),
+                ));
             };
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
