@@ -386,30 +386,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + use<> {
     move |source| BundleError::Io { path, source }
 }
 
-/// A bundle path made safe: `/`-separated normal components (`.` dropped); `..`, absolute paths and
-/// backslashes refused. Returns the normalized path (empty for the root itself).
+/// A bundle path made safe by [`super::relative_path`].
 fn check_path(path: &str) -> Result<String, BundleError> {
-    if path.starts_with('/') {
-        return Err(unsafe_entry(path, "absolute paths are not allowed"));
-    }
-    if path.contains('\\') || path.contains('\0') {
-        return Err(unsafe_entry(
-            path,
-            "backslashes and NULs are not allowed in paths",
-        ));
-    }
-    let mut parts = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return Err(unsafe_entry(path, "`..` is not allowed in paths")),
-            part if part.len() >= 2 && part.as_bytes()[1] == b':' => {
-                return Err(unsafe_entry(path, "drive-letter paths are not allowed"));
-            }
-            part => parts.push(part),
-        }
-    }
-    Ok(parts.join("/"))
+    super::relative_path(path).map_err(|reason| unsafe_entry(path, reason))
 }
 
 fn unsafe_entry(path: &str, reason: &'static str) -> BundleError {

@@ -16,3 +16,27 @@ pub mod spec;
 
 /// The spec's file name at the root of a bundle (and in an agent directory).
 pub const SPEC_FILE: &str = "config.yaml";
+
+/// A path inside an agent (a bundle entry, an instructions file) made canonical: `/`-separated, `.` and empty
+/// parts dropped; an absolute path, `..`, backslashes, NULs and drive letters refused, with why. The root
+/// itself is the empty string.
+pub(crate) fn relative_path(path: &str) -> Result<String, &'static str> {
+    if path.starts_with('/') {
+        return Err("absolute paths are not allowed; paths are relative to the agent's directory");
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return Err("backslashes and NULs are not allowed in paths");
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("`..` is not allowed: paths stay inside the agent's directory"),
+            part if part.len() >= 2 && part.as_bytes()[1] == b':' => {
+                return Err("drive-letter paths are not allowed");
+            }
+            part => parts.push(part),
+        }
+    }
+    Ok(parts.join("/"))
+}

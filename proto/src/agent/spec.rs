@@ -12,7 +12,7 @@
 //! different API, which we did not want to bet the upload path on.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -382,7 +382,6 @@ impl AgentSpec {
         self.harness()?;
         if let Some((field, InstructionsSource::File(file))) = self.instructions_source() {
             let rel = relative_file(field, file)?;
-            let rel = rel.to_string_lossy().replace('\\', "/");
             if !has_file(&rel) {
                 return Err(SpecError::new(
                     field,
@@ -443,30 +442,15 @@ fn is_extension(stem: &str, ext: &str) -> bool {
         && ext.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// A relative path inside the agent: no absolute path, no `..`.
-fn relative_file(field: &str, file: &str) -> Result<PathBuf, SpecError> {
-    let mut out = PathBuf::new();
-    for part in file.split('/') {
-        match part {
-            "" if out.as_os_str().is_empty() && file.starts_with('/') => {
-                return Err(SpecError::new(
-                    field,
-                    SpecErrorKind::Invalid,
-                    format!("instructions file {file:?} must be relative to the spec"),
-                ));
-            }
-            "" | "." => {}
-            ".." => {
-                return Err(SpecError::new(
-                    field,
-                    SpecErrorKind::Invalid,
-                    format!("instructions file {file:?} must stay inside the agent's directory"),
-                ));
-            }
-            part => out.push(part),
-        }
-    }
-    Ok(out)
+/// An instructions file made safe by [`super::relative_path`] (relative, inside the agent).
+fn relative_file(field: &str, file: &str) -> Result<String, SpecError> {
+    super::relative_path(file).map_err(|reason| {
+        SpecError::new(
+            field,
+            SpecErrorKind::Invalid,
+            format!("instructions file {file:?}: {reason}"),
+        )
+    })
 }
 
 fn document_error(e: &impl std::fmt::Display) -> SpecError {
