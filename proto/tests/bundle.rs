@@ -8,6 +8,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use omnigent_proto::agent::bundle::{self, BundleError, Limits};
 use omnigent_proto::agent::spec::AgentSpec;
+use omnigent_proto::agent::{UploadError, check_upload};
 use tar::EntryType;
 
 const SPEC: &str = "spec_version: 1\nname: bundled\ninstructions: prompts/system.md\nexecutor: {harness: openai-agents}\n";
@@ -400,5 +401,43 @@ fn unpacking_refuses_an_existing_target() {
         fs::read_to_string(dir.join("config.yaml")).expect("kept"),
         SPEC,
         "the existing dir is untouched"
+    );
+}
+
+#[test]
+fn the_upload_check_refuses_a_bundle_whose_spec_cannot_run_with_its_field_path() {
+    let limits = Limits::default();
+    let (bundle, spec) = check_upload(
+        &raw_bundle(&[
+            file("config.yaml", SPEC.as_bytes()),
+            file("prompts/system.md", b"Be kind."),
+        ]),
+        &limits,
+    )
+    .expect("valid");
+    assert_eq!(spec.name.as_deref(), Some("bundled"));
+    assert!(bundle.has_file("prompts/system.md"));
+
+    let cases: &[(&[u8], &str)] = &[
+        (SPEC.as_bytes(), "instructions"),
+        (b"name: x\nexecutor: {harness: nope}\n", "executor.harness"),
+        (b"executor: [\n", "$"),
+    ];
+    for (text, path) in cases {
+        let err =
+            check_upload(&raw_bundle(&[file("config.yaml", text)]), &limits).expect_err("refused");
+        assert!(
+            matches!(&err, UploadError::Spec(e) if e.path == *path),
+            "{path}: {err}"
+        );
+    }
+    let err = check_upload(
+        &raw_bundle(&[file("../config.yaml", SPEC.as_bytes())]),
+        &limits,
+    )
+    .expect_err("refused");
+    assert!(
+        matches!(err, UploadError::Bundle(BundleError::UnsafeEntry { .. })),
+        "{err}"
     );
 }

@@ -6,16 +6,38 @@
 //! spec means or what a bundle may contain.
 //!
 //! Where each step happens:
-//! - upload (server): [`bundle::inspect`] (caps, hostile entries) then [`spec::AgentSpec::validate`] against the
-//!   bundle's file list, so a spec that cannot run is refused with its field path;
+//! - upload (server): [`check_upload`], i.e. [`bundle::inspect`] (caps, hostile entries) then
+//!   [`spec::AgentSpec::validate`] against the bundle's file list, so a spec that cannot run is refused with its
+//!   field path;
 //! - run (runner): [`bundle::unpack`] into the session's directory, [`spec::AgentSpec::load`], then
 //!   [`spec::AgentSpec::interpolate`] with the runner's own environment (never on the server).
 
 pub mod bundle;
 pub mod spec;
 
+use bundle::{Bundle, BundleError, Limits};
+use spec::{AgentSpec, SpecError};
+
 /// The spec's file name at the root of a bundle (and in an agent directory).
 pub const SPEC_FILE: &str = "config.yaml";
+
+/// Why an uploaded bundle was refused: the bundle itself, or the spec it carries.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+/// The server's whole upload check, writing nothing: the bundle under `limits`, then its `config.yaml` parsed
+/// and validated against the bundle's own files. `${VAR}`s are left as written (they belong to the runner).
+pub fn check_upload(bytes: &[u8], limits: &Limits) -> Result<(Bundle, AgentSpec), UploadError> {
+    let bundle = bundle::inspect(bytes, limits)?;
+    let spec = AgentSpec::parse(&bundle.spec_text)?;
+    spec.validate(|rel| bundle.has_file(rel))?;
+    Ok((bundle, spec))
+}
 
 /// A path inside an agent (a bundle entry, an instructions file) made canonical: `/`-separated, `.` and empty
 /// parts dropped; an absolute path, `..`, backslashes, NULs and drive letters refused, with why. The root
