@@ -242,6 +242,15 @@ fn interpolation_replaces_variables_from_the_given_environment_only() {
         "the original is not touched"
     );
 
+    let verbatim = AgentSpec::parse(
+        "prompt: \"Run echo ${HOME} for the user\"\nignored_field: \"${UNSET_HERE}\"\n",
+    )
+    .expect("parse");
+    let out = verbatim
+        .interpolate(|_| None)
+        .expect("prompt and unknown fields are not interpolated");
+    assert_eq!(out, verbatim);
+
     let literal = AgentSpec::parse("name: \"cost $5, literal $${HOME}\"").expect("parse");
     let out = literal.interpolate(|_| None).expect("no variables");
     assert_eq!(out.name.as_deref(), Some("cost $5, literal ${HOME}"));

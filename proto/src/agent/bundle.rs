@@ -260,7 +260,7 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
                 if rel.is_empty() {
                     return Err(unsafe_entry(&path, "a file needs a name"));
                 }
-                let size = entry.header().size().map_err(BundleError::Corrupt)?;
+                let size = entry.size();
                 if rel == SPEC_FILE && size > limits.max_spec_bytes {
                     return Err(BundleError::SpecTooLarge {
                         size,

@@ -424,14 +424,31 @@ impl AgentSpec {
     /// The spec with every `${VAR}` in its string values replaced by `get(VAR)`; `$${` writes a literal `${`.
     /// The runner calls this with its environment. A variable `get` does not know is an error naming the field
     /// and the variable, so the runner can say what to set.
+    ///
+    /// Left as written: `prompt` and `instructions` (text for the model, where `${…}` is as likely a shell
+    /// snippet as a variable; an instructions file is never interpolated either) and the unknown top-level
+    /// fields (ignored, so an unset variable there must not stop the agent).
     pub fn interpolate(
         &self,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<AgentSpec, SpecError> {
-        let mut value = serde_json::to_value(self)
+        let verbatim = AgentSpec {
+            prompt: None,
+            instructions: None,
+            extra: Extra::new(),
+            ..self.clone()
+        };
+        let mut value = serde_json::to_value(verbatim)
             .map_err(|e| SpecError::new("$", SpecErrorKind::Invalid, e.to_string()))?;
         interpolate_value(&mut value, &mut String::new(), &get)?;
-        serde_path_to_error::deserialize(value).map_err(|e| syntax_error(e.path(), e.inner()))
+        let resolved: AgentSpec = serde_path_to_error::deserialize(value)
+            .map_err(|e| syntax_error(e.path(), e.inner()))?;
+        Ok(AgentSpec {
+            prompt: self.prompt.clone(),
+            instructions: self.instructions.clone(),
+            extra: self.extra.clone(),
+            ..resolved
+        })
     }
 }
 
