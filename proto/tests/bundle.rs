@@ -441,3 +441,23 @@ fn the_upload_check_refuses_a_bundle_whose_spec_cannot_run_with_its_field_path()
         "{err}"
     );
 }
+
+#[test]
+fn a_pax_global_header_as_git_archive_writes_is_skipped() {
+    let comment = b"52 comment=0123456789abcdef0123456789abcdef01234567\n";
+    let bytes = raw_bundle(&[
+        Raw {
+            path: "pax_global_header",
+            kind: EntryType::XGlobalHeader,
+            link: "",
+            data: comment,
+        },
+        file("config.yaml", SPEC.as_bytes()),
+        file("prompts/system.md", b"Be kind."),
+    ]);
+    let bundle = bundle::inspect(&bytes, &Limits::default()).expect("accepted");
+    assert_eq!(
+        bundle.files.keys().collect::<Vec<_>>(),
+        ["config.yaml", "prompts/system.md"]
+    );
+}

@@ -241,6 +241,10 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Bundle, BundleError> {
                 limit: limits.max_entries,
             });
         }
+        if entry.header().entry_type() == EntryType::XGlobalHeader {
+            // Archive-wide metadata (`git archive` writes the commit id here): describes no file.
+            continue;
+        }
         let raw = entry.path_bytes();
         let path = std::str::from_utf8(&raw)
             .map_err(|_| BundleError::UnsafeEntry {
