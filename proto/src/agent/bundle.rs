@@ -8,7 +8,9 @@
 //!
 //! Refused, whatever the caps: a path with `..`, an absolute path, a non-UTF-8 path, a symlink or hard link
 //! (a bundle has no use for one, so none is followed or created), a device file, a fifo, any other entry type
-//! but a regular file or a directory, the same path twice, a bundle without `config.yaml`.
+//! but a regular file or a directory, the same path twice, a file used as another entry's directory, a bundle
+//! without `config.yaml`. A PAX global header (`git archive` writes one) describes no file and is skipped.
+//! Empty directories are not packed.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
