@@ -7,6 +7,7 @@
 //! - [`live`]: what a live web client needs beyond sessions (the session-list WebSocket, read state,
 //!   projects, catalogs, presence), omnigent-compatible.
 //! - [`control`]: the local control API (CLI ⇄ daemon), ours.
+//! - [`agent`]: agent specs (`config.yaml`) and the `.tar.gz` bundles that carry them (CLI → server → runner).
 //! - [`harness`]: the harness table (names, aliases, credential variables), read by the daemon and the runner.
 //! - [`exit`]: process exit codes.
 //! - [`ids`]: id formats shared by all of them, and what a path id may look like.
@@ -16,6 +17,7 @@
 //!
 //! This crate depends on no internal crate.
 
+pub mod agent;
 pub mod api;
 pub mod control;
 pub mod events;
