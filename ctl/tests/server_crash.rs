@@ -69,8 +69,14 @@ async fn crash_and_restart(server: Server, home: &Path, runner_id: &str, session
     server.proc.kill();
     drop(server);
     let mut server = start_server(home, port, 30_000).await;
-    server.proc.wait_log(&["runner connected", runner_id]).await;
-    server.proc.wait_log(&["relay subscribed", session]).await;
+    server
+        .proc
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, runner_id])
+        .await;
+    server
+        .proc
+        .wait_log(&[omnigent_server::relay::RELAY_SUBSCRIBED, session])
+        .await;
     server
 }
 

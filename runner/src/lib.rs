@@ -21,6 +21,9 @@ pub mod backoff;
 pub mod harness;
 mod session;
 
+/// What the runner logs at points black-box tests wait for (so they wait on these, not on copied text).
+pub use session::{BACKLOG_TAKEN, NO_SUBSCRIBER_LEFT, TURN_ENDED};
+
 use backoff::{Backoff, BackoffPolicy};
 use harness::{HarnessConfig, HarnessKind};
 use omnigent_proto::harness::{self as harness_table, CredentialKind};

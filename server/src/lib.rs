@@ -27,6 +27,8 @@ mod http;
 pub mod relay;
 pub mod store;
 
+/// What the server logs when its connection cap closes or refuses connections (black-box tests wait on it).
+pub use conn::CONNECTION_CAP_REACHED;
 pub use store::{DatabaseLocation, OpenError, Store};
 
 /// Everything the server needs to run.

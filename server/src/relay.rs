@@ -19,6 +19,9 @@ use tracing::{debug, info, warn};
 
 use crate::actor::Command;
 
+/// Logged (with the session and runner ids) once a relay has subscribed to the runner's session stream.
+pub const RELAY_SUBSCRIBED: &str = "relay subscribed";
+
 /// How long the runner may take to answer the stream request and send its ready heartbeat (reference §3.4).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the session init on the runner may take.
@@ -267,7 +270,7 @@ async fn read(
     ready.send_replace(ReadyState::Ready {
         generation: spec.conn.generation(),
     });
-    info!(session_id = %sid, runner_id = spec.conn.runner_id(), generation = spec.conn.generation(), "relay subscribed");
+    info!(session_id = %sid, runner_id = spec.conn.runner_id(), generation = spec.conn.generation(), "{RELAY_SUBSCRIBED}");
     loop {
         // Wait for an event, then take every one that has already arrived with it (up to a batch): the actor
         // handles them back to back and wakes the stream subscribers once.
