@@ -465,8 +465,10 @@ async fn a_server_killed_mid_turn_and_restarted_gets_its_runner_back() {
     answer.extend(oa_finish("stop"));
     let vendor = FakeVendor::start(vec![answer]).await;
     let vendor_url = vendor.url.clone();
-    let mut server = start_server(home.path(), 0, 10_000).await;
-    let port = server.port();
+    // The port is held for the server across its restart (nothing else can take it in between).
+    let reserved = omnigent_testkit::net::PortReservation::new();
+    let port = reserved.port;
+    let mut server = start_server(home.path(), port, 10_000).await;
     let (token, runner_id) = token_and_id("server-restart");
     let _runner = start_runner(
         home.path(),

@@ -17,7 +17,7 @@ use omnigent_proto::ids::runner_id_for_token;
 use omnigent_testkit::{FakeHost, RawWs};
 use omnigent_tunnel::host::{HostConnection, HostEvent, HostRegistry};
 use serde_json::{Map, Value, json};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A bound on waits that should finish at once; a test failing on it means the awaited signal never came.

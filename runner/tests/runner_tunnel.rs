@@ -765,8 +765,7 @@ async fn refusing_server(code: u16) -> SocketAddr {
             })
         }),
     );
-    let addr = omnigent_testkit::serve(app).await.addr;
-    addr
+    omnigent_testkit::serve(app).await.addr
 }
 
 #[tokio::test]

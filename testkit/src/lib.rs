@@ -5,23 +5,27 @@
 //!   hand-played WebSocket route that gives each upgraded socket to the test;
 //! - [`vendor`]: a scripted fake vendor API (OpenAI- or Anthropic-compatible streaming, by what is scripted);
 //! - [`sse`]: a reader of one session stream, event by event, with ids, waiting for a predicate in time;
-//! - [`process`]: the `omnigent` command with a temp `OMNIGENT_HOME`, and child guards that kill and reap.
+//! - [`process`]: the `omnigent` command with a temp `OMNIGENT_HOME`, and child guards that kill and reap;
+//! - [`fs`]: a small tmpfs (root only) to fill up;
+//! - [`ws`]: a raw WebSocket peer of a tunnel route (dial with given headers, hello, read the close code).
 //!
 //! Every wait is bounded by [`WAIT`] (or a bound the caller gives): a signal that never comes fails the test
 //! instead of hanging it. Nothing here sleeps to let something happen.
 #![allow(clippy::unwrap_used)]
 
+pub mod fs;
 pub mod host;
 pub mod net;
 pub mod process;
 pub mod sse;
 pub mod vendor;
+pub mod ws;
 
 use std::time::Duration;
 
 pub use host::{FakeHost, RawWs};
 pub use net::{Served, serve};
-pub use process::{Proc, TempHome};
+pub use process::Proc;
 pub use sse::Sse;
 pub use vendor::{Canned, End, FakeVendor, Recorded, Step};
 

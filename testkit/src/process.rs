@@ -1,4 +1,4 @@
-//! The `omnigent` command under test with its own temp `OMNIGENT_HOME` and none of the caller's settings,
+//! The `omnigent` command under test with its own (temp) `OMNIGENT_HOME` and none of the caller's settings,
 //! and a guard on a child process that kills and reaps it on drop, collecting its stderr lines.
 
 use std::ffi::OsStr;
@@ -10,28 +10,6 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::WAIT;
-
-/// A temp dir to be an `OMNIGENT_HOME`, removed on drop.
-pub struct TempHome {
-    pub dir: tempfile::TempDir,
-}
-
-impl TempHome {
-    /// Under the system temp dir, named with `prefix` (short: socket paths live inside it).
-    pub fn new(prefix: &str) -> TempHome {
-        TempHome {
-            dir: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn paths(&self) -> omnigent_proto::paths::Paths {
-        omnigent_proto::paths::Paths::under(self.path())
-    }
-}
 
 /// `exe` (the binary under test: `env!("CARGO_BIN_EXE_omnigent")`) with `home` as its `OMNIGENT_HOME`, none of
 /// the caller's server, database or token settings, and info logs.
