@@ -20,7 +20,7 @@ const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 
 struct Home {
     dir: tempfile::TempDir,
-    /// The server port, held for the daemon (no other bind takes it; the server under test can).
+    /// The server port, held for the daemon (no port-0 bind is given it; the server under test binds it).
     port: u16,
     reserved: Option<PortReservation>,
     /// Extra environment for every command (and so for the daemon a `start` spawns).

@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 struct Home {
     dir: tempfile::TempDir,
-    /// The local server port, held for the daemon (no other bind takes it; the server under test can).
+    /// The local server port, held for the daemon (no port-0 bind is given it; the server under test binds it).
     port: u16,
     _reserved: PortReservation,
 }

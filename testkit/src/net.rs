@@ -62,10 +62,11 @@ pub fn serve_on(listener: TcpListener, app: axum::Router) -> Served {
 }
 
 /// A port of 127.0.0.1 held for a child process that must be told its port up front (a daemon's configured
-/// server port): a socket bound to `127.0.0.1:0` with `SO_REUSEADDR` and never listening. While it is held no
-/// other bind takes the port (a port-0 bind never picks it, a plain bind is refused), yet a server that binds
-/// it with `SO_REUSEADDR` (tokio's listeners do) can listen on it; and connecting to it is refused until
-/// then, so the port reads as free. Unlike bind-drop-reuse, nothing can take the port in between.
+/// server port): a socket bound to `127.0.0.1:0` with `SO_REUSEADDR` and never listening. While it is held,
+/// the kernel gives the port to no port-0 bind (every other test's server, vendor, child), yet the process
+/// told the port can bind it with `SO_REUSEADDR` (std's and tokio's listeners set it) and listen; connecting
+/// to it is refused until then, so it reads as free. Unlike bind-drop-reuse (`free_port`), nothing can take
+/// the port in between, nor between a server's death and its restart.
 pub struct PortReservation {
     fd: std::os::fd::OwnedFd,
     pub port: u16,
