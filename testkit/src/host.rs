@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::WAIT;
-use crate::net::{Served, serve, serve_on};
+use crate::net::{PortReservation, Served, serve, serve_on};
 
 #[derive(Clone)]
 struct Shared {
@@ -73,23 +73,31 @@ pub struct FakeHost {
     pub url: String,
     shared: Shared,
     served: Served,
+    /// The port, held across a [`FakeHost::stop`] and [`FakeHost::restart`] (nothing else is given it).
+    port: PortReservation,
+}
+
+/// A [`FakeHost`] that was stopped; its port is still held for the [`FakeHost::restart`].
+pub struct StoppedHost {
+    pub addr: SocketAddr,
+    port: PortReservation,
 }
 
 impl FakeHost {
     /// On a fresh port, with a fresh registry.
     pub async fn start() -> FakeHost {
-        let (listener, _) = crate::net::bind_local().await;
-        Self::serve(listener, HostRegistry::default())
+        Self::serve(PortReservation::new(), HostRegistry::default()).await
     }
 
-    /// On `addr` (the address of a server [`FakeHost::stop`]ped before: the same server coming back), into
-    /// `registry`.
-    pub async fn restart(addr: SocketAddr, registry: HostRegistry) -> FakeHost {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        Self::serve(listener, registry)
+    /// The same server coming back on the port of one [`FakeHost::stop`]ped before, into `registry`.
+    pub async fn restart(stopped: StoppedHost, registry: HostRegistry) -> FakeHost {
+        Self::serve(stopped.port, registry).await
     }
 
-    fn serve(listener: tokio::net::TcpListener, registry: HostRegistry) -> FakeHost {
+    async fn serve(port: PortReservation, registry: HostRegistry) -> FakeHost {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.port))
+            .await
+            .expect("bind the held port");
         let shared = Shared {
             registry,
             refuse_tunnel: Arc::default(),
@@ -109,6 +117,7 @@ impl FakeHost {
             url: served.url.clone(),
             shared,
             served,
+            port,
         }
     }
 
@@ -146,11 +155,14 @@ impl FakeHost {
         self.shared.me_headers.lock().unwrap().clone()
     }
 
-    /// The server process dies: the listener closes and every tunnel drops without a close handshake. The
-    /// address, to [`FakeHost::restart`] on.
-    pub async fn stop(self) -> SocketAddr {
+    /// The server process dies: the listener closes and every tunnel drops without a close handshake. Its
+    /// port stays held, to [`FakeHost::restart`] on.
+    pub async fn stop(self) -> StoppedHost {
         self.shared.kill.cancel();
-        self.served.stop().await
+        StoppedHost {
+            addr: self.served.stop().await,
+            port: self.port,
+        }
     }
 }
 

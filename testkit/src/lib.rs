@@ -23,7 +23,7 @@ pub mod ws;
 
 use std::time::Duration;
 
-pub use host::{FakeHost, RawWs};
+pub use host::{FakeHost, RawWs, StoppedHost};
 pub use net::{Served, serve};
 pub use process::Proc;
 pub use sse::Sse;
