@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn omnigent(home: &std::path::Path, port: u16, args: &[&str]) -> std::process::Output {
     let out = Command::new(EXE)
         .args(args)
@@ -95,7 +87,9 @@ fn main() {
     let (mut daemon_rss, mut server_rss) = (vec![], vec![]);
     for _ in 0..iterations {
         let home = tempfile::tempdir().unwrap();
-        let port = free_port();
+        // Held for the daemon's server (no bind-drop-reuse race).
+        let reserved = omnigent_testkit::net::PortReservation::new();
+        let port = reserved.port;
         let mut out = None;
         // Cold: no daemon, no server, empty home. `start` returns once the server answers.
         start.push(timed(|| {

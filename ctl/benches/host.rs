@@ -20,14 +20,6 @@ use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn omnigent(home: &std::path::Path, port: u16, args: &[&str]) -> std::process::Output {
     let out = Command::new(EXE)
         .args(args)
@@ -189,7 +181,9 @@ fn main() {
     for _ in 0..iterations {
         let home = tempfile::tempdir().unwrap();
         let ws = tempfile::tempdir().unwrap();
-        let port = free_port();
+        // Held for the daemon's server (no bind-drop-reuse race).
+        let reserved = omnigent_testkit::net::PortReservation::new();
+        let port = reserved.port;
         let t = Instant::now();
         let out = omnigent(home.path(), port, &["start", "--json"]);
         start.push(t.elapsed());

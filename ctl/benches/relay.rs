@@ -11,14 +11,13 @@
 //! the fan-out runs paced at RATE deltas/s, default 50,000, then as an unpaced burst)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use omnigent_proto::events::SseParser;
+use omnigent_testkit::Proc;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,85 +25,37 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 
-struct Proc {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
+/// Resident set of `proc`, in KiB.
+fn rss_kib(proc: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proc.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// User + system CPU time of `proc` so far, in clock ticks (1/100 s).
+fn cpu_ticks(proc: &Proc) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", proc.child.id())).unwrap();
+    // Fields after the `(comm)`: utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-impl Proc {
-    async fn wait_log(&mut self, needles: &[&str]) {
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = self.lines.recv().await {
-                if needles.iter().all(|n| line.contains(n)) {
-                    return;
-                }
-            }
-            panic!("process ended before logging {needles:?}");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line {needles:?}"));
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-
-    /// User + system CPU time so far, in clock ticks (1/100 s).
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the `(comm)`: utime and stime are the 12th and 13th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
-}
-
+/// `omnigent ARGS` with its own `home` (the testkit's command and process guard).
 fn spawn(home: &std::path::Path, args: &[&str]) -> (Proc, std::process::ChildStdout) {
-    let mut child = Command::new(EXE)
-        .args(args)
-        .env("OMNIGENT_HOME", home)
-        .env("RUST_LOG", "info,sqlx=warn")
-        .env("OMNIGENT_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    (Proc { child, lines }, stdout)
+    let mut cmd = omnigent_testkit::process::omnigent(EXE, home);
+    cmd.args(args);
+    Proc::spawn(cmd)
 }
 
 async fn start_server(home: &std::path::Path) -> (Proc, String) {
-    let (proc, stdout) = spawn(home, &["server", "run", "--port", "0"]);
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
-    let ready: Value = serde_json::from_str(line.trim()).unwrap();
-    (proc, ready["url"].as_str().unwrap().to_owned())
+    let mut cmd = omnigent_testkit::process::omnigent(EXE, home);
+    cmd.args(["server", "run", "--port", "0"]);
+    Proc::spawn_reporting_url(cmd).await
 }
 
 async fn bound_session(http: &reqwest::Client, url: &str, runner_id: &str) -> String {
@@ -187,7 +138,9 @@ async fn echo_ttft(turns: usize) {
             ws.path().to_str().unwrap(),
         ],
     );
-    server.wait_log(&["runner connected", &runner_id]).await;
+    server
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
+        .await;
     let http = reqwest::Client::new();
     let session = bound_session(&http, &url, &runner_id).await;
     let mut events = subscribe(&http, &url, &session).await;
@@ -230,7 +183,7 @@ async fn echo_ttft(turns: usize) {
     );
     println!(
         "runner idle RSS (connected, one session served): {} KiB",
-        runner.rss_kib()
+        rss_kib(&runner)
     );
 }
 
@@ -410,7 +363,9 @@ async fn fan_out(deltas: usize, subscribers: usize, rate: usize) {
     let token = "bench-fanout-token";
     let runner_id = omnigent_proto::ids::runner_id_for_token(token);
     let (out, mut streams) = scripted_runner(&url, token).await;
-    server.wait_log(&["runner connected", &runner_id]).await;
+    server
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
+        .await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(subscribers + 8)
         .build()
@@ -432,7 +387,7 @@ async fn fan_out(deltas: usize, subscribers: usize, rate: usize) {
     for _ in 0..subscribers {
         handles.push(fan_out_subscriber(&url, &session, epoch, received.clone()).await);
     }
-    let cpu_before = server.cpu_ticks();
+    let cpu_before = cpu_ticks(&server);
     let start = Instant::now();
     let frame = |event: Value| {
         let body = format!("data: {event}\n\n");
@@ -478,7 +433,7 @@ async fn fan_out(deltas: usize, subscribers: usize, rate: usize) {
         all.extend(seen.latencies);
     }
     let elapsed = start.elapsed();
-    let cpu = server.cpu_ticks() - cpu_before;
+    let cpu = cpu_ticks(&server) - cpu_before;
     all.sort();
     let pace = if rate == 0 {
         "unpaced burst".to_owned()
@@ -497,21 +452,23 @@ async fn fan_out(deltas: usize, subscribers: usize, rate: usize) {
         all.last().copied().unwrap_or_default(),
         cpu as f64 / 100.0,
     );
-    println!("server RSS after fan-out: {} KiB", server.rss_kib());
+    println!("server RSS after fan-out: {} KiB", rss_kib(&server));
 }
 
 async fn idle_tunnels(count: usize) {
     let home = tempfile::tempdir().unwrap();
     let (mut server, url) = start_server(home.path()).await;
-    let before = server.rss_kib();
+    let before = rss_kib(&server);
     let mut keep = Vec::with_capacity(count);
     for i in 0..count {
         keep.push(scripted_runner(&url, &format!("bench-idle-{i}")).await);
     }
     for _ in 0..count {
-        server.wait_log(&["runner connected"]).await;
+        server
+            .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED])
+            .await;
     }
-    let after = server.rss_kib();
+    let after = rss_kib(&server);
     println!(
         "{count} idle runner tunnels: server RSS {before} KiB -> {after} KiB, {:.1} KiB per tunnel",
         (after.saturating_sub(before)) as f64 / count as f64

@@ -13,29 +13,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use omnigent_testkit::net::PortReservation;
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 
 struct Home {
     dir: tempfile::TempDir,
+    /// The server port, held for the daemon (no port-0 bind is given it; the server under test binds it).
     port: u16,
+    reserved: Option<PortReservation>,
     /// Extra environment for every command (and so for the daemon a `start` spawns).
     env: Vec<(&'static str, String)>,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl Home {
     fn new() -> Self {
         Home {
             dir: tempfile::Builder::new().prefix("og").tempdir().unwrap(),
-            port: free_port(),
+            port: 0,
+            reserved: None,
             env: Vec::new(),
         }
+        .reserving_a_port()
+    }
+
+    /// With a server port of its own, held until the home goes.
+    fn reserving_a_port(mut self) -> Self {
+        let reserved = PortReservation::new();
+        self.port = reserved.port;
+        self.reserved = Some(reserved);
+        self
     }
 
     fn with_env(env: &[(&'static str, &str)]) -> Self {
@@ -491,8 +499,8 @@ fn stop_during_a_start_leaves_nothing_running() {
 
 #[test]
 fn a_foreign_listener_on_the_server_port_is_named_and_never_adopted() {
-    let h = Home::new();
-    let foreign = std::net::TcpListener::bind(("127.0.0.1", h.port)).unwrap();
+    let mut h = Home::new();
+    let foreign = h.reserved.take().unwrap().listen();
     std::thread::spawn(move || {
         for mut s in foreign.incoming().flatten() {
             let mut buf = [0u8; 1024];
@@ -763,9 +771,11 @@ fn a_long_omnigent_home_binds_through_a_short_socket_path() {
                 &deep
             })
             .unwrap(),
-        port: free_port(),
+        port: 0,
+        reserved: None,
         env: Vec::new(),
-    };
+    }
+    .reserving_a_port();
     assert!(h.run_dir().join("daemon.sock").as_os_str().len() > 108);
     assert_eq!(h.start()["server"]["state"], "running");
     assert_eq!(h.status()["running"], true);

@@ -8,16 +8,15 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path as AxPath, State};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use omnigent_tunnel::host::{HostEvent, HostRegistry, serve_host_socket};
+use omnigent_testkit::FakeHost;
+use omnigent_testkit::host::next_event;
+use omnigent_testkit::net::PortReservation;
+use omnigent_tunnel::host::{HostEvent, HostRegistry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -26,21 +25,20 @@ const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 /// Bound on waits for things that should happen promptly; hitting it fails the test.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 struct Home {
     dir: tempfile::TempDir,
+    /// The local server port, held for the daemon (no port-0 bind is given it; the server under test binds it).
     port: u16,
+    _reserved: PortReservation,
 }
 
 impl Home {
     fn new() -> Self {
+        let reserved = PortReservation::new();
         Home {
             dir: tempfile::Builder::new().prefix("oh").tempdir().unwrap(),
-            port: free_port(),
+            port: reserved.port,
+            _reserved: reserved,
         }
     }
 
@@ -145,80 +143,18 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-#[derive(Clone)]
-struct Fake {
-    registry: HostRegistry,
-    /// Non-zero: answer every tunnel upgrade (and /v1/me) with this status instead.
-    reject: Arc<AtomicU16>,
-}
-
-fn refusal(f: &Fake) -> Option<Response> {
-    let code = f.reject.load(Ordering::SeqCst);
-    (code != 0).then(|| {
-        axum::http::StatusCode::from_u16(code)
-            .unwrap()
-            .into_response()
-    })
-}
-
-async fn tunnel_route(
-    State(f): State<Fake>,
-    AxPath(host_id): AxPath<String>,
-    ws: omnigent_tunnel::TunnelUpgrade,
-) -> Response {
-    if let Some(r) = refusal(&f) {
-        return r;
-    }
-    let registry = f.registry.clone();
-    ws.on_upgrade(move |socket| async move {
-        serve_host_socket(socket, &host_id, Default::default(), registry).await
-    })
-}
-
-async fn me_route(State(f): State<Fake>) -> Response {
-    if let Some(r) = refusal(&f) {
-        return r;
-    }
-    axum::Json(json!({"user_id": "local"})).into_response()
-}
-
-/// A server end of the host tunnel on a free port.
+/// A server end of the host tunnel on a free port (the testkit's), refusing every tunnel upgrade and
+/// `/v1/me` with `reject` when given.
 async fn fake_server(reject: Option<u16>) -> (SocketAddr, HostRegistry) {
-    let (addr, registry, _) = fake_server_switchable(reject).await;
-    (addr, registry)
+    let fake = fake_server_switchable(reject).await;
+    (fake.addr, fake.registry().clone())
 }
 
-/// [`fake_server`] whose refusal can be switched on and off.
-async fn fake_server_switchable(reject: Option<u16>) -> (SocketAddr, HostRegistry, Arc<AtomicU16>) {
-    let registry = HostRegistry::default();
-    let switch = Arc::new(AtomicU16::new(reject.unwrap_or(0)));
-    let app = Router::new()
-        .route("/v1/hosts/{id}/tunnel", get(tunnel_route))
-        .route("/v1/me", get(me_route))
-        .with_state(Fake {
-            registry: registry.clone(),
-            reject: switch.clone(),
-        });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, registry, switch)
-}
-
-async fn next_event(
-    events: &mut tokio::sync::broadcast::Receiver<HostEvent>,
-    mut pred: impl FnMut(&HostEvent) -> bool,
-) -> HostEvent {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let ev = events.recv().await.unwrap();
-            if pred(&ev) {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("the expected host event never came")
+/// [`fake_server`] whose refusal can be switched on and off ([`FakeHost::refuse`]).
+async fn fake_server_switchable(reject: Option<u16>) -> FakeHost {
+    let fake = FakeHost::start().await;
+    fake.refuse(reject.unwrap_or(0));
+    fake
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +329,9 @@ async fn host_background_refused_with_401_before_any_success_exits_78_and_leaves
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_background_against_an_unreachable_server_fails_loudly_in_time_and_rolls_back() {
     let home = Home::new();
-    let url = format!("http://127.0.0.1:{}", free_port());
+    // A held port nobody listens on: every dial is refused.
+    let unreachable = PortReservation::new();
+    let url = format!("http://127.0.0.1:{}", unreachable.port);
     let started = std::time::Instant::now();
     let out = tokio::time::timeout(
         WAIT,
@@ -535,7 +473,8 @@ async fn a_runner_crashing_mid_turn_fails_that_turn_with_its_log_tail_is_relaunc
 async fn a_401_after_the_host_was_online_keeps_it_retrying_with_a_warning_until_the_server_takes_it_back()
  {
     let home = Home::new();
-    let (addr, registry, reject) = fake_server_switchable(None).await;
+    let fake = fake_server_switchable(None).await;
+    let (addr, registry) = (fake.addr, fake.registry().clone());
     let mut events = registry.subscribe();
     let url = format!("http://{addr}");
     let out = home.run(&["host", &url, "--background"]).await;
@@ -550,7 +489,7 @@ async fn a_401_after_the_host_was_online_keeps_it_retrying_with_a_warning_until_
     assert_eq!(conn.stat("/").await.unwrap().status, "ok");
 
     // The proxy in front starts answering 401 (a VPN drop), and the tunnel is cut.
-    reject.store(401, Ordering::SeqCst);
+    fake.refuse(401);
     registry.close_all(1012, "service restart");
     let paths = omnigent_proto::paths::Paths::under(home.dir.path());
     let mut client = omnigent_daemon::control::client::ControlClient::connect(&paths)
@@ -576,7 +515,7 @@ async fn a_401_after_the_host_was_online_keeps_it_retrying_with_a_warning_until_
     assert!(target.warning.unwrap().contains("omnigent login"));
     assert!(target.last_error.unwrap().contains("401"));
     // Not fatal: when the server accepts the host again, it comes back online by itself.
-    reject.store(0, Ordering::SeqCst);
+    fake.refuse(0);
     next_event(&mut events, |e| matches!(e, HostEvent::Connected { .. })).await;
 }
 
@@ -1004,9 +943,7 @@ async fn a_runner_with_a_short_idle_timeout_redials_a_server_that_went_silent() 
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = omnigent_testkit::serve(app).await.addr;
     let ws = tempfile::tempdir().unwrap();
     let _runner = home
         .cmd(&[

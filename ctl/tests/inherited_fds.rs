@@ -11,16 +11,11 @@ const EXE: &str = env!("CARGO_BIN_EXE_omnigent");
 #[test]
 fn the_daemon_keeps_none_of_its_starters_pipes_open() {
     let home = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let omnigent = |args: &[&str]| {
         Command::new(EXE)
             .args(args)
             .env("OMNIGENT_HOME", home.path())
-            .env("OMNIGENT_SERVER_PORT", port.to_string())
+            .env("OMNIGENT_SERVER_PORT", "0")
             .stdin(Stdio::null())
             .output()
             .unwrap()

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use std::sync::Arc;
 
-use common::{Step, Vendor, WAIT, oa_finish, oa_text, omnigent, openai_env};
+use common::{FakeVendor, Step, WAIT, oa_finish, oa_text, omnigent, openai_env};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -25,11 +25,8 @@ struct Home {
 
 impl Home {
     fn new(vendor_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Port 0: the daemon's server takes a free port and reports it (status, server.json).
+        let port = 0;
         Home {
             dir: tempfile::Builder::new().prefix("og").tempdir().unwrap(),
             port,
@@ -90,13 +87,14 @@ async fn a_failed_turn_exits_1_with_its_error_once_and_a_closed_stdout_ends_quie
     let answer = Arc::new(Notify::new());
     let mut first_turn = vec![Step::Wait(answer.clone()), oa_text("a long enough answer")];
     first_turn.extend(oa_finish("stop"));
-    let (vendor, url) = Vendor::then_refusing(
+    let vendor = FakeVendor::then_refusing(
         vec![first_turn],
         401,
         json!({"error": {"message": "Incorrect API key provided: sk-test.", "type": "invalid_request_error",
             "code": "invalid_api_key"}}),
     )
     .await;
+    let url = vendor.url.clone();
     let home = Home::new(&url);
     let ws = home.workspace();
 

@@ -18,16 +18,13 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
 use common::{
-    Proc, Server, Step, Vendor, WAIT, oa_call, oa_finish, oa_text, openai_env, start_runner,
+    FakeVendor, Proc, Server, Step, WAIT, oa_call, oa_finish, oa_text, openai_env, start_runner,
     start_server, summary, token_and_id,
 };
+use omnigent_runner::{BACKLOG_TAKEN, NO_SUBSCRIBER_LEFT};
 
 /// The runner grace of the server under test: far longer than any blip here.
 const GRACE_MS: u64 = 30_000;
-/// What the runner logs when a session's last stream subscriber is gone (its events wait from then on).
-const NO_SUBSCRIBER_LEFT: &str = "no stream subscriber left; keeping events for the next one";
-/// What the runner logs when a new stream subscriber takes the events kept meanwhile.
-const BACKLOG_TAKEN: &str = "a stream subscriber takes the events kept while none was connected";
 
 // ---------------------------------------------------------------------------------------------------------
 // The proxy between runner and server
@@ -165,7 +162,7 @@ async fn rig(home: &Path, workspace: &Path, vendor_url: &str, name: &str) -> Rig
     );
     server
         .proc
-        .wait_log(&["runner connected", &runner_id])
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
         .await;
     Rig {
         server,
@@ -183,7 +180,10 @@ impl Rig {
         self.runner.wait_log(&[NO_SUBSCRIBER_LEFT, session]).await;
         self.server
             .proc
-            .wait_log(&["runner disconnected", &self.runner_id])
+            .wait_log(&[
+                omnigent_tunnel::server::RUNNER_DISCONNECTED,
+                &self.runner_id,
+            ])
             .await;
         self.proxy.refused_one().await;
     }
@@ -207,7 +207,8 @@ async fn a_turn_that_ends_during_a_tunnel_blip_arrives_whole_once_the_runner_is_
         oa_text("four"),
     ];
     answer.extend(oa_finish("stop"));
-    let (_vendor, vendor_url) = Vendor::start(vec![answer]).await;
+    let vendor = FakeVendor::start(vec![answer]).await;
+    let vendor_url = vendor.url.clone();
     let mut rig = rig(home.path(), ws.path(), &vendor_url, "blip-ends").await;
     let session = rig
         .server
@@ -221,7 +222,9 @@ async fn a_turn_that_ends_during_a_tunnel_blip_arrives_whole_once_the_runner_is_
     rig.blip(&session).await;
     hold.notify_one();
     // The runner finished the turn with nobody listening.
-    rig.runner.wait_log(&["turn ended", &session]).await;
+    rig.runner
+        .wait_log(&[omnigent_runner::TURN_ENDED, &session])
+        .await;
     rig.proxy.reopen();
     rig.runner.wait_log(&[BACKLOG_TAKEN, &session]).await;
 
@@ -264,7 +267,8 @@ async fn a_turn_that_goes_on_across_a_tunnel_blip_loses_nothing_and_repeats_noth
     first.extend(oa_finish("tool_calls"));
     let mut second = vec![oa_text("four "), Step::Wait(after.clone()), oa_text("five")];
     second.extend(oa_finish("stop"));
-    let (vendor, vendor_url) = Vendor::start(vec![first, second]).await;
+    let vendor = FakeVendor::start(vec![first, second]).await;
+    let vendor_url = vendor.url.clone();
     let mut rig = rig(home.path(), ws.path(), &vendor_url, "blip-goes-on").await;
     let session = rig
         .server

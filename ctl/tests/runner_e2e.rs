@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use common::{
-    Sse, Step, Vendor, WAIT, oa_call, oa_finish, oa_text, openai_env, start_runner, start_server,
-    summary, token_and_id,
+    FakeVendor, Sse, Step, WAIT, oa_call, oa_finish, oa_text, openai_env, start_runner,
+    start_server, summary, token_and_id,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ async fn an_echo_turn_streams_through_server_and_runner_processes() {
     let _runner = start_runner(home.path(), &server.url, &token, "echo", ws.path(), &[]);
     server
         .proc
-        .wait_log(&["runner connected", &runner_id])
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
         .await;
 
     let (status, runners) = server.get("/v1/runners").await;
@@ -178,7 +178,8 @@ async fn an_openai_turn_runs_a_tool_in_the_workspace_and_persists_the_transcript
     first.extend(oa_finish("tool_calls"));
     let mut second = vec![oa_text("Done.")];
     second.extend(oa_finish("stop"));
-    let (vendor, vendor_url) = Vendor::start(vec![first, second]).await;
+    let vendor = FakeVendor::start(vec![first, second]).await;
+    let vendor_url = vendor.url.clone();
 
     let mut server = start_server(home.path(), 0, 10_000).await;
     let (token, runner_id) = token_and_id("openai");
@@ -192,7 +193,7 @@ async fn an_openai_turn_runs_a_tool_in_the_workspace_and_persists_the_transcript
     );
     server
         .proc
-        .wait_log(&["runner connected", &runner_id])
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
         .await;
     // The session's agent picks the harness (the runner's default is echo).
     let session = server.bound_session("openai", ws.path(), &runner_id).await;
@@ -231,7 +232,7 @@ async fn an_openai_turn_runs_a_tool_in_the_workspace_and_persists_the_transcript
     for item in &items[1..] {
         assert_eq!(&item["response_id"], response_id, "{item}");
     }
-    assert_eq!(vendor.requests.lock().unwrap().len(), 2);
+    assert_eq!(vendor.requests().len(), 2);
 }
 
 #[tokio::test]
@@ -245,7 +246,8 @@ async fn an_interrupt_mid_stream_ends_the_turn_and_keeps_the_partial_text() {
         oa_text("never shown"),
     ];
     answer.extend(oa_finish("stop"));
-    let (_vendor, vendor_url) = Vendor::start(vec![answer]).await;
+    let vendor = FakeVendor::start(vec![answer]).await;
+    let vendor_url = vendor.url.clone();
     let mut server = start_server(home.path(), 0, 10_000).await;
     let (token, runner_id) = token_and_id("interrupt");
     let _runner = start_runner(
@@ -311,8 +313,8 @@ async fn a_runner_killed_mid_turn_fails_the_turn_after_the_grace() {
     let home = tempfile::tempdir().unwrap();
     let ws = tempfile::tempdir().unwrap();
     let hold = Arc::new(Notify::new());
-    let (_vendor, vendor_url) =
-        Vendor::start(vec![vec![oa_text("working "), Step::Wait(hold.clone())]]).await;
+    let vendor = FakeVendor::start(vec![vec![oa_text("working "), Step::Wait(hold.clone())]]).await;
+    let vendor_url = vendor.url.clone();
     let mut server = start_server(home.path(), 0, 300).await;
     let (token, runner_id) = token_and_id("killed");
     let mut runner = start_runner(
@@ -388,11 +390,12 @@ async fn a_runner_restarted_within_the_grace_loses_nothing() {
     let hold = Arc::new(Notify::new());
     let mut after = vec![oa_text("second answer")];
     after.extend(oa_finish("stop"));
-    let (_vendor, vendor_url) = Vendor::start(vec![
+    let vendor = FakeVendor::start(vec![
         vec![oa_text("first "), Step::Wait(hold.clone())],
         after,
     ])
     .await;
+    let vendor_url = vendor.url.clone();
     let mut server = start_server(home.path(), 0, 30_000).await;
     let (token, runner_id) = token_and_id("restarted");
     let env = openai_env(&vendor_url);
@@ -408,7 +411,7 @@ async fn a_runner_restarted_within_the_grace_loses_nothing() {
     runner.kill();
     server
         .proc
-        .wait_log(&["runner disconnected", &runner_id])
+        .wait_log(&[omnigent_tunnel::server::RUNNER_DISCONNECTED, &runner_id])
         .await;
 
     let _again = start_runner(home.path(), &server.url, &token, "openai", ws.path(), &env);
@@ -460,9 +463,12 @@ async fn a_server_killed_mid_turn_and_restarted_gets_its_runner_back() {
         oa_text("after"),
     ];
     answer.extend(oa_finish("stop"));
-    let (_vendor, vendor_url) = Vendor::start(vec![answer]).await;
-    let mut server = start_server(home.path(), 0, 10_000).await;
-    let port = server.port();
+    let vendor = FakeVendor::start(vec![answer]).await;
+    let vendor_url = vendor.url.clone();
+    // The port is held for the server across its restart (nothing else can take it in between).
+    let reserved = omnigent_testkit::net::PortReservation::new();
+    let port = reserved.port;
+    let mut server = start_server(home.path(), port, 10_000).await;
     let (token, runner_id) = token_and_id("server-restart");
     let _runner = start_runner(
         home.path(),
@@ -487,9 +493,12 @@ async fn a_server_killed_mid_turn_and_restarted_gets_its_runner_back() {
     let mut server = start_server(home.path(), port, 10_000).await;
     server
         .proc
-        .wait_log(&["runner connected", &runner_id])
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
         .await;
-    server.proc.wait_log(&["relay subscribed", &session]).await;
+    server
+        .proc
+        .wait_log(&[omnigent_server::relay::RELAY_SUBSCRIBED, &session])
+        .await;
     let items = server.transcript(&session).await;
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["id"], user_item);
@@ -543,7 +552,7 @@ async fn a_second_tunnel_with_the_same_id_replaces_the_first() {
         .unwrap();
     server
         .proc
-        .wait_log(&["runner connected", &runner_id])
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
         .await;
 
     // A wrong token for the path's id is refused with 4004.
@@ -563,7 +572,10 @@ async fn a_second_tunnel_with_the_same_id_replaces_the_first() {
     }
 
     let _runner = start_runner(home.path(), &server.url, &token, "echo", ws.path(), &[]);
-    server.proc.wait_log(&["tunnel replaced", &runner_id]).await;
+    server
+        .proc
+        .wait_log(&[omnigent_tunnel::registry::TUNNEL_REPLACED, &runner_id])
+        .await;
     let closed = tokio::time::timeout(WAIT, async {
         while let Some(frame) = first.next().await {
             if let Ok(Message::Close(frame)) = frame {
@@ -642,7 +654,7 @@ async fn an_anthropic_turn_runs_a_shell_tool_in_the_workspace_and_persists_in_or
     let home = tempfile::tempdir().unwrap();
     let ws = tempfile::tempdir().unwrap();
     let command = r#"{"command": "echo made > made.txt && cat made.txt"}"#;
-    let (vendor, vendor_url) = Vendor::start(vec![
+    let vendor = FakeVendor::start(vec![
         an_message(
             &["I'll run ", "it."],
             Some(("toolu_1", "shell", command)),
@@ -651,6 +663,7 @@ async fn an_anthropic_turn_runs_a_shell_tool_in_the_workspace_and_persists_in_or
         an_message(&["Made."], None, "end_turn"),
     ])
     .await;
+    let vendor_url = vendor.url.clone();
     let mut server = start_server(home.path(), 0, 10_000).await;
     let (token, runner_id) = token_and_id("anthropic");
     let _runner = start_runner(
@@ -667,7 +680,7 @@ async fn an_anthropic_turn_runs_a_shell_tool_in_the_workspace_and_persists_in_or
     );
     server
         .proc
-        .wait_log(&["runner connected", &runner_id])
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, &runner_id])
         .await;
     let session = server
         .bound_session("anthropic", ws.path(), &runner_id)
@@ -708,5 +721,5 @@ async fn an_anthropic_turn_runs_a_shell_tool_in_the_workspace_and_persists_in_or
     for item in &items[1..] {
         assert_eq!(&item["response_id"], response_id, "{item}");
     }
-    assert_eq!(vendor.requests.lock().unwrap().len(), 2);
+    assert_eq!(vendor.requests().len(), 2);
 }

@@ -69,8 +69,14 @@ async fn crash_and_restart(server: Server, home: &Path, runner_id: &str, session
     server.proc.kill();
     drop(server);
     let mut server = start_server(home, port, 30_000).await;
-    server.proc.wait_log(&["runner connected", runner_id]).await;
-    server.proc.wait_log(&["relay subscribed", session]).await;
+    server
+        .proc
+        .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, runner_id])
+        .await;
+    server
+        .proc
+        .wait_log(&[omnigent_server::relay::RELAY_SUBSCRIBED, session])
+        .await;
     server
 }
 
@@ -182,7 +188,9 @@ async fn a_server_killed_at_any_point_of_an_exec_turn_loses_nothing_of_the_reply
     let (script, fifo) = exec_script(ws.path());
     let mut gate = Gate { fifo, writer: None };
     let mut rng = Rng::new();
-    let mut server = start_server(home.path(), 0, 30_000).await;
+    // The port is held for the server across its restarts (nothing else can take it in between).
+    let reserved = omnigent_testkit::net::PortReservation::new();
+    let mut server = start_server(home.path(), reserved.port, 30_000).await;
     let (token, runner_id) = token_and_id("crash-exec");
     let _runner = start_runner(
         home.path(),
@@ -239,7 +247,9 @@ async fn a_server_killed_at_any_point_of_a_long_echo_turn_loses_nothing_of_the_r
     let home = tempfile::tempdir().unwrap();
     let ws = tempfile::tempdir().unwrap();
     let mut rng = Rng::new();
-    let mut server = start_server(home.path(), 0, 30_000).await;
+    // The port is held for the server across its restarts (nothing else can take it in between).
+    let reserved = omnigent_testkit::net::PortReservation::new();
+    let mut server = start_server(home.path(), reserved.port, 30_000).await;
     let (token, runner_id) = token_and_id("crash-echo");
     let _runner = start_runner(home.path(), &server.url, &token, "echo", ws.path(), &[]);
     let session = server

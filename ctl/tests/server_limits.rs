@@ -57,7 +57,10 @@ async fn three_hundred_half_sent_requests_under_256_fds_do_not_lock_everyone_out
             .await;
         slow.push(sock);
     }
-    server.proc.wait_log(&["connection cap reached"]).await;
+    server
+        .proc
+        .wait_log(&[omnigent_server::CONNECTION_CAP_REACHED])
+        .await;
     // Every slow socket is closed by the server: read → EOF (or reset), nothing answered.
     for sock in &mut slow {
         let mut buf = [0u8; 256];

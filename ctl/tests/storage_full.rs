@@ -13,7 +13,7 @@ use std::process::Output;
 
 use serde_json::{Value, json};
 
-use common::{Tmpfs, free_port, omnigent, start_runner, start_server, summary, token_and_id};
+use common::{Tmpfs, omnigent, start_runner, start_server, summary, token_and_id};
 
 /// `omnigent <args>` against the daemon of `home` whose server port is `port`.
 fn cli(home: &Path, port: u16, args: &[&str]) -> Output {
@@ -64,8 +64,8 @@ async fn a_full_disk_refuses_writes_shows_in_status_and_recovers_without_a_resta
     };
     let home = fs.path();
     let ws = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = start_server(home, port, 10_000).await;
+    let mut server = start_server(home, 0, 10_000).await;
+    let port = server.port();
     // A daemon on the same port adopts this server: `omnigent status` then reads the server's storage.
     let started = cli_json(home, port, &["start", "--json"]);
     let _daemon = Daemon { home, port };
@@ -84,7 +84,9 @@ async fn a_full_disk_refuses_writes_shows_in_status_and_recovers_without_a_resta
     let (status, body) = server.post(&events, message("before")).await;
     assert_eq!(status, 202, "{body}");
     sse.until(is_idle).await;
-    runner.wait_log(&["turn ended", "turn=1"]).await;
+    runner
+        .wait_log(&[omnigent_runner::TURN_ENDED, "turn=1"])
+        .await;
 
     // Full: every write is refused with 507, naming the file system and its free space.
     let filler = fs.fill();

@@ -6,12 +6,7 @@
 
 mod common;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-use common::{WAIT, start_runner, start_server, start_server_env, token_and_id};
+use common::{start_runner, start_server, start_server_env, token_and_id};
 
 /// Open the runner tunnel of `runner_id` with exactly these headers, say hello, and return the close code.
 async fn impostor_close_code(
@@ -20,37 +15,11 @@ async fn impostor_close_code(
     origin: Option<&str>,
     token: Option<&str>,
 ) -> u16 {
-    let url = format!(
-        "{}/v1/runners/{runner_id}/tunnel",
-        server_url.replace("http://", "ws://")
-    );
-    let mut request = url.into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
-    }
-    if let Some(token) = token {
-        request.headers_mut().insert(
-            omnigent_proto::headers::RUNNER_TUNNEL_TOKEN,
-            token.parse().unwrap(),
-        );
-    }
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let hello = json!({"kind": "hello", "runner_version": "impostor", "frame_protocol_version": 1,
-        "harnesses": ["echo"], "envs": [], "telemetry_opt_out": true});
-    let _ = ws.send(Message::Text(hello.to_string().into())).await;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                Some(Ok(_)) => {}
-                other => panic!("closed without a code: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the impostor is closed in time")
+    let url = format!("{server_url}/v1/runners/{runner_id}/tunnel");
+    let mut ws = omnigent_testkit::ws::dial(&url, origin, token)
+        .await
+        .expect("upgrade");
+    omnigent_testkit::ws::hello_then_close_code(&mut ws).await
 }
 
 #[tokio::test]

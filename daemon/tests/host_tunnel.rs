@@ -4,24 +4,20 @@
 //! frame, a raw axum WebSocket handed to the test). The runner supervisor is a recording fake.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
-use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::ws::{Message as AxMessage, WebSocket};
 use omnigent_daemon::hosting::host_tunnel::{
     HostActions, HostAuth, HostTunnelConfig, HostTunnelError, HostTunnelHandle, HostTunnelState,
     LaunchError, LaunchRequest, RunnerStatus, spawn_host_tunnel,
 };
 use omnigent_proto::ids::runner_id_for_token;
-use omnigent_tunnel::host::{HostConnection, HostEvent, HostRegistry, serve_host_socket};
+use omnigent_testkit::{FakeHost, RawWs};
+use omnigent_tunnel::host::{HostConnection, HostEvent, HostRegistry};
 use serde_json::{Map, Value, json};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A bound on waits that should finish at once; a test failing on it means the awaited signal never came.
@@ -97,88 +93,7 @@ impl HostActions for Fake {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// A server end built from omnigent_tunnel::host.
-
-#[derive(Clone)]
-struct Shared {
-    registry: HostRegistry,
-    /// Non-zero: answer the upgrade with this HTTP status instead.
-    reject: Arc<AtomicU16>,
-    upgrades: Arc<AtomicUsize>,
-    tunnel_headers: Arc<Mutex<Vec<http::HeaderMap>>>,
-    me_headers: Arc<Mutex<Vec<http::HeaderMap>>>,
-    /// Drops every tunnel at once, without a close handshake (the server process died).
-    kill: CancellationToken,
-}
-
-async fn tunnel_route(
-    State(s): State<Shared>,
-    Path(host_id): Path<String>,
-    headers: http::HeaderMap,
-    ws: omnigent_tunnel::TunnelUpgrade,
-) -> Response {
-    s.upgrades.fetch_add(1, Ordering::SeqCst);
-    s.tunnel_headers.lock().unwrap().push(headers);
-    let reject = s.reject.load(Ordering::SeqCst);
-    if reject != 0 {
-        return http::StatusCode::from_u16(reject).unwrap().into_response();
-    }
-    ws.on_upgrade(move |socket| async move {
-        tokio::select! {
-            () = serve_host_socket(socket, &host_id, Default::default(), s.registry.clone()) => {}
-            () = s.kill.cancelled() => {}
-        }
-    })
-}
-
-async fn me_route(State(s): State<Shared>, headers: http::HeaderMap) -> axum::Json<Value> {
-    s.me_headers.lock().unwrap().push(headers);
-    axum::Json(json!({"user_id": "local", "is_admin": true}))
-}
-
-struct Server {
-    addr: SocketAddr,
-    shared: Shared,
-    task: JoinHandle<()>,
-}
-
-impl Server {
-    /// Serve `registry` on `addr` (port 0 for a fresh one).
-    async fn start(addr: SocketAddr, registry: HostRegistry) -> Server {
-        let shared = Shared {
-            registry,
-            reject: Arc::default(),
-            upgrades: Arc::default(),
-            tunnel_headers: Arc::default(),
-            me_headers: Arc::default(),
-            kill: CancellationToken::new(),
-        };
-        let app = Router::new()
-            .route("/v1/hosts/{id}/tunnel", get(tunnel_route))
-            .route("/v1/me", get(me_route))
-            .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Server { addr, shared, task }
-    }
-
-    async fn fresh() -> Server {
-        Server::start("127.0.0.1:0".parse().unwrap(), HostRegistry::default()).await
-    }
-
-    fn registry(&self) -> &HostRegistry {
-        &self.shared.registry
-    }
-
-    /// The server process dies: the listener closes and every tunnel drops.
-    async fn stop(self) -> SocketAddr {
-        self.shared.kill.cancel();
-        self.task.abort();
-        let _ = self.task.await;
-        self.addr
-    }
-}
+// The server end is the testkit's FakeHost (built from omnigent_tunnel::host).
 
 fn config(addr: SocketAddr) -> HostTunnelConfig {
     let mut config = HostTunnelConfig::new(&format!("http://{addr}"), HOST, "test-host");
@@ -241,7 +156,7 @@ fn start_host(config: HostTunnelConfig) -> Running {
 
 #[tokio::test]
 async fn connects_with_headers_and_a_hello_carrying_live_runners() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let mut events = server.registry().subscribe();
     let fake = Fake::default();
     fake.0
@@ -273,10 +188,10 @@ async fn connects_with_headers_and_a_hello_carrying_live_runners() {
     let mut state = handle.state();
     wait_state(&mut state, |s| *s == HostTunnelState::Online).await;
 
-    let tunnel = server.shared.tunnel_headers.lock().unwrap()[0].clone();
+    let tunnel = server.tunnel_headers()[0].clone();
     assert_eq!(tunnel["origin"], "omnigent://internal");
     assert_eq!(tunnel["authorization"], "Bearer secret-token");
-    let me = server.shared.me_headers.lock().unwrap()[0].clone();
+    let me = server.me_headers()[0].clone();
     assert_eq!(me["origin"], "omnigent://internal");
     assert_eq!(me["authorization"], "Bearer secret-token");
 
@@ -295,12 +210,12 @@ async fn connects_with_headers_and_a_hello_carrying_live_runners() {
 
 #[tokio::test]
 async fn a_managed_host_sends_its_host_token_header() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let mut config = config(server.addr);
     config.auth = Some(HostAuth::HostToken("managed-1".into()));
     let host = start_host(config);
     server.registry().wait_for_host(HOST, WAIT).await.unwrap();
-    let headers = server.shared.tunnel_headers.lock().unwrap()[0].clone();
+    let headers = server.tunnel_headers()[0].clone();
     assert_eq!(headers["x-omnigent-host-token"], "managed-1");
     assert!(headers.get("authorization").is_none());
     host.shutdown.cancel();
@@ -309,7 +224,7 @@ async fn a_managed_host_sends_its_host_token_header() {
 
 #[tokio::test]
 async fn launch_stop_and_status_reach_the_actions() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let host = start_host(config(server.addr));
     let conn = server.registry().wait_for_host(HOST, WAIT).await.unwrap();
 
@@ -363,7 +278,7 @@ async fn launch_stop_and_status_reach_the_actions() {
 
 #[tokio::test]
 async fn stat_list_dir_and_create_dir_work_on_the_real_filesystem() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let host = start_host(config(server.addr));
     let conn = server.registry().wait_for_host(HOST, WAIT).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -447,7 +362,7 @@ async fn stat_list_dir_and_create_dir_work_on_the_real_filesystem() {
 
 #[tokio::test]
 async fn a_service_restart_close_reconnects_at_once_and_other_closes_back_off() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let mut events = server.registry().subscribe();
     let mut config = config(server.addr);
     // Any backoff at all would outlast the test.
@@ -487,7 +402,7 @@ async fn a_service_restart_close_reconnects_at_once_and_other_closes_back_off() 
 
 #[tokio::test]
 async fn a_vanished_server_is_redialled_with_backoff_until_it_is_back() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let host = start_host(config(server.addr));
     server.registry().wait_for_host(HOST, WAIT).await.unwrap();
     let mut state = host.handle.state();
@@ -506,7 +421,7 @@ async fn a_vanished_server_is_redialled_with_backoff_until_it_is_back() {
 
     let registry = HostRegistry::default();
     let mut events = registry.subscribe();
-    let server = Server::start(addr, registry).await;
+    let server = FakeHost::restart(addr, registry).await;
     next_connection(server.registry(), &mut events, 0).await;
     wait_state(&mut state, |s| *s == HostTunnelState::Online).await;
     host.shutdown.cancel();
@@ -515,7 +430,7 @@ async fn a_vanished_server_is_redialled_with_backoff_until_it_is_back() {
 
 #[tokio::test]
 async fn runner_exits_are_sent_at_once_or_parked_and_flushed_after_the_next_hello() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let mut events = server.registry().subscribe();
     let host = start_host(config(server.addr));
     next_connection(server.registry(), &mut events, 0).await;
@@ -549,7 +464,7 @@ async fn runner_exits_are_sent_at_once_or_parked_and_flushed_after_the_next_hell
 
     let registry = HostRegistry::default();
     let mut events = registry.subscribe();
-    let _server = Server::start(addr, registry).await;
+    let _server = FakeHost::restart(addr, registry).await;
     let mut seen = Vec::new();
     while seen.len() < 3 {
         seen.push(
@@ -581,8 +496,8 @@ async fn runner_exits_are_sent_at_once_or_parked_and_flushed_after_the_next_hell
 
 #[tokio::test]
 async fn unauthorized_before_the_first_success_is_fatal_after_three_tries() {
-    let server = Server::fresh().await;
-    server.shared.reject.store(401, Ordering::SeqCst);
+    let server = FakeHost::start().await;
+    server.refuse_tunnel(401);
     let host = start_host(config(server.addr));
     let err = tokio::time::timeout(WAIT, host.handle.join())
         .await
@@ -600,13 +515,13 @@ async fn unauthorized_before_the_first_success_is_fatal_after_three_tries() {
         "{err:?}"
     );
     assert!(err.to_string().contains("omnigent login"), "{err}");
-    assert_eq!(server.shared.upgrades.load(Ordering::SeqCst), 3);
+    assert_eq!(server.upgrades(), 3);
 }
 
 #[tokio::test]
 async fn an_owner_conflict_is_fatal_at_once() {
-    let server = Server::fresh().await;
-    server.shared.reject.store(409, Ordering::SeqCst);
+    let server = FakeHost::start().await;
+    server.refuse_tunnel(409);
     let host = start_host(config(server.addr));
     let mut state = host.handle.state();
     let err = tokio::time::timeout(WAIT, host.handle.join())
@@ -617,21 +532,21 @@ async fn an_owner_conflict_is_fatal_at_once() {
         matches!(err, HostTunnelError::OwnerConflict { .. }),
         "{err:?}"
     );
-    assert_eq!(server.shared.upgrades.load(Ordering::SeqCst), 1);
+    assert_eq!(server.upgrades(), 1);
     let failed = wait_state(&mut state, |s| matches!(s, HostTunnelState::Failed { .. })).await;
     assert!(matches!(failed, HostTunnelState::Failed { reason } if reason.contains("409")));
 }
 
 #[tokio::test]
 async fn unauthorized_after_a_success_keeps_retrying_with_a_warning() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let mut events = server.registry().subscribe();
     let host = start_host(config(server.addr));
     let conn = next_connection(server.registry(), &mut events, 0).await;
     // A served request: the tunnel has succeeded.
     assert_eq!(conn.stat("/").await.unwrap().status, "ok");
 
-    server.shared.reject.store(403, Ordering::SeqCst);
+    server.refuse_tunnel(403);
     server.registry().close_all(1012, "service restart");
     let mut state = host.handle.state();
     let warned = wait_state(
@@ -650,7 +565,7 @@ async fn unauthorized_after_a_success_keeps_retrying_with_a_warning() {
     assert!(last_error.contains("403"), "{last_error}");
     assert!(warning.unwrap().contains("omnigent login"));
 
-    server.shared.reject.store(0, Ordering::SeqCst);
+    server.refuse_tunnel(0);
     next_connection(server.registry(), &mut events, conn.generation()).await;
     wait_state(&mut state, |s| *s == HostTunnelState::Online).await;
     host.shutdown.cancel();
@@ -659,7 +574,7 @@ async fn unauthorized_after_a_success_keeps_retrying_with_a_warning() {
 
 #[tokio::test]
 async fn waking_from_sleep_drops_the_socket_and_reconnects_at_once() {
-    let server = Server::fresh().await;
+    let server = FakeHost::start().await;
     let mut events = server.registry().subscribe();
     let offset = Arc::new(AtomicU64::new(0));
     let mut config = config(server.addr);
@@ -684,35 +599,14 @@ async fn waking_from_sleep_drops_the_socket_and_reconnects_at_once() {
 // ---------------------------------------------------------------------------------------------------------
 // A hand-played server: each upgraded socket is handed to the test.
 
-async fn raw_server() -> (SocketAddr, mpsc::UnboundedReceiver<WebSocket>) {
-    let (tx, rx) = mpsc::unbounded_channel::<WebSocket>();
-    let app = Router::new()
-        .route(
-            "/v1/hosts/{id}/tunnel",
-            get(move |ws: WebSocketUpgrade| {
-                let tx = tx.clone();
-                async move {
-                    ws.on_upgrade(move |socket| async move {
-                        let _ = tx.send(socket);
-                    })
-                }
-            }),
-        )
-        .route(
-            "/v1/me",
-            get(|| async { axum::Json(json!({"user_id": "local"})) }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, rx)
+/// Every upgraded `/v1/hosts/{id}/tunnel` socket, handed to the test.
+async fn raw_server() -> (SocketAddr, RawWs) {
+    let raw = RawWs::start("/v1/hosts/{id}/tunnel").await;
+    (raw.addr(), raw)
 }
 
-async fn next_socket(sockets: &mut mpsc::UnboundedReceiver<WebSocket>) -> WebSocket {
-    tokio::time::timeout(WAIT, sockets.recv())
-        .await
-        .expect("no connection")
-        .unwrap()
+async fn next_socket(sockets: &mut RawWs) -> WebSocket {
+    sockets.next().await
 }
 
 async fn recv_json(ws: &mut WebSocket) -> Value {

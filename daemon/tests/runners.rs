@@ -10,47 +10,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Path as AxPath, State};
-use axum::response::Response;
-use axum::routing::get;
 use omnigent_daemon::control::client::ControlClient;
 use omnigent_daemon::supervise::backoff::RestartPolicy;
 use omnigent_daemon::{ControlListener, DaemonConfig};
 use omnigent_proto::control::{ChildState, DaemonStatus};
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_proto::paths::Paths;
-use omnigent_tunnel::host::{HostConnection, HostEvent, HostRegistry, serve_host_socket};
-use serde_json::{Value, json};
+use omnigent_testkit::FakeHost;
+use omnigent_tunnel::host::{HostConnection, HostEvent, HostRegistry};
 use tokio::sync::broadcast;
 
 /// A bound on waits that should finish at once; a test failing on it means the awaited signal never came.
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn tunnel_route(
-    State(registry): State<HostRegistry>,
-    AxPath(host_id): AxPath<String>,
-    ws: omnigent_tunnel::TunnelUpgrade,
-) -> Response {
-    ws.on_upgrade(move |socket| async move {
-        serve_host_socket(socket, &host_id, Default::default(), registry).await
-    })
-}
-
-async fn me_route() -> axum::Json<Value> {
-    axum::Json(json!({"user_id": "local", "is_admin": true}))
-}
-
+/// A server end of the host tunnel on a free port (the testkit's).
 async fn fake_server() -> (SocketAddr, HostRegistry) {
-    let registry = HostRegistry::default();
-    let app = Router::new()
-        .route("/v1/hosts/{id}/tunnel", get(tunnel_route))
-        .route("/v1/me", get(me_route))
-        .with_state(registry.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, registry)
+    let fake = FakeHost::start().await;
+    (fake.addr, fake.registry().clone())
 }
 
 struct Host {

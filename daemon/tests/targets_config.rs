@@ -4,64 +4,26 @@
 //! against a temp OMNIGENT_HOME and a fake server built from `omnigent_tunnel::host`, driven through the real
 //! client. The file is checked byte for byte; waits are on the status long-poll and registry events.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Path as AxPath, State};
-use axum::response::Response;
-use axum::routing::get;
 use omnigent_daemon::control::client::{ClientError, ControlClient};
 use omnigent_daemon::supervise::backoff::RestartPolicy;
 use omnigent_daemon::{ControlListener, DaemonConfig, DaemonError};
 use omnigent_proto::control::{ControlErrorCode, DaemonStatus, TargetStatus};
 use omnigent_proto::paths::Paths;
-use omnigent_tunnel::host::{HostEvent, HostRegistry, serve_host_socket};
-use serde_json::{Value, json};
+use omnigent_testkit::FakeHost;
+use omnigent_tunnel::host::HostEvent;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 /// A bound on waits that should finish at once; a test failing on it means the awaited signal never came.
 const WAIT: Duration = Duration::from_secs(20);
 
-#[derive(Clone)]
-struct Fake {
-    registry: HostRegistry,
-    upgrades: Arc<AtomicUsize>,
-}
-
-async fn tunnel_route(
-    State(f): State<Fake>,
-    AxPath(host_id): AxPath<String>,
-    ws: omnigent_tunnel::TunnelUpgrade,
-) -> Response {
-    f.upgrades.fetch_add(1, Ordering::SeqCst);
-    ws.on_upgrade(move |socket| async move {
-        serve_host_socket(socket, &host_id, Default::default(), f.registry).await
-    })
-}
-
-async fn me_route() -> axum::Json<Value> {
-    axum::Json(json!({"user_id": "local", "is_admin": true}))
-}
-
-/// A server end of the host tunnel on a free port; counts tunnel upgrades.
-async fn fake_server() -> (String, Fake) {
-    let fake = Fake {
-        registry: HostRegistry::default(),
-        upgrades: Arc::default(),
-    };
-    let app = Router::new()
-        .route("/v1/hosts/{id}/tunnel", get(tunnel_route))
-        .route("/v1/me", get(me_route))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), fake)
+/// A server end of the host tunnel on a free port (the testkit's); counts tunnel upgrades.
+async fn fake_server() -> (String, FakeHost) {
+    let fake = FakeHost::start().await;
+    (fake.url.clone(), fake)
 }
 
 struct Daemon {
@@ -171,7 +133,7 @@ async fn a_persisted_target_is_written_once_restored_by_a_fresh_daemon_and_remov
     let (_home, paths) = home();
     let file = paths.config_file();
     let (url, fake) = fake_server().await;
-    let mut events = fake.registry.subscribe();
+    let mut events = fake.subscribe();
     let mut daemon = Daemon::start(&paths).await;
     let before = read(&file);
     assert!(before.starts_with("# my settings, keep this\n"), "{before}");
@@ -231,11 +193,7 @@ async fn a_persisted_target_is_written_once_restored_by_a_fresh_daemon_and_remov
     assert_eq!(targets_for(&st, &url).len(), 1, "{:?}", st.targets);
     assert_eq!(st.targets.len(), 1, "{:?}", st.targets);
     daemon.wait_online(&url).await;
-    assert_eq!(
-        fake.upgrades.load(Ordering::SeqCst),
-        1,
-        "the target was restarted"
-    );
+    assert_eq!(fake.upgrades(), 1, "the target was restarted");
     let kept = read(&file);
 
     // A fresh daemon restores it from the file alone.
@@ -337,7 +295,7 @@ async fn a_config_toml_that_cannot_be_edited_fails_the_add_naming_the_file_and_s
     // Nothing was started: no target, and the server never saw a tunnel.
     let st = daemon.client.status().await.unwrap();
     assert!(st.targets.is_empty(), "{:?}", st.targets);
-    assert_eq!(fake.upgrades.load(Ordering::SeqCst), 0);
+    assert_eq!(fake.upgrades(), 0);
     // A target that is not persisted still works.
     assert!(
         !daemon

@@ -38,7 +38,12 @@ const BACKLOG_MAX_BYTES: usize = 8 * 1024 * 1024;
 const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Logged when a session's last stream subscriber goes; what it publishes from then on waits in its backlog.
-const NO_SUBSCRIBER_LEFT: &str = "no stream subscriber left; keeping events for the next one";
+pub const NO_SUBSCRIBER_LEFT: &str = "no stream subscriber left; keeping events for the next one";
+/// Logged when a stream subscriber takes the backlog kept while none was connected.
+pub const BACKLOG_TAKEN: &str =
+    "a stream subscriber takes the events kept while none was connected";
+/// Logged (with the session's span and the turn number) when a turn has ended.
+pub const TURN_ENDED: &str = "turn ended";
 
 /// What a session starts with unless its init says otherwise.
 #[derive(Debug, Clone)]
@@ -342,10 +347,7 @@ impl Session {
                             );
                         }
                         if kept > 0 {
-                            info!(
-                                events = kept,
-                                "a stream subscriber takes the events kept while none was connected"
-                            );
+                            info!(events = kept, "{BACKLOG_TAKEN}");
                         }
                     }
                     // The asker is gone: keep the events for the next one (nothing was kept since the take).
@@ -409,7 +411,7 @@ impl Session {
                 if self.running.as_ref().is_some_and(|r| r.turn == turn) {
                     self.running = None;
                 }
-                info!(turn, "turn ended");
+                info!(turn, "{TURN_ENDED}");
                 self.history.extend(new_history);
                 if let Some(next) = self.queue.pop_front() {
                     self.start_turn(next);

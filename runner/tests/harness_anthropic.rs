@@ -370,10 +370,7 @@ async fn a_stalled_stream_hits_the_idle_timeout() {
     let mut chunks = vec![message_start(1)];
     chunks.extend(text_block(0, &["slow"]));
     let (message, events) = expect_stream_error(
-        Canned::Stream {
-            chunks,
-            end: End::Stall,
-        },
+        Canned::stream_ending(chunks, End::Stall),
         Duration::from_millis(300),
     )
     .await;
@@ -430,11 +427,7 @@ async fn an_interrupt_during_a_tool_run_ends_the_turn_promptly() {
 async fn an_interrupt_mid_stream_ends_the_turn_promptly() {
     let mut chunks = vec![message_start(1)];
     chunks.extend(text_block(0, &["partial"]));
-    let vendor = FakeVendor::start(vec![Canned::Stream {
-        chunks,
-        end: End::Stall,
-    }])
-    .await;
+    let vendor = FakeVendor::start(vec![Canned::stream_ending(chunks, End::Stall)]).await;
     let ws = tempfile::tempdir().unwrap();
     let turn = common::turn(ws.path(), config(&vendor), vec![user("hi")]);
     let (sink, mut rx) = common::sink();

@@ -385,10 +385,10 @@ async fn expect_stream_error(
 #[tokio::test]
 async fn a_stream_cut_mid_way_fails_the_turn() {
     let cut = std::sync::Arc::new(tokio::sync::Notify::new());
-    let vendor = FakeVendor::start(vec![Canned::Stream {
-        chunks: vec![text("Hel")],
-        end: End::Cut(cut.clone()),
-    }])
+    let vendor = FakeVendor::start(vec![Canned::stream_ending(
+        vec![text("Hel")],
+        End::Cut(cut.clone()),
+    )])
     .await;
     let ws = tempfile::tempdir().unwrap();
     let turn = common::turn(ws.path(), config(&vendor), vec![user("hi")]);
@@ -453,10 +453,7 @@ async fn an_error_object_mid_stream_fails_the_turn() {
 #[tokio::test]
 async fn a_stalled_stream_hits_the_idle_timeout() {
     let (message, events) = expect_stream_error(
-        Canned::Stream {
-            chunks: vec![text("thinking")],
-            end: End::Stall,
-        },
+        Canned::stream_ending(vec![text("thinking")], End::Stall),
         |c| c.idle_timeout = Some(Duration::from_millis(300)),
     )
     .await;
@@ -476,9 +473,9 @@ async fn a_vendor_that_never_answers_hits_the_idle_timeout() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_fails_fast() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    // A held port nobody listens on: every dial is refused (and nothing else can take it meanwhile).
+    let unreachable = omnigent_testkit::net::PortReservation::new();
+    let url = format!("http://127.0.0.1:{}", unreachable.port);
     let config = HarnessConfig {
         model: Some("m".into()),
         base_url: Some(url),
@@ -498,10 +495,10 @@ async fn an_unreachable_endpoint_fails_fast() {
 
 #[tokio::test]
 async fn an_interrupt_mid_stream_ends_the_turn_promptly() {
-    let vendor = FakeVendor::start(vec![Canned::Stream {
-        chunks: vec![text("partial")],
-        end: End::Stall,
-    }])
+    let vendor = FakeVendor::start(vec![Canned::stream_ending(
+        vec![text("partial")],
+        End::Stall,
+    )])
     .await;
     let ws = tempfile::tempdir().unwrap();
     let mut config = config(&vendor);

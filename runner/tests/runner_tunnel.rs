@@ -79,14 +79,7 @@ async fn start_server_on(listener: tokio::net::TcpListener) -> Running {
             registry: registry.clone(),
             announces: announces_tx,
         });
-    let serve = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let serve = omnigent_testkit::net::serve_on(listener, app).task;
     Running {
         registry,
         listener: spare,
@@ -719,9 +712,7 @@ async fn unknown_frames_are_tolerated() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = omnigent_testkit::serve(app).await.addr;
     let workspace = tempfile::tempdir().unwrap();
     let (_runner, shutdown) = spawn_runner(runner_config(addr, Some("t"), workspace.path()));
     let hello = tokio::time::timeout(WAIT, hello_rx.recv())
@@ -767,10 +758,7 @@ async fn refusing_server(code: u16) -> SocketAddr {
             })
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    omnigent_testkit::serve(app).await.addr
 }
 
 #[tokio::test]
@@ -801,9 +789,7 @@ async fn unauthorized_before_the_first_connection_is_fatal() {
         "/v1/runners/{id}/tunnel",
         get(|| async { (StatusCode::UNAUTHORIZED, "no") }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = omnigent_testkit::serve(app).await.addr;
     let workspace = tempfile::tempdir().unwrap();
     let (runner, _shutdown) = spawn_runner(runner_config(addr, Some("t"), workspace.path()));
     let err = tokio::time::timeout(WAIT, runner)

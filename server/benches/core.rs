@@ -97,20 +97,18 @@ async fn seed(home: &Path, sessions: usize, items: usize) -> Vec<String> {
     ids
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 struct Server {
     child: Child,
+    /// The server's port, held for it from before the exec (no bind-drop-reuse race).
+    _port: omnigent_testkit::net::PortReservation,
     url: String,
     exec_to_health: Duration,
 }
 
 /// Exec the server on a fixed port and poll `/health` from the moment of exec.
 async fn start_server(home: &Path) -> Server {
-    let port = free_port();
+    let reserved = omnigent_testkit::net::PortReservation::new();
+    let port = reserved.port;
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let t0 = Instant::now();
@@ -136,6 +134,7 @@ async fn start_server(home: &Path) -> Server {
     };
     Server {
         child,
+        _port: reserved,
         url,
         exec_to_health: health,
     }

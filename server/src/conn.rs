@@ -41,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+/// Logged (at most once a while) when the connection cap makes the server close or refuse connections.
+pub const CONNECTION_CAP_REACHED: &str = "connection cap reached";
+
 /// At most one "connection cap reached" (or accept failure) warning per this long.
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// File descriptors kept free for the database, logs and the runtime when the cap is derived from the limit.
@@ -114,7 +117,7 @@ pub async fn accept_loop(
                 max_connections = limits.max_connections,
                 evicted,
                 refused,
-                "connection cap reached ({} open): closed {evicted} connection(s) that waited longest with no \
+                "{CONNECTION_CAP_REACHED} ({} open): closed {evicted} connection(s) that waited longest with no \
                  request under way (idle or slow clients) to admit new ones, and refused {refused} new \
                  connection(s) because every open one had a request under way (streams, tunnels, handlers). \
                  Raise OMNIGENT_SERVER_MAX_CONNECTIONS or the open-file limit if this is real load",

@@ -31,6 +31,8 @@ pub mod store;
 pub mod updates;
 
 pub use config::ServerConfig;
+/// What the server logs when its connection cap closes or refuses connections (black-box tests wait on it).
+pub use conn::CONNECTION_CAP_REACHED;
 pub use store::{DatabaseLocation, OpenError, Store};
 
 /// Why the server stopped with an error.

@@ -7,42 +7,7 @@ use std::path::{Path, PathBuf};
 use omnigent_server::store::{
     DatabaseLocation, NewItem, NewSession, SessionRow, Store, StoreError,
 };
-
-/// A tmpfs of `size` mounted on a fresh temp dir, unmounted (lazily, so it never stays behind) on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None` (with a message) when not root: mounting needs it.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs the tests as root)");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tmp");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mount -t tmpfs failed: {status}");
-        Some(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
+use omnigent_testkit::fs::Tmpfs;
 
 /// Fill the file system of `dir` with one file until a write fails with ENOSPC.
 fn fill(dir: &Path) -> PathBuf {

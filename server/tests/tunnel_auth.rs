@@ -6,16 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::TestServer;
 use common::fake_runner::{FakeRunner, Seen};
-use common::{TestServer, WAIT};
-use futures_util::{SinkExt, StreamExt};
+use omnigent_testkit::ws::{Ws, close_code, hello_then_close_code};
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn server() -> (tempfile::TempDir, TestServer) {
     let home = tempfile::tempdir().expect("tmp");
@@ -34,49 +28,7 @@ async fn dial(
     origin: Option<&str>,
     token: Option<&str>,
 ) -> Result<Ws, u16> {
-    let url = format!("{}{path}", srv.url.replace("http://", "ws://"));
-    let mut request = url.into_client_request().expect("request");
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().expect("header"));
-    }
-    if let Some(token) = token {
-        request.headers_mut().insert(
-            omnigent_proto::headers::RUNNER_TUNNEL_TOKEN,
-            token.parse().expect("header"),
-        );
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(response.status().as_u16())
-        }
-        Err(e) => panic!("dial {path}: {e}"),
-    }
-}
-
-/// Say hello as a runner would, then read until the close; its code.
-async fn hello_then_close_code(ws: &mut Ws) -> u16 {
-    let hello = json!({"kind": "hello", "runner_version": "impostor", "frame_protocol_version": 1,
-        "harnesses": ["echo"], "envs": [], "telemetry_opt_out": true});
-    let _ = ws.send(Message::Text(hello.to_string().into())).await;
-    close_code(ws).await
-}
-
-/// Read until the close; its code.
-async fn close_code(ws: &mut Ws) -> u16 {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                Some(Ok(_)) => {}
-                other => panic!("closed without a code: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed in time")
+    omnigent_testkit::ws::dial(&srv.u(path), origin, token).await
 }
 
 #[tokio::test]

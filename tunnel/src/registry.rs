@@ -30,6 +30,9 @@ struct Entry<C> {
     authentication: Authentication,
 }
 
+/// Logged, and the close reason sent, when a newer tunnel of the same id replaces an older one.
+pub const TUNNEL_REPLACED: &str = "tunnel replaced";
+
 /// The live tunnels of one kind, keyed by id. Share it behind an `Arc` (the wrappers do).
 /// `E` is what subscribers hear: the `connected`/`disconnected` events of [`Self::register`] and
 /// [`Self::deregister`], and the tunnels' own notifications ([`Self::emit`]).
@@ -149,8 +152,8 @@ impl<C: Tunnel, E: Clone> Registry<C, E> {
             live.insert(id.to_owned(), entry)
         };
         if let Some(old) = old {
-            info!(old = old.generation, new = generation, "tunnel replaced");
-            old.conn.close(close::REPLACED, "tunnel replaced");
+            info!(old = old.generation, new = generation, "{TUNNEL_REPLACED}");
+            old.conn.close(close::REPLACED, TUNNEL_REPLACED);
         }
         self.emit(connected);
         Ok(())

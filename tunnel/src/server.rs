@@ -176,6 +176,11 @@ impl RunnerRegistry {
     }
 }
 
+/// Logged (in the tunnel's span, with the runner id) once a runner tunnel is registered.
+pub const RUNNER_CONNECTED: &str = "runner connected";
+/// Logged (in the tunnel's span) when a registered runner tunnel has ended.
+pub const RUNNER_DISCONNECTED: &str = "runner disconnected";
+
 /// The axum side of the route `GET /v1/runners/{runner_id}/tunnel`: refuses a bad id with 400 before the
 /// upgrade, takes the admission decision of [`crate::auth`] from the headers and `peer`, applies the frame cap
 /// to the socket, and runs [`serve_runner_socket`] on it (a refused peer is closed before any frame is read).
@@ -264,11 +269,11 @@ async fn serve(
             )
             .await;
     }
-    info!(harnesses = ?conn.hello().harnesses, ?auth, "runner connected");
+    info!(harnesses = ?conn.hello().harnesses, ?auth, "{RUNNER_CONNECTED}");
     let (sink, stream) = socket.ws.split();
     let (code, reason) = run_connection(conn, commands, stream, sink, config).await;
     registry.deregister(&runner_id, generation);
-    info!(code, reason, "runner disconnected");
+    info!(code, reason, "{RUNNER_DISCONNECTED}");
 }
 
 /// Read frames until the first text frame, which must be a `hello` of our protocol major and at most

@@ -39,9 +39,7 @@ async fn start_server(settings: HostSettings) -> (SocketAddr, HostRegistry) {
     let app = Router::new()
         .route("/v1/hosts/{id}/tunnel", get(tunnel_route))
         .with_state(registry.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = omnigent_testkit::serve(app).await.addr;
     (addr, registry)
 }
 

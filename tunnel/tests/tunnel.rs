@@ -63,16 +63,7 @@ async fn start_server(config: TunnelConfig) -> (SocketAddr, RunnerRegistry) {
         .route("/v1/runners/{id}/tunnel", get(tunnel_route))
         .route("/remote/v1/runners/{id}/tunnel", get(remote_tunnel_route))
         .with_state(registry.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = omnigent_testkit::serve(app).await.addr;
     (addr, registry)
 }
 
@@ -731,9 +722,7 @@ async fn runner_side_skips_unknown_frames_answers_pings_and_refuses_ws_channels(
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = omnigent_testkit::serve(app).await.addr;
     let ws = dial_path(addr, "/tunnel", None).await;
     let runner = tokio::spawn(serve_router(
         ws,
@@ -791,9 +780,7 @@ async fn runner_side_drops_a_silent_server_after_the_idle_timeout() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = omnigent_testkit::serve(app).await.addr;
     let ws = dial_path(addr, "/tunnel", None).await;
     let start = tokio::time::Instant::now();
     let runner = tokio::spawn(serve_router(

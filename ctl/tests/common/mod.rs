@@ -4,20 +4,12 @@
 // Each test binary compiles this module on its own and uses a different subset of it.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::response::Response;
-use futures_util::StreamExt;
-use omnigent_proto::events::{SseMessage, SseParser};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
 
 /// Bound on every wait for a signal; hitting it fails the test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -25,100 +17,11 @@ pub const WAIT: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------------------
 // Processes
 
-/// A child process whose stderr lines are collected; killed when dropped.
-pub struct Proc {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    pub fn spawn(mut cmd: Command) -> (Proc, std::process::ChildStdout) {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn omnigent");
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        (
-            Proc {
-                child,
-                lines,
-                seen: Vec::new(),
-            },
-            stdout,
-        )
-    }
-
-    /// Wait for a log line containing every one of `needles`.
-    pub async fn wait_log(&mut self, needles: &[&str]) -> String {
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line.clone());
-                if needles.iter().all(|n| line.contains(n)) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!(
-                "no log line with {needles:?}; the process logged:\n{}",
-                self.seen.join("\n")
-            ),
-        }
-    }
-
-    pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap())
-    }
-
-    /// SIGKILL the process, reap it, and return everything it wrote to stderr.
-    pub async fn kill_and_read_log(&mut self) -> Vec<String> {
-        self.kill();
-        let mut all = std::mem::take(&mut self.seen);
-        // The reader thread ends at the pipe's EOF, which the kill brings.
-        while let Ok(Some(line)) = tokio::time::timeout(WAIT, self.lines.recv()).await {
-            all.push(line);
-        }
-        all
-    }
-
-    /// SIGKILL the process and reap it.
-    pub fn kill(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use omnigent_testkit::Proc;
 
 /// The `omnigent` binary under test, with `home` as its `OMNIGENT_HOME` and none of the caller's settings.
 pub fn omnigent(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnigent"));
-    cmd.env("OMNIGENT_HOME", home)
-        .env_remove("OMNIGENT_DATABASE_URL")
-        .env_remove("OMNIGENT_SERVER")
-        .env_remove("OMNIGENT_RUNNER_TOKEN")
-        .env("RUST_LOG", "info,sqlx=warn")
-        .env("OMNIGENT_LOG", "info");
-    cmd
+    omnigent_testkit::process::omnigent(env!("CARGO_BIN_EXE_omnigent"), home)
 }
 
 pub struct Server {
@@ -150,18 +53,10 @@ pub async fn start_server_env(
 
 /// Spawn `cmd` (an `omnigent server run`, possibly under a wrapper such as `prlimit`) and wait for its ready line.
 pub async fn start_server_cmd(cmd: Command) -> Server {
-    let (proc, stdout) = Proc::spawn(cmd);
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        line
-    });
-    let line = tokio::time::timeout(WAIT, line).await.unwrap().unwrap();
-    let ready: Value =
-        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+    let (proc, url) = Proc::spawn_reporting_url(cmd).await;
     Server {
         proc,
-        url: ready["url"].as_str().unwrap().to_owned(),
+        url,
         http: reqwest::Client::new(),
     }
 }
@@ -215,7 +110,9 @@ impl Server {
         workspace: &Path,
         runner_id: &str,
     ) -> String {
-        self.proc.wait_log(&["runner connected", runner_id]).await;
+        self.proc
+            .wait_log(&[omnigent_tunnel::server::RUNNER_CONNECTED, runner_id])
+            .await;
         self.bound_session(agent, workspace, runner_id).await
     }
 
@@ -262,21 +159,8 @@ impl Server {
 
     /// Open the session's stream and wait for its ready heartbeat.
     pub async fn stream(&self, session: &str) -> Sse {
-        let resp = tokio::time::timeout(
-            WAIT,
-            self.http
-                .get(format!("{}/v1/sessions/{session}/stream", self.url))
-                .send(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let mut sse = Sse {
-            resp,
-            parser: SseParser::new(8 << 20),
-            pending: VecDeque::new(),
-        };
+        let url = format!("{}/v1/sessions/{session}/stream", self.url);
+        let mut sse = Sse::open(&self.http, &url, None).await;
         let first = sse.next().await.expect("ready heartbeat");
         assert_eq!(first.event.as_deref(), Some("session.heartbeat"));
         sse
@@ -348,221 +232,16 @@ pub fn summary(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released: for a process that must be told its port up front).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+#[allow(unused_imports)]
+pub use omnigent_testkit::fs::Tmpfs;
 
 // ---------------------------------------------------------------------------------------------------------
-// A small real file system
+// The scripted fake vendor (OpenAI Chat Completions streaming) is the testkit's; these build its answers.
 
-/// A tmpfs of a given size mounted on a fresh temp dir (tests run as root in CI), unmounted on drop (lazily,
-/// so a process still holding a file there never leaves it mounted).
-pub struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None`, after saying why, when not root: only root may mount.
-    pub fn mount(size: &str) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs the tests as root)");
-            return None;
-        }
-        let dir = tempfile::Builder::new().prefix("og-fs").tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mount -t tmpfs failed: {status}");
-        Some(Tmpfs { dir })
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fill it with one file, written until ENOSPC; removing the file frees the space again.
-    pub fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.path().join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        loop {
-            match f.write_all(&block) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", self.path().display()),
-            }
-        }
-        // The last partial block: fill to the very last byte.
-        for _ in 0..64 {
-            if f.write_all(&[0u8; 1024]).is_err() {
-                break;
-            }
-        }
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// SSE
-
-pub struct Sse {
-    resp: reqwest::Response,
-    parser: SseParser,
-    pending: VecDeque<SseMessage>,
-}
-
-impl Sse {
-    pub async fn next(&mut self) -> Option<SseMessage> {
-        loop {
-            if let Some(m) = self.pending.pop_front() {
-                return Some(m);
-            }
-            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
-                .await
-                .expect("an SSE event arrives in time");
-            match chunk {
-                Ok(Some(bytes)) => self.pending.extend(self.parser.push(&bytes).unwrap()),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// Events (type, JSON) up to and including the first for which `stop` holds; heartbeats skipped. Fails
-    /// the test if that event does not come within [`WAIT`] (heartbeats alone are no progress).
-    pub async fn until(&mut self, stop: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
-        let mut out = Vec::new();
-        let found = tokio::time::timeout(WAIT, async {
-            loop {
-                let m = self.next().await.expect("the stream ended early");
-                let kind = m.event.clone().unwrap_or_default();
-                if kind == "session.heartbeat" {
-                    continue;
-                }
-                let value: Value = serde_json::from_str(&m.data).unwrap();
-                let done = stop(&kind, &value);
-                out.push((kind, value));
-                if done {
-                    return;
-                }
-            }
-        })
-        .await;
-        assert!(
-            found.is_ok(),
-            "the awaited event never came; the stream had: {out:?}"
-        );
-        out
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// A scripted fake vendor (OpenAI Chat Completions / Anthropic Messages streaming) on 127.0.0.1.
-
-#[derive(Clone)]
-pub enum Step {
-    Chunk(String),
-    /// Hold the stream until the test notifies.
-    Wait(Arc<Notify>),
-}
-
-/// Answers each request with the next scripted stream, in order; once the script is used up, with its
-/// refusal (500 "no more canned answers" unless started with [`Vendor::refusing`]).
-#[derive(Clone, Default)]
-pub struct Vendor {
-    script: Arc<Mutex<VecDeque<Vec<Step>>>>,
-    refusal: Arc<(u16, String)>,
-    /// The request bodies received, in order (`null` where not JSON).
-    pub requests: Arc<Mutex<Vec<Value>>>,
-    /// Notified at each request.
-    asked: Arc<Notify>,
-}
-
-impl Vendor {
-    pub async fn start(script: Vec<Vec<Step>>) -> (Vendor, String) {
-        Self::start_with(script, 500, "no more canned answers").await
-    }
-
-    /// Answers with `script`, then every further request with `status` and the JSON `body` (401: a wrong
-    /// API key).
-    pub async fn then_refusing(
-        script: Vec<Vec<Step>>,
-        status: u16,
-        body: Value,
-    ) -> (Vendor, String) {
-        Self::start_with(script, status, &body.to_string()).await
-    }
-
-    async fn start_with(script: Vec<Vec<Step>>, status: u16, body: &str) -> (Vendor, String) {
-        let vendor = Vendor {
-            script: Arc::new(Mutex::new(script.into())),
-            refusal: Arc::new((status, body.to_owned())),
-            ..Vendor::default()
-        };
-        let state = vendor.clone();
-        let app = axum::Router::new().fallback(move |body: Bytes| {
-            let state = state.clone();
-            async move {
-                state
-                    .requests
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                state.asked.notify_one();
-                let steps = state.script.lock().unwrap().pop_front();
-                let Some(steps) = steps else {
-                    let (status, body) = &*state.refusal;
-                    return Response::builder()
-                        .status(*status)
-                        .header("content-type", "application/json")
-                        .body(Body::from(body.clone()))
-                        .unwrap();
-                };
-                let stream = futures_util::stream::iter(steps).then(|step| async move {
-                    match step {
-                        Step::Chunk(c) => Ok::<Bytes, std::io::Error>(Bytes::from(c)),
-                        Step::Wait(n) => {
-                            n.notified().await;
-                            Ok(Bytes::new())
-                        }
-                    }
-                });
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(Body::from_stream(stream))
-                    .unwrap()
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (vendor, url)
-    }
-
-    /// Wait until the vendor has received `n` requests in all.
-    pub async fn asked(&self, n: usize) {
-        tokio::time::timeout(WAIT, async {
-            while self.requests.lock().unwrap().len() < n {
-                self.asked.notified().await;
-            }
-        })
-        .await
-        .expect("the runner asks the vendor in time");
-    }
-}
+#[allow(unused_imports)]
+pub use omnigent_testkit::sse::Sse;
+#[allow(unused_imports)]
+pub use omnigent_testkit::vendor::{FakeVendor, Step};
 
 /// One SSE `data:` event carrying `v`.
 pub fn data(v: Value) -> Step {

@@ -1,160 +1,18 @@
-//! Shared by the harness tests: a scripted fake vendor API on 127.0.0.1:0, turns over a temp workspace, an
+//! Shared by the harness tests (the fake vendor is the testkit's): turns over a temp workspace, an
 //! event sink over a channel, and a way to wait (by signal, not by sleeping) for a process to be gone.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::VecDeque;
 use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::Response;
-use futures_util::StreamExt as _;
 use omnigent_runner::harness::{EventSink, HarnessConfig, HistoryEntry, Turn};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-/// How a canned streaming body ends.
-#[derive(Clone, Debug)]
-pub enum End {
-    /// The body ends cleanly.
-    Close,
-    /// The connection is aborted mid-body once the test notifies (after it saw the first chunks arrive;
-    /// aborting at once would abort before the response head is even sent).
-    Cut(Arc<tokio::sync::Notify>),
-    /// The body never sends another byte.
-    Stall,
-}
-
-/// One scripted answer of the fake vendor.
-#[derive(Clone, Debug)]
-pub enum Canned {
-    Status {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: String,
-    },
-    Stream {
-        chunks: Vec<String>,
-        end: End,
-    },
-    /// Never answers (no response head).
-    Hang,
-}
-
-impl Canned {
-    pub fn stream(chunks: Vec<String>) -> Canned {
-        Canned::Stream {
-            chunks,
-            end: End::Close,
-        }
-    }
-
-    pub fn status(status: u16, body: &str) -> Canned {
-        Canned::Status {
-            status,
-            headers: Vec::new(),
-            body: body.to_owned(),
-        }
-    }
-}
-
-/// A request the fake vendor received.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
-
-#[derive(Clone)]
-struct State {
-    script: Arc<Mutex<VecDeque<Canned>>>,
-    requests: Arc<Mutex<Vec<Recorded>>>,
-}
-
-pub struct FakeVendor {
-    /// `http://127.0.0.1:port`
-    pub url: String,
-    requests: Arc<Mutex<Vec<Recorded>>>,
-}
-
-impl FakeVendor {
-    /// Serve `script`, one canned answer per request, in order.
-    pub async fn start(script: Vec<Canned>) -> FakeVendor {
-        let state = State {
-            script: Arc::new(Mutex::new(script.into())),
-            requests: Arc::new(Mutex::new(Vec::new())),
-        };
-        let requests = state.requests.clone();
-        let app = axum::Router::new().fallback(answer).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeVendor { url, requests }
-    }
-
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-async fn answer(
-    axum::extract::State(state): axum::extract::State<State>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    state.requests.lock().unwrap().push(Recorded {
-        path: uri.path().to_owned(),
-        headers,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    });
-    let next = state.script.lock().unwrap().pop_front();
-    match next {
-        None => Response::builder()
-            .status(500)
-            .body(Body::from("the fake vendor has no more canned answers"))
-            .unwrap(),
-        Some(Canned::Hang) => std::future::pending().await,
-        Some(Canned::Status {
-            status,
-            headers,
-            body,
-        }) => {
-            let mut response = Response::builder()
-                .status(StatusCode::from_u16(status).unwrap())
-                .header("content-type", "application/json");
-            for (name, value) in headers {
-                response = response.header(name, value);
-            }
-            response.body(Body::from(body)).unwrap()
-        }
-        Some(Canned::Stream { chunks, end }) => {
-            let chunks = futures_util::stream::iter(
-                chunks
-                    .into_iter()
-                    .map(|c| Ok::<Bytes, std::io::Error>(Bytes::from(c))),
-            );
-            let body = match end {
-                End::Close => Body::from_stream(chunks),
-                End::Cut(trigger) => {
-                    Body::from_stream(chunks.chain(futures_util::stream::once(async move {
-                        trigger.notified().await;
-                        Err(std::io::Error::other("cut by the test"))
-                    })))
-                }
-                End::Stall => Body::from_stream(chunks.chain(futures_util::stream::pending())),
-            };
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body)
-                .unwrap()
-        }
-    }
-}
+#[allow(unused_imports)]
+pub use omnigent_testkit::vendor::{Canned, End, FakeVendor, Recorded};
+pub use omnigent_testkit::within;
 
 pub fn user(text: &str) -> HistoryEntry {
     HistoryEntry::User {
@@ -223,13 +81,6 @@ pub async fn next_event(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
         .await
         .expect("no event within 10 s")
         .expect("the sink was dropped")
-}
-
-/// Bound on anything a test awaits, so a hang fails the test instead of blocking it.
-pub async fn within<F: std::future::Future>(seconds: u64, future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(seconds), future)
-        .await
-        .unwrap_or_else(|_| panic!("did not finish within {seconds} s"))
 }
 
 /// A handle on a process that tells when it has exited (a pidfd; readable once the process is gone).

@@ -21,6 +21,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+/// Logged (with the session and runner ids) once a relay has subscribed to the runner's session stream.
+pub const RELAY_SUBSCRIBED: &str = "relay subscribed";
+
 /// How long the runner may take to answer the stream request and send its ready heartbeat (reference §3.4).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the session init on the runner may take.
@@ -243,7 +246,7 @@ async fn read<M: From<FromReader>>(spec: &OpenSpec, sink: &Sink<M>) -> Result<()
         }
     }
     sink.send(ReaderEvent::Ready { runner_status }).await?;
-    info!(session_id = %sid, runner_id = spec.conn.runner_id(), generation = spec.conn.generation(), "relay subscribed");
+    info!(session_id = %sid, runner_id = spec.conn.runner_id(), generation = spec.conn.generation(), "{RELAY_SUBSCRIBED}");
     loop {
         // Wait for an event, then take every one that has already arrived with it (up to a batch): the actor
         // handles them back to back and wakes the stream subscribers once.

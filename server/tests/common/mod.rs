@@ -1,5 +1,5 @@
 //! Shared helpers: a real server on 127.0.0.1:0 over a real SQLite file in a temp home, a real HTTP
-//! client, and an SSE reader.
+//! client, and the testkit's SSE reader.
 
 #![allow(dead_code)]
 
@@ -7,11 +7,9 @@ pub mod fake_runner;
 pub mod raw_host;
 pub mod raw_http;
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use omnigent_proto::events::{SseMessage, SseParser};
 use omnigent_server::{ServerConfig, ServerError};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -148,22 +146,8 @@ impl TestServer {
     }
 
     pub async fn stream(&self, session: &str, last_event_id: Option<u64>) -> Sse {
-        let mut req = self
-            .client
-            .get(self.u(&format!("/v1/sessions/{session}/stream")));
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id.to_string());
-        }
-        let resp = tokio::time::timeout(WAIT, req.send())
-            .await
-            .expect("stream answers in time")
-            .expect("stream request");
-        assert_eq!(resp.status().as_u16(), 200, "stream status");
-        Sse {
-            resp,
-            parser: SseParser::new(4 << 20),
-            pending: VecDeque::new(),
-        }
+        let url = self.u(&format!("/v1/sessions/{session}/stream"));
+        Sse::open(&self.client, &url, last_event_id).await
     }
 }
 
@@ -187,85 +171,10 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, Value) {
     (status, value)
 }
 
-/// A reader of one SSE response.
-pub struct Sse {
-    pub resp: reqwest::Response,
-    parser: SseParser,
-    pending: VecDeque<SseMessage>,
-}
-
-impl Sse {
-    /// The next event, or `None` when the response ended. Fails the test after [`WAIT`].
-    pub async fn next(&mut self) -> Option<SseMessage> {
-        loop {
-            if let Some(m) = self.pending.pop_front() {
-                return Some(m);
-            }
-            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
-                .await
-                .expect("an SSE event arrives in time");
-            match chunk {
-                Ok(Some(bytes)) => self
-                    .pending
-                    .extend(self.parser.push(&bytes).expect("event fits")),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next event, which must exist.
-    pub async fn expect(&mut self) -> SseMessage {
-        self.next().await.expect("the stream ended early")
-    }
-
-    /// The next event that is not a heartbeat. Fails the test if none comes within [`WAIT`] (heartbeats
-    /// alone do not count as progress).
-    pub async fn next_non_heartbeat(&mut self) -> Option<SseMessage> {
-        let found = tokio::time::timeout(WAIT, async {
-            loop {
-                let m = self.next().await?;
-                if m.event.as_deref() != Some("session.heartbeat") {
-                    return Some(m);
-                }
-            }
-        })
-        .await;
-        found.expect("a non-heartbeat event arrives in time")
-    }
-}
+#[allow(unused_imports)]
+pub use omnigent_testkit::sse::{Sse, id_of, item_text, json_of};
 
 /// Events of the client stream (type, JSON) until `stop` holds (inclusive); heartbeats skipped.
 pub async fn until(sse: &mut Sse, stop: impl Fn(&str, &Value) -> bool) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    loop {
-        let m = sse.next_non_heartbeat().await.expect("stream open");
-        let kind = m.event.clone().unwrap_or_default();
-        let v = json_of(&m);
-        let done = stop(&kind, &v);
-        out.push((kind, v));
-        if done {
-            return out;
-        }
-    }
-}
-
-pub fn json_of(m: &SseMessage) -> Value {
-    serde_json::from_str(&m.data)
-        .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", m.data))
-}
-
-pub fn id_of(m: &SseMessage) -> u64 {
-    m.id.as_deref()
-        .expect("every event has an id")
-        .parse()
-        .expect("numeric id")
-}
-
-/// The text of a `response.output_item.done` message event.
-pub fn item_text(m: &SseMessage) -> String {
-    let v = json_of(m);
-    v["item"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    sse.until(stop).await
 }
