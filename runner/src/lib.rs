@@ -17,12 +17,12 @@ mod api;
 pub mod harness;
 mod session;
 
-/// What the runner logs at points black-box tests wait for (so they wait on these, not on copied text).
-pub use session::{BACKLOG_TAKEN, NO_SUBSCRIBER_LEFT, TURN_ENDED};
 use harness::{HarnessConfig, HarnessKind};
 use omnigent_proto::harness::{self as harness_table, CredentialKind};
 /// The redial schedule of [`RunnerConfig::backoff`] (250 ms doubling to 10 s, full jitter).
 pub use omnigent_tunnel::client::BackoffPolicy;
+/// What the runner logs at points black-box tests wait for (so they wait on these, not on copied text).
+pub use session::{BACKLOG_TAKEN, NO_SUBSCRIBER_LEFT, TURN_ENDED};
 /// The shutdown switch [`run`] takes (re-exported so callers need not depend on tokio-util).
 pub use tokio_util::sync::CancellationToken;
 
