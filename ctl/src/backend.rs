@@ -127,6 +127,8 @@ pub(crate) async fn connect_existing(paths: &Paths) -> Result<Option<ControlClie
 
 /// Connect to the daemon, starting it if needed; says so on stderr when it replaced an incompatible one.
 pub(crate) async fn connect_or_start(paths: &Paths) -> Result<(ControlClient, Connected)> {
+    // An enabled service starts its own daemon: the CLI never runs one beside it.
+    crate::service_cmd::start_if_service(paths).await?;
     let (client, how) = launch::ensure_daemon(paths, &exe()?, &progress)
         .await
         .map_err(launch_err)?;
@@ -353,6 +355,10 @@ pub fn stop(args: StopArgs) -> Result<()> {
 /// Stop everything; returns what was stopped. Waits for an in-progress start (the start lock) first, so a
 /// `stop` racing a `start` always wins.
 pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
+    // A daemon the service runs is stopped through its supervisor, which would otherwise start it again.
+    if let Some(stopped) = crate::service_cmd::stop_if_service(paths).await? {
+        return Ok(stopped);
+    }
     // A daemon whose runtime dir a tmp cleaner removed still runs (it holds its guard): stop it too.
     if !paths.runtime_dir.exists() && runtime::guard_holder(paths).is_none() {
         return Ok(vec![]);
@@ -443,6 +449,9 @@ async fn kill_daemon(paths: &Paths, pid: u32) {
 pub fn restart(args: StartArgs) -> Result<()> {
     check_bind(&args.bind)?;
     let paths = paths()?;
+    if runtime()?.block_on(crate::service_cmd::restart_if_service(&paths))? {
+        return start(args);
+    }
     let stopped = runtime()?.block_on(stop_all(&paths, false))?;
     if !stopped.is_empty() && !args.json {
         println!("Stopped {}.", stopped.join(", "));

@@ -10,9 +10,11 @@ mod daemon_cmd;
 mod exit;
 mod host_cmd;
 mod logging;
+mod packaging_cmd;
 mod run_cmd;
 mod runner_cmd;
 mod server_run;
+mod service_cmd;
 
 /// Run coding agents on your machine; watch and co-drive them from a browser, a phone or a teammate's laptop.
 #[derive(Debug, Parser)]
@@ -48,6 +50,11 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Co-drive an existing session from this terminal.
     Attach(run_cmd::AttachArgs),
+    /// Print a shell completion script (`omnigent completions bash > ~/.local/share/bash-completion/completions/omnigent`).
+    Completions(packaging_cmd::CompletionsArgs),
+    /// Write the man pages into DIR (what packaging runs).
+    #[command(hide = true)]
+    Man(packaging_cmd::ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +94,8 @@ fn main() -> ExitCode {
         Command::Host(args) => host_cmd::run(args),
         Command::Run(args) => run_cmd::run(args),
         Command::Attach(args) => run_cmd::attach(args),
+        Command::Completions(args) => packaging_cmd::completions(args),
+        Command::Man(args) => packaging_cmd::man(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,7 @@ pub mod runners;
 pub mod runtime;
 pub mod serve;
 pub mod server;
+pub mod service;
 pub mod targets;
 
 mod api;
