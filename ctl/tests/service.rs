@@ -4,6 +4,7 @@
 //! foreground with only the unit's `Environment=`, as systemd does); the rendered units checked by
 //! `systemd-analyze verify` and a plist parser; the packaging files; and, where a user systemd can be started
 //! here (a private mount namespace), the real cycle: enable → active → SIGKILL → restarted → disable.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

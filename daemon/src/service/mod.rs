@@ -131,6 +131,7 @@ pub enum ServiceError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -135,6 +135,7 @@ pub fn file_state(file: &InstalledFile) -> FileState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -237,6 +237,7 @@ pub fn systemd_env_lines(unit: &str) -> Vec<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

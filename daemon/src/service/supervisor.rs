@@ -252,6 +252,7 @@ pub fn started_by_supervisor(env: &Env) -> Option<Init> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
