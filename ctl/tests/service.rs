@@ -59,6 +59,51 @@ case "${1:-}" in
 esac
 "#;
 
+/// The stand-in `launchctl`: `bootstrap gui/UID PLIST` loads and (RunAtLoad) starts the plist's
+/// `ProgramArguments` with `env -i` + its `EnvironmentVariables` (+ `XPC_SERVICE_NAME`, as launchd sets it);
+/// `bootout` and `kill SIGTERM` stop it; `kickstart [-k]` (re)starts it; `print` answers while loaded.
+const LAUNCHCTL: &str = r#"#!/bin/bash
+set -u
+S="$STUB_STATE"
+echo "launchctl $*" >> "$S/calls"
+PIDFILE="$S/main.pid"
+alive() { [ -e "/proc/$1" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+running() { [ -f "$PIDFILE" ] && alive "$(cat "$PIDFILE")"; }
+start() {
+  running && return 0
+  local plist args=() envs=() in="" k="" v l
+  plist=$(cat "$S/loaded")
+  while IFS= read -r l; do
+    case "$l" in
+      *"<key>ProgramArguments</key>"*) in=args; continue;;
+      *"<key>EnvironmentVariables</key>"*) in=env; continue;;
+    esac
+    case "$in:$l" in
+      args:*"</array>"*|env:*"</dict>"*) in="";;
+      args:*"<string>"*) v=${l#*<string>}; args+=("${v%</string>*}");;
+      env:*"<key>"*) k=${l#*<key>}; k=${k%</key>*};;
+      env:*"<string>"*) v=${l#*<string>}; envs+=("$k=${v%</string>*}");;
+    esac
+  done < "$plist"
+  env -i "${envs[@]}" XPC_SERVICE_NAME=ai.omnigent.host setsid "${args[@]}" >>"$S/daemon.out" 2>&1 < /dev/null &
+  echo $! > "$PIDFILE"
+}
+stop() {
+  running || { rm -f "$PIDFILE"; return 0; }
+  local pid; pid=$(cat "$PIDFILE"); kill -TERM "$pid"
+  while alive "$pid"; do sleep 0.02; done
+  rm -f "$PIDFILE"
+}
+case "${1:-}" in
+  bootstrap) echo "$3" > "$S/loaded"; start;;
+  bootout) [ -f "$S/loaded" ] || exit 3; stop; rm -f "$S/loaded";;
+  kickstart) [ -f "$S/loaded" ] || exit 113; [ "${2:-}" = "-k" ] && stop; start;;
+  kill) stop;;
+  print) [ -f "$S/loaded" ] || exit 113; if running; then echo "state = running"; else echo "state = not running"; fi;;
+  *) echo "stub launchctl: unknown $*" >&2; exit 1;;
+esac
+"#;
+
 const LOGINCTL: &str = r#"#!/bin/bash
 echo "loginctl $*" >> "$STUB_STATE/calls"
 echo "${STUB_LINGER:-no}"
@@ -82,6 +127,7 @@ impl Fixture {
         }
         for (name, text) in [
             ("systemctl", SYSTEMCTL),
+            ("launchctl", LAUNCHCTL),
             ("loginctl", LOGINCTL),
             ("journalctl", JOURNALCTL),
         ] {
@@ -376,6 +422,95 @@ fn stop_restart_and_start_go_through_the_supervisor_when_it_owns_the_daemon() {
         "systemd"
     );
     f.ok(&["host", "disable"]);
+}
+
+#[test]
+fn the_launchd_agent_round_trip_bootstraps_restarts_through_kickstart_and_boots_out() {
+    let f = Fixture::new();
+    let uid = nix::unistd::getuid().as_raw();
+    let plist = f
+        .dir
+        .path()
+        .join("home/Library/LaunchAgents/ai.omnigent.host.plist");
+    let out = f.ok(&["host", "enable", "--init", "launchd"]);
+    assert!(out.contains("Installed"), "{out}");
+    assert_eq!(
+        f.take_calls(),
+        [
+            format!("launchctl bootstrap gui/{uid} {}", plist.display()),
+            format!("launchctl kickstart gui/{uid}/ai.omnigent.host"),
+        ]
+    );
+    let svc = f.json(&["host", "status", "--json"])["service"].clone();
+    assert_eq!(svc["init"], "launchd", "{svc}");
+    assert_eq!(svc["enabled"], true, "{svc}");
+    assert_eq!(svc["active"], true, "{svc}");
+    assert_eq!(svc["started_by"], "launchd", "{svc}");
+    assert_eq!(svc["linger"], Value::Null);
+    let first = f.main_pid().unwrap();
+    f.take_calls();
+
+    f.ok(&["restart"]);
+    assert!(f.take_calls().contains(&format!(
+        "launchctl kickstart -k gui/{uid}/ai.omnigent.host"
+    )),);
+    assert_ne!(f.main_pid().unwrap(), first);
+    assert_eq!(
+        f.json(&["status", "--json"])["daemon"]["started_by"],
+        "launchd"
+    );
+
+    let out = f.ok(&["host", "disable"]);
+    assert!(out.contains("removed"), "{out}");
+    assert_eq!(
+        f.take_calls(),
+        [format!("launchctl bootout gui/{uid}/ai.omnigent.host")]
+    );
+    assert!(!plist.exists());
+    assert_eq!(f.main_pid(), None);
+}
+
+#[test]
+fn server_run_reads_bind_and_port_from_the_environment_as_a_container_platform_sets_them() {
+    let f = Fixture::new();
+    let ready = |env: &[(&str, String)]| -> Value {
+        let mut c = f.cmd(&["server", "run"]);
+        c.env_remove("PORT")
+            .env_remove("OMNIGENT_PORT")
+            .env_remove("OMNIGENT_BIND");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let (_proc, stdout) = common::Proc::spawn(c);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    let (a, b) = (free_port(), free_port());
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    assert_eq!(ready(&[("PORT", a.to_string())])["url"], url(a));
+    assert_eq!(
+        ready(&[
+            ("PORT", a.to_string()),
+            ("OMNIGENT_PORT", b.to_string()),
+            ("OMNIGENT_BIND", "127.0.0.1".into())
+        ])["url"],
+        url(b),
+        "OMNIGENT_PORT before PORT"
+    );
+    let out = f
+        .cmd(&["server", "run"])
+        .env("OMNIGENT_BIND", "0.0.0.0")
+        .env("OMNIGENT_PORT", "0")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0.0.0.0"));
 }
 
 /// `--print` output (the unit on stdout), with the stand-ins on PATH and extra variables.
