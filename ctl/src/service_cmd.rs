@@ -223,7 +223,12 @@ async fn install(i: Install) -> Result<()> {
                 i.init.name()
             );
             drop(client);
-            backend::stop_all(&i.paths, false).await?;
+            if let Err(e) = backend::stop_all(&i.paths, false).await {
+                for url in &added {
+                    let _ = omnigent_daemon::config::remove_target(&config_file, url);
+                }
+                return Err(e.context("cannot hand the running daemon over to the service"));
+            }
             handed_over = Some(st.daemon.pid);
         }
     }
@@ -460,7 +465,16 @@ pub fn disable(args: DisableArgs) -> Result<()> {
         );
         return Ok(());
     }
-    crate::logging::init_cli();
+    let runtime = backend::runtime()?;
+    let service_ran_it = runtime.block_on(async {
+        match backend::connect_existing(&paths).await {
+            Ok(Some(mut c)) => c
+                .status()
+                .await
+                .is_ok_and(|st| st.daemon.started_by == init.name()),
+            _ => false,
+        }
+    });
     // Stop it and take it out of the init system; `disable --now` waits for the stop.
     for c in supervisor::disable_commands(init) {
         if unit.exists() {
@@ -484,11 +498,13 @@ pub fn disable(args: DisableArgs) -> Result<()> {
     if ours.is_some() {
         record::remove(&paths)?;
     }
-    // The daemon the service ran is gone when the supervisor says so; wait for its lock too.
-    let gone = backend::runtime()?.block_on(omnigent_daemon::runtime::wait_lock_released(
-        &paths,
-        Duration::from_secs(15),
-    ));
+    // The daemon the service ran is gone when the supervisor says so; wait for its lock too (a daemon the CLI
+    // started is not the service's business and keeps running).
+    let gone = !service_ran_it
+        || runtime.block_on(omnigent_daemon::runtime::wait_lock_released(
+            &paths,
+            Duration::from_secs(15),
+        ));
     println!("Disabled the {}.", init.describe());
     match kept {
         None => println!("  removed {}", unit.display()),
@@ -698,7 +714,14 @@ pub async fn start_if_service(paths: &Paths) -> Result<()> {
         return Ok(());
     }
     let c = supervisor::verb_command(rec.init, Verb::Start);
-    supervisor::run_checked(&c, rec.init)?;
+    if let Err(e) = supervisor::run_checked(&c, rec.init) {
+        // No service can run here now (no user manager in this session, say): the CLI starts its own daemon.
+        eprintln!(
+            "note: the {} is enabled but cannot be started ({e}); starting the daemon directly",
+            rec.init.describe()
+        );
+        return Ok(());
+    }
     wait_service(paths, rec.init, None, None, verify_wait())
         .await
         .map_err(|why| anyhow!("after `{}`: {why}", c.join(" ")))?;

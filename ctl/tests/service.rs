@@ -14,18 +14,28 @@ use std::process::{Command, Output, Stdio};
 use common::{free_port, omnigent};
 use serde_json::Value;
 
-/// The stand-in `systemctl --user`: records `systemctl ARGS` in `$STUB_STATE/calls`; `start` runs the unit's
-/// command with `env -i` + its `Environment=` lines (+ `INVOCATION_ID`), detached; `stop` sends SIGTERM and
-/// waits for the process to be gone. `STUB_START_FAILS=1`: `start` starts nothing (a unit that dies at once).
-const SYSTEMCTL: &str = r#"#!/bin/bash
+/// What both process-managing stand-ins share: the state dir, the main process's pid file, and `stop` (SIGTERM,
+/// then wait until the process is gone; a zombie counts as gone).
+const STUB_PRELUDE: &str = r#"#!/bin/bash
 set -u
 S="$STUB_STATE"
-echo "systemctl $*" >> "$S/calls"
-[ "${1:-}" = "--user" ] && shift
-UNIT="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user/omnigent-host.service"
 PIDFILE="$S/main.pid"
 alive() { [ -e "/proc/$1" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
 running() { [ -f "$PIDFILE" ] && alive "$(cat "$PIDFILE")"; }
+stop() {
+  running || { rm -f "$PIDFILE"; return 0; }
+  local pid; pid=$(cat "$PIDFILE"); kill -TERM "$pid"
+  while alive "$pid"; do sleep 0.02; done
+  rm -f "$PIDFILE"
+}
+"#;
+
+/// The stand-in `systemctl --user`: records `systemctl ARGS` in `$STUB_STATE/calls`; `start` runs the unit's
+/// command with `env -i` + its `Environment=` lines (+ `INVOCATION_ID`), detached; `stop` sends SIGTERM and
+/// waits for the process to be gone. `STUB_START_FAILS=1`: `start` starts nothing (a unit that dies at once).
+const SYSTEMCTL: &str = r#"echo "systemctl $*" >> "$S/calls"
+[ "${1:-}" = "--user" ] && shift
+UNIT="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user/omnigent-host.service"
 start() {
   running && return 0
   [ -n "${STUB_START_FAILS:-}" ] && return 0
@@ -36,12 +46,6 @@ start() {
   eval "set -- $exec_line"
   env -i "${envs[@]}" INVOCATION_ID=stub setsid "$@" >>"$S/daemon.out" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
-}
-stop() {
-  running || { rm -f "$PIDFILE"; return 0; }
-  local pid; pid=$(cat "$PIDFILE"); kill -TERM "$pid"
-  while alive "$pid"; do sleep 0.02; done
-  rm -f "$PIDFILE"
 }
 now=""; [ "${2:-}" = "--now" ] && now=1
 case "${1:-}" in
@@ -62,13 +66,7 @@ esac
 /// The stand-in `launchctl`: `bootstrap gui/UID PLIST` loads and (RunAtLoad) starts the plist's
 /// `ProgramArguments` with `env -i` + its `EnvironmentVariables` (+ `XPC_SERVICE_NAME`, as launchd sets it);
 /// `bootout` and `kill SIGTERM` stop it; `kickstart [-k]` (re)starts it; `print` answers while loaded.
-const LAUNCHCTL: &str = r#"#!/bin/bash
-set -u
-S="$STUB_STATE"
-echo "launchctl $*" >> "$S/calls"
-PIDFILE="$S/main.pid"
-alive() { [ -e "/proc/$1" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
-running() { [ -f "$PIDFILE" ] && alive "$(cat "$PIDFILE")"; }
+const LAUNCHCTL: &str = r#"echo "launchctl $*" >> "$S/calls"
 start() {
   running && return 0
   local plist args=() envs=() in="" k="" v l
@@ -87,12 +85,6 @@ start() {
   done < "$plist"
   env -i "${envs[@]}" XPC_SERVICE_NAME=ai.omnigent.host setsid "${args[@]}" >>"$S/daemon.out" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
-}
-stop() {
-  running || { rm -f "$PIDFILE"; return 0; }
-  local pid; pid=$(cat "$PIDFILE"); kill -TERM "$pid"
-  while alive "$pid"; do sleep 0.02; done
-  rm -f "$PIDFILE"
 }
 case "${1:-}" in
   bootstrap) echo "$3" > "$S/loaded"; start;;
@@ -126,10 +118,10 @@ impl Fixture {
             std::fs::create_dir_all(f.dir.path().join(d)).unwrap();
         }
         for (name, text) in [
-            ("systemctl", SYSTEMCTL),
-            ("launchctl", LAUNCHCTL),
-            ("loginctl", LOGINCTL),
-            ("journalctl", JOURNALCTL),
+            ("systemctl", format!("{STUB_PRELUDE}{SYSTEMCTL}")),
+            ("launchctl", format!("{STUB_PRELUDE}{LAUNCHCTL}")),
+            ("loginctl", LOGINCTL.to_owned()),
+            ("journalctl", JOURNALCTL.to_owned()),
         ] {
             let p = f.bin().join(name);
             std::fs::write(&p, text).unwrap();
@@ -276,7 +268,7 @@ fn enable_hands_over_the_cli_daemon_then_status_shows_the_service_and_disable_re
     // A second enable with the same environment changes nothing; a changed one updates in place.
     assert!(f.ok(&["host", "enable"]).contains("is unchanged"));
     f.take_calls();
-    let out = f.ok_env(&["host", "enable"], &[("LANG", "de_DE.UTF-8")]);
+    let (out, _) = f.ok_env(&["host", "enable"], &[("LANG", "de_DE.UTF-8")]);
     assert!(out.contains("Updated"), "{out}");
     assert!(out.contains("+ Environment=\"LANG=de_DE.UTF-8\""), "{out}");
     let calls = f.take_calls();
@@ -304,7 +296,8 @@ fn enable_hands_over_the_cli_daemon_then_status_shows_the_service_and_disable_re
 }
 
 impl Fixture {
-    fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+    /// `omnigent ARGS` with extra variables, which must succeed: (stdout, stderr).
+    fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
         let mut c = self.cmd(args);
         for (k, v) in env {
             c.env(k, v);
@@ -315,7 +308,10 @@ impl Fixture {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap()
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     }
 }
 
@@ -515,20 +511,7 @@ fn server_run_reads_bind_and_port_from_the_environment_as_a_container_platform_s
 
 /// `--print` output (the unit on stdout), with the stand-ins on PATH and extra variables.
 fn print_unit(f: &Fixture, init: &str, env: &[(&str, &str)]) -> (String, String) {
-    let mut c = f.cmd(&["host", "enable", "--print", "--init", init]);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    f.ok_env(&["host", "enable", "--print", "--init", init], env)
 }
 
 fn systemd_analyze_verify(dir: &Path, unit: &str) -> Output {

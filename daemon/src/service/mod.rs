@@ -130,17 +130,20 @@ pub enum ServiceError {
     BadRecord { path: PathBuf, why: String },
 }
 
+/// An [`Env`] from pairs (tests).
+#[cfg(test)]
+pub(crate) fn env_of(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use env_of as env;
 
     #[test]
     fn the_unit_goes_under_xdg_config_home_when_set_else_under_dot_config() {

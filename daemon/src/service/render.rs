@@ -229,24 +229,11 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The environment written into an installed systemd unit (its `Environment="K=V"` lines), for comparing.
-pub fn systemd_env_lines(unit: &str) -> Vec<&str> {
-    unit.lines()
-        .filter(|l| l.starts_with("Environment="))
-        .collect()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::service::env_of as env;
 
     #[test]
     fn secret_names_are_recognised() {

@@ -258,12 +258,7 @@ mod tests {
 
     #[test]
     fn the_supervisor_is_told_from_the_environment() {
-        let env = |pairs: &[(&str, &str)]| -> Env {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
+        use crate::service::env_of as env;
         assert_eq!(started_by_supervisor(&env(&[])), None);
         assert_eq!(
             started_by_supervisor(&env(&[(SUPERVISOR_ENV, "systemd")])),
