@@ -2,7 +2,8 @@
 # Build the Debian package and check it: the binary, the user unit, completions and man pages, and that the
 # packaged binary runs. `PROFILE=release packaging/deb.sh` for a release package; CI uses the `dev` profile
 # the tests already built (a release build costs ~9 minutes on 2 cores). cargo-deb is installed from
-# crates.io into target/ci-tools (`cargo install --locked`), once.
+# crates.io into target/ci-tools (`cargo install --version 3.8.0 --locked`; CARGO_DEB_ROOT elsewhere), once,
+# unless one is on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +12,14 @@ case "$profile" in
   dev) dir=debug ;;
   *) dir=$profile ;;
 esac
-tools=target/ci-tools
-if [ ! -x "$tools/bin/cargo-deb" ]; then
-  cargo install cargo-deb --locked --root "$tools"
+tools=${CARGO_DEB_ROOT:-target/ci-tools}
+if [ -x "$tools/bin/cargo-deb" ]; then
+  cargo_deb=$tools/bin/cargo-deb
+elif command -v cargo-deb >/dev/null 2>&1; then
+  cargo_deb=$(command -v cargo-deb)
+else
+  cargo install cargo-deb --version 3.8.0 --locked --root "$tools"
+  cargo_deb=$tools/bin/cargo-deb
 fi
 
 # CI passes DEB_REUSE_BIN=1: the tests just built this binary, and a plain `cargo build` would rebuild much of
@@ -32,9 +38,12 @@ OMNIGENT_HOME=$scratch HOME=$scratch "$bin" host enable --packaged --init system
 "$bin" completions zsh >"$assets/_omnigent"
 "$bin" completions fish >"$assets/omnigent.fish"
 "$bin" man "$assets/man"
+gzip -9n "$assets"/man/*.1   # Debian policy: man pages compressed
 
 rm -rf target/debian
-"$tools/bin/cargo-deb" -p omnigent --no-build --profile "$profile" --output target/debian/
+fast=()
+[ "$profile" = dev ] && fast=(--fast)   # a CI check, not a release: faster compression
+"$cargo_deb" -p omnigent --no-build --profile "$profile" "${fast[@]}" --output target/debian/
 deb=$(ls target/debian/*.deb)
 echo "built $deb"
 
