@@ -62,7 +62,8 @@ pub struct EnableArgs {
     /// Show the unit (stdout) and what would be done (stderr); change nothing.
     #[arg(long)]
     print: bool,
-    /// The init system to write for (default: the platform's own, systemd on Linux and launchd on macOS).
+    /// The init system to write for (default: the one the last `enable` used, else the platform's own: systemd
+    /// on Linux, launchd on macOS).
     #[arg(long, value_enum)]
     init: Option<InitArg>,
     /// Print the unit a package installs (it runs /usr/bin/omnigent, with no captured environment); implies
@@ -135,7 +136,12 @@ fn changed_lines(old: &str, new: &str) -> Vec<String> {
 pub fn enable(args: EnableArgs) -> Result<()> {
     let paths = backend::paths()?;
     let env = service::current_env();
-    let init = args.init.map_or_else(Init::native, Init::from);
+    // Again without --init: the init system the last `enable` used.
+    let init = args
+        .init
+        .map(Init::from)
+        .or(record::load(&paths)?.map(|r| r.init))
+        .unwrap_or_else(Init::native);
     let urls = args
         .urls
         .iter()
@@ -172,6 +178,11 @@ pub fn enable(args: EnableArgs) -> Result<()> {
         eprintln!("would write {}", unit.display());
         for url in &urls {
             eprintln!("would keep {url} in {}", paths.config_file().display());
+        }
+        if previous.is_some() {
+            for c in supervisor::unload_commands(init) {
+                eprintln!("would run: {} (if loaded)", c.join(" "));
+            }
         }
         for c in &commands {
             eprintln!("would run: {}", c.join(" "));
@@ -243,6 +254,11 @@ async fn install(i: Install) -> Result<()> {
         handed_over: handed_over.is_some(),
     };
     let result = async {
+        if i.previous.is_some() {
+            for c in supervisor::unload_commands(i.init) {
+                let _ = supervisor::run(&c, i.init);
+            }
+        }
         record::write_atomic(&i.unit, i.text.as_bytes(), UNIT_MODE)?;
         record::save(
             &i.paths,

@@ -443,6 +443,22 @@ fn the_launchd_agent_round_trip_bootstraps_restarts_through_kickstart_and_boots_
     assert_eq!(svc["active"], true, "{svc}");
     assert_eq!(svc["started_by"], "launchd", "{svc}");
     assert_eq!(svc["linger"], Value::Null);
+    // An update in place boots the loaded agent out first (launchd cannot bootstrap it twice).
+    f.take_calls();
+    let (out, _) = f.ok_env(&["host", "enable"], &[("LANG", "de_DE.UTF-8")]);
+    assert!(out.contains("Updated"), "{out}");
+    assert_eq!(
+        f.take_calls(),
+        [
+            format!("launchctl bootout gui/{uid}/ai.omnigent.host"),
+            format!("launchctl bootstrap gui/{uid} {}", plist.display()),
+            format!("launchctl kickstart gui/{uid}/ai.omnigent.host"),
+        ]
+    );
+    assert_eq!(
+        f.json(&["status", "--json"])["daemon"]["started_by"],
+        "launchd"
+    );
     let first = f.main_pid().unwrap();
     f.take_calls();
 

@@ -25,6 +25,15 @@ fn launchd_target() -> String {
     format!("{}/{LAUNCHD_LABEL}", launchd_domain())
 }
 
+/// What `enable` runs before writing the unit, ignoring failures, when one was there already: launchd cannot
+/// bootstrap a loaded agent again, so it is booted out first (systemd needs nothing).
+pub fn unload_commands(init: Init) -> Vec<Cmd> {
+    match init {
+        Init::Systemd => vec![],
+        Init::Launchd => disable_commands(init),
+    }
+}
+
 /// What `enable` runs after writing the unit (`update`: the unit was there and changed).
 pub fn enable_commands(init: Init, unit: &Path, update: bool) -> Vec<Cmd> {
     match init {
