@@ -168,10 +168,15 @@ pub fn enable(args: EnableArgs) -> Result<()> {
     let previous = std::fs::read_to_string(&unit).ok();
     let update = previous.as_deref().is_some_and(|p| p != text);
     let commands = supervisor::enable_commands(init, &unit, update);
+    let how = match init {
+        Init::Systemd => {
+            "give it to the service through a drop-in (`systemctl --user edit omnigent-host` with \
+             `EnvironmentFile=` naming a file of mode 0600)"
+        }
+        Init::Launchd => "give it to the service with `launchctl setenv`",
+    };
     for (name, why) in &choice.withheld {
-        eprintln!(
-            "note: {name} is not written into the unit ({why}); the service gets it from config.toml's secrets or your environment files, not from the unit"
-        );
+        eprintln!("note: {name} is not written into the unit ({why}); {how}");
     }
     if args.print || args.packaged {
         print!("{text}");
