@@ -101,6 +101,8 @@ pub(crate) async fn connect_existing(paths: &Paths) -> Result<Option<ControlClie
 
 /// Connect to the daemon, starting it if needed; says so on stderr when it replaced an incompatible one.
 pub(crate) async fn connect_or_start(paths: &Paths) -> Result<(ControlClient, Connected)> {
+    // An enabled service starts its own daemon: the CLI never runs one beside it.
+    crate::commands::service::start_if_service(paths).await?;
     let (client, how) = launch::ensure_daemon(paths, &exe()?, &progress)
         .await
         .map_err(launch_err)?;
@@ -246,6 +248,10 @@ pub(crate) fn state_word(s: ChildState) -> &'static str {
 /// Stop everything; returns what was stopped. Waits for an in-progress start (the start lock) first, so a
 /// `stop` racing a `start` always wins. The mechanics are the daemon crate's ([`launch::stop_daemon`]).
 pub(crate) async fn stop_all(paths: &Paths, force: bool) -> Result<Vec<String>> {
+    // A daemon the service runs is stopped through its supervisor, which would otherwise start it again.
+    if let Some(stopped) = crate::commands::service::stop_if_service(paths).await? {
+        return Ok(stopped);
+    }
     launch::stop_daemon(paths, force, &|note| eprintln!("{note}"))
         .await
         .map_err(|e| match e {

@@ -11,7 +11,7 @@ mod exit;
 mod logging;
 mod signals;
 
-use commands::{daemon, host, logs, run, runner, server};
+use commands::{daemon, host, logs, packaging, run, runner, server};
 
 /// Run coding agents on your machine; watch and co-drive them from a browser, a phone or a teammate's laptop.
 #[derive(Debug, Parser)]
@@ -47,6 +47,11 @@ enum Command {
     Run(run::RunArgs),
     /// Co-drive an existing session from this terminal.
     Attach(run::AttachArgs),
+    /// Print a shell completion script (`omnigent completions bash > ~/.local/share/bash-completion/completions/omnigent`).
+    Completions(packaging::CompletionsArgs),
+    /// Write the man pages into DIR (what packaging runs).
+    #[command(hide = true)]
+    Man(packaging::ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +91,8 @@ fn main() -> ExitCode {
         Command::Host(args) => host::run(args),
         Command::Run(args) => run::run(args),
         Command::Attach(args) => run::attach(args),
+        Command::Completions(args) => packaging::completions(args),
+        Command::Man(args) => packaging::man(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod hosting;
 pub mod runtime;
+pub mod service;
 pub mod supervise;
 
 // Short paths for what other crates use most: the host tunnel (the server's tests dial it), and the CLI's

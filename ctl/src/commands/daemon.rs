@@ -35,7 +35,12 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     let notify_pipe = std::env::var(ctl::NOTIFY_ENV).is_ok_and(|v| v == ctl::NOTIFY_STDOUT);
     let systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
-    let started_by = if systemd {
+    let supervisor = omnigent_daemon::service::supervisor::started_by_supervisor(
+        &omnigent_daemon::service::current_env(),
+    );
+    let started_by = if let Some(init) = supervisor {
+        init.name().to_owned()
+    } else if systemd {
         "systemd".to_owned()
     } else if notify_pipe {
         std::env::var(ctl::STARTED_BY_ENV).unwrap_or_else(|_| "cli".to_owned())
@@ -62,6 +67,14 @@ pub fn run(args: RunArgs) -> Result<()> {
                 one_line(&format!("{err:#}"))
             ),
         );
+    }
+    // launchd restarts any non-zero exit (`KeepAlive {SuccessfulExit = false}`): a configuration error (78)
+    // exits 0 there, so the agent stays loaded but stopped instead of looping (systemd has
+    // `RestartPreventExitStatus=78`).
+    if supervisor == Some(omnigent_daemon::service::Init::Launchd)
+        && result.as_ref().is_err_and(|e| e.is::<ConfigError>())
+    {
+        return Ok(());
     }
     result
 }
@@ -351,6 +364,9 @@ pub fn stop(args: StopArgs) -> Result<()> {
 pub fn restart(args: StartArgs) -> Result<()> {
     check_bind(&args.bind)?;
     let paths = paths()?;
+    if runtime()?.block_on(crate::commands::service::restart_if_service(&paths))? {
+        return start(args);
+    }
     let stopped = runtime()?.block_on(stop_all(&paths, false))?;
     if !stopped.is_empty() && !args.json {
         println!("Stopped {}.", stopped.join(", "));

@@ -51,6 +51,11 @@ enum HostCommand {
     Status(StatusArgs),
     /// Stop hosting URL (its runners are stopped); without URL, stop the daemon and everything it runs.
     Stop(StopArgs),
+    /// Run this host as a service of the init system (a systemd user unit, a launchd agent), hosting the
+    /// targets in config.toml (URLs given here are added there first), and verify it comes up.
+    Enable(crate::commands::service::EnableArgs),
+    /// Stop the service and remove what `enable` installed (a unit edited since is kept and named).
+    Disable(crate::commands::service::DisableArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +78,8 @@ pub fn run(args: HostArgs) -> Result<()> {
     match args.command {
         Some(HostCommand::Status(a)) => status(a),
         Some(HostCommand::Stop(a)) => stop(a),
+        Some(HostCommand::Enable(a)) => crate::commands::service::enable(a),
+        Some(HostCommand::Disable(a)) => crate::commands::service::disable(a),
         None => {
             let remote = match args.url.as_deref().map(str::trim) {
                 None | Some("" | "local") => None,
@@ -87,7 +94,7 @@ pub fn run(args: HostArgs) -> Result<()> {
     }
 }
 
-fn check_url(url: &str) -> Result<String> {
+pub(crate) fn check_url(url: &str) -> Result<String> {
     let ok = ["http://", "https://", "ws://", "wss://"]
         .iter()
         .any(|p| url.starts_with(p) && url.len() > p.len());
@@ -364,15 +371,20 @@ fn status(args: StatusArgs) -> Result<()> {
     let paths = backend::paths()?;
     backend::runtime()?.block_on(async {
         let Some(mut client) = backend::connect_existing(&paths).await? else {
+            let service = crate::commands::service::status_section(&paths, None);
             if args.json {
-                return print_json(&json!({ "running": false, "targets": [], "runners": [] }));
+                return print_json(
+                    &json!({ "running": false, "targets": [], "runners": [], "service": service }),
+                );
             }
             println!(
                 "No host daemon running (start one with `omnigent host` or `omnigent start`)."
             );
+            crate::commands::service::print_status(&service);
             return Ok(());
         };
         let st = client.status().await.map_err(client_err)?;
+        let service = crate::commands::service::status_section(&paths, Some(&st));
         if args.json {
             return print_json(&json!({
                 "running": true,
@@ -381,9 +393,11 @@ fn status(args: StatusArgs) -> Result<()> {
                 "daemon_pid": st.daemon.pid,
                 "targets": st.targets,
                 "runners": st.runners,
+                "service": service,
             }));
         }
         print_host(&st);
+        crate::commands::service::print_status(&service);
         Ok(())
     })
 }

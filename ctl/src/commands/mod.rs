@@ -4,6 +4,8 @@
 pub mod daemon;
 pub mod host;
 pub mod logs;
+pub mod packaging;
 pub mod run;
 pub mod runner;
 pub mod server;
+pub mod service;

@@ -21,14 +21,24 @@ use crate::exit::ConfigError;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to listen on. Only loopback addresses are allowed until LAN access with auth lands.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "OMNIGENT_BIND", default_value = "127.0.0.1")]
     pub bind: String,
-    /// TCP port (0 picks a free one; the ready line says which).
-    #[arg(long, default_value_t = 6767)]
+    /// TCP port (0 picks a free one; the ready line says which). Also read from `OMNIGENT_PORT`, else
+    /// `PORT` (as container platforms set it).
+    #[arg(long, env = "OMNIGENT_PORT", default_value_t = default_port())]
     pub port: u16,
     /// Database URL (`sqlite:///path/to/file.db`); default: omnigent.db in the data directory.
     #[arg(long, env = "OMNIGENT_DATABASE_URL")]
     pub database_url: Option<String>,
+}
+
+/// `PORT` when it holds a port number (container platforms set it), else 6767; `--port` and `OMNIGENT_PORT`
+/// come first.
+fn default_port() -> u16 {
+    std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(6767)
 }
 
 pub fn run(args: Args) -> Result<()> {
