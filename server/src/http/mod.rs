@@ -28,6 +28,7 @@ mod misc;
 mod runners;
 mod sessions;
 mod stream;
+mod web;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -118,7 +119,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(events::post_event),
         )
         .route("/v1/sessions/{id}/stream", get(stream::stream))
-        .fallback(not_found)
+        .fallback(web::serve)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_cross_origin_writes))
         // Outside the Origin check, inside the log: a rebinding page learns nothing, and the refusal is logged.
