@@ -65,7 +65,7 @@ export function watchSessions(h: LiveHandlers): { rewatch: () => void; close: ()
       retryTimer = setTimeout(connect, was ? POLL_MS : RETRY_WS_MS);
     };
   };
-  void poll();
+  // The caller loads the list itself first; polling starts only if the socket is refused.
   connect();
   return {
     rewatch: send,

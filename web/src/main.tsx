@@ -1,5 +1,5 @@
 import { render } from 'preact';
-import { useEffect } from 'preact/hooks';
+import { useEffect, useRef } from 'preact/hooks';
 import './style.css';
 import { useRoute } from './router';
 import { Sessions } from './screens/sessions';
@@ -9,10 +9,15 @@ import { Hosts } from './screens/hosts';
 
 function App() {
   const route = useRoute();
+  // After a navigation in the page, focus moves to the new screen (as a page load would put it at the top).
+  const first = useRef(true);
   useEffect(() => {
-    const main = document.getElementById('main');
-    main?.focus({ preventScroll: true });
-  }, [route.name]);
+    if (first.current) {
+      first.current = false;
+      return;
+    }
+    document.getElementById('main')?.focus({ preventScroll: true });
+  }, [route.name, route.name === 'session' ? route.id : '']);
   return (
     <>
       <a class="skip" href="#main">

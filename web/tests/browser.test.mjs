@@ -307,3 +307,58 @@ test('a phone viewport has no horizontal scroll and 44px touch targets; dark mod
     await p.context().close();
   }
 });
+
+test('a 2,000-item transcript opens on its newest messages and shows all of them when scrolled up', async () => {
+  const items = [];
+  for (let i = 0; i < 1000; i++) {
+    items.push({ type: 'message', data: { role: 'user', content: [{ type: 'input_text', text: `question ${i}` }] } });
+    items.push({ type: 'message', data: { role: 'assistant', content: [{ type: 'output_text', text: `answer ${i}` }] } });
+  }
+  const long = await omni.api('POST', '/v1/sessions', { agent_id: omni.agents.echo, title: 'long', initial_items: items });
+  const p = await page();
+  await p.goto(`/sessions/${long.id}`);
+  await p.getByText('answer 999', { exact: true }).waitFor();
+  await p.getByText('(1850 not shown)').waitFor();
+  // Scrolling to the top brings the earlier ones, a window at a time, until all 2,000 are there.
+  await p.waitForFunction(
+    () => {
+      const t = document.querySelector('[data-testid=transcript]');
+      t.scrollTop = 0;
+      return !document.querySelector('[data-testid=earlier]');
+    },
+    null,
+    { timeout: WAIT, polling: 100 },
+  );
+  const shown = await p.$$eval('article.msg .md', (els) => els.map((e) => e.textContent));
+  assert.equal(shown.length, 2000);
+  assert.deepEqual(shown.slice(0, 3), ['question 0', 'answer 0', 'question 1']);
+  assert.equal(shown[1999], 'answer 999');
+  await p.context().close();
+});
+
+test('keyboard only: the skip link, the navigation and the composer work without a mouse', async () => {
+  const { id } = await omni.session('echo', 'keyboard');
+  const p = await page();
+  await p.goto('/');
+  await p.getByRole('heading', { name: 'Sessions' }).waitFor();
+  const focused = () => p.evaluate(() => document.activeElement?.textContent?.trim());
+  await p.keyboard.press('Tab');
+  assert.equal(await focused(), 'Skip to content');
+  for (const name of ['omnigent', 'Sessions', 'New session']) {
+    await p.keyboard.press('Tab');
+    assert.equal(await focused(), name);
+  }
+  await p.keyboard.press('Enter');
+  await p.getByRole('heading', { name: 'New session' }).waitFor();
+  await p.goto(`/sessions/${id}`);
+  await p.waitForFunction(() => document.getElementById('message')?.disabled === false);
+  // From the page's start, Tab reaches the composer: type, Enter sends.
+  for (let i = 0; i < 20 && (await p.evaluate(() => document.activeElement?.id)) !== 'message'; i++) {
+    await p.keyboard.press('Tab');
+  }
+  assert.equal(await p.evaluate(() => document.activeElement?.id), 'message');
+  await p.keyboard.type('typed without a mouse');
+  await p.keyboard.press('Enter');
+  await answered(p, 'typed without a mouse');
+  await p.context().close();
+});

@@ -2,7 +2,7 @@
 // composer, Stop, status, liveness, presence, and the reconnecting state.
 import { Component } from 'preact';
 import { useEffect, useLayoutEffect, useReducer, useRef, useState } from 'preact/hooks';
-import { allItems, ApiError, api, post, type SessionRow } from '../api';
+import { allItems, ApiError, api, type List, post, type SessionRow } from '../api';
 import { Markdown } from '../markdown';
 import { type Entry, entries, initialState, reduce, type WireItem } from '../reducer';
 import { StatusBadge } from '../status';
@@ -14,6 +14,9 @@ interface Liveness {
 
 let localIds = 0;
 
+/** Entries rendered at first, and added each time the reader scrolls to the top (long transcripts stay fast). */
+const WINDOW = 150;
+
 export function SessionView({ id }: { id: string }) {
   const [state, dispatch] = useReducer(reduce, undefined, () => initialState());
   const [meta, setMeta] = useState<SessionRow | null>(null);
@@ -24,7 +27,8 @@ export function SessionView({ id }: { id: string }) {
   const scroller = useRef<HTMLDivElement>(null);
   const pinned = useRef(true);
 
-  useEffect(() => {
+  // A layout effect, so the requests start at once rather than after the first paint.
+  useLayoutEffect(() => {
     let alive = true;
     const loadMeta = () =>
       api<SessionRow>(`/v1/sessions/${encodeURIComponent(id)}?include_items=false`)
@@ -37,14 +41,22 @@ export function SessionView({ id }: { id: string }) {
         .catch((e) => {
           if (alive && e instanceof ApiError && e.status === 404) setMissing('This session does not exist (or was deleted).');
         });
-    const loadItems = () =>
-      allItems<WireItem>(id)
-        .then((items) => {
-          if (!alive) return;
-          dispatch({ type: 'items', items });
-          setLoaded(true);
-        })
-        .catch(() => {});
+    // The newest items first (what the screen shows), then the whole transcript, merged by id.
+    const loadItems = async () => {
+      try {
+        const recent = await api<List<WireItem>>(
+          `/v1/sessions/${encodeURIComponent(id)}/items?order=desc&limit=${WINDOW}`,
+        );
+        if (!alive) return;
+        dispatch({ type: 'items', items: [...recent.data].reverse() });
+        setLoaded(true);
+        if (!recent.has_more) return;
+        const items = await allItems<WireItem>(id);
+        if (alive) dispatch({ type: 'items', items });
+      } catch {
+        // Retried at the next (re)connect of the stream.
+      }
+    };
     void loadMeta();
     void loadItems();
     const close = openStream(id, {
@@ -83,10 +95,36 @@ export function SessionView({ id }: { id: string }) {
   }, [id]);
 
   const list = entries(state);
+  const [shown, setShown] = useState(WINDOW);
+  const visible = list.length > shown ? list.slice(list.length - shown) : list;
+  const earlier = list.length - visible.length;
   useLayoutEffect(() => {
     const el = scroller.current;
     if (el && pinned.current) el.scrollTop = el.scrollHeight;
   }, [list.length, list[list.length - 1]]);
+
+  // Showing earlier entries keeps what the reader looks at in place.
+  const heightBefore = useRef<number | null>(null);
+  const showEarlier = () => {
+    heightBefore.current = scroller.current?.scrollHeight ?? null;
+    setShown((n) => n + WINDOW);
+  };
+  useLayoutEffect(() => {
+    const el = scroller.current;
+    if (el && heightBefore.current !== null) el.scrollTop += el.scrollHeight - heightBefore.current;
+    heightBefore.current = null;
+  }, [shown]);
+  const sentinel = useRef<HTMLButtonElement>(null);
+  useEffect(() => {
+    const el = sentinel.current;
+    if (!el || !scroller.current) return;
+    const seen = new IntersectionObserver((hits) => hits.some((h) => h.isIntersecting) && showEarlier(), {
+      root: scroller.current,
+      rootMargin: '400px 0px 0px 0px',
+    });
+    seen.observe(el);
+    return () => seen.disconnect();
+  }, [earlier > 0, shown]);
 
   // First paint of the stored transcript, for the benchmark (web/bench).
   useLayoutEffect(() => {
@@ -183,7 +221,12 @@ export function SessionView({ id }: { id: string }) {
       <div class="transcript" ref={scroller} onScroll={onScroll} data-testid="transcript" aria-live="polite" aria-busy={!loaded}>
         {!loaded && list.length === 0 && <p class="muted">Loading…</p>}
         {loaded && list.length === 0 && <p class="muted">No messages yet. Say something below.</p>}
-        {list.map((e) => (
+        {earlier > 0 && (
+          <button type="button" class="earlier" ref={sentinel} onClick={showEarlier} data-testid="earlier">
+            Show {Math.min(earlier, WINDOW)} earlier messages ({earlier} not shown)
+          </button>
+        )}
+        {visible.map((e) => (
           <EntryView key={e.id} entry={e} />
         ))}
         {state.error && (

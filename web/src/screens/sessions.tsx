@@ -5,6 +5,10 @@ import { ago, api, type Host, type List, type SessionRow, sessionsQuery } from '
 import { watchSessions } from '../live';
 import { StatusBadge } from '../status';
 
+/** The unfiltered list, asked for as soon as the script runs when the page opens on `/`. */
+let early: Promise<List<SessionRow>> | null =
+  location.pathname === '/' ? api<List<SessionRow>>(sessionsQuery({})) : null;
+
 export function Sessions() {
   const [rows, setRows] = useState<SessionRow[] | null>(null);
   const [error, setError] = useState<string | null>(null);
@@ -21,7 +25,9 @@ export function Sessions() {
   const load = async () => {
     const { search, archived } = filters.current;
     try {
-      const page = await api<List<SessionRow>>(sessionsQuery({ search: search.trim(), archived }));
+      const first = !search.trim() && !archived ? early : null;
+      early = null;
+      const page = await (first ?? api<List<SessionRow>>(sessionsQuery({ search: search.trim(), archived })));
       if (filters.current.search === search && filters.current.archived === archived) {
         setRows(page.data);
         setError(null);
@@ -31,7 +37,8 @@ export function Sessions() {
     }
   };
 
-  useEffect(() => {
+  // A layout effect: started at once, not after the next frame (Preact runs plain effects after paint).
+  useLayoutEffect(() => {
     void load();
   }, [search, archived]);
 
