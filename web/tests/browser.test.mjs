@@ -30,8 +30,16 @@ async function page(options = {}) {
   const p = await context.newPage();
   const errors = [];
   p.on('pageerror', (e) => errors.push(e));
+  // A CSP refusal (an inline script or style, something from elsewhere) is a failure too.
+  p.on('console', (m) => m.text().includes('Content Security Policy') && errors.push(m.text()));
   p.errors = errors;
   return p;
+}
+
+/** No script error and no CSP refusal happened on the page; then close it. */
+async function done(p) {
+  assert.deepEqual(p.errors, []);
+  await p.context().close();
 }
 
 const shot = (p, name) => p.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: false });
@@ -145,8 +153,7 @@ test('a session made on the New session screen streams the echo answer, and the 
   await p.goto('/hosts');
   await p.getByText('echo: ready').waitFor();
   await shot(p, 'hosts-desktop');
-  assert.deepEqual(p.errors, []);
-  await p.context().close();
+  await done(p);
   void other;
 });
 
@@ -178,8 +185,8 @@ test('two browsers on one session see the same events in the same order', async 
   if (live) {
     for (const p of [a, b]) await p.getByTestId('presence').getByText('2 watching').waitFor();
   }
-  await a.context().close();
-  await b.context().close();
+  await done(a);
+  await done(b);
 });
 
 test('the server killed mid-stream: the page says it is reconnecting, then shows every message exactly once', async () => {
@@ -214,7 +221,7 @@ test('the server killed mid-stream: the page says it is reconnecting, then shows
   await p.reload();
   await answered(p, 'second part');
   assert.deepEqual(await transcript(p), shown);
-  await p.context().close();
+  await done(p);
 });
 
 test('Stop interrupts a long turn', async () => {
@@ -236,7 +243,7 @@ test('Stop interrupts a long turn', async () => {
   await p.getByLabel('Message').fill('after the stop');
   await p.getByLabel('Message').press('Enter');
   await answered(p, 'exec says: after the stop');
-  await p.context().close();
+  await done(p);
 });
 
 test('HTML and javascript: links from a user or a model render inert', async () => {
@@ -270,7 +277,7 @@ test('HTML and javascript: links from a user or a model render inert', async () 
   const link = t.locator('a', { hasText: 'the docs' }).last();
   assert.equal(await link.getAttribute('href'), 'https://example.com/docs');
   assert.match(await link.getAttribute('rel'), /noopener/);
-  await p.context().close();
+  await done(p);
 });
 
 test('a phone viewport has no horizontal scroll and 44px touch targets; dark mode renders', async () => {
@@ -304,7 +311,7 @@ test('a phone viewport has no horizontal scroll and 44px touch targets; dark mod
       assert.deepEqual(small, [], `${path}: touch targets under 44px`);
       await shot(p, `${name}-phone${scheme === 'dark' ? '-dark' : ''}`);
     }
-    await p.context().close();
+    await done(p);
   }
 });
 
@@ -333,7 +340,7 @@ test('a 2,000-item transcript opens on its newest messages and shows all of them
   assert.equal(shown.length, 2000);
   assert.deepEqual(shown.slice(0, 3), ['question 0', 'answer 0', 'question 1']);
   assert.equal(shown[1999], 'answer 999');
-  await p.context().close();
+  await done(p);
 });
 
 test('keyboard only: the skip link, the navigation and the composer work without a mouse', async () => {
@@ -360,5 +367,5 @@ test('keyboard only: the skip link, the navigation and the composer work without
   await p.keyboard.type('typed without a mouse');
   await p.keyboard.press('Enter');
   await answered(p, 'typed without a mouse');
-  await p.context().close();
+  await done(p);
 });

@@ -1,6 +1,7 @@
 // Hosts: each host's name, online/offline, version, harnesses and their state, and its runners (the
 // sessions bound to it whose runner is online).
 import { useEffect, useState } from 'preact/hooks';
+import { Alert } from '../status';
 import { api, type Host, type List, type SessionRow, sessionsQuery } from '../api';
 import { harnessState } from './new-session';
 
@@ -46,11 +47,7 @@ export function Hosts() {
   return (
     <section class="page" aria-labelledby="hosts-title">
       <h1 id="hosts-title">Hosts</h1>
-      {error && (
-        <p class="error" role="alert">
-          {error}
-        </p>
-      )}
+      <Alert error={error} />
       {hosts === null ? (
         <p class="muted">Loading…</p>
       ) : hosts.length === 0 ? (

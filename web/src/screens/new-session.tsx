@@ -2,6 +2,7 @@
 // browsing the host's filesystem (`GET /v1/hosts/{id}/filesystem`, `…/filesystem/stat`, `POST …/directories`),
 // and a title. Creates the session (`POST /v1/sessions`) and opens it.
 import { useEffect, useState } from 'preact/hooks';
+import { Alert } from '../status';
 import { type Agent, api, type DirEntry, type Host, type List, post } from '../api';
 import { navigate } from '../router';
 
@@ -103,11 +104,7 @@ export function NewSession() {
           Title
           <input value={title} onInput={(e) => setTitle((e.target as HTMLInputElement).value)} placeholder="Optional" />
         </label>
-        {error && (
-          <p class="error" role="alert">
-            {error}
-          </p>
-        )}
+        <Alert error={error} />
         <div class="actions">
           <button class="primary" type="submit" disabled={busy || reason !== null} aria-describedby="create-reason">
             {busy ? 'Creating…' : 'Create session'}
@@ -120,6 +117,43 @@ export function NewSession() {
         </div>
       </form>
     </section>
+  );
+}
+
+/** A text field with its button; Enter in the field does what the button does. */
+function InputAction(props: {
+  label: string;
+  placeholder: string;
+  value: string;
+  onValue: (v: string) => void;
+  action: string;
+  onAction: () => unknown;
+  disabled?: boolean;
+}) {
+  const off = props.disabled || !props.value.trim();
+  const act = () => {
+    if (!off) void props.onAction();
+  };
+  return (
+    <div class="picker-bar">
+      <label class="grow">
+        <span class="visually-hidden">{props.label}</span>
+        <input
+          placeholder={props.placeholder}
+          value={props.value}
+          onInput={(e) => props.onValue((e.target as HTMLInputElement).value)}
+          onKeyDown={(e) => {
+            if (e.key === 'Enter') {
+              e.preventDefault();
+              act();
+            }
+          }}
+        />
+      </label>
+      <button type="button" onClick={act} disabled={off}>
+        {props.action}
+      </button>
+    </div>
   );
 }
 
@@ -188,30 +222,15 @@ function FolderPicker({ hostId, onPick }: { hostId: string; onPick: (path: strin
           Use this folder
         </button>
       </div>
-      <div class="picker-bar">
-        <label class="grow">
-          <span class="visually-hidden">Go to folder</span>
-          <input
-            placeholder="Go to folder (a path on the host)"
-            value={goTo}
-            onInput={(e) => setGoTo((e.target as HTMLInputElement).value)}
-            onKeyDown={(e) => {
-              if (e.key === 'Enter') {
-                e.preventDefault();
-                if (goTo.trim()) void open(goTo.trim());
-              }
-            }}
-          />
-        </label>
-        <button type="button" onClick={() => goTo.trim() && open(goTo.trim())} disabled={!goTo.trim()}>
-          Open
-        </button>
-      </div>
-      {error && (
-        <p class="error" role="alert">
-          {error}
-        </p>
-      )}
+      <InputAction
+        label="Go to folder"
+        placeholder="Go to folder (a path on the host)"
+        value={goTo}
+        onValue={setGoTo}
+        action="Open"
+        onAction={() => open(goTo.trim())}
+      />
+      <Alert error={error} />
       <ul class="dirs" aria-label="Folders">
         {entries.map((e) => (
           <li key={e.path}>
@@ -223,25 +242,15 @@ function FolderPicker({ hostId, onPick }: { hostId: string; onPick: (path: strin
         {entries.length === 0 && dir && <li class="muted">No folders here.</li>}
         {more && <li class="muted">More entries not shown.</li>}
       </ul>
-      <div class="picker-bar">
-        <label class="grow">
-          <span class="visually-hidden">New folder name</span>
-          <input
-            placeholder="New folder name"
-            value={newName}
-            onInput={(e) => setNewName((e.target as HTMLInputElement).value)}
-            onKeyDown={(e) => {
-              if (e.key === 'Enter') {
-                e.preventDefault();
-                void create();
-              }
-            }}
-          />
-        </label>
-        <button type="button" onClick={create} disabled={!dir || !newName.trim()}>
-          Create folder
-        </button>
-      </div>
+      <InputAction
+        label="New folder name"
+        placeholder="New folder name"
+        value={newName}
+        onValue={setNewName}
+        action="Create folder"
+        onAction={create}
+        disabled={!dir}
+      />
     </div>
   );
 }

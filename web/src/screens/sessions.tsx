@@ -3,7 +3,7 @@
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { ago, api, type Host, type List, type SessionRow, sessionsQuery } from '../api';
 import { watchSessions } from '../live';
-import { StatusBadge } from '../status';
+import { Alert, StatusBadge } from '../status';
 
 /** The unfiltered list, asked for as soon as the script runs when the page opens on `/`. */
 let early: Promise<List<SessionRow>> | null =
@@ -111,11 +111,7 @@ export function Sessions() {
           Show archived
         </label>
       </div>
-      {error && (
-        <p class="error" role="alert">
-          {error}
-        </p>
-      )}
+      <Alert error={error} />
       {rows === null ? (
         <p class="muted">Loading…</p>
       ) : rows.length === 0 ? (
