@@ -59,6 +59,16 @@ describe('event reducer', () => {
     expect(again.entries).toEqual(once.entries);
   });
 
+  it('deltas without an index, replayed from Last-Event-ID, are skipped by their event ids', () => {
+    const deltas = [
+      ev(1, { type: 'response.output_text.delta', delta: 'one ', message_id: 'm' }),
+      ev(2, { type: 'response.output_text.delta', delta: 'two', message_id: 'm' }),
+    ];
+    // Resumed from 2: whatever comes again up to the cursor is skipped.
+    const s = run([ev(0, { type: 'session.heartbeat' }), ...deltas, ev(2, { type: 'session.heartbeat' }), ...deltas]);
+    expect(texts(s)).toEqual(['assistant:one two']);
+  });
+
   it('a delta replayed with an index already applied adds no text', () => {
     const s = run([
       ev(1, { type: 'response.output_text.delta', delta: 'a ', index: 0, message_id: 'm' }),
