@@ -37,11 +37,13 @@ pub async fn serve(req: Request) -> Response {
             None => return super::not_found(req).await.into_response(),
         },
     };
-    let etag = format!("\"{}\"", hex::encode(body.metadata.sha256_hash()));
+    // Weak: the br, gzip and identity forms of a file share it.
+    let etag = format!("W/\"{}\"", hex::encode(body.metadata.sha256_hash()));
     let fresh = req
         .headers()
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag));
     let (encoding, bytes) = match pick_encoding(req.headers()) {
         Some((enc, ext)) => match Dist::get(&format!("{name}.{ext}")) {
             Some(packed) => (Some(enc), packed.data),
@@ -187,6 +189,65 @@ mod tests {
         for p in ["/", "/sessions/abc", "/hosts", "/new", "/v1x", "/healthy"] {
             assert!(!is_api(p), "{p}");
         }
+    }
+
+    async fn get(path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = Request::builder().uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        serve(req.body(Body::empty()).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn client_routes_get_index_html_and_api_paths_their_json_404() {
+        let index = get("/sessions/abc", &[("accept-encoding", "gzip, br")]).await;
+        assert_eq!(index.status(), StatusCode::OK);
+        let h = index.headers();
+        assert_eq!(h[header::CONTENT_ENCODING], "br");
+        assert_eq!(h[header::CACHE_CONTROL], "no-cache");
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], CSP);
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert!(
+            h[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let etag = h[header::ETAG].to_str().unwrap().to_owned();
+        let again = get("/", &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        for path in ["/v1/nope", "/health/x", "/api/x", "/assets/missing.js"] {
+            let r = get(path, &[]).await;
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(
+                r.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{path}"
+            );
+        }
+        let post = serve(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/sessions/abc")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(post.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn hashed_assets_are_immutable() {
+        let html = String::from_utf8(Dist::get("index.html").unwrap().data.into_owned()).unwrap();
+        let start = html.find("/assets/").unwrap();
+        let end = start + html[start..].find('"').unwrap();
+        let r = get(&html[start..end], &[("accept-encoding", "gzip")]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], IMMUTABLE);
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        let plain = get(&html[start..end], &[]).await;
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
     }
 
     #[test]
