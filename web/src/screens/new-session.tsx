@@ -235,7 +235,7 @@ function FolderPicker({ hostId, onPick }: { hostId: string; onPick: (path: strin
         {entries.map((e) => (
           <li key={e.path}>
             <button type="button" class="dir" onClick={() => open(e.path)}>
-              📁 {e.name}
+              {e.name}/
             </button>
           </li>
         ))}
