@@ -31,6 +31,7 @@ mod misc;
 mod runners;
 mod sessions;
 mod stream;
+mod web;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -145,7 +146,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/projects/order",
             get(catalog::get_project_order).put(catalog::put_project_order),
         )
-        .fallback(not_found)
+        .fallback(web::serve)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_cross_origin_writes))
         // Outside the Origin check, inside the log: a rebinding page learns nothing, and the refusal is logged.
