@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use omnigent_daemon::supervise::local_server::SERVER_STOPPED;
 use omnigent_testkit::net::PortReservation;
 use serde_json::Value;
 
@@ -799,7 +800,7 @@ fn server_stop_and_start_keep_the_daemon_and_logs_show_the_server() {
     let logs = h.run(&["logs", "server", "-n", "1000"]);
     assert!(logs.status.success(), "{}", text(&logs));
     assert!(
-        String::from_utf8_lossy(&logs.stdout).contains("stopped the server"),
+        String::from_utf8_lossy(&logs.stdout).contains(SERVER_STOPPED),
         "{}",
         text(&logs)
     );
@@ -1056,7 +1057,7 @@ fn logs_follow_prints_lines_as_they_are_written() {
         let line = rx
             .recv_timeout(left)
             .expect("`logs -f` did not print the stop line");
-        if line.contains("stopped the server") {
+        if line.contains(SERVER_STOPPED) {
             break;
         }
     }
@@ -1107,7 +1108,7 @@ fn stop_force_kills_at_once_and_leaves_nothing() {
     assert!(port_closed(h.port));
     let log = std::fs::read_to_string(h.path().join("state/logs/server.log")).unwrap();
     assert!(
-        log.contains("stopped the server (killed by signal 9)"),
+        log.contains(&format!("{SERVER_STOPPED} (killed by signal 9)")),
         "{log}"
     );
 }

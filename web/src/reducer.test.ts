@@ -194,6 +194,18 @@ describe('event reducer', () => {
     expect(s.lastEventId).toBe(2);
   });
 
+  it('presence from our server counts its open streams (`connections`), its empty `viewers` aside', () => {
+    const connections = [
+      { connection_id: 'c1', joined_at: '2026-12-03T17:00:00Z', idle: false },
+      { connection_id: 'c2', joined_at: '2026-12-03T17:00:01Z', idle: true },
+    ];
+    const s = run([ev(1, { type: 'session.presence', viewers: [], connections })]);
+    expect(s.viewers).toHaveLength(2);
+    // It carries the stream's cursor (the id of the last event), so the same id again is a newer list.
+    const left = run([ev(1, { type: 'session.presence', viewers: [], connections: connections.slice(1) })], s);
+    expect(left.viewers).toHaveLength(1);
+  });
+
   it('2,000 items reduce quickly', () => {
     const items: WireItem[] = [];
     for (let i = 0; i < 1000; i++) items.push(userItem(`u${i}`, `q ${i}`), assistantItem(`a${i}`, `answer ${i}`));

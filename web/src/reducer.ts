@@ -53,9 +53,11 @@ export type Entry = Message | ToolCall | Note;
 
 export type Connection = 'connecting' | 'live' | 'reconnecting' | 'gone';
 
+/** One watcher: a user (the Python server's `viewers`) or an open stream (our server's `connections`). */
 export interface Viewer {
   user_id?: string;
-  joined_at?: number;
+  connection_id?: string;
+  joined_at?: number | string;
   idle?: boolean;
 }
 
@@ -257,11 +259,23 @@ function finish(base: SessionState, d: Draft, patch: Partial<SessionState> = {})
   return { ...base, ...patch, order: d.order, entries: d.entries };
 }
 
+/** Who `session.presence` says is watching: our server lists every open stream in `connections` (its
+ * `viewers` stays empty, as a single-user Python server's does); a Python server lists users in `viewers`. */
+function presenceList(ev: Record<string, any>): Viewer[] {
+  if (Array.isArray(ev.connections) && ev.connections.length > 0) return ev.connections;
+  return Array.isArray(ev.viewers) ? ev.viewers : [];
+}
+
 function applyEvent(state: SessionState, id: number | null, ev: Record<string, any>): SessionState {
   const type = String(ev.type ?? '');
   if (type === 'session.heartbeat') {
     // The ready heartbeat carries the stream's cursor: what follows on this connection comes after it.
     return id === null || id === state.lastEventId ? state : { ...state, lastEventId: id };
+  }
+  if (type === 'session.presence') {
+    // Out of band like a heartbeat: it carries the stream's cursor, not an id of its own, so it is never a
+    // repeat; the newest list wins.
+    return { ...state, viewers: presenceList(ev) };
   }
   if (id !== null && state.lastEventId !== null && id <= state.lastEventId) return state;
   const d = new Draft(state);
@@ -321,9 +335,6 @@ function applyEvent(state: SessionState, id: number | null, ev: Record<string, a
       stopStreaming(d, 'completed');
       break;
     case 'session.interrupted':
-      break;
-    case 'session.presence':
-      patch.viewers = Array.isArray(ev.viewers) ? ev.viewers : [];
       break;
     default:
       break;

@@ -21,7 +21,7 @@ export function openStream(sessionId: string, h: StreamHandlers): () => void {
         const headers: Record<string, string> = { accept: 'text/event-stream' };
         const last = h.lastEventId();
         if (last !== null) headers['last-event-id'] = String(last);
-        const resp = await fetch(`/v1/sessions/${encodeURIComponent(sessionId)}/stream`, {
+        const resp = await fetch(`/v1/sessions/${encodeURIComponent(sessionId)}/stream?presence=true`, {
           headers,
           signal: stop.signal,
           cache: 'no-store',

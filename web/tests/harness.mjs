@@ -86,8 +86,20 @@ export class Omnigent {
     return text ? JSON.parse(text) : null;
   }
 
-  /** A session of `harness` on this host, its workspace a new temp dir under the home. */
+  /** Wait until this machine's host tunnel is connected to the server (after a server restart it redials). */
+  async hostOnline() {
+    const deadline = Date.now() + WAIT;
+    for (;;) {
+      const host = await this.api('GET', `/v1/hosts/${this.hostId}`).catch(() => null);
+      if (host?.status === 'online') return;
+      if (Date.now() > deadline) throw new Error(`host ${this.hostId} not online within ${WAIT} ms`);
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+  }
+
+  /** A session of `harness` on this host (once it is online), its workspace a new temp dir under the home. */
   async session(harness, title, extra = {}) {
+    await this.hostOnline();
     const workspace = mkdtempSync(join(this.home, 'ws-'));
     const s = await this.api('POST', '/v1/sessions', {
       agent_id: this.agents[harness],

@@ -447,6 +447,11 @@ fn show(ev: &Value, json_out: bool, st: &mut TurnState) -> Step {
             let reason = ev["response"]["incomplete_details"]["reason"]
                 .as_str()
                 .unwrap_or("unknown reason");
+            if reason == "user_interrupt" {
+                // The answer the interrupt cut short: the turn was cancelled, not failed.
+                st.cancelled = true;
+                return Step::Continue;
+            }
             let why = format!("the answer is incomplete ({reason})");
             st.show_error(&why, json_out);
             st.failure.get_or_insert(why);
@@ -671,6 +676,21 @@ mod tests {
         assert_eq!(values[0]["delta"], "hi");
         assert_eq!(values[1]["type"], "own");
         assert_eq!(values[2]["type"], "done");
+    }
+
+    #[test]
+    fn an_answer_cut_short_by_an_interrupt_is_a_cancelled_turn_not_a_failed_one() {
+        let mut st = TurnState::new();
+        for ev in [
+            json!({"type": "session.status", "status": "running"}),
+            json!({"type": "session.interrupted"}),
+            json!({"type": "response.incomplete", "response": {"incomplete_details": {"reason": "user_interrupt"}}}),
+        ] {
+            assert!(matches!(show(&ev, true, &mut st), Step::Continue));
+        }
+        let idle = json!({"type": "session.status", "status": "idle"});
+        assert!(matches!(show(&idle, true, &mut st), Step::Idle));
+        assert!(matches!(st.outcome(), TurnEnd::Cancelled));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Room in the WebSocket layer above the frame cap.
@@ -512,6 +513,9 @@ async fn watch_for_wakes(
     }
 }
 
+/// How long a tunnel that ended waits for its request handlers still under way.
+const REPLY_DRAIN: Duration = Duration::from_secs(3);
+
 /// The lifecycle of one tunnel: owned by one task.
 struct Tunnel<A> {
     config: HostTunnelConfig,
@@ -522,6 +526,10 @@ struct Tunnel<A> {
     state: watch::Sender<HostTunnelState>,
     shutdown: CancellationToken,
     wakes: watch::Receiver<u64>,
+    /// The suspend detector, ended with the tunnel.
+    _wake_watcher: AbortOnDropHandle<()>,
+    /// The request handlers under way, waited for (briefly) when the tunnel ends.
+    replies: TaskTracker,
 }
 
 /// What to do after a failed attempt.
@@ -544,12 +552,12 @@ impl<A: HostActions> Tunnel<A> {
         shutdown: CancellationToken,
     ) -> Self {
         let (wake_tx, wakes) = watch::channel(0u64);
-        tokio::spawn(watch_for_wakes(
+        let wake_watcher = AbortOnDropHandle::new(tokio::spawn(watch_for_wakes(
             config.wall_clock.clone(),
             config.timings.wake_check_interval,
             config.timings.wake_gap,
             wake_tx,
-        ));
+        )));
         Tunnel {
             host_id: String::new(),
             config,
@@ -559,10 +567,28 @@ impl<A: HostActions> Tunnel<A> {
             state,
             shutdown,
             wakes,
+            _wake_watcher: wake_watcher,
+            replies: TaskTracker::new(),
         }
     }
 
+    /// [`Tunnel::serve`], then a short wait for the request handlers still under way, so none outlives it.
     async fn run(mut self) -> Result<(), HostTunnelError> {
+        let result = self.serve().await;
+        self.replies.close();
+        if tokio::time::timeout(REPLY_DRAIN, self.replies.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                pending = self.replies.len(),
+                "request handlers still running {REPLY_DRAIN:?} after the tunnel ended; leaving them"
+            );
+        }
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), HostTunnelError> {
         self.host_id = canonical_id(&self.config.host_id)
             .ok_or_else(|| HostTunnelError::InvalidHostId(self.config.host_id.clone()))?;
         let urls = ServerUrls::new(&self.config.server_url, &self.host_id)?;
@@ -947,17 +973,15 @@ impl<A: HostActions> Tunnel<A> {
             }
             HostFrame::Pong(_) | HostFrame::ConnectionError(_) => {}
             HostFrame::LaunchRunner(req) => {
-                spawn_reply(
-                    out,
-                    kind,
-                    async move { launch(actions.as_ref(), req).await },
-                );
+                spawn_reply(&self.replies, out, kind, async move {
+                    launch(actions.as_ref(), req).await
+                });
             }
             HostFrame::StopRunner(RunnerRef {
                 request_id,
                 runner_id,
                 ..
-            }) => spawn_reply(out, kind, async move {
+            }) => spawn_reply(&self.replies, out, kind, async move {
                 let (status, error) = match actions.stop_runner(runner_id).await {
                     Ok(()) => ("stopped", None),
                     Err(e) => ("failed", Some(e)),
@@ -968,17 +992,17 @@ impl<A: HostActions> Tunnel<A> {
                 request_id,
                 runner_id,
                 ..
-            }) => spawn_reply(out, kind, async move {
+            }) => spawn_reply(&self.replies, out, kind, async move {
                 let status = actions.runner_status(runner_id).await;
                 HostFrame::RunnerStatusResult(status_result(request_id, status.as_str(), None))
             }),
-            HostFrame::Stat(req) => spawn_reply(out, kind, async move {
+            HostFrame::Stat(req) => spawn_reply(&self.replies, out, kind, async move {
                 HostFrame::StatResult(fs::stat(req).await)
             }),
-            HostFrame::ListDir(req) => spawn_reply(out, kind, async move {
+            HostFrame::ListDir(req) => spawn_reply(&self.replies, out, kind, async move {
                 HostFrame::ListDirResult(fs::list_dir(req).await)
             }),
-            HostFrame::CreateDir(req) => spawn_reply(out, kind, async move {
+            HostFrame::CreateDir(req) => spawn_reply(&self.replies, out, kind, async move {
                 HostFrame::CreateDirResult(fs::create_dir(req).await)
             }),
             HostFrame::Hello(_)
@@ -1002,12 +1026,13 @@ impl<A: HostActions> Tunnel<A> {
 /// Run one request handler in a task of its own and send its result, unless the tunnel died meanwhile (the
 /// server's request times out and it retries).
 fn spawn_reply(
+    tasks: &TaskTracker,
     out: &mpsc::UnboundedSender<Message>,
     kind: &'static str,
     handler: impl Future<Output = HostFrame> + Send + 'static,
 ) {
     let out = out.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let result = handler.await;
         if out.send(Message::text(result.encode())).is_err() {
             info!(

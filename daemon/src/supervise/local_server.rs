@@ -24,6 +24,9 @@ use super::process::{self, ChildSpec, STOP_GRACE, is_zombie, terminate_foreign_p
 use super::tasks::Tasks;
 use crate::config::logfile::tail_lines;
 
+/// The line the server log gets when the daemon stopped the server (followed by how it exited); tests wait on it.
+pub const SERVER_STOPPED: &str = "--- daemon: stopped the server";
+
 /// How long a starting server may take to print its ready line (first boots run migrations).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest ready line we read.
@@ -479,7 +482,7 @@ impl Task {
         if exit.status.is_some() {
             self.ctx
                 .log
-                .line(&format!("--- daemon: stopped the server ({})", exit.text()));
+                .line(&format!("{SERVER_STOPPED} ({})", exit.text()));
         }
         remove_record(&self.ctx.paths);
         self.view.foreign = None;

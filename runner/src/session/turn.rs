@@ -47,6 +47,12 @@ pub(super) async fn run_turn(
             }
         },
     };
+    // A harness whose child the interrupt killed may report that death as its own error: once the turn is
+    // cancelled, any error is the interrupt's.
+    let result = match result {
+        Err(_) if cancel.is_cancelled() => Err(HarnessError::Interrupted),
+        other => other,
+    };
     let new_history = match result {
         Ok(outcome) => {
             let mut done = response("completed");

@@ -26,8 +26,8 @@ mod catalog;
 mod events;
 mod host_check;
 mod hosts;
+mod info;
 mod live;
-mod misc;
 mod runners;
 mod sessions;
 mod stream;
@@ -81,11 +81,11 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let allowed_hosts = state.allowed_hosts.clone();
     Router::new()
-        .route("/health", get(misc::health))
-        .route("/api/version", get(misc::version))
-        .route("/v1/info", get(misc::info))
-        .route("/v1/me", get(misc::me))
-        .route("/v1/agents", get(misc::agents))
+        .route("/health", get(info::health))
+        .route("/api/version", get(info::version))
+        .route("/v1/info", get(info::info))
+        .route("/v1/me", get(info::me))
+        .route("/v1/agents", get(info::agents))
         .route("/v1/hosts", get(hosts::list))
         .route("/v1/hosts/{host_id}", get(hosts::get_one))
         .route("/v1/hosts/{host_id}/tunnel", get(hosts::tunnel))
