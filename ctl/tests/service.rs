@@ -965,3 +965,30 @@ fn a_real_user_systemd_runs_the_service_restarts_it_after_sigkill_and_disable_re
     let st: Value = serde_json::from_slice(&run(&["status", "--json"]).stdout).unwrap();
     assert_eq!(st["running"], false);
 }
+
+/// launchd restarts every non-zero exit, so under it a configuration error exits 0 (no restart loop), and is
+/// still printed on stderr (which the agent keeps in the logs dir); anywhere else it is exit 78.
+#[test]
+fn a_configuration_error_under_launchd_exits_0_and_is_still_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let om = dir.path().join("om");
+    std::fs::create_dir_all(om.join("config")).unwrap();
+    std::fs::write(om.join("config/config.toml"), "[server\nport = 1\n").unwrap();
+    let run = |supervisor: Option<&str>| -> Output {
+        let mut c = omnigent(&om);
+        c.args(["daemon", "run", "--foreground"]);
+        if let Some(init) = supervisor {
+            c.env("OMNIGENT_SUPERVISOR", init);
+        }
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    let plain = run(None);
+    assert_eq!(plain.status.code(), Some(78), "{plain:?}");
+    let launchd = run(Some("launchd"));
+    assert_eq!(launchd.status.code(), Some(0), "{launchd:?}");
+    let stderr = String::from_utf8_lossy(&launchd.stderr);
+    assert!(
+        stderr.contains("error:") && stderr.contains("config.toml"),
+        "{stderr}"
+    );
+}

@@ -72,8 +72,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     // exits 0 there, so the agent stays loaded but stopped instead of looping (systemd has
     // `RestartPreventExitStatus=78`).
     if supervisor == Some(omnigent_daemon::service::Init::Launchd)
-        && result.as_ref().is_err_and(|e| e.is::<ConfigError>())
+        && let Err(e) = &result
+        && e.is::<ConfigError>()
     {
+        // Shown as any error is (launchd keeps stderr in the logs dir), only the exit status differs.
+        let _ = crate::exit::report(e);
         return Ok(());
     }
     result
