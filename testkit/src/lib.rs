@@ -7,12 +7,14 @@
 //! - [`sse`]: a reader of one session stream, event by event, with ids, waiting for a predicate in time;
 //! - [`process`]: the `omnigent` command with a temp `OMNIGENT_HOME`, and child guards that kill and reap;
 //! - [`fs`]: a small tmpfs (root only) to fill up;
-//! - [`ws`]: a raw WebSocket peer of a tunnel route (dial with given headers, hello, read the close code).
+//! - [`ws`]: a raw WebSocket peer of a tunnel route (dial with given headers, hello, read the close code);
+//! - [`agent_clis`]: where the real agent CLIs from npm (Claude Code, Codex, Pi) are installed for the tests.
 //!
 //! Every wait is bounded by [`WAIT`] (or a bound the caller gives): a signal that never comes fails the test
 //! instead of hanging it. Nothing here sleeps to let something happen.
 #![allow(clippy::unwrap_used)]
 
+pub mod agent_clis;
 pub mod fs;
 pub mod host;
 pub mod net;
@@ -23,6 +25,7 @@ pub mod ws;
 
 use std::time::Duration;
 
+pub use agent_clis::agent_cli;
 pub use host::{FakeHost, RawWs, StoppedHost};
 pub use net::{Served, serve};
 pub use process::Proc;
