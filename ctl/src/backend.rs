@@ -201,6 +201,17 @@ pub(crate) async fn wait_target(
 
 /// Make sure the daemon and the local server run and this machine is online as a host of it; returns the
 /// server URL and this host's id.
+/// The local server's URL, starting the daemon and the server if needed (no host wait: for commands that only
+/// read the server's API).
+pub(crate) async fn local_server_url() -> Result<String> {
+    let paths = paths()?;
+    let (mut client, _) = connect_or_start(&paths).await?;
+    let server = client.server_start().await.map_err(client_err)?;
+    server
+        .url
+        .ok_or_else(|| anyhow::anyhow!("the local server runs but reports no URL"))
+}
+
 pub(crate) async fn ensure_local_host(wait: Duration) -> Result<(String, String)> {
     let paths = paths()?;
     let (mut client, _) = connect_or_start(&paths).await?;

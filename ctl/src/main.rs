@@ -11,7 +11,7 @@ mod exit;
 mod logging;
 mod signals;
 
-use commands::{daemon, host, logs, packaging, run, runner, server};
+use commands::{agents, daemon, host, logs, packaging, run, runner, server};
 
 /// Run coding agents on your machine; watch and co-drive them from a browser, a phone or a teammate's laptop.
 #[derive(Debug, Parser)]
@@ -43,10 +43,13 @@ enum Command {
     Runner(runner::Args),
     /// Register this machine as a host of a server (the local one by default) and run its sessions' runners.
     Host(host::HostArgs),
-    /// Start a session on this machine and stream the agent's answer (interactive without PROMPT).
+    /// Start a session on this machine (a built-in agent, or the agent at PATH) and stream its answer (interactive
+    /// without PROMPT).
     Run(run::RunArgs),
     /// Co-drive an existing session from this terminal.
     Attach(run::AttachArgs),
+    /// List the server's agents: built-in ones and uploaded ones (`omnigent agents [list] [--json]`).
+    Agents(agents::AgentsArgs),
     /// Print a shell completion script (`omnigent completions bash > ~/.local/share/bash-completion/completions/omnigent`).
     Completions(packaging::CompletionsArgs),
     /// Write the man pages into DIR (what packaging runs).
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Host(args) => host::run(args),
         Command::Run(args) => run::run(args),
         Command::Attach(args) => run::attach(args),
+        Command::Agents(args) => agents::agents(args),
         Command::Completions(args) => packaging::completions(args),
         Command::Man(args) => packaging::man(args),
     };

@@ -19,6 +19,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use crate::backend;
+use crate::commands::agents;
+use omnigent_proto::agent::bundle::Limits;
 
 /// How long `run` waits for this host to come online with the local server.
 const HOST_ONLINE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,18 +32,45 @@ const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// How long a stream may take to send its ready heartbeat.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How `run` tells an agent from a prompt; shown by `omnigent run --help`.
+const RUN_AFTER_HELP: &str = "\
+AGENTS:
+  The first positional is an agent, not the prompt, when it is an existing agent file (.yaml, .yml,
+  .json) or an existing directory holding config.yaml, or when it is written as a path (starts with /,
+  ./, ../ or ~/, is . or .., or ends in .yaml/.yml/.json; no spaces), which must then exist. Any other
+  word starts the prompt. --agent PATH names the agent explicitly. Examples:
+    omnigent run ./my-agent \"fix the failing test\"
+    omnigent run --agent spec.yaml --model gpt-4.1 \"hi\"
+  The agent is checked here first (a spec that cannot run exits 78 naming the field), bundled (a file
+  becomes the bundle's config.yaml with the instructions file it names; a directory is bundled whole,
+  10 MiB compressed, 64 MiB unpacked and 1000 entries at most), uploaded to the local server, and the
+  session runs on this machine. --harness and --model are written into the uploaded config.yaml
+  (executor.harness, and executor.config.harness if the spec sets it; executor.model); the file on disk
+  is never changed.";
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
-    /// The agent harness: echo, openai, anthropic or exec.
-    #[arg(long, default_value = "echo")]
-    harness: String,
+    /// The harness: echo (default), openai, anthropic, exec, or an omnigent name (openai-agents, claude-sdk,
+    /// …). With an agent: overrides the spec's executor.harness.
+    #[arg(long)]
+    harness: Option<String>,
+    /// The model. With an agent: overrides the spec's executor.model; else sent as the session's
+    /// model_override.
+    #[arg(long)]
+    model: Option<String>,
+    /// The agent to run: a spec file (YAML or JSON) or a directory holding config.yaml. Without it, the first
+    /// positional is the agent when it is one (see AGENTS below).
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
     /// The directory the agent works in (default: the current directory).
     #[arg(long)]
     workspace: Option<PathBuf>,
     /// Print every session event as one JSON line (NDJSON) instead of text.
     #[arg(long)]
     json: bool,
-    /// The first message. Without it: an interactive prompt on a terminal, else stdin.
+    /// [PATH] then the first message. Without a message: an interactive prompt on a terminal, else stdin.
+    #[arg(value_name = "PROMPT")]
     prompt: Vec<String>,
 }
 
@@ -54,7 +83,25 @@ pub struct AttachArgs {
     json: bool,
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+/// The session's agent: a built-in one picked by harness, or one uploaded from a path.
+enum AgentChoice {
+    BuiltIn { harness: String },
+    Upload { path: PathBuf },
+}
+
+pub fn run(mut args: RunArgs) -> Result<()> {
+    let choice = match args.agent.take() {
+        Some(path) => AgentChoice::Upload { path },
+        None => match args.prompt.first().and_then(|w| agents::agent_path(w)) {
+            Some(path) => {
+                args.prompt.remove(0);
+                AgentChoice::Upload { path }
+            }
+            None => AgentChoice::BuiltIn {
+                harness: args.harness.clone().unwrap_or_else(|| "echo".to_owned()),
+            },
+        },
+    };
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
@@ -65,38 +112,78 @@ pub fn run(args: RunArgs) -> Result<()> {
             workspace.display()
         ))
     })?;
+    // Everything that can be checked here is checked before the backend starts or the prompt is read.
+    let limits = Limits::default();
+    let upload = match &choice {
+        AgentChoice::Upload { path } => {
+            let overrides = agents::Overrides {
+                harness: args.harness.clone(),
+                model: args.model.clone(),
+            };
+            let prepared = agents::prepare(path, &overrides, &limits, &backend::progress)?;
+            Some((path.clone(), prepared))
+        }
+        AgentChoice::BuiltIn { .. } => None,
+    };
     let first = initial_prompt(&args.prompt)?;
     backend::runtime()?.block_on(async move {
         let (server_url, host_id) = backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?;
         let api = Api::new(&server_url)?;
-        let agent_id = api.agent_for(&args.harness).await?;
-        let session: Value = api
-            .post_json(
-                "/v1/sessions",
-                &json!({
+        let workspace_text = workspace.display().to_string();
+        let (session_id, what, created) = match (&choice, upload) {
+            (_, Some((path, prepared))) => {
+                let name = prepared.name(&path);
+                let harness = prepared.harness();
+                let metadata = json!({
+                    "host_id": host_id,
+                    "workspace": workspace_text,
+                    "title": name,
+                });
+                backend::progress(&format!(
+                    "uploading agent {name} ({} files, {}) to {server_url}…",
+                    prepared.files,
+                    agents::human_bytes(prepared.bundle.len() as u64)
+                ));
+                let id = api.upload(&metadata, prepared.bundle).await?;
+                (id, format!("agent {name}, {harness}"), None)
+            }
+            (AgentChoice::BuiltIn { harness }, None) => {
+                let agent_id = api.agent_for(harness).await?;
+                let mut body = json!({
                     "agent_id": agent_id,
                     "host_id": host_id,
-                    "workspace": workspace.display().to_string(),
-                }),
-            )
-            .await
-            .context("cannot create the session")?;
-        let session_id = session["id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("the server's session has no id: {session}"))?
-            .to_owned();
+                    "workspace": workspace_text,
+                });
+                if let Some(model) = &args.model {
+                    body["model_override"] = model.clone().into();
+                }
+                let session: Value = api
+                    .post_json("/v1/sessions", &body)
+                    .await
+                    .context("cannot create the session")?;
+                let id = session["id"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("the server's session has no id: {session}"))?
+                    .to_owned();
+                (id, harness.clone(), Some(session))
+            }
+            (AgentChoice::Upload { .. }, None) => unreachable!("an upload is always prepared"),
+        };
         if args.json {
+            let session: Value = match created {
+                Some(session) => session,
+                None => api
+                    .get_json(&format!("/v1/sessions/{session_id}"))
+                    .await
+                    .with_context(|| format!("cannot read the new session {session_id}"))?,
+            };
             // Not a server event: tells an NDJSON reader which session to attach to later.
             crate::exit::out(&format!(
                 "{}\n",
                 json!({"type": kind::SESSION_CREATED, "session": session})
             ));
         } else if std::io::stderr().is_terminal() {
-            eprintln!(
-                "session {session_id} ({} in {})",
-                args.harness,
-                workspace.display()
-            );
+            eprintln!("session {session_id} ({what} in {})", workspace.display());
         }
         drive(&api, &session_id, first, args.json).await
     })
@@ -146,13 +233,13 @@ fn initial_prompt(words: &[String]) -> Result<Prompt> {
 }
 
 /// Plain HTTP to the server (never through a proxy: it is on loopback).
-struct Api {
+pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn new(base: &str) -> Result<Self> {
+    pub(crate) fn new(base: &str) -> Result<Self> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
@@ -180,7 +267,7 @@ impl Api {
         bail!("{what}: HTTP {status}: {message}")
     }
 
-    async fn get_json(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn get_json(&self, path: &str) -> Result<Value> {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -203,20 +290,85 @@ impl Api {
         Self::check(resp, &format!("POST {path}")).await
     }
 
-    /// The built-in agent running `harness`.
+    /// The built-in agent running `harness` (our name or one of its omnigent aliases); uploaded agents are
+    /// never picked by harness.
     async fn agent_for(&self, harness: &str) -> Result<String> {
-        let agents = self.get_json("/v1/agents?limit=100").await?;
-        let list = agents["data"].as_array().cloned().unwrap_or_default();
-        list.iter()
+        let list = agents::list_all(self).await?;
+        let canonical = omnigent_proto::harness::Harness::parse(harness)
+            .map(|h| h.name())
+            .unwrap_or(harness);
+        let built_in = || {
+            list.iter()
+                .filter(|a| agents::kind_of(a) == agents::Kind::BuiltIn)
+        };
+        built_in()
             .find(|a| a["harness"] == harness || a["name"] == harness)
+            .or_else(|| built_in().find(|a| a["harness"] == canonical || a["name"] == canonical))
             .and_then(|a| a["id"].as_str().map(str::to_owned))
             .ok_or_else(|| {
-                let names: Vec<&str> = list.iter().filter_map(|a| a["name"].as_str()).collect();
+                let names: Vec<&str> = built_in().filter_map(|a| a["name"].as_str()).collect();
                 crate::exit::ConfigError(format!(
                     "the server has no agent for harness {harness:?}; it offers: {}",
                     names.join(", ")
                 ))
                 .into()
+            })
+    }
+
+    /// Create a session from an agent bundle: `POST /v1/sessions` as multipart (`metadata` JSON, `bundle`
+    /// .tar.gz) → 201 `{"session_id"}`. A refusal of the agent (4xx) is a configuration error (exit 78)
+    /// with the server's message.
+    async fn upload(&self, metadata: &Value, bundle: Vec<u8>) -> Result<String> {
+        use reqwest::multipart::{Form, Part};
+        let size = bundle.len();
+        let form = Form::new()
+            .part(
+                "metadata",
+                Part::text(metadata.to_string()).mime_str("application/json")?,
+            )
+            .part(
+                "bundle",
+                Part::bytes(bundle)
+                    .file_name("bundle.tar.gz")
+                    .mime_str("application/gzip")?,
+            );
+        // The bundle is at most a few MiB on loopback; the timeout leaves the server time to store it.
+        let resp = self
+            .http
+            .post(format!("{}/v1/sessions", self.base))
+            .multipart(form)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .context("cannot upload the agent (POST /v1/sessions)")?;
+        let status = resp.status();
+        let refused = status.is_client_error()
+            && status != reqwest::StatusCode::NOT_FOUND
+            && status != reqwest::StatusCode::CONFLICT;
+        let created = match Self::check(resp, "the server refused the agent").await {
+            Ok(v) => v,
+            Err(e) if status == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                return Err(crate::exit::ConfigError(format!(
+                    "{e}; this server does not accept agent uploads (an omnigent server older than agent \
+                     bundles?): upgrade it, or run a built-in agent with --harness"
+                ))
+                .into());
+            }
+            Err(e) if refused => {
+                return Err(crate::exit::ConfigError(format!(
+                    "{e} ({} bundle)",
+                    agents::human_bytes(size as u64)
+                ))
+                .into());
+            }
+            Err(e) => return Err(e),
+        };
+        created["session_id"]
+            .as_str()
+            .or(created["id"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                anyhow!("the server created the session but sent no session_id: {created}")
             })
     }
 
