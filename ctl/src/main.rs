@@ -48,7 +48,7 @@ enum Command {
     Run(run::RunArgs),
     /// Co-drive an existing session from this terminal.
     Attach(run::AttachArgs),
-    /// List the server's agents: built-in ones and uploaded ones (`omnigent agents [list] [--json]`).
+    /// List the server's agents, built-in and uploaded (`agents [list] [--json]`); check an agent (`agents check PATH`).
     Agents(agents::AgentsArgs),
     /// Print a shell completion script (`omnigent completions bash > ~/.local/share/bash-completion/completions/omnigent`).
     Completions(packaging::CompletionsArgs),

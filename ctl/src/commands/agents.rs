@@ -1,6 +1,7 @@
 //! Agents from the terminal: what `omnigent run PATH` uploads (the PATH rule, the spec checked locally with its
 //! field paths, `--harness` / `--model` written into the uploaded `config.yaml`, the bundle), and
-//! `omnigent agents [list] [--json]` (the server's built-in and uploaded agents).
+//! `omnigent agents [list] [--json]` (the server's built-in and uploaded agents), `omnigent agents check PATH`
+//! (the same local check and bundle, without a server).
 //!
 //! The PATH rule ([`agent_path`]): the first positional word of `run` is an agent when it is an existing agent
 //! file (`.yaml`, `.yml`, `.json`) or an existing directory holding `config.yaml`; a word without whitespace
@@ -350,6 +351,69 @@ pub struct AgentsArgs {
 enum AgentsCommand {
     /// List the server's agents (the default).
     List(ListArgs),
+    /// Check an agent as `omnigent run PATH` would before uploading it (no server needed): exit 0 when it
+    /// can run, 78 naming the field when it cannot; --bundle writes the .tar.gz that would be uploaded.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// A spec file (YAML or JSON) or a directory holding config.yaml.
+    path: PathBuf,
+    /// Override the spec's executor.harness (as `run --harness` does).
+    #[arg(long)]
+    harness: Option<String>,
+    /// Override the spec's executor.model (as `run --model` does).
+    #[arg(long)]
+    model: Option<String>,
+    /// Write the bundle (.tar.gz) here.
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
+    /// Print JSON (schema in docs/cli.md) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let overrides = Overrides {
+        harness: args.harness,
+        model: args.model,
+    };
+    let limits = Limits::default();
+    let prepared = prepare(&args.path, &overrides, &limits, &crate::backend::progress)?;
+    let entries: Vec<String> = bundle::inspect(&prepared.bundle, &limits)
+        .map_err(|e| bundle_error(&args.path, &e))?
+        .files
+        .into_keys()
+        .collect();
+    if let Some(out) = &args.bundle {
+        std::fs::write(out, &prepared.bundle)
+            .with_context(|| format!("cannot write the bundle to {}", out.display()))?;
+    }
+    let name = prepared.name(&args.path);
+    let harness = prepared.harness();
+    if args.json {
+        let v = json!({
+            "name": name,
+            "harness": harness,
+            "model": prepared.spec.model(),
+            "files": entries,
+            "bundle_bytes": prepared.bundle.len(),
+            "bundle": args.bundle.as_ref().map(|p| p.display().to_string()),
+        });
+        crate::exit::out(&format!("{v}\n"));
+    } else {
+        let written = match &args.bundle {
+            Some(p) => format!("; written to {}", p.display()),
+            None => String::new(),
+        };
+        crate::exit::out(&format!(
+            "agent {name} ({harness}) can run: {} file(s), {} bundle{written}\n",
+            entries.len(),
+            human_bytes(prepared.bundle.len() as u64)
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -477,6 +541,7 @@ fn table(agents: &[Value]) -> String {
 pub fn agents(args: AgentsArgs) -> Result<()> {
     let list = match args.command {
         Some(AgentsCommand::List(list)) => list,
+        Some(AgentsCommand::Check(check_args)) => return check(check_args),
         None => args.list,
     };
     crate::backend::runtime()?.block_on(async move {
