@@ -131,6 +131,8 @@ async fn an_agent_that_cannot_run_exits_78_naming_the_field_and_starts_nothing()
     h.write("many/config.yaml", "executor: {harness: echo}\n");
     h.write("big/config.yaml", "executor: {harness: echo}\n");
     h.write("big/blob.bin", noise(11 * 1024 * 1024));
+    h.write("link/config.yaml", "executor: {harness: echo}\n");
+    std::os::unix::fs::symlink("/etc/passwd", h.cwd.path().join("link/passwd")).unwrap();
     h.write(
         "hugespec/config.yaml",
         format!("executor: {{harness: echo}}\n#{}\n", "x".repeat(300 * 1024)),
@@ -178,6 +180,10 @@ async fn an_agent_that_cannot_run_exits_78_naming_the_field_and_starts_nothing()
         (&["run", "./empty", "hi"], &["has no config.yaml"]),
         (&["run", "./many", "hi"], &["more than 1000 entries"]),
         (&["run", "./big", "hi"], &["the limit is 10485760"]),
+        (
+            &["run", "./link", "hi"],
+            &["cannot bundle ./link", "symlinks are not followed"],
+        ),
         (
             &["run", "./hugespec", "hi"],
             &["config.yaml is", "the limit is 262144"],

@@ -336,6 +336,9 @@ impl Api {
         let resp = self
             .http
             .post(format!("{}/v1/sessions", self.base))
+            // The first-party origin, as Python omnigent's clients send it: a server that checks the origin
+            // of multipart posts (CSRF) lets it through.
+            .header("origin", omnigent_proto::headers::INTERNAL_ORIGIN)
             .multipart(form)
             .timeout(Duration::from_secs(120))
             .send()
@@ -811,6 +814,102 @@ async fn turn(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A fake `POST /v1/sessions` that keeps what it was sent and answers `status` with `body`.
+    async fn fake_sessions(
+        status: u16,
+        body: Value,
+    ) -> (
+        omnigent_testkit::net::Served,
+        std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    ) {
+        use axum::http::{HeaderMap, StatusCode};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = seen.clone();
+        let app = axum::Router::new().route(
+            "/v1/sessions",
+            axum::routing::post(move |headers: HeaderMap, bytes: axum::body::Bytes| {
+                let keep = keep.clone();
+                let body = body.clone();
+                async move {
+                    let ct = headers["content-type"].to_str().unwrap().to_owned();
+                    keep.lock().unwrap().push((ct, bytes.to_vec()));
+                    (StatusCode::from_u16(status).unwrap(), axum::Json(body))
+                }
+            }),
+        );
+        (omnigent_testkit::net::serve(app).await, seen)
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_multipart_with_metadata_json_and_a_gzip_bundle_and_returns_the_session_id()
+     {
+        let (fake, seen) = fake_sessions(201, json!({"session_id": "s1"})).await;
+        let api = Api::new(&fake.url).unwrap();
+        let meta = json!({"host_id": "h", "workspace": "/w"});
+        let id = api.upload(&meta, b"\x1f\x8bBUNDLE".to_vec()).await.unwrap();
+        assert_eq!(id, "s1");
+        let (ct, body) = seen.lock().unwrap().pop().unwrap();
+        let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
+        let body = String::from_utf8_lossy(&body).to_lowercase();
+        let parts: Vec<&str> = body.split(&format!("--{boundary}")).collect();
+        assert!(
+            parts[1].contains("name=\"metadata\"")
+                && parts[1].contains("content-type: application/json")
+                && parts[1].contains(r#"{"host_id":"h","workspace":"/w"}"#),
+            "{body}"
+        );
+        assert!(
+            parts[2].contains("name=\"bundle\"; filename=\"bundle.tar.gz\"")
+                && parts[2].contains("content-type: application/gzip")
+                && parts[2].contains("bundle\r\n"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_upload_is_a_configuration_error_with_the_servers_message() {
+        let refusal = json!({"error": {"code": "invalid_agent", "message": "agent spec field executor.harness: unknown"}});
+        for status in [400, 413, 422] {
+            let (fake, _) = fake_sessions(status, refusal.clone()).await;
+            let err = Api::new(&fake.url)
+                .unwrap()
+                .upload(&json!({}), vec![1])
+                .await
+                .unwrap_err();
+            assert!(
+                err.downcast_ref::<crate::exit::ConfigError>().is_some(),
+                "{status}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("agent spec field executor.harness: unknown"),
+                "{err}"
+            );
+        }
+        let (fake, _) = fake_sessions(415, json!({"error": {"message": "send JSON"}})).await;
+        let err = Api::new(&fake.url)
+            .unwrap()
+            .upload(&json!({}), vec![1])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("does not accept agent uploads"),
+            "{err}"
+        );
+        // A server failing is not the agent's fault: exit 1.
+        let (fake, _) = fake_sessions(500, json!({"error": {"message": "disk full"}})).await;
+        let err = Api::new(&fake.url)
+            .unwrap()
+            .upload(&json!({}), vec![1])
+            .await
+            .unwrap_err();
+        assert!(
+            err.downcast_ref::<crate::exit::ConfigError>().is_none(),
+            "{err}"
+        );
+        assert!(err.to_string().contains("disk full"), "{err}");
+    }
 
     #[test]
     fn sse_events_get_their_type_from_the_event_line() {
