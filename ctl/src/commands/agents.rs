@@ -186,7 +186,7 @@ pub(crate) fn prepare(
     let mut files = if is_dir {
         let (count, bytes) = measure(&dir, limits)?;
         progress(&format!(
-            "bundling {} ({count} entries, {})…",
+            "bundling {} ({count} files, {})…",
             dir.display(),
             human_bytes(bytes)
         ));
@@ -227,7 +227,7 @@ pub(crate) fn prepare(
     })
 }
 
-/// Count the files and bytes under `dir` before reading any of them, so a directory far over the caps (a
+/// Count the files and their bytes under `dir` before reading any of them, so a directory far over the caps (a
 /// repository, a home directory) is refused at once with its size rather than read into memory.
 fn measure(dir: &Path, limits: &Limits) -> Result<(usize, u64)> {
     let mut count = 0usize;
@@ -239,12 +239,13 @@ fn measure(dir: &Path, limits: &Limits) -> Result<(usize, u64)> {
         {
             let entry = entry.with_context(|| format!("cannot read {}", d.display()))?;
             let kind = entry.file_type()?;
-            count += 1;
+            // Directories are implied by the files' paths (the bundle has no entry for them).
             if kind.is_dir() {
                 stack.push(entry.path());
-            } else {
-                bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                continue;
             }
+            count += 1;
+            bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
             if count > limits.max_entries {
                 return Err(bundle_error(
                     dir,
@@ -443,15 +444,19 @@ impl Kind {
 }
 
 /// An agent of `GET /v1/agents` is uploaded when the server says so: `session_scoped: true` (our server and
-/// the `x-agent-session-scoped` header's field), `kind: "session"` (the Python server's agents table),
-/// `builtin: false`, or `source: "upload"`. Anything else is built-in.
+/// the `x-agent-session-scoped` header's field), `kind: "session"` (the Python server's agents table) or
+/// `"uploaded"`, `scope: "session"`, `uploaded: true`, `builtin` / `built_in` / `is_builtin: false`, or
+/// `source: "upload"`. Anything else is built-in.
 pub(crate) fn kind_of(agent: &Value) -> Kind {
     let uploaded = agent["session_scoped"].as_bool() == Some(true)
         || agent["uploaded"].as_bool() == Some(true)
         || agent["kind"].as_str() == Some("session")
         || agent["kind"].as_str() == Some("uploaded")
-        || agent["builtin"].as_bool() == Some(false)
-        || agent["source"].as_str() == Some("upload");
+        || agent["scope"].as_str() == Some("session")
+        || ["builtin", "built_in", "is_builtin"]
+            .iter()
+            .any(|k| agent[*k].as_bool() == Some(false))
+        || matches!(agent["source"].as_str(), Some("upload" | "uploaded"));
     if uploaded {
         Kind::Uploaded
     } else {
@@ -754,6 +759,8 @@ mod tests {
             json!({"kind": "session"}),
             json!({"builtin": false}),
             json!({"uploaded": true}),
+            json!({"built_in": false}),
+            json!({"scope": "session"}),
         ] {
             assert_eq!(kind_of(&a), Kind::Uploaded, "{a}");
         }
