@@ -220,8 +220,8 @@ fn run_help_tells_how_an_agent_path_is_told_from_a_prompt() {
         "AGENTS:",
         "--agent <PATH>",
         "--model <MODEL>",
-        "directory holding config.yaml",
-        "./, ../ or ~/",
+        "existing directory holding",
+        "/, ./, ../ or ~/",
         "executor.harness",
         "exits 78",
     ] {

@@ -35,18 +35,22 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How `run` tells an agent from a prompt; shown by `omnigent run --help`.
 const RUN_AFTER_HELP: &str = "\
 AGENTS:
-  The first positional is an agent, not the prompt, when it is an existing agent file (.yaml, .yml,
-  .json) or an existing directory holding config.yaml, or when it is written as a path (starts with /,
-  ./, ../ or ~/, is . or .., or ends in .yaml/.yml/.json; no spaces), which must then exist. Any other
-  word starts the prompt. --agent PATH names the agent explicitly. Examples:
+  The first positional is an agent, not the prompt, when it is an existing
+  agent file (.yaml, .yml, .json) or an existing directory holding
+  config.yaml, or when it is written as a path (no spaces, and it starts
+  with /, ./, ../ or ~/, is . or .., or ends in .yaml/.yml/.json), which
+  must then exist. Any other word starts the prompt. --agent PATH names the
+  agent explicitly.
     omnigent run ./my-agent \"fix the failing test\"
     omnigent run --agent spec.yaml --model gpt-4.1 \"hi\"
-  The agent is checked here first (a spec that cannot run exits 78 naming the field), bundled (a file
-  becomes the bundle's config.yaml with the instructions file it names; a directory is bundled whole,
-  10 MiB compressed, 64 MiB unpacked and 1000 entries at most), uploaded to the local server, and the
-  session runs on this machine. --harness and --model are written into the uploaded config.yaml
-  (executor.harness, and executor.config.harness if the spec sets it; executor.model); the file on disk
-  is never changed.";
+  The agent is checked here first (a spec that cannot run exits 78 naming
+  the field), bundled (a file becomes the bundle's config.yaml with the
+  instructions file it names; a directory is bundled whole: 10 MiB
+  compressed, 64 MiB unpacked, 1000 entries at most), uploaded to the local
+  server, and the session runs on this machine. --harness and --model are
+  written into the uploaded config.yaml (executor.harness, and
+  executor.config.harness if the spec sets it; executor.model); the file
+  on disk is never changed.";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = RUN_AFTER_HELP)]
