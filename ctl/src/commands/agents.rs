@@ -648,6 +648,25 @@ mod tests {
     }
 
     #[test]
+    fn an_override_keeps_env_references_and_values_as_written_for_the_runner() {
+        let yaml = "spec_version: 1\nexecutor:\n  harness: openai-agents\n  auth: {type: api_key, api_key: '${OPENAI_API_KEY}', base_url: 'http://x/v1'}\nos_env: {type: caller_process, cwd: '.'}\nfuture_field: {a: [1, 2.5, true, 'yes']}\n";
+        let out = apply_overrides(
+            yaml,
+            &Overrides {
+                harness: None,
+                model: Some("m".into()),
+            },
+        )
+        .unwrap();
+        let before: Value = serde_norway::from_str(yaml).unwrap();
+        let mut after: Value = serde_norway::from_str(&out).unwrap();
+        assert_eq!(after["executor"]["model"], "m");
+        after["executor"].as_object_mut().unwrap().remove("model");
+        assert_eq!(before, after, "{out}");
+        assert!(out.contains("${OPENAI_API_KEY}"), "{out}");
+    }
+
+    #[test]
     fn overrides_create_a_missing_executor_and_keep_json_json() {
         let out = apply_overrides(
             "{\"name\": \"j\", \"extra\": [1]}",
