@@ -222,7 +222,10 @@ async fn run(
                         && (service.is_closed() || service.peer().is_transport_closed())
                     {
                         server.state = State::Down;
-                        failures.push(stopped(&server.name, "its connection closed"));
+                        failures.push(stopped(
+                            &server.name,
+                            "its process exited or its connection closed",
+                        ));
                     }
                 }
                 let tools = servers
@@ -501,7 +504,13 @@ async fn call(
             error(format!("the MCP tool {tool} failed: {}", e.message))
         }
         Ok(Err(e @ (ServiceError::TransportClosed | ServiceError::TransportSend(_)))) => {
-            let failure = stopped(server, &e.to_string());
+            let why = match e {
+                ServiceError::TransportClosed => {
+                    "its process exited or its connection closed".to_owned()
+                }
+                other => other.to_string(),
+            };
+            let failure = stopped(server, &why);
             CallOutcome {
                 output: format!("error: {}", failure.message),
                 failure: Some(failure),
