@@ -489,3 +489,165 @@ async fn the_anthropic_harness_offers_and_calls_mcp_tools() {
         json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"})
     );
 }
+
+#[tokio::test]
+async fn a_server_killed_between_turns_is_reported_once_on_the_next_turn() {
+    let vendor = FakeVendor::start(vec![
+        answer("First."),
+        Canned::stream(vec![
+            call("call_1", "notes__add", r#"{"a": 1, "b": 2}"#),
+            finish("tool_calls"),
+            DONE.into(),
+        ]),
+        answer("It is gone."),
+    ])
+    .await;
+    let ws = tempfile::tempdir().unwrap();
+    let pid_file = ws.path().join("mcp.pid");
+    let mut spec = server();
+    spec.env
+        .insert("MCP_PID_FILE".into(), pid_file.display().to_string());
+    let toolbox = Toolbox::spawn(vec![("notes".into(), spec)]);
+    let config = openai_config(&vendor);
+    let (result, _) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        config.clone(),
+        &toolbox,
+        vec![user("hi")],
+    )
+    .await;
+    result.unwrap();
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let process = common::watch(pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    process.gone().await;
+
+    // Whether the toolbox saw the death before the turn (and offers no tool) or at the call, it is one
+    // error item, and the turn answers.
+    let (result, events) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        config,
+        &toolbox,
+        vec![user("hi"), user("add")],
+    )
+    .await;
+    result.unwrap();
+    let errors = error_items(&events);
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert!(errors[0].2.contains("\"notes\" stopped"), "{errors:?}");
+    let summary = common::summarize(&events);
+    assert_eq!(summary.last().unwrap(), "delta:It is gone.");
+    assert!(
+        summary
+            .iter()
+            .any(|s| s.starts_with("output:call_1:error: ")),
+        "{summary:?}"
+    );
+}
+
+// --- A streamable-HTTP MCP server (axum, in the test) ---
+
+mod http_server {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use serde_json::{Value, json};
+
+    /// The headers of every POST it got.
+    pub type Seen = Arc<Mutex<Vec<HeaderMap>>>;
+
+    async fn rpc(State(seen): State<Seen>, headers: HeaderMap, Json(msg): Json<Value>) -> Response {
+        seen.lock().unwrap().push(headers);
+        let Some(id) = msg.get("id").cloned() else {
+            return StatusCode::ACCEPTED.into_response(); // a notification
+        };
+        let params = &msg["params"];
+        let reply = match msg["method"].as_str().unwrap_or("") {
+            "initialize" => json!({"jsonrpc": "2.0", "id": id, "result": {
+                "protocolVersion": params["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "http-test", "version": "1"}}}),
+            "tools/list" => json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
+                {"name": "echo", "description": "Echo the text.",
+                 "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]}}),
+            "tools/call" => json!({"jsonrpc": "2.0", "id": id, "result": {
+                "content": [{"type": "text", "text": format!("echo: {}", params["arguments"]["text"].as_str().unwrap_or(""))}],
+                "isError": false}}),
+            other => json!({"jsonrpc": "2.0", "id": id,
+                "error": {"code": -32601, "message": format!("no {other}")}}),
+        };
+        ([("mcp-session-id", "sess-1")], Json(reply)).into_response()
+    }
+
+    pub fn app(seen: Seen) -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/mcp",
+                post(rpc)
+                    .get(|| async { StatusCode::METHOD_NOT_ALLOWED })
+                    .delete(|| async { StatusCode::OK }),
+            )
+            .with_state(seen)
+    }
+}
+
+#[tokio::test]
+async fn an_http_server_is_reached_by_url_with_its_headers() {
+    let seen = http_server::Seen::default();
+    let served = omnigent_testkit::net::serve(http_server::app(seen.clone())).await;
+    let vendor = FakeVendor::start(call_then_answer(
+        "web__echo",
+        r#"{"text": "over http"}"#,
+        "Echoed.",
+    ))
+    .await;
+    let ws = tempfile::tempdir().unwrap();
+    let spec = Tool {
+        url: Some(format!("{}/mcp", served.url)),
+        headers: [
+            ("X-Api-Key".to_owned(), "k-123".to_owned()),
+            ("Authorization".to_owned(), "Bearer t-456".to_owned()),
+        ]
+        .into(),
+        ..Tool::default()
+    };
+    let toolbox = Toolbox::spawn(vec![("web".into(), spec)]);
+    let (result, events) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        openai_config(&vendor),
+        &toolbox,
+        vec![user("echo")],
+    )
+    .await;
+    result.unwrap();
+    assert!(error_items(&events).is_empty(), "{events:?}");
+    assert_eq!(
+        common::summarize(&events),
+        [
+            r#"call:call_1:web__echo:{"text": "over http"}"#.to_owned(),
+            "output:call_1:echo: over http".into(),
+            "delta:Echoed.".into(),
+        ]
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    for headers in &seen {
+        assert_eq!(headers["x-api-key"], "k-123");
+        assert_eq!(headers["authorization"], "Bearer t-456");
+    }
+}
