@@ -651,3 +651,154 @@ async fn an_http_server_is_reached_by_url_with_its_headers() {
         assert_eq!(headers["authorization"], "Bearer t-456");
     }
 }
+
+#[tokio::test]
+async fn a_call_that_never_answers_times_out_and_the_turn_goes_on() {
+    let vendor = FakeVendor::start(call_then_answer("notes__hang", "{}", "Too slow.")).await;
+    let ws = tempfile::tempdir().unwrap();
+    let toolbox = Toolbox::spawn(vec![("notes".into(), server())]);
+    let config = HarnessConfig {
+        tool_timeout: Some(Duration::from_secs(1)),
+        ..openai_config(&vendor)
+    };
+    let (result, events) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        config,
+        &toolbox,
+        vec![user("hang")],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        common::summarize(&events)[1..],
+        [
+            "output:call_1:error: the MCP tool hang of \"notes\" did not answer within 1 s"
+                .to_owned(),
+            "delta:Too slow.".into(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_interrupt_during_a_call_ends_the_turn_at_once() {
+    let vendor = FakeVendor::start(call_then_answer("notes__hang", "{}", "unused")).await;
+    let ws = tempfile::tempdir().unwrap();
+    let toolbox = Toolbox::spawn(vec![("notes".into(), server())]);
+    let mut turn = common::turn(ws.path(), openai_config(&vendor), vec![user("hang")]);
+    turn.mcp = Some(toolbox);
+    let (sink, mut rx) = common::sink();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { harness::run_turn(HarnessKind::OpenAi, &turn, &sink, &cancel).await }
+    });
+    // Interrupt once the call is under way.
+    loop {
+        let event = common::next_event(&mut rx).await;
+        if event["item"]["type"] == "function_call" {
+            break;
+        }
+    }
+    cancel.cancel();
+    let result = common::within(5, running).await.unwrap();
+    assert!(
+        matches!(result, Err(HarnessError::Interrupted)),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_its_start_is_an_error_item_after_the_start_timeout() {
+    let vendor = FakeVendor::start(vec![answer("Without it.")]).await;
+    let ws = tempfile::tempdir().unwrap();
+    let silent = Tool {
+        command: Some("/bin/sleep".into()),
+        args: vec!["3600".into()],
+        ..Tool::default()
+    };
+    let toolbox =
+        Toolbox::spawn_with_start_timeout(vec![("silent".into(), silent)], Duration::from_secs(1));
+    let (result, events) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        openai_config(&vendor),
+        &toolbox,
+        vec![user("hi")],
+    )
+    .await;
+    result.unwrap();
+    let errors = error_items(&events);
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert!(
+        errors[0].2.contains("\"silent\" did not start within 1 s"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        common::summarize(&events).last().unwrap(),
+        "delta:Without it."
+    );
+}
+
+#[tokio::test]
+async fn an_interrupt_while_servers_start_ends_the_turn() {
+    let silent = Tool {
+        command: Some("/bin/sleep".into()),
+        args: vec!["3600".into()],
+        ..Tool::default()
+    };
+    let ws = tempfile::tempdir().unwrap();
+    let mut turn = common::turn(
+        ws.path(),
+        HarnessConfig {
+            model: Some("gpt-test".into()),
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            ..HarnessConfig::default()
+        },
+        vec![user("hi")],
+    );
+    turn.mcp = Some(Toolbox::spawn(vec![("silent".into(), silent)]));
+    let (sink, _rx) = common::sink();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let result = common::within(
+        5,
+        harness::run_turn(HarnessKind::OpenAi, &turn, &sink, &cancel),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(HarnessError::Interrupted)),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stdio_server_gets_its_own_env_and_a_few_basics_not_the_runners_environment() {
+    // Set by cargo for this test process: it must not reach the server.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let vendor = FakeVendor::start(call_then_answer("notes__env", "{}", "Seen.")).await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut spec = server();
+    spec.env.insert("MCP_GIVEN".into(), "1".into());
+    let toolbox = Toolbox::spawn(vec![("notes".into(), spec)]);
+    let (result, events) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        openai_config(&vendor),
+        &toolbox,
+        vec![user("env")],
+    )
+    .await;
+    result.unwrap();
+    let summary = common::summarize(&events);
+    let names: Vec<&str> = summary[1]
+        .strip_prefix("output:call_1:")
+        .unwrap()
+        .split(',')
+        .collect();
+    assert!(
+        names.contains(&"PATH") && names.contains(&"MCP_GIVEN"),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"CARGO_MANIFEST_DIR"), "{names:?}");
+}

@@ -42,6 +42,12 @@ pub const NAME_MAX: usize = 64;
 pub const SEPARATOR: &str = "__";
 /// How long a server may take to start and answer `initialize` and `tools/list`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The variables of the runner's environment a stdio server inherits (what the official SDKs pass by default);
+/// anything else it needs, credentials included, comes from its `env` in the spec, so the runner's vendor keys
+/// never reach a server that was not given them.
+pub const INHERITED_ENV: [&str; 8] = [
+    "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR",
+];
 /// How long the toolbox waits for its servers to close when it ends, before it kills them.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -114,6 +120,11 @@ impl Toolbox {
     /// The toolbox of `servers` (the non-MCP entries are left out). Nothing starts before the first
     /// [`Toolbox::offer`].
     pub fn spawn(servers: McpServers) -> Toolbox {
+        Self::spawn_with_start_timeout(servers, START_TIMEOUT)
+    }
+
+    /// [`Toolbox::spawn`] with another limit on each server's start than [`START_TIMEOUT`].
+    pub fn spawn_with_start_timeout(servers: McpServers, start_timeout: Duration) -> Toolbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let servers: Vec<Server> = servers
             .into_iter()
@@ -125,25 +136,34 @@ impl Toolbox {
             })
             .collect();
         let weak = tx.downgrade();
-        tokio::spawn(run(servers, rx, weak));
+        tokio::spawn(run(servers, start_timeout, rx, weak));
         Toolbox { tx }
     }
 
     /// The tools to offer this turn, and the failures to show; the first call starts the servers (their
-    /// stdio children in `workspace`).
-    pub async fn offer(&self, workspace: &Path) -> Offer {
+    /// stdio children in `workspace`). Only cancellation is an error (the start goes on for the next turn).
+    pub async fn offer(
+        &self,
+        workspace: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Offer, HarnessError> {
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.send(Msg::Offer {
             workspace: workspace.to_owned(),
             reply,
         });
-        match (sent, rx.await) {
+        let answer = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(HarnessError::Interrupted),
+            answer = rx => answer,
+        };
+        Ok(match (sent, answer) {
             (Ok(()), Ok(offer)) => offer,
             _ => Offer {
                 tools: Vec::new(),
                 failures: vec![gone("mcp")],
             },
-        }
+        })
     }
 
     /// Whether `name` is one of the offered MCP tools (a name with the separator).
@@ -205,6 +225,7 @@ type Started = (RunningService<RoleClient, ()>, Vec<rmcp::model::Tool>);
 
 async fn run(
     mut servers: Vec<Server>,
+    start_timeout: Duration,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     weak: mpsc::WeakUnboundedSender<Msg>,
 ) {
@@ -215,7 +236,7 @@ async fn run(
                 let mut failures = Vec::new();
                 if !started {
                     started = true;
-                    start_all(&mut servers, &workspace, &mut failures).await;
+                    start_all(&mut servers, &workspace, start_timeout, &mut failures).await;
                 }
                 for server in &mut servers {
                     if let State::Live { service, .. } = &server.state
@@ -309,10 +330,15 @@ fn stopped(server: &str, why: &str) -> ServerFailure {
     }
 }
 
-async fn start_all(servers: &mut [Server], workspace: &Path, failures: &mut Vec<ServerFailure>) {
+async fn start_all(
+    servers: &mut [Server],
+    workspace: &Path,
+    start_timeout: Duration,
+    failures: &mut Vec<ServerFailure>,
+) {
     let starts = servers
         .iter()
-        .map(|s| start(&s.name, &s.spec, workspace))
+        .map(|s| start(&s.name, &s.spec, workspace, start_timeout))
         .collect::<Vec<_>>();
     let results = futures_util::future::join_all(starts).await;
     let mut taken: HashSet<String> = HashSet::new();
@@ -355,7 +381,12 @@ async fn start_all(servers: &mut [Server], workspace: &Path, failures: &mut Vec<
 }
 
 /// Start one server and list its tools.
-async fn start(name: &str, spec: &Tool, workspace: &Path) -> Result<Started, String> {
+async fn start(
+    name: &str,
+    spec: &Tool,
+    workspace: &Path,
+    start_timeout: Duration,
+) -> Result<Started, String> {
     let Some(transport) = spec.mcp() else {
         return Err(format!(
             "the MCP server {name:?} has neither a command nor a url (or both); fix tools.{name} in the agent spec"
@@ -367,6 +398,12 @@ async fn start(name: &str, spec: &Tool, workspace: &Path) -> Result<Started, Str
                 let mut cmd = tokio::process::Command::new(command);
                 // No process group of its own: it stays in the runner's, which the daemon stops as a whole.
                 cmd.args(args)
+                    .env_clear()
+                    .envs(
+                        INHERITED_ENV
+                            .iter()
+                            .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+                    )
                     .envs(env)
                     .current_dir(workspace)
                     .kill_on_drop(true);
@@ -401,11 +438,11 @@ async fn start(name: &str, spec: &Tool, workspace: &Path) -> Result<Started, Str
             .map_err(|e| format!("the MCP server {name:?} did not list its tools: {e}"))?;
         Ok::<Started, String>((service, tools))
     };
-    match tokio::time::timeout(START_TIMEOUT, connect).await {
+    match tokio::time::timeout(start_timeout, connect).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "the MCP server {name:?} did not start within {} s; check that tools.{name} runs an MCP server",
-            START_TIMEOUT.as_secs()
+            start_timeout.as_secs_f64()
         )),
     }
 }

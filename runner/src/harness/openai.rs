@@ -50,7 +50,7 @@ pub async fn run_turn(
     let max_rounds = vendor::max_tool_rounds(config);
     let client = vendor::client(VENDOR)?;
 
-    let tools = tools::Toolset::for_turn(turn, sink).await;
+    let tools = tools::Toolset::for_turn(turn, sink, cancel).await?;
 
     let mut new_history = Vec::new();
     let mut usage = Usage::default();

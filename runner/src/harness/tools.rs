@@ -112,18 +112,23 @@ pub const MCP_SERVER_ERROR: &str = "mcp_server_error";
 
 impl Toolset {
     /// The tools for `turn`: asks the session's MCP toolbox (starting its servers on the first turn) and shows
-    /// every server that failed or stopped as an error item (`response.error`, `source: "tool"`).
-    pub async fn for_turn(turn: &Turn, sink: &EventSink) -> Toolset {
+    /// every server that failed or stopped as an error item (`response.error`, `source: "tool"`). Only an
+    /// interrupt is an error.
+    pub async fn for_turn(
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Toolset, HarnessError> {
         let Some(toolbox) = &turn.mcp else {
-            return Toolset::default();
+            return Ok(Toolset::default());
         };
-        let offer = toolbox.offer(&turn.workspace).await;
+        let offer = toolbox.offer(&turn.workspace, cancel).await?;
         for failure in &offer.failures {
             server_error(sink, failure);
         }
-        Toolset {
+        Ok(Toolset {
             mcp: Some((toolbox.clone(), offer.tools)),
-        }
+        })
     }
 
     fn all(&self) -> impl Iterator<Item = (String, String, Value)> + '_ {
