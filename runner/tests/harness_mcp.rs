@@ -802,3 +802,37 @@ async fn a_stdio_server_gets_its_own_env_and_a_few_basics_not_the_runners_enviro
     );
     assert!(!names.contains(&"CARGO_MANIFEST_DIR"), "{names:?}");
 }
+
+#[tokio::test]
+async fn an_unreachable_http_server_is_an_error_item() {
+    let vendor = FakeVendor::start(vec![answer("Anyway.")]).await;
+    let ws = tempfile::tempdir().unwrap();
+    // A port bound and closed again: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = Tool {
+        url: Some(format!("http://127.0.0.1:{port}/mcp")),
+        ..Tool::default()
+    };
+    let toolbox = Toolbox::spawn(vec![("web".into(), spec)]);
+    let (result, events) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        openai_config(&vendor),
+        &toolbox,
+        vec![user("hi")],
+    )
+    .await;
+    result.unwrap();
+    let errors = error_items(&events);
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(errors[0].0, "web");
+    assert!(
+        errors[0].2.contains(&format!("127.0.0.1:{port}")),
+        "{errors:?}"
+    );
+    assert_eq!(common::summarize(&events).last().unwrap(), "delta:Anyway.");
+}

@@ -166,11 +166,6 @@ impl Toolbox {
         })
     }
 
-    /// Whether `name` is one of the offered MCP tools (a name with the separator).
-    pub fn owns(name: &str) -> bool {
-        name.contains(SEPARATOR)
-    }
-
     /// Call the offered tool `name` with the model's JSON `arguments`, within `timeout`. Only cancellation is
     /// an error; everything else is the tool's output.
     pub async fn call(
