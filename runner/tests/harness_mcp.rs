@@ -836,3 +836,42 @@ async fn an_unreachable_http_server_is_an_error_item() {
     );
     assert_eq!(common::summarize(&events).last().unwrap(), "delta:Anyway.");
 }
+
+#[tokio::test]
+async fn a_server_that_prints_noise_on_stdout_before_speaking_mcp_still_works() {
+    let vendor = FakeVendor::start(call_then_answer(
+        "noisy__add",
+        r#"{"a": 1, "b": 1}"#,
+        "Two.",
+    ))
+    .await;
+    let ws = tempfile::tempdir().unwrap();
+    let noisy = Tool {
+        command: Some("/bin/sh".into()),
+        args: vec![
+            "-c".into(),
+            format!(
+                "echo 'starting up...'; echo '{{\"not\": \"rpc\"}}'; exec {PYTHON} {}",
+                script()
+            ),
+        ],
+        ..Tool::default()
+    };
+    let toolbox =
+        Toolbox::spawn_with_start_timeout(vec![("noisy".into(), noisy)], Duration::from_secs(5));
+    let (result, events) = run_turn(
+        HarnessKind::OpenAi,
+        ws.path(),
+        openai_config(&vendor),
+        &toolbox,
+        vec![user("add")],
+    )
+    .await;
+    result.unwrap();
+    // rmcp skips lines that are not JSON-RPC.
+    assert!(error_items(&events).is_empty(), "{events:?}");
+    assert_eq!(
+        common::summarize(&events)[1..],
+        ["output:call_1:2".to_owned(), "delta:Two.".into()]
+    );
+}
