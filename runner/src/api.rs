@@ -80,6 +80,8 @@ async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Respon
         agent_id: body.agent_id.clone(),
         workspace: body.workspace().map(PathBuf::from),
         harness,
+        // MCP servers come from the agent spec once the runner loads it (issue 14).
+        mcp_servers: None,
     };
     let handle = sessions.get_or_create(id);
     if let Err(gone) = handle.init(init) {

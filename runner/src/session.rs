@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::HarnessEnv;
+use crate::harness::mcp::{McpServers, Toolbox};
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
 mod backlog;
@@ -59,6 +60,9 @@ pub(crate) struct SessionInit {
     pub agent_id: Option<String>,
     pub workspace: Option<PathBuf>,
     pub harness: Option<HarnessKind>,
+    /// The session's MCP servers (the agent spec's `tools`), replacing any it had; they start with its next
+    /// turn. The hook the agent spec's loading sets.
+    pub mcp_servers: Option<McpServers>,
 }
 
 /// One posted message: its text and the agent name the server labels it with (`model` in 0.19.1's body),
@@ -235,6 +239,8 @@ struct Session {
     env: HarnessEnv,
     created_at: u64,
     history: Vec<HistoryEntry>,
+    /// The session's MCP servers, owned by their own task; dropped (servers stopped) with the session.
+    mcp: Option<Toolbox>,
     queue: VecDeque<TurnInput>,
     running: Option<RunningTurn>,
     turns: u64,
@@ -266,6 +272,7 @@ impl Session {
             env: defaults.env.clone(),
             created_at: epoch_secs(),
             history: Vec::new(),
+            mcp: None,
             queue: VecDeque::new(),
             running: None,
             turns: 0,
@@ -382,6 +389,10 @@ impl Session {
                 if let Some(harness) = init.harness {
                     self.harness = harness;
                 }
+                if let Some(servers) = init.mcp_servers {
+                    // The old toolbox (if any) stops once its last turn has let go of it.
+                    self.mcp = (!servers.is_empty()).then(|| Toolbox::spawn(servers));
+                }
                 info!(workspace = %self.workspace.display(), harness = self.harness.name(), "session initialised");
             }
             Command::Message { input, reply } => {
@@ -496,6 +507,7 @@ impl Session {
             workspace: self.workspace.clone(),
             history: self.history.clone(),
             config,
+            mcp: self.mcp.clone(),
         };
         let cancel = CancellationToken::new();
         self.running = Some(RunningTurn {

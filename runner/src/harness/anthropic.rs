@@ -70,6 +70,8 @@ pub async fn run_turn(
     let max_rounds = vendor::max_tool_rounds(config);
     let client = vendor::client(VENDOR)?;
 
+    let tools = tools::Toolset::for_turn(turn, sink, cancel).await?;
+
     let mut new_history = Vec::new();
     let mut usage = Usage::default();
     for _ in 0..max_rounds {
@@ -79,7 +81,7 @@ pub async fn run_turn(
             "stream": true,
             "system": vendor::SYSTEM_PROMPT,
             "messages": messages(&turn.history, &new_history),
-            "tools": tools::anthropic_definitions(),
+            "tools": tools.anthropic_definitions(),
         });
         let request = client
             .post(&url)
@@ -103,6 +105,7 @@ pub async fn run_turn(
         vendor::run_calls(
             reply.calls,
             turn,
+            &tools,
             sink,
             cancel,
             shell_timeout,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub mod anthropic;
 pub mod echo;
 pub mod exec;
+pub mod mcp;
 pub mod openai;
 pub mod tools;
 mod vendor;
@@ -81,6 +82,8 @@ pub struct Turn {
     /// Conversation before this turn, oldest first; the last entry is this turn's user input.
     pub history: Vec<HistoryEntry>,
     pub config: HarnessConfig,
+    /// The session's MCP servers, when it has any: their tools are offered next to the built-in ones.
+    pub mcp: Option<mcp::Toolbox>,
 }
 
 /// How a turn ended, when it was not an error.

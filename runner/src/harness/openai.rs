@@ -50,6 +50,8 @@ pub async fn run_turn(
     let max_rounds = vendor::max_tool_rounds(config);
     let client = vendor::client(VENDOR)?;
 
+    let tools = tools::Toolset::for_turn(turn, sink, cancel).await?;
+
     let mut new_history = Vec::new();
     let mut usage = Usage::default();
     for _ in 0..max_rounds {
@@ -58,7 +60,7 @@ pub async fn run_turn(
             "stream": true,
             "stream_options": {"include_usage": true},
             "messages": messages(&turn.history, &new_history),
-            "tools": tools::openai_definitions(),
+            "tools": tools.openai_definitions(),
         });
         let mut request = client.post(&url).json(&body);
         if let Some(key) = api_key {
@@ -78,6 +80,7 @@ pub async fn run_turn(
         vendor::run_calls(
             reply.calls,
             turn,
+            &tools,
             sink,
             cancel,
             shell_timeout,

@@ -1,4 +1,6 @@
-//! Built-in tools (shell, read_file, write_file, list_dir), confined to the session workspace.
+//! The tools a turn offers: the built-in ones (shell, read_file, write_file, list_dir), confined to the
+//! session workspace, and the session's MCP tools (`super::mcp`), both behind one [`Toolset`] that the
+//! harnesses ask for definitions and hand every call to.
 //!
 //! A tool never fails the turn: whatever goes wrong (bad arguments, a path outside the workspace, a command
 //! that times out) is returned to the model as the tool's output, starting with `error:`, so it can correct
@@ -20,7 +22,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio_util::sync::CancellationToken;
 
-use super::HarnessError;
+use omnigent_proto::events::kind;
+
+use super::mcp::{self, OfferedTool, Toolbox};
+use super::{EventSink, HarnessError, Turn};
 
 /// Most bytes of output one tool call returns to the model.
 pub const OUTPUT_CAP: usize = 64 * 1024;
@@ -86,30 +91,119 @@ fn specs() -> [(&'static str, &'static str, Value); 4] {
     ]
 }
 
-/// The tools in Chat Completions form: `[{"type":"function","function":{name, description, parameters}}]`.
+/// The built-in tools in Chat Completions form (see [`Toolset::openai_definitions`]).
 pub fn openai_definitions() -> Value {
-    Value::Array(
-        specs()
+    Toolset::default().openai_definitions()
+}
+
+/// The built-in tools in Anthropic Messages form (see [`Toolset::anthropic_definitions`]).
+pub fn anthropic_definitions() -> Value {
+    Toolset::default().anthropic_definitions()
+}
+
+/// The tools of one turn: the built-in ones and the MCP tools its session's servers offer now.
+#[derive(Debug, Clone, Default)]
+pub struct Toolset {
+    mcp: Option<(Toolbox, Vec<OfferedTool>)>,
+}
+
+/// The code of the error item a failed MCP server shows as.
+pub const MCP_SERVER_ERROR: &str = "mcp_server_error";
+
+impl Toolset {
+    /// The tools for `turn`: asks the session's MCP toolbox (starting its servers on the first turn) and shows
+    /// every server that failed or stopped as an error item (`response.error`, `source: "tool"`). Only an
+    /// interrupt is an error.
+    pub async fn for_turn(
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Toolset, HarnessError> {
+        let Some(toolbox) = &turn.mcp else {
+            return Ok(Toolset::default());
+        };
+        let offer = toolbox.offer(&turn.workspace, cancel).await?;
+        for failure in &offer.failures {
+            server_error(sink, failure);
+        }
+        Ok(Toolset {
+            mcp: Some((toolbox.clone(), offer.tools)),
+        })
+    }
+
+    fn all(&self) -> impl Iterator<Item = (String, String, Value)> + '_ {
+        let builtin = specs()
             .into_iter()
+            .map(|(name, description, schema)| (name.to_owned(), description.to_owned(), schema));
+        let mcp = self
+            .mcp
+            .iter()
+            .flat_map(|(_, tools)| tools)
+            .map(|t| (t.name.clone(), t.description.clone(), t.schema.clone()));
+        builtin.chain(mcp)
+    }
+
+    /// Chat Completions form: `[{"type":"function","function":{name, description, parameters}}]`.
+    pub fn openai_definitions(&self) -> Value {
+        self.all()
             .map(|(name, description, parameters)| {
                 json!({"type": "function", "function": {
                     "name": name, "description": description, "parameters": parameters
                 }})
             })
-            .collect(),
-    )
-}
+            .collect()
+    }
 
-/// The tools in Anthropic Messages form: `[{name, description, input_schema}]`.
-pub fn anthropic_definitions() -> Value {
-    Value::Array(
-        specs()
-            .into_iter()
+    /// Responses API form: `[{"type":"function", name, description, parameters}]`.
+    pub fn responses_definitions(&self) -> Value {
+        self.all()
+            .map(|(name, description, parameters)| {
+                json!({"type": "function", "name": name, "description": description, "parameters": parameters})
+            })
+            .collect()
+    }
+
+    /// Anthropic Messages form: `[{name, description, input_schema}]`.
+    pub fn anthropic_definitions(&self) -> Value {
+        self.all()
             .map(|(name, description, schema)| {
                 json!({"name": name, "description": description, "input_schema": schema})
             })
-            .collect(),
-    )
+            .collect()
+    }
+
+    /// Run the tool `name`: an offered MCP tool through its server, else a built-in one (see [`run`]). A
+    /// server found dead by the call is shown as an error item too.
+    pub async fn run(
+        &self,
+        name: &str,
+        arguments: &str,
+        workspace: &Path,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        sink: &EventSink,
+    ) -> Result<String, HarnessError> {
+        if let Some((toolbox, tools)) = &self.mcp
+            && tools.iter().any(|t| t.name == name)
+        {
+            let outcome = toolbox.call(name, arguments, timeout, cancel).await?;
+            if let Some(failure) = &outcome.failure {
+                server_error(sink, failure);
+            }
+            return Ok(outcome.output);
+        }
+        run(name, arguments, workspace, timeout, cancel).await
+    }
+}
+
+/// A failed MCP server as the session's error item.
+fn server_error(sink: &EventSink, failure: &mcp::ServerFailure) {
+    sink.emit(json!({
+        "type": kind::RESPONSE_ERROR,
+        "source": "tool",
+        "tool_name": failure.server,
+        "error": {"code": MCP_SERVER_ERROR, "message": failure.message},
+    }));
 }
 
 /// Run the tool `name` with its JSON `arguments` in `workspace`. The output (or an `error: …` text) is what

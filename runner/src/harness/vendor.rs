@@ -378,6 +378,7 @@ pub(super) struct Call {
 pub(super) async fn run_calls(
     calls: Vec<Call>,
     turn: &Turn,
+    tools: &tools::Toolset,
     sink: &EventSink,
     cancel: &CancellationToken,
     shell_timeout: std::time::Duration,
@@ -392,14 +393,16 @@ pub(super) async fn run_calls(
         });
     }
     for call in calls {
-        let output = tools::run(
-            &call.name,
-            &call.arguments,
-            &turn.workspace,
-            shell_timeout,
-            cancel,
-        )
-        .await?;
+        let output = tools
+            .run(
+                &call.name,
+                &call.arguments,
+                &turn.workspace,
+                shell_timeout,
+                cancel,
+                sink,
+            )
+            .await?;
         sink.function_call_output(&turn.response_id, &call.id, &output);
         new_history.push(HistoryEntry::ToolResult {
             call_id: call.id,

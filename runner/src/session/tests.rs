@@ -342,3 +342,80 @@ fn the_byte_bound_holds_with_the_real_bounds() {
     let kept = subscription.backlog.len() as u64;
     assert!(kept < 200 && first == 200 - kept, "{first} {kept}");
 }
+
+/// The MCP hook: servers set through the session's init reach its turns, whose calls stream as items.
+#[tokio::test]
+async fn mcp_servers_set_at_init_offer_their_tools_to_the_sessions_turns() {
+    use omnigent_testkit::vendor::{Canned, FakeVendor};
+    let data = |chunk: Value| format!("data: {chunk}\n\n");
+    let vendor = FakeVendor::start(vec![
+        Canned::stream(vec![
+            data(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1",
+                "type": "function", "function": {"name": "notes__add", "arguments": "{\"a\":1,\"b\":2}"}}]}}]})),
+            "data: [DONE]\n\n".to_owned(),
+        ]),
+        Canned::stream(vec![
+            data(json!({"choices": [{"index": 0, "delta": {"content": "3."}}]})),
+            "data: [DONE]\n\n".to_owned(),
+        ]),
+    ])
+    .await;
+    let ws = tempfile::tempdir().unwrap();
+    let env = HarnessEnv {
+        model: Some("gpt-test".into()),
+        vendors: vec![(
+            HarnessKind::OpenAi,
+            crate::VendorEnv {
+                base_url: Some(vendor.url.clone()),
+                credential: Some((omnigent_proto::harness::CredentialKind::ApiKey, "sk".into())),
+            },
+        )],
+        exec_command: None,
+    };
+    let sessions = Sessions::new(SessionDefaults {
+        workspace: ws.path().to_owned(),
+        harness: HarnessKind::OpenAi,
+        env,
+    });
+    let handle = sessions.get_or_create("conv_mcp");
+    let server = omnigent_proto::agent::spec::Tool {
+        command: Some("/usr/bin/python3".into()),
+        args: vec![format!(
+            "{}/tests/fixtures/mcp_server.py",
+            env!("CARGO_MANIFEST_DIR")
+        )],
+        ..Default::default()
+    };
+    handle
+        .init(SessionInit {
+            mcp_servers: Some(vec![("notes".into(), server)]),
+            ..SessionInit::default()
+        })
+        .unwrap();
+    let mut sub = handle.subscribe(true).await.unwrap();
+    handle
+        .message(TurnInput {
+            text: "add".into(),
+            agent_name: None,
+        })
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    omnigent_testkit::within(30, async {
+        while let Some(event) = sub.events.recv().await {
+            if event["type"] == "response.output_item.done" {
+                items.push(event["item"].clone());
+            }
+            if event["type"] == "response.completed" {
+                break;
+            }
+        }
+    })
+    .await;
+    let kinds: Vec<&str> = items.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["function_call", "function_call_output", "message"]);
+    assert_eq!(items[0]["name"], "notes__add");
+    assert_eq!(items[1]["call_id"], "call_1");
+    assert_eq!(items[1]["output"], "3");
+    assert_eq!(items[2]["content"][0]["text"], "3.");
+}
