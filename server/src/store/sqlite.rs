@@ -14,6 +14,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
+mod agents;
 mod health;
 mod hosts;
 mod items;
@@ -29,7 +30,9 @@ use super::{
 const SESSION_COLS: &str = "s.id, s.agent_id, s.title, s.labels, s.status, s.created_at, s.updated_at, \
      s.archived, s.kind, s.parent_session_id, s.root_session_id, s.sub_agent_name, s.runner_id, s.host_id, \
      s.workspace, s.git_branch, s.model_override, s.reasoning_effort, s.cost_control_mode_override, \
-     s.external_session_id, s.terminal_launch_args";
+     s.external_session_id, s.terminal_launch_args, \
+     (SELECT a.name FROM agents a WHERE a.id = agent_id) AS uploaded_agent_name, \
+     (SELECT a.harness FROM agents a WHERE a.id = agent_id) AS uploaded_agent_harness";
 
 const ITEM_COLS: &str =
     "i.id, i.position, i.seq, i.type, i.status, i.response_id, i.created_at, i.created_by, i.data";
@@ -420,7 +423,7 @@ impl SqliteStore {
     }
 }
 
-async fn insert_session(
+pub(super) async fn insert_session(
     tx: &mut Transaction<'_, Sqlite>,
     s: &SessionRow,
     next_position: i64,
@@ -496,6 +499,13 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRow, StoreError> {
         cost_control_mode_override: row.try_get("cost_control_mode_override")?,
         external_session_id: row.try_get("external_session_id")?,
         terminal_launch_args,
+        uploaded_agent: match (
+            row.try_get::<Option<String>, _>("uploaded_agent_name")?,
+            row.try_get::<Option<String>, _>("uploaded_agent_harness")?,
+        ) {
+            (Some(name), Some(harness)) => Some(super::UploadedAgentRef { name, harness }),
+            _ => None,
+        },
     })
 }
 
