@@ -343,12 +343,14 @@ async fn hostile_or_unrunnable_bundles_are_refused_naming_the_entry_or_field_and
     use tar::EntryType::{Regular, Symlink};
     let home = tempfile::tempdir().expect("tmp");
     let (srv, _registry) = start(home.path()).await;
-    let spec = SPEC.as_bytes();
+    // Runnable as it stands, so each case is refused for its own reason only.
+    let plain = "name: hostile\nexecutor: {harness: openai-agents}\n";
+    let spec = plain.as_bytes();
     let zeros = vec![0u8; 20 * 1024 * 1024];
     let many: Vec<String> = (0..1001).map(|i| format!("f/{i}.txt")).collect();
     let mut many_entries = vec![("config.yaml", Regular, "", spec)];
     many_entries.extend(many.iter().map(|p| (p.as_str(), Regular, "", &b"x"[..])));
-    let huge_spec = format!("{SPEC}# {}\n", "y".repeat(300 * 1024));
+    let huge_spec = format!("{plain}# {}\n", "y".repeat(300 * 1024));
     let no_prompt = SPEC.replace(
         "instructions: prompts/system.md",
         "instructions: prompts/gone.md",
