@@ -20,3 +20,7 @@ CREATE TABLE agents (
     created_at      INTEGER NOT NULL
 );
 CREATE INDEX agents_by_created ON agents (created_at, id);
+-- A session's delete removes its session-scoped agent once no session (a fork) uses it, then the bundle once
+-- no agent does.
+CREATE INDEX sessions_by_agent ON sessions (agent_id);
+CREATE INDEX agents_by_bundle ON agents (bundle_sha256);

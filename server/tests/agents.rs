@@ -305,6 +305,78 @@ async fn a_bundle_upload_for_a_host_launches_its_harness_and_only_its_runner_get
     // The uploaded session's token does not open the echo session either.
     let resp = contents(&srv, echo["id"].as_str().expect("id"), Some(&token)).await;
     assert_eq!(resp.status(), 403);
+
+    // After a restart (which forgets every token it held), the runner's token still fetches the bundle.
+    drop(ws);
+    let (result, _) = srv.shutdown().await;
+    result.expect("clean stop");
+    let (srv, _registry) = start(home.path()).await;
+    let (_, snap) = srv.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!(snap["agent_name"], "bundled", "{snap}");
+    let resp = contents(&srv, &session, Some(&token)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.bytes().await.expect("body").as_ref(),
+        bundle.as_slice()
+    );
+}
+
+#[tokio::test]
+async fn an_uploaded_agent_goes_with_the_last_session_that_uses_it() {
+    let home = tempfile::tempdir().expect("tmp");
+    let (srv, _registry) = start(home.path()).await;
+    let (status, created) = post_multipart(
+        &srv,
+        multipart(Some(&json!({"title": "t"})), Some(&good_bundle())),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let session = created["session_id"].as_str().expect("id").to_owned();
+    // A second upload of the same bytes: a second agent, one stored bundle.
+    let (status, other) = post_multipart(&srv, multipart(None, Some(&good_bundle()))).await;
+    assert_eq!(status, 201, "{other}");
+    assert_eq!(rows(home.path(), "agents").await, 2);
+    assert_eq!(rows(home.path(), "agent_bundles").await, 1);
+
+    let (status, fork) = srv
+        .post(&format!("/v1/sessions/{session}/fork"), json!({}))
+        .await;
+    assert_eq!(status, 201, "{fork}");
+    assert_eq!(
+        fork["agent_name"], "bundled",
+        "a fork runs the same agent: {fork}"
+    );
+    let (status, _) = srv.delete(&format!("/v1/sessions/{session}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        rows(home.path(), "agents").await,
+        2,
+        "the fork still uses it"
+    );
+    let (status, _) = srv
+        .delete(&format!(
+            "/v1/sessions/{}",
+            fork["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(rows(home.path(), "agents").await, 1);
+    assert_eq!(
+        rows(home.path(), "agent_bundles").await,
+        1,
+        "the other agent has the same bytes"
+    );
+    let (status, _) = srv
+        .delete(&format!(
+            "/v1/sessions/{}",
+            other["session_id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(rows(home.path(), "agents").await, 0);
+    assert_eq!(rows(home.path(), "agent_bundles").await, 0);
+    let (_, agents) = srv.get("/v1/agents").await;
+    assert_eq!(agents["data"].as_array().map(Vec::len), Some(4), "{agents}");
 }
 
 /// The last 6 characters of a token (what a message must not echo).

@@ -354,11 +354,41 @@ impl SqliteStore {
         w.finish(result)?.as_ref().map(session_from_row).transpose()
     }
 
+    /// Delete the session, and its session-scoped uploaded agent (with the bundle, unless another agent
+    /// has the same bytes) once no session uses it any more (a fork shares its source's agent).
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        let done = self
-            .execute(sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id))
+        let mut w = self.writer().await?;
+        let result = async {
+            let mut tx = w.begin().await?;
+            let agent: Option<String> =
+                sqlx::query_scalar("DELETE FROM sessions WHERE id = ? RETURNING agent_id")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(agent) = agent else {
+                return Ok(false);
+            };
+            let sha: Option<String> = sqlx::query_scalar(
+                "DELETE FROM agents WHERE id = ?1 AND session_scoped = 1 \
+                 AND NOT EXISTS (SELECT 1 FROM sessions WHERE agent_id = ?1) RETURNING bundle_sha256",
+            )
+            .bind(&agent)
+            .fetch_optional(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+            if let Some(sha) = sha {
+                sqlx::query(
+                    "DELETE FROM agent_bundles WHERE sha256 = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM agents WHERE bundle_sha256 = ?1)",
+                )
+                .bind(&sha)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await;
+        w.finish(result)
     }
 
     pub async fn set_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
