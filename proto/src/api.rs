@@ -255,7 +255,8 @@ pub struct Me {
 // ---------------------------------------------------------------------------------------------------------
 // Agents, hosts, runners
 
-/// One built-in agent of `GET /v1/agents`.
+/// One agent of `GET /v1/agents` (and `GET /v1/agents/{id}`): a built-in one, or one a bundle upload created
+/// (those carry `version` and `session_scoped`; the built-ins leave them out).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
     pub id: String,
@@ -263,7 +264,13 @@ pub struct Agent {
     pub name: String,
     pub description: String,
     pub created_at: i64,
+    /// The harness name as the spec wrote it (`openai-agents`, `claude-sdk`, …) or the built-in's.
     pub harness: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `true` for the agent of a multipart `POST /v1/sessions` (it belongs to that one session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_scoped: Option<bool>,
 }
 
 /// `GET /v1/runners`.
@@ -365,6 +372,13 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// `201` of a multipart `POST /v1/sessions` (an uploaded agent bundle): only the new session's id, as 0.19.1
+/// answers; its session-scoped agent's id is in `GET /v1/sessions/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleSessionCreated {
+    pub session_id: String,
 }
 
 /// `DELETE /v1/sessions/{id}`.

@@ -19,6 +19,17 @@ pub const TURN_RECORD_HEADER: &str = "x-omnigent-turn-record";
 /// The value of [`TURN_RECORD_HEADER`] that asks for the record.
 pub const TURN_RECORD_WANTED: &str = "1";
 
+/// Asked by a runner on `GET /v1/sessions/{id}/agent/contents` (value `1`); the answer echoes it with the MCP
+/// selection (`{}`: every server of the spec).
+pub const MCP_SELECTION: &str = "x-omnigent-mcp-selection";
+
+/// Headers of `GET /v1/sessions/{id}/agent/contents` (the bundle, `application/gzip`) that describe the agent.
+pub const AGENT_ID: &str = "x-agent-id";
+pub const AGENT_VERSION: &str = "x-agent-version";
+pub const AGENT_NAME: &str = "x-agent-name";
+/// `true` or `false`.
+pub const AGENT_SESSION_SCOPED: &str = "x-agent-session-scoped";
+
 /// Headers whose values are credentials: they are never logged, at any level.
 pub const SECRET_HEADERS: &[&str] = &[
     "authorization",

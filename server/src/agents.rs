@@ -38,6 +38,8 @@ static AGENTS: LazyLock<Vec<Agent>> = LazyLock::new(|| {
             description: (*description).to_owned(),
             created_at: BUILTIN_CREATED_AT,
             harness: (*name).to_owned(),
+            version: None,
+            session_scoped: None,
         })
         .collect()
 });

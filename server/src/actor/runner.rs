@@ -155,7 +155,7 @@ impl Actor {
             Instant::now(),
             self.view(),
         );
-        let harness = crate::agents::find(&row.agent_id).map(|a| a.harness.as_str());
+        let harness = row.harness();
         let init = SessionCreate::new(SessionFacts {
             session_id: &self.id,
             agent_id: &row.agent_id,
@@ -221,8 +221,14 @@ impl Actor {
                     warn!(session_id = %self.id, "cannot settle after the runner came back: {e}");
                 }
                 for w in std::mem::take(&mut self.relay.waiting) {
-                    self.forward(w.input, &w.runner_id, &w.agent_id, w.reply)
-                        .await;
+                    self.forward(
+                        w.input,
+                        &w.runner_id,
+                        &w.agent_id,
+                        w.agent_name.as_deref(),
+                        w.reply,
+                    )
+                    .await;
                 }
             }
             ReaderEvent::Ended { why } => {

@@ -19,6 +19,7 @@ pub(super) struct Waiting {
     pub(super) input: TurnInput,
     pub(super) runner_id: String,
     pub(super) agent_id: String,
+    pub(super) agent_name: Option<String>,
     pub(super) deadline: Instant,
     pub(super) reply: Reply<Option<String>>,
 }
@@ -107,10 +108,15 @@ impl Actor {
             }
         };
         match self.ensure_relay(&runner_id, Some(&row)).await {
-            Readiness::Ready => self.forward(input, &runner_id, &row.agent_id, reply).await,
+            Readiness::Ready => {
+                let name = row.agent_name().map(str::to_owned);
+                self.forward(input, &runner_id, &row.agent_id, name.as_deref(), reply)
+                    .await
+            }
             Readiness::Opening => self.relay.waiting.push(Waiting {
                 input,
                 runner_id,
+                agent_name: row.agent_name().map(str::to_owned),
                 agent_id: row.agent_id,
                 deadline: Instant::now() + relay::READY_TIMEOUT + relay::INIT_TIMEOUT,
                 reply,
@@ -128,6 +134,7 @@ impl Actor {
         input: TurnInput,
         runner_id: &str,
         agent_id: &str,
+        agent_name: Option<&str>,
         reply: Reply<Option<String>>,
     ) {
         let Some(conn) = self.runners.get(runner_id) else {
@@ -141,7 +148,6 @@ impl Actor {
             },
             None => None,
         };
-        let agent_name = crate::agents::find(agent_id).map(|a| a.name.as_str());
         let body = TurnEvent::input(
             &input.kind,
             &input.data,

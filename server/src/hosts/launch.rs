@@ -109,7 +109,7 @@ pub async fn prepare_launch(
     raw_host_id: &str,
     workspace: &str,
 ) -> Result<PreparedLaunch, LaunchError> {
-    let host = online_host(hosts, raw_host_id)?;
+    let host = online_host(hosts, raw_host_id).await?;
     check_workspace(&host, workspace).await?;
     let token = new_binding_token();
     Ok(PreparedLaunch {
@@ -190,7 +190,7 @@ pub async fn ensure_host_runner(
         }
     };
     let runner_id = runner_id_for_token(&token);
-    let harness = crate::agents::find(&row.agent_id).map(|a| a.harness.as_str());
+    let harness = row.harness();
     info!(%session_id, %runner_id, host_id, "relaunching the session's runner on its host");
     send_launch(
         &host,
@@ -270,7 +270,7 @@ pub async fn launch_for_session(
     if !bound {
         return Err(LaunchError::SessionNotFound);
     }
-    let harness = crate::agents::find(&row.agent_id).map(|a| a.harness.as_str());
+    let harness = row.harness();
     send_launch(
         &launch.host,
         &launch.token,
@@ -284,15 +284,22 @@ pub async fn launch_for_session(
     Ok(launch.runner_id)
 }
 
-/// The live tunnel of a host, or [`LaunchError::HostOffline`] (or [`LaunchError::BadHostId`]).
-pub fn online_host(hosts: &Hosts, raw_host_id: &str) -> Result<HostConnection, LaunchError> {
+/// How long a launch waits for a host whose tunnel is not registered yet. A host daemon counts itself online
+/// as soon as it has sent its `host.hello`; the server registers it only once it has read that hello, so a
+/// session created right after `omnigent host` (or `omnigent run` starting the daemon) can arrive in between.
+pub const HOST_ARRIVAL_WAIT: Duration = Duration::from_secs(3);
+
+/// The live tunnel of a host, waiting up to [`HOST_ARRIVAL_WAIT`] for it to register (on the registry's
+/// connect signal, no polling); else [`LaunchError::HostOffline`] (or [`LaunchError::BadHostId`]).
+pub async fn online_host(hosts: &Hosts, raw_host_id: &str) -> Result<HostConnection, LaunchError> {
     let host_id =
         omnigent_proto::ids::canonical_id(raw_host_id).ok_or_else(|| LaunchError::BadHostId {
             raw: raw_host_id.to_owned(),
         })?;
     hosts
         .registry()
-        .get(&host_id)
+        .wait_for_host(&host_id, HOST_ARRIVAL_WAIT)
+        .await
         .ok_or(LaunchError::HostOffline { host_id })
 }
 

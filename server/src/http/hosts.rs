@@ -77,10 +77,12 @@ fn host_not_found(raw: &str) -> ApiError {
     )
 }
 
-/// The live tunnel of a host: 404 when the host never connected, 409 when it is offline.
+/// The live tunnel of a host (waiting [`hosts::HOST_ARRIVAL_WAIT`] for one whose hello is still on its way):
+/// 404 when the host never connected, 409 when it is offline.
 async fn live_host(st: &AppState, raw: &str) -> Result<HostConnection, ApiError> {
     let id = canonical_id(raw).ok_or_else(|| host_not_found(raw))?;
-    if let Some(conn) = st.hosts.registry().get(&id) {
+    let registry = st.hosts.registry();
+    if let Some(conn) = registry.wait_for_host(&id, hosts::HOST_ARRIVAL_WAIT).await {
         return Ok(conn);
     }
     match st.hosts.get(&id).await? {

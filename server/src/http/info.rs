@@ -6,15 +6,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use omnigent_proto::api::{
-    Agent, HealthResponse, IMPLEMENTATION, ListEnvelope, Liveness, MAX_LIST_LIMIT, Me, Order,
-    PageQuery, ServerInfo, SessionLiveness,
+    HealthResponse, IMPLEMENTATION, Liveness, Me, ServerInfo, SessionLiveness,
 };
 use omnigent_proto::ids::canonical_id;
 use serde::Deserialize;
 use serde_json::{Map, json as json_value};
 
 use super::{ApiError, AppState, Q, json};
-use crate::agents;
 
 /// Most ids one `/health?session_ids=` asks about (the sidebar batches its visible rows).
 const MAX_HEALTH_IDS: usize = 500;
@@ -153,49 +151,4 @@ pub async fn me() -> Response {
             is_admin: true,
         },
     )
-}
-
-pub async fn agents(Q(q): Q<PageQuery>) -> Result<Response, ApiError> {
-    let limit = match q.limit {
-        None => 20,
-        Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(ApiError::invalid(format!(
-                "limit={n} is out of range; use 1 to {MAX_LIST_LIMIT}"
-            )));
-        }
-    };
-    let mut all: Vec<&Agent> = agents::all().iter().collect();
-    if q.order == Some(Order::Desc) {
-        all.reverse();
-    }
-    let find = |name: &str, id: &str| {
-        all.iter()
-            .position(|a| a.id == id || a.name == id)
-            .ok_or_else(|| ApiError::invalid(format!("{name}=`{id}` names no agent of this list")))
-    };
-    let start = match q.after.as_deref() {
-        Some(id) => find("after", id)? + 1,
-        None => 0,
-    };
-    let end = match q.before.as_deref() {
-        Some(id) => find("before", id)?,
-        None => all.len(),
-    };
-    let window: Vec<Agent> = all
-        .get(start..end.max(start))
-        .unwrap_or_default()
-        .iter()
-        .map(|a| (*a).clone())
-        .collect();
-    let has_more = window.len() > limit;
-    let page: Vec<Agent> = if q.before.is_some() && q.after.is_none() {
-        window[window.len().saturating_sub(limit)..].to_vec()
-    } else {
-        window.into_iter().take(limit).collect()
-    };
-    Ok(json(
-        StatusCode::OK,
-        &ListEnvelope::new(page, has_more, |a| a.id.as_str()),
-    ))
 }

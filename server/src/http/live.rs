@@ -367,7 +367,11 @@ pub async fn agent(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let row = session_row(&st, &raw).await?;
-    let agent = crate::agents::find(&row.agent_id).ok_or_else(|| {
+    if let Some(agent) = crate::agents::find(&row.agent_id) {
+        return Ok(json(StatusCode::OK, agent));
+    }
+    let uploaded = st.store.get_agent(&row.agent_id).await?;
+    let agent = uploaded.as_ref().map(super::agents::wire_agent).ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
             format!(
@@ -376,7 +380,7 @@ pub async fn agent(
             ),
         )
     })?;
-    Ok(json(StatusCode::OK, agent))
+    Ok(json(StatusCode::OK, &agent))
 }
 
 /// `GET /v1/sessions/{id}/child_sessions`: the session's sub-agent sessions, newest first by default,
@@ -442,7 +446,7 @@ fn child_summary(row: &SessionRow) -> ChildSessionSummary {
         created_at: row.created_at_ms / 1000,
         updated_at: row.updated_at_ms / 1000,
         agent_id: Some(row.agent_id.clone()),
-        agent_name: crate::agents::find(&row.agent_id).map(|a| a.name.clone()),
+        agent_name: row.agent_name().map(str::to_owned),
         current_task_id: None,
         current_task_status: None,
         busy: matches!(row.status.as_str(), "running" | "waiting"),

@@ -22,6 +22,7 @@ use crate::config::ServerConfig;
 use crate::store::{Store, StoreError};
 use omnigent_tunnel::auth::origin_allowed;
 
+mod agents;
 mod catalog;
 mod events;
 mod host_check;
@@ -85,7 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/version", get(info::version))
         .route("/v1/info", get(info::info))
         .route("/v1/me", get(info::me))
-        .route("/v1/agents", get(info::agents))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{id}", get(agents::get_one))
         .route("/v1/hosts", get(hosts::list))
         .route("/v1/hosts/{host_id}", get(hosts::get_one))
         .route("/v1/hosts/{host_id}/tunnel", get(hosts::tunnel))
@@ -114,6 +116,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(sessions::delete),
         )
         .route("/v1/sessions/{id}/items", get(sessions::items))
+        // The session's agent bundle, for its runner (binding token checked in the handler).
+        .route("/v1/sessions/{id}/agent/contents", get(agents::contents))
         .route(
             "/v1/sessions/{id}/fork",
             axum::routing::post(sessions::fork),

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use omnigent_proto::api::{
-    DEFAULT_ITEMS_LIMIT, DEFAULT_SESSIONS_LIMIT, ErrorCode, ForkRequest, ListEnvelope,
-    MAX_LIST_LIMIT, Order, PageQuery, SessionCreateRequest, SessionDeleted, SessionKindFilter,
-    SessionListItem, SessionListQuery, SessionPatchRequest, SessionResponse, SessionStatus,
-    SnapshotItem, SortBy, WireItem,
+    Agent, BundleSessionCreated, DEFAULT_ITEMS_LIMIT, DEFAULT_SESSIONS_LIMIT, ErrorCode,
+    ForkRequest, ListEnvelope, MAX_LIST_LIMIT, Order, PageQuery, SessionCreateRequest,
+    SessionDeleted, SessionKindFilter, SessionListItem, SessionListQuery, SessionPatchRequest,
+    SessionResponse, SessionStatus, SnapshotItem, SortBy, WireItem,
 };
 use omnigent_proto::ids::{canonical_id, new_id};
 use serde::Deserialize;
@@ -20,17 +20,26 @@ use crate::actor::wire_item;
 use crate::agents;
 use crate::clock::now_ms;
 use crate::store::{
-    ItemListParams, ItemRow, NewSession, SessionChanges, SessionListParams, SessionRow,
-    SessionSort, fts_query,
+    ItemListParams, ItemRow, NewAgent, NewSession, SessionChanges, SessionListParams, SessionRow,
+    SessionSort, UploadedAgentRef, fts_query,
 };
 
 /// Most items embedded in a snapshot (`GET /v1/sessions/{id}`); page with `…/items` beyond that.
 const SNAPSHOT_ITEMS: u32 = 10_000;
 
-pub async fn create(
-    State(st): State<AppState>,
-    JsonBody(req): JsonBody<SessionCreateRequest>,
-) -> Result<Response, ApiError> {
+/// `POST /v1/sessions`: JSON (`SessionCreateRequest`, a built-in agent) answers the session; multipart
+/// (`metadata` + `bundle`, an uploaded agent; `super::agents`) answers `{"session_id"}`.
+pub async fn create(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    if super::agents::is_multipart(req.headers()) {
+        let upload = super::agents::read_upload(&st, req).await?;
+        let (row, _) =
+            create_session(&st, &upload.metadata, SessionAgent::Uploaded(&upload.agent)).await?;
+        return Ok(json(
+            StatusCode::CREATED,
+            &BundleSessionCreated { session_id: row.id },
+        ));
+    }
+    let JsonBody(req) = JsonBody::<SessionCreateRequest>::from_request(req, &st).await?;
     let agent_ref = req.agent_id.as_deref().ok_or_else(|| {
         ApiError::invalid(
             "agent_id is required; GET /v1/agents lists the agents (echo, openai, anthropic, exec)",
@@ -42,6 +51,35 @@ pub async fn create(
             format!("agent `{agent_ref}` not found; GET /v1/agents lists the agents (echo, openai, anthropic, exec)"),
         )
     })?;
+    let (row, rows) = create_session(&st, &req, SessionAgent::Builtin(agent)).await?;
+    Ok(json(StatusCode::CREATED, &live_response(&st, &row, &rows)))
+}
+
+/// Whose agent a new session runs.
+enum SessionAgent<'a> {
+    Builtin(&'a Agent),
+    /// Stored with the session, in its transaction.
+    Uploaded(&'a NewAgent),
+}
+
+/// Create the session `req` asks for (launching its runner when it is host-bound); answers its row and items.
+/// Nothing is stored when any step fails.
+async fn create_session(
+    st: &AppState,
+    req: &SessionCreateRequest,
+    agent: SessionAgent<'_>,
+) -> Result<(SessionRow, Vec<ItemRow>), ApiError> {
+    let (agent_id, uploaded_agent, harness) = match agent {
+        SessionAgent::Builtin(a) => (a.id.clone(), None, a.harness.clone()),
+        SessionAgent::Uploaded(a) => (
+            a.row.id.clone(),
+            Some(UploadedAgentRef {
+                name: a.row.name.clone(),
+                harness: a.row.harness.clone(),
+            }),
+            a.row.harness.clone(),
+        ),
+    };
     if req.host_id.is_some() && req.workspace.as_deref().is_none_or(str::is_empty) {
         return Err(ApiError::invalid(
             "workspace is required when host_id is set: name the directory on that host the session works in",
@@ -79,7 +117,7 @@ pub async fn create(
     };
     let row = SessionRow {
         id: id.clone(),
-        agent_id: agent.id.clone(),
+        agent_id,
         title: req.title.clone(),
         labels: req.labels.clone(),
         status: SessionStatus::Idle.as_str().to_owned(),
@@ -99,12 +137,15 @@ pub async fn create(
         cost_control_mode_override: None,
         external_session_id: None,
         terminal_launch_args: req.terminal_launch_args.clone(),
+        uploaded_agent,
     };
-    st.store
-        .create_session(&NewSession { row: row.clone() }, &items)
-        .await?;
+    let new = NewSession { row: row.clone() };
+    match agent {
+        SessionAgent::Builtin(_) => st.store.create_session(&new, &items).await?,
+        SessionAgent::Uploaded(a) => st.store.create_session_with_agent(a, &new, &items).await?,
+    }
     if let Some(launch) = launch {
-        crate::hosts::launch_new_session(&st.hosts, &st.store, launch, &id, &agent.harness).await?;
+        crate::hosts::launch_new_session(&st.hosts, &st.store, launch, &id, &harness).await?;
     }
     let rows: Vec<ItemRow> = items
         .into_iter()
@@ -121,7 +162,7 @@ pub async fn create(
             data: i.data,
         })
         .collect();
-    Ok(json(StatusCode::CREATED, &live_response(&st, &row, &rows)))
+    Ok((row, rows))
 }
 
 fn parent_not_found(raw: &str) -> ApiError {
@@ -453,7 +494,7 @@ fn list_item(row: &SessionRow) -> SessionListItem {
     SessionListItem {
         id: row.id.clone(),
         agent_id: row.agent_id.clone(),
-        agent_name: agents::find(&row.agent_id).map(|a| a.name.clone()),
+        agent_name: row.agent_name().map(str::to_owned),
         status: status_of(row),
         created_at: row.created_at_ms / 1000,
         updated_at: row.updated_at_ms / 1000,
@@ -476,11 +517,10 @@ fn list_item(row: &SessionRow) -> SessionListItem {
 }
 
 pub fn session_response(row: &SessionRow, items: &[ItemRow]) -> SessionResponse {
-    let agent = agents::find(&row.agent_id);
     SessionResponse {
         id: row.id.clone(),
         agent_id: row.agent_id.clone(),
-        agent_name: agent.map(|a| a.name.clone()),
+        agent_name: row.agent_name().map(str::to_owned),
         status: status_of(row),
         created_at: row.created_at_ms / 1000,
         updated_at: row.updated_at_ms / 1000,
@@ -497,7 +537,7 @@ pub fn session_response(row: &SessionRow, items: &[ItemRow]) -> SessionResponse 
         kind: row.kind.clone(),
         parent_session_id: row.parent_session_id.clone(),
         root_conversation_id: row.root_session_id.clone(),
-        harness: agent.map(|a| a.harness.clone()),
+        harness: row.harness().map(str::to_owned),
         model_override: row.model_override.clone(),
         cost_control_mode_override: row.cost_control_mode_override.clone(),
         external_session_id: row.external_session_id.clone(),

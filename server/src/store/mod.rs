@@ -8,10 +8,12 @@ use serde_json::{Map, Value};
 
 use crate::updates::Change;
 
+mod agents;
 mod hosts;
 mod live;
 mod sqlite;
 
+pub use agents::{AgentRow, NewAgent};
 pub use hosts::HostRow;
 pub use sqlite::SqliteStore;
 
@@ -192,9 +194,38 @@ pub struct SessionRow {
     pub cost_control_mode_override: Option<String>,
     pub external_session_id: Option<String>,
     pub terminal_launch_args: Option<Vec<String>>,
+    /// The name and harness of the session's agent when it is an uploaded one (read from `agents`; not
+    /// written with the session).
+    pub uploaded_agent: Option<UploadedAgentRef>,
+}
+
+/// What a session row carries of its uploaded agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadedAgentRef {
+    pub name: String,
+    /// As the spec wrote it (`openai-agents`, …).
+    pub harness: String,
 }
 
 impl SessionRow {
+    /// The name of the session's agent: the uploaded agent's, else the built-in's (`None` for an agent this
+    /// server does not know).
+    pub fn agent_name(&self) -> Option<&str> {
+        match &self.uploaded_agent {
+            Some(a) => Some(&a.name),
+            None => crate::agents::find(&self.agent_id).map(|a| a.name.as_str()),
+        }
+    }
+
+    /// The harness that runs the session's agent: the uploaded spec's name for it as written, else the
+    /// built-in's.
+    pub fn harness(&self) -> Option<&str> {
+        match &self.uploaded_agent {
+            Some(a) => Some(&a.harness),
+            None => crate::agents::find(&self.agent_id).map(|a| a.harness.as_str()),
+        }
+    }
+
     /// An idle top-level session of `agent_id` created at `at_ms`, with nothing else set (callers fill in
     /// what they have).
     pub fn new(id: &str, agent_id: &str, at_ms: i64) -> SessionRow {
@@ -220,6 +251,7 @@ impl SessionRow {
             cost_control_mode_override: None,
             external_session_id: None,
             terminal_launch_args: None,
+            uploaded_agent: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
+mod agents;
 mod health;
 mod hosts;
 mod items;
@@ -29,7 +30,9 @@ use super::{
 const SESSION_COLS: &str = "s.id, s.agent_id, s.title, s.labels, s.status, s.created_at, s.updated_at, \
      s.archived, s.kind, s.parent_session_id, s.root_session_id, s.sub_agent_name, s.runner_id, s.host_id, \
      s.workspace, s.git_branch, s.model_override, s.reasoning_effort, s.cost_control_mode_override, \
-     s.external_session_id, s.terminal_launch_args";
+     s.external_session_id, s.terminal_launch_args, \
+     (SELECT a.name FROM agents a WHERE a.id = agent_id) AS uploaded_agent_name, \
+     (SELECT a.harness FROM agents a WHERE a.id = agent_id) AS uploaded_agent_harness";
 
 const ITEM_COLS: &str =
     "i.id, i.position, i.seq, i.type, i.status, i.response_id, i.created_at, i.created_by, i.data";
@@ -351,11 +354,41 @@ impl SqliteStore {
         w.finish(result)?.as_ref().map(session_from_row).transpose()
     }
 
+    /// Delete the session, and its session-scoped uploaded agent (with the bundle, unless another agent
+    /// has the same bytes) once no session uses it any more (a fork shares its source's agent).
     pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        let done = self
-            .execute(sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id))
+        let mut w = self.writer().await?;
+        let result = async {
+            let mut tx = w.begin().await?;
+            let agent: Option<String> =
+                sqlx::query_scalar("DELETE FROM sessions WHERE id = ? RETURNING agent_id")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(agent) = agent else {
+                return Ok(false);
+            };
+            let sha: Option<String> = sqlx::query_scalar(
+                "DELETE FROM agents WHERE id = ?1 AND session_scoped = 1 \
+                 AND NOT EXISTS (SELECT 1 FROM sessions WHERE agent_id = ?1) RETURNING bundle_sha256",
+            )
+            .bind(&agent)
+            .fetch_optional(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+            if let Some(sha) = sha {
+                sqlx::query(
+                    "DELETE FROM agent_bundles WHERE sha256 = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM agents WHERE bundle_sha256 = ?1)",
+                )
+                .bind(&sha)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await;
+        w.finish(result)
     }
 
     pub async fn set_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
@@ -420,7 +453,7 @@ impl SqliteStore {
     }
 }
 
-async fn insert_session(
+pub(super) async fn insert_session(
     tx: &mut Transaction<'_, Sqlite>,
     s: &SessionRow,
     next_position: i64,
@@ -496,6 +529,13 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRow, StoreError> {
         cost_control_mode_override: row.try_get("cost_control_mode_override")?,
         external_session_id: row.try_get("external_session_id")?,
         terminal_launch_args,
+        uploaded_agent: match (
+            row.try_get::<Option<String>, _>("uploaded_agent_name")?,
+            row.try_get::<Option<String>, _>("uploaded_agent_harness")?,
+        ) {
+            (Some(name), Some(harness)) => Some(super::UploadedAgentRef { name, harness }),
+            _ => None,
+        },
     })
 }
 

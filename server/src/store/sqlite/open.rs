@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/0003_storage_probe.sql"),
     ),
     (4, "live", include_str!("../../../migrations/0004_live.sql")),
+    (
+        5,
+        "agents",
+        include_str!("../../../migrations/0005_agents.sql"),
+    ),
 ];
 
 impl SqliteStore {
