@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod anthropic;
+pub mod claude_code;
 pub mod echo;
 pub mod exec;
 pub mod openai;
@@ -193,5 +194,6 @@ pub async fn run_turn(
         HarnessKind::OpenAi => openai::run_turn(turn, sink, cancel).await,
         HarnessKind::Anthropic => anthropic::run_turn(turn, sink, cancel).await,
         HarnessKind::Exec => exec::run_turn(turn, sink, cancel).await,
+        HarnessKind::ClaudeCode => claude_code::run_turn(turn, sink, cancel).await,
     }
 }
