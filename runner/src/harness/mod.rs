@@ -82,6 +82,8 @@ pub struct Turn {
     /// Conversation before this turn, oldest first; the last entry is this turn's user input.
     pub history: Vec<HistoryEntry>,
     pub config: HarnessConfig,
+    /// `claude-sdk`: the session's Claude Code agent (its one long-lived process); `None` for the others.
+    pub claude_code: Option<claude_code::ClaudeCode>,
 }
 
 /// How a turn ended, when it was not an error.
