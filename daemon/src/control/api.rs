@@ -308,6 +308,7 @@ async fn status(
             daemon: logs.join("daemon.log").display().to_string(),
             server: logs.join("server.log").display().to_string(),
         },
+        harnesses: state.probes.statuses(),
     }))
 }
 

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use omnigent_proto::harness::{AgentCli, CliProbe, HARNESSES, Harness};
+use omnigent_proto::control::HarnessStatus;
+use omnigent_proto::harness::{AgentCli, CliProbe, HARNESSES, Harness, Readiness};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::tasks::Tasks;
@@ -58,6 +59,40 @@ impl CliProbes {
     /// The latest probe of `harness`'s CLI (`None`: no binary found, or not a CLI harness).
     pub fn get(&self, harness: Harness) -> Option<CliProbe> {
         self.view.borrow().get(&harness).cloned()
+    }
+
+    /// Every harness of the table as status shows it.
+    pub fn statuses(&self) -> Vec<HarnessStatus> {
+        let get = |name: &str| std::env::var(name).ok();
+        HARNESSES
+            .iter()
+            .map(|spec| {
+                let probe = self.get(spec.harness);
+                let ready = spec.harness.readiness(&get, probe.as_ref());
+                let hint = match (ready, &spec.cli) {
+                    (Readiness::BinaryMissing, Some(cli)) => Some(format!(
+                        "install it: {} (or set {})",
+                        cli.install_hint, cli.path_var
+                    )),
+                    (Readiness::NeedsAuth, Some(cli)) => Some(cli.login_hint.to_owned()),
+                    (Readiness::NeedsAuth, None) => {
+                        spec.credentials.first().map(|c| format!("set {}", c.var))
+                    }
+                    _ => None,
+                };
+                HarnessStatus {
+                    name: spec.name.to_owned(),
+                    aliases: spec.aliases.iter().map(|a| (*a).to_owned()).collect(),
+                    configured: ready.to_wire(),
+                    binary: probe
+                        .as_ref()
+                        .and_then(|p| p.binary.as_ref())
+                        .map(|b| b.display().to_string()),
+                    version: probe.and_then(|p| p.version),
+                    hint,
+                }
+            })
+            .collect()
     }
 
     /// Probe again and wait until done (a no-op when the task is gone).
@@ -158,5 +193,54 @@ mod tests {
         }
         let get = |n: &str| (n == "OMNIGENT_CLAUDE_PATH").then(|| "/nonexistent/claude".to_owned());
         assert_eq!(probe(&cli, &get).await, None);
+    }
+
+    /// The real Claude Code CLI (testkit's install), with a temp HOME: the hello says `"needs-auth"` until a key
+    /// or a login file is there, `"binary-missing"` when the path names nothing.
+    #[tokio::test]
+    async fn the_real_claude_cli_is_reported_honestly() {
+        let home = tempfile::tempdir().unwrap();
+        let binary = omnigent_testkit::agent_cli("claude");
+        let env = |extra: &[(&str, String)]| {
+            // The extras first: the first match wins.
+            let mut vars: Vec<(String, String)> = extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect();
+            vars.extend([
+                ("HOME".to_owned(), home.path().display().to_string()),
+                (
+                    "OMNIGENT_CLAUDE_PATH".to_owned(),
+                    binary.display().to_string(),
+                ),
+                ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+            ]);
+            move |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+        };
+        let cli = Harness::ClaudeCode.spec().cli.unwrap();
+        let reported = |get: &dyn Fn(&str) -> Option<String>, probe: Option<CliProbe>| {
+            omnigent_proto::harness::configured_harnesses(get, |h| {
+                (h == Harness::ClaudeCode).then(|| probe.clone()).flatten()
+            })
+        };
+        let get = env(&[]);
+        let found = probe(&cli, &get).await.unwrap();
+        assert!(
+            found.version.as_deref().unwrap().contains("Claude Code"),
+            "{found:?}"
+        );
+        assert_eq!(
+            reported(&get, Some(found.clone()))["claude-sdk"],
+            "needs-auth"
+        );
+        let keyed = env(&[("ANTHROPIC_API_KEY", "k".to_owned())]);
+        assert_eq!(reported(&keyed, Some(found.clone()))["claude"], true);
+        std::fs::create_dir_all(home.path().join(".claude")).unwrap();
+        std::fs::write(home.path().join(".claude/.credentials.json"), "{}").unwrap();
+        let logged_in = probe(&cli, &get).await.unwrap();
+        assert_eq!(reported(&get, Some(logged_in))["claude-sdk"], true);
+        let missing = env(&[("OMNIGENT_CLAUDE_PATH", "/nonexistent/claude".to_owned())]);
+        let none = probe(&cli, &missing).await;
+        assert_eq!(reported(&missing, none)["claude-sdk"], "binary-missing");
     }
 }
