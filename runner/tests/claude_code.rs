@@ -162,7 +162,12 @@ async fn two_turns_share_one_process_and_the_second_request_carries_the_first() 
         answer("msg_2", &["Your name is Ada."]),
     ])
     .await;
-    let agent = ClaudeCode::spawn(options(&p.home, &omnigent_testkit::agent_cli("claude")));
+    let agent = ClaudeCode::spawn(Options {
+        append_system_prompt: Some("You are the omnigent test agent.".into()),
+        mcp_servers: Some(json!({"nothing": {"command": "/nonexistent/mcp-server"}})),
+        state_dir: Some(p.home.join("state")),
+        ..options(&p.home, &omnigent_testkit::agent_cli("claude"))
+    });
     let (first, events) = run(&turn(&p.ws, config(&vendor), "My name is Ada.", &agent)).await;
     let first = first.unwrap();
     assert_eq!(
@@ -190,9 +195,33 @@ async fn two_turns_share_one_process_and_the_second_request_carries_the_first() 
     assert!(carried.contains("Nice to meet you, Ada."), "{carried}");
     assert!(carried.contains("What is my name?"), "{carried}");
     assert_eq!(requests[1]["model"], "claude-sonnet-4-5");
+    // The spec's instructions are appended to Claude Code's system prompt; its MCP servers are in a file.
+    let system = requests[0]["system"].to_string();
+    assert!(
+        system.contains("You are the omnigent test agent."),
+        "{system}"
+    );
+    let mcp: Vec<_> = std::fs::read_dir(p.home.join("state")).unwrap().collect();
+    assert_eq!(mcp.len(), 1);
     // One process for both turns.
     let info = agent.info().await;
     assert_eq!((info.pid, info.spawns), (Some(pid), 1));
+}
+
+#[tokio::test]
+async fn the_process_dies_with_the_last_handle() {
+    let p = place();
+    let vendor = FakeVendor::start(vec![answer("msg_1", &["Hi."])]).await;
+    let agent = ClaudeCode::spawn(options(&p.home, &omnigent_testkit::agent_cli("claude")));
+    run(&turn(&p.ws, config(&vendor), "hi", &agent))
+        .await
+        .0
+        .unwrap();
+    let pid = i32::try_from(agent.info().await.pid.unwrap()).unwrap();
+    let watch = common::watch(pid);
+    assert!(watch.is_alive());
+    drop(agent);
+    watch.gone().await;
 }
 
 #[tokio::test]
