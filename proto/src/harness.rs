@@ -188,7 +188,11 @@ pub const HARNESSES: [HarnessSpec; 5] = [
                 "$CLAUDE_CONFIG_DIR/.credentials.json",
                 "~/.claude/.credentials.json",
             ],
-            env: &["CLAUDE_CONFIG_DIR", "OMNIGENT_CLAUDE_PATH"],
+            env: &[
+                "CLAUDE_CONFIG_DIR",
+                "OMNIGENT_CLAUDE_PATH",
+                "OMNIGENT_CLAUDE_PERMISSION_MODE",
+            ],
             install_hint: "npm install -g @anthropic-ai/claude-code",
             login_hint: "run `claude login` or set ANTHROPIC_API_KEY",
         }),
