@@ -464,3 +464,28 @@ fn golden_error_turn_fails_with_the_cli_message() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_vendor_refusal_fails_the_turn_with_its_message_and_the_agent_stays_usable() {
+    let p = place();
+    let vendor = FakeVendor::then_refusing(
+        vec![answer("msg_1", &["Fine."])],
+        401,
+        json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+    )
+    .await;
+    // Claude Code retries a refusal with backoff for minutes by default.
+    let mut opts = options(&p.home, &omnigent_testkit::agent_cli("claude"));
+    opts.env.push(("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()));
+    let agent = ClaudeCode::spawn(opts);
+    let (ok, _) = run(&turn(&p.ws, config(&vendor), "hi", &agent)).await;
+    ok.unwrap();
+    let (refused, events) = run(&turn(&p.ws, config(&vendor), "again", &agent)).await;
+    match refused {
+        Err(HarnessError::Exec(m)) => assert!(m.contains("401"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The CLI's own "API Error" text is not streamed as the model's.
+    assert!(common::summarize(&events).is_empty(), "{events:?}");
+    assert_eq!(agent.info().await.spawns, 1);
+}
