@@ -476,7 +476,8 @@ async fn a_vendor_refusal_fails_the_turn_with_its_message_and_the_agent_stays_us
     .await;
     // Claude Code retries a refusal with backoff for minutes by default.
     let mut opts = options(&p.home, &omnigent_testkit::agent_cli("claude"));
-    opts.env.push(("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()));
+    opts.env
+        .push(("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()));
     let agent = ClaudeCode::spawn(opts);
     let (ok, _) = run(&turn(&p.ws, config(&vendor), "hi", &agent)).await;
     ok.unwrap();
