@@ -156,6 +156,29 @@ pub struct DaemonStatus {
     pub runners: Vec<RunnerStatus>,
     pub config: ConfigStatus,
     pub logs: LogPaths,
+    /// Each harness as `host.hello`'s `configured_harnesses` reports it (our names; aliases share a row), with
+    /// what the probe found of an agent CLI. A plain status call probes the CLIs again first.
+    #[serde(default)]
+    pub harnesses: Vec<HarnessStatus>,
+}
+
+/// One harness in [`DaemonStatus::harnesses`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HarnessStatus {
+    /// Our name (`claude-sdk`).
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// `true` | `"needs-auth"` | `"binary-missing"`.
+    pub configured: serde_json::Value,
+    /// An agent CLI's binary, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// Its version line, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// What to do when it is not configured (the install or login command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,9 +6,14 @@
 //! harness a session names and reads its credentials, through the same names and the same variables in the
 //! same order, so the two cannot disagree.
 //!
-//! "Configured" is about credentials only (reference wire notes, host tunnel): a known harness without its
-//! credentials is reported `"needs-auth"` and still launched, and the runner reports the missing credential as
-//! a turn error. Only an unknown name is refused.
+//! "Configured" is about credentials and, for a harness that drives an agent CLI (a row with [`AgentCli`]), the
+//! binary (reference wire notes, host tunnel): a known harness without its credentials is reported
+//! `"needs-auth"`, one whose CLI is not installed `"binary-missing"`, and both are still launched; the runner
+//! reports what is missing as a turn error naming the install or login command. Only an unknown name is refused.
+//! The daemon probes the CLI (locates it with [`AgentCli::locate`], runs its version command) and passes the
+//! result as a [`CliProbe`]; the runner locates the binary with the same function.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -19,6 +24,8 @@ pub enum Harness {
     OpenAi,
     Anthropic,
     Exec,
+    /// Claude Code through its own CLI (`claude -p --input-format stream-json …`), one process per session.
+    ClaudeCode,
 }
 
 /// How a credential goes to the vendor.
@@ -53,6 +60,41 @@ pub struct HarnessSpec {
     pub base_url_configures: bool,
     /// The command line of a per-turn CLI harness, in the order read.
     pub command: &'static [&'static str],
+    /// For a harness that drives an agent CLI: where its binary is, how to probe it, what a login looks like.
+    pub cli: Option<AgentCli>,
+}
+
+/// The agent CLI a harness drives (Claude Code, Codex, Pi): one row's binary and login facts.
+///
+/// Paths in `install_paths` and `login_files` start with `~/` (the home: `HOME`) or `$VAR/` (that variable's
+/// value; the entry is skipped when it is unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentCli {
+    /// The variable naming the binary's path (`OMNIGENT_CLAUDE_PATH`); when set, it is the only place looked at.
+    pub path_var: &'static str,
+    /// The program name looked up on `PATH` (`claude`).
+    pub program: &'static str,
+    /// The usual install locations, tried after `PATH`, in order.
+    pub install_paths: &'static [&'static str],
+    /// The arguments that make it print its version (`--version`): the daemon's probe.
+    pub version_args: &'static [&'static str],
+    /// Files whose presence means an existing login of the CLI (`~/.claude/.credentials.json`).
+    pub login_files: &'static [&'static str],
+    /// Other variables the CLI reads that a runner must receive (its config dir…), beside the credentials.
+    pub env: &'static [&'static str],
+    /// The command that installs it, for `"binary-missing"` turn errors.
+    pub install_hint: &'static str,
+    /// What to do when it has no credentials, for `"needs-auth"` turn errors.
+    pub login_hint: &'static str,
+}
+
+/// What the daemon found of a row's CLI: the binary and its version (`None`: binary missing or not runnable),
+/// and whether one of its login files exists.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CliProbe {
+    pub binary: Option<PathBuf>,
+    pub version: Option<String>,
+    pub logged_in: bool,
 }
 
 /// The model every vendor harness uses when set (otherwise the harness's default).
@@ -74,7 +116,7 @@ const fn bearer(var: &'static str) -> Credential {
 
 /// The table. Each credential and base URL is also accepted with an `OMNIGENT_` prefix (reference host §2),
 /// read after the plain name.
-pub const HARNESSES: [HarnessSpec; 4] = [
+pub const HARNESSES: [HarnessSpec; 5] = [
     HarnessSpec {
         harness: Harness::Echo,
         name: "echo",
@@ -83,6 +125,7 @@ pub const HARNESSES: [HarnessSpec; 4] = [
         base_url: &[],
         base_url_configures: false,
         command: &[],
+        cli: None,
     },
     HarnessSpec {
         harness: Harness::OpenAi,
@@ -92,11 +135,12 @@ pub const HARNESSES: [HarnessSpec; 4] = [
         base_url: &["OPENAI_BASE_URL", "OMNIGENT_OPENAI_BASE_URL"],
         base_url_configures: true,
         command: &[],
+        cli: None,
     },
     HarnessSpec {
         harness: Harness::Anthropic,
         name: "anthropic",
-        aliases: &["claude-sdk", "claude"],
+        aliases: &[],
         credentials: &[
             key("ANTHROPIC_API_KEY"),
             key("OMNIGENT_ANTHROPIC_API_KEY"),
@@ -106,6 +150,7 @@ pub const HARNESSES: [HarnessSpec; 4] = [
         base_url: &["ANTHROPIC_BASE_URL", "OMNIGENT_ANTHROPIC_BASE_URL"],
         base_url_configures: false,
         command: &[],
+        cli: None,
     },
     HarnessSpec {
         harness: Harness::Exec,
@@ -115,6 +160,42 @@ pub const HARNESSES: [HarnessSpec; 4] = [
         base_url: &[],
         base_url_configures: false,
         command: &["OMNIGENT_EXEC_COMMAND"],
+        cli: None,
+    },
+    HarnessSpec {
+        harness: Harness::ClaudeCode,
+        name: "claude-sdk",
+        aliases: &["claude", "claude-code"],
+        credentials: &[
+            key("ANTHROPIC_API_KEY"),
+            key("OMNIGENT_ANTHROPIC_API_KEY"),
+            bearer("CLAUDE_CODE_OAUTH_TOKEN"),
+            bearer("ANTHROPIC_AUTH_TOKEN"),
+        ],
+        base_url: &["ANTHROPIC_BASE_URL", "OMNIGENT_ANTHROPIC_BASE_URL"],
+        base_url_configures: false,
+        command: &[],
+        cli: Some(AgentCli {
+            path_var: "OMNIGENT_CLAUDE_PATH",
+            program: "claude",
+            install_paths: &[
+                "~/.claude/local/claude",
+                "~/.local/bin/claude",
+                "/usr/local/bin/claude",
+            ],
+            version_args: &["--version"],
+            login_files: &[
+                "$CLAUDE_CONFIG_DIR/.credentials.json",
+                "~/.claude/.credentials.json",
+            ],
+            env: &[
+                "CLAUDE_CONFIG_DIR",
+                "OMNIGENT_CLAUDE_PATH",
+                "OMNIGENT_CLAUDE_PERMISSION_MODE",
+            ],
+            install_hint: "npm install -g @anthropic-ai/claude-code",
+            login_hint: "run `claude login` or set ANTHROPIC_API_KEY",
+        }),
     },
 ];
 
@@ -146,8 +227,10 @@ fn known_aliases() -> String {
 pub enum Readiness {
     /// Wire `true`.
     Configured,
-    /// Wire `"needs-auth"`: none of its credentials is set.
+    /// Wire `"needs-auth"`: none of its credentials is set (and, for a CLI, no login of it found).
     NeedsAuth,
+    /// Wire `"binary-missing"`: its CLI is not installed (or does not run).
+    BinaryMissing,
 }
 
 impl Readiness {
@@ -156,6 +239,7 @@ impl Readiness {
         match self {
             Readiness::Configured => Value::Bool(true),
             Readiness::NeedsAuth => Value::String("needs-auth".to_owned()),
+            Readiness::BinaryMissing => Value::String("binary-missing".to_owned()),
         }
     }
 }
@@ -170,11 +254,12 @@ pub fn first_set(
 }
 
 impl Harness {
-    pub const ALL: [Harness; 4] = [
+    pub const ALL: [Harness; 5] = [
         Harness::Echo,
         Harness::OpenAi,
         Harness::Anthropic,
         Harness::Exec,
+        Harness::ClaudeCode,
     ];
 
     /// This harness's row of [`HARNESSES`].
@@ -184,6 +269,7 @@ impl Harness {
             Harness::OpenAi => &HARNESSES[1],
             Harness::Anthropic => &HARNESSES[2],
             Harness::Exec => &HARNESSES[3],
+            Harness::ClaudeCode => &HARNESSES[4],
         }
     }
 
@@ -216,10 +302,23 @@ impl Harness {
         first_set(self.spec().base_url, get).map(|(_, v)| v)
     }
 
-    /// Whether the harness is configured, from the same variables the runner reads.
-    pub fn readiness(self, get: &impl Fn(&str) -> Option<String>) -> Readiness {
+    /// Whether the harness is configured, from the same variables the runner reads and, for a CLI harness, the
+    /// daemon's probe of its CLI (`None`: not probed, i.e. missing).
+    pub fn readiness(
+        self,
+        get: &impl Fn(&str) -> Option<String>,
+        probe: Option<&CliProbe>,
+    ) -> Readiness {
         let spec = self.spec();
+        let logged_in = match spec.cli {
+            None => false,
+            Some(_) => match probe {
+                Some(p) if p.binary.is_some() && p.version.is_some() => p.logged_in,
+                _ => return Readiness::BinaryMissing,
+            },
+        };
         if spec.credentials.is_empty()
+            || logged_in
             || self.credential(get).is_some()
             || (spec.base_url_configures && self.base_url(get).is_some())
         {
@@ -230,12 +329,68 @@ impl Harness {
     }
 }
 
-/// `configured_harnesses` of `host.hello`: every name and alias → `true` | `"needs-auth"` (`get` reads a
-/// variable of the environment the runners will get).
-pub fn configured_harnesses(get: impl Fn(&str) -> Option<String>) -> Map<String, Value> {
+impl AgentCli {
+    /// The binary: the path in `path_var` when set (only there: `None` if it is not a file), else `program`
+    /// on `PATH`, else the first of `install_paths` that is a file.
+    pub fn locate(&self, get: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        if let Some((_, path)) = first_set(&[self.path_var], get) {
+            let path = PathBuf::from(path);
+            return is_file(&path).then_some(path);
+        }
+        if let Some(path) = get("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let candidate = dir.join(self.program);
+                if is_file(&candidate) {
+                    return Some(candidate);
+                }
+            }
+        }
+        self.install_paths
+            .iter()
+            .filter_map(|p| expand(p, get))
+            .find(|p| is_file(p))
+    }
+
+    /// Whether one of `login_files` exists.
+    pub fn logged_in(&self, get: &impl Fn(&str) -> Option<String>) -> bool {
+        self.login_files
+            .iter()
+            .filter_map(|p| expand(p, get))
+            .any(|p| is_file(&p))
+    }
+}
+
+fn is_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// `~/rest` → `$HOME/rest`, `$VAR/rest` → `$VAR`'s value + `/rest`, anything else as is; `None` when the variable
+/// is unset or blank.
+fn expand(path: &str, get: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let (var, rest) = if let Some(rest) = path.strip_prefix("~/") {
+        ("HOME", rest)
+    } else if let Some(var_rest) = path.strip_prefix('$') {
+        var_rest.split_once('/')?
+    } else {
+        return Some(PathBuf::from(path));
+    };
+    let base = get(var).filter(|v| !v.trim().is_empty())?;
+    Some(Path::new(&base).join(rest))
+}
+
+/// `configured_harnesses` of `host.hello`: every name and alias → `true` | `"needs-auth"` | `"binary-missing"`
+/// (`get` reads a variable of the environment the runners will get; `probe` gives the daemon's probe of a CLI
+/// harness's binary, `None` when it found none).
+pub fn configured_harnesses(
+    get: impl Fn(&str) -> Option<String>,
+    probe: impl Fn(Harness) -> Option<CliProbe>,
+) -> Map<String, Value> {
     let mut m = Map::new();
     for spec in &HARNESSES {
-        let ready = spec.harness.readiness(&get).to_wire();
+        let ready = spec
+            .harness
+            .readiness(&get, probe(spec.harness).as_ref())
+            .to_wire();
         for name in std::iter::once(&spec.name).chain(spec.aliases) {
             m.insert((*name).to_owned(), ready.clone());
         }
@@ -254,6 +409,7 @@ pub fn env_vars() -> impl Iterator<Item = &'static str> {
                 .map(|c| c.var)
                 .chain(s.base_url.iter().copied())
                 .chain(s.command.iter().copied())
+                .chain(s.cli.iter().flat_map(|c| c.env.iter().copied()))
         })
         .chain(MODEL_VARS.iter().copied())
 }
@@ -281,8 +437,9 @@ mod tests {
             ("openai-agents-sdk", Harness::OpenAi),
             ("open-responses", Harness::OpenAi),
             ("anthropic", Harness::Anthropic),
-            ("claude-sdk", Harness::Anthropic),
-            ("claude", Harness::Anthropic),
+            ("claude-sdk", Harness::ClaudeCode),
+            ("claude", Harness::ClaudeCode),
+            ("claude-code", Harness::ClaudeCode),
             ("exec", Harness::Exec),
             ("claude-native", Harness::Exec),
             ("codex", Harness::Exec),
@@ -301,7 +458,10 @@ mod tests {
         let err = Harness::parse("nonesuch").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("\"nonesuch\""), "{text}");
-        assert!(text.contains("echo, openai, anthropic, exec"), "{text}");
+        assert!(
+            text.contains("echo, openai, anthropic, exec, claude-sdk"),
+            "{text}"
+        );
         assert!(text.contains("claude-sdk"), "{text}");
         assert!(Harness::parse("Claude-SDK").is_err());
         assert!(Harness::parse("").is_err());
@@ -321,12 +481,12 @@ mod tests {
 
     #[test]
     fn configured_is_decided_by_the_variables_the_runner_reads() {
-        let none = configured_harnesses(only(&[]));
+        let none = configured_harnesses(only(&[]), |_| None);
         assert_eq!(none["echo"], true);
         assert_eq!(none["exec"], true);
         assert_eq!(none["openai"], "needs-auth");
         assert_eq!(none["anthropic"], "needs-auth");
-        assert_eq!(none["claude-sdk"], "needs-auth");
+        assert_eq!(none["claude-sdk"], "binary-missing");
 
         for (var, kind) in [
             ("ANTHROPIC_API_KEY", CredentialKind::ApiKey),
@@ -336,16 +496,15 @@ mod tests {
         ] {
             let env = [(var, "secret")];
             let get = only(&env);
-            let reported = configured_harnesses(&get);
+            let reported = configured_harnesses(&get, |_| None);
             assert_eq!(reported["anthropic"], true, "{var}");
-            assert_eq!(reported["claude-sdk"], true, "{var}");
             let (cred, value) = Harness::Anthropic.credential(&get).unwrap();
             assert_eq!((cred.var, cred.kind, value.as_str()), (var, kind, "secret"));
         }
         // A blank value is not a credential, on either side.
         let blank = [("ANTHROPIC_API_KEY", "  ")];
         assert_eq!(
-            configured_harnesses(only(&blank))["anthropic"],
+            configured_harnesses(only(&blank), |_| None)["anthropic"],
             "needs-auth"
         );
         assert_eq!(Harness::Anthropic.credential(&only(&blank)), None);
@@ -354,9 +513,95 @@ mod tests {
             ("OPENAI_BASE_URL", "http://localhost:11434/v1"),
             ("ANTHROPIC_BASE_URL", "http://gw"),
         ];
-        let reported = configured_harnesses(only(&urls));
+        let reported = configured_harnesses(only(&urls), |_| None);
         assert_eq!(reported["openai-agents"], true);
         assert_eq!(reported["anthropic"], "needs-auth");
+    }
+
+    #[test]
+    fn a_cli_harness_needs_its_binary_then_a_credential_or_a_login() {
+        let found = |logged_in| CliProbe {
+            binary: Some(PathBuf::from("/bin/claude")),
+            version: Some("2.1.0 (Claude Code)".to_owned()),
+            logged_in,
+        };
+        let key = [("ANTHROPIC_API_KEY", "k")];
+        let h = Harness::ClaudeCode;
+        // Missing binary wins over a credential: the turn could not run.
+        assert_eq!(h.readiness(&only(&key), None), Readiness::BinaryMissing);
+        let no_version = CliProbe {
+            version: None,
+            ..found(true)
+        };
+        assert_eq!(
+            h.readiness(&only(&key), Some(&no_version)),
+            Readiness::BinaryMissing
+        );
+        assert_eq!(
+            h.readiness(&only(&[]), Some(&found(false))),
+            Readiness::NeedsAuth
+        );
+        assert_eq!(
+            h.readiness(&only(&[]), Some(&found(true))),
+            Readiness::Configured
+        );
+        for var in ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"] {
+            let env = [(var, "k")];
+            let reported = configured_harnesses(only(&env), |h| {
+                (h == Harness::ClaudeCode).then(|| found(false))
+            });
+            assert_eq!(reported["claude-sdk"], true, "{var}");
+            assert_eq!(reported["claude"], true, "{var}");
+        }
+        assert_eq!(Readiness::BinaryMissing.to_wire(), "binary-missing");
+        // A probe means nothing to a harness without a CLI.
+        assert_eq!(
+            Harness::Echo.readiness(&only(&[]), None),
+            Readiness::Configured
+        );
+    }
+
+    #[test]
+    fn the_binary_is_found_by_its_variable_then_path_then_install_locations() {
+        let dir = std::env::temp_dir().join(format!("omnigent-harness-{}", std::process::id()));
+        let bin = dir.join("bin");
+        let home = dir.join("home");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(home.join(".local/bin")).unwrap();
+        std::fs::create_dir_all(home.join("cfg")).unwrap();
+        let cli = Harness::ClaudeCode.spec().cli.unwrap();
+        let home_s = home.to_str().unwrap().to_owned();
+        let bin_s = bin.to_str().unwrap().to_owned();
+        let get = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+        let env = get(vec![("HOME", home_s.clone()), ("PATH", bin_s.clone())]);
+        assert_eq!(cli.locate(&env), None);
+        std::fs::write(home.join(".local/bin/claude"), "").unwrap();
+        assert_eq!(cli.locate(&env), Some(home.join(".local/bin/claude")));
+        std::fs::write(bin.join("claude"), "").unwrap();
+        assert_eq!(cli.locate(&env), Some(bin.join("claude")));
+        // The variable is the only place looked at when set.
+        let env = get(vec![
+            ("HOME", home_s.clone()),
+            ("PATH", bin_s.clone()),
+            ("OMNIGENT_CLAUDE_PATH", "/nonexistent/claude".to_owned()),
+        ]);
+        assert_eq!(cli.locate(&env), None);
+        // Logins: the config dir's credentials file, or the home's.
+        let env = get(vec![
+            ("HOME", home_s.clone()),
+            ("CLAUDE_CONFIG_DIR", format!("{home_s}/cfg")),
+        ]);
+        assert!(!cli.logged_in(&env));
+        std::fs::write(home.join("cfg/.credentials.json"), "{}").unwrap();
+        assert!(cli.logged_in(&env));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -381,6 +626,9 @@ mod tests {
             "ANTHROPIC_BASE_URL",
             "OMNIGENT_EXEC_COMMAND",
             "OMNIGENT_MODEL",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "OMNIGENT_CLAUDE_PATH",
+            "CLAUDE_CONFIG_DIR",
         ] {
             assert!(vars.contains(&v), "{v}");
         }

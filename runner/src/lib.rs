@@ -445,7 +445,7 @@ mod tests {
                 .unwrap();
         assert_eq!(
             hello["harnesses"],
-            serde_json::json!(["echo", "openai", "anthropic", "exec"])
+            serde_json::json!(["echo", "openai", "anthropic", "exec", "claude-sdk"])
         );
         assert_eq!(hello["capabilities"], serde_json::json!([]));
         assert_eq!(hello["envs"], serde_json::json!([]));
@@ -488,7 +488,15 @@ mod tests {
         for kind in HarnessKind::ALL {
             for cred in kind.spec().credentials {
                 let get = |n: &str| (n == cred.var).then(|| "secret".to_owned());
-                let reported = harness_table::configured_harnesses(get);
+                // A CLI harness counts its credentials once its binary is found.
+                let found = |_| {
+                    Some(harness_table::CliProbe {
+                        binary: Some("/bin/true".into()),
+                        version: Some("1".into()),
+                        logged_in: false,
+                    })
+                };
+                let reported = harness_table::configured_harnesses(get, found);
                 assert_eq!(reported[kind.name()], true, "{}", cred.var);
                 let config = HarnessEnv::from_vars(get).config_for(kind);
                 let read = config.api_key.or(config.auth_token);
@@ -497,7 +505,10 @@ mod tests {
         }
         // The case of issue 10: only ANTHROPIC_AUTH_TOKEN, sent as a bearer token.
         let get = |n: &str| (n == "ANTHROPIC_AUTH_TOKEN").then(|| "tok".to_owned());
-        assert_eq!(harness_table::configured_harnesses(get)["claude-sdk"], true);
+        assert_eq!(
+            harness_table::configured_harnesses(get, |_| None)["anthropic"],
+            true
+        );
         let config = HarnessEnv::from_vars(get).config_for(HarnessKind::Anthropic);
         assert_eq!(config.auth_token.as_deref(), Some("tok"));
         assert_eq!(config.api_key, None);

@@ -254,6 +254,8 @@ struct Session {
     emit_tx: mpsc::UnboundedSender<Value>,
     /// Where turns report their end (the session's own command channel).
     done_tx: mpsc::UnboundedSender<Command>,
+    /// `claude-sdk`: the session's Claude Code agent, started at its first turn; its process dies with it.
+    claude_code: Option<crate::harness::claude_code::ClaudeCode>,
 }
 
 impl Session {
@@ -282,7 +284,18 @@ impl Session {
             record: TurnRecord::default(),
             emit_tx,
             done_tx,
+            claude_code: None,
         }
+    }
+
+    /// The session's Claude Code agent when its harness is `claude-sdk` (started on first use).
+    fn claude_code(&mut self) -> Option<crate::harness::claude_code::ClaudeCode> {
+        use crate::harness::claude_code::{ClaudeCode, Options};
+        (self.harness == HarnessKind::ClaudeCode).then(|| {
+            self.claude_code
+                .get_or_insert_with(|| ClaudeCode::spawn(Options::from_env()))
+                .clone()
+        })
     }
 
     async fn run(
@@ -508,6 +521,7 @@ impl Session {
             history: self.history.clone(),
             config,
             mcp: self.mcp.clone(),
+            claude_code: self.claude_code(),
         };
         let cancel = CancellationToken::new();
         self.running = Some(RunningTurn {

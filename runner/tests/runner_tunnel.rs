@@ -287,7 +287,7 @@ async fn whole_echo_turn_over_the_tunnel() {
         .expect("runner connects");
     assert_eq!(
         conn.hello().harnesses,
-        ["echo", "openai", "anthropic", "exec"]
+        ["echo", "openai", "anthropic", "exec", "claude-sdk"]
     );
     assert!(conn.hello().capabilities.is_empty());
     let (announced_id, announced_token) = server.announces.recv().await.unwrap();

@@ -470,7 +470,7 @@ async fn catalogs_harnesses_extensions_and_skills() {
         .iter()
         .map(|e| e["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids, ["echo", "openai", "anthropic", "exec"]);
+    assert_eq!(ids, ["echo", "openai", "anthropic", "exec", "claude-sdk"]);
     let openai = &h["data"][1];
     assert_eq!(openai["capabilities"]["interrupt"], true);
     assert_eq!(openai["capabilities"]["streaming"], true);
@@ -481,9 +481,16 @@ async fn catalogs_harnesses_extensions_and_skills() {
             .contains("OPENAI_API_KEY")
     );
     // Setup steps by every spelling, Python omnigent's included.
+    assert_eq!(h["setup_steps"]["claude"], h["setup_steps"]["claude-sdk"]);
     assert_eq!(
-        h["setup_steps"]["claude-sdk"],
-        h["setup_steps"]["anthropic"]
+        h["setup_steps"]["claude-sdk"][0]["command"],
+        "npm install -g @anthropic-ai/claude-code"
+    );
+    assert!(
+        h["setup_steps"]["claude-sdk"][1]["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("claude login")
     );
     assert_eq!(h["setup_steps"]["echo"], json!([]));
 

@@ -393,6 +393,7 @@ fn status(args: StatusArgs) -> Result<()> {
                 "daemon_pid": st.daemon.pid,
                 "targets": st.targets,
                 "runners": st.runners,
+                "harnesses": st.harnesses,
                 "service": service,
             }));
         }
@@ -418,6 +419,24 @@ fn print_host(st: &DaemonStatus) {
         println!("runners  none");
     }
     backend::print_runners(st, "runner   ");
+    for h in &st.harnesses {
+        let state = match &h.configured {
+            serde_json::Value::Bool(true) => "ready".to_owned(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut line = format!("harness  {:<10} {state}", h.name);
+        if let Some(version) = &h.version {
+            line.push_str(&format!(", {version}"));
+        }
+        if let Some(binary) = &h.binary {
+            line.push_str(&format!(" at {binary}"));
+        }
+        if let Some(hint) = &h.hint {
+            line.push_str(&format!(" ({hint})"));
+        }
+        println!("{line}");
+    }
     println!("log      {}", st.logs.daemon);
 }
 

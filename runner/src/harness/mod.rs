@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod anthropic;
+pub mod claude_code;
 pub mod echo;
 pub mod exec;
 pub mod mcp;
@@ -84,6 +85,8 @@ pub struct Turn {
     pub config: HarnessConfig,
     /// The session's MCP servers, when it has any: their tools are offered next to the built-in ones.
     pub mcp: Option<mcp::Toolbox>,
+    /// `claude-sdk`: the session's Claude Code agent (its one long-lived process); `None` for the others.
+    pub claude_code: Option<claude_code::ClaudeCode>,
 }
 
 /// How a turn ended, when it was not an error.
@@ -196,5 +199,6 @@ pub async fn run_turn(
         HarnessKind::OpenAi => openai::run_turn(turn, sink, cancel).await,
         HarnessKind::Anthropic => anthropic::run_turn(turn, sink, cancel).await,
         HarnessKind::Exec => exec::run_turn(turn, sink, cancel).await,
+        HarnessKind::ClaudeCode => claude_code::run_turn(turn, sink, cancel).await,
     }
 }

@@ -48,6 +48,7 @@ fn label(name: &str) -> String {
         "anthropic" => "Anthropic".to_owned(),
         "echo" => "Echo".to_owned(),
         "exec" => "Agent CLI (exec)".to_owned(),
+        "claude-sdk" => "Claude Code".to_owned(),
         other => other.to_owned(),
     }
 }
@@ -57,9 +58,10 @@ fn capabilities(name: &str) -> Map<String, Value> {
         "openai" => ("sdk-in-process", "gpt", "openai"),
         "anthropic" => ("sdk-in-process", "claude", "anthropic"),
         "exec" => ("cli-subprocess", "multi", "none"),
+        "claude-sdk" => ("cli-subprocess", "claude", "none"),
         _ => ("sdk-in-process", "none", "none"),
     };
-    let auth = if name == "echo" || name == "exec" {
+    let auth = if matches!(name, "echo" | "exec" | "claude-sdk") {
         "own-auth"
     } else {
         "omnigent-credential"
@@ -97,20 +99,36 @@ fn setup(spec: &omnigent_proto::harness::HarnessSpec) -> Vec<SetupStep> {
         .map(|c| c.var)
         .chain(spec.command.iter().copied())
         .collect();
+    // An agent CLI is installed first; its own login also counts as a credential.
+    let install = spec.cli.map(|cli| SetupStep {
+        kind: "install".to_owned(),
+        title: format!("Install `{}` on the host", cli.program),
+        detail: format!(
+            "Install it with `{}` (or set {} to its path), then run `omnigent host status` on the host.",
+            cli.install_hint, cli.path_var
+        ),
+        action: "setup".to_owned(),
+        command: Some(cli.install_hint.to_owned()),
+        status_key: None,
+    });
     let Some(first) = vars.first() else {
-        return Vec::new();
+        return install.into_iter().collect();
     };
-    vec![SetupStep {
+    let login = spec
+        .cli
+        .map(|cli| format!(" Or {}.", cli.login_hint))
+        .unwrap_or_default();
+    install.into_iter().chain([SetupStep {
         kind: "credential".to_owned(),
         title: "Set up on the host".to_owned(),
         detail: format!(
-            "Set {} in the environment of `omnigent host` on the host (or in its config.toml), then restart it.",
+            "Set {} in the environment of `omnigent host` on the host (or in its config.toml), then restart it.{login}",
             vars.join(" or ")
         ),
         action: "setup".to_owned(),
         command: Some(format!("export {first}=…")),
         status_key: None,
-    }]
+    }]).collect()
 }
 
 /// `GET /v1/extensions`: none are loaded.
