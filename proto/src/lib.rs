@@ -18,6 +18,7 @@
 //! This crate depends on no internal crate.
 
 pub mod agent;
+pub mod auth;
 pub mod api;
 pub mod control;
 pub mod events;

@@ -15,6 +15,7 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 mod health;
+mod devices;
 mod hosts;
 mod items;
 mod live;
