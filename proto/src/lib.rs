@@ -18,8 +18,8 @@
 //! This crate depends on no internal crate.
 
 pub mod agent;
-pub mod auth;
 pub mod api;
+pub mod auth;
 pub mod control;
 pub mod events;
 pub mod exit;

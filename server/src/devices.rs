@@ -72,9 +72,7 @@ pub enum PairingError {
         "too many wrong pairing codes from this address; wait a minute, then type the code again carefully"
     )]
     TooManyAttempts,
-    #[error(
-        "too many pairing codes are waiting to be used; wait for some to expire or be claimed"
-    )]
+    #[error("too many pairing codes are waiting to be used; wait for some to expire or be claimed")]
     TooManyCodes,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -411,7 +409,10 @@ impl State {
         let from = from.to_canonical();
         let now = Instant::now();
         if let Some(times) = self.wrong_guesses.get_mut(&from) {
-            while times.front().is_some_and(|t| now.duration_since(*t) >= GUESS_WINDOW) {
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= GUESS_WINDOW)
+            {
                 times.pop_front();
             }
             if times.len() >= MAX_WRONG_GUESSES {

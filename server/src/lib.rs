@@ -70,9 +70,11 @@ pub fn auth_rules() -> Vec<(&'static str, &'static str, &'static str)> {
 pub async fn listen(config: &ServerConfig) -> std::io::Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
     for addr in &config.bind {
-        listeners.push(TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-        })?);
+        listeners.push(
+            TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?,
+        );
     }
     if listeners.is_empty() {
         listeners.push(TcpListener::bind(config::DEFAULT_BIND).await?);
@@ -138,8 +140,10 @@ pub async fn serve_all(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let listening: Vec<std::net::SocketAddr> =
-        listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let listening: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let (public_url, public_origin) = match &config.public_url {
         Some(url) => {
             let (url, origin) = parse_public_url(url)?;

@@ -15,8 +15,8 @@
 //!
 //! Tokens are read from headers here and nowhere else, and never logged.
 
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -202,8 +202,8 @@ pub async fn authorize(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let local_owner = st.auth.trust_loopback
-        && peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
+    let local_owner =
+        st.auth.trust_loopback && peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
     let device = if local_owner {
         None
     } else {
@@ -255,15 +255,14 @@ pub async fn authorize(
             };
             return ApiError::new(
                 ErrorCode::Unauthenticated,
-                format!("{what} refused: this request comes from another machine and {why}; {PAIR_HINT}"),
+                format!(
+                    "{what} refused: this request comes from another machine and {why}; {PAIR_HINT}"
+                ),
             )
             .into_response();
         }
     }
-    let writes = !matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    );
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if writes && !origin_ok {
         let shown: String = origin.unwrap_or_default().chars().take(200).collect();
         return ApiError::new(

@@ -6,10 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use omnigent_proto::api::ErrorCode;
 use omnigent_proto::auth::{
     COOKIE_NAME, DEFAULT_PAIRING_TTL_SECS, DeviceList, DevicePatch, MAX_PAIRING_TTL_SECS,
@@ -58,13 +58,14 @@ pub async fn create_code(
             Some(id)
         }
     };
-    let name = req.name.as_deref().map(clean_name).filter(|n| !n.is_empty());
-    let (code, pending) = st.devices.create_code(
-        req.role,
-        Duration::from_secs(ttl),
-        session_id.clone(),
-        name,
-    )?;
+    let name = req
+        .name
+        .as_deref()
+        .map(clean_name)
+        .filter(|n| !n.is_empty());
+    let (code, pending) =
+        st.devices
+            .create_code(req.role, Duration::from_secs(ttl), session_id.clone(), name)?;
     let urls = pairing_urls(&st.auth, &code, session_id.as_deref());
     Ok(json(
         StatusCode::CREATED,

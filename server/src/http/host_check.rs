@@ -49,7 +49,9 @@ impl HostAllowList {
         let host = public_url
             .and_then(|u| u.split_once("://"))
             .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
-            .and_then(|authority| split_host(&authority.to_ascii_lowercase()).map(|(h, _)| h.to_owned()));
+            .and_then(|authority| {
+                split_host(&authority.to_ascii_lowercase()).map(|(h, _)| h.to_owned())
+            });
         if let Some(host) = host {
             let host = if host.contains(':') {
                 format!("[{host}]")

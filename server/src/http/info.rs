@@ -16,8 +16,8 @@ use serde_json::{Map, json as json_value};
 
 use super::auth::Caller;
 use super::{ApiError, AppState, Q, json};
-use omnigent_proto::auth::{AuthInfo, DeviceRef, Role};
 use crate::agents;
+use omnigent_proto::auth::{AuthInfo, DeviceRef, Role};
 
 /// Most ids one `/health?session_ids=` asks about (the sidebar batches its visible rows).
 const MAX_HEALTH_IDS: usize = 500;

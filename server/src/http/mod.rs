@@ -182,7 +182,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/projects/order",
             get(catalog::get_project_order).put(catalog::put_project_order),
         )
-        .route("/v1/pairing/codes", axum::routing::post(devices::create_code))
+        .route(
+            "/v1/pairing/codes",
+            axum::routing::post(devices::create_code),
+        )
         .route("/v1/pairing/peek", axum::routing::post(devices::peek))
         .route("/v1/pairing/claim", axum::routing::post(devices::claim))
         .route("/v1/devices", get(devices::list))

@@ -14,8 +14,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
-mod health;
 mod devices;
+mod health;
 mod hosts;
 mod items;
 mod live;
