@@ -242,7 +242,9 @@ async fn a_viewer_reads_and_streams_but_may_not_drive() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let resp = with_cookie(Method::POST, &format!("/v1/sessions/{session}/events"))
-        .json(&json!({"type": "user_message", "data": {"text": "hi"}}))
+        .json(&json!({"type": "external_conversation_item", "data": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]
+        }}))
         .send()
         .await
         .unwrap();
@@ -524,7 +526,12 @@ async fn a_viewer_is_refused_on_every_route_it_may_not_use_and_nothing_changes()
             continue;
         }
         let url = concrete(path, &session, &device);
-        let body = writes.then(|| json!({"name": "x", "title": "changed", "role": "owner", "type": "user_message", "data": {"text": "hi"}, "order": []}));
+        let body = writes.then(|| {
+            json!({"name": "x", "title": "changed", "role": "owner", "order": [],
+            "type": "external_conversation_item", "data": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]
+            }})
+        });
         let (status, answer) = call(&s, method.parse().unwrap(), &url, Some(&viewer), body).await;
         assert_eq!(status, 403, "{method} {path}: {answer}");
         assert_eq!(answer["error"]["code"], "forbidden", "{method} {path}");
@@ -901,4 +908,94 @@ async fn tokens_and_pairing_codes_never_reach_the_log() {
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "a secret is in the log");
     }
+}
+
+async fn host_tunnel(
+    s: &TestServer,
+    host_id: &str,
+    token: Option<&str>,
+) -> Result<common::raw_host::Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = s
+        .u(&format!("/v1/hosts/{host_id}/tunnel"))
+        .replacen("http", "ws", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "omnigent://internal".parse().unwrap());
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_device_registers_keeps_its_id_and_is_cut_off_when_revoked() {
+    let home = tempfile::tempdir().unwrap();
+    let registry = omnigent_tunnel::host::HostRegistry::default();
+    let shared = registry.clone();
+    let s = TestServer::start_with(home.path(), move |c| {
+        c.trust_loopback = false;
+        c.owner_token = Some(Secret(OWNER.to_owned()));
+        c.host_registry = shared;
+    })
+    .await;
+    let host_id = "0123456789abcdef0123456789abcdef";
+    // No token, or a driver token: refused before the upgrade.
+    assert_eq!(host_tunnel(&s, host_id, None).await.err(), Some(401));
+    let (_, driver) = pair_cli(&s, "driver").await;
+    assert_eq!(
+        host_tunnel(&s, host_id, Some(&driver)).await.err(),
+        Some(403)
+    );
+    assert!(!registry.is_online(host_id));
+    // A host token registers.
+    let (device, host) = pair_cli(&s, "host").await;
+    let mut ws = host_tunnel(&s, host_id, Some(&host))
+        .await
+        .expect("upgrade");
+    common::raw_host::send(&mut ws, common::raw_host::python_hello()).await;
+    let live = registry.wait_for_host(host_id, WAIT).await.expect("online");
+    // A host role may do nothing else.
+    let (status, _) = call(&s, Method::GET, "/v1/sessions", Some(&host), None).await;
+    assert_eq!(status, 403);
+    // Another host device cannot take the live host id over.
+    let (_, other) = pair_cli(&s, "host").await;
+    assert_eq!(
+        host_tunnel(&s, host_id, Some(&other)).await.err(),
+        Some(409)
+    );
+    assert_eq!(
+        registry.get(host_id).unwrap().generation(),
+        live.generation()
+    );
+    // Revoked: the tunnel closes.
+    let (status, _) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/devices/{device}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match ws.next().await {
+                None
+                | Some(Err(_))
+                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the host tunnel was still open 1 s after the revocation"
+    );
 }

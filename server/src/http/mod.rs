@@ -56,6 +56,10 @@ pub struct AppState {
     pub devices: crate::devices::Devices,
     /// How callers are identified and what pairing URLs say.
     pub auth: Arc<AuthSettings>,
+    /// Who opened each live host tunnel (a device id, or `None` for the owner on this machine): another
+    /// principal may not take a live host id over (http/hosts.rs).
+    pub host_principals:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Option<String>)>>>,
 }
 
 /// The identity settings of [`auth`] and the pairing routes.
@@ -109,6 +113,7 @@ impl AppState {
             presence: crate::presence::Presence::default(),
             devices,
             auth: Arc::new(auth),
+            host_principals: Arc::default(),
         }
     }
 }
