@@ -58,9 +58,12 @@ pub struct AppState {
     pub auth: Arc<AuthSettings>,
     /// Who opened each live host tunnel (a device id, or `None` for the owner on this machine): another
     /// principal may not take a live host id over (http/hosts.rs).
-    pub host_principals:
-        Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Option<String>)>>>,
+    pub host_principals: HostPrincipals,
 }
+
+/// Live host id → (tunnel generation, the device that opened it; `None` for the owner on this machine).
+pub type HostPrincipals =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Option<String>)>>>;
 
 /// The identity settings of [`auth`] and the pairing routes.
 #[derive(Debug, Clone, Default)]
