@@ -158,6 +158,25 @@ async fn a_loopback_peer_is_the_owner_as_before() {
 }
 
 #[tokio::test]
+async fn a_request_a_local_reverse_proxy_forwarded_is_not_the_owner() {
+    let home = tempfile::tempdir().unwrap();
+    let s = TestServer::start(home.path()).await;
+    for header in ["forwarded", "x-forwarded-for", "x-real-ip"] {
+        let resp = s
+            .client
+            .post(s.u("/v1/sessions"))
+            .header(header, "203.0.113.9")
+            .json(&json!({"agent_id": "echo"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{header}");
+    }
+    let (_, list) = s.get("/v1/sessions").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
 async fn a_viewer_reads_and_streams_but_may_not_drive() {
     let home = tempfile::tempdir().unwrap();
     let s = remote_server(home.path()).await;
