@@ -1018,3 +1018,132 @@ async fn a_host_device_registers_keeps_its_id_and_is_cut_off_when_revoked() {
         "the host tunnel was still open 1 s after the revocation"
     );
 }
+
+#[tokio::test]
+async fn malformed_pairing_input_and_credentials_are_refused_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    // Not JSON, missing fields, a bad role or ttl: 4xx, no device.
+    let resp = s
+        .client
+        .post(s.u("/v1/pairing/claim"))
+        .header("content-type", "text/plain")
+        .body("ABCD-EFGH")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": "ABCD-EFGH"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    for body in [
+        json!({"role": "admin"}),
+        json!({"role": "viewer", "ttl_seconds": 0}),
+        json!({"role": "viewer", "ttl_seconds": 100000}),
+    ] {
+        let (status, answer) = call(
+            &s,
+            Method::POST,
+            "/v1/pairing/codes",
+            Some(OWNER),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/codes",
+        Some(OWNER),
+        Some(json!({"role": "viewer", "session_id": "0123456789abcdef0123456789abcdef"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(device_ids(&s).await.len(), 1);
+    // A huge name with control characters is cut and cleaned.
+    let code = code_for(&s, "viewer", json!({})).await;
+    let name = format!("a\u{7}b\n{}", "x".repeat(10_000));
+    let (status, claim) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": code["code"], "name": name, "client": "cli"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{claim}");
+    let kept = claim["device"]["name"].as_str().unwrap();
+    assert!(
+        kept.starts_with("abxx") && kept.chars().count() <= 100,
+        "{kept}"
+    );
+    let token = claim["token"].as_str().unwrap();
+    // Odd credentials: an empty bearer, another scheme, the token among other cookies.
+    for auth in ["Bearer ", "Bearer", &format!("Basic {token}")] {
+        let resp = s
+            .client
+            .get(s.u("/v1/sessions"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{auth}");
+    }
+    let resp = s
+        .client
+        .get(s.u("/v1/sessions"))
+        .header(
+            "cookie",
+            format!("theme=dark; omnigent_device={token}; other=1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // Renaming: empty refused, unknown device 404, then a real rename.
+    let id = claim["device"]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &s,
+        Method::PATCH,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        Some(json!({"name": "  "})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        Method::PATCH,
+        "/v1/devices/dev_nope",
+        Some(OWNER),
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, device) = call(
+        &s,
+        Method::PATCH,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        Some(json!({"name": "Tablet"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["name"], "Tablet");
+    let resp = s
+        .client
+        .get(s.u("/v1/info"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let info: Value = resp.json().await.unwrap();
+    assert_eq!(info["auth"]["device"]["name"], "Tablet");
+}
