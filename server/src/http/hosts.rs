@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use omnigent_proto::api::{ErrorCode, HostList};
+use omnigent_proto::auth::Role;
 use omnigent_proto::host_frames::LaunchErrorCode;
 use omnigent_proto::ids::canonical_id;
 use omnigent_tunnel::host::{HostConnection, HostRequestError};
@@ -31,13 +32,120 @@ pub async fn tunnel(
     State(st): State<AppState>,
     Path(host_id): Path<String>,
     headers: HeaderMap,
+    axum::Extension(caller): axum::Extension<super::auth::Caller>,
     ws: Result<TunnelUpgrade, UpgradeRejection>,
 ) -> Response {
     match ws {
         Ok(ws) => {
+            if let Some(id) = omnigent_proto::ids::canonical_id(&host_id) {
+                let principal = caller.device.as_ref().map(|d| d.id.clone());
+                let taken_by_other = {
+                    let map = st
+                        .host_principals
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    map.get(&id).is_some_and(|(generation, owner)| {
+                        *owner != principal
+                            && st
+                                .hosts
+                                .registry()
+                                .get(&id)
+                                .is_some_and(|t| t.generation() == *generation)
+                    })
+                };
+                // The owner may always take a host id over; a device only one that no one else holds live.
+                if taken_by_other && !caller.local_owner && caller.role != Some(Role::Owner) {
+                    return ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "host `{}` is connected from another device; a host id belongs to the machine that                              registered it",
+                            omnigent_proto::ids::loggable_id(&id)
+                        ),
+                    )
+                    .into_response();
+                }
+                tokio::spawn(watch_host_tunnel(
+                    st.clone(),
+                    id,
+                    principal,
+                    caller.device.map(|d| d.revoked),
+                ));
+            }
             omnigent_tunnel::host::upgrade(ws, host_id, &headers, st.hosts.registry().clone())
         }
         Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// One host tunnel request's watcher: it learns the tunnel's generation from its `Connected`, records who
+/// opened it ([`AppState::host_principals`]), closes it when its device is revoked, and ends with it (or if
+/// it never connects).
+async fn watch_host_tunnel(
+    st: AppState,
+    host_id: String,
+    principal: Option<String>,
+    revoked: Option<tokio_util::sync::CancellationToken>,
+) {
+    use omnigent_tunnel::host::HostEvent;
+    let registry = st.hosts.registry().clone();
+    let stop = st.stop.clone();
+    let revoked = revoked.unwrap_or_default();
+    let mut events = registry.subscribe();
+    let connected = async {
+        loop {
+            match events.recv().await {
+                Ok(HostEvent::Connected {
+                    host_id: id,
+                    generation,
+                    ..
+                }) if id == host_id => return Some(generation),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    let generation = tokio::select! {
+        () = stop.cancelled() => return,
+        g = tokio::time::timeout(std::time::Duration::from_secs(60), connected) => match g {
+            Ok(Some(g)) => g,
+            _ => return,
+        },
+    };
+    st.host_principals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(host_id.clone(), (generation, principal));
+    let ended = async {
+        loop {
+            match events.recv().await {
+                Ok(HostEvent::Disconnected {
+                    host_id: id,
+                    generation: g,
+                }) if id == host_id && g == generation => return,
+                Ok(HostEvent::Connected { host_id: id, .. }) if id == host_id => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = ended => {}
+        () = revoked.cancelled() => {
+            if let Some(tunnel) = registry.get(&host_id).filter(|t| t.generation() == generation) {
+                tunnel.close(
+                    omnigent_proto::host_frames::close::UNAUTHENTICATED,
+                    "device revoked",
+                );
+            }
+        }
+    }
+    let mut map = st
+        .host_principals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if map.get(&host_id).is_some_and(|(g, _)| *g == generation) {
+        map.remove(&host_id);
     }
 }
 

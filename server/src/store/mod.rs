@@ -9,11 +9,13 @@ use serde_json::{Map, Value};
 use crate::updates::Change;
 
 mod agents;
+mod devices;
 mod hosts;
 mod live;
 mod sqlite;
 
 pub use agents::{AgentRow, NewAgent};
+pub use devices::DeviceRow;
 pub use hosts::HostRow;
 pub use sqlite::SqliteStore;
 

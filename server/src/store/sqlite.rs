@@ -15,6 +15,7 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 mod agents;
+mod devices;
 mod health;
 mod hosts;
 mod items;

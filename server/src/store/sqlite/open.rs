@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents",
         include_str!("../../../migrations/0005_agents.sql"),
     ),
+    (
+        6,
+        "devices",
+        include_str!("../../../migrations/0006_devices.sql"),
+    ),
 ];
 
 impl SqliteStore {
