@@ -10,6 +10,9 @@
 //! credentials is reported `"needs-auth"` and still launched, and the runner reports the missing credential as
 //! a turn error. Only an unknown name is refused.
 
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
 use serde_json::{Map, Value};
 
 /// The harnesses a runner can run. The name on the wire is [`Harness::name`].
@@ -19,6 +22,10 @@ pub enum Harness {
     OpenAi,
     Anthropic,
     Exec,
+    /// Codex through `codex app-server`, one per session.
+    Codex,
+    /// Pi through `pi --mode rpc`, one per session.
+    Pi,
 }
 
 /// How a credential goes to the vendor.
@@ -53,6 +60,11 @@ pub struct HarnessSpec {
     pub base_url_configures: bool,
     /// The command line of a per-turn CLI harness, in the order read.
     pub command: &'static [&'static str],
+    /// An agent CLI harness: the variable naming its binary explicitly (else `program` is looked up on
+    /// `PATH`).
+    pub binary_var: Option<&'static str>,
+    /// An agent CLI harness: its program name.
+    pub program: Option<&'static str>,
 }
 
 /// The model every vendor harness uses when set (otherwise the harness's default).
@@ -74,7 +86,7 @@ const fn bearer(var: &'static str) -> Credential {
 
 /// The table. Each credential and base URL is also accepted with an `OMNIGENT_` prefix (reference host §2),
 /// read after the plain name.
-pub const HARNESSES: [HarnessSpec; 4] = [
+pub const HARNESSES: [HarnessSpec; 6] = [
     HarnessSpec {
         harness: Harness::Echo,
         name: "echo",
@@ -83,6 +95,8 @@ pub const HARNESSES: [HarnessSpec; 4] = [
         base_url: &[],
         base_url_configures: false,
         command: &[],
+        binary_var: None,
+        program: None,
     },
     HarnessSpec {
         harness: Harness::OpenAi,
@@ -92,6 +106,8 @@ pub const HARNESSES: [HarnessSpec; 4] = [
         base_url: &["OPENAI_BASE_URL", "OMNIGENT_OPENAI_BASE_URL"],
         base_url_configures: true,
         command: &[],
+        binary_var: None,
+        program: None,
     },
     HarnessSpec {
         harness: Harness::Anthropic,
@@ -106,15 +122,43 @@ pub const HARNESSES: [HarnessSpec; 4] = [
         base_url: &["ANTHROPIC_BASE_URL", "OMNIGENT_ANTHROPIC_BASE_URL"],
         base_url_configures: false,
         command: &[],
+        binary_var: None,
+        program: None,
     },
     HarnessSpec {
         harness: Harness::Exec,
         name: "exec",
-        aliases: &["claude-native", "codex", "codex-native", "pi"],
+        aliases: &["claude-native", "codex-native"],
         credentials: &[],
         base_url: &[],
         base_url_configures: false,
         command: &["OMNIGENT_EXEC_COMMAND"],
+        binary_var: None,
+        program: None,
+    },
+    // Credentials of the agent CLIs are their own (see `agent_cli_readiness`); the key listed is only
+    // passed through to the CLI.
+    HarnessSpec {
+        harness: Harness::Codex,
+        name: "codex",
+        aliases: &[],
+        credentials: &[key("OPENAI_API_KEY")],
+        base_url: &[],
+        base_url_configures: false,
+        command: &[],
+        binary_var: Some("OMNIGENT_CODEX_PATH"),
+        program: Some("codex"),
+    },
+    HarnessSpec {
+        harness: Harness::Pi,
+        name: "pi",
+        aliases: &[],
+        credentials: &[],
+        base_url: &[],
+        base_url_configures: false,
+        command: &[],
+        binary_var: Some("OMNIGENT_PI_PATH"),
+        program: Some("pi"),
     },
 ];
 
@@ -148,6 +192,8 @@ pub enum Readiness {
     Configured,
     /// Wire `"needs-auth"`: none of its credentials is set.
     NeedsAuth,
+    /// Wire `"binary-missing"`: an agent CLI harness whose binary is not installed.
+    BinaryMissing,
 }
 
 impl Readiness {
@@ -156,6 +202,7 @@ impl Readiness {
         match self {
             Readiness::Configured => Value::Bool(true),
             Readiness::NeedsAuth => Value::String("needs-auth".to_owned()),
+            Readiness::BinaryMissing => Value::String("binary-missing".to_owned()),
         }
     }
 }
@@ -170,11 +217,13 @@ pub fn first_set(
 }
 
 impl Harness {
-    pub const ALL: [Harness; 4] = [
+    pub const ALL: [Harness; 6] = [
         Harness::Echo,
         Harness::OpenAi,
         Harness::Anthropic,
         Harness::Exec,
+        Harness::Codex,
+        Harness::Pi,
     ];
 
     /// This harness's row of [`HARNESSES`].
@@ -184,6 +233,8 @@ impl Harness {
             Harness::OpenAi => &HARNESSES[1],
             Harness::Anthropic => &HARNESSES[2],
             Harness::Exec => &HARNESSES[3],
+            Harness::Codex => &HARNESSES[4],
+            Harness::Pi => &HARNESSES[5],
         }
     }
 
@@ -216,9 +267,13 @@ impl Harness {
         first_set(self.spec().base_url, get).map(|(_, v)| v)
     }
 
-    /// Whether the harness is configured, from the same variables the runner reads.
+    /// Whether the harness is configured, from the same variables the runner reads (and, for an agent CLI,
+    /// its binary and its own credential files).
     pub fn readiness(self, get: &impl Fn(&str) -> Option<String>) -> Readiness {
         let spec = self.spec();
+        if let Some(program) = spec.program {
+            return agent_cli_readiness(self, program, get);
+        }
         if spec.credentials.is_empty()
             || self.credential(get).is_some()
             || (spec.base_url_configures && self.base_url(get).is_some())
@@ -229,6 +284,106 @@ impl Harness {
         }
     }
 }
+
+/// An agent CLI's readiness: its binary (the table's `binary_var`, else `program` on `PATH`), then its own
+/// credentials.
+fn agent_cli_readiness(
+    harness: Harness,
+    program: &str,
+    get: &impl Fn(&str) -> Option<String>,
+) -> Readiness {
+    let explicit = harness
+        .spec()
+        .binary_var
+        .and_then(get)
+        .filter(|v| !v.trim().is_empty())
+        .map(PathBuf::from);
+    if find_program(explicit.as_deref(), program, get("PATH").map(Into::into)).is_none() {
+        return Readiness::BinaryMissing;
+    }
+    let ready = match harness {
+        Harness::Codex => codex_has_credentials(get),
+        Harness::Pi => pi_has_credentials(get),
+        _ => true,
+    };
+    if ready {
+        Readiness::Configured
+    } else {
+        Readiness::NeedsAuth
+    }
+}
+
+/// The binary of an agent CLI: `explicit` (its `OMNIGENT_*_PATH` setting) when given, else `program` found on
+/// `path` (the value of `PATH`). `None` when neither is a file.
+pub fn find_program(
+    explicit: Option<&Path>,
+    program: &str,
+    path: Option<OsString>,
+) -> Option<PathBuf> {
+    if let Some(explicit) = explicit {
+        return explicit.is_file().then(|| explicit.to_owned());
+    }
+    std::env::split_paths(&path?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Whether Codex has credentials of its own, `get` reading a variable of its environment: `OPENAI_API_KEY`,
+/// a `codex login` (`$CODEX_HOME/auth.json`; `CODEX_HOME` defaults to `~/.codex`), or a custom
+/// `model_provider` in `$CODEX_HOME/config.toml` (which names its own key variable, checked by Codex).
+pub fn codex_has_credentials(get: &impl Fn(&str) -> Option<String>) -> bool {
+    if first_set(&["OPENAI_API_KEY"], get).is_some() {
+        return true;
+    }
+    let home = match first_set(&["CODEX_HOME"], get) {
+        Some((_, home)) => PathBuf::from(home),
+        None => match get("HOME") {
+            Some(home) => PathBuf::from(home).join(".codex"),
+            None => return false,
+        },
+    };
+    if home.join("auth.json").is_file() {
+        return true;
+    }
+    std::fs::read_to_string(home.join("config.toml")).is_ok_and(|config| {
+        config.lines().any(|line| {
+            line.trim_start()
+                .strip_prefix("model_provider")
+                .is_some_and(|rest| {
+                    rest.trim_start().starts_with('=') && !rest.contains("\"openai\"")
+                })
+        })
+    })
+}
+
+/// Whether Pi has credentials of its own: `$PI_CODING_AGENT_DIR` (default `~/.pi/agent`) holds an
+/// `auth.json` (a `pi` login or stored keys) or a `models.json` (custom providers with their keys), or a
+/// provider key variable Pi reads is set.
+pub fn pi_has_credentials(get: &impl Fn(&str) -> Option<String>) -> bool {
+    if first_set(PI_KEY_VARS, get).is_some() {
+        return true;
+    }
+    let dir = match first_set(&["PI_CODING_AGENT_DIR"], get) {
+        Some((_, dir)) => PathBuf::from(dir),
+        None => match get("HOME") {
+            Some(home) => PathBuf::from(home).join(".pi/agent"),
+            None => return false,
+        },
+    };
+    dir.join("auth.json").is_file() || dir.join("models.json").is_file()
+}
+
+/// Provider key variables Pi reads.
+pub const PI_KEY_VARS: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_OAUTH_TOKEN",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "GROQ_API_KEY",
+    "XAI_API_KEY",
+    "OPENROUTER_API_KEY",
+    "MISTRAL_API_KEY",
+];
 
 /// `configured_harnesses` of `host.hello`: every name and alias → `true` | `"needs-auth"` (`get` reads a
 /// variable of the environment the runners will get).
@@ -243,6 +398,9 @@ pub fn configured_harnesses(get: impl Fn(&str) -> Option<String>) -> Map<String,
     m
 }
 
+/// What the agent CLIs read for their own configuration, passed to runners too.
+pub const AGENT_CLI_VARS: &[&str] = &["CODEX_HOME", "PI_CODING_AGENT_DIR"];
+
 /// Every environment variable the table names (credentials, base URLs, commands, model): what a runner must
 /// receive from the daemon's environment for the table to mean the same on both sides.
 pub fn env_vars() -> impl Iterator<Item = &'static str> {
@@ -254,7 +412,9 @@ pub fn env_vars() -> impl Iterator<Item = &'static str> {
                 .map(|c| c.var)
                 .chain(s.base_url.iter().copied())
                 .chain(s.command.iter().copied())
+                .chain(s.binary_var)
         })
+        .chain(AGENT_CLI_VARS.iter().copied())
         .chain(MODEL_VARS.iter().copied())
 }
 
@@ -285,8 +445,9 @@ mod tests {
             ("claude", Harness::Anthropic),
             ("exec", Harness::Exec),
             ("claude-native", Harness::Exec),
-            ("codex", Harness::Exec),
-            ("pi", Harness::Exec),
+            ("codex-native", Harness::Exec),
+            ("codex", Harness::Codex),
+            ("pi", Harness::Pi),
         ] {
             assert_eq!(Harness::parse(name), Ok(harness), "{name}");
         }

@@ -40,6 +40,8 @@ pub struct HarnessEnv {
     pub vendors: Vec<(HarnessKind, VendorEnv)>,
     /// `OMNIGENT_EXEC_COMMAND`, split on whitespace.
     pub exec_command: Option<Vec<String>>,
+    /// Per agent CLI harness: the binary its `OMNIGENT_*_PATH` variable names.
+    pub agent_paths: Vec<(HarnessKind, PathBuf)>,
 }
 
 /// One vendor harness's settings.
@@ -75,6 +77,14 @@ impl HarnessEnv {
             vendors,
             exec_command: value(HarnessKind::Exec.spec().command)
                 .map(|c| c.split_whitespace().map(str::to_owned).collect()),
+            agent_paths: HarnessKind::ALL
+                .into_iter()
+                .filter_map(|k| {
+                    let var = k.spec().binary_var?;
+                    let path = get(var).filter(|v| !v.trim().is_empty())?;
+                    Some((k, PathBuf::from(path)))
+                })
+                .collect(),
         }
     }
 
@@ -100,6 +110,11 @@ impl HarnessEnv {
                 HarnessKind::Exec => self.exec_command.clone(),
                 _ => None,
             },
+            agent_path: self
+                .agent_paths
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, p)| p.clone()),
             ..HarnessConfig::default()
         }
     }

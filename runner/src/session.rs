@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::HarnessEnv;
+use crate::harness::codex::CodexHandle;
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
 mod backlog;
@@ -248,6 +249,8 @@ struct Session {
     emit_tx: mpsc::UnboundedSender<Value>,
     /// Where turns report their end (the session's own command channel).
     done_tx: mpsc::UnboundedSender<Command>,
+    /// The session's Codex agent, started at its first `codex` turn; dropped with the session.
+    codex: Option<CodexHandle>,
 }
 
 impl Session {
@@ -275,6 +278,7 @@ impl Session {
             record: TurnRecord::default(),
             emit_tx,
             done_tx,
+            codex: None,
         }
     }
 
@@ -496,6 +500,8 @@ impl Session {
             workspace: self.workspace.clone(),
             history: self.history.clone(),
             config,
+            codex: (self.harness == HarnessKind::Codex)
+                .then(|| self.codex.get_or_insert_with(CodexHandle::spawn).clone()),
         };
         let cancel = CancellationToken::new();
         self.running = Some(RunningTurn {

@@ -180,7 +180,7 @@ async fn terminate(group: Option<Pid>, child: &mut Child, grace: Duration) {
 
 /// Read one line (without its newline) into `line`, keeping at most [`MAX_LINE_BYTES`] and setting
 /// `oversized` when more came. `Ok(false)` at end of output. Cancel-safe: a partial line stays in `line`.
-async fn read_line_capped<R: AsyncBufRead + Unpin>(
+pub(super) async fn read_line_capped<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     line: &mut Vec<u8>,
     oversized: &mut bool,
@@ -206,7 +206,7 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn tail_lines(stderr: tokio::process::ChildStderr) -> VecDeque<String> {
+pub(super) async fn tail_lines(stderr: tokio::process::ChildStderr) -> VecDeque<String> {
     let mut reader = BufReader::new(stderr);
     let mut tail = VecDeque::new();
     let mut line = Vec::new();

@@ -12,7 +12,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod agent;
 pub mod anthropic;
+pub mod codex;
 pub mod echo;
 pub mod exec;
 pub mod openai;
@@ -68,6 +70,12 @@ pub struct HarnessConfig {
     pub max_tool_rounds: Option<u32>,
     /// `exec` on interrupt: time between SIGTERM and SIGKILL to the command's process group. `None`: 2 s.
     pub kill_grace: Option<Duration>,
+    /// For the agent CLI harnesses (`codex`, `pi`): the binary named by their `OMNIGENT_*_PATH` variable
+    /// (otherwise their program is looked up on `PATH`).
+    pub agent_path: Option<PathBuf>,
+    /// Extra environment for an agent CLI's process, over the runner's own (tests: a temp `HOME`,
+    /// `CODEX_HOME`, a fake vendor's key).
+    pub agent_env: Vec<(String, String)>,
 }
 
 /// Everything a harness needs for one turn.
@@ -81,6 +89,9 @@ pub struct Turn {
     /// Conversation before this turn, oldest first; the last entry is this turn's user input.
     pub history: Vec<HistoryEntry>,
     pub config: HarnessConfig,
+    /// The session's Codex agent (`codex` harness): one long-lived `codex app-server`, kept across turns.
+    /// `None`: the turn starts its own, which forgets the conversation after it.
+    pub codex: Option<codex::CodexHandle>,
 }
 
 /// How a turn ended, when it was not an error.
@@ -193,5 +204,7 @@ pub async fn run_turn(
         HarnessKind::OpenAi => openai::run_turn(turn, sink, cancel).await,
         HarnessKind::Anthropic => anthropic::run_turn(turn, sink, cancel).await,
         HarnessKind::Exec => exec::run_turn(turn, sink, cancel).await,
+        HarnessKind::Codex => codex::run_turn(turn, sink, cancel).await,
+        HarnessKind::Pi => Err(HarnessError::NotConfigured("pi: not built yet".into())),
     }
 }

@@ -27,6 +27,7 @@ pub fn turn(workspace: &Path, config: HarnessConfig, history: Vec<HistoryEntry>)
         workspace: workspace.to_owned(),
         history,
         config,
+        codex: None,
     }
 }
 
