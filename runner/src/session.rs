@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::HarnessEnv;
 use crate::harness::codex::CodexHandle;
+use crate::harness::pi::PiHandle;
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
 mod backlog;
@@ -251,6 +252,8 @@ struct Session {
     done_tx: mpsc::UnboundedSender<Command>,
     /// The session's Codex agent, started at its first `codex` turn; dropped with the session.
     codex: Option<CodexHandle>,
+    /// The session's Pi agent, started at its first `pi` turn; dropped with the session.
+    pi: Option<PiHandle>,
 }
 
 impl Session {
@@ -279,6 +282,7 @@ impl Session {
             emit_tx,
             done_tx,
             codex: None,
+            pi: None,
         }
     }
 
@@ -502,6 +506,8 @@ impl Session {
             config,
             codex: (self.harness == HarnessKind::Codex)
                 .then(|| self.codex.get_or_insert_with(CodexHandle::spawn).clone()),
+            pi: (self.harness == HarnessKind::Pi)
+                .then(|| self.pi.get_or_insert_with(PiHandle::spawn).clone()),
         };
         let cancel = CancellationToken::new();
         self.running = Some(RunningTurn {

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/responses.rs"]
+mod responses;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,86 +16,13 @@ use omnigent_runner::harness::{
     self, HarnessConfig, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome,
 };
 use omnigent_testkit::vendor::Step;
+use responses::{delta, exec_command, message_start, text};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The key variable the fake provider's config names.
 const KEY_VAR: &str = "OMNIGENT_TEST_CODEX_KEY";
-
-// --- A minimal Responses API stream (the testkit gets shared builders later). ---
-
-fn sse(event: Value) -> String {
-    format!(
-        "event: {}\ndata: {event}\n\n",
-        event["type"].as_str().unwrap()
-    )
-}
-
-fn created(n: &str) -> String {
-    sse(json!({"type": "response.created", "response": {"id": format!("resp_{n}")}}))
-}
-
-fn completed(n: &str) -> String {
-    sse(json!({"type": "response.completed", "response": {
-        "id": format!("resp_{n}"),
-        "usage": {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13},
-    }}))
-}
-
-fn message_start(n: &str) -> Vec<String> {
-    vec![
-        created(n),
-        sse(
-            json!({"type": "response.output_item.added", "output_index": 0, "item": {
-                "type": "message", "id": format!("msg_{n}"), "role": "assistant", "content": [],
-            }}),
-        ),
-    ]
-}
-
-fn delta(n: &str, text: &str) -> String {
-    sse(
-        json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
-        "item_id": format!("msg_{n}"), "delta": text}),
-    )
-}
-
-fn message_end(n: &str, text: &str) -> Vec<String> {
-    vec![
-        sse(
-            json!({"type": "response.output_item.done", "output_index": 0, "item": {
-                "type": "message", "id": format!("msg_{n}"), "role": "assistant",
-                "content": [{"type": "output_text", "text": text}],
-            }}),
-        ),
-        completed(n),
-    ]
-}
-
-/// An answer streaming `text` in two deltas.
-fn text(n: &str, text: &str) -> Canned {
-    let (a, b) = text.split_at(text.len() / 2);
-    let mut chunks = message_start(n);
-    chunks.push(delta(n, a));
-    chunks.push(delta(n, b));
-    chunks.extend(message_end(n, text));
-    Canned::stream(chunks)
-}
-
-/// An answer calling Codex's `exec_command` tool with `cmd`.
-fn exec_command(n: &str, call_id: &str, cmd: &str) -> Canned {
-    let item = json!({"type": "function_call", "id": format!("fc_{n}"), "call_id": call_id,
-        "name": "exec_command", "arguments": json!({"cmd": cmd}).to_string()});
-    let mut added = item.clone();
-    added["arguments"] = json!("");
-    Canned::stream(vec![
-        created(n),
-        sse(json!({"type": "response.output_item.added", "output_index": 0, "item": added})),
-        sse(json!({"type": "response.output_item.done", "output_index": 0, "item": item})),
-        completed(n),
-    ])
-}
 
 // --- The setup. ---
 

@@ -177,6 +177,18 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// A variable as the agent sees it: the turn's extra environment, else the runner's.
+pub(super) fn agent_var(turn: &Turn) -> impl Fn(&str) -> Option<String> + '_ {
+    move |name| {
+        turn.config
+            .agent_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    }
+}
+
 /// The prompt of a turn: its last user entry.
 pub(super) fn prompt(turn: &Turn) -> &str {
     match turn.history.last() {

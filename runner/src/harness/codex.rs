@@ -120,21 +120,9 @@ pub async fn run_turn(
     }
 }
 
-/// A variable as the agent sees it: the turn's extra environment, else the runner's.
-fn agent_var(turn: &Turn) -> impl Fn(&str) -> Option<String> + '_ {
-    move |name| {
-        turn.config
-            .agent_env
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var(name).ok())
-    }
-}
-
 /// The binary a turn uses, or the error naming the install.
 fn program(turn: &Turn) -> Result<PathBuf, HarnessError> {
-    let get = agent_var(turn);
+    let get = agent::agent_var(turn);
     let explicit = turn.config.agent_path.clone();
     omnigent_proto::harness::find_program(
         explicit.as_deref(),
@@ -340,7 +328,7 @@ impl Agent {
         cancel: &CancellationToken,
     ) -> Result<(Server, String), HarnessError> {
         let program = program(turn)?;
-        if !omnigent_proto::harness::codex_has_credentials(&agent_var(turn)) {
+        if !omnigent_proto::harness::codex_has_credentials(&agent::agent_var(turn)) {
             return Err(HarnessError::NotConfigured(format!(
                 "the codex harness has no credentials: {LOGIN_HINT} (it writes ~/.codex/auth.json)"
             )));

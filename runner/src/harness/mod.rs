@@ -18,6 +18,7 @@ pub mod codex;
 pub mod echo;
 pub mod exec;
 pub mod openai;
+pub mod pi;
 pub mod tools;
 mod vendor;
 
@@ -92,6 +93,9 @@ pub struct Turn {
     /// The session's Codex agent (`codex` harness): one long-lived `codex app-server`, kept across turns.
     /// `None`: the turn starts its own, which forgets the conversation after it.
     pub codex: Option<codex::CodexHandle>,
+    /// The session's Pi agent (`pi` harness): one long-lived `pi --mode rpc`, kept across turns. `None`: the
+    /// turn starts its own.
+    pub pi: Option<pi::PiHandle>,
 }
 
 /// How a turn ended, when it was not an error.
@@ -205,6 +209,6 @@ pub async fn run_turn(
         HarnessKind::Anthropic => anthropic::run_turn(turn, sink, cancel).await,
         HarnessKind::Exec => exec::run_turn(turn, sink, cancel).await,
         HarnessKind::Codex => codex::run_turn(turn, sink, cancel).await,
-        HarnessKind::Pi => Err(HarnessError::NotConfigured("pi: not built yet".into())),
+        HarnessKind::Pi => pi::run_turn(turn, sink, cancel).await,
     }
 }

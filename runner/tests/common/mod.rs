@@ -28,6 +28,7 @@ pub fn turn(workspace: &Path, config: HarnessConfig, history: Vec<HistoryEntry>)
         history,
         config,
         codex: None,
+        pi: None,
     }
 }
 

@@ -14,6 +14,7 @@ fn turn() -> Turn {
         history: vec![HistoryEntry::User { text: "hi".into() }],
         config: HarnessConfig::default(),
         codex: None,
+        pi: None,
     }
 }
 
