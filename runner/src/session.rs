@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::HarnessEnv;
 use crate::harness::codex::CodexHandle;
+use crate::harness::exec::ExecMemory;
 use crate::harness::pi::PiHandle;
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
@@ -254,6 +255,8 @@ struct Session {
     codex: Option<CodexHandle>,
     /// The session's Pi agent, started at its first `pi` turn; dropped with the session.
     pi: Option<PiHandle>,
+    /// The agent CLI session the next `exec` turn resumes.
+    exec: ExecMemory,
 }
 
 impl Session {
@@ -283,6 +286,7 @@ impl Session {
             done_tx,
             codex: None,
             pi: None,
+            exec: ExecMemory::default(),
         }
     }
 
@@ -508,6 +512,7 @@ impl Session {
                 .then(|| self.codex.get_or_insert_with(CodexHandle::spawn).clone()),
             pi: (self.harness == HarnessKind::Pi)
                 .then(|| self.pi.get_or_insert_with(PiHandle::spawn).clone()),
+            exec: (self.harness == HarnessKind::Exec).then(|| self.exec.clone()),
         };
         let cancel = CancellationToken::new();
         self.running = Some(RunningTurn {

@@ -96,6 +96,9 @@ pub struct Turn {
     /// The session's Pi agent (`pi` harness): one long-lived `pi --mode rpc`, kept across turns. `None`: the
     /// turn starts its own.
     pub pi: Option<pi::PiHandle>,
+    /// The session's `exec` memory: the agent CLI session the next turn resumes. `None`: every turn gets the
+    /// conversation in its prompt.
+    pub exec: Option<exec::ExecMemory>,
 }
 
 /// How a turn ended, when it was not an error.

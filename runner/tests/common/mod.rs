@@ -29,6 +29,7 @@ pub fn turn(workspace: &Path, config: HarnessConfig, history: Vec<HistoryEntry>)
         config,
         codex: None,
         pi: None,
+        exec: None,
     }
 }
 

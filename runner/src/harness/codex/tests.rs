@@ -15,6 +15,7 @@ fn turn() -> Turn {
         config: HarnessConfig::default(),
         codex: None,
         pi: None,
+        exec: None,
     }
 }
 
