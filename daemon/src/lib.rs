@@ -161,6 +161,7 @@ pub async fn run(
         error: None,
         loads: 1,
     });
+    let probes = crate::supervise::cli_probe::CliProbes::start(&tasks).await;
     let targets = targets::spawn_targets(targets::TargetsContext {
         exe: config.exe.clone(),
         paths: paths.clone(),
@@ -171,6 +172,7 @@ pub async fn run(
         timings: config.tunnel_timings.clone(),
         revision: revision_tx.clone(),
         tasks: tasks.clone(),
+        probes: probes.clone(),
     });
     tasks.spawn(follow_local_server(
         server.status.clone(),
@@ -238,6 +240,7 @@ pub async fn run(
         paths: paths.clone(),
         socket: socket.display().to_string(),
         checks: checks_tx,
+        probes,
         limits,
         started_at_ms,
         started,

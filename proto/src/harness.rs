@@ -6,11 +6,13 @@
 //! harness a session names and reads its credentials, through the same names and the same variables in the
 //! same order, so the two cannot disagree.
 //!
-//! "Configured" is about credentials only (reference wire notes, host tunnel): a known harness without its
-//! credentials is reported `"needs-auth"` and still launched, and the runner reports the missing credential as
-//! a turn error. Only an unknown name is refused.
+//! "Configured" is about credentials and, for a harness that drives an agent CLI (a row with [`AgentCli`]), the
+//! binary (reference wire notes, host tunnel): a known harness without its credentials is reported
+//! `"needs-auth"`, one whose CLI is not installed `"binary-missing"`, and both are still launched; the runner
+//! reports what is missing as a turn error naming the install or login command. Only an unknown name is refused.
+//! The daemon probes the CLI (locates it with [`AgentCli::locate`], runs its version command) and passes the
+//! result as a [`CliProbe`]; the runner locates the binary with the same function.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -22,9 +24,11 @@ pub enum Harness {
     OpenAi,
     Anthropic,
     Exec,
-    /// Codex through `codex app-server`, one per session.
+    /// Claude Code through its own CLI (`claude -p --input-format stream-json …`), one process per session.
+    ClaudeCode,
+    /// Codex through `codex app-server` (JSON-RPC over stdio), one per session.
     Codex,
-    /// Pi through `pi --mode rpc`, one per session.
+    /// Pi through `pi --mode rpc` (JSON lines over stdio), one per session.
     Pi,
 }
 
@@ -60,11 +64,41 @@ pub struct HarnessSpec {
     pub base_url_configures: bool,
     /// The command line of a per-turn CLI harness, in the order read.
     pub command: &'static [&'static str],
-    /// An agent CLI harness: the variable naming its binary explicitly (else `program` is looked up on
-    /// `PATH`).
-    pub binary_var: Option<&'static str>,
-    /// An agent CLI harness: its program name.
-    pub program: Option<&'static str>,
+    /// For a harness that drives an agent CLI: where its binary is, how to probe it, what a login looks like.
+    pub cli: Option<AgentCli>,
+}
+
+/// The agent CLI a harness drives (Claude Code, Codex, Pi): one row's binary and login facts.
+///
+/// Paths in `install_paths` and `login_files` start with `~/` (the home: `HOME`) or `$VAR/` (that variable's
+/// value; the entry is skipped when it is unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentCli {
+    /// The variable naming the binary's path (`OMNIGENT_CLAUDE_PATH`); when set, it is the only place looked at.
+    pub path_var: &'static str,
+    /// The program name looked up on `PATH` (`claude`).
+    pub program: &'static str,
+    /// The usual install locations, tried after `PATH`, in order.
+    pub install_paths: &'static [&'static str],
+    /// The arguments that make it print its version (`--version`): the daemon's probe.
+    pub version_args: &'static [&'static str],
+    /// Files whose presence means an existing login of the CLI (`~/.claude/.credentials.json`).
+    pub login_files: &'static [&'static str],
+    /// Other variables the CLI reads that a runner must receive (its config dir…), beside the credentials.
+    pub env: &'static [&'static str],
+    /// The command that installs it, for `"binary-missing"` turn errors.
+    pub install_hint: &'static str,
+    /// What to do when it has no credentials, for `"needs-auth"` turn errors.
+    pub login_hint: &'static str,
+}
+
+/// What the daemon found of a row's CLI: the binary and its version (`None`: binary missing or not runnable),
+/// and whether one of its login files exists.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CliProbe {
+    pub binary: Option<PathBuf>,
+    pub version: Option<String>,
+    pub logged_in: bool,
 }
 
 /// The model every vendor harness uses when set (otherwise the harness's default).
@@ -86,7 +120,7 @@ const fn bearer(var: &'static str) -> Credential {
 
 /// The table. Each credential and base URL is also accepted with an `OMNIGENT_` prefix (reference host §2),
 /// read after the plain name.
-pub const HARNESSES: [HarnessSpec; 6] = [
+pub const HARNESSES: [HarnessSpec; 7] = [
     HarnessSpec {
         harness: Harness::Echo,
         name: "echo",
@@ -95,8 +129,7 @@ pub const HARNESSES: [HarnessSpec; 6] = [
         base_url: &[],
         base_url_configures: false,
         command: &[],
-        binary_var: None,
-        program: None,
+        cli: None,
     },
     HarnessSpec {
         harness: Harness::OpenAi,
@@ -106,13 +139,12 @@ pub const HARNESSES: [HarnessSpec; 6] = [
         base_url: &["OPENAI_BASE_URL", "OMNIGENT_OPENAI_BASE_URL"],
         base_url_configures: true,
         command: &[],
-        binary_var: None,
-        program: None,
+        cli: None,
     },
     HarnessSpec {
         harness: Harness::Anthropic,
         name: "anthropic",
-        aliases: &["claude-sdk", "claude"],
+        aliases: &[],
         credentials: &[
             key("ANTHROPIC_API_KEY"),
             key("OMNIGENT_ANTHROPIC_API_KEY"),
@@ -122,8 +154,7 @@ pub const HARNESSES: [HarnessSpec; 6] = [
         base_url: &["ANTHROPIC_BASE_URL", "OMNIGENT_ANTHROPIC_BASE_URL"],
         base_url_configures: false,
         command: &[],
-        binary_var: None,
-        program: None,
+        cli: None,
     },
     HarnessSpec {
         harness: Harness::Exec,
@@ -133,11 +164,41 @@ pub const HARNESSES: [HarnessSpec; 6] = [
         base_url: &[],
         base_url_configures: false,
         command: &["OMNIGENT_EXEC_COMMAND"],
-        binary_var: None,
-        program: None,
+        cli: None,
     },
-    // Credentials of the agent CLIs are their own (see `agent_cli_readiness`); the key listed is only
-    // passed through to the CLI.
+    HarnessSpec {
+        harness: Harness::ClaudeCode,
+        name: "claude-sdk",
+        aliases: &["claude", "claude-code"],
+        credentials: &[
+            key("ANTHROPIC_API_KEY"),
+            key("OMNIGENT_ANTHROPIC_API_KEY"),
+            bearer("CLAUDE_CODE_OAUTH_TOKEN"),
+            bearer("ANTHROPIC_AUTH_TOKEN"),
+        ],
+        base_url: &["ANTHROPIC_BASE_URL", "OMNIGENT_ANTHROPIC_BASE_URL"],
+        base_url_configures: false,
+        command: &[],
+        cli: Some(AgentCli {
+            path_var: "OMNIGENT_CLAUDE_PATH",
+            program: "claude",
+            install_paths: &[
+                "~/.claude/local/claude",
+                "~/.local/bin/claude",
+                "/usr/local/bin/claude",
+            ],
+            version_args: &["--version"],
+            login_files: &[
+                "$CLAUDE_CONFIG_DIR/.credentials.json",
+                "~/.claude/.credentials.json",
+            ],
+            env: &["CLAUDE_CONFIG_DIR", "OMNIGENT_CLAUDE_PATH"],
+            install_hint: "npm install -g @anthropic-ai/claude-code",
+            login_hint: "run `claude login` or set ANTHROPIC_API_KEY",
+        }),
+    },
+    // Codex's credentials are its own: the key below, a `codex login` (auth.json), or a custom model provider
+    // in its config.toml (which names its own key variable; the runner checks that too).
     HarnessSpec {
         harness: Harness::Codex,
         name: "codex",
@@ -146,19 +207,53 @@ pub const HARNESSES: [HarnessSpec; 6] = [
         base_url: &[],
         base_url_configures: false,
         command: &[],
-        binary_var: Some("OMNIGENT_CODEX_PATH"),
-        program: Some("codex"),
+        cli: Some(AgentCli {
+            path_var: "OMNIGENT_CODEX_PATH",
+            program: "codex",
+            install_paths: &["~/.local/bin/codex", "/usr/local/bin/codex"],
+            version_args: &["--version"],
+            login_files: &["$CODEX_HOME/auth.json", "~/.codex/auth.json"],
+            env: &["CODEX_HOME", "OMNIGENT_CODEX_PATH"],
+            install_hint: "npm install -g @openai/codex",
+            login_hint: "set OPENAI_API_KEY or run `codex login`",
+        }),
     },
+    // Pi reads the provider keys below, its login (auth.json) and custom providers with their keys
+    // (models.json) from its agent dir.
     HarnessSpec {
         harness: Harness::Pi,
         name: "pi",
         aliases: &[],
-        credentials: &[],
+        credentials: &[
+            key("ANTHROPIC_API_KEY"),
+            bearer("ANTHROPIC_OAUTH_TOKEN"),
+            key("OPENAI_API_KEY"),
+            key("GEMINI_API_KEY"),
+            key("GROQ_API_KEY"),
+            key("XAI_API_KEY"),
+            key("OPENROUTER_API_KEY"),
+            key("MISTRAL_API_KEY"),
+            key("DEEPSEEK_API_KEY"),
+        ],
         base_url: &[],
         base_url_configures: false,
         command: &[],
-        binary_var: Some("OMNIGENT_PI_PATH"),
-        program: Some("pi"),
+        cli: Some(AgentCli {
+            path_var: "OMNIGENT_PI_PATH",
+            program: "pi",
+            install_paths: &["~/.local/bin/pi", "/usr/local/bin/pi"],
+            version_args: &["--version"],
+            login_files: &[
+                "$PI_CODING_AGENT_DIR/auth.json",
+                "$PI_CODING_AGENT_DIR/models.json",
+                "~/.pi/agent/auth.json",
+                "~/.pi/agent/models.json",
+            ],
+            env: &["PI_CODING_AGENT_DIR", "OMNIGENT_PI_PATH"],
+            install_hint: "npm install -g @mariozechner/pi-coding-agent",
+            login_hint: "run `pi` then `/login`, set a provider key (ANTHROPIC_API_KEY, OPENAI_API_KEY…) or \
+                         add a provider to ~/.pi/agent/models.json",
+        }),
     },
 ];
 
@@ -190,9 +285,9 @@ fn known_aliases() -> String {
 pub enum Readiness {
     /// Wire `true`.
     Configured,
-    /// Wire `"needs-auth"`: none of its credentials is set.
+    /// Wire `"needs-auth"`: none of its credentials is set (and, for a CLI, no login of it found).
     NeedsAuth,
-    /// Wire `"binary-missing"`: an agent CLI harness whose binary is not installed.
+    /// Wire `"binary-missing"`: its CLI is not installed (or does not run).
     BinaryMissing,
 }
 
@@ -217,11 +312,12 @@ pub fn first_set(
 }
 
 impl Harness {
-    pub const ALL: [Harness; 6] = [
+    pub const ALL: [Harness; 7] = [
         Harness::Echo,
         Harness::OpenAi,
         Harness::Anthropic,
         Harness::Exec,
+        Harness::ClaudeCode,
         Harness::Codex,
         Harness::Pi,
     ];
@@ -233,8 +329,9 @@ impl Harness {
             Harness::OpenAi => &HARNESSES[1],
             Harness::Anthropic => &HARNESSES[2],
             Harness::Exec => &HARNESSES[3],
-            Harness::Codex => &HARNESSES[4],
-            Harness::Pi => &HARNESSES[5],
+            Harness::ClaudeCode => &HARNESSES[4],
+            Harness::Codex => &HARNESSES[5],
+            Harness::Pi => &HARNESSES[6],
         }
     }
 
@@ -267,14 +364,23 @@ impl Harness {
         first_set(self.spec().base_url, get).map(|(_, v)| v)
     }
 
-    /// Whether the harness is configured, from the same variables the runner reads (and, for an agent CLI,
-    /// its binary and its own credential files).
-    pub fn readiness(self, get: &impl Fn(&str) -> Option<String>) -> Readiness {
+    /// Whether the harness is configured, from the same variables the runner reads and, for a CLI harness, the
+    /// daemon's probe of its CLI (`None`: not probed, i.e. missing).
+    pub fn readiness(
+        self,
+        get: &impl Fn(&str) -> Option<String>,
+        probe: Option<&CliProbe>,
+    ) -> Readiness {
         let spec = self.spec();
-        if let Some(program) = spec.program {
-            return agent_cli_readiness(self, program, get);
-        }
+        let logged_in = match spec.cli {
+            None => false,
+            Some(_) => match probe {
+                Some(p) if p.binary.is_some() && p.version.is_some() => p.logged_in,
+                _ => return Readiness::BinaryMissing,
+            },
+        };
         if spec.credentials.is_empty()
+            || logged_in
             || self.credential(get).is_some()
             || (spec.base_url_configures && self.base_url(get).is_some())
         {
@@ -285,121 +391,74 @@ impl Harness {
     }
 }
 
-/// An agent CLI's readiness: its binary (the table's `binary_var`, else `program` on `PATH`), then its own
-/// credentials.
-fn agent_cli_readiness(
-    harness: Harness,
-    program: &str,
-    get: &impl Fn(&str) -> Option<String>,
-) -> Readiness {
-    let explicit = harness
-        .spec()
-        .binary_var
-        .and_then(get)
-        .filter(|v| !v.trim().is_empty())
-        .map(PathBuf::from);
-    if find_program(explicit.as_deref(), program, get("PATH").map(Into::into)).is_none() {
-        return Readiness::BinaryMissing;
+impl AgentCli {
+    /// The binary: the path in `path_var` when set (only there: `None` if it is not a file), else `program`
+    /// on `PATH`, else the first of `install_paths` that is a file.
+    pub fn locate(&self, get: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        if let Some((_, path)) = first_set(&[self.path_var], get) {
+            let path = PathBuf::from(path);
+            return is_file(&path).then_some(path);
+        }
+        if let Some(path) = get("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let candidate = dir.join(self.program);
+                if is_file(&candidate) {
+                    return Some(candidate);
+                }
+            }
+        }
+        self.install_paths
+            .iter()
+            .filter_map(|p| expand(p, get))
+            .find(|p| is_file(p))
     }
-    let ready = match harness {
-        Harness::Codex => codex_has_credentials(get),
-        Harness::Pi => pi_has_credentials(get),
-        _ => true,
-    };
-    if ready {
-        Readiness::Configured
+
+    /// Whether one of `login_files` exists.
+    pub fn logged_in(&self, get: &impl Fn(&str) -> Option<String>) -> bool {
+        self.login_files
+            .iter()
+            .filter_map(|p| expand(p, get))
+            .any(|p| is_file(&p))
+    }
+}
+
+fn is_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// `~/rest` → `$HOME/rest`, `$VAR/rest` → `$VAR`'s value + `/rest`, anything else as is; `None` when the variable
+/// is unset or blank.
+fn expand(path: &str, get: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let (var, rest) = if let Some(rest) = path.strip_prefix("~/") {
+        ("HOME", rest)
+    } else if let Some(var_rest) = path.strip_prefix('$') {
+        var_rest.split_once('/')?
     } else {
-        Readiness::NeedsAuth
-    }
-}
-
-/// The binary of an agent CLI: `explicit` (its `OMNIGENT_*_PATH` setting) when given, else `program` found on
-/// `path` (the value of `PATH`). `None` when neither is a file.
-pub fn find_program(
-    explicit: Option<&Path>,
-    program: &str,
-    path: Option<OsString>,
-) -> Option<PathBuf> {
-    if let Some(explicit) = explicit {
-        return explicit.is_file().then(|| explicit.to_owned());
-    }
-    std::env::split_paths(&path?)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Whether Codex has credentials of its own, `get` reading a variable of its environment: `OPENAI_API_KEY`,
-/// a `codex login` (`$CODEX_HOME/auth.json`; `CODEX_HOME` defaults to `~/.codex`), or a custom
-/// `model_provider` in `$CODEX_HOME/config.toml` (which names its own key variable, checked by Codex).
-pub fn codex_has_credentials(get: &impl Fn(&str) -> Option<String>) -> bool {
-    if first_set(&["OPENAI_API_KEY"], get).is_some() {
-        return true;
-    }
-    let home = match first_set(&["CODEX_HOME"], get) {
-        Some((_, home)) => PathBuf::from(home),
-        None => match get("HOME") {
-            Some(home) => PathBuf::from(home).join(".codex"),
-            None => return false,
-        },
+        return Some(PathBuf::from(path));
     };
-    if home.join("auth.json").is_file() {
-        return true;
-    }
-    std::fs::read_to_string(home.join("config.toml")).is_ok_and(|config| {
-        config.lines().any(|line| {
-            line.trim_start()
-                .strip_prefix("model_provider")
-                .is_some_and(|rest| {
-                    rest.trim_start().starts_with('=') && !rest.contains("\"openai\"")
-                })
-        })
-    })
+    let base = get(var).filter(|v| !v.trim().is_empty())?;
+    Some(Path::new(&base).join(rest))
 }
 
-/// Whether Pi has credentials of its own: `$PI_CODING_AGENT_DIR` (default `~/.pi/agent`) holds an
-/// `auth.json` (a `pi` login or stored keys) or a `models.json` (custom providers with their keys), or a
-/// provider key variable Pi reads is set.
-pub fn pi_has_credentials(get: &impl Fn(&str) -> Option<String>) -> bool {
-    if first_set(PI_KEY_VARS, get).is_some() {
-        return true;
-    }
-    let dir = match first_set(&["PI_CODING_AGENT_DIR"], get) {
-        Some((_, dir)) => PathBuf::from(dir),
-        None => match get("HOME") {
-            Some(home) => PathBuf::from(home).join(".pi/agent"),
-            None => return false,
-        },
-    };
-    dir.join("auth.json").is_file() || dir.join("models.json").is_file()
-}
-
-/// Provider key variables Pi reads.
-pub const PI_KEY_VARS: &[&str] = &[
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_OAUTH_TOKEN",
-    "OPENAI_API_KEY",
-    "GEMINI_API_KEY",
-    "GROQ_API_KEY",
-    "XAI_API_KEY",
-    "OPENROUTER_API_KEY",
-    "MISTRAL_API_KEY",
-];
-
-/// `configured_harnesses` of `host.hello`: every name and alias → `true` | `"needs-auth"` (`get` reads a
-/// variable of the environment the runners will get).
-pub fn configured_harnesses(get: impl Fn(&str) -> Option<String>) -> Map<String, Value> {
+/// `configured_harnesses` of `host.hello`: every name and alias → `true` | `"needs-auth"` | `"binary-missing"`
+/// (`get` reads a variable of the environment the runners will get; `probe` gives the daemon's probe of a CLI
+/// harness's binary, `None` when it found none).
+pub fn configured_harnesses(
+    get: impl Fn(&str) -> Option<String>,
+    probe: impl Fn(Harness) -> Option<CliProbe>,
+) -> Map<String, Value> {
     let mut m = Map::new();
     for spec in &HARNESSES {
-        let ready = spec.harness.readiness(&get).to_wire();
+        let ready = spec
+            .harness
+            .readiness(&get, probe(spec.harness).as_ref())
+            .to_wire();
         for name in std::iter::once(&spec.name).chain(spec.aliases) {
             m.insert((*name).to_owned(), ready.clone());
         }
     }
     m
 }
-
-/// What the agent CLIs read for their own configuration, passed to runners too.
-pub const AGENT_CLI_VARS: &[&str] = &["CODEX_HOME", "PI_CODING_AGENT_DIR"];
 
 /// Every environment variable the table names (credentials, base URLs, commands, model): what a runner must
 /// receive from the daemon's environment for the table to mean the same on both sides.
@@ -412,9 +471,8 @@ pub fn env_vars() -> impl Iterator<Item = &'static str> {
                 .map(|c| c.var)
                 .chain(s.base_url.iter().copied())
                 .chain(s.command.iter().copied())
-                .chain(s.binary_var)
+                .chain(s.cli.iter().flat_map(|c| c.env.iter().copied()))
         })
-        .chain(AGENT_CLI_VARS.iter().copied())
         .chain(MODEL_VARS.iter().copied())
 }
 
@@ -441,8 +499,9 @@ mod tests {
             ("openai-agents-sdk", Harness::OpenAi),
             ("open-responses", Harness::OpenAi),
             ("anthropic", Harness::Anthropic),
-            ("claude-sdk", Harness::Anthropic),
-            ("claude", Harness::Anthropic),
+            ("claude-sdk", Harness::ClaudeCode),
+            ("claude", Harness::ClaudeCode),
+            ("claude-code", Harness::ClaudeCode),
             ("exec", Harness::Exec),
             ("claude-native", Harness::Exec),
             ("codex-native", Harness::Exec),
@@ -462,7 +521,10 @@ mod tests {
         let err = Harness::parse("nonesuch").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("\"nonesuch\""), "{text}");
-        assert!(text.contains("echo, openai, anthropic, exec"), "{text}");
+        assert!(
+            text.contains("echo, openai, anthropic, exec, claude-sdk"),
+            "{text}"
+        );
         assert!(text.contains("claude-sdk"), "{text}");
         assert!(Harness::parse("Claude-SDK").is_err());
         assert!(Harness::parse("").is_err());
@@ -482,12 +544,12 @@ mod tests {
 
     #[test]
     fn configured_is_decided_by_the_variables_the_runner_reads() {
-        let none = configured_harnesses(only(&[]));
+        let none = configured_harnesses(only(&[]), |_| None);
         assert_eq!(none["echo"], true);
         assert_eq!(none["exec"], true);
         assert_eq!(none["openai"], "needs-auth");
         assert_eq!(none["anthropic"], "needs-auth");
-        assert_eq!(none["claude-sdk"], "needs-auth");
+        assert_eq!(none["claude-sdk"], "binary-missing");
 
         for (var, kind) in [
             ("ANTHROPIC_API_KEY", CredentialKind::ApiKey),
@@ -497,16 +559,15 @@ mod tests {
         ] {
             let env = [(var, "secret")];
             let get = only(&env);
-            let reported = configured_harnesses(&get);
+            let reported = configured_harnesses(&get, |_| None);
             assert_eq!(reported["anthropic"], true, "{var}");
-            assert_eq!(reported["claude-sdk"], true, "{var}");
             let (cred, value) = Harness::Anthropic.credential(&get).unwrap();
             assert_eq!((cred.var, cred.kind, value.as_str()), (var, kind, "secret"));
         }
         // A blank value is not a credential, on either side.
         let blank = [("ANTHROPIC_API_KEY", "  ")];
         assert_eq!(
-            configured_harnesses(only(&blank))["anthropic"],
+            configured_harnesses(only(&blank), |_| None)["anthropic"],
             "needs-auth"
         );
         assert_eq!(Harness::Anthropic.credential(&only(&blank)), None);
@@ -515,9 +576,95 @@ mod tests {
             ("OPENAI_BASE_URL", "http://localhost:11434/v1"),
             ("ANTHROPIC_BASE_URL", "http://gw"),
         ];
-        let reported = configured_harnesses(only(&urls));
+        let reported = configured_harnesses(only(&urls), |_| None);
         assert_eq!(reported["openai-agents"], true);
         assert_eq!(reported["anthropic"], "needs-auth");
+    }
+
+    #[test]
+    fn a_cli_harness_needs_its_binary_then_a_credential_or_a_login() {
+        let found = |logged_in| CliProbe {
+            binary: Some(PathBuf::from("/bin/claude")),
+            version: Some("2.1.0 (Claude Code)".to_owned()),
+            logged_in,
+        };
+        let key = [("ANTHROPIC_API_KEY", "k")];
+        let h = Harness::ClaudeCode;
+        // Missing binary wins over a credential: the turn could not run.
+        assert_eq!(h.readiness(&only(&key), None), Readiness::BinaryMissing);
+        let no_version = CliProbe {
+            version: None,
+            ..found(true)
+        };
+        assert_eq!(
+            h.readiness(&only(&key), Some(&no_version)),
+            Readiness::BinaryMissing
+        );
+        assert_eq!(
+            h.readiness(&only(&[]), Some(&found(false))),
+            Readiness::NeedsAuth
+        );
+        assert_eq!(
+            h.readiness(&only(&[]), Some(&found(true))),
+            Readiness::Configured
+        );
+        for var in ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"] {
+            let env = [(var, "k")];
+            let reported = configured_harnesses(only(&env), |h| {
+                (h == Harness::ClaudeCode).then(|| found(false))
+            });
+            assert_eq!(reported["claude-sdk"], true, "{var}");
+            assert_eq!(reported["claude"], true, "{var}");
+        }
+        assert_eq!(Readiness::BinaryMissing.to_wire(), "binary-missing");
+        // A probe means nothing to a harness without a CLI.
+        assert_eq!(
+            Harness::Echo.readiness(&only(&[]), None),
+            Readiness::Configured
+        );
+    }
+
+    #[test]
+    fn the_binary_is_found_by_its_variable_then_path_then_install_locations() {
+        let dir = std::env::temp_dir().join(format!("omnigent-harness-{}", std::process::id()));
+        let bin = dir.join("bin");
+        let home = dir.join("home");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(home.join(".local/bin")).unwrap();
+        std::fs::create_dir_all(home.join("cfg")).unwrap();
+        let cli = Harness::ClaudeCode.spec().cli.unwrap();
+        let home_s = home.to_str().unwrap().to_owned();
+        let bin_s = bin.to_str().unwrap().to_owned();
+        let get = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+        let env = get(vec![("HOME", home_s.clone()), ("PATH", bin_s.clone())]);
+        assert_eq!(cli.locate(&env), None);
+        std::fs::write(home.join(".local/bin/claude"), "").unwrap();
+        assert_eq!(cli.locate(&env), Some(home.join(".local/bin/claude")));
+        std::fs::write(bin.join("claude"), "").unwrap();
+        assert_eq!(cli.locate(&env), Some(bin.join("claude")));
+        // The variable is the only place looked at when set.
+        let env = get(vec![
+            ("HOME", home_s.clone()),
+            ("PATH", bin_s.clone()),
+            ("OMNIGENT_CLAUDE_PATH", "/nonexistent/claude".to_owned()),
+        ]);
+        assert_eq!(cli.locate(&env), None);
+        // Logins: the config dir's credentials file, or the home's.
+        let env = get(vec![
+            ("HOME", home_s.clone()),
+            ("CLAUDE_CONFIG_DIR", format!("{home_s}/cfg")),
+        ]);
+        assert!(!cli.logged_in(&env));
+        std::fs::write(home.join("cfg/.credentials.json"), "{}").unwrap();
+        assert!(cli.logged_in(&env));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -542,6 +689,9 @@ mod tests {
             "ANTHROPIC_BASE_URL",
             "OMNIGENT_EXEC_COMMAND",
             "OMNIGENT_MODEL",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "OMNIGENT_CLAUDE_PATH",
+            "CLAUDE_CONFIG_DIR",
         ] {
             assert!(vars.contains(&v), "{v}");
         }

@@ -40,8 +40,6 @@ pub struct HarnessEnv {
     pub vendors: Vec<(HarnessKind, VendorEnv)>,
     /// `OMNIGENT_EXEC_COMMAND`, split on whitespace.
     pub exec_command: Option<Vec<String>>,
-    /// Per agent CLI harness: the binary its `OMNIGENT_*_PATH` variable names.
-    pub agent_paths: Vec<(HarnessKind, PathBuf)>,
 }
 
 /// One vendor harness's settings.
@@ -77,14 +75,6 @@ impl HarnessEnv {
             vendors,
             exec_command: value(HarnessKind::Exec.spec().command)
                 .map(|c| c.split_whitespace().map(str::to_owned).collect()),
-            agent_paths: HarnessKind::ALL
-                .into_iter()
-                .filter_map(|k| {
-                    let var = k.spec().binary_var?;
-                    let path = get(var).filter(|v| !v.trim().is_empty())?;
-                    Some((k, PathBuf::from(path)))
-                })
-                .collect(),
         }
     }
 
@@ -110,11 +100,7 @@ impl HarnessEnv {
                 HarnessKind::Exec => self.exec_command.clone(),
                 _ => None,
             },
-            agent_path: self
-                .agent_paths
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, p)| p.clone()),
+
             ..HarnessConfig::default()
         }
     }
@@ -460,7 +446,15 @@ mod tests {
                 .unwrap();
         assert_eq!(
             hello["harnesses"],
-            serde_json::json!(["echo", "openai", "anthropic", "exec"])
+            serde_json::json!([
+                "echo",
+                "openai",
+                "anthropic",
+                "exec",
+                "claude-sdk",
+                "codex",
+                "pi"
+            ])
         );
         assert_eq!(hello["capabilities"], serde_json::json!([]));
         assert_eq!(hello["envs"], serde_json::json!([]));
@@ -503,7 +497,15 @@ mod tests {
         for kind in HarnessKind::ALL {
             for cred in kind.spec().credentials {
                 let get = |n: &str| (n == cred.var).then(|| "secret".to_owned());
-                let reported = harness_table::configured_harnesses(get);
+                // A CLI harness counts its credentials once its binary is found.
+                let found = |_| {
+                    Some(harness_table::CliProbe {
+                        binary: Some("/bin/true".into()),
+                        version: Some("1".into()),
+                        logged_in: false,
+                    })
+                };
+                let reported = harness_table::configured_harnesses(get, found);
                 assert_eq!(reported[kind.name()], true, "{}", cred.var);
                 let config = HarnessEnv::from_vars(get).config_for(kind);
                 let read = config.api_key.or(config.auth_token);
@@ -512,7 +514,10 @@ mod tests {
         }
         // The case of issue 10: only ANTHROPIC_AUTH_TOKEN, sent as a bearer token.
         let get = |n: &str| (n == "ANTHROPIC_AUTH_TOKEN").then(|| "tok".to_owned());
-        assert_eq!(harness_table::configured_harnesses(get)["claude-sdk"], true);
+        assert_eq!(
+            harness_table::configured_harnesses(get, |_| None)["anthropic"],
+            true
+        );
         let config = HarnessEnv::from_vars(get).config_for(HarnessKind::Anthropic);
         assert_eq!(config.auth_token.as_deref(), Some("tok"));
         assert_eq!(config.api_key, None);

@@ -257,6 +257,8 @@ struct Session {
     pi: Option<PiHandle>,
     /// The agent CLI session the next `exec` turn resumes.
     exec: ExecMemory,
+    /// `claude-sdk`: the session's Claude Code agent, started at its first turn; its process dies with it.
+    claude_code: Option<crate::harness::claude_code::ClaudeCode>,
 }
 
 impl Session {
@@ -287,7 +289,18 @@ impl Session {
             codex: None,
             pi: None,
             exec: ExecMemory::default(),
+            claude_code: None,
         }
+    }
+
+    /// The session's Claude Code agent when its harness is `claude-sdk` (started on first use).
+    fn claude_code(&mut self) -> Option<crate::harness::claude_code::ClaudeCode> {
+        use crate::harness::claude_code::{ClaudeCode, Options};
+        (self.harness == HarnessKind::ClaudeCode).then(|| {
+            self.claude_code
+                .get_or_insert_with(|| ClaudeCode::spawn(Options::from_env()))
+                .clone()
+        })
     }
 
     async fn run(
@@ -513,6 +526,7 @@ impl Session {
             pi: (self.harness == HarnessKind::Pi)
                 .then(|| self.pi.get_or_insert_with(PiHandle::spawn).clone()),
             exec: (self.harness == HarnessKind::Exec).then(|| self.exec.clone()),
+            claude_code: self.claude_code(),
         };
         let cancel = CancellationToken::new();
         self.running = Some(RunningTurn {

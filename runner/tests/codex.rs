@@ -7,7 +7,7 @@ mod common;
 #[path = "common/responses.rs"]
 mod responses;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{Canned, FakeVendor, user};
@@ -49,8 +49,11 @@ fn codex(vendor: Option<&FakeVendor>) -> Codex {
         std::fs::write(codex_home.join("config.toml"), config).unwrap();
     }
     let config = HarnessConfig {
-        agent_path: Some(omnigent_testkit::agent_cli("codex")),
         agent_env: vec![
+            (
+                "OMNIGENT_CODEX_PATH".into(),
+                omnigent_testkit::agent_cli("codex").display().to_string(),
+            ),
             ("HOME".into(), home.display().to_string()),
             ("CODEX_HOME".into(), codex_home.display().to_string()),
             (KEY_VAR.into(), "test-key".into()),
@@ -305,6 +308,12 @@ async fn codex_killed_between_turns_is_restarted_and_resumes_the_thread() {
     );
 }
 
+/// Set (or replace) a variable of the agent's environment.
+fn set(config: &mut HarnessConfig, var: &str, value: &str) {
+    config.agent_env.retain(|(k, _)| k != var);
+    config.agent_env.push((var.to_owned(), value.to_owned()));
+}
+
 async fn failed_turn(codex: &Codex) -> String {
     let mut session = Session::new(codex);
     match session.run("hello").await {
@@ -319,7 +328,11 @@ async fn failed_turn(codex: &Codex) -> String {
 #[tokio::test]
 async fn a_missing_binary_fails_the_turn_naming_the_install() {
     let mut codex = codex(None);
-    codex.config.agent_path = Some(Path::new("/nonexistent/codex").to_owned());
+    set(
+        &mut codex.config,
+        "OMNIGENT_CODEX_PATH",
+        "/nonexistent/codex",
+    );
     let message = failed_turn(&codex).await;
     assert!(message.contains("OMNIGENT_CODEX_PATH"), "{message}");
     assert!(
@@ -327,7 +340,7 @@ async fn a_missing_binary_fails_the_turn_naming_the_install() {
         "{message}"
     );
 
-    codex.config.agent_path = None;
+    set(&mut codex.config, "OMNIGENT_CODEX_PATH", "");
     let empty = codex._base.path().join("empty-bin");
     std::fs::create_dir(&empty).unwrap();
     codex
@@ -335,7 +348,11 @@ async fn a_missing_binary_fails_the_turn_naming_the_install() {
         .agent_env
         .push(("PATH".into(), empty.display().to_string()));
     let message = failed_turn(&codex).await;
-    assert!(message.contains("`codex` is not on PATH"), "{message}");
+    assert!(message.contains("`codex` is not installed"), "{message}");
+    assert!(
+        message.contains("npm install -g @openai/codex"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

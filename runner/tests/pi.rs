@@ -7,7 +7,7 @@ mod common;
 #[path = "common/responses.rs"]
 mod responses;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{Canned, FakeVendor, user};
@@ -50,6 +50,10 @@ fn pi(vendor: Option<&FakeVendor>) -> Pi {
         std::fs::write(agent_dir.join("settings.json"), settings.to_string()).unwrap();
     }
     let mut agent_env = vec![
+        (
+            "OMNIGENT_PI_PATH".to_owned(),
+            omnigent_testkit::agent_cli("pi").display().to_string(),
+        ),
         ("HOME".to_owned(), home.display().to_string()),
         (
             "PI_CODING_AGENT_DIR".to_owned(),
@@ -58,11 +62,10 @@ fn pi(vendor: Option<&FakeVendor>) -> Pi {
         ("PI_OFFLINE".to_owned(), "1".to_owned()),
     ];
     // Whatever the machine has, these tests bring their own credentials or none.
-    for var in omnigent_proto::harness::PI_KEY_VARS {
-        agent_env.push(((*var).to_owned(), String::new()));
+    for cred in HarnessKind::Pi.spec().credentials {
+        agent_env.push((cred.var.to_owned(), String::new()));
     }
     let config = HarnessConfig {
-        agent_path: Some(omnigent_testkit::agent_cli("pi")),
         agent_env,
         ..HarnessConfig::default()
     };
@@ -315,6 +318,12 @@ async fn pi_killed_between_turns_is_restarted_on_its_session_file() {
     );
 }
 
+/// Set (or replace) a variable of the agent's environment.
+fn set(config: &mut HarnessConfig, var: &str, value: &str) {
+    config.agent_env.retain(|(k, _)| k != var);
+    config.agent_env.push((var.to_owned(), value.to_owned()));
+}
+
 async fn failed_turn(pi: &Pi) -> String {
     let mut session = Session::new(pi);
     match session.run("hello").await {
@@ -329,7 +338,7 @@ async fn failed_turn(pi: &Pi) -> String {
 #[tokio::test]
 async fn a_missing_binary_fails_the_turn_naming_the_install() {
     let mut pi = pi(None);
-    pi.config.agent_path = Some(Path::new("/nonexistent/pi").to_owned());
+    set(&mut pi.config, "OMNIGENT_PI_PATH", "/nonexistent/pi");
     let message = failed_turn(&pi).await;
     assert!(message.contains("OMNIGENT_PI_PATH"), "{message}");
     assert!(
@@ -337,14 +346,18 @@ async fn a_missing_binary_fails_the_turn_naming_the_install() {
         "{message}"
     );
 
-    pi.config.agent_path = None;
+    set(&mut pi.config, "OMNIGENT_PI_PATH", "");
     let empty = pi._base.path().join("empty-bin");
     std::fs::create_dir(&empty).unwrap();
     pi.config
         .agent_env
         .push(("PATH".into(), empty.display().to_string()));
     let message = failed_turn(&pi).await;
-    assert!(message.contains("`pi` is not on PATH"), "{message}");
+    assert!(message.contains("`pi` is not installed"), "{message}");
+    assert!(
+        message.contains("npm install -g @mariozechner/pi-coding-agent"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -45,6 +45,8 @@ pub(crate) struct ApiState {
     /// Asks the keeper to check (and re-create) the runtime files now.
     pub checks: mpsc::Sender<keeper::CheckRequest>,
     pub limits: crate::ControlLimits,
+    /// The agent CLIs' probe: a plain status call (`omnigent host status`) probes again.
+    pub probes: crate::supervise::cli_probe::CliProbes,
 }
 
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
@@ -264,6 +266,10 @@ async fn status(
         && let Ok(Err(why)) = rx.await
     {
         tracing::warn!("status: the runtime files are not all in place: {why}");
+    }
+    if q.after.is_none() {
+        // `omnigent host status`: the next `host.hello` reports the CLIs as they are now.
+        state.probes.refresh().await;
     }
     if let Some(after) = q.after {
         let wait = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_STATUS_WAIT);

@@ -41,6 +41,8 @@ pub struct TargetsContext {
     pub revision: watch::Sender<u64>,
     /// Where the targets task, each tunnel and each runner supervisor run.
     pub tasks: Tasks,
+    /// The probe of the agent CLIs (`configured_harnesses`).
+    pub probes: crate::supervise::cli_probe::CliProbes,
 }
 
 /// One target as status shows it.
@@ -324,6 +326,7 @@ fn start_target(ctx: &TargetsContext, url: &str, local: bool, persistent: bool) 
         exits: reporter,
         revision: ctx.revision.clone(),
         tasks: ctx.tasks.clone(),
+        probes: ctx.probes.clone(),
     });
     let mut config = HostTunnelConfig::new(url, &ctx.host_id, &ctx.host_name);
     config.timings = ctx.timings.clone();
@@ -426,6 +429,7 @@ mod tests {
             timings: HostTunnelTimings::default(),
             revision: watch::channel(0).0,
             tasks: Tasks::new(),
+            probes: crate::supervise::cli_probe::CliProbes::fixed(Default::default()),
         });
         // Port 9 on loopback: nothing answers, the tunnel keeps reconnecting; no network is used.
         let a = "http://127.0.0.1:9";

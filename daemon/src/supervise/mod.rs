@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod cli_probe;
 pub mod local_server;
 pub mod process;
 pub mod reaper;

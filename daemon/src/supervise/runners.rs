@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use omnigent_proto::control::{ChildState, RunnerStatus as RunnerView};
 use omnigent_proto::harness::{self, Harness};
+
+use super::cli_probe::CliProbes;
 use omnigent_proto::host_frames::LaunchErrorCode;
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_proto::paths::Paths;
@@ -150,6 +152,8 @@ pub struct RunnerContext {
     pub revision: watch::Sender<u64>,
     /// Where the supervisor, its watchers, timers and log pumps run.
     pub tasks: Tasks,
+    /// The probe of the agent CLIs, for `configured_harnesses`.
+    pub probes: CliProbes,
 }
 
 enum Cmd {
@@ -173,6 +177,7 @@ enum Cmd {
 pub struct Runners {
     cmds: mpsc::Sender<Cmd>,
     views: watch::Receiver<Vec<RunnerView>>,
+    probes: CliProbes,
 }
 
 impl Runners {
@@ -246,8 +251,9 @@ impl HostActions for Runners {
     }
 
     fn configured_harnesses(&self) -> Map<String, Value> {
-        // The runners get these variables from this environment (they pass [`env_allowed`]).
-        harness::configured_harnesses(|name| std::env::var(name).ok())
+        // The runners get these variables from this environment (they pass [`env_allowed`]); the CLI harnesses'
+        // binaries are the probe's.
+        harness::configured_harnesses(|name| std::env::var(name).ok(), |h| self.probes.get(h))
     }
 }
 
@@ -256,6 +262,7 @@ pub fn spawn_runners(ctx: RunnerContext) -> Runners {
     let (cmd_tx, cmds) = mpsc::channel(64);
     let (views_tx, views) = watch::channel(Vec::new());
     let tasks = ctx.tasks.clone();
+    let ctx_probes = ctx.probes.clone();
     let task = Task {
         self_tx: cmd_tx.downgrade(),
         ctx,
@@ -267,6 +274,7 @@ pub fn spawn_runners(ctx: RunnerContext) -> Runners {
     };
     tasks.spawn(task.run());
     Runners {
+        probes: ctx_probes,
         cmds: cmd_tx,
         views,
     }

@@ -3,7 +3,7 @@
 //! the agent did into events and history.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 
 use super::exec::{read_line_capped, tail_lines};
-use super::{EventSink, HarnessError, HistoryEntry, Turn, TurnOutcome};
+use super::{EventSink, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome};
 
 /// Longest line read from an agent's stdout; a longer one fails the turn (the protocol cannot be followed).
 pub(super) const MAX_LINE_BYTES: usize = 8 << 20;
@@ -187,6 +187,48 @@ pub(super) fn agent_var(turn: &Turn) -> impl Fn(&str) -> Option<String> + '_ {
             .map(|(_, v)| v.clone())
             .or_else(|| std::env::var(name).ok())
     }
+}
+
+/// The binary of the agent CLI of harness `kind` ([`AgentCli::locate`], as the daemon's probe: its
+/// `OMNIGENT_*_PATH` variable, else `PATH`, else the usual install locations), or the error naming the install.
+pub(super) fn locate(kind: HarnessKind, turn: &Turn) -> Result<PathBuf, HarnessError> {
+    let Some(cli) = kind.spec().cli else {
+        return Err(HarnessError::NotConfigured(format!(
+            "{} is not an agent CLI harness",
+            kind.name()
+        )));
+    };
+    cli.locate(&agent_var(turn)).ok_or_else(|| {
+        HarnessError::NotConfigured(format!(
+            "the {} harness cannot run: `{}` is not installed on this host (not at {}, on PATH or in {}): \
+             install it with `{}`, or set {} to its path",
+            kind.name(),
+            cli.program,
+            agent_var(turn)(cli.path_var).unwrap_or_else(|| format!("${}", cli.path_var)),
+            cli.install_paths.join(", "),
+            cli.install_hint,
+            cli.path_var
+        ))
+    })
+}
+
+/// Whether the agent CLI of harness `kind` has credentials: one of the row's variables, or one of its login
+/// files; `also`: a harness's own extra check.
+pub(super) fn check_credentials(
+    kind: HarnessKind,
+    turn: &Turn,
+    also: bool,
+) -> Result<(), HarnessError> {
+    let get = agent_var(turn);
+    let logged_in = kind.spec().cli.is_some_and(|cli| cli.logged_in(&get));
+    if also || logged_in || kind.credential(&get).is_some() {
+        return Ok(());
+    }
+    let hint = kind.spec().cli.map_or("", |cli| cli.login_hint);
+    Err(HarnessError::NotConfigured(format!(
+        "the {} harness has no credentials on this host: {hint}",
+        kind.name()
+    )))
 }
 
 /// The prompt of a turn: its last user entry.

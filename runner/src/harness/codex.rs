@@ -32,17 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::agent::{self, AgentProcess, INTERRUPT_TIMEOUT, Recorder, STARTUP_TIMEOUT};
-use super::{EventSink, HarnessError, Turn, TurnOutcome};
+use super::{EventSink, HarnessError, HarnessKind, Turn, TurnOutcome};
 
-/// The program name looked up on `PATH`.
-pub const PROGRAM: &str = "codex";
-/// The variable naming the binary explicitly.
-pub const PATH_VAR: &str = "OMNIGENT_CODEX_PATH";
-/// How to install it, for error messages.
-pub const INSTALL_HINT: &str = "install the Codex CLI (`npm install -g @openai/codex`) or set \
-                                OMNIGENT_CODEX_PATH to its binary";
 /// How to give it credentials, for error messages.
-pub const LOGIN_HINT: &str = "set OPENAI_API_KEY or run `codex login`";
+const LOGIN_HINT: &str = "set OPENAI_API_KEY or run `codex login`";
 
 /// The session's Codex agent: a handle on the task that owns its `codex app-server`. Cheap to clone; the
 /// process is killed once every handle is gone.
@@ -120,23 +113,24 @@ pub async fn run_turn(
     }
 }
 
-/// The binary a turn uses, or the error naming the install.
-fn program(turn: &Turn) -> Result<PathBuf, HarnessError> {
-    let get = agent::agent_var(turn);
-    let explicit = turn.config.agent_path.clone();
-    omnigent_proto::harness::find_program(
-        explicit.as_deref(),
-        PROGRAM,
-        get("PATH").map(Into::into),
-    )
-    .ok_or_else(|| match explicit {
-        Some(path) => HarnessError::NotConfigured(format!(
-            "the codex harness cannot run: {PATH_VAR} is {} but no file is there; {INSTALL_HINT}",
-            path.display()
-        )),
-        None => HarnessError::NotConfigured(format!(
-            "the codex harness cannot run: `{PROGRAM}` is not on PATH; {INSTALL_HINT}"
-        )),
+/// Whether Codex's own config.toml (`$CODEX_HOME`, else `~/.codex`) selects a custom `model_provider`, which
+/// names its own key variable (Codex reports that one missing itself).
+fn has_custom_provider(get: &impl Fn(&str) -> Option<String>) -> bool {
+    let home = match get("CODEX_HOME").filter(|v| !v.trim().is_empty()) {
+        Some(home) => PathBuf::from(home),
+        None => match get("HOME") {
+            Some(home) => PathBuf::from(home).join(".codex"),
+            None => return false,
+        },
+    };
+    std::fs::read_to_string(home.join("config.toml")).is_ok_and(|config| {
+        config.lines().any(|line| {
+            line.trim_start()
+                .strip_prefix("model_provider")
+                .is_some_and(|rest| {
+                    rest.trim_start().starts_with('=') && !rest.contains("\"openai\"")
+                })
+        })
     })
 }
 
@@ -327,12 +321,9 @@ impl Agent {
         turn: &Turn,
         cancel: &CancellationToken,
     ) -> Result<(Server, String), HarnessError> {
-        let program = program(turn)?;
-        if !omnigent_proto::harness::codex_has_credentials(&agent::agent_var(turn)) {
-            return Err(HarnessError::NotConfigured(format!(
-                "the codex harness has no credentials: {LOGIN_HINT} (it writes ~/.codex/auth.json)"
-            )));
-        }
+        let program = agent::locate(HarnessKind::Codex, turn)?;
+        let custom = has_custom_provider(&agent::agent_var(turn));
+        agent::check_credentials(HarnessKind::Codex, turn, custom)?;
         let process = AgentProcess::spawn("codex app-server", &program, &["app-server"], turn)?;
         let mut server = Server {
             process,

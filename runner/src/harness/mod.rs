@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 mod agent;
 pub mod anthropic;
+pub mod claude_code;
 pub mod codex;
 pub mod echo;
 pub mod exec;
@@ -71,9 +72,6 @@ pub struct HarnessConfig {
     pub max_tool_rounds: Option<u32>,
     /// `exec` on interrupt: time between SIGTERM and SIGKILL to the command's process group. `None`: 2 s.
     pub kill_grace: Option<Duration>,
-    /// For the agent CLI harnesses (`codex`, `pi`): the binary named by their `OMNIGENT_*_PATH` variable
-    /// (otherwise their program is looked up on `PATH`).
-    pub agent_path: Option<PathBuf>,
     /// Extra environment for an agent CLI's process, over the runner's own (tests: a temp `HOME`,
     /// `CODEX_HOME`, a fake vendor's key).
     pub agent_env: Vec<(String, String)>,
@@ -99,6 +97,8 @@ pub struct Turn {
     /// The session's `exec` memory: the agent CLI session the next turn resumes. `None`: every turn gets the
     /// conversation in its prompt.
     pub exec: Option<exec::ExecMemory>,
+    /// `claude-sdk`: the session's Claude Code agent (its one long-lived process); `None` for the others.
+    pub claude_code: Option<claude_code::ClaudeCode>,
 }
 
 /// How a turn ended, when it was not an error.
@@ -213,5 +213,6 @@ pub async fn run_turn(
         HarnessKind::Exec => exec::run_turn(turn, sink, cancel).await,
         HarnessKind::Codex => codex::run_turn(turn, sink, cancel).await,
         HarnessKind::Pi => pi::run_turn(turn, sink, cancel).await,
+        HarnessKind::ClaudeCode => claude_code::run_turn(turn, sink, cancel).await,
     }
 }

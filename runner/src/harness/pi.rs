@@ -16,8 +16,6 @@
 //!
 //! The binary is `OMNIGENT_PI_PATH`, else `pi` on `PATH`.
 
-use std::path::PathBuf;
-
 use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -25,18 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::agent::{self, AgentProcess, INTERRUPT_TIMEOUT, Recorder, STARTUP_TIMEOUT};
-use super::{EventSink, HarnessError, Turn, TurnOutcome};
-
-/// The program name looked up on `PATH`.
-pub const PROGRAM: &str = "pi";
-/// The variable naming the binary explicitly.
-pub const PATH_VAR: &str = "OMNIGENT_PI_PATH";
-/// How to install it, for error messages.
-pub const INSTALL_HINT: &str = "install Pi (`npm install -g @mariozechner/pi-coding-agent`) or set \
-                                OMNIGENT_PI_PATH to its binary";
-/// How to give it credentials, for error messages.
-pub const LOGIN_HINT: &str = "run `pi` and `/login`, set a provider key (ANTHROPIC_API_KEY, OPENAI_API_KEY…) \
-                              or add a provider to ~/.pi/agent/models.json";
+use super::{EventSink, HarnessError, HarnessKind, Turn, TurnOutcome};
 
 /// The session's Pi agent: a handle on the task that owns its `pi --mode rpc`. Cheap to clone; the process is
 /// killed once every handle is gone.
@@ -114,22 +101,6 @@ pub async fn run_turn(
     }
 }
 
-/// The binary a turn uses, or the error naming the install.
-fn program(turn: &Turn) -> Result<PathBuf, HarnessError> {
-    let get = agent::agent_var(turn);
-    let explicit = turn.config.agent_path.clone();
-    omnigent_proto::harness::find_program(explicit.as_deref(), PROGRAM, get("PATH").map(Into::into))
-        .ok_or_else(|| match explicit {
-            Some(path) => HarnessError::NotConfigured(format!(
-                "the pi harness cannot run: {PATH_VAR} is {} but no file is there; {INSTALL_HINT}",
-                path.display()
-            )),
-            None => HarnessError::NotConfigured(format!(
-                "the pi harness cannot run: `{PROGRAM}` is not on PATH; {INSTALL_HINT}"
-            )),
-        })
-}
-
 async fn run_agent(mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut agent = Agent::default();
     while let Some(job) = jobs.recv().await {
@@ -190,12 +161,8 @@ impl Agent {
         turn: &Turn,
         cancel: &CancellationToken,
     ) -> Result<AgentProcess, HarnessError> {
-        let program = program(turn)?;
-        if !omnigent_proto::harness::pi_has_credentials(&agent::agent_var(turn)) {
-            return Err(HarnessError::NotConfigured(format!(
-                "the pi harness has no credentials: {LOGIN_HINT}"
-            )));
-        }
+        let program = agent::locate(HarnessKind::Pi, turn)?;
+        agent::check_credentials(HarnessKind::Pi, turn, false)?;
         let mut args = vec!["--mode", "rpc"];
         if let Some(file) = &self.session_file {
             args.extend(["--session", file]);

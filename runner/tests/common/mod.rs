@@ -30,6 +30,7 @@ pub fn turn(workspace: &Path, config: HarnessConfig, history: Vec<HistoryEntry>)
         codex: None,
         pi: None,
         exec: None,
+        claude_code: None,
     }
 }
 

@@ -16,6 +16,7 @@ fn turn() -> Turn {
         codex: None,
         pi: None,
         exec: None,
+        claude_code: None,
     }
 }
 
