@@ -696,4 +696,45 @@ mod tests {
             assert!(vars.contains(&v), "{v}");
         }
     }
+
+    #[test]
+    fn codex_and_pi_need_their_binary_then_a_key_or_their_own_login_file() {
+        let home = tempfile_dir();
+        let found = CliProbe {
+            binary: Some(PathBuf::from("/bin/true")),
+            version: Some("1".to_owned()),
+            logged_in: false,
+        };
+        for (h, key, login) in [
+            (Harness::Codex, "OPENAI_API_KEY", ".codex/auth.json"),
+            (Harness::Pi, "ANTHROPIC_API_KEY", ".pi/agent/models.json"),
+        ] {
+            let home_s = home.display().to_string();
+            let env = [("HOME", home_s.as_str())];
+            assert_eq!(h.readiness(&only(&env), None), Readiness::BinaryMissing);
+            assert_eq!(h.readiness(&only(&env), Some(&found)), Readiness::NeedsAuth);
+            let keyed = [("HOME", home_s.as_str()), (key, "k")];
+            assert_eq!(
+                h.readiness(&only(&keyed), Some(&found)),
+                Readiness::Configured
+            );
+            let cli = h.spec().cli.unwrap();
+            let path = home.join(login);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "{}").unwrap();
+            assert!(cli.logged_in(&only(&env)), "{login}");
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "omnigent-proto-harness-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }
