@@ -26,6 +26,10 @@ pub enum Harness {
     Exec,
     /// Claude Code through its own CLI (`claude -p --input-format stream-json …`), one process per session.
     ClaudeCode,
+    /// Codex through `codex app-server` (JSON-RPC over stdio), one per session.
+    Codex,
+    /// Pi through `pi --mode rpc` (JSON lines over stdio), one per session.
+    Pi,
 }
 
 /// How a credential goes to the vendor.
@@ -116,7 +120,7 @@ const fn bearer(var: &'static str) -> Credential {
 
 /// The table. Each credential and base URL is also accepted with an `OMNIGENT_` prefix (reference host §2),
 /// read after the plain name.
-pub const HARNESSES: [HarnessSpec; 5] = [
+pub const HARNESSES: [HarnessSpec; 7] = [
     HarnessSpec {
         harness: Harness::Echo,
         name: "echo",
@@ -155,7 +159,7 @@ pub const HARNESSES: [HarnessSpec; 5] = [
     HarnessSpec {
         harness: Harness::Exec,
         name: "exec",
-        aliases: &["claude-native", "codex", "codex-native", "pi"],
+        aliases: &["claude-native", "codex-native"],
         credentials: &[],
         base_url: &[],
         base_url_configures: false,
@@ -195,6 +199,64 @@ pub const HARNESSES: [HarnessSpec; 5] = [
             ],
             install_hint: "npm install -g @anthropic-ai/claude-code",
             login_hint: "run `claude login` or set ANTHROPIC_API_KEY",
+        }),
+    },
+    // Codex's credentials are its own: the key below, a `codex login` (auth.json), or a custom model provider
+    // in its config.toml (which names its own key variable; the runner checks that too).
+    HarnessSpec {
+        harness: Harness::Codex,
+        name: "codex",
+        aliases: &[],
+        credentials: &[key("OPENAI_API_KEY")],
+        base_url: &[],
+        base_url_configures: false,
+        command: &[],
+        cli: Some(AgentCli {
+            path_var: "OMNIGENT_CODEX_PATH",
+            program: "codex",
+            install_paths: &["~/.local/bin/codex", "/usr/local/bin/codex"],
+            version_args: &["--version"],
+            login_files: &["$CODEX_HOME/auth.json", "~/.codex/auth.json"],
+            env: &["CODEX_HOME", "OMNIGENT_CODEX_PATH"],
+            install_hint: "npm install -g @openai/codex",
+            login_hint: "set OPENAI_API_KEY or run `codex login`",
+        }),
+    },
+    // Pi reads the provider keys below, its login (auth.json) and custom providers with their keys
+    // (models.json) from its agent dir.
+    HarnessSpec {
+        harness: Harness::Pi,
+        name: "pi",
+        aliases: &[],
+        credentials: &[
+            key("ANTHROPIC_API_KEY"),
+            bearer("ANTHROPIC_OAUTH_TOKEN"),
+            key("OPENAI_API_KEY"),
+            key("GEMINI_API_KEY"),
+            key("GROQ_API_KEY"),
+            key("XAI_API_KEY"),
+            key("OPENROUTER_API_KEY"),
+            key("MISTRAL_API_KEY"),
+            key("DEEPSEEK_API_KEY"),
+        ],
+        base_url: &[],
+        base_url_configures: false,
+        command: &[],
+        cli: Some(AgentCli {
+            path_var: "OMNIGENT_PI_PATH",
+            program: "pi",
+            install_paths: &["~/.local/bin/pi", "/usr/local/bin/pi"],
+            version_args: &["--version"],
+            login_files: &[
+                "$PI_CODING_AGENT_DIR/auth.json",
+                "$PI_CODING_AGENT_DIR/models.json",
+                "~/.pi/agent/auth.json",
+                "~/.pi/agent/models.json",
+            ],
+            env: &["PI_CODING_AGENT_DIR", "OMNIGENT_PI_PATH"],
+            install_hint: "npm install -g @mariozechner/pi-coding-agent",
+            login_hint: "run `pi` then `/login`, set a provider key (ANTHROPIC_API_KEY, OPENAI_API_KEY…) or \
+                         add a provider to ~/.pi/agent/models.json",
         }),
     },
 ];
@@ -254,12 +316,14 @@ pub fn first_set(
 }
 
 impl Harness {
-    pub const ALL: [Harness; 5] = [
+    pub const ALL: [Harness; 7] = [
         Harness::Echo,
         Harness::OpenAi,
         Harness::Anthropic,
         Harness::Exec,
         Harness::ClaudeCode,
+        Harness::Codex,
+        Harness::Pi,
     ];
 
     /// This harness's row of [`HARNESSES`].
@@ -270,6 +334,8 @@ impl Harness {
             Harness::Anthropic => &HARNESSES[2],
             Harness::Exec => &HARNESSES[3],
             Harness::ClaudeCode => &HARNESSES[4],
+            Harness::Codex => &HARNESSES[5],
+            Harness::Pi => &HARNESSES[6],
         }
     }
 
@@ -442,8 +508,9 @@ mod tests {
             ("claude-code", Harness::ClaudeCode),
             ("exec", Harness::Exec),
             ("claude-native", Harness::Exec),
-            ("codex", Harness::Exec),
-            ("pi", Harness::Exec),
+            ("codex-native", Harness::Exec),
+            ("codex", Harness::Codex),
+            ("pi", Harness::Pi),
         ] {
             assert_eq!(Harness::parse(name), Ok(harness), "{name}");
         }
@@ -632,5 +699,46 @@ mod tests {
         ] {
             assert!(vars.contains(&v), "{v}");
         }
+    }
+
+    #[test]
+    fn codex_and_pi_need_their_binary_then_a_key_or_their_own_login_file() {
+        let home = tempfile_dir();
+        let found = CliProbe {
+            binary: Some(PathBuf::from("/bin/true")),
+            version: Some("1".to_owned()),
+            logged_in: false,
+        };
+        for (h, key, login) in [
+            (Harness::Codex, "OPENAI_API_KEY", ".codex/auth.json"),
+            (Harness::Pi, "ANTHROPIC_API_KEY", ".pi/agent/models.json"),
+        ] {
+            let home_s = home.display().to_string();
+            let env = [("HOME", home_s.as_str())];
+            assert_eq!(h.readiness(&only(&env), None), Readiness::BinaryMissing);
+            assert_eq!(h.readiness(&only(&env), Some(&found)), Readiness::NeedsAuth);
+            let keyed = [("HOME", home_s.as_str()), (key, "k")];
+            assert_eq!(
+                h.readiness(&only(&keyed), Some(&found)),
+                Readiness::Configured
+            );
+            let cli = h.spec().cli.unwrap();
+            let path = home.join(login);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "{}").unwrap();
+            assert!(cli.logged_in(&only(&env)), "{login}");
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "omnigent-proto-harness-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

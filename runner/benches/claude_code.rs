@@ -61,6 +61,9 @@ async fn timed_turn(
         },
         claude_code: Some(agent.clone()),
         mcp: None,
+        codex: None,
+        pi: None,
+        exec: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sink = EventSink::new(tx);

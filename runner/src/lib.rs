@@ -100,6 +100,7 @@ impl HarnessEnv {
                 HarnessKind::Exec => self.exec_command.clone(),
                 _ => None,
             },
+
             ..HarnessConfig::default()
         }
     }
@@ -445,7 +446,15 @@ mod tests {
                 .unwrap();
         assert_eq!(
             hello["harnesses"],
-            serde_json::json!(["echo", "openai", "anthropic", "exec", "claude-sdk"])
+            serde_json::json!([
+                "echo",
+                "openai",
+                "anthropic",
+                "exec",
+                "claude-sdk",
+                "codex",
+                "pi"
+            ])
         );
         assert_eq!(hello["capabilities"], serde_json::json!([]));
         assert_eq!(hello["envs"], serde_json::json!([]));

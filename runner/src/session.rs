@@ -12,6 +12,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::HarnessEnv;
 use crate::harness::mcp::{McpServers, Toolbox};
+use crate::harness::codex::CodexHandle;
+use crate::harness::exec::ExecMemory;
+use crate::harness::pi::PiHandle;
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
 mod backlog;
@@ -254,6 +257,12 @@ struct Session {
     emit_tx: mpsc::UnboundedSender<Value>,
     /// Where turns report their end (the session's own command channel).
     done_tx: mpsc::UnboundedSender<Command>,
+    /// The session's Codex agent, started at its first `codex` turn; dropped with the session.
+    codex: Option<CodexHandle>,
+    /// The session's Pi agent, started at its first `pi` turn; dropped with the session.
+    pi: Option<PiHandle>,
+    /// The agent CLI session the next `exec` turn resumes.
+    exec: ExecMemory,
     /// `claude-sdk`: the session's Claude Code agent, started at its first turn; its process dies with it.
     claude_code: Option<crate::harness::claude_code::ClaudeCode>,
 }
@@ -284,6 +293,9 @@ impl Session {
             record: TurnRecord::default(),
             emit_tx,
             done_tx,
+            codex: None,
+            pi: None,
+            exec: ExecMemory::default(),
             claude_code: None,
         }
     }
@@ -521,6 +533,11 @@ impl Session {
             history: self.history.clone(),
             config,
             mcp: self.mcp.clone(),
+            codex: (self.harness == HarnessKind::Codex)
+                .then(|| self.codex.get_or_insert_with(CodexHandle::spawn).clone()),
+            pi: (self.harness == HarnessKind::Pi)
+                .then(|| self.pi.get_or_insert_with(PiHandle::spawn).clone()),
+            exec: (self.harness == HarnessKind::Exec).then(|| self.exec.clone()),
             claude_code: self.claude_code(),
         };
         let cancel = CancellationToken::new();

@@ -304,3 +304,98 @@ async fn an_oversized_line_is_skipped_not_buffered() {
         ["delta:[a line over 8 MiB was skipped]\n", "delta:after\n"]
     );
 }
+
+/// Two turns of one session (one [`ExecMemory`]): what the command got as arguments at each turn (one per
+/// line, written by the script to `args.txt` in the workspace) and the second turn's outcome.
+async fn two_turns(script: &str) -> (Vec<Vec<String>>, TurnOutcome) {
+    let (_base, ws, config) = agent(script);
+    let memory = harness::exec::ExecMemory::default();
+    let mut history = vec![user("first")];
+    let mut args = Vec::new();
+    let mut last = None;
+    for next in ["second", ""] {
+        let mut turn = common::turn(&ws, config.clone(), history.clone());
+        turn.exec = Some(memory.clone());
+        let (sink, _rx) = common::sink();
+        let outcome = common::within(
+            20,
+            harness::run_turn(HarnessKind::Exec, &turn, &sink, &CancellationToken::new()),
+        )
+        .await
+        .unwrap();
+        let written = std::fs::read_to_string(ws.join("args.txt")).unwrap();
+        args.push(
+            written
+                .split('\u{1}')
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        );
+        history.extend(outcome.new_history.clone());
+        last = Some(outcome);
+        if next.is_empty() {
+            break;
+        }
+        history.push(user(next));
+    }
+    (args, last.unwrap())
+}
+
+/// Writes its arguments to args.txt, separated by \x01 (a prompt may hold newlines).
+const LOG_ARGS: &str = r#"
+shift  # the script's own --flag
+out=""; sep=""
+for a in "$@"; do out="$out$sep$a"; sep=$(printf '\001'); done
+printf '%s' "$out" > args.txt
+"#;
+
+#[tokio::test]
+async fn claude_code_resumes_its_session_at_the_next_turn() {
+    let script = format!(
+        "{LOG_ARGS}\n{}",
+        r#"
+echo '{"type":"system","subtype":"init","session_id":"sess-42"}'
+echo '{"type":"assistant","message":{"content":[{"type":"text","text":"ok"}]}}'
+echo '{"type":"result","subtype":"success","is_error":false,"session_id":"sess-42"}'
+"#
+    );
+    let (args, _) = two_turns(&script).await;
+    assert_eq!(args[0], ["first"]);
+    assert_eq!(args[1], ["--resume", "sess-42", "second"]);
+}
+
+#[tokio::test]
+async fn codex_exec_resumes_its_thread_at_the_next_turn() {
+    let script = format!(
+        "{LOG_ARGS}\n{}",
+        r#"
+echo '{"type":"thread.started","thread_id":"th-7"}'
+echo '{"type":"item.completed","item":{"id":"i1","type":"agent_message","text":"ok"}}'
+echo '{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":1}}'
+"#
+    );
+    let (args, _) = two_turns(&script).await;
+    assert_eq!(args[0], ["first"]);
+    assert_eq!(args[1], ["resume", "th-7", "second"]);
+}
+
+#[tokio::test]
+async fn a_command_without_sessions_gets_the_conversation_in_its_prompt() {
+    let script = format!("{LOG_ARGS}\necho \"reply to turn $#\"\n");
+    let (args, outcome) = two_turns(&script).await;
+    assert_eq!(args[0], ["first"]);
+    assert_eq!(
+        args[1],
+        [
+            "This conversation continues; here is what was said so far.\n\n\
+          User: first\n\n\
+          Assistant: reply to turn 1\n\n\
+          The user's new message:\nsecond"
+        ]
+    );
+    assert_eq!(
+        outcome.new_history,
+        [HistoryEntry::Assistant {
+            text: "reply to turn 1\n".into()
+        }]
+    );
+}

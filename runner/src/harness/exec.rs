@@ -9,9 +9,17 @@
 //!
 //! On interrupt the group gets SIGTERM, then SIGKILL after the grace period. A non-zero exit fails the turn
 //! with the last lines of stderr.
+//!
+//! The conversation is kept across turns ([`ExecMemory`], the session's):
+//! - a CLI that names its own session resumes it at the next turn: Claude Code (`session_id` of its
+//!   `system`/`result` lines) gets `--resume <id>` before the prompt; Codex (`thread_id` of `thread.started`)
+//!   gets `resume <id>` before the prompt (`codex exec [options] resume <id> <prompt>`);
+//! - any other command gets the conversation so far in its prompt: a plain-text transcript of the earlier
+//!   user and assistant messages and tool calls, then the new message (see [`prompt_with_history`]).
 
 use std::collections::VecDeque;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -23,6 +31,62 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use super::{EventSink, HarnessError, HistoryEntry, Turn, TurnOutcome};
+
+/// The agent CLI session an `exec` session resumes at its next turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Claude Code's `session_id`: `--resume <id>`.
+    Claude(String),
+    /// Codex's `thread_id`: `resume <id>`.
+    Codex(String),
+}
+
+/// What an `exec` session remembers across turns: the agent CLI session to resume. The session creates it
+/// and gives it to each turn; the running turn writes it as soon as the CLI names its session, the next turn
+/// reads it. A session's turns never overlap, and the lock is only taken for the copy.
+#[derive(Debug, Clone, Default)]
+pub struct ExecMemory(Arc<Mutex<Option<Resume>>>);
+
+impl ExecMemory {
+    pub fn get(&self) -> Option<Resume> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, resume: Resume) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(resume);
+    }
+}
+
+/// The prompt of a CLI that cannot resume its own session: the new message alone on the first turn, else
+/// the conversation so far as a transcript, then the new message.
+pub fn prompt_with_history(history: &[HistoryEntry]) -> String {
+    let Some((HistoryEntry::User { text: last }, earlier)) = history.split_last() else {
+        return String::new();
+    };
+    if earlier.is_empty() {
+        return last.clone();
+    }
+    let mut prompt = String::from("This conversation continues; here is what was said so far.\n\n");
+    for entry in earlier {
+        match entry {
+            HistoryEntry::User { text } => prompt.push_str(&format!("User: {text}\n\n")),
+            HistoryEntry::Assistant { text } => {
+                prompt.push_str(&format!("Assistant: {}\n\n", text.trim_end()))
+            }
+            HistoryEntry::ToolCall {
+                name, arguments, ..
+            } => prompt.push_str(&format!("Assistant called tool {name}: {arguments}\n\n")),
+            HistoryEntry::ToolResult { output, .. } => {
+                prompt.push_str(&format!("Tool result: {}\n\n", output.trim_end()))
+            }
+        }
+    }
+    prompt.push_str(&format!("The user's new message:\n{last}"));
+    prompt
+}
 
 /// Default for `HarnessConfig::kill_grace`.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -49,14 +113,20 @@ pub async fn run_turn(
                     .into(),
             )
         })?;
-    let prompt = match turn.history.last() {
+    let last = match turn.history.last() {
         Some(HistoryEntry::User { text }) => text.as_str(),
         _ => "",
+    };
+    let (resume_args, prompt) = match turn.exec.as_ref().and_then(ExecMemory::get) {
+        Some(Resume::Claude(id)) => (vec!["--resume".to_owned(), id], last.to_owned()),
+        Some(Resume::Codex(id)) => (vec!["resume".to_owned(), id], last.to_owned()),
+        None => (Vec::new(), prompt_with_history(&turn.history)),
     };
     let grace = turn.config.kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
-        .arg(prompt)
+        .args(&resume_args)
+        .arg(&prompt)
         .current_dir(&turn.workspace)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -180,7 +250,7 @@ async fn terminate(group: Option<Pid>, child: &mut Child, grace: Duration) {
 
 /// Read one line (without its newline) into `line`, keeping at most [`MAX_LINE_BYTES`] and setting
 /// `oversized` when more came. `Ok(false)` at end of output. Cancel-safe: a partial line stays in `line`.
-async fn read_line_capped<R: AsyncBufRead + Unpin>(
+pub(super) async fn read_line_capped<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     line: &mut Vec<u8>,
     oversized: &mut bool,
@@ -206,7 +276,7 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn tail_lines(stderr: tokio::process::ChildStderr) -> VecDeque<String> {
+pub(super) async fn tail_lines(stderr: tokio::process::ChildStderr) -> VecDeque<String> {
     let mut reader = BufReader::new(stderr);
     let mut tail = VecDeque::new();
     let mut line = Vec::new();
@@ -324,6 +394,7 @@ impl<'a> Mapper<'a> {
             "user" => self.claude_user(&value),
             "stream_event" => self.claude_partial(&value),
             "result" => {
+                self.remember(&value, "session_id", Resume::Claude);
                 if let Some(u) = value.get("usage").filter(|u| u.is_object()) {
                     self.set_usage(u);
                 }
@@ -358,7 +429,18 @@ impl<'a> Mapper<'a> {
                     .and_then(Value::as_str);
                 self.failure = Some(message.unwrap_or("unknown error").to_owned());
             }
-            _ => {} // system/init, thread.started, item.started…: nothing to show
+            "system" => self.remember(&value, "session_id", Resume::Claude),
+            "thread.started" => self.remember(&value, "thread_id", Resume::Codex),
+            _ => {} // item.started…: nothing to show
+        }
+    }
+
+    /// The CLI named its session: the next turn resumes it.
+    fn remember(&self, value: &Value, key: &str, resume: fn(String) -> Resume) {
+        if let (Some(memory), Some(id)) = (&self.turn.exec, value.get(key).and_then(Value::as_str))
+            && !id.is_empty()
+        {
+            memory.set(resume(id.to_owned()));
         }
     }
 

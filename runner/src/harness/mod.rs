@@ -12,12 +12,15 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod agent;
 pub mod anthropic;
 pub mod claude_code;
+pub mod codex;
 pub mod echo;
 pub mod exec;
 pub mod mcp;
 pub mod openai;
+pub mod pi;
 pub mod tools;
 mod vendor;
 
@@ -70,6 +73,9 @@ pub struct HarnessConfig {
     pub max_tool_rounds: Option<u32>,
     /// `exec` on interrupt: time between SIGTERM and SIGKILL to the command's process group. `None`: 2 s.
     pub kill_grace: Option<Duration>,
+    /// Extra environment for an agent CLI's process, over the runner's own (tests: a temp `HOME`,
+    /// `CODEX_HOME`, a fake vendor's key).
+    pub agent_env: Vec<(String, String)>,
 }
 
 /// Everything a harness needs for one turn.
@@ -85,6 +91,15 @@ pub struct Turn {
     pub config: HarnessConfig,
     /// The session's MCP servers, when it has any: their tools are offered next to the built-in ones.
     pub mcp: Option<mcp::Toolbox>,
+    /// The session's Codex agent (`codex` harness): one long-lived `codex app-server`, kept across turns.
+    /// `None`: the turn starts its own, which forgets the conversation after it.
+    pub codex: Option<codex::CodexHandle>,
+    /// The session's Pi agent (`pi` harness): one long-lived `pi --mode rpc`, kept across turns. `None`: the
+    /// turn starts its own.
+    pub pi: Option<pi::PiHandle>,
+    /// The session's `exec` memory: the agent CLI session the next turn resumes. `None`: every turn gets the
+    /// conversation in its prompt.
+    pub exec: Option<exec::ExecMemory>,
     /// `claude-sdk`: the session's Claude Code agent (its one long-lived process); `None` for the others.
     pub claude_code: Option<claude_code::ClaudeCode>,
 }
@@ -199,6 +214,8 @@ pub async fn run_turn(
         HarnessKind::OpenAi => openai::run_turn(turn, sink, cancel).await,
         HarnessKind::Anthropic => anthropic::run_turn(turn, sink, cancel).await,
         HarnessKind::Exec => exec::run_turn(turn, sink, cancel).await,
+        HarnessKind::Codex => codex::run_turn(turn, sink, cancel).await,
+        HarnessKind::Pi => pi::run_turn(turn, sink, cancel).await,
         HarnessKind::ClaudeCode => claude_code::run_turn(turn, sink, cancel).await,
     }
 }

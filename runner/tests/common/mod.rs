@@ -28,6 +28,9 @@ pub fn turn(workspace: &Path, config: HarnessConfig, history: Vec<HistoryEntry>)
         history,
         config,
         mcp: None,
+        codex: None,
+        pi: None,
+        exec: None,
         claude_code: None,
     }
 }

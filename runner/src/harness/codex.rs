@@ -1,0 +1,666 @@
+//! The `codex` harness: one `codex app-server` per session, spoken to over stdio JSON-RPC (one JSON object per
+//! line; the protocol of openai/codex `codex-rs/app-server-protocol`, v2 methods), owned by one task (the
+//! session's [`CodexHandle`]).
+//!
+//! - The process starts at the session's first turn, in its workspace: `initialize`, `initialized`, then
+//!   `thread/start` with `cwd` = the workspace, the model (`OMNIGENT_MODEL`, else Codex's own config),
+//!   `approvalPolicy: "never"` (nobody is at the terminal to answer; approval requests that still come are
+//!   declined) and `sandbox: "workspace-write"` (commands may write in the workspace only; Codex's own
+//!   sandbox, with its bundled bubblewrap on Linux).
+//! - Each turn is a `turn/start` with the user's text. Its notifications become events: `item/agentMessage/delta`
+//!   → text deltas; `item/started`/`item/completed` of command executions, file changes, MCP tool calls and web
+//!   searches → `function_call` items (at start) and `function_call_output` items (at completion, with the
+//!   output and exit code); `thread/tokenUsage/updated` → usage; `turn/completed` ends the turn (completed,
+//!   interrupted or failed with its error).
+//! - An interrupt sends `turn/interrupt`; an agent that does not end its turn within [`INTERRUPT_TIMEOUT`] is
+//!   killed.
+//! - The thread id is kept: when the process died (killed, crashed, interrupted too slowly), the next turn starts
+//!   a new one and `thread/resume`s the thread, which Codex reloads from its rollout files in `CODEX_HOME`, so
+//!   the conversation goes on.
+//!
+//! The binary is `OMNIGENT_CODEX_PATH`, else `codex` on `PATH`. Credentials are Codex's own: `OPENAI_API_KEY`,
+//! a `codex login` (`$CODEX_HOME/auth.json`, `CODEX_HOME` defaulting to `~/.codex`), or a custom
+//! `model_provider` in `$CODEX_HOME/config.toml` (which names its own key variable).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use omnigent_proto::events::kind;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::agent::{self, AgentProcess, INTERRUPT_TIMEOUT, Recorder, STARTUP_TIMEOUT};
+use super::{EventSink, HarnessError, HarnessKind, Turn, TurnOutcome};
+
+/// How to give it credentials, for error messages.
+const LOGIN_HINT: &str = "set OPENAI_API_KEY or run `codex login`";
+
+/// The session's Codex agent: a handle on the task that owns its `codex app-server`. Cheap to clone; the
+/// process is killed once every handle is gone.
+#[derive(Debug, Clone)]
+pub struct CodexHandle {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+enum Job {
+    Turn {
+        turn: Box<Turn>,
+        sink: EventSink,
+        cancel: CancellationToken,
+        reply: oneshot::Sender<Result<TurnOutcome, HarnessError>>,
+    },
+    Pid(oneshot::Sender<Option<u32>>),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Job::Turn { .. } => "Job::Turn",
+            Job::Pid(_) => "Job::Pid",
+        })
+    }
+}
+
+impl CodexHandle {
+    /// Start the task (the process itself starts at the first turn). Needs a Tokio runtime.
+    pub fn spawn() -> CodexHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_agent(rx));
+        CodexHandle { tx }
+    }
+
+    /// Run one turn on this session's agent.
+    pub async fn run_turn(
+        &self,
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<TurnOutcome, HarnessError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Turn {
+            turn: Box::new(turn.clone()),
+            sink: sink.clone(),
+            cancel: cancel.clone(),
+            reply,
+        };
+        self.tx.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// The pid of the running `codex app-server`, if one runs.
+    pub async fn pid(&self) -> Option<u32> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job::Pid(reply)).ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+fn gone() -> HarnessError {
+    HarnessError::Exec("the codex agent task is gone (the session is closing)".into())
+}
+
+/// A turn on the session's agent (`turn.codex`); without one (a bare turn), on a fresh agent for this turn.
+pub async fn run_turn(
+    turn: &Turn,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<TurnOutcome, HarnessError> {
+    match &turn.codex {
+        Some(handle) => handle.run_turn(turn, sink, cancel).await,
+        None => CodexHandle::spawn().run_turn(turn, sink, cancel).await,
+    }
+}
+
+/// Whether Codex's own config.toml (`$CODEX_HOME`, else `~/.codex`) selects a custom `model_provider`, which
+/// names its own key variable (Codex reports that one missing itself).
+fn has_custom_provider(get: &impl Fn(&str) -> Option<String>) -> bool {
+    let home = match get("CODEX_HOME").filter(|v| !v.trim().is_empty()) {
+        Some(home) => PathBuf::from(home),
+        None => match get("HOME") {
+            Some(home) => PathBuf::from(home).join(".codex"),
+            None => return false,
+        },
+    };
+    std::fs::read_to_string(home.join("config.toml")).is_ok_and(|config| {
+        config.lines().any(|line| {
+            line.trim_start()
+                .strip_prefix("model_provider")
+                .is_some_and(|rest| {
+                    rest.trim_start().starts_with('=') && !rest.contains("\"openai\"")
+                })
+        })
+    })
+}
+
+/// The task owning one session's `codex app-server`.
+async fn run_agent(mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut agent = Agent::default();
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Turn {
+                turn,
+                sink,
+                cancel,
+                reply,
+            } => {
+                let result = agent.turn(&turn, &sink, &cancel).await;
+                let _ = reply.send(result);
+            }
+            Job::Pid(reply) => {
+                let _ = reply.send(agent.server.as_ref().and_then(|s| s.process.pid()));
+            }
+        }
+    }
+    // Every handle is gone: the session is over; dropping the server kills it.
+}
+
+#[derive(Default)]
+struct Agent {
+    server: Option<Server>,
+    /// The Codex thread of this session, once started: resumed by a new process.
+    thread_id: Option<String>,
+}
+
+struct Server {
+    process: AgentProcess,
+    next_id: u64,
+}
+
+/// One message from the app-server.
+enum Incoming {
+    Response {
+        id: Value,
+        result: Result<Value, String>,
+    },
+    Request {
+        id: Value,
+        method: String,
+    },
+    Notification {
+        method: String,
+        params: Value,
+    },
+}
+
+fn classify(mut message: Value) -> Incoming {
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let id = message.get_mut("id").map(Value::take);
+    match (method, id) {
+        (Some(method), Some(id)) => Incoming::Request { id, method },
+        (Some(method), None) => Incoming::Notification {
+            method,
+            params: message
+                .get_mut("params")
+                .map(Value::take)
+                .unwrap_or(Value::Null),
+        },
+        (None, id) => {
+            let result = match message.get_mut("error").map(Value::take) {
+                Some(error) => Err(error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| error.to_string())),
+                None => Ok(message
+                    .get_mut("result")
+                    .map(Value::take)
+                    .unwrap_or(Value::Null)),
+            };
+            Incoming::Response {
+                id: id.unwrap_or(Value::Null),
+                result,
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Send a request; returns its id.
+    async fn request(&mut self, method: &str, params: Value) -> Result<Value, HarnessError> {
+        self.next_id += 1;
+        let id = json!(self.next_id);
+        self.process
+            .send(&json!({"id": id, "method": method, "params": params}))
+            .await?;
+        Ok(id)
+    }
+
+    /// Answer a request of the app-server: approvals are declined (approval policy "never": none should
+    /// come), anything else is not supported.
+    async fn answer(&mut self, id: Value, method: &str) -> Result<(), HarnessError> {
+        let reply = match method {
+            "item/commandExecution/requestApproval" | "item/fileChange/requestApproval" => {
+                json!({"id": id, "result": {"decision": "decline"}})
+            }
+            "execCommandApproval" | "applyPatchApproval" => {
+                json!({"id": id, "result": {"decision": "denied"}})
+            }
+            _ => {
+                json!({"id": id, "error": {"code": -32601, "message": format!("omnigent does not support {method}")}})
+            }
+        };
+        warn!(
+            method,
+            "codex asked something nobody can answer here; declined"
+        );
+        self.process.send(&reply).await
+    }
+
+    /// A request and its result, outside a turn (the handshake): notifications meanwhile are ignored.
+    async fn call(
+        &mut self,
+        method: &str,
+        params: Value,
+        cancel: &CancellationToken,
+    ) -> Result<Value, HarnessError> {
+        let id = self.request(method, params).await?;
+        let wait = async {
+            loop {
+                match classify(self.process.next().await?) {
+                    Incoming::Response { id: got, result } if got == id => {
+                        return result.map_err(|message| {
+                            HarnessError::Exec(format!(
+                                "codex app-server refused {method}: {message}"
+                            ))
+                        });
+                    }
+                    Incoming::Request { id, method } => self.answer(id, &method).await?,
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(HarnessError::Interrupted),
+            result = tokio::time::timeout(STARTUP_TIMEOUT, wait) => result.unwrap_or_else(|_| {
+                Err(HarnessError::Exec(format!(
+                    "codex app-server did not answer {method} within {} s",
+                    STARTUP_TIMEOUT.as_secs()
+                )))
+            }),
+        }
+    }
+}
+
+impl Agent {
+    async fn turn(
+        &mut self,
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<TurnOutcome, HarnessError> {
+        if self.server.as_mut().is_some_and(|s| s.process.has_exited()) {
+            info!("codex app-server has exited since the last turn; starting a new one");
+            self.server = None;
+        }
+        let (server, thread_id) = match (self.server.take(), self.thread_id.clone()) {
+            (Some(server), Some(thread_id)) => (server, thread_id),
+            _ => self.start(turn, cancel).await?,
+        };
+        let mut server = server;
+        self.thread_id = Some(thread_id.clone());
+        match run_codex_turn(&mut server, &thread_id, turn, sink, cancel).await {
+            Ok(ended) => {
+                self.server = Some(server);
+                ended
+            }
+            // The process stopped talking or ignored an interrupt: it is dropped (killed); the next turn
+            // starts a new one that resumes the thread.
+            Err(broken) => Err(broken),
+        }
+    }
+
+    /// A new app-server, initialised, with the session's thread started or resumed.
+    async fn start(
+        &mut self,
+        turn: &Turn,
+        cancel: &CancellationToken,
+    ) -> Result<(Server, String), HarnessError> {
+        let program = agent::locate(HarnessKind::Codex, turn)?;
+        let custom = has_custom_provider(&agent::agent_var(turn));
+        agent::check_credentials(HarnessKind::Codex, turn, custom)?;
+        let process = AgentProcess::spawn("codex app-server", &program, &["app-server"], turn)?;
+        let mut server = Server {
+            process,
+            next_id: 0,
+        };
+        let client = json!({
+            "clientInfo": {"name": "omnigent", "title": "omnigent", "version": env!("CARGO_PKG_VERSION")},
+            "capabilities": null,
+        });
+        server.call("initialize", client, cancel).await?;
+        server
+            .process
+            .send(&json!({"method": "initialized"}))
+            .await?;
+        let mut settings = json!({
+            "cwd": turn.workspace.display().to_string(),
+            "approvalPolicy": "never",
+            "sandbox": "workspace-write",
+        });
+        if let Some(model) = &turn.config.model {
+            settings["model"] = json!(model);
+        }
+        let thread_id = match self.thread_id.clone() {
+            Some(thread_id) => {
+                settings["threadId"] = json!(thread_id);
+                settings["excludeTurns"] = json!(true);
+                match server.call("thread/resume", settings, cancel).await {
+                    Ok(_) => {
+                        info!(thread_id, "codex thread resumed in a new app-server");
+                        thread_id
+                    }
+                    Err(HarnessError::Exec(message)) => {
+                        // Its rollout is gone: the next turn starts afresh rather than failing forever.
+                        self.thread_id = None;
+                        return Err(HarnessError::Exec(format!(
+                            "cannot resume this session's Codex thread {thread_id} ({message}); the next \
+                             turn starts a new thread"
+                        )));
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            None => {
+                let started = server.call("thread/start", settings, cancel).await?;
+                let Some(thread_id) = started.pointer("/thread/id").and_then(Value::as_str) else {
+                    return Err(HarnessError::Exec(format!(
+                        "codex app-server answered thread/start without a thread id: {started}"
+                    )));
+                };
+                debug!(thread_id, "codex thread started");
+                thread_id.to_owned()
+            }
+        };
+        Ok((server, thread_id))
+    }
+}
+
+/// One turn on `server`. The outer error: the process is no longer usable; the inner result: how the turn
+/// ended, as Codex reported it.
+async fn run_codex_turn(
+    server: &mut Server,
+    thread_id: &str,
+    turn: &Turn,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Result<TurnOutcome, HarnessError>, HarnessError> {
+    let params = json!({
+        "threadId": thread_id,
+        "input": [{"type": "text", "text": agent::prompt(turn), "text_elements": []}],
+    });
+    let start_id = server.request("turn/start", params).await?;
+    let mut mapper = Mapper::new(turn, sink);
+    let mut turn_id: Option<String> = None;
+    let mut interrupt_asked = false;
+    let mut interrupt_sent = false;
+    let deadline = tokio::time::sleep(std::time::Duration::MAX);
+    tokio::pin!(deadline);
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if !interrupt_asked => {
+                interrupt_asked = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + INTERRUPT_TIMEOUT);
+                if let Some(turn_id) = &turn_id {
+                    server.request("turn/interrupt", json!({"threadId": thread_id, "turnId": turn_id})).await?;
+                    interrupt_sent = true;
+                }
+                continue;
+            }
+            _ = &mut deadline => {
+                warn!("codex did not end the interrupted turn in {INTERRUPT_TIMEOUT:?}; killing it");
+                return Err(HarnessError::Exec("codex app-server ignored turn/interrupt".into()));
+            }
+            message = server.process.next() => message?,
+        };
+        match classify(message) {
+            Incoming::Response { id, result } if id == start_id => match result {
+                Ok(started) => {
+                    turn_id = started
+                        .pointer("/turn/id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    if interrupt_asked
+                        && !interrupt_sent
+                        && let Some(turn_id) = &turn_id
+                    {
+                        server
+                            .request(
+                                "turn/interrupt",
+                                json!({"threadId": thread_id, "turnId": turn_id}),
+                            )
+                            .await?;
+                        interrupt_sent = true;
+                    }
+                }
+                Err(message) => {
+                    return Ok(Err(HarnessError::Exec(format!(
+                        "codex app-server refused turn/start: {message}"
+                    ))));
+                }
+            },
+            Incoming::Response { .. } => {} // turn/interrupt's answer
+            Incoming::Request { id, method } => server.answer(id, &method).await?,
+            Incoming::Notification { method, params } => {
+                let theirs = params.get("turnId").and_then(Value::as_str);
+                if let (Some(ours), Some(theirs)) = (&turn_id, theirs)
+                    && ours != theirs
+                {
+                    continue; // a late notification of an earlier turn
+                }
+                if let Some(end) = mapper.notification(&method, &params) {
+                    return Ok(end);
+                }
+            }
+        }
+    }
+}
+
+/// Turns app-server notifications into events and history.
+struct Mapper<'a> {
+    recorder: Recorder<'a>,
+    /// Agent messages whose text came as deltas.
+    streamed: HashSet<String>,
+    /// Tool items whose `function_call` was emitted at their start.
+    called: HashSet<String>,
+    /// The last error the agent reported that it will not retry.
+    error: Option<String>,
+}
+
+impl<'a> Mapper<'a> {
+    fn new(turn: &'a Turn, sink: &'a EventSink) -> Self {
+        Mapper {
+            recorder: Recorder::new(turn, sink),
+            streamed: HashSet::new(),
+            called: HashSet::new(),
+            error: None,
+        }
+    }
+
+    /// Handle one notification; at the turn's end, how it ended.
+    fn notification(
+        &mut self,
+        method: &str,
+        params: &Value,
+    ) -> Option<Result<TurnOutcome, HarnessError>> {
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        match method {
+            "item/agentMessage/delta" => {
+                let item = text(params, "itemId");
+                if self.streamed.insert(item) {
+                    self.recorder.new_message();
+                }
+                self.recorder.text(&text(params, "delta"));
+            }
+            "item/reasoning/summaryTextDelta" | "item/reasoning/textDelta" => {
+                self.recorder.emit(json!({
+                    "type": kind::RESPONSE_REASONING_TEXT_DELTA,
+                    "delta": text(params, "delta"),
+                }));
+            }
+            "item/started" => {
+                if let Some(item) = params.get("item")
+                    && let Some((id, name, arguments)) = tool_call(item)
+                {
+                    self.called.insert(id.clone());
+                    self.recorder.call(&id, name, &arguments);
+                }
+            }
+            "item/completed" => {
+                if let Some(item) = params.get("item") {
+                    self.item_completed(item);
+                }
+            }
+            "thread/tokenUsage/updated" => {
+                if let Some(last) = params.pointer("/tokenUsage/last") {
+                    let get = |k: &str| last.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    self.recorder
+                        .add_usage(get("inputTokens"), get("outputTokens"));
+                }
+            }
+            "error" if params.get("willRetry").and_then(Value::as_bool) != Some(true) => {
+                self.error = params
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            "turn/completed" => {
+                let turn = params.get("turn").unwrap_or(&Value::Null);
+                return Some(self.end(turn));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn item_completed(&mut self, item: &Value) {
+        let id = item
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(super::new_item_id);
+        match item.get("type").and_then(Value::as_str).unwrap_or("") {
+            "agentMessage" => {
+                if !self.streamed.contains(&id) {
+                    self.recorder.new_message();
+                    self.recorder
+                        .text(item.get("text").and_then(Value::as_str).unwrap_or(""));
+                }
+            }
+            _ => {
+                if let Some((id, name, arguments)) = tool_call(item) {
+                    if !self.called.contains(&id) {
+                        self.recorder.call(&id, name, &arguments);
+                    }
+                    self.recorder.output(&id, &tool_output(item));
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, turn: &Value) -> Result<TurnOutcome, HarnessError> {
+        match turn.get("status").and_then(Value::as_str) {
+            Some("completed") => Ok(self.recorder.finish()),
+            Some("interrupted") => Err(HarnessError::Interrupted),
+            status => {
+                let message = turn
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or(self.error.take())
+                    .unwrap_or_else(|| format!("the turn ended as {status:?}"));
+                let hint = if message.contains("401") || message.to_lowercase().contains("auth") {
+                    format!(" ({LOGIN_HINT})")
+                } else {
+                    String::new()
+                };
+                Err(HarnessError::Exec(format!(
+                    "codex turn failed: {message}{hint}"
+                )))
+            }
+        }
+    }
+}
+
+/// A tool item as a function call: its id, name and JSON arguments.
+fn tool_call(item: &Value) -> Option<(String, &'static str, String)> {
+    let id = item.get("id").and_then(Value::as_str)?.to_owned();
+    let field = |k: &str| item.get(k).cloned().unwrap_or(Value::Null);
+    let (name, arguments) = match item.get("type").and_then(Value::as_str)? {
+        "commandExecution" => ("shell", json!({"command": field("command")})),
+        "fileChange" => ("apply_patch", json!({"changes": field("changes")})),
+        "mcpToolCall" => (
+            "mcp",
+            json!({"server": field("server"), "tool": field("tool"), "arguments": field("arguments")}),
+        ),
+        "dynamicToolCall" => (
+            "dynamic_tool",
+            json!({"tool": field("tool"), "arguments": field("arguments")}),
+        ),
+        "webSearch" => ("web_search", json!({"query": field("query")})),
+        _ => return None,
+    };
+    Some((id, name, arguments.to_string()))
+}
+
+/// A completed tool item's output, as the model would read it.
+fn tool_output(item: &Value) -> String {
+    let text = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("");
+    match text("type") {
+        "commandExecution" => {
+            let mut output = text("aggregatedOutput").to_owned();
+            if let Some(code) = item.get("exitCode").and_then(Value::as_i64) {
+                if !output.is_empty() && !output.ends_with('\n') {
+                    output.push('\n');
+                }
+                output.push_str(&format!("[exit code {code}]"));
+            } else if text("status") != "completed" {
+                output.push_str(&format!("[{}]", text("status")));
+            }
+            output
+        }
+        "fileChange" => {
+            let changes = item.get("changes").and_then(Value::as_array);
+            let paths: Vec<&str> = changes
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("path").and_then(Value::as_str))
+                .collect();
+            format!("{}: {}", text("status"), paths.join(", "))
+        }
+        "mcpToolCall" => match (item.get("result"), item.get("error")) {
+            (_, Some(error)) if !error.is_null() => error
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| error.to_string()),
+            (Some(result), _) if !result.is_null() => result
+                .get("content")
+                .and_then(Value::as_array)
+                .map(|parts| {
+                    parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_else(|| result.to_string()),
+            _ => String::new(),
+        },
+        "dynamicToolCall" => item
+            .get("contentItems")
+            .map(Value::to_string)
+            .unwrap_or_default(),
+        _ => text("status").to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
