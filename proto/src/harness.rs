@@ -58,6 +58,10 @@ pub struct HarnessSpec {
 /// The model every vendor harness uses when set (otherwise the harness's default).
 pub const MODEL_VARS: &[&str] = &["OMNIGENT_MODEL"];
 
+/// Which OpenAI API the `openai` harness speaks (`responses` or `chat`), over what the agent spec and the
+/// harness name choose (`openai-agents` and `open-responses` default to Responses, `openai` to Chat).
+pub const OPENAI_WIRE_API_VARS: &[&str] = &["OMNIGENT_OPENAI_WIRE_API"];
+
 const fn key(var: &'static str) -> Credential {
     Credential {
         var,

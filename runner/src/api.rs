@@ -75,11 +75,18 @@ async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Respon
         HarnessKind::parse(name)
             .inspect_err(|e| warn!(error = %e, "session init names an unknown harness; using the runner default"))
             .ok()
+            .map(|kind| (name.to_owned(), kind))
     });
+    // The agent comes from the server before the init is answered, so the first turn has it.
+    let agent = match (body.agent_id.as_deref(), sessions.agents()) {
+        (Some(agent_id), Some(fetcher)) if !agent_id.is_empty() => Some(fetcher.load(id).await),
+        _ => None,
+    };
     let init = SessionInit {
         agent_id: body.agent_id.clone(),
         workspace: body.workspace().map(PathBuf::from),
         harness,
+        agent,
     };
     let handle = sessions.get_or_create(id);
     if let Err(gone) = handle.init(init) {
@@ -274,6 +281,7 @@ mod tests {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: Default::default(),
+            agents: None,
         }))
     }
 
@@ -303,6 +311,7 @@ mod tests {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: Default::default(),
+            agents: None,
         });
         let session = sessions.get_or_create("s3");
         // Not text deltas: those of one message would merge while kept.

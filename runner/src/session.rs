@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::HarnessEnv;
+use crate::agent::{AgentFetcher, AgentLoad};
+use crate::harness::openai::WireApi;
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
 mod backlog;
@@ -51,6 +53,8 @@ pub(crate) struct SessionDefaults {
     pub workspace: PathBuf,
     pub harness: HarnessKind,
     pub env: HarnessEnv,
+    /// Fetches the agents of sessions initialised with an `agent_id`; `None`: every session is built-in.
+    pub agents: Option<AgentFetcher>,
 }
 
 /// Settings from `POST /v1/sessions`.
@@ -58,7 +62,10 @@ pub(crate) struct SessionDefaults {
 pub(crate) struct SessionInit {
     pub agent_id: Option<String>,
     pub workspace: Option<PathBuf>,
-    pub harness: Option<HarnessKind>,
+    /// The harness the init names, as written (ours or an omnigent alias) and parsed.
+    pub harness: Option<(String, HarnessKind)>,
+    /// The agent fetched for this init; `None` leaves the session's as it was.
+    pub agent: Option<AgentLoad>,
 }
 
 /// One posted message: its text and the agent name the server labels it with (`model` in 0.19.1's body),
@@ -126,6 +133,11 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
+    /// What fetches session agents, if this runner has a server to fetch from.
+    pub fn agents(&self) -> Option<&AgentFetcher> {
+        self.defaults.agents.as_ref()
+    }
+
     pub fn new(defaults: SessionDefaults) -> Self {
         Sessions {
             map: Arc::new(Mutex::new(HashMap::new())),
@@ -232,6 +244,11 @@ struct Session {
     agent_id: Option<String>,
     workspace: PathBuf,
     harness: HarnessKind,
+    /// The harness name as the init or the spec wrote it (`openai-agents`…), for its defaults.
+    harness_name: Option<String>,
+    /// Whether the init named the harness (it then wins over the spec's).
+    harness_from_init: bool,
+    agent: AgentLoad,
     env: HarnessEnv,
     created_at: u64,
     history: Vec<HistoryEntry>,
@@ -263,6 +280,9 @@ impl Session {
             agent_id: None,
             workspace: defaults.workspace.clone(),
             harness: defaults.harness,
+            harness_name: None,
+            harness_from_init: false,
+            agent: AgentLoad::BuiltIn,
             env: defaults.env.clone(),
             created_at: epoch_secs(),
             history: Vec::new(),
@@ -379,8 +399,19 @@ impl Session {
                 if let Some(workspace) = init.workspace {
                     self.workspace = workspace;
                 }
-                if let Some(harness) = init.harness {
+                if let Some((name, harness)) = init.harness {
                     self.harness = harness;
+                    self.harness_name = Some(name);
+                    self.harness_from_init = true;
+                }
+                if let Some(agent) = init.agent {
+                    if let AgentLoad::Loaded(loaded) = &agent
+                        && !self.harness_from_init
+                    {
+                        self.harness = loaded.harness;
+                        self.harness_name = Some(loaded.harness_name.clone());
+                    }
+                    self.agent = agent;
                 }
                 info!(workspace = %self.workspace.display(), harness = self.harness.name(), "session initialised");
             }
@@ -480,11 +511,31 @@ impl Session {
         })
     }
 
+    /// The settings of the next turn: the runner's environment for the session's harness, what the agent spec
+    /// sets over it, and the OpenAI API to speak (`OMNIGENT_OPENAI_WIRE_API`, else the spec's `wire_api`, else
+    /// the harness name's default).
+    fn turn_config(&self) -> crate::harness::HarnessConfig {
+        let mut config = self.env.config_for(self.harness);
+        let mut spec_wire = None;
+        if let AgentLoad::Loaded(agent) = &self.agent {
+            agent.apply(&mut config);
+            spec_wire = agent.wire_api;
+        }
+        let name = self.harness_name.as_deref().unwrap_or(self.harness.name());
+        config.wire_api = Some(
+            self.env
+                .openai_wire_api
+                .or(spec_wire)
+                .unwrap_or_else(|| WireApi::default_for(name)),
+        );
+        config
+    }
+
     fn start_turn(&mut self, input: TurnInput) {
         self.turns += 1;
         let turn_no = self.turns;
         self.history.push(HistoryEntry::User { text: input.text });
-        let config = self.env.config_for(self.harness);
+        let config = self.turn_config();
         let model = input
             .agent_name
             .filter(|name| !name.is_empty())
@@ -505,9 +556,13 @@ impl Session {
         let emit = self.emit_tx.clone();
         let done = self.done_tx.clone();
         let kind = self.harness;
+        let agent_error = match &self.agent {
+            AgentLoad::Failed(reason) => Some(reason.clone()),
+            AgentLoad::BuiltIn | AgentLoad::Loaded(_) => None,
+        };
         tokio::spawn(
             async move {
-                let new_history = run_turn(kind, turn, model, emit, cancel).await;
+                let new_history = run_turn(kind, turn, model, agent_error, emit, cancel).await;
                 let _ = done.send(Command::TurnFinished {
                     turn: turn_no,
                     new_history,

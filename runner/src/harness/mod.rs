@@ -68,6 +68,14 @@ pub struct HarnessConfig {
     pub max_tool_rounds: Option<u32>,
     /// `exec` on interrupt: time between SIGTERM and SIGKILL to the command's process group. `None`: 2 s.
     pub kill_grace: Option<Duration>,
+    /// The system prompt: the agent spec's `prompt` / `instructions`. `None`: the built-in coding-agent prompt.
+    pub instructions: Option<String>,
+    /// Which OpenAI API the `openai` harness speaks. `None`: Chat Completions. The runner resolves it:
+    /// `OMNIGENT_OPENAI_WIRE_API`, else the spec's `wire_api`, else the harness name's default (Responses for
+    /// `openai-agents` and `open-responses`).
+    pub wire_api: Option<openai::WireApi>,
+    /// The agent spec's MCP servers (`tools` entries of `type: mcp`), by name, for the MCP tools to start.
+    pub mcp_servers: Vec<(String, omnigent_proto::agent::spec::Tool)>,
 }
 
 /// Everything a harness needs for one turn.
@@ -116,6 +124,9 @@ pub enum HarnessError {
     /// The exec harness's command failed to start or exited non-zero.
     #[error("{0}")]
     Exec(String),
+    /// The session's agent could not be fetched or loaded from the server; `message` says why.
+    #[error("{0}")]
+    Agent(String),
     /// The turn was cancelled (interrupt); not an error for the user, the runner emits `response.incomplete`.
     #[error("interrupted")]
     Interrupted,
