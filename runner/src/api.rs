@@ -281,6 +281,7 @@ mod tests {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: Default::default(),
+            harness_name: None,
             agents: None,
         }))
     }
@@ -311,6 +312,7 @@ mod tests {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: Default::default(),
+            harness_name: None,
             agents: None,
         });
         let session = sessions.get_or_create("s3");

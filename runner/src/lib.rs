@@ -129,6 +129,10 @@ pub struct RunnerConfig {
     pub workspace: PathBuf,
     /// Default harness of sessions whose init names none.
     pub harness: HarnessKind,
+    /// That harness's name as the user or the daemon gave it (`--harness openai-agents`), for the defaults that
+    /// hang on the name (the OpenAI API: Responses for `openai-agents` / `open-responses`). `None`: the
+    /// harness's own name.
+    pub harness_name: Option<String>,
     pub env: HarnessEnv,
     /// What `${VAR}`s in agent specs resolve to: this process's environment at startup.
     pub spec_env: SpecEnv,
@@ -152,6 +156,7 @@ impl RunnerConfig {
             token: token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
             workspace,
             harness,
+            harness_name: None,
             env: HarnessEnv::from_env(),
             spec_env: SpecEnv::from_env(),
             agents_dir: default_agents_dir(),
@@ -234,6 +239,7 @@ async fn run_as(
     let sessions = session::Sessions::new(session::SessionDefaults {
         workspace: config.workspace.clone(),
         harness: config.harness,
+        harness_name: config.harness_name.clone(),
         env: config.env.clone(),
         agents: Some(agents),
     });

@@ -52,6 +52,8 @@ pub const TURN_ENDED: &str = "turn ended";
 pub(crate) struct SessionDefaults {
     pub workspace: PathBuf,
     pub harness: HarnessKind,
+    /// The default harness's name as given (`openai-agents`…), for its defaults; `None`: its own name.
+    pub harness_name: Option<String>,
     pub env: HarnessEnv,
     /// Fetches the agents of sessions initialised with an `agent_id`; `None`: every session is built-in.
     pub agents: Option<AgentFetcher>,
@@ -280,7 +282,7 @@ impl Session {
             agent_id: None,
             workspace: defaults.workspace.clone(),
             harness: defaults.harness,
-            harness_name: None,
+            harness_name: defaults.harness_name.clone(),
             harness_from_init: false,
             agent: AgentLoad::BuiltIn,
             env: defaults.env.clone(),

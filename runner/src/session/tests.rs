@@ -12,6 +12,7 @@ fn session() -> (Session, mpsc::UnboundedReceiver<Command>) {
         workspace: ".".into(),
         harness: HarnessKind::Echo,
         env: HarnessEnv::default(),
+        harness_name: None,
         agents: None,
     };
     let session = Session::new("conv_test".into(), &defaults, emit_tx, done_tx);
