@@ -260,6 +260,7 @@ pub fn env_vars() -> impl Iterator<Item = &'static str> {
                 .chain(s.command.iter().copied())
         })
         .chain(MODEL_VARS.iter().copied())
+        .chain(OPENAI_WIRE_API_VARS.iter().copied())
 }
 
 #[cfg(test)]
@@ -385,6 +386,7 @@ mod tests {
             "ANTHROPIC_BASE_URL",
             "OMNIGENT_EXEC_COMMAND",
             "OMNIGENT_MODEL",
+            "OMNIGENT_OPENAI_WIRE_API",
         ] {
             assert!(vars.contains(&v), "{v}");
         }

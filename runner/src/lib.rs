@@ -558,6 +558,18 @@ mod tests {
         assert_eq!(exec.api_key, None);
     }
 
+    #[test]
+    fn the_wire_api_override_is_read_and_a_bad_value_ignored() {
+        use harness::openai::WireApi;
+        let env = HarnessEnv::from_vars(|n| {
+            (n == "OMNIGENT_OPENAI_WIRE_API").then(|| "Responses".into())
+        });
+        assert_eq!(env.openai_wire_api, Some(WireApi::Responses));
+        let env =
+            HarnessEnv::from_vars(|n| (n == "OMNIGENT_OPENAI_WIRE_API").then(|| "grpc".into()));
+        assert_eq!(env.openai_wire_api, None);
+    }
+
     /// The daemon reports `configured_harnesses` from the proto table; whatever single variable makes it say
     /// `true` for a harness must be one this runner reads for that harness.
     #[test]

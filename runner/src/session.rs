@@ -250,6 +250,8 @@ struct Session {
     harness_name: Option<String>,
     /// Whether the init named the harness (it then wins over the spec's).
     harness_from_init: bool,
+    /// The runner's default harness and its name, for when a session's agent goes back to built-in.
+    default_harness: (HarnessKind, Option<String>),
     agent: AgentLoad,
     env: HarnessEnv,
     created_at: u64,
@@ -284,6 +286,7 @@ impl Session {
             harness: defaults.harness,
             harness_name: defaults.harness_name.clone(),
             harness_from_init: false,
+            default_harness: (defaults.harness, defaults.harness_name.clone()),
             agent: AgentLoad::BuiltIn,
             env: defaults.env.clone(),
             created_at: epoch_secs(),
@@ -407,11 +410,15 @@ impl Session {
                     self.harness_from_init = true;
                 }
                 if let Some(agent) = init.agent {
-                    if let AgentLoad::Loaded(loaded) = &agent
-                        && !self.harness_from_init
-                    {
-                        self.harness = loaded.harness;
-                        self.harness_name = Some(loaded.harness_name.clone());
+                    if !self.harness_from_init {
+                        (self.harness, self.harness_name) = match &agent {
+                            AgentLoad::Loaded(loaded) => {
+                                (loaded.harness, Some(loaded.harness_name.clone()))
+                            }
+                            AgentLoad::BuiltIn | AgentLoad::Failed(_) => {
+                                self.default_harness.clone()
+                            }
+                        };
                     }
                     self.agent = agent;
                 }
