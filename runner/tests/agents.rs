@@ -574,6 +574,18 @@ async fn a_server_error_or_a_broken_bundle_fails_the_turn_not_the_runner() {
         Some(AgentAnswer::Bundle(b"not a gzip at all".to_vec()));
     let message = failure(&one_turn(&fixture, "again").await);
     assert!(message.contains("agent bundle"), "{message}");
+    // Each init downloads afresh, and only the newest download is kept.
+    *fixture.server.agent.lock().unwrap() = Some(bundle_of(
+        "executor: {harness: echo}\ninstructions: Echo.\n",
+        &[],
+    ));
+    for text in ["fourth", "fifth"] {
+        assert_eq!(deltas(&one_turn(&fixture, text).await), text);
+    }
+    let kept = std::fs::read_dir(fixture.agents_dir.join(SESSION))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1);
     // And a built-in agent again once there is none.
     *fixture.server.agent.lock().unwrap() = None;
     assert_eq!(deltas(&one_turn(&fixture, "third").await), "third");
