@@ -25,8 +25,8 @@ use crate::harness::{HarnessConfig, HarnessKind};
 /// sends it, value `1`).
 pub(crate) const MCP_SELECTION_HEADER: &str = "x-omnigent-mcp-selection";
 
-/// How long the whole agent download may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the whole agent download may take (the server waits on the session init meanwhile).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The runner's environment as `${VAR}`s in a spec see it: a snapshot taken at startup. Its `Debug` shows
 /// the names only (the values include API keys).
@@ -158,6 +158,7 @@ impl AgentFetcher {
         };
         let dir = self.fresh_dir(session_id)?;
         bundle::unpack(&bytes, &dir, &limits)?;
+        remove_older_than(&dir);
         let spec = AgentSpec::load(&dir.join(SPEC_FILE))?;
         let env = &self.env.0;
         let spec = spec.interpolate(|name| env.get(name).cloned())?;
@@ -234,6 +235,23 @@ impl AgentFetcher {
             source,
         })?;
         Ok(parent.join(omnigent_proto::ids::new_id()))
+    }
+}
+
+/// Best effort: remove the earlier downloads of the same session's agent (siblings of `dir`), so re-inits (one
+/// per server reconnect) do not pile up bundles. A failure only leaves a directory behind.
+fn remove_older_than(dir: &std::path::Path) {
+    let Some(parent) = dir.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != dir
+            && let Err(e) = std::fs::remove_dir_all(&path)
+        {
+            warn!(path = %path.display(), error = %e, "cannot remove an earlier download of the session's agent");
+        }
     }
 }
 

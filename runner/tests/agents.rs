@@ -540,6 +540,17 @@ executor:
 }
 
 #[tokio::test]
+async fn a_claude_sdk_agent_without_a_key_names_the_anthropic_variables() {
+    let spec = "name: polly\ninstructions: Be Polly.\nexecutor:\n  harness: claude-sdk\n  model: claude-test\n";
+    let fixture = start(Some(bundle_of(spec, &[])), &[]).await;
+    let message = failure(&one_turn(&fixture, "hi").await);
+    assert!(
+        message.contains("ANTHROPIC_API_KEY") && message.contains("executor.auth.api_key"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn an_unset_variable_in_the_spec_fails_the_turn_naming_it() {
     let spec = openai_agents_spec("");
     let fixture = start(
@@ -569,6 +580,14 @@ async fn a_server_error_or_a_broken_bundle_fails_the_turn_not_the_runner() {
         message.contains("HTTP 500") && message.contains("db down"),
         "{message}"
     );
+    // A token the server does not accept, and a body past the bundle cap, are named as such.
+    *fixture.server.agent.lock().unwrap() =
+        Some(AgentAnswer::Status(403, "{\"detail\":\"not yours\"}"));
+    let message = failure(&one_turn(&fixture, "hi").await);
+    assert!(message.contains("binding token"), "{message}");
+    *fixture.server.agent.lock().unwrap() = Some(AgentAnswer::Bundle(vec![0; 11 << 20]));
+    let message = failure(&one_turn(&fixture, "hi").await);
+    assert!(message.contains("agent bundle"), "{message}");
     // The runner lives on: the same session, re-initialised once the server serves a (broken) bundle.
     *fixture.server.agent.lock().unwrap() =
         Some(AgentAnswer::Bundle(b"not a gzip at all".to_vec()));
@@ -582,10 +601,11 @@ async fn a_server_error_or_a_broken_bundle_fails_the_turn_not_the_runner() {
     for text in ["fourth", "fifth"] {
         assert_eq!(deltas(&one_turn(&fixture, text).await), text);
     }
-    let kept = std::fs::read_dir(fixture.agents_dir.join(SESSION))
+    let kept: Vec<_> = std::fs::read_dir(fixture.agents_dir.join(SESSION))
         .unwrap()
-        .count();
-    assert_eq!(kept, 1);
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
     // And a built-in agent again once there is none.
     *fixture.server.agent.lock().unwrap() = None;
     assert_eq!(deltas(&one_turn(&fixture, "third").await), "third");
