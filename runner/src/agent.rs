@@ -357,3 +357,63 @@ fn file_name(id: &str) -> String {
         name
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<LoadedAgent, AgentError> {
+        from_spec(&AgentSpec::parse(yaml).unwrap(), ".".into())
+    }
+
+    #[test]
+    fn connection_is_the_fallback_of_auth_and_mcp_servers_are_kept() {
+        let agent = load(
+            "executor:
+  harness: open-responses
+  connection: {base_url: 'http://conn/v1', api_key: ' sk-conn '}
+tools:
+  files: {type: mcp, command: mcp-files, args: ['--root', '.']}
+  web: {type: mcp, url: 'http://mcp.local/mcp'}
+  helper: {type: agent}
+",
+        )
+        .unwrap();
+        assert_eq!(agent.harness, HarnessKind::OpenAi);
+        assert_eq!(agent.harness_name, "open-responses");
+        assert_eq!(agent.base_url.as_deref(), Some("http://conn/v1"));
+        assert_eq!(agent.api_key.as_deref(), Some("sk-conn"));
+        let names: Vec<&str> = agent.mcp_servers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["files", "web"]);
+        assert_eq!(agent.instructions, None);
+        assert_eq!(agent.wire_api, None);
+    }
+
+    #[test]
+    fn wire_api_is_read_from_auth_or_config_and_a_bad_one_names_its_field() {
+        let agent = load("executor: {harness: openai, config: {wire_api: responses}}\n").unwrap();
+        assert_eq!(agent.wire_api, Some(WireApi::Responses));
+        let err = load("executor: {harness: openai, auth: {api: soap}}\n").unwrap_err();
+        assert!(
+            err.to_string().contains("executor.auth.api") && err.to_string().contains("soap"),
+            "{err}"
+        );
+        let err = load("executor: {model: x}\n").unwrap_err();
+        assert!(err.to_string().contains("executor.harness"), "{err}");
+    }
+
+    #[test]
+    fn session_ids_become_safe_names() {
+        assert_eq!(url_segment("ab/../c d"), "ab%2F..%2Fc%20d");
+        assert_eq!(file_name("../x"), "___x");
+        assert_eq!(file_name(""), "session");
+    }
+
+    #[test]
+    fn the_spec_environment_shows_names_only() {
+        let env = SpecEnv([("OPENAI_API_KEY".to_owned(), "sk-secret".to_owned())].into());
+        let shown = format!("{env:?}");
+        assert!(shown.contains("OPENAI_API_KEY") && !shown.contains("sk-secret"));
+    }
+}
