@@ -196,6 +196,16 @@ impl AgentFetcher {
         if status == 404 {
             return Ok(None);
         }
+        if self.token.is_none() && matches!(status, 401 | 403) {
+            // A runner without a binding token (a loopback development runner) cannot fetch uploaded agents;
+            // its sessions run the built-in agent, as before agents existed.
+            warn!(
+                status,
+                "the server wants a binding token for the session's agent and this runner has none; \
+                 running the built-in agent (pass --token to run uploaded agents)"
+            );
+            return Ok(None);
+        }
         let mut body = Vec::new();
         let cap = usize::try_from(limits.max_bundle_bytes).unwrap_or(usize::MAX);
         while let Some(chunk) = response.chunk().await.map_err(fetch_error)? {

@@ -119,6 +119,15 @@ impl Drop for Fixture {
 
 /// A server serving `agent` (none: 404), and our runner connected to it with `spec_env` as its environment.
 async fn start(agent: Option<AgentAnswer>, spec_env: &[(&str, &str)]) -> Fixture {
+    start_as(Some(TOKEN), agent, spec_env).await
+}
+
+/// [`start`] with the runner's binding token `token`.
+async fn start_as(
+    token: Option<&str>,
+    agent: Option<AgentAnswer>,
+    spec_env: &[(&str, &str)],
+) -> Fixture {
     let registry = RunnerRegistry::new(TunnelConfig::default());
     let server = TestServer {
         registry: registry.clone(),
@@ -136,7 +145,7 @@ async fn start(agent: Option<AgentAnswer>, spec_env: &[(&str, &str)]) -> Fixture
     let agents_dir = home.path().join("state/runner/agents");
     let mut config = RunnerConfig::new(
         served.url.clone(),
-        Some(TOKEN.to_owned()),
+        token.map(str::to_owned),
         workspace.path().to_path_buf(),
         HarnessKind::Echo,
     );
@@ -154,9 +163,18 @@ async fn start(agent: Option<AgentAnswer>, spec_env: &[(&str, &str)]) -> Fixture
         cap: Duration::from_millis(200),
         reset_after: Duration::from_secs(60),
     };
-    let runner_id = config.runner_id();
+    // Without a token the runner dials as a random id: learn it from the registry.
+    let mut connected = registry.subscribe();
     let shutdown = CancellationToken::new();
     tokio::spawn(omnigent_runner::run(config, shutdown.clone()));
+    let omnigent_tunnel::RunnerEvent::Connected { runner_id, .. } =
+        tokio::time::timeout(WAIT, connected.recv())
+            .await
+            .expect("runner connects")
+            .unwrap()
+    else {
+        panic!("the first registry event is the runner's connection")
+    };
     let conn = registry
         .wait_for_runner(&runner_id, WAIT)
         .await
@@ -519,6 +537,23 @@ async fn no_agent_on_the_server_is_the_built_in_agent() {
     let turn = one_turn(&fixture, "echo me").await;
     assert_eq!(deltas(&turn), "echo me");
     assert_eq!(fixture.server.fetches.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_runner_without_a_token_runs_the_built_in_agent_when_the_server_wants_one() {
+    let fixture = start_as(
+        None,
+        Some(bundle_of("executor: {harness: openai-agents}\n", &[])),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        deltas(&one_turn(&fixture, "still echo").await),
+        "still echo"
+    );
+    let fetches = fixture.server.fetches.lock().unwrap().clone();
+    assert_eq!(fetches.len(), 1);
+    assert!(fetches[0].1.get("x-omnigent-runner-tunnel-token").is_none());
 }
 
 #[tokio::test]
