@@ -104,6 +104,10 @@ pub struct CliProbe {
 /// The model every vendor harness uses when set (otherwise the harness's default).
 pub const MODEL_VARS: &[&str] = &["OMNIGENT_MODEL"];
 
+/// Which OpenAI API the `openai` harness speaks (`responses` or `chat`), over what the agent spec and the
+/// harness name choose (`openai-agents` and `open-responses` default to Responses, `openai` to Chat).
+pub const OPENAI_WIRE_API_VARS: &[&str] = &["OMNIGENT_OPENAI_WIRE_API"];
+
 const fn key(var: &'static str) -> Credential {
     Credential {
         var,
@@ -478,6 +482,7 @@ pub fn env_vars() -> impl Iterator<Item = &'static str> {
                 .chain(s.cli.iter().flat_map(|c| c.env.iter().copied()))
         })
         .chain(MODEL_VARS.iter().copied())
+        .chain(OPENAI_WIRE_API_VARS.iter().copied())
 }
 
 #[cfg(test)]
@@ -696,6 +701,7 @@ mod tests {
             "CLAUDE_CODE_OAUTH_TOKEN",
             "OMNIGENT_CLAUDE_PATH",
             "CLAUDE_CONFIG_DIR",
+            "OMNIGENT_OPENAI_WIRE_API",
         ] {
             assert!(vars.contains(&v), "{v}");
         }

@@ -101,7 +101,7 @@ fn a_minimal_spec_parses_and_resolves_the_harness_from_executor_config() {
 #[test]
 fn a_full_spec_keeps_every_field_and_the_unknown_ones() {
     let spec = AgentSpec::parse(FULL).expect("parse");
-    assert_eq!(spec.harness().expect("harness"), Harness::Anthropic);
+    assert_eq!(spec.harness().expect("harness"), Harness::ClaudeCode);
     let executor = spec.executor.as_ref().expect("executor");
     assert_eq!(executor.kind.as_deref(), Some("omnigent"));
     let auth = executor.auth.as_ref().expect("auth");

@@ -18,6 +18,7 @@ use omnigent_proto::runner_api::{EventAccepted, RunnerError, SessionCreate, Turn
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
+use crate::agent::AgentLoad;
 use crate::harness::HarnessKind;
 use crate::session::{Accepted, SessionGone, SessionInit, Sessions, TurnInput};
 
@@ -75,13 +76,23 @@ async fn create_session(State(sessions): State<Sessions>, body: Bytes) -> Respon
         HarnessKind::parse(name)
             .inspect_err(|e| warn!(error = %e, "session init names an unknown harness; using the runner default"))
             .ok()
+            .map(|kind| (name.to_owned(), kind))
     });
+    // The agent comes from the server before the init is answered, so the first turn has it.
+    let agent = match (body.agent_id.as_deref(), sessions.agents()) {
+        (Some(agent_id), Some(fetcher)) if !agent_id.is_empty() => Some(fetcher.load(id).await),
+        _ => None,
+    };
     let init = SessionInit {
         agent_id: body.agent_id.clone(),
         workspace: body.workspace().map(PathBuf::from),
         harness,
-        // MCP servers come from the agent spec once the runner loads it (issue 14).
-        mcp_servers: None,
+        // The loaded spec's MCP servers replace the session's; an init without an agent leaves them.
+        mcp_servers: agent.as_ref().map(|agent| match agent {
+            AgentLoad::Loaded(loaded) => loaded.mcp_servers.clone(),
+            AgentLoad::BuiltIn | AgentLoad::Failed(_) => Vec::new(),
+        }),
+        agent,
     };
     let handle = sessions.get_or_create(id);
     if let Err(gone) = handle.init(init) {
@@ -276,6 +287,8 @@ mod tests {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: Default::default(),
+            harness_name: None,
+            agents: None,
         }))
     }
 
@@ -305,6 +318,8 @@ mod tests {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: Default::default(),
+            harness_name: None,
+            agents: None,
         });
         let session = sessions.get_or_create("s3");
         // Not text deltas: those of one message would merge while kept.

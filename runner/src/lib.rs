@@ -13,9 +13,12 @@ use omnigent_tunnel::client::{self, Backoff, DialError, DialRequest, ServerUrl};
 use omnigent_tunnel::{RouterConfig, ServeEnd, serve_router};
 use tracing::{Instrument, info, info_span, warn};
 
+mod agent;
 mod api;
 pub mod harness;
 mod session;
+
+pub use agent::SpecEnv;
 
 use harness::{HarnessConfig, HarnessKind};
 use omnigent_proto::harness::{self as harness_table, CredentialKind};
@@ -40,6 +43,9 @@ pub struct HarnessEnv {
     pub vendors: Vec<(HarnessKind, VendorEnv)>,
     /// `OMNIGENT_EXEC_COMMAND`, split on whitespace.
     pub exec_command: Option<Vec<String>>,
+    /// `OMNIGENT_OPENAI_WIRE_API` (`responses` or `chat`): which OpenAI API the `openai` harness speaks, over
+    /// the agent spec and the harness name. A value it does not know is ignored (with a warning).
+    pub openai_wire_api: Option<harness::openai::WireApi>,
 }
 
 /// One vendor harness's settings.
@@ -75,6 +81,13 @@ impl HarnessEnv {
             vendors,
             exec_command: value(HarnessKind::Exec.spec().command)
                 .map(|c| c.split_whitespace().map(str::to_owned).collect()),
+            openai_wire_api: value(harness_table::OPENAI_WIRE_API_VARS).and_then(|v| {
+                let parsed = harness::openai::WireApi::parse(&v);
+                if parsed.is_none() {
+                    warn!(value = %v, "OMNIGENT_OPENAI_WIRE_API is neither responses nor chat; ignored");
+                }
+                parsed
+            }),
         }
     }
 
@@ -117,7 +130,16 @@ pub struct RunnerConfig {
     pub workspace: PathBuf,
     /// Default harness of sessions whose init names none.
     pub harness: HarnessKind,
+    /// That harness's name as the user or the daemon gave it (`--harness openai-agents`), for the defaults that
+    /// hang on the name (the OpenAI API: Responses for `openai-agents` / `open-responses`). `None`: the
+    /// harness's own name.
+    pub harness_name: Option<String>,
     pub env: HarnessEnv,
+    /// What `${VAR}`s in agent specs resolve to: this process's environment at startup.
+    pub spec_env: SpecEnv,
+    /// Where agents fetched from the server are unpacked (`<state_dir>/runner/agents`), one fresh directory
+    /// per session init.
+    pub agents_dir: PathBuf,
     pub backoff: BackoffPolicy,
     pub tunnel: RouterConfig,
 }
@@ -135,7 +157,10 @@ impl RunnerConfig {
             token: token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
             workspace,
             harness,
+            harness_name: None,
             env: HarnessEnv::from_env(),
+            spec_env: SpecEnv::from_env(),
+            agents_dir: default_agents_dir(),
             backoff: BackoffPolicy::default(),
             tunnel: RouterConfig::default(),
         }
@@ -148,6 +173,15 @@ impl RunnerConfig {
             None => format!("runner_{}", omnigent_proto::ids::new_id()),
         }
     }
+}
+
+/// `<state_dir>/runner/agents` of `omnigent_proto::paths`, or under the temp directory when no home exists.
+fn default_agents_dir() -> PathBuf {
+    omnigent_proto::paths::Paths::from_env()
+        .map(|p| p.state_dir)
+        .unwrap_or_else(|_| std::env::temp_dir().join("omnigent-state"))
+        .join("runner")
+        .join("agents")
 }
 
 /// Why a runner stopped for good. Every case is a configuration problem: retrying cannot fix it.
@@ -189,10 +223,26 @@ async fn run_as(
     shutdown: CancellationToken,
 ) -> Result<(), RunnerError> {
     let urls = ServerUrls::new(&config.server, &runner_id)?;
+    let bad_url = |reason: String| RunnerError::BadServerUrl {
+        url: config.server.clone(),
+        reason,
+    };
+    let agents = agent::AgentFetcher {
+        client: reqwest::Client::builder()
+            .connect_timeout(DIAL_TIMEOUT)
+            .build()
+            .map_err(|e| bad_url(format!("cannot build an HTTP client: {e}")))?,
+        server: ServerUrl::parse(&config.server).map_err(bad_url)?,
+        token: config.token.clone(),
+        dir: config.agents_dir.clone(),
+        env: config.spec_env.clone(),
+    };
     let sessions = session::Sessions::new(session::SessionDefaults {
         workspace: config.workspace.clone(),
         harness: config.harness,
+        harness_name: config.harness_name.clone(),
         env: config.env.clone(),
+        agents: Some(agents),
     });
     let router = api::router(sessions);
     let http = reqwest::Client::builder()
@@ -249,15 +299,30 @@ async fn run_as(
     }
 }
 
+/// What `hello.harnesses` lists: every name this runner runs a session for, ours first, then omnigent's
+/// (the table's aliases: `claude-sdk`, `openai-agents`, `open-responses`, `codex`, `pi`…), so a Python server
+/// that looks for its own names finds them.
+fn hello_harnesses() -> Vec<String> {
+    let mut names: Vec<String> = HarnessKind::ALL
+        .iter()
+        .map(|k| k.name().to_owned())
+        .collect();
+    for kind in HarnessKind::ALL {
+        for alias in kind.spec().aliases {
+            if !names.iter().any(|n| n == alias) {
+                names.push((*alias).to_owned());
+            }
+        }
+    }
+    names
+}
+
 /// The `hello` this runner sends.
 fn hello() -> Hello {
     Hello {
         runner_version: omnigent_proto::BUILD_VERSION.to_owned(),
         frame_protocol_version: omnigent_proto::FRAME_PROTOCOL_VERSION,
-        harnesses: HarnessKind::ALL
-            .iter()
-            .map(|k| k.name().to_owned())
-            .collect(),
+        harnesses: hello_harnesses(),
         envs: Vec::new(),
         telemetry_opt_out: true,
         capabilities: Vec::new(),
@@ -444,18 +509,22 @@ mod tests {
         let hello =
             serde_json::to_value(omnigent_proto::runner_frames::RunnerFrame::Hello(hello()))
                 .unwrap();
-        assert_eq!(
-            hello["harnesses"],
-            serde_json::json!([
-                "echo",
-                "openai",
-                "anthropic",
-                "exec",
-                "claude-sdk",
-                "codex",
-                "pi"
-            ])
-        );
+        let harnesses: Vec<String> = serde_json::from_value(hello["harnesses"].clone()).unwrap();
+        assert_eq!(harnesses[..4], ["echo", "openai", "anthropic", "exec"]);
+        // Python 0.19.1's runner announces these; a Python server looks for them.
+        for name in [
+            "claude-sdk",
+            "openai-agents",
+            "open-responses",
+            "codex",
+            "pi",
+            "claude-native",
+        ] {
+            assert!(
+                harnesses.iter().any(|h| h == name),
+                "{name} missing from {harnesses:?}"
+            );
+        }
         assert_eq!(hello["capabilities"], serde_json::json!([]));
         assert_eq!(hello["envs"], serde_json::json!([]));
         assert_eq!(hello["telemetry_opt_out"], true);
@@ -488,6 +557,18 @@ mod tests {
         let exec = env.config_for(HarnessKind::Exec);
         assert_eq!(exec.exec_command.unwrap(), vec!["claude", "-p"]);
         assert_eq!(exec.api_key, None);
+    }
+
+    #[test]
+    fn the_wire_api_override_is_read_and_a_bad_value_ignored() {
+        use harness::openai::WireApi;
+        let env = HarnessEnv::from_vars(|n| {
+            (n == "OMNIGENT_OPENAI_WIRE_API").then(|| "Responses".into())
+        });
+        assert_eq!(env.openai_wire_api, Some(WireApi::Responses));
+        let env =
+            HarnessEnv::from_vars(|n| (n == "OMNIGENT_OPENAI_WIRE_API").then(|| "grpc".into()));
+        assert_eq!(env.openai_wire_api, None);
     }
 
     /// The daemon reports `configured_harnesses` from the proto table; whatever single variable makes it say

@@ -15,6 +15,8 @@ use crate::harness::mcp::{McpServers, Toolbox};
 use crate::harness::codex::CodexHandle;
 use crate::harness::exec::ExecMemory;
 use crate::harness::pi::PiHandle;
+use crate::agent::{AgentFetcher, AgentLoad};
+use crate::harness::openai::WireApi;
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
 mod backlog;
@@ -54,7 +56,11 @@ pub const TURN_ENDED: &str = "turn ended";
 pub(crate) struct SessionDefaults {
     pub workspace: PathBuf,
     pub harness: HarnessKind,
+    /// The default harness's name as given (`openai-agents`…), for its defaults; `None`: its own name.
+    pub harness_name: Option<String>,
     pub env: HarnessEnv,
+    /// Fetches the agents of sessions initialised with an `agent_id`; `None`: every session is built-in.
+    pub agents: Option<AgentFetcher>,
 }
 
 /// Settings from `POST /v1/sessions`.
@@ -62,9 +68,12 @@ pub(crate) struct SessionDefaults {
 pub(crate) struct SessionInit {
     pub agent_id: Option<String>,
     pub workspace: Option<PathBuf>,
-    pub harness: Option<HarnessKind>,
-    /// The session's MCP servers (the agent spec's `tools`), replacing any it had; they start with its next
-    /// turn. The hook the agent spec's loading sets.
+    /// The harness the init names, as written (ours or an omnigent alias) and parsed.
+    pub harness: Option<(String, HarnessKind)>,
+    /// The agent fetched for this init; `None` leaves the session's as it was.
+    pub agent: Option<AgentLoad>,
+    /// The session's MCP servers (the loaded agent spec's `tools`), replacing any it had; they start with its
+    /// next turn. `None` leaves the session's as they were.
     pub mcp_servers: Option<McpServers>,
 }
 
@@ -133,6 +142,11 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
+    /// What fetches session agents, if this runner has a server to fetch from.
+    pub fn agents(&self) -> Option<&AgentFetcher> {
+        self.defaults.agents.as_ref()
+    }
+
     pub fn new(defaults: SessionDefaults) -> Self {
         Sessions {
             map: Arc::new(Mutex::new(HashMap::new())),
@@ -239,6 +253,13 @@ struct Session {
     agent_id: Option<String>,
     workspace: PathBuf,
     harness: HarnessKind,
+    /// The harness name as the init or the spec wrote it (`openai-agents`…), for its defaults.
+    harness_name: Option<String>,
+    /// Whether the init named the harness (it then wins over the spec's).
+    harness_from_init: bool,
+    /// The runner's default harness and its name, for when a session's agent goes back to built-in.
+    default_harness: (HarnessKind, Option<String>),
+    agent: AgentLoad,
     env: HarnessEnv,
     created_at: u64,
     history: Vec<HistoryEntry>,
@@ -280,6 +301,10 @@ impl Session {
             agent_id: None,
             workspace: defaults.workspace.clone(),
             harness: defaults.harness,
+            harness_name: defaults.harness_name.clone(),
+            harness_from_init: false,
+            default_harness: (defaults.harness, defaults.harness_name.clone()),
+            agent: AgentLoad::BuiltIn,
             env: defaults.env.clone(),
             created_at: epoch_secs(),
             history: Vec::new(),
@@ -303,11 +328,27 @@ impl Session {
     /// The session's Claude Code agent when its harness is `claude-sdk` (started on first use).
     fn claude_code(&mut self) -> Option<crate::harness::claude_code::ClaudeCode> {
         use crate::harness::claude_code::{ClaudeCode, Options};
-        (self.harness == HarnessKind::ClaudeCode).then(|| {
+        if self.harness != HarnessKind::ClaudeCode {
+            return None;
+        }
+        let agent = match &self.agent {
+            AgentLoad::Loaded(loaded) => Some(loaded),
+            AgentLoad::BuiltIn | AgentLoad::Failed(_) => None,
+        };
+        // The loaded spec's instructions and MCP servers go to the CLI itself (its own MCP client).
+        let options = || Options {
+            append_system_prompt: agent.and_then(|a| a.instructions.clone()),
+            mcp_servers: agent
+                .filter(|a| !a.mcp_servers.is_empty())
+                .map(|a| crate::harness::claude_code::mcp_config(&a.mcp_servers)),
+            state_dir: agent.map(|a| a.dir.clone()),
+            ..Options::from_env()
+        };
+        Some(
             self.claude_code
-                .get_or_insert_with(|| ClaudeCode::spawn(Options::from_env()))
-                .clone()
-        })
+                .get_or_insert_with(|| ClaudeCode::spawn(options()))
+                .clone(),
+        )
     }
 
     async fn run(
@@ -411,8 +452,23 @@ impl Session {
                 if let Some(workspace) = init.workspace {
                     self.workspace = workspace;
                 }
-                if let Some(harness) = init.harness {
+                if let Some((name, harness)) = init.harness {
                     self.harness = harness;
+                    self.harness_name = Some(name);
+                    self.harness_from_init = true;
+                }
+                if let Some(agent) = init.agent {
+                    if !self.harness_from_init {
+                        (self.harness, self.harness_name) = match &agent {
+                            AgentLoad::Loaded(loaded) => {
+                                (loaded.harness, Some(loaded.harness_name.clone()))
+                            }
+                            AgentLoad::BuiltIn | AgentLoad::Failed(_) => {
+                                self.default_harness.clone()
+                            }
+                        };
+                    }
+                    self.agent = agent;
                 }
                 if let Some(servers) = init.mcp_servers {
                     // The old toolbox (if any) stops once its last turn has let go of it.
@@ -516,11 +572,31 @@ impl Session {
         })
     }
 
+    /// The settings of the next turn: the runner's environment for the session's harness, what the agent spec
+    /// sets over it, and the OpenAI API to speak (`OMNIGENT_OPENAI_WIRE_API`, else the spec's `wire_api`, else
+    /// the harness name's default).
+    fn turn_config(&self) -> crate::harness::HarnessConfig {
+        let mut config = self.env.config_for(self.harness);
+        let mut spec_wire = None;
+        if let AgentLoad::Loaded(agent) = &self.agent {
+            agent.apply(&mut config);
+            spec_wire = agent.wire_api;
+        }
+        let name = self.harness_name.as_deref().unwrap_or(self.harness.name());
+        config.wire_api = Some(
+            self.env
+                .openai_wire_api
+                .or(spec_wire)
+                .unwrap_or_else(|| WireApi::default_for(name)),
+        );
+        config
+    }
+
     fn start_turn(&mut self, input: TurnInput) {
         self.turns += 1;
         let turn_no = self.turns;
         self.history.push(HistoryEntry::User { text: input.text });
-        let config = self.env.config_for(self.harness);
+        let config = self.turn_config();
         let model = input
             .agent_name
             .filter(|name| !name.is_empty())
@@ -548,9 +624,13 @@ impl Session {
         let emit = self.emit_tx.clone();
         let done = self.done_tx.clone();
         let kind = self.harness;
+        let agent_error = match &self.agent {
+            AgentLoad::Failed(reason) => Some(reason.clone()),
+            AgentLoad::BuiltIn | AgentLoad::Loaded(_) => None,
+        };
         tokio::spawn(
             async move {
-                let new_history = run_turn(kind, turn, model, emit, cancel).await;
+                let new_history = run_turn(kind, turn, model, agent_error, emit, cancel).await;
                 let _ = done.send(Command::TurnFinished {
                     turn: turn_no,
                     new_history,

@@ -3,7 +3,8 @@
 //! - [`net`]: axum apps served on `127.0.0.1:0`, reporting the address they got (no bind-drop-reuse port race);
 //! - [`host`]: a fake coordination server's end of the host tunnel (`/v1/hosts/{id}/tunnel`, `/v1/me`), and a
 //!   hand-played WebSocket route that gives each upgraded socket to the test;
-//! - [`vendor`]: a scripted fake vendor API (OpenAI- or Anthropic-compatible streaming, by what is scripted);
+//! - [`vendor`]: a scripted fake vendor API (OpenAI- or Anthropic-compatible streaming, by what is scripted),
+//!   and [`vendor::responses`]: the chunks of an OpenAI Responses API stream;
 //! - [`sse`]: a reader of one session stream, event by event, with ids, waiting for a predicate in time;
 //! - [`process`]: the `omnigent` command with a temp `OMNIGENT_HOME`, and child guards that kill and reap;
 //! - [`fs`]: a small tmpfs (root only) to fill up;

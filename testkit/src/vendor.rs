@@ -1,6 +1,6 @@
 //! A scripted fake vendor API on 127.0.0.1:0 (OpenAI Chat Completions or Anthropic Messages streaming: the
 //! script says which): each request, on any path, is recorded and answered with the next canned answer, in
-//! order; once the script is used up, with its refusal.
+//! order; once the script is used up, with its refusal. [`responses`] builds the chunks of a Responses API stream.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,8 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::WAIT;
+
+pub mod responses;
 
 /// One piece of a streamed body.
 #[derive(Clone, Debug)]

@@ -48,6 +48,8 @@ pub fn run(args: Args) -> Result<()> {
         .into());
     }
     let mut config = RunnerConfig::new(args.server, args.token, workspace, harness);
+    // The name as given (`openai-agents`…): its defaults (the OpenAI wire API) follow the name, not the kind.
+    config.harness_name = Some(args.harness.clone());
     // Test/tuning knob: how long a silent server is tolerated before the runner redials (default 90 s).
     if let Some(ms) = std::env::var(IDLE_ENV)
         .ok()

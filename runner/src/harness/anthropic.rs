@@ -42,7 +42,7 @@ fn auth(config: &super::HarnessConfig) -> Result<Auth<'_>, HarnessError> {
         return Ok(Auth::Bearer(token));
     }
     Err(HarnessError::NotConfigured(
-        "the anthropic harness has no credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN for a bearer token)"
+        "the anthropic harness has no credential: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN for a bearer token), or executor.auth.api_key in the agent spec"
             .into(),
     ))
 }
@@ -79,7 +79,7 @@ pub async fn run_turn(
             "model": model,
             "max_tokens": MAX_TOKENS,
             "stream": true,
-            "system": vendor::SYSTEM_PROMPT,
+            "system": vendor::system_prompt(config),
             "messages": messages(&turn.history, &new_history),
             "tools": tools.anthropic_definitions(),
         });

@@ -94,6 +94,26 @@ impl Options {
     }
 }
 
+/// The agent spec's MCP servers in Claude Code's `--mcp-config` form (`{name: {command, args, env} |
+/// {type: "http", url, headers}}`); entries that are not MCP servers are left out.
+pub fn mcp_config(servers: &[(String, omnigent_proto::agent::spec::Tool)]) -> Value {
+    use omnigent_proto::agent::spec::McpTransport;
+    let mut out = serde_json::Map::new();
+    for (name, tool) in servers {
+        let entry = match tool.mcp() {
+            Some(McpTransport::Stdio { command, args, env }) => {
+                serde_json::json!({"command": command, "args": args, "env": env})
+            }
+            Some(McpTransport::Http { url, headers }) => {
+                serde_json::json!({"type": "http", "url": url, "headers": headers})
+            }
+            None => continue,
+        };
+        out.insert(name.clone(), entry);
+    }
+    Value::Object(out)
+}
+
 /// A handle on one session's Claude Code agent (the task that owns the process). Cheap to clone; the process
 /// is killed when the last handle is dropped.
 #[derive(Clone)]

@@ -76,6 +76,12 @@ pub struct HarnessConfig {
     /// Extra environment for an agent CLI's process, over the runner's own (tests: a temp `HOME`,
     /// `CODEX_HOME`, a fake vendor's key).
     pub agent_env: Vec<(String, String)>,
+    /// The system prompt: the agent spec's `prompt` / `instructions`. `None`: the built-in coding-agent prompt.
+    pub instructions: Option<String>,
+    /// Which OpenAI API the `openai` harness speaks. `None`: Chat Completions. The runner resolves it:
+    /// `OMNIGENT_OPENAI_WIRE_API`, else the spec's `wire_api`, else the harness name's default (Responses for
+    /// `openai-agents` and `open-responses`).
+    pub wire_api: Option<openai::WireApi>,
 }
 
 /// Everything a harness needs for one turn.
@@ -137,6 +143,9 @@ pub enum HarnessError {
     /// The exec harness's command failed to start or exited non-zero.
     #[error("{0}")]
     Exec(String),
+    /// The session's agent could not be fetched or loaded from the server; `message` says why.
+    #[error("{0}")]
+    Agent(String),
     /// The turn was cancelled (interrupt); not an error for the user, the runner emits `response.incomplete`.
     #[error("interrupted")]
     Interrupted,

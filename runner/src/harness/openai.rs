@@ -1,5 +1,6 @@
-//! The `openai` harness: any OpenAI-compatible Chat Completions endpoint (OpenAI, Ollama, vLLM, LiteLLM,
-//! OpenRouter), streamed, with the built-in tools.
+//! The `openai` harness: any OpenAI-compatible endpoint (OpenAI, Ollama, vLLM, LiteLLM, OpenRouter), streamed,
+//! with the built-in tools, over Chat Completions (here) or the Responses API ([`responses`]); [`WireApi`]
+//! says which.
 //!
 //! One turn is a loop: stream a completion (text deltas go out as they arrive, tool calls are assembled from
 //! their `delta.tool_calls` fragments), and if the model asked for tools, emit each call, run it, emit its
@@ -12,8 +13,85 @@ use tokio_util::sync::CancellationToken;
 use super::vendor::{self, Call, SseStream, Usage};
 use super::{EventSink, HarnessError, HistoryEntry, Turn, TurnOutcome, tools};
 
+pub mod responses;
+
 const VENDOR: &str = "openai";
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Which OpenAI API a turn speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireApi {
+    /// `POST {base}/chat/completions`: what every OpenAI-compatible server speaks; our `openai`'s default.
+    Chat,
+    /// `POST {base}/responses`: the default of omnigent's `openai-agents` and `open-responses`.
+    Responses,
+}
+
+impl WireApi {
+    /// `responses`, or `chat` (also `chat_completions`, `chat-completions`, `completions`), any case.
+    pub fn parse(value: &str) -> Option<WireApi> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "responses" | "response" => Some(WireApi::Responses),
+            "chat" | "chat_completions" | "chat-completions" | "completions" => Some(WireApi::Chat),
+            _ => None,
+        }
+    }
+
+    /// The default for a harness name as a session or spec wrote it: Responses for omnigent's
+    /// `openai-agents` (and `openai-agents-sdk`) and `open-responses`, Chat Completions for our `openai`.
+    pub fn default_for(harness_name: &str) -> WireApi {
+        match harness_name.trim().to_ascii_lowercase().as_str() {
+            "openai-agents" | "openai-agents-sdk" | "open-responses" | "agents_sdk" => {
+                WireApi::Responses
+            }
+            _ => WireApi::Chat,
+        }
+    }
+}
+
+/// What both APIs need to send a request: the model, the base URL and the key (`None`: a local server that
+/// needs none). Fails, naming what to set, when there is no model, or neither a key nor a base URL of one's
+/// own (the default api.openai.com always needs a key).
+pub(crate) struct Endpoint<'a> {
+    pub model: &'a str,
+    pub base_url: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+}
+
+pub(crate) fn endpoint_of(config: &super::HarnessConfig) -> Result<Endpoint<'_>, HarnessError> {
+    let model = config
+        .model
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            HarnessError::NotConfigured(
+                "the openai harness has no model: set OMNIGENT_MODEL (e.g. gpt-4o-mini, or llama3.1 for Ollama), \
+                 or executor.model in the agent spec"
+                    .into(),
+            )
+        })?;
+    let base_url = config
+        .base_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.is_empty());
+    let api_key = [&config.api_key, &config.auth_token]
+        .into_iter()
+        .find_map(|k| k.as_deref().map(str::trim).filter(|k| !k.is_empty()));
+    if api_key.is_none() && base_url.is_none() {
+        return Err(HarnessError::NotConfigured(
+            "the openai harness has no API key: set OPENAI_API_KEY or executor.auth.api_key in the agent spec \
+             (or OPENAI_BASE_URL / executor.auth.base_url for a local server that needs no key)"
+                .into(),
+        ));
+    }
+    Ok(Endpoint {
+        model,
+        base_url,
+        api_key,
+    })
+}
 
 /// The completions URL for a base URL (`{base}/chat/completions`, trailing slash tolerated).
 pub fn endpoint(base_url: Option<&str>) -> String {
@@ -30,21 +108,15 @@ pub async fn run_turn(
     cancel: &CancellationToken,
 ) -> Result<TurnOutcome, HarnessError> {
     let config = &turn.config;
-    let model = config
-        .model
-        .as_deref()
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            HarnessError::NotConfigured(
-                "the openai harness has no model: set OMNIGENT_MODEL (e.g. gpt-4o-mini, or llama3.1 for Ollama)"
-                    .into(),
-            )
-        })?;
-    let url = endpoint(config.base_url.as_deref());
-    let api_key = [&config.api_key, &config.auth_token]
-        .into_iter()
-        .find_map(|k| k.as_deref().filter(|k| !k.is_empty()));
+    if config.wire_api == Some(WireApi::Responses) {
+        return responses::run_turn(turn, sink, cancel).await;
+    }
+    let Endpoint {
+        model,
+        base_url,
+        api_key,
+    } = endpoint_of(config)?;
+    let url = endpoint(base_url);
     let idle = vendor::idle_timeout(config);
     let shell_timeout = config.tool_timeout.unwrap_or(tools::DEFAULT_SHELL_TIMEOUT);
     let max_rounds = vendor::max_tool_rounds(config);
@@ -59,7 +131,7 @@ pub async fn run_turn(
             "model": model,
             "stream": true,
             "stream_options": {"include_usage": true},
-            "messages": messages(&turn.history, &new_history),
+            "messages": messages(vendor::system_prompt(config), &turn.history, &new_history),
             "tools": tools.openai_definitions(),
         });
         let mut request = client.post(&url).json(&body);
@@ -98,8 +170,8 @@ pub async fn run_turn(
 
 /// The Chat Completions `messages` for the history so far: consecutive tool calls join one assistant
 /// message (with the text before them), each result is a `tool` message.
-fn messages(history: &[HistoryEntry], new: &[HistoryEntry]) -> Vec<Value> {
-    let mut messages = vec![json!({"role": "system", "content": vendor::SYSTEM_PROMPT})];
+fn messages(system: &str, history: &[HistoryEntry], new: &[HistoryEntry]) -> Vec<Value> {
+    let mut messages = vec![json!({"role": "system", "content": system})];
     for entry in vendor::paired_history(history.iter().chain(new)) {
         match entry {
             HistoryEntry::User { text } => messages.push(json!({"role": "user", "content": text})),

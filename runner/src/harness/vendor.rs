@@ -27,6 +27,15 @@ pub(super) const SYSTEM_PROMPT: &str = "You are a coding agent. You work in the 
 through the tools shell, read_file, write_file and list_dir; paths are relative to the workspace and cannot \
 leave it. Use the tools to inspect and change files when the request needs it, then answer briefly.";
 
+/// The system prompt of a turn: the agent's instructions, else [`SYSTEM_PROMPT`].
+pub(super) fn system_prompt(config: &HarnessConfig) -> &str {
+    config
+        .instructions
+        .as_deref()
+        .filter(|i| !i.trim().is_empty())
+        .unwrap_or(SYSTEM_PROMPT)
+}
+
 pub(super) fn idle_timeout(config: &HarnessConfig) -> Duration {
     config.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT)
 }

@@ -12,6 +12,8 @@ fn session() -> (Session, mpsc::UnboundedReceiver<Command>) {
         workspace: ".".into(),
         harness: HarnessKind::Echo,
         env: HarnessEnv::default(),
+        harness_name: None,
+        agents: None,
     };
     let session = Session::new("conv_test".into(), &defaults, emit_tx, done_tx);
     (session, commands)
@@ -371,11 +373,14 @@ async fn mcp_servers_set_at_init_offer_their_tools_to_the_sessions_turns() {
             },
         )],
         exec_command: None,
+        ..HarnessEnv::default()
     };
     let sessions = Sessions::new(SessionDefaults {
         workspace: ws.path().to_owned(),
         harness: HarnessKind::OpenAi,
         env,
+        harness_name: None,
+        agents: None,
     });
     let handle = sessions.get_or_create("conv_mcp");
     let server = omnigent_proto::agent::spec::Tool {
@@ -418,4 +423,72 @@ async fn mcp_servers_set_at_init_offer_their_tools_to_the_sessions_turns() {
     assert_eq!(items[1]["call_id"], "call_1");
     assert_eq!(items[1]["output"], "3");
     assert_eq!(items[2]["content"][0]["text"], "3.");
+}
+
+fn loaded(harness: HarnessKind, name: &str, wire_api: Option<WireApi>) -> AgentLoad {
+    AgentLoad::Loaded(Box::new(crate::agent::LoadedAgent {
+        name: Some("a".into()),
+        harness,
+        harness_name: name.into(),
+        model: Some("spec-model".into()),
+        base_url: Some("http://spec".into()),
+        api_key: Some("spec-key".into()),
+        instructions: Some("be the spec".into()),
+        wire_api,
+        mcp_servers: Vec::new(),
+        dir: ".".into(),
+    }))
+}
+
+fn init(harness: Option<(&str, HarnessKind)>, agent: Option<AgentLoad>) -> Command {
+    Command::Init(SessionInit {
+        harness: harness.map(|(n, k)| (n.to_owned(), k)),
+        agent,
+        ..SessionInit::default()
+    })
+}
+
+#[test]
+fn the_spec_sets_the_harness_and_its_settings_unless_the_init_names_one() {
+    let (mut s, _commands) = session();
+    s.handle(init(
+        None,
+        Some(loaded(HarnessKind::OpenAi, "openai-agents", None)),
+    ));
+    assert_eq!(s.harness, HarnessKind::OpenAi);
+    let config = s.turn_config();
+    assert_eq!(config.model.as_deref(), Some("spec-model"));
+    assert_eq!(config.api_key.as_deref(), Some("spec-key"));
+    assert_eq!(config.base_url.as_deref(), Some("http://spec"));
+    assert_eq!(config.instructions.as_deref(), Some("be the spec"));
+    // Back to built-in (the server has no agent any more): the runner's default again, no spec settings.
+    s.handle(init(None, Some(AgentLoad::BuiltIn)));
+    assert_eq!(s.harness, HarnessKind::Echo);
+    assert_eq!(s.turn_config().instructions, None);
+    // An init that names a harness wins over the spec's.
+    s.handle(init(
+        Some(("anthropic", HarnessKind::Anthropic)),
+        Some(loaded(HarnessKind::OpenAi, "openai-agents", None)),
+    ));
+    assert_eq!(s.harness, HarnessKind::Anthropic);
+}
+
+#[test]
+fn the_openai_api_comes_from_the_env_then_the_spec_then_the_harness_name() {
+    let (mut s, _commands) = session();
+    s.handle(init(Some(("openai-agents", HarnessKind::OpenAi)), None));
+    assert_eq!(s.turn_config().wire_api, Some(WireApi::Responses));
+    s.handle(init(Some(("openai", HarnessKind::OpenAi)), None));
+    assert_eq!(s.turn_config().wire_api, Some(WireApi::Chat));
+    s.handle(init(
+        None,
+        Some(loaded(
+            HarnessKind::OpenAi,
+            "openai",
+            Some(WireApi::Responses),
+        )),
+    ));
+    assert_eq!(s.turn_config().wire_api, Some(WireApi::Responses));
+    s.env.openai_wire_api = Some(WireApi::Chat);
+    assert_eq!(s.turn_config().wire_api, Some(WireApi::Chat));
 }

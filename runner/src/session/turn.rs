@@ -14,6 +14,7 @@ pub(super) async fn run_turn(
     kind: HarnessKind,
     turn: Turn,
     model: String,
+    agent_error: Option<String>,
     emit: mpsc::UnboundedSender<Value>,
     cancel: CancellationToken,
 ) -> Vec<HistoryEntry> {
@@ -34,7 +35,13 @@ pub(super) async fn run_turn(
     send(json!({"type": kind::SESSION_STATUS, "status": "running"}));
     send(json!({"type": kind::RESPONSE_IN_PROGRESS, "response": response("in_progress")}));
     let sink = EventSink::new(emit.clone());
-    let harness_turn = harness::run_turn(kind, &turn, &sink, &cancel);
+    let harness_turn = async {
+        // The session's agent could not be loaded: no harness runs, the turn says why.
+        match agent_error {
+            Some(reason) => Err(HarnessError::Agent(reason)),
+            None => harness::run_turn(kind, &turn, &sink, &cancel).await,
+        }
+    };
     tokio::pin!(harness_turn);
     let result = tokio::select! {
         result = &mut harness_turn => result,
@@ -100,6 +107,7 @@ fn error_code_and_message(err: &HarnessError) -> (&'static str, String) {
         HarnessError::Stream { .. } => ("stream_error", err.to_string()),
         HarnessError::NotConfigured(message) => ("harness_not_configured", message.clone()),
         HarnessError::Exec(message) => ("execution_error", message.clone()),
+        HarnessError::Agent(message) => ("agent_unavailable", message.clone()),
         HarnessError::Interrupted => ("interrupted", err.to_string()),
     }
 }
