@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod api;
 pub mod control;
+pub mod credentials;
 pub mod events;
 pub mod exit;
 pub mod harness;
