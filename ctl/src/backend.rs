@@ -228,6 +228,28 @@ pub(crate) async fn ensure_local_host(wait: Duration) -> Result<(String, String)
     Ok((url, st.config.host_id))
 }
 
+/// Register this machine as a host of the remote server `url` (a target of the daemon for as long as it
+/// runs, not kept in config.toml) and wait until it is online; the daemon presents the token `omnigent
+/// login URL` stored. A refused token ends in a [`ConfigError`] naming `omnigent login URL`.
+pub(crate) async fn ensure_remote_host(url: &str, wait: Duration) -> Result<(String, String)> {
+    let paths = paths()?;
+    let (mut client, _) = connect_or_start(&paths).await?;
+    client.add_target(url, false).await.map_err(client_err)?;
+    let (t, st) = wait_target(&mut client, url, wait, false).await?;
+    if t.tunnel != "online" {
+        let message = format!(
+            "this machine is not online as a host of {url} after {}s: {}",
+            wait.as_secs(),
+            host_line(&t, &st)
+        );
+        if t.tunnel == "failed" {
+            return Err(ConfigError(message).into());
+        }
+        anyhow::bail!("{message}; see `omnigent logs daemon`");
+    }
+    Ok((url.to_owned(), st.config.host_id))
+}
+
 pub(crate) fn foreign_text(f: &omnigent_proto::control::ForeignListener) -> String {
     let who = match (f.pid, &f.command) {
         (Some(pid), Some(cmd)) => format!("pid {pid}: {cmd}"),
