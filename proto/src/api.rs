@@ -46,6 +46,12 @@ pub enum ErrorCode {
     StorageFull,
     /// Ours: a durable write failed for another storage reason (I/O error, read-only, corrupt; 503).
     StorageUnavailable,
+    /// Ours: a request from off this machine without a valid device token (401); the message says how to pair.
+    Unauthenticated,
+    /// Ours: a pairing code that is wrong, used or expired (404, the same answer for all three).
+    PairingCodeInvalid,
+    /// Ours: too many wrong pairing codes from one address (429).
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -54,9 +60,9 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::InvalidInput | ErrorCode::WrongReplica => 400,
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
-            ErrorCode::NotFound => 404,
+            ErrorCode::NotFound | ErrorCode::PairingCodeInvalid => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::WorkspaceMissing => 410,
@@ -64,6 +70,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::MisdirectedRequest => 421,
+            ErrorCode::TooManyAttempts => 429,
             ErrorCode::InternalError | ErrorCode::HarnessProtocolViolation => 500,
             ErrorCode::RunnerUnavailable
             | ErrorCode::RunnerCapabilityMismatch
@@ -83,6 +90,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// Ours, on 403 `forbidden` from the role check: the role that would be needed (`driver`, `owner`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -240,6 +250,9 @@ pub struct ServerInfo {
     /// Ours: whether durable writes are succeeding (this answer stays 200 while they fail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageHealth>,
+    /// Ours (issue 13): whether this caller needs a device token, the roles, and who the caller is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::auth::AuthInfo>,
 }
 
 /// What `implementation` says for this server.

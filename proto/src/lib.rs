@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod control;
 pub mod credentials;
 pub mod events;

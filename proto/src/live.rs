@@ -212,4 +212,17 @@ pub struct PresenceConnection {
     pub joined_at: String,
     /// The stream was opened with `?idle=true` (a backgrounded tab).
     pub idle: bool,
+    /// Ours (issue 13): the paired device behind the stream; `null` for the owner on this machine.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// Ours: the device's name (`"this computer"` for the owner on loopback).
+    #[serde(default)]
+    pub device_name: String,
+    /// Ours: what that device may do (`viewer`, `driver`, `host`, `owner`).
+    #[serde(default = "owner_role")]
+    pub role: crate::auth::Role,
+}
+
+fn owner_role() -> crate::auth::Role {
+    crate::auth::Role::Owner
 }

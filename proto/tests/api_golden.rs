@@ -154,6 +154,7 @@ fn error_body_and_status_table() {
         error: ErrorDetail {
             code: ErrorCode::RunnerUnavailable,
             message: "m".into(),
+            required_role: None,
         },
     };
     assert_eq!(

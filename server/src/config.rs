@@ -1,7 +1,9 @@
 //! [`ServerConfig`]: everything the server needs to run, with its defaults and the environment overrides
 //! `omnigent server run` reads.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use omnigent_proto::paths::Paths;
@@ -54,7 +56,51 @@ pub struct ServerConfig {
     /// longest with no request under way, or is closed itself when every one has a request under way (streams,
     /// tunnels); either is logged. Default: the open-file limit minus 64. `OMNIGENT_SERVER_MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// Where [`crate::listen`] listens (default `127.0.0.1:6767`). A non-loopback address (`0.0.0.0`, a LAN
+    /// address) is allowed: off loopback every request needs a device token. `omnigent server run --bind`.
+    pub bind: Vec<SocketAddr>,
+    /// The URL this server is reached at from outside (`https://omni.example.com`): its origin joins the
+    /// `Origin` allow-list (for requests with a device token) and the `Host` allow-list, and pairing URLs use
+    /// it. `omnigent server run --public-url`, `OMNIGENT_PUBLIC_URL`.
+    pub public_url: Option<String>,
+    /// `OMNIGENT_OWNER_TOKEN`: the owner device's token (the device is created or updated at start).
+    pub owner_token: Option<Secret>,
+    /// A loopback peer is the owner (true; tests set false to act as a peer from another machine).
+    pub trust_loopback: bool,
+    /// Told the owner pairing URL when the server listens off loopback and no owner device exists yet (once,
+    /// at start). `omnigent server run` prints it on stderr (`owner pairing URL: …`). The URL carries a secret:
+    /// never log it.
+    pub owner_pairing_notice: Option<Notice>,
 }
+
+/// A secret value: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A callback that is told one line of text (the owner pairing URL).
+#[derive(Clone)]
+pub struct Notice(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl Notice {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Notice(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notice")
+    }
+}
+
+/// The default listening address.
+pub const DEFAULT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6767);
 
 impl ServerConfig {
     /// Defaults with the SQLite database `omnigent.db` in `data_dir`.
@@ -80,6 +126,11 @@ impl ServerConfig {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: conn::default_max_connections(),
+            bind: vec![DEFAULT_BIND],
+            public_url: None,
+            owner_token: None,
+            trust_loopback: true,
+            owner_pairing_notice: None,
         }
     }
 
@@ -114,6 +165,16 @@ impl ServerConfig {
                 .filter(|h| !h.is_empty())
                 .map(str::to_owned)
                 .collect();
+        }
+        if let Ok(url) = std::env::var("OMNIGENT_PUBLIC_URL")
+            && !url.trim().is_empty()
+        {
+            config.public_url = Some(url.trim().to_owned());
+        }
+        if let Ok(token) = std::env::var("OMNIGENT_OWNER_TOKEN")
+            && !token.trim().is_empty()
+        {
+            config.owner_token = Some(Secret(token.trim().to_owned()));
         }
         config
     }

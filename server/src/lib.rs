@@ -22,6 +22,7 @@ mod agents;
 mod clock;
 mod config;
 mod conn;
+pub mod devices;
 pub mod feed;
 pub mod hosts;
 mod http;
@@ -30,7 +31,7 @@ pub mod relay;
 pub mod store;
 pub mod updates;
 
-pub use config::ServerConfig;
+pub use config::{Notice, Secret, ServerConfig};
 /// What the server logs when its connection cap closes or refuses connections (black-box tests wait on it).
 pub use conn::CONNECTION_CAP_REACHED;
 pub use store::{DatabaseLocation, OpenError, Store};
@@ -42,6 +43,67 @@ pub enum ServerError {
     Open(#[from] OpenError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("the server is misconfigured: {0}")]
+    Config(String),
+    #[error("the server cannot load its paired devices: {0}")]
+    Devices(#[source] store::StoreError),
+}
+
+/// Every route and what it needs of its caller: `(method, path as routed, need)` with need `public`,
+/// `any_device`, or a role (`viewer`, `driver`, `host`, `owner`). Tests iterate over it.
+pub fn auth_rules() -> Vec<(&'static str, &'static str, &'static str)> {
+    use http::auth::Need;
+    http::auth::RULES
+        .iter()
+        .map(|(m, p, need)| {
+            let need = match need {
+                Need::Public => "public",
+                Need::AnyDevice => "any_device",
+                Need::Role(r) => r.as_str(),
+            };
+            (*m, *p, need)
+        })
+        .collect()
+}
+
+/// Listen on every address of `config.bind` (at least one).
+pub async fn listen(config: &ServerConfig) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in &config.bind {
+        listeners.push(
+            TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?,
+        );
+    }
+    if listeners.is_empty() {
+        listeners.push(TcpListener::bind(config::DEFAULT_BIND).await?);
+    }
+    Ok(listeners)
+}
+
+/// `https://Host:443/x/` → (`https://host:443/x`, origin `https://host:443`), or why it is not a URL.
+fn parse_public_url(url: &str) -> Result<(String, String), ServerError> {
+    let url = url.trim().trim_end_matches('/');
+    let bad = || {
+        ServerError::Config(format!(
+            "--public-url `{url}` is not an http:// or https:// URL; give the address clients use, e.g.              https://omni.example.com"
+        ))
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(bad());
+    }
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
+        return Err(bad());
+    }
+    let origin = format!("{scheme}://{}", authority.to_ascii_lowercase());
+    Ok((format!("{origin}{path}"), origin))
 }
 
 /// Open and migrate the store: call before accepting connections so a bad database fails fast.
@@ -68,8 +130,77 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_all(config, store, vec![listener], shutdown).await
+}
+
+/// [`serve`] on several listeners (see [`listen`]). Each listener has its own connection cap.
+pub async fn serve_all(
+    config: ServerConfig,
+    store: Store,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listening: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let (public_url, public_origin) = match &config.public_url {
+        Some(url) => {
+            let (url, origin) = parse_public_url(url)?;
+            (Some(url), Some(origin))
+        }
+        None => (None, None),
+    };
+    let devices = devices::Devices::load(&store)
+        .await
+        .map_err(ServerError::Devices)?;
+    if let Some(token) = &config.owner_token {
+        if token.0.len() < 32 {
+            return Err(ServerError::Config(
+                "OMNIGENT_OWNER_TOKEN is too short to be a secret; use at least 32 random characters (e.g.                  `openssl rand -base64 32`)"
+                    .to_owned(),
+            ));
+        }
+        devices
+            .set_owner_token(&store, &token.0)
+            .await
+            .map_err(ServerError::Devices)?;
+    }
+    let auth = http::AuthSettings {
+        trust_loopback: config.trust_loopback,
+        secure_cookie: public_origin
+            .as_deref()
+            .is_some_and(|o| o.starts_with("https://")),
+        public_url,
+        public_origin,
+        listening: listening.clone(),
+    };
+    let off_loopback = listening
+        .iter()
+        .any(|a| !a.ip().to_canonical().is_loopback());
+    if off_loopback && !devices.has_owner() {
+        // A deployed server: the first owner pairs with this code (the URL goes to the notice, never a log).
+        match devices.create_code(
+            omnigent_proto::auth::Role::Owner,
+            std::time::Duration::from_secs(OWNER_CODE_TTL_SECS),
+            None,
+            Some("owner".to_owned()),
+        ) {
+            Ok((code, _)) => {
+                let urls = http::pairing_urls(&auth, &code, None);
+                if let (Some(notice), Some(url)) = (&config.owner_pairing_notice, urls.first()) {
+                    (notice.0)(url);
+                }
+                info!(
+                    "no owner device yet: an owner pairing URL (valid {} minutes) was printed on stderr",
+                    OWNER_CODE_TTL_SECS / 60
+                );
+            }
+            Err(e) => tracing::warn!("cannot make an owner pairing code: {e}"),
+        }
+    }
     let stop = CancellationToken::new();
-    let state = http::AppState::new(&config, store.clone(), stop.clone());
+    let state = http::AppState::new(&config, store.clone(), stop.clone(), devices, auth);
     let sessions = state.sessions.clone();
     let runners = sessions.runners().clone();
     tokio::spawn(fail_turns_on_runner_exit(
@@ -95,8 +226,7 @@ pub async fn serve(
             "service restart",
         );
     });
-    let addr = listener.local_addr().ok();
-    info!(?addr, database = %config.database.display(), "server listening");
+    info!(addr = ?listening, database = %config.database.display(), "server listening");
 
     let stop_signal = stop.clone();
     tokio::spawn(async move {
@@ -111,14 +241,19 @@ pub async fn serve(
     };
     let connections = tokio_util::task::TaskTracker::new();
     let force = CancellationToken::new();
-    let accepting = tokio::spawn(conn::accept_loop(
-        listener,
-        app,
-        limits,
-        connections.clone(),
-        stop.clone(),
-        force.clone(),
-    ));
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(conn::accept_loop(
+                listener,
+                app.clone(),
+                limits,
+                connections.clone(),
+                stop.clone(),
+                force.clone(),
+            ))
+        })
+        .collect();
     stop.cancelled().await;
     // Runners reconnect at once to the next server on 1012.
     runners.close_all(
@@ -126,7 +261,9 @@ pub async fn serve(
         "service restart",
     );
     // The accept loop returns at `stop` (the listener closes); open connections finish their requests.
-    let _ = accepting.await;
+    for accepting in accepting {
+        let _ = accepting.await;
+    }
     connections.close();
     if tokio::time::timeout(config.shutdown_grace, connections.wait())
         .await
@@ -143,6 +280,9 @@ pub async fn serve(
     info!("server stopped");
     Ok(())
 }
+
+/// How long the owner pairing code printed at the first start of a deployed server lasts.
+const OWNER_CODE_TTL_SECS: u64 = 3600;
 
 /// Re-open the relay of every session bound to a runner whenever one of its tunnels connects (reference wire
 /// notes: "After a runner reconnects, the server at once reopens GET /v1/sessions/{id}/stream on it").

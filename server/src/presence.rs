@@ -14,6 +14,14 @@ use omnigent_proto::events::ServerEvent;
 use omnigent_proto::live::PresenceConnection;
 use tokio::sync::watch;
 
+/// Who opened a stream: the paired device (`None` for the owner on this machine), its name and role.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub device_id: Option<String>,
+    pub device_name: String,
+    pub role: omnigent_proto::auth::Role,
+}
+
 /// The connections of every watched session.
 #[derive(Debug, Clone, Default)]
 pub struct Presence {
@@ -42,7 +50,7 @@ impl Presence {
 
     /// Register one stream of `session_id`; it stays listed until the returned guard is dropped. With
     /// `announce`, the guard yields the list now and at every change ([`Watching::changed`]).
-    pub fn join(&self, session_id: &str, idle: bool, announce: bool) -> Watching {
+    pub fn join(&self, session_id: &str, who: Viewer, idle: bool, announce: bool) -> Watching {
         let mut state = self.lock();
         state.next_connection += 1;
         let connection_id = format!("c{}", state.next_connection);
@@ -57,6 +65,9 @@ impl Presence {
             connection_id: connection_id.clone(),
             joined_at: crate::clock::iso8601_utc(crate::clock::now_ms() / 1000),
             idle,
+            device_id: who.device_id,
+            device_name: who.device_name,
+            role: who.role,
         });
         watched.tx.send_replace(watched.list.clone());
         let rx = watched.tx.subscribe();

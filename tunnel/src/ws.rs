@@ -91,7 +91,11 @@ pub(crate) fn refuse_bad_id(what: &'static str, id: &str) -> Option<Response> {
 /// A `{"error":{"code","message"}}` answer.
 pub(crate) fn error_response(status: StatusCode, code: ErrorCode, message: String) -> Response {
     let body = ErrorBody {
-        error: ErrorDetail { code, message },
+        error: ErrorDetail {
+            code,
+            message,
+            required_role: None,
+        },
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     (

@@ -21,6 +21,9 @@ use super::ApiError;
 #[derive(Debug, Clone, Default)]
 pub struct HostAllowList {
     extra: Arc<[String]>,
+    /// Any IP address literal is a name of this server (it listens off loopback). A rebinding page needs a
+    /// DNS name, so an address literal is never one.
+    ip_literals: bool,
 }
 
 impl HostAllowList {
@@ -31,7 +34,35 @@ impl HostAllowList {
                 .map(|e| e.trim().to_ascii_lowercase())
                 .filter(|e| !e.is_empty())
                 .collect(),
+            ip_literals: false,
         }
+    }
+
+    /// Also answer to any IP address literal (the server listens on a LAN or public address).
+    pub fn with_ip_literals(mut self, yes: bool) -> Self {
+        self.ip_literals = yes;
+        self
+    }
+
+    /// Also answer to the host of `public_url` (`https://omni.example.com[:port][/…]`), any port.
+    pub fn with_public_url(mut self, public_url: Option<&str>) -> Self {
+        let host = public_url
+            .and_then(|u| u.split_once("://"))
+            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .and_then(|authority| {
+                split_host(&authority.to_ascii_lowercase()).map(|(h, _)| h.to_owned())
+            });
+        if let Some(host) = host {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let mut extra = self.extra.to_vec();
+            extra.push(host);
+            self.extra = extra.into();
+        }
+        self
     }
 
     /// Whether a `Host` header value (or URI authority) names this server.
@@ -40,7 +71,7 @@ impl HostAllowList {
         let Some((name, port)) = split_host(&host) else {
             return false;
         };
-        if is_loopback_name(name) {
+        if is_loopback_name(name) || (self.ip_literals && name.parse::<IpAddr>().is_ok()) {
             return true;
         }
         self.extra.iter().any(|entry| {
@@ -59,6 +90,9 @@ impl HostAllowList {
 
     fn describe(&self) -> String {
         let mut s = String::from("localhost, *.localhost, 127.0.0.0/8 and [::1] (any port)");
+        if self.ip_literals {
+            s.push_str(", any IP address");
+        }
         if !self.extra.is_empty() {
             s.push_str(", and ");
             s.push_str(&self.extra.join(", "));

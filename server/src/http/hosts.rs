@@ -31,13 +31,81 @@ pub async fn tunnel(
     State(st): State<AppState>,
     Path(host_id): Path<String>,
     headers: HeaderMap,
+    axum::Extension(caller): axum::Extension<super::auth::Caller>,
     ws: Result<TunnelUpgrade, UpgradeRejection>,
 ) -> Response {
     match ws {
         Ok(ws) => {
+            if let Some(device) = caller.device
+                && let Some(id) = omnigent_proto::ids::canonical_id(&host_id)
+            {
+                tokio::spawn(close_when_revoked(
+                    st.hosts.registry().clone(),
+                    id,
+                    device.revoked,
+                    st.stop.clone(),
+                ));
+            }
             omnigent_tunnel::host::upgrade(ws, host_id, &headers, st.hosts.registry().clone())
         }
         Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// A host tunnel opened with a device token closes when that device is revoked: the watcher learns the
+/// tunnel's generation from its `Connected`, and ends with it (or if it never connects).
+async fn close_when_revoked(
+    registry: omnigent_tunnel::host::HostRegistry,
+    host_id: String,
+    revoked: tokio_util::sync::CancellationToken,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use omnigent_tunnel::host::HostEvent;
+    let mut events = registry.subscribe();
+    let connected = async {
+        loop {
+            match events.recv().await {
+                Ok(HostEvent::Connected {
+                    host_id: id,
+                    generation,
+                    ..
+                }) if id == host_id => return Some(generation),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    let generation = tokio::select! {
+        () = stop.cancelled() => return,
+        g = tokio::time::timeout(std::time::Duration::from_secs(60), connected) => match g {
+            Ok(Some(g)) => g,
+            _ => return,
+        },
+    };
+    let ended = async {
+        loop {
+            match events.recv().await {
+                Ok(HostEvent::Disconnected {
+                    host_id: id,
+                    generation: g,
+                }) if id == host_id && g == generation => return,
+                Ok(HostEvent::Connected { host_id: id, .. }) if id == host_id => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = ended => {}
+        () = revoked.cancelled() => {
+            if let Some(tunnel) = registry.get(&host_id).filter(|t| t.generation() == generation) {
+                tunnel.close(
+                    omnigent_proto::host_frames::close::UNAUTHENTICATED,
+                    "device revoked",
+                );
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -13,8 +14,10 @@ use omnigent_proto::ids::canonical_id;
 use serde::Deserialize;
 use serde_json::{Map, json as json_value};
 
+use super::auth::Caller;
 use super::{ApiError, AppState, Q, json};
 use crate::agents;
+use omnigent_proto::auth::{AuthInfo, DeviceRef, Role};
 
 /// Most ids one `/health?session_ids=` asks about (the sidebar batches its visible rows).
 const MAX_HEALTH_IDS: usize = 500;
@@ -126,7 +129,10 @@ pub async fn version() -> Response {
     )
 }
 
-pub async fn info(State(st): State<AppState>) -> Result<Response, ApiError> {
+pub async fn info(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let info = ServerInfo {
         accounts_enabled: false,
         single_user: true,
@@ -141,18 +147,32 @@ pub async fn info(State(st): State<AppState>) -> Result<Response, ApiError> {
         started_at: Some(st.started_at),
         session_count: Some(st.store.count_sessions().await?),
         storage: Some(storage_health(&st).await),
+        auth: Some(AuthInfo {
+            required: !caller.local_owner,
+            roles: Role::ALL.to_vec(),
+            role: caller.role,
+            device: caller.device.as_ref().map(|d| DeviceRef {
+                id: d.id.clone(),
+                name: d.name.clone(),
+            }),
+        }),
     };
     Ok(json(StatusCode::OK, &info))
 }
 
-pub async fn me() -> Response {
-    json(
-        StatusCode::OK,
-        &Me {
+/// `GET /v1/me`: `local` for the owner on this machine, else the paired device (admin only as owner).
+pub async fn me(Extension(caller): Extension<Caller>) -> Response {
+    let me = match &caller.device {
+        Some(d) => Me {
+            user_id: Some(d.id.clone()),
+            is_admin: d.role == Role::Owner,
+        },
+        None => Me {
             user_id: Some("local".to_owned()),
             is_admin: true,
         },
-    )
+    };
+    json(StatusCode::OK, &me)
 }
 
 pub async fn agents(Q(q): Q<PageQuery>) -> Result<Response, ApiError> {

@@ -21,7 +21,6 @@ use omnigent_proto::live::{
     ChildSessionSummary, MAX_UPDATES_FRAME_BYTES, MAX_WATCHED, ReadStatePut, UPDATES_RESCAN_SECS,
     UpdatesServerFrame,
 };
-use omnigent_tunnel::auth::origin_allowed;
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -44,6 +43,7 @@ const MAX_CHILDREN: u32 = 10_000;
 pub async fn updates(
     State(st): State<AppState>,
     headers: HeaderMap,
+    axum::Extension(caller): axum::Extension<super::auth::Caller>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
@@ -58,7 +58,9 @@ pub async fn updates(
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("?").to_owned());
-    let allowed = origin.as_deref().is_none_or(origin_allowed);
+    // Loopback or `omnigent://internal`, or with a device token this server's own origin (http/auth.rs).
+    let allowed = caller.origin_ok;
+    let revoked = caller.device.map(|d| d.revoked);
     ws.max_message_size(MAX_UPDATES_FRAME_BYTES)
         .max_frame_size(MAX_UPDATES_FRAME_BYTES)
         .on_upgrade(move |mut socket| async move {
@@ -75,7 +77,16 @@ pub async fn updates(
                     .await;
                 return;
             }
-            Watcher::new(st, socket).run().await;
+            match revoked {
+                // A revoked device's socket closes at once (dropping it closes the connection).
+                Some(revoked) => {
+                    tokio::select! {
+                        () = revoked.cancelled() => {}
+                        () = Watcher::new(st, socket).run() => {}
+                    }
+                }
+                None => Watcher::new(st, socket).run().await,
+            }
         })
 }
 

@@ -20,9 +20,11 @@ use crate::actor::{ActorError, ActorLimits, Sessions};
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
 use crate::store::{Store, StoreError};
-use omnigent_tunnel::auth::origin_allowed;
 
+pub mod auth;
 mod catalog;
+mod devices;
+pub use devices::pairing_urls;
 mod events;
 mod host_check;
 mod hosts;
@@ -50,10 +52,35 @@ pub struct AppState {
     pub allowed_hosts: host_check::HostAllowList,
     /// Who is watching each session (`session.presence`).
     pub presence: crate::presence::Presence,
+    /// Paired devices and pairing codes.
+    pub devices: crate::devices::Devices,
+    /// How callers are identified and what pairing URLs say.
+    pub auth: Arc<AuthSettings>,
+}
+
+/// The identity settings of [`auth`] and the pairing routes.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// A loopback peer is the owner.
+    pub trust_loopback: bool,
+    /// The public URL without a trailing `/` (`https://omni.example.com`), if configured.
+    pub public_url: Option<String>,
+    /// Its origin (`scheme://host[:port]`, lower case).
+    pub public_origin: Option<String>,
+    /// Cookies get `Secure` and the `__Host-` prefix (the public URL is HTTPS).
+    pub secure_cookie: bool,
+    /// The addresses the server listens on.
+    pub listening: Vec<std::net::SocketAddr>,
 }
 
 impl AppState {
-    pub fn new(config: &ServerConfig, store: Store, stop: CancellationToken) -> Self {
+    pub fn new(
+        config: &ServerConfig,
+        store: Store,
+        stop: CancellationToken,
+        devices: crate::devices::Devices,
+        auth: AuthSettings,
+    ) -> Self {
         let limits = ActorLimits {
             replay_buffer: config.replay_buffer.max(1),
             replay_buffer_bytes: config.replay_buffer_bytes,
@@ -72,14 +99,23 @@ impl AppState {
             heartbeat_interval: config.heartbeat_interval,
             database: config.database.display().into(),
             started_at: now_ms() / 1000,
-            allowed_hosts: host_check::HostAllowList::new(&config.allowed_hosts),
+            allowed_hosts: host_check::HostAllowList::new(&config.allowed_hosts)
+                .with_ip_literals(
+                    auth.listening
+                        .iter()
+                        .any(|a| !a.ip().to_canonical().is_loopback()),
+                )
+                .with_public_url(auth.public_url.as_deref()),
             presence: crate::presence::Presence::default(),
+            devices,
+            auth: Arc::new(auth),
         }
     }
 }
 
 pub fn router(state: AppState) -> Router {
     let allowed_hosts = state.allowed_hosts.clone();
+    let auth_state = state.clone();
     Router::new()
         .route("/health", get(info::health))
         .route("/api/version", get(info::version))
@@ -146,42 +182,31 @@ pub fn router(state: AppState) -> Router {
             "/v1/projects/order",
             get(catalog::get_project_order).put(catalog::put_project_order),
         )
+        .route(
+            "/v1/pairing/codes",
+            axum::routing::post(devices::create_code),
+        )
+        .route("/v1/pairing/peek", axum::routing::post(devices::peek))
+        .route("/v1/pairing/claim", axum::routing::post(devices::claim))
+        .route("/v1/devices", get(devices::list))
+        .route(
+            "/v1/devices/{id}",
+            axum::routing::patch(devices::rename).delete(devices::revoke),
+        )
         .fallback(web::serve)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(refuse_cross_origin_writes))
-        // Outside the Origin check, inside the log: a rebinding page learns nothing, and the refusal is logged.
+        // Identity, role and Origin: one layer over every route, the fallback and every upgrade (http/auth.rs).
+        .layer(axum::middleware::from_fn_with_state(
+            auth_state,
+            auth::authorize,
+        ))
+        // Outside the auth check, inside the log: a rebinding page learns nothing, and the refusal is logged.
         .layer(axum::middleware::from_fn_with_state(
             allowed_hosts,
             host_check::refuse_foreign_hosts,
         ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
-}
-
-/// A browser page from another site must not change anything here (CSRF): requests that may write and
-/// carry an `Origin` are refused unless it is a loopback origin or omnigent's own `omnigent://internal`
-/// (the same rule as the tunnels' Origin check, [`omnigent_tunnel::auth::origin_allowed`])
-/// (the local-mode policy of reference §5, applied to every writing method).
-async fn refuse_cross_origin_writes(req: Request, next: axum::middleware::Next) -> Response {
-    let safe = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    );
-    if !safe
-        && let Some(origin) = req.headers().get(header::ORIGIN)
-        && !origin_allowed(origin.to_str().unwrap_or(""))
-    {
-        return ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "cross-origin request from `{}` refused: only pages served from this machine (a loopback \
-                 origin) may change sessions",
-                origin.to_str().unwrap_or("?")
-            ),
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 /// One log line per request (debug), and a warning for every server error.
@@ -223,6 +248,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 pub struct ApiError {
     code: ErrorCode,
     message: String,
+    required_role: Option<omnigent_proto::auth::Role>,
 }
 
 impl ApiError {
@@ -230,6 +256,16 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            required_role: None,
+        }
+    }
+
+    /// 403 `forbidden` from the role check, naming the role that would be needed.
+    pub fn forbidden_role(message: impl Into<String>, needed: omnigent_proto::auth::Role) -> Self {
+        ApiError {
+            code: ErrorCode::Forbidden,
+            message: message.into(),
+            required_role: Some(needed),
         }
     }
 
@@ -250,6 +286,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
+                required_role: self.required_role.map(|r| r.as_str().to_owned()),
             },
         };
         (status, axum::Json(body)).into_response()

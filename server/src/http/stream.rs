@@ -28,6 +28,7 @@ pub async fn stream(
     State(st): State<AppState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
+    axum::Extension(caller): axum::Extension<super::auth::Caller>,
     super::Q(q): super::Q<super::live::StreamQuery>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&raw)?;
@@ -48,9 +49,18 @@ pub async fn stream(
     };
     let sub = st.sessions.subscribe(&id, after).await?;
     // liveapi hook: listed in `session.presence` while this response lives.
-    let watching = st
-        .presence
-        .join(&id, q.idle.unwrap_or(false), q.presence.unwrap_or(false));
+    let (device_id, device_name, role) = caller.presence();
+    let who = crate::presence::Viewer {
+        device_id,
+        device_name,
+        role,
+    };
+    let watching = st.presence.join(
+        &id,
+        who,
+        q.idle.unwrap_or(false),
+        q.presence.unwrap_or(false),
+    );
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + st.heartbeat_interval,
         st.heartbeat_interval,

@@ -8,10 +8,12 @@ use serde_json::{Map, Value};
 
 use crate::updates::Change;
 
+mod devices;
 mod hosts;
 mod live;
 mod sqlite;
 
+pub use devices::DeviceRow;
 pub use hosts::HostRow;
 pub use sqlite::SqliteStore;
 

@@ -14,6 +14,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
+mod devices;
 mod health;
 mod hosts;
 mod items;

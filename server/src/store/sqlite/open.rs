@@ -28,6 +28,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/0003_storage_probe.sql"),
     ),
     (4, "live", include_str!("../../../migrations/0004_live.sql")),
+    // 5 is the agents migration of another branch.
+    (
+        6,
+        "devices",
+        include_str!("../../../migrations/0006_devices.sql"),
+    ),
 ];
 
 impl SqliteStore {

@@ -1,0 +1,904 @@
+//! Devices, roles and pairing (issue 13) against a real in-process server. The server is told not to trust
+//! loopback (`trust_loopback: false`), so every request of these tests is a peer from another machine; the
+//! owner is the device `OMNIGENT_OWNER_TOKEN` makes. Each refusal is checked together with "nothing changed".
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{Sse, TestServer, WAIT, status_json};
+use futures_util::StreamExt;
+use omnigent_server::Secret;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const OWNER: &str = "owner-token-for-tests-0123456789abcdefghijkl";
+
+async fn remote_server(home: &std::path::Path) -> TestServer {
+    TestServer::start_with(home, |c| {
+        c.trust_loopback = false;
+        c.owner_token = Some(Secret(OWNER.to_owned()));
+    })
+    .await
+}
+
+/// One request with an optional bearer token; JSON body for methods that write.
+async fn call(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = s.client.request(method, s.u(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    status_json(req.send().await.expect("request")).await
+}
+
+async fn code_for(s: &TestServer, role: &str, extra: Value) -> Value {
+    let mut body = json!({"role": role});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let (status, code) = call(
+        s,
+        Method::POST,
+        "/v1/pairing/codes",
+        Some(OWNER),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{code}");
+    code
+}
+
+/// A CLI device of `role`: (device id, token).
+async fn pair_cli(s: &TestServer, role: &str) -> (String, String) {
+    let code = code_for(s, role, json!({})).await;
+    let (status, claim) = call(
+        s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": code["code"], "name": format!("{role} cli"), "client": "cli"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{claim}");
+    assert_eq!(claim["device"]["role"], role);
+    (
+        claim["device"]["id"].as_str().unwrap().to_owned(),
+        claim["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn device_ids(s: &TestServer) -> BTreeSet<String> {
+    let (status, list) = call(s, Method::GET, "/v1/devices", Some(OWNER), None).await;
+    assert_eq!(status, 200, "{list}");
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn session_count(s: &TestServer) -> usize {
+    let (status, list) = call(s, Method::GET, "/v1/sessions?limit=1000", Some(OWNER), None).await;
+    assert_eq!(status, 200, "{list}");
+    list["data"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn an_unpaired_peer_gets_401_saying_how_to_pair_and_changes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let (status, body) = call(&s, Method::GET, "/v1/sessions", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("omnigent share") && message.contains("omnigent login"),
+        "{message}"
+    );
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        None,
+        Some(json!({"agent_id": "echo"})),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(session_count(&s).await, 0);
+    // `/v1/info` answers anyone, and says a token is needed.
+    let (status, info) = call(&s, Method::GET, "/v1/info", None, None).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        info["auth"],
+        json!({"required": true, "roles": ["viewer", "driver", "host", "owner"], "role": null, "device": null})
+    );
+    // A WebSocket without a token: 401 before any upgrade.
+    let ws_url = s.u("/v1/sessions/updates").replacen("http", "ws", 1);
+    match tokio_tungstenite::connect_async(&ws_url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401)
+        }
+        other => panic!("expected 401 before the upgrade, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_loopback_peer_is_the_owner_as_before() {
+    let home = tempfile::tempdir().unwrap();
+    let s = TestServer::start(home.path()).await;
+    let (status, info) = s.get("/v1/info").await;
+    assert_eq!(status, 200);
+    assert_eq!(info["auth"]["required"], false);
+    assert_eq!(info["auth"]["role"], "owner");
+    let (status, code) = s.post("/v1/pairing/codes", json!({"role": "driver"})).await;
+    assert_eq!(status, 201, "{code}");
+    let text = code["code"].as_str().unwrap();
+    assert_eq!(text.len(), 9, "{text}");
+    assert!(!text.contains(['0', 'O', '1', 'I']), "{text}");
+    // The server listens on loopback only: the URL is a loopback one, the code in its fragment.
+    let url = code["urls"][0].as_str().unwrap();
+    assert!(
+        url.starts_with(&s.url) && url.ends_with(&format!("/pair#code={text}")),
+        "{url}"
+    );
+}
+
+#[tokio::test]
+async fn a_viewer_reads_and_streams_but_may_not_drive() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let (status, created) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(OWNER),
+        Some(json!({"agent_id": "echo", "title": "t"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let session = created["id"].as_str().unwrap().to_owned();
+    let code = code_for(
+        &s,
+        "viewer",
+        json!({"session_id": session, "name": "Pixel 8"}),
+    )
+    .await;
+    assert_eq!(code["session_id"], session.as_str());
+    let fragment = format!(
+        "/pair#code={}&session={session}",
+        code["code"].as_str().unwrap()
+    );
+    assert!(
+        code["urls"][0].as_str().unwrap().ends_with(&fragment),
+        "{code}"
+    );
+
+    // Peek says what it would pair and does not use the code up.
+    for _ in 0..2 {
+        let (status, peek) = call(
+            &s,
+            Method::POST,
+            "/v1/pairing/peek",
+            None,
+            Some(json!({"code": code["code"].as_str().unwrap().to_lowercase()})),
+        )
+        .await;
+        assert_eq!(status, 200, "{peek}");
+        assert_eq!(peek["role"], "viewer");
+        assert_eq!(peek["session_id"], session.as_str());
+    }
+    // A browser claims: the token is a cookie (HttpOnly, SameSite=Strict), never in the body.
+    let resp = s
+        .client
+        .post(s.u("/v1/pairing/claim"))
+        .json(&json!({"code": code["code"], "client": "browser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let claim: Value = resp.json().await.unwrap();
+    assert!(claim.get("token").is_none(), "{claim}");
+    assert_eq!(claim["device"]["name"], "Pixel 8");
+    assert_eq!(claim["session_id"], session.as_str());
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    assert!(pair.starts_with("omnigent_device=omd_"), "{cookie}");
+
+    let with_cookie = |m: Method, path: &str| {
+        s.client
+            .request(m, s.u(path))
+            .header("cookie", pair.clone())
+    };
+    let resp = with_cookie(Method::GET, "/v1/info").send().await.unwrap();
+    let info: Value = resp.json().await.unwrap();
+    assert_eq!(info["auth"]["role"], "viewer");
+    assert_eq!(info["auth"]["device"]["name"], "Pixel 8");
+    let resp = with_cookie(Method::GET, &format!("/v1/sessions/{session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = with_cookie(Method::POST, &format!("/v1/sessions/{session}/events"))
+        .json(&json!({"type": "user_message", "data": {"text": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(resp).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(body["error"]["required_role"], "driver");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this device is a viewer"),
+        "{body}"
+    );
+    let (_, items) = call(
+        &s,
+        Method::GET,
+        &format!("/v1/sessions/{session}/items"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    assert_eq!(items["data"].as_array().unwrap().len(), 0, "{items}");
+
+    // Presence names the device behind the stream.
+    let resp = with_cookie(
+        Method::GET,
+        &format!("/v1/sessions/{session}/stream?presence=true"),
+    )
+    .send()
+    .await
+    .unwrap();
+    let mut sse = Sse::new(resp);
+    let presence = sse.until(|kind, _| kind == "session.presence").await;
+    let connections = &presence.last().unwrap().1["connections"];
+    assert_eq!(connections[0]["device_id"], claim["device"]["id"]);
+    assert_eq!(connections[0]["device_name"], "Pixel 8");
+    assert_eq!(connections[0]["role"], "viewer");
+}
+
+#[tokio::test]
+async fn wrong_expired_and_reused_codes_pair_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let before = device_ids(&s).await;
+    let claim = |code: String| {
+        let s = &s;
+        async move {
+            call(
+                s,
+                Method::POST,
+                "/v1/pairing/claim",
+                None,
+                Some(json!({"code": code, "client": "cli"})),
+            )
+            .await
+        }
+    };
+    // Wrong.
+    let (status, body) = claim("ABCD-EFGH".into()).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "pairing_code_invalid");
+    // Reused: the second claim of a code fails the same way.
+    let code = code_for(&s, "driver", json!({})).await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, first) = claim(code.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let after_first = device_ids(&s).await;
+    let (status, body) = claim(code.clone()).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "pairing_code_invalid");
+    assert_eq!(device_ids(&s).await, after_first);
+    // Expired: wait for the expiry the server stated (1 s), then claim.
+    let expiring = code_for(&s, "owner", json!({"ttl_seconds": 1})).await;
+    let expires_at = expiring["expires_at"].as_i64().unwrap();
+    let deadline = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_at).unwrap());
+    if let Ok(left) = deadline.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+    }
+    let (status, body) = claim(expiring["code"].as_str().unwrap().to_owned()).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "pairing_code_invalid");
+    let mut expected = before.clone();
+    expected.insert(first["device"]["id"].as_str().unwrap().to_owned());
+    assert_eq!(device_ids(&s).await, expected);
+}
+
+#[tokio::test]
+async fn five_wrong_guesses_a_minute_then_429_per_address() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let code = code_for(&s, "owner", json!({})).await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..5 {
+        let (status, body) = call(
+            &s,
+            Method::POST,
+            if i % 2 == 0 {
+                "/v1/pairing/peek"
+            } else {
+                "/v1/pairing/claim"
+            },
+            None,
+            Some(json!({"code": format!("ZZZZ-ZZZ{}", i + 2), "client": "cli"})),
+        )
+        .await;
+        assert_eq!(status, 404, "guess {i}: {body}");
+    }
+    // The sixth attempt is refused even with the right code, which stays unused.
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": code, "client": "cli"})),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+    assert_eq!(device_ids(&s).await.len(), 1);
+    // Another source address has its own budget, and the code is still there.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let resp = other
+        .post(s.u("/v1/pairing/peek"))
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(resp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["role"], "owner");
+}
+
+#[tokio::test]
+async fn forged_and_revoked_tokens_are_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let forged = "omd_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let (status, body) = call(&s, Method::GET, "/v1/sessions", Some(forged), None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid"),
+        "{body}"
+    );
+    let forged_cookie = s
+        .client
+        .post(s.u("/v1/sessions"))
+        .header("cookie", format!("omnigent_device={forged}"))
+        .json(&json!({"agent_id": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged_cookie.status().as_u16(), 401);
+
+    let (id, token) = pair_cli(&s, "driver").await;
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(&token),
+        Some(json!({"agent_id": "echo"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(&token),
+        Some(json!({"agent_id": "echo"})),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(session_count(&s).await, 1);
+    assert!(!device_ids(&s).await.contains(&id));
+    // Revoking twice: 404.
+    let (status, _) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+/// What the viewer test checks did not change.
+async fn snapshot(s: &TestServer, session: &str) -> (usize, Value, Value, Value, Value) {
+    let (_, one) = call(
+        s,
+        Method::GET,
+        &format!("/v1/sessions/{session}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    let (_, items) = call(
+        s,
+        Method::GET,
+        &format!("/v1/sessions/{session}/items"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    let (_, devices) = call(s, Method::GET, "/v1/devices", Some(OWNER), None).await;
+    let (_, order) = call(s, Method::GET, "/v1/projects/order", Some(OWNER), None).await;
+    (
+        session_count(s).await,
+        one["title"].clone(),
+        items["data"].clone(),
+        devices,
+        order,
+    )
+}
+
+/// Fill a routed path's parameters with real ids.
+fn concrete(path: &str, session: &str, device: &str) -> String {
+    path.replace(
+        "{id}",
+        if path.starts_with("/v1/devices") {
+            device
+        } else {
+            session
+        },
+    )
+    .replace("{host_id}", "0123456789abcdef0123456789abcdef")
+    .replace("{runner_id}", "runner_a")
+}
+
+#[tokio::test]
+async fn a_viewer_is_refused_on_every_route_it_may_not_use_and_nothing_changes() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let (status, created) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(OWNER),
+        Some(json!({"agent_id": "echo", "title": "kept"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let session = created["id"].as_str().unwrap().to_owned();
+    let (device, viewer) = pair_cli(&s, "viewer").await;
+    let before = snapshot(&s, &session).await;
+    let rules = omnigent_server::auth_rules();
+    let mut refused = 0;
+    for (method, path, need) in &rules {
+        let writes = *method != "GET";
+        let viewer_may = matches!(*need, "public" | "any_device" | "viewer");
+        if writes {
+            // Every state-changing route has a rule stricter than viewer, or is public with its own proof.
+            assert!(
+                !matches!(*need, "viewer" | "any_device"),
+                "{method} {path} changes state but a viewer may call it"
+            );
+        }
+        if viewer_may {
+            continue;
+        }
+        let url = concrete(path, &session, &device);
+        let body = writes.then(|| json!({"name": "x", "title": "changed", "role": "owner", "type": "user_message", "data": {"text": "hi"}, "order": []}));
+        let (status, answer) = call(&s, method.parse().unwrap(), &url, Some(&viewer), body).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden", "{method} {path}");
+        assert_eq!(answer["error"]["required_role"], *need, "{method} {path}");
+        refused += 1;
+    }
+    assert!(refused >= 15, "only {refused} routes were tried");
+    assert_eq!(snapshot(&s, &session).await, before);
+}
+
+/// Every `.route(…)` of `server/src/http/mod.rs` with its methods, read from the source.
+fn routed() -> BTreeSet<(String, String)> {
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs")).unwrap();
+    let mut out = BTreeSet::new();
+    for (at, _) in src.match_indices(".route(") {
+        let rest = &src[at + ".route(".len()..];
+        let mut depth = 1;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let call = &rest[..end];
+        let path = call.split('"').nth(1).expect("a path literal").to_owned();
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let found = call.match_indices(&format!("{method}(")).any(|(i, _)| {
+                i == 0
+                    || !call.as_bytes()[i - 1].is_ascii_alphanumeric()
+                        && call.as_bytes()[i - 1] != b'_'
+            });
+            if found {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_route_has_exactly_one_rule() {
+    let routes = routed();
+    assert!(routes.len() > 30, "{routes:?}");
+    let rules: BTreeSet<(String, String)> = omnigent_server::auth_rules()
+        .into_iter()
+        .map(|(m, p, _)| (m.to_owned(), p.to_owned()))
+        .collect();
+    assert_eq!(
+        rules.len(),
+        omnigent_server::auth_rules().len(),
+        "a rule is listed twice"
+    );
+    let missing: Vec<_> = routes.difference(&rules).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without an auth rule (add them to http/auth.rs RULES): {missing:?}"
+    );
+    let stale: Vec<_> = rules.difference(&routes).collect();
+    assert!(
+        stale.is_empty(),
+        "rules for routes that do not exist: {stale:?}"
+    );
+}
+
+#[tokio::test]
+async fn cross_origin_writes_and_websockets_are_refused_even_with_a_token() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let (_, driver) = pair_cli(&s, "driver").await;
+    let resp = s
+        .client
+        .post(s.u("/v1/sessions"))
+        .bearer_auth(&driver)
+        .header("origin", "https://evil.example")
+        .json(&json!({"agent_id": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(resp).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(session_count(&s).await, 0);
+    // The server's own origin (as reached) with a token may write.
+    let resp = s
+        .client
+        .post(s.u("/v1/sessions"))
+        .bearer_auth(&driver)
+        .header("origin", s.url.clone())
+        .json(&json!({"agent_id": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(session_count(&s).await, 1);
+    // Without a token the same origin is not enough (and the request is 401 anyway).
+    let resp = s
+        .client
+        .post(s.u("/v1/sessions"))
+        .header("origin", s.url.clone())
+        .json(&json!({"agent_id": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(session_count(&s).await, 1);
+
+    // A cross-origin WebSocket with a valid token: closed 4403 before any frame.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = s.u("/v1/sessions/updates").replacen("http", "ws", 1);
+    let mut req = ws_url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {driver}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    let frame = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a frame");
+    match frame {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(close)))) => {
+            assert_eq!(u16::from(close.code), 4403)
+        }
+        other => panic!("expected close 4403, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_device_closes_its_open_stream_and_socket_within_a_second() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let (_, created) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(OWNER),
+        Some(json!({"agent_id": "echo"})),
+    )
+    .await;
+    let session = created["id"].as_str().unwrap().to_owned();
+    let (device, viewer) = pair_cli(&s, "viewer").await;
+    let resp = s
+        .client
+        .get(s.u(&format!("/v1/sessions/{session}/stream")))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.bytes_stream();
+    // The stream is open: its ready heartbeat arrives.
+    let first = tokio::time::timeout(WAIT, body.next())
+        .await
+        .expect("first chunk");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    // And the updates socket.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s
+        .u("/v1/sessions/updates")
+        .replacen("http", "ws", 1)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {viewer}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+
+    let (status, _) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/devices/{device}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let revoked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match body.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream was still open 1 s after the revocation"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match ws.next().await {
+                None
+                | Some(Err(_))
+                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the socket was still open 1 s after the revocation"
+    );
+    assert!(revoked.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_server_listening_off_loopback_prints_an_owner_pairing_url_once() {
+    let home = tempfile::tempdir().unwrap();
+    let mut config = omnigent_server::ServerConfig::for_home(home.path());
+    config.trust_loopback = false;
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = seen.clone();
+    config.owner_pairing_notice = Some(omnigent_server::Notice::new(move |url| {
+        sink.lock().unwrap().push(url.to_owned())
+    }));
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(omnigent_server::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // Ready when it answers.
+    let deadline = Instant::now() + WAIT;
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server never answered");
+        tokio::task::yield_now().await;
+    }
+    let urls = seen.lock().unwrap().clone();
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    let code = urls[0]
+        .split("#code=")
+        .nth(1)
+        .expect("a code in the fragment")
+        .to_owned();
+    assert!(urls[0].contains(&format!(":{port}/pair#code=")), "{urls:?}");
+    let resp = client
+        .post(format!("{base}/v1/pairing/claim"))
+        .json(&json!({"code": code, "client": "cli"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, claim) = status_json(resp).await;
+    assert_eq!(status, 200, "{claim}");
+    assert_eq!(claim["device"]["role"], "owner");
+    let token = claim["token"].as_str().unwrap();
+    let resp = client
+        .get(format!("{base}/v1/devices"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // A LAN address of this machine is a Host the server answers to.
+    let resp = client
+        .get(format!("{base}/health"))
+        .header("host", format!("192.168.77.1:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// Everything the server logs in this test binary (debug and up).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_and_pairing_codes_never_reach_the_log() {
+    let logs = captured_logs();
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let mut secrets = vec![OWNER.to_owned()];
+    let code = code_for(&s, "driver", json!({})).await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    secrets.push(code.clone());
+    secrets.push(code.replace('-', ""));
+    call(
+        &s,
+        Method::POST,
+        "/v1/pairing/peek",
+        None,
+        Some(json!({"code": code})),
+    )
+    .await;
+    let (status, claim) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": code, "client": "cli"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let token = claim["token"].as_str().unwrap().to_owned();
+    secrets.push(token.clone());
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(&token),
+        Some(json!({"agent_id": "echo"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // A failing claim of a used code, a forged token, a revoked one.
+    call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": code, "client": "cli"})),
+    )
+    .await;
+    let id = claim["device"]["id"].as_str().unwrap();
+    call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    call(&s, Method::GET, "/v1/sessions", Some(&token), None).await;
+    let (_, _) = s.shutdown().await;
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("paired a device"),
+        "the log was not captured: {text}"
+    );
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "a secret is in the log");
+    }
+}
