@@ -176,7 +176,7 @@ fn print_share(server: &Server, code: &Value, role: ShareRole) {
         role.as_str(),
         expires_in(expires)
     );
-    if urls.is_empty() {
+    if urls.iter().all(|u| crate::remote::is_loopback(u)) {
         eprintln!(
             "note: the server listens on loopback only, so no other device can reach it; run `omnigent \
              restart --lan` (or `omnigent server run --bind ADDR`) first"

@@ -20,8 +20,9 @@ use crate::exit::ConfigError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on: 127.0.0.1 (the default), a LAN address, or 0.0.0.0 / :: for every interface.
-    /// Off loopback every request needs a paired device (`omnigent share`); loopback is the owner.
+    /// Address(es) to listen on, comma-separated: 127.0.0.1 (the default), a LAN address, or 0.0.0.0 / ::
+    /// for every interface. Off loopback every request needs a paired device (`omnigent share`); loopback
+    /// is the owner.
     #[arg(long, env = "OMNIGENT_BIND", default_value = "127.0.0.1")]
     pub bind: String,
     /// The URL this server is reached at from other machines (`https://omni.example.com`): pairing URLs
@@ -49,7 +50,16 @@ fn default_port() -> u16 {
 pub fn run(args: Args) -> Result<()> {
     crate::logging::init_process();
 
-    let ip = parse_bind(&args.bind)?;
+    let ips = args
+        .bind
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(parse_bind)
+        .collect::<Result<Vec<_>>>()?;
+    let Some(&ip) = ips.first() else {
+        return Err(ConfigError("--bind is empty; use 127.0.0.1 (the default)".to_owned()).into());
+    };
     if let Some(url) = &args.public_url
         && omnigent_proto::credentials::origin(url).is_none()
     {
@@ -65,6 +75,17 @@ pub fn run(args: Args) -> Result<()> {
             .with_database_url(url)
             .map_err(|e| ConfigError(e.to_string()))?;
     }
+    if let Some(url) = &args.public_url {
+        config.public_url = Some(url.trim().to_owned());
+    }
+    // A deployed server's first owner pairs with this URL: it carries a secret, so it goes to stderr once
+    // (where the operator reads it), never to a log line.
+    config.owner_pairing_notice = Some(omnigent_server::Notice::new(|url| {
+        eprintln!("owner pairing URL: {url}");
+        eprintln!(
+            "  open it in the owner's browser (single use, expires soon), or pair a CLI with `omnigent login`"
+        );
+    }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,13 +105,31 @@ pub fn run(args: Args) -> Result<()> {
                 anyhow::anyhow!("cannot listen on {addr}: {e}")
             }
         })?;
+        let local = listener.local_addr().context("cannot read the bound address")?;
+        let mut listeners = vec![listener];
+        // Every further address on the port the first one got (`--port 0` picks it once).
+        for &other in &ips[1..] {
+            let addr = SocketAddr::new(other, local.port());
+            listeners.push(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+            );
+        }
         let store = omnigent_server::open_store(&config)
             .await
             .map_err(|e| anyhow::anyhow!("the server cannot start: {e}"))?;
-        let local = listener.local_addr().context("cannot read the bound address")?;
+        // The ready line names a loopback address when there is one: the daemon and local tools are the
+        // owner there.
+        let shown = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(ready_addr)
+            .find(|a| a.ip().is_loopback())
+            .unwrap_or(ready_addr(local));
         let ready = serde_json::json!({
             "ready": true,
-            "url": format!("http://{}", ready_addr(local)),
+            "url": format!("http://{shown}"),
             "pid": std::process::id(),
             "database": config.database.display(),
         });
@@ -98,7 +137,7 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(stdout, "{ready}").context("cannot write the ready line on stdout")?;
         stdout.flush().context("cannot flush stdout")?;
         drop(stdout);
-        omnigent_server::serve(config, store, listener, shutdown_requested())
+        omnigent_server::serve_all(config, store, listeners, shutdown_requested())
             .await
             .map_err(|e| anyhow::anyhow!("the server stopped with an error: {e}"))
     })
