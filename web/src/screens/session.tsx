@@ -209,7 +209,7 @@ export function SessionView({ id }: { id: string }) {
             )}
             {named.length > 0 && (
               <span data-testid="presence" title="Who is watching this session (✎ can drive)">
-                Watching:{' '}
+                <span>{viewers === 1 ? 'only you watching' : `${viewers} watching`}</span>:{' '}
                 {named.map((v, i) => (
                   <span key={v.connection_id ?? i} data-testid="watcher" data-role={v.role}>
                     {i > 0 ? ', ' : ''}
