@@ -158,6 +158,25 @@ async fn a_loopback_peer_is_the_owner_as_before() {
 }
 
 #[tokio::test]
+async fn a_request_a_local_reverse_proxy_forwarded_is_not_the_owner() {
+    let home = tempfile::tempdir().unwrap();
+    let s = TestServer::start(home.path()).await;
+    for header in ["forwarded", "x-forwarded-for", "x-real-ip"] {
+        let resp = s
+            .client
+            .post(s.u("/v1/sessions"))
+            .header(header, "203.0.113.9")
+            .json(&json!({"agent_id": "echo"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{header}");
+    }
+    let (_, list) = s.get("/v1/sessions").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
 async fn a_viewer_reads_and_streams_but_may_not_drive() {
     let home = tempfile::tempdir().unwrap();
     let s = remote_server(home.path()).await;
@@ -242,7 +261,9 @@ async fn a_viewer_reads_and_streams_but_may_not_drive() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let resp = with_cookie(Method::POST, &format!("/v1/sessions/{session}/events"))
-        .json(&json!({"type": "user_message", "data": {"text": "hi"}}))
+        .json(&json!({"type": "external_conversation_item", "data": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]
+        }}))
         .send()
         .await
         .unwrap();
@@ -524,7 +545,12 @@ async fn a_viewer_is_refused_on_every_route_it_may_not_use_and_nothing_changes()
             continue;
         }
         let url = concrete(path, &session, &device);
-        let body = writes.then(|| json!({"name": "x", "title": "changed", "role": "owner", "type": "user_message", "data": {"text": "hi"}, "order": []}));
+        let body = writes.then(|| {
+            json!({"name": "x", "title": "changed", "role": "owner", "order": [],
+            "type": "external_conversation_item", "data": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]
+            }})
+        });
         let (status, answer) = call(&s, method.parse().unwrap(), &url, Some(&viewer), body).await;
         assert_eq!(status, 403, "{method} {path}: {answer}");
         assert_eq!(answer["error"]["code"], "forbidden", "{method} {path}");
@@ -901,4 +927,223 @@ async fn tokens_and_pairing_codes_never_reach_the_log() {
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "a secret is in the log");
     }
+}
+
+async fn host_tunnel(
+    s: &TestServer,
+    host_id: &str,
+    token: Option<&str>,
+) -> Result<common::raw_host::Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = s
+        .u(&format!("/v1/hosts/{host_id}/tunnel"))
+        .replacen("http", "ws", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "omnigent://internal".parse().unwrap());
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_device_registers_keeps_its_id_and_is_cut_off_when_revoked() {
+    let home = tempfile::tempdir().unwrap();
+    let registry = omnigent_tunnel::host::HostRegistry::default();
+    let shared = registry.clone();
+    let s = TestServer::start_with(home.path(), move |c| {
+        c.trust_loopback = false;
+        c.owner_token = Some(Secret(OWNER.to_owned()));
+        c.host_registry = shared;
+    })
+    .await;
+    let host_id = "0123456789abcdef0123456789abcdef";
+    // No token, or a driver token: refused before the upgrade.
+    assert_eq!(host_tunnel(&s, host_id, None).await.err(), Some(401));
+    let (_, driver) = pair_cli(&s, "driver").await;
+    assert_eq!(
+        host_tunnel(&s, host_id, Some(&driver)).await.err(),
+        Some(403)
+    );
+    assert!(!registry.is_online(host_id));
+    // A host token registers.
+    let (device, host) = pair_cli(&s, "host").await;
+    let mut ws = host_tunnel(&s, host_id, Some(&host))
+        .await
+        .expect("upgrade");
+    common::raw_host::send(&mut ws, common::raw_host::python_hello()).await;
+    let live = registry.wait_for_host(host_id, WAIT).await.expect("online");
+    // A host role may do nothing else.
+    let (status, _) = call(&s, Method::GET, "/v1/sessions", Some(&host), None).await;
+    assert_eq!(status, 403);
+    // Another host device cannot take the live host id over.
+    let (_, other) = pair_cli(&s, "host").await;
+    assert_eq!(
+        host_tunnel(&s, host_id, Some(&other)).await.err(),
+        Some(409)
+    );
+    assert_eq!(
+        registry.get(host_id).unwrap().generation(),
+        live.generation()
+    );
+    // Revoked: the tunnel closes.
+    let (status, _) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/devices/{device}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match ws.next().await {
+                None
+                | Some(Err(_))
+                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the host tunnel was still open 1 s after the revocation"
+    );
+}
+
+#[tokio::test]
+async fn malformed_pairing_input_and_credentials_are_refused_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    // Not JSON, missing fields, a bad role or ttl: 4xx, no device.
+    let resp = s
+        .client
+        .post(s.u("/v1/pairing/claim"))
+        .header("content-type", "text/plain")
+        .body("ABCD-EFGH")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": "ABCD-EFGH"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    for body in [
+        json!({"role": "admin"}),
+        json!({"role": "viewer", "ttl_seconds": 0}),
+        json!({"role": "viewer", "ttl_seconds": 100000}),
+    ] {
+        let (status, answer) = call(
+            &s,
+            Method::POST,
+            "/v1/pairing/codes",
+            Some(OWNER),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/codes",
+        Some(OWNER),
+        Some(json!({"role": "viewer", "session_id": "0123456789abcdef0123456789abcdef"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(device_ids(&s).await.len(), 1);
+    // A huge name with control characters is cut and cleaned.
+    let code = code_for(&s, "viewer", json!({})).await;
+    let name = format!("a\u{7}b\n{}", "x".repeat(10_000));
+    let (status, claim) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": code["code"], "name": name, "client": "cli"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{claim}");
+    let kept = claim["device"]["name"].as_str().unwrap();
+    assert!(
+        kept.starts_with("abxx") && kept.chars().count() <= 100,
+        "{kept}"
+    );
+    let token = claim["token"].as_str().unwrap();
+    // Odd credentials: an empty bearer, another scheme, the token among other cookies.
+    for auth in ["Bearer ", "Bearer", &format!("Basic {token}")] {
+        let resp = s
+            .client
+            .get(s.u("/v1/sessions"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{auth}");
+    }
+    let resp = s
+        .client
+        .get(s.u("/v1/sessions"))
+        .header(
+            "cookie",
+            format!("theme=dark; omnigent_device={token}; other=1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // Renaming: empty refused, unknown device 404, then a real rename.
+    let id = claim["device"]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &s,
+        Method::PATCH,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        Some(json!({"name": "  "})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &s,
+        Method::PATCH,
+        "/v1/devices/dev_nope",
+        Some(OWNER),
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, device) = call(
+        &s,
+        Method::PATCH,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        Some(json!({"name": "Tablet"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["name"], "Tablet");
+    let resp = s
+        .client
+        .get(s.u("/v1/info"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let info: Value = resp.json().await.unwrap();
+    assert_eq!(info["auth"]["device"]["name"], "Tablet");
 }

@@ -9,7 +9,10 @@
 //! 3. An admitted tunnel carries its [`Authentication`]; newest-wins applies only among equals: a tunnel never
 //!    replaces one that is more strongly authenticated ([`may_replace`]).
 //!
-//! The peer address is part of the input so the LAN setting (device tokens) can extend the rule here.
+//! The peer address is part of the input. Device tokens (LAN co-driving, issue 13) are checked before the
+//! upgrade by the server's one auth layer (`server/src/http/auth.rs`): a host tunnel from off loopback reaches
+//! this rule only with a host-role (or owner) device token; the runner tunnel's binding-token rule here is
+//! the only credential a runner needs.
 
 use std::net::SocketAddr;
 

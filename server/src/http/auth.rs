@@ -1,6 +1,7 @@
 //! Who may do what (issue 13), enforced in this one layer for every route, stream and upgrade.
 //!
-//! 1. **Identity**: a loopback peer is the owner (unless the config says not to trust loopback). Any other
+//! 1. **Identity**: a loopback peer is the owner (unless the config says not to trust loopback, or the request
+//!    carries `Forwarded` / `X-Forwarded-For` / `X-Real-IP`: a reverse proxy on this machine). Any other
 //!    peer must present a device token, as the cookie `omnigent_device` / `__Host-omnigent_device` or
 //!    `Authorization: Bearer`; [`crate::devices::Devices`] checks it. The result is a [`Caller`] in the
 //!    request's extensions.
@@ -202,8 +203,13 @@ pub async fn authorize(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let local_owner =
-        st.auth.trust_loopback && peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
+    // A request a reverse proxy on this machine forwarded comes from loopback but not from the owner.
+    let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| req.headers().contains_key(*h));
+    let local_owner = st.auth.trust_loopback
+        && !proxied
+        && peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
     let device = if local_owner {
         None
     } else {

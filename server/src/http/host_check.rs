@@ -210,4 +210,24 @@ mod tests {
             assert!(!list.allows(bad), "{bad}");
         }
     }
+
+    #[test]
+    fn listening_off_loopback_adds_ip_literals_and_the_public_host() {
+        let list = HostAllowList::new(&[])
+            .with_ip_literals(true)
+            .with_public_url(Some("https://Omni.Example.com:8443/base"));
+        for ok in [
+            "192.168.1.2:6767",
+            "10.0.0.1",
+            "[fe80::1]:6767",
+            "omni.example.com",
+            "omni.example.com:443",
+        ] {
+            assert!(list.allows(ok), "{ok}");
+        }
+        for bad in ["evil.example", "192.168.1.2.evil.example", "example.com"] {
+            assert!(!list.allows(bad), "{bad}");
+        }
+        assert!(!HostAllowList::new(&[]).allows("10.0.0.1"));
+    }
 }

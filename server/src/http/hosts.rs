@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use omnigent_proto::api::{ErrorCode, HostList};
+use omnigent_proto::auth::Role;
 use omnigent_proto::host_frames::LaunchErrorCode;
 use omnigent_proto::ids::canonical_id;
 use omnigent_tunnel::host::{HostConnection, HostRequestError};
@@ -36,14 +37,38 @@ pub async fn tunnel(
 ) -> Response {
     match ws {
         Ok(ws) => {
-            if let Some(device) = caller.device
-                && let Some(id) = omnigent_proto::ids::canonical_id(&host_id)
-            {
-                tokio::spawn(close_when_revoked(
-                    st.hosts.registry().clone(),
+            if let Some(id) = omnigent_proto::ids::canonical_id(&host_id) {
+                let principal = caller.device.as_ref().map(|d| d.id.clone());
+                let taken_by_other = {
+                    let map = st
+                        .host_principals
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    map.get(&id).is_some_and(|(generation, owner)| {
+                        *owner != principal
+                            && st
+                                .hosts
+                                .registry()
+                                .get(&id)
+                                .is_some_and(|t| t.generation() == *generation)
+                    })
+                };
+                // The owner may always take a host id over; a device only one that no one else holds live.
+                if taken_by_other && !caller.local_owner && caller.role != Some(Role::Owner) {
+                    return ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "host `{}` is connected from another device; a host id belongs to the machine that                              registered it",
+                            omnigent_proto::ids::loggable_id(&id)
+                        ),
+                    )
+                    .into_response();
+                }
+                tokio::spawn(watch_host_tunnel(
+                    st.clone(),
                     id,
-                    device.revoked,
-                    st.stop.clone(),
+                    principal,
+                    caller.device.map(|d| d.revoked),
                 ));
             }
             omnigent_tunnel::host::upgrade(ws, host_id, &headers, st.hosts.registry().clone())
@@ -52,15 +77,19 @@ pub async fn tunnel(
     }
 }
 
-/// A host tunnel opened with a device token closes when that device is revoked: the watcher learns the
-/// tunnel's generation from its `Connected`, and ends with it (or if it never connects).
-async fn close_when_revoked(
-    registry: omnigent_tunnel::host::HostRegistry,
+/// One host tunnel request's watcher: it learns the tunnel's generation from its `Connected`, records who
+/// opened it ([`AppState::host_principals`]), closes it when its device is revoked, and ends with it (or if
+/// it never connects).
+async fn watch_host_tunnel(
+    st: AppState,
     host_id: String,
-    revoked: tokio_util::sync::CancellationToken,
-    stop: tokio_util::sync::CancellationToken,
+    principal: Option<String>,
+    revoked: Option<tokio_util::sync::CancellationToken>,
 ) {
     use omnigent_tunnel::host::HostEvent;
+    let registry = st.hosts.registry().clone();
+    let stop = st.stop.clone();
+    let revoked = revoked.unwrap_or_default();
     let mut events = registry.subscribe();
     let connected = async {
         loop {
@@ -82,6 +111,10 @@ async fn close_when_revoked(
             _ => return,
         },
     };
+    st.host_principals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(host_id.clone(), (generation, principal));
     let ended = async {
         loop {
             match events.recv().await {
@@ -106,6 +139,13 @@ async fn close_when_revoked(
                 );
             }
         }
+    }
+    let mut map = st
+        .host_principals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if map.get(&host_id).is_some_and(|(g, _)| *g == generation) {
+        map.remove(&host_id);
     }
 }
 

@@ -56,7 +56,14 @@ pub struct AppState {
     pub devices: crate::devices::Devices,
     /// How callers are identified and what pairing URLs say.
     pub auth: Arc<AuthSettings>,
+    /// Who opened each live host tunnel (a device id, or `None` for the owner on this machine): another
+    /// principal may not take a live host id over (http/hosts.rs).
+    pub host_principals: HostPrincipals,
 }
+
+/// Live host id → (tunnel generation, the device that opened it; `None` for the owner on this machine).
+pub type HostPrincipals =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Option<String>)>>>;
 
 /// The identity settings of [`auth`] and the pairing routes.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +116,7 @@ impl AppState {
             presence: crate::presence::Presence::default(),
             devices,
             auth: Arc::new(auth),
+            host_principals: Arc::default(),
         }
     }
 }
