@@ -101,9 +101,17 @@ pub(crate) async fn connect_existing(paths: &Paths) -> Result<Option<ControlClie
 
 /// Connect to the daemon, starting it if needed; says so on stderr when it replaced an incompatible one.
 pub(crate) async fn connect_or_start(paths: &Paths) -> Result<(ControlClient, Connected)> {
+    connect_or_start_with(paths, &[]).await
+}
+
+/// [`connect_or_start`], a daemon it starts getting `env` (`start --lan`).
+pub(crate) async fn connect_or_start_with(
+    paths: &Paths,
+    env: &[(&str, &str)],
+) -> Result<(ControlClient, Connected)> {
     // An enabled service starts its own daemon: the CLI never runs one beside it.
     crate::commands::service::start_if_service(paths).await?;
-    let (client, how) = launch::ensure_daemon(paths, &exe()?, &progress)
+    let (client, how) = launch::ensure_daemon_with(paths, &exe()?, &progress, env)
         .await
         .map_err(launch_err)?;
     match &how {
@@ -229,6 +237,28 @@ pub(crate) async fn ensure_local_host(wait: Duration) -> Result<(String, String)
         );
     }
     Ok((url, st.config.host_id))
+}
+
+/// Register this machine as a host of the remote server `url` (a target of the daemon for as long as it
+/// runs, not kept in config.toml) and wait until it is online; the daemon presents the token `omnigent
+/// login URL` stored. A refused token ends in a [`ConfigError`] naming `omnigent login URL`.
+pub(crate) async fn ensure_remote_host(url: &str, wait: Duration) -> Result<(String, String)> {
+    let paths = paths()?;
+    let (mut client, _) = connect_or_start(&paths).await?;
+    client.add_target(url, false).await.map_err(client_err)?;
+    let (t, st) = wait_target(&mut client, url, wait, false).await?;
+    if t.tunnel != "online" {
+        let message = format!(
+            "this machine is not online as a host of {url} after {}s: {}",
+            wait.as_secs(),
+            host_line(&t, &st)
+        );
+        if t.tunnel == "failed" {
+            return Err(ConfigError(message).into());
+        }
+        anyhow::bail!("{message}; see `omnigent logs daemon`");
+    }
+    Ok((url.to_owned(), st.config.host_id))
 }
 
 pub(crate) fn foreign_text(f: &omnigent_proto::control::ForeignListener) -> String {
@@ -399,4 +429,31 @@ pub(crate) fn print_server_block(s: &ServerStatus, label: &str) {
             }
         }
     }
+}
+
+/// This machine's non-loopback IP addresses (what a LAN URL can name), IPv4 first.
+pub(crate) fn lan_addresses() -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter_map(|a| {
+                let addr = a.address?;
+                if let Some(v4) = addr.as_sockaddr_in() {
+                    return Some(std::net::IpAddr::V4(v4.ip()));
+                }
+                let v6 = addr.as_sockaddr_in6()?;
+                // Link-local needs a scope id in a URL: not worth printing.
+                (v6.ip().segments()[0] & 0xffc0 != 0xfe80).then(|| std::net::IpAddr::V6(v6.ip()))
+            })
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    out.dedup();
+    out
+}
+
+/// `ip:port`, with brackets for IPv6.
+pub(crate) fn host_port(ip: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
 }

@@ -9,9 +9,10 @@ mod backend;
 mod commands;
 mod exit;
 mod logging;
+mod remote;
 mod signals;
 
-use commands::{agents, daemon, host, logs, packaging, run, runner, server};
+use commands::{agents, daemon, host, logs, packaging, pair, run, runner, server};
 
 /// Run coding agents on your machine; watch and co-drive them from a browser, a phone or a teammate's laptop.
 #[derive(Debug, Parser)]
@@ -50,6 +51,14 @@ enum Command {
     Attach(run::AttachArgs),
     /// List the server's agents, built-in and uploaded (`agents [list] [--json]`); check an agent (`agents check PATH`).
     Agents(agents::AgentsArgs),
+    /// Pair a device: print a one-time code, the URL(s) that carry it and a QR code (`--role viewer|driver|host`).
+    Share(pair::ShareArgs),
+    /// Pair this computer with a remote server using a code from `omnigent share`; stores the device token.
+    Login(pair::LoginArgs),
+    /// Forget the device token stored for a server.
+    Logout(pair::LogoutArgs),
+    /// List, revoke or rename the devices paired with a server you own.
+    Devices(pair::DevicesArgs),
     /// Print a shell completion script (`omnigent completions bash > ~/.local/share/bash-completion/completions/omnigent`).
     Completions(packaging::CompletionsArgs),
     /// Write the man pages into DIR (what packaging runs).
@@ -95,6 +104,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Attach(args) => run::attach(args),
         Command::Agents(args) => agents::agents(args),
+        Command::Share(args) => pair::share(args),
+        Command::Login(args) => pair::login(args),
+        Command::Logout(args) => pair::logout(args),
+        Command::Devices(args) => pair::devices(args),
         Command::Completions(args) => packaging::completions(args),
         Command::Man(args) => packaging::man(args),
     };

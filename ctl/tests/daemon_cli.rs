@@ -696,12 +696,22 @@ fn a_client_speaking_another_protocol_version_gets_a_typed_error_with_the_remedy
 }
 
 #[test]
-fn non_loopback_binds_are_refused_until_lan_access_lands() {
+fn a_bind_that_is_no_address_is_refused_and_start_lan_on_a_loopback_daemon_names_restart_lan() {
     let h = Home::new();
-    let out = h.run(&["start", "--bind", "0.0.0.0"]);
+    let out = h.run(&["start", "--bind", "my-laptop.lan"]);
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1 only"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an IP address"));
     assert!(!h.daemon_lock_held());
+    // A daemon serving loopback only is not silently kept by `start --lan`.
+    let out = h.run(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = h.run(&["start", "--lan"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("omnigent restart --lan"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

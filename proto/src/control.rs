@@ -264,6 +264,10 @@ pub struct ServerStatus {
     pub log_tail: Vec<String>,
     /// Set when a foreign program holds the configured port.
     pub foreign: Option<ForeignListener>,
+    /// The address the server listens on besides loopback when it serves the LAN too (`omnigent start
+    /// --lan`: `0.0.0.0`); `None` on loopback only.
+    #[serde(default)]
+    pub lan_bind: Option<String>,
     /// Why the last start failed, if it did.
     pub last_error: Option<String>,
     pub log_file: String,

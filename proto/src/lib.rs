@@ -21,6 +21,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod control;
+pub mod credentials;
 pub mod events;
 pub mod exit;
 pub mod harness;

@@ -79,6 +79,11 @@ impl Paths {
     pub fn server_json(&self) -> PathBuf {
         self.runtime_dir.join("server.json")
     }
+    /// `credentials.json`: the device tokens `omnigent login` stored, keyed by server origin (mode 0600;
+    /// [`crate::credentials`]).
+    pub fn credentials_file(&self) -> PathBuf {
+        self.config_dir.join("credentials.json")
+    }
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@
 //   transferred;
 // - navigation → session list rendered (51 sessions): navigation start → the newest title in the DOM;
 // - a 2,000-item session opened: navigation start → its last message in the DOM;
-// - ours only: POST of a message → first streamed token painted (echo harness), Send press → the first
-//   assistant text in the DOM, painted (next animation frame); and the app's own marks.
+// - Send pressed → the first streamed token painted (next animation frame), for an agent uploaded as a bundle
+//   (`openai-agents` harness) whose `base_url` is a fake Responses API on loopback (fake-responses.mjs), on a
+//   host of each server (ours: the `omnigent start` host; Python: `omnigent host --server`); ours also with the
+//   echo harness; and the app's own marks.
 // Each timed figure is the median of RUNS runs (default 5). Run: `npm run bench [-- --python PATH]` in web/.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -41,6 +43,83 @@ async function seed(url, agentId) {
   const long = await post(url, '/v1/sessions', { agent_id: agentId, title: 'two thousand items', initial_items: items });
   // The list's newest is the long session; the titles are what both UIs show.
   return long.id;
+}
+
+/** Starts fake-responses.mjs on a free port; resolves to `{ url, proc }` once it prints its URL. */
+function fakeResponses() {
+  const proc = spawn(process.execPath, [join(import.meta.dirname, 'fake-responses.mjs'), '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  return new Promise((ok, fail) => {
+    let err = '';
+    proc.stderr.on('data', (c) => {
+      err += c;
+      const m = err.match(/on (http:\/\/\S+)/);
+      if (m) ok({ url: m[1], proc });
+    });
+    proc.once('exit', (code) => fail(new Error(`fake-responses exited ${code}: ${err}`)));
+  });
+}
+
+/** A session on `hostId` of the server at `url` whose agent is a bundle (config.yaml alone) for the
+ *  `openai-agents` harness with `base_url` = the fake; uploaded as multipart like `omnigent run ./agent`. */
+async function bundledSession(url, hostId, fakeUrl, workspace) {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-agent-'));
+  try {
+    writeFileSync(
+      join(dir, 'config.yaml'),
+      ['spec_version: 1', 'name: bench-responder', 'instructions: You answer briefly.', 'executor:', '  type: omnigent',
+        '  model: fake-model', '  config:', '    harness: openai-agents', '  auth:', '    type: api_key', '    api_key: sk-bench',
+        `    base_url: ${fakeUrl}`, 'os_env:', '  type: caller_process', '  cwd: "."', '  sandbox:', '    type: none', ''].join('\n'),
+    );
+    execFileSync('tar', ['czf', join(dir, 'bundle.tar.gz'), '-C', dir, 'config.yaml']);
+    mkdirSync(workspace, { recursive: true });
+    const form = new FormData();
+    form.append('metadata', new Blob([JSON.stringify({ host_id: hostId, workspace, host_type: 'external' })], { type: 'application/json' }));
+    form.append('bundle', new Blob([readFileSync(join(dir, 'bundle.tar.gz'))], { type: 'application/gzip' }), 'bundle.tar.gz');
+    const r = await fetch(`${url}/v1/sessions`, { method: 'POST', body: form });
+    if (!r.ok) throw new Error(`multipart POST /v1/sessions: ${r.status} ${await r.text()}`);
+    const body = await r.json();
+    return body.session_id ?? body.id;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Send pressed → the first token of the fake's answer (`a-N` for the message `q-N`) in the DOM, painted; RUNS
+ *  times in one page, each after the session is idle again (read from the server). */
+async function firstToken(browser, url, sessionPath, id, composer, send) {
+  const context = await browser.newContext({ baseURL: url });
+  const page = await context.newPage();
+  await page.goto(sessionPath(id));
+  await page.locator(composer).waitFor();
+  const times = [];
+  for (let r = 1; r <= RUNS; r++) {
+    await page.waitForFunction((sel) => document.querySelector(sel) && !document.querySelector(sel).disabled, composer);
+    await page.locator(composer).fill(`q-${r} please answer`);
+    times.push(
+      await page.evaluate(
+        ([needle, send]) =>
+          new Promise((ok) => {
+            const seen = new MutationObserver(() => {
+              if ((document.body.textContent ?? '').includes(needle)) {
+                seen.disconnect();
+                requestAnimationFrame(() => ok(performance.now() - start));
+              }
+            });
+            seen.observe(document.body, { childList: true, subtree: true, characterData: true });
+            const start = performance.now();
+            document.querySelector(send).click();
+          }),
+        [`a-${r}`, send],
+      ),
+    );
+    for (let idle = false; !idle; ) {
+      const s = await (await fetch(`${url}/v1/sessions/${id}`)).json();
+      idle = s.status === 'idle';
+      if (!idle) await new Promise((ok) => setTimeout(ok, 50));
+    }
+  }
+  await context.close();
+  return times;
 }
 
 /** The figures both UIs get, measured the same way. `sessionPath` is the UI's route to a session. */
@@ -92,6 +171,7 @@ async function measure(browser, url, longId, sessionPath) {
 
 const browser = await launch();
 const omni = await Omnigent.start();
+const fake = await fakeResponses();
 const rows = [];
 try {
   const longId = await seed(omni.url, omni.agents.echo);
@@ -137,6 +217,11 @@ try {
     await page.waitForFunction(() => document.querySelector('section.session')?.dataset.status === 'idle');
   }
   await context.close();
+  const oursAgent = await firstToken(
+    browser, omni.url, (id) => `/sessions/${id}`,
+    await bundledSession(omni.url, omni.hostId, fake.url, join(omni.home, 'ws-bench-agent')),
+    '#message', '.composer button[type=submit]',
+  );
 
   let theirs = null;
   if (python) {
@@ -148,6 +233,7 @@ try {
       detached: true,
     });
     const url = `http://127.0.0.1:${port}`;
+    let host = null;
     try {
       for (let ok = false; !ok; ) {
         ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);
@@ -156,7 +242,25 @@ try {
       const agents = await (await fetch(`${url}/v1/agents?limit=100`)).json();
       const pyLong = await seed(url, agents.data[0].id);
       theirs = await measure(browser, url, pyLong, (id) => `/c/${id}`);
+      // A Python host on the same machine, for the bundled agent's turns.
+      host = spawn(python, ['host', '--server', url, '--no-open', '--non-interactive'], {
+        env: { ...process.env, HOME: home, OMNIGENT_HOME: home },
+        stdio: 'ignore',
+        detached: true,
+      });
+      let hostId = null;
+      while (!hostId) {
+        const hosts = await (await fetch(`${url}/v1/hosts`)).json();
+        hostId = hosts.hosts?.find((h) => h.status === 'online')?.host_id ?? null;
+        if (!hostId) await new Promise((ok) => setTimeout(ok, 200));
+      }
+      const id = await bundledSession(url, hostId, fake.url, join(home, 'ws-bench-agent'));
+      theirs.token = await firstToken(browser, url, (id) => `/c/${id}`, id, 'textarea[aria-label="Message the agent"]', 'form.chat-composer-form button[type=submit]');
     } finally {
+      if (host) {
+        process.kill(-host.pid, 'SIGTERM');
+        await new Promise((r) => host.once('exit', r));
+      }
       process.kill(-proc.pid, 'SIGTERM');
       await new Promise((r) => proc.once('exit', r));
       rmSync(home, { recursive: true, force: true });
@@ -167,7 +271,8 @@ try {
   rows.push(['first load of /: JS+CSS as transferred', kib(ours.transferred), theirs && kib(theirs.transferred)]);
   rows.push(['navigation → session list rendered (51 sessions)', ms(ours.list), theirs && ms(theirs.list)]);
   rows.push(['2,000-item session: navigation → last message in the DOM', ms(ours.open), theirs && ms(theirs.open)]);
-  rows.push(['POST → first streamed token painted (echo)', ms(marks.token), null]);
+  rows.push(['Send → first streamed token painted (bundled openai-agents agent, fake Responses API)', ms(oursAgent), theirs && ms(theirs.token)]);
+  rows.push(['Send → first streamed token painted (echo harness)', ms(marks.token), null]);
   rows.push(["app's mark: session list rendered", ms(marks.list), null]);
   rows.push(["app's mark: 2,000-item transcript rendered (newest 150)", ms(marks.open), null]);
   console.log(`| measure (median of ${RUNS}) | omnigent-rs | Python omnigent 0.19.1 |`);
@@ -176,4 +281,5 @@ try {
 } finally {
   await browser.close();
   await omni.stop();
+  fake.proc.kill();
 }

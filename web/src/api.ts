@@ -1,5 +1,7 @@
 // The server's HTTP API (reference omnigent-server-v1.md §1, §7), as the UI calls it: same origin, JSON,
-// errors `{error:{code,message}}` turned into an `ApiError` with the server's message.
+// errors `{error:{code,message}}` turned into an `ApiError` with the server's message. A 401 anywhere
+// means this device is not paired (auth.ts shows the pairing screen).
+import { markUnpaired } from './auth';
 
 export class ApiError extends Error {
   constructor(
@@ -29,6 +31,7 @@ export async function api<T>(path: string, init: RequestInit = {}): Promise<T> {
   }
   if (!resp.ok) {
     const err = body?.error;
+    if (resp.status === 401 && !path.startsWith('/v1/pairing/')) markUnpaired();
     throw new ApiError(resp.status, err?.code ?? 'http', err?.message ?? `${resp.status} ${resp.statusText}`);
   }
   return body as T;

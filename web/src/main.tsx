@@ -6,9 +6,16 @@ import { Sessions } from './screens/sessions';
 import { NewSession } from './screens/new-session';
 import { SessionView } from './screens/session';
 import { Hosts } from './screens/hosts';
+import { Pair, takePairingFragment, Unpaired } from './screens/pair';
+import { refreshAuth, useAuth } from './auth';
+
+// Before anything renders or logs: the pairing code leaves the address bar and the history.
+takePairingFragment();
+void refreshAuth();
 
 function App() {
   const route = useRoute();
+  const auth = useAuth();
   // After a navigation in the page, focus moves to the new screen (as a page load would put it at the top).
   const first = useRef(true);
   useEffect(() => {
@@ -40,6 +47,17 @@ function App() {
         </nav>
       </header>
       <main id="main" tabIndex={-1}>
+        {route.name === 'pair' && <Pair />}
+        {route.name !== 'pair' && auth.unpaired && <Unpaired />}
+        {auth.unpaired ? null : <Screens route={route} />}
+      </main>
+    </>
+  );
+}
+
+function Screens({ route }: { route: ReturnType<typeof useRoute> }) {
+  return (
+    <>
         {route.name === 'sessions' && <Sessions />}
         {route.name === 'new' && <NewSession />}
         {route.name === 'hosts' && <Hosts />}
@@ -52,7 +70,6 @@ function App() {
             </p>
           </section>
         )}
-      </main>
     </>
   );
 }

@@ -57,6 +57,10 @@ export type Connection = 'connecting' | 'live' | 'reconnecting' | 'gone';
 export interface Viewer {
   user_id?: string;
   connection_id?: string;
+  /** Ours (issue 13): the paired device of this connection and its role. */
+  device_id?: string;
+  device_name?: string;
+  role?: string;
   joined_at?: number | string;
   idle?: boolean;
 }

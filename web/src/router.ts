@@ -6,6 +6,7 @@ export type Route =
   | { name: 'sessions' }
   | { name: 'new' }
   | { name: 'hosts' }
+  | { name: 'pair' }
   | { name: 'session'; id: string }
   | { name: 'missing' };
 
@@ -13,6 +14,7 @@ export function parse(path: string): Route {
   if (path === '/' || path === '') return { name: 'sessions' };
   if (path === '/new') return { name: 'new' };
   if (path === '/hosts') return { name: 'hosts' };
+  if (path === '/pair') return { name: 'pair' };
   const m = /^\/sessions\/([A-Za-z0-9_.-]{1,128})$/.exec(path);
   if (m) return { name: 'session', id: m[1] };
   return { name: 'missing' };

@@ -3,6 +3,7 @@
 // reopened after any loss (network, server restart, `[DONE]` at shutdown) with a short capped backoff, until
 // closed or the session is gone (404).
 
+import { markUnpaired } from './auth';
 export interface StreamHandlers {
   /** The cursor to resume from, read at every (re)connect. */
   lastEventId: () => number | null;
@@ -26,6 +27,12 @@ export function openStream(sessionId: string, h: StreamHandlers): () => void {
           signal: stop.signal,
           cache: 'no-store',
         });
+        if (resp.status === 401) {
+          // Not paired, or revoked: the app shows the pairing screen; retrying would not help.
+          markUnpaired();
+          h.onState('reconnecting', false);
+          return;
+        }
         if (resp.status === 404) {
           h.onState('gone', false);
           return;

@@ -38,7 +38,8 @@ function freePort() {
 }
 
 export class Omnigent {
-  static async start() {
+  /** `lan`: `omnigent start --lan` (the server also listens on every interface; loopback stays the owner). */
+  static async start({ lan = false } = {}) {
     const o = new Omnigent();
     o.home = mkdtempSync(join(tmpdir(), 'omnigent-web-'));
     o.port = await freePort();
@@ -52,7 +53,7 @@ export class Omnigent {
       OMNIGENT_EXEC_COMMAND: `/bin/sh ${join(o.home, 'agent.sh')}`,
       RUST_LOG: 'info,sqlx=warn',
     };
-    const started = await o.json(['start', '--json']);
+    const started = await o.json(lan ? ['start', '--lan', '--json'] : ['start', '--json']);
     o.url = started.server.url;
     const status = await o.json(['status', '--json']);
     o.hostId = status.config.host_id;
@@ -112,9 +113,10 @@ export class Omnigent {
   }
 }
 
-export function launch() {
+/** `executablePath`: another Chromium start command (the LAN tests wrap it in `ip netns exec`). */
+export function launch(executablePath = CHROMIUM) {
   return chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath,
     args: [
       '--headless',
       '--no-sandbox',

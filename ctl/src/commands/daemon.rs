@@ -18,9 +18,9 @@ use omnigent_proto::paths::Paths;
 use serde_json::json;
 
 use crate::backend::{
-    JsonArgs, StopArgs, client_err, connect_existing, connect_or_start, duration_text,
-    foreign_text, host_line, paths, print_json, print_runners, print_server_block, runtime,
-    state_word, stop_all, wait_target,
+    JsonArgs, StopArgs, client_err, connect_existing, duration_text, foreign_text, host_line,
+    paths, print_json, print_runners, print_server_block, runtime, state_word, stop_all,
+    wait_target,
 };
 use crate::exit::ConfigError;
 use crate::signals::StopSignals;
@@ -275,31 +275,57 @@ pub(crate) fn control_limits_from_env() -> omnigent_daemon::ControlLimits {
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
-    /// Address the local server listens on. Only loopback (127.0.0.1) until LAN access lands.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address the local server listens on (default 127.0.0.1). Off loopback every request needs a paired
+    /// device (`omnigent share`).
+    #[arg(long, default_value = "127.0.0.1", conflicts_with = "lan")]
     pub(crate) bind: String,
+    /// Serve the LAN too: the local server listens on every interface (0.0.0.0); this machine stays the owner
+    /// on loopback, other devices pair with `omnigent share`.
+    #[arg(long)]
+    pub(crate) lan: bool,
     /// Print JSON (schema in docs/cli.md) instead of text.
     #[arg(long)]
     pub(crate) json: bool,
 }
 
-fn check_bind(bind: &str) -> Result<()> {
-    match bind {
-        "127.0.0.1" | "localhost" => Ok(()),
-        other => Err(ConfigError(format!(
-            "refusing to serve on {other}: LAN access is not available yet (it comes with device pairing); \
-             `omnigent start` serves on 127.0.0.1 only"
-        ))
-        .into()),
+/// The `--bind` the local server gets, `None` for loopback only (the default).
+fn check_bind(args: &StartArgs) -> Result<Option<String>> {
+    if args.lan {
+        return Ok(Some("0.0.0.0".to_owned()));
+    }
+    match args.bind.as_str() {
+        "127.0.0.1" | "localhost" => Ok(None),
+        other => match other.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => Ok(None),
+            Ok(ip) => Ok(Some(ip.to_string())),
+            Err(_) => Err(ConfigError(format!(
+                "--bind `{other}` is not an IP address; use 127.0.0.1 (the default), a LAN address of this \
+                 machine, or --lan for every interface"
+            ))
+            .into()),
+        },
     }
 }
 
 pub fn start(args: StartArgs) -> Result<()> {
-    check_bind(&args.bind)?;
+    let lan = check_bind(&args)?;
     let paths = paths()?;
     runtime()?.block_on(async {
-        let (mut client, how) = connect_or_start(&paths).await?;
+        let env: Vec<(&str, &str)> = lan
+            .as_deref()
+            .map(|b| (omnigent_daemon::config::SERVER_BIND_ENV, b))
+            .into_iter()
+            .collect();
+        let (mut client, how) = crate::backend::connect_or_start_with(&paths, &env).await?;
         let server = client.server_start().await.map_err(client_err)?;
+        if lan.is_some() && server.lan_bind != lan {
+            return Err(ConfigError(format!(
+                "the running daemon's server listens on {} only; run `omnigent restart {}` to serve the LAN",
+                server.lan_bind.as_deref().unwrap_or("127.0.0.1"),
+                if args.lan { "--lan".to_owned() } else { format!("--bind {}", args.bind) }
+            ))
+            .into());
+        }
         let daemon_pid = client.daemon.pid;
         // This machine registers itself with the local server as a host; say how that went (never fatal:
         // the server is up either way, and the tunnel keeps retrying).
@@ -325,6 +351,13 @@ pub fn start(args: StartArgs) -> Result<()> {
             _ => println!("Started omnigent (daemon pid {daemon_pid})."),
         }
         print_server_lines(&server);
+        if server.lan_bind.is_some()
+            && let Some(port) = server.port
+        {
+            for ip in crate::backend::lan_addresses() {
+                println!("  lan:    http://{} (pair a device: `omnigent share`)", crate::backend::host_port(ip, port));
+            }
+        }
         if let Some((t, st)) = &host {
             println!("  host:   {}", host_line(t, st));
         }
@@ -365,7 +398,7 @@ pub fn stop(args: StopArgs) -> Result<()> {
 }
 
 pub fn restart(args: StartArgs) -> Result<()> {
-    check_bind(&args.bind)?;
+    check_bind(&args)?;
     let paths = paths()?;
     if runtime()?.block_on(crate::commands::service::restart_if_service(&paths))? {
         return start(args);

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod host;
 pub mod logs;
 pub mod packaging;
+pub mod pair;
 pub mod run;
 pub mod runner;
 pub mod server;

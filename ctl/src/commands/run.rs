@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// Print every session event as one JSON line (NDJSON) instead of text.
     #[arg(long)]
     json: bool,
+    /// Run on a remote server (this machine registers as its host, with the token `omnigent login URL`
+    /// stored) instead of the local one.
+    #[arg(long)]
+    server: Option<String>,
     /// [PATH] then the first message. Without a message: an interactive prompt on a terminal, else stdin.
     #[arg(value_name = "PROMPT")]
     prompt: Vec<String>,
@@ -85,6 +89,9 @@ pub struct AttachArgs {
     /// Print every session event as one JSON line (NDJSON) instead of text.
     #[arg(long)]
     json: bool,
+    /// The server of the session (default: the local one), with the token `omnigent login URL` stored.
+    #[arg(long)]
+    server: Option<String>,
 }
 
 /// The session's agent: a built-in one picked by harness, or one uploaded from a path.
@@ -131,7 +138,13 @@ pub fn run(mut args: RunArgs) -> Result<()> {
     };
     let first = initial_prompt(&args.prompt)?;
     backend::runtime()?.block_on(async move {
-        let (server_url, host_id) = backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?;
+        let (server_url, host_id) = match &args.server {
+            Some(url) => {
+                let url = crate::commands::host::check_url(url.trim())?;
+                backend::ensure_remote_host(&url, HOST_ONLINE_TIMEOUT).await?
+            }
+            None => backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?,
+        };
         let api = Api::new(&server_url)?;
         let workspace_text = workspace.display().to_string();
         let (session_id, what, created) = match (&choice, upload) {
@@ -195,7 +208,10 @@ pub fn run(mut args: RunArgs) -> Result<()> {
 
 pub fn attach(args: AttachArgs) -> Result<()> {
     backend::runtime()?.block_on(async move {
-        let (server_url, _) = backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?;
+        let server_url = match &args.server {
+            Some(url) => crate::commands::host::check_url(url.trim())?,
+            None => backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?.0,
+        };
         let api = Api::new(&server_url)?;
         let session: Value = api
             .get_json(&format!("/v1/sessions/{}", args.session))
@@ -236,62 +252,44 @@ fn initial_prompt(words: &[String]) -> Result<Prompt> {
     Ok(Prompt::Once(text))
 }
 
-/// Plain HTTP to the server (never through a proxy: it is on loopback).
+/// HTTP to the server through [`crate::remote::Server`]: no proxy on loopback, the stored device token
+/// (`omnigent login`) on a remote one, a 401 an exit 78 naming `omnigent login URL`.
 pub(crate) struct Api {
-    base: String,
-    http: reqwest::Client,
+    server: crate::remote::Server,
 }
 
 impl Api {
     pub(crate) fn new(base: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("cannot build the HTTP client")?;
         Ok(Api {
-            base: base.trim_end_matches('/').to_owned(),
-            http,
+            server: crate::remote::Server::new(&backend::paths()?, base)?,
         })
     }
 
-    async fn check(resp: reqwest::Response, what: &str) -> Result<Value> {
-        let status = resp.status();
-        let body = resp.bytes().await.unwrap_or_default();
-        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(v);
-        }
-        let message = v["error"]["message"]
-            .as_str()
-            .or(v["message"].as_str())
-            .or(v["detail"].as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-        bail!("{what}: HTTP {status}: {message}")
+    async fn check(&self, resp: reqwest::Response, what: &str) -> Result<Value> {
+        self.server.answer(resp, what).await
     }
 
     pub(crate) async fn get_json(&self, path: &str) -> Result<Value> {
         let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
+            .server
+            .request(reqwest::Method::GET, path)
             .timeout(Duration::from_secs(30))
             .send()
             .await
             .with_context(|| format!("GET {path} failed"))?;
-        Self::check(resp, &format!("GET {path}")).await
+        self.check(resp, &format!("GET {path}")).await
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
+            .server
+            .request(reqwest::Method::POST, path)
             .json(body)
             .timeout(Duration::from_secs(60))
             .send()
             .await
             .with_context(|| format!("POST {path} failed"))?;
-        Self::check(resp, &format!("POST {path}")).await
+        self.check(resp, &format!("POST {path}")).await
     }
 
     /// The built-in agent running `harness` (our name or one of its omnigent aliases); uploaded agents are
@@ -338,8 +336,8 @@ impl Api {
             );
         // The bundle is at most a few MiB on loopback; the timeout leaves the server time to store it.
         let resp = self
-            .http
-            .post(format!("{}/v1/sessions", self.base))
+            .server
+            .request(reqwest::Method::POST, "/v1/sessions")
             // The first-party origin, as Python omnigent's clients send it: a server that checks the origin
             // of multipart posts (CSRF) lets it through.
             .header("origin", omnigent_proto::headers::INTERNAL_ORIGIN)
@@ -352,7 +350,7 @@ impl Api {
         let refused = status.is_client_error()
             && status != reqwest::StatusCode::NOT_FOUND
             && status != reqwest::StatusCode::CONFLICT;
-        let created = match Self::check(resp, "the server refused the agent").await {
+        let created = match self.check(resp, "the server refused the agent").await {
             Ok(v) => v,
             Err(e) if status == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 return Err(crate::exit::ConfigError(format!(
@@ -388,8 +386,8 @@ impl Api {
         let mut delay = Duration::from_millis(20);
         loop {
             let resp = self
-                .http
-                .post(format!("{}{path}", self.base))
+                .server
+                .request(reqwest::Method::POST, &path)
                 .json(&body)
                 .timeout(Duration::from_secs(60))
                 .send()
@@ -402,7 +400,7 @@ impl Api {
                 delay = (delay * 2).min(Duration::from_millis(500));
                 continue;
             }
-            return Self::check(resp, &format!("POST {path}")).await.map(|_| ());
+            return self.check(resp, &format!("POST {path}")).await.map(|_| ());
         }
     }
 
@@ -418,14 +416,17 @@ impl Api {
     /// Open the session's SSE stream; events arrive on the returned channel (closed when the stream ends).
     async fn stream(&self, session: &str) -> Result<mpsc::Receiver<Value>> {
         let resp = self
-            .http
-            .get(format!("{}/v1/sessions/{session}/stream", self.base))
+            .server
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{session}/stream"),
+            )
             .header("accept", "text/event-stream")
             .send()
             .await
             .context("cannot open the session stream")?;
         if !resp.status().is_success() {
-            Self::check(resp, "GET stream").await?;
+            self.check(resp, "GET stream").await?;
             bail!("the session stream was refused");
         }
         let (tx, rx) = mpsc::channel(256);

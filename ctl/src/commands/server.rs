@@ -20,9 +20,15 @@ use crate::exit::ConfigError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on. Only loopback addresses are allowed until LAN access with auth lands.
+    /// Address(es) to listen on, comma-separated: 127.0.0.1 (the default), a LAN address, or 0.0.0.0 / ::
+    /// for every interface. Off loopback every request needs a paired device (`omnigent share`); loopback
+    /// is the owner.
     #[arg(long, env = "OMNIGENT_BIND", default_value = "127.0.0.1")]
     pub bind: String,
+    /// The URL this server is reached at from other machines (`https://omni.example.com`): pairing URLs
+    /// use it and its origin is allowed with a device token.
+    #[arg(long, env = "OMNIGENT_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// TCP port (0 picks a free one; the ready line says which). Also read from `OMNIGENT_PORT`, else
     /// `PORT` (as container platforms set it).
     #[arg(long, env = "OMNIGENT_PORT", default_value_t = default_port())]
@@ -44,7 +50,24 @@ fn default_port() -> u16 {
 pub fn run(args: Args) -> Result<()> {
     crate::logging::init_process();
 
-    let ip = parse_bind(&args.bind)?;
+    let ips = args
+        .bind
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(parse_bind)
+        .collect::<Result<Vec<_>>>()?;
+    let Some(&ip) = ips.first() else {
+        return Err(ConfigError("--bind is empty; use 127.0.0.1 (the default)".to_owned()).into());
+    };
+    if let Some(url) = &args.public_url
+        && omnigent_proto::credentials::origin(url).is_none()
+    {
+        return Err(ConfigError(format!(
+            "--public-url {url:?} is not an http(s) URL; use e.g. https://omni.example.com"
+        ))
+        .into());
+    }
     let paths = Paths::from_env()?;
     let mut config = ServerConfig::from_paths(&paths);
     if let Some(url) = &args.database_url {
@@ -52,6 +75,17 @@ pub fn run(args: Args) -> Result<()> {
             .with_database_url(url)
             .map_err(|e| ConfigError(e.to_string()))?;
     }
+    if let Some(url) = &args.public_url {
+        config.public_url = Some(url.trim().to_owned());
+    }
+    // A deployed server's first owner pairs with this URL: it carries a secret, so it goes to stderr once
+    // (where the operator reads it), never to a log line.
+    config.owner_pairing_notice = Some(omnigent_server::Notice::new(|url| {
+        eprintln!("owner pairing URL: {url}");
+        eprintln!(
+            "  open it in the owner's browser (single use, expires soon), or pair a CLI with `omnigent login`"
+        );
+    }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -71,13 +105,31 @@ pub fn run(args: Args) -> Result<()> {
                 anyhow::anyhow!("cannot listen on {addr}: {e}")
             }
         })?;
+        let local = listener.local_addr().context("cannot read the bound address")?;
+        let mut listeners = vec![listener];
+        // Every further address on the port the first one got (`--port 0` picks it once).
+        for &other in &ips[1..] {
+            let addr = SocketAddr::new(other, local.port());
+            listeners.push(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+            );
+        }
         let store = omnigent_server::open_store(&config)
             .await
             .map_err(|e| anyhow::anyhow!("the server cannot start: {e}"))?;
-        let local = listener.local_addr().context("cannot read the bound address")?;
+        // The ready line names a loopback address when there is one: the daemon and local tools are the
+        // owner there.
+        let shown = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(ready_addr)
+            .find(|a| a.ip().is_loopback())
+            .unwrap_or(ready_addr(local));
         let ready = serde_json::json!({
             "ready": true,
-            "url": format!("http://{local}"),
+            "url": format!("http://{shown}"),
             "pid": std::process::id(),
             "database": config.database.display(),
         });
@@ -85,31 +137,38 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(stdout, "{ready}").context("cannot write the ready line on stdout")?;
         stdout.flush().context("cannot flush stdout")?;
         drop(stdout);
-        omnigent_server::serve(config, store, listener, shutdown_requested())
+        omnigent_server::serve_all(config, store, listeners, shutdown_requested())
             .await
             .map_err(|e| anyhow::anyhow!("the server stopped with an error: {e}"))
     })
 }
 
+/// The `--bind` address. Any address is allowed: off loopback the server requires a device token on every
+/// request (issue 13), so a LAN or wildcard bind serves nothing unauthenticated.
 fn parse_bind(bind: &str) -> Result<IpAddr> {
-    let ip = if bind.eq_ignore_ascii_case("localhost") {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        bind.parse::<IpAddr>().map_err(|_| {
-            ConfigError(format!(
-                "--bind `{bind}` is not an IP address; use 127.0.0.1 (the default) or ::1"
-            ))
-        })?
-    };
-    if !ip.is_loopback() {
-        return Err(ConfigError(format!(
-            "refusing to listen on {ip}: it is reachable from other machines and this server has no \
-             authentication yet. LAN access needs auth, which comes in a later release; bind 127.0.0.1 (the \
-             default) or ::1"
-        ))
-        .into());
+    if bind.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
-    Ok(ip)
+    Ok(bind.trim_matches(['[', ']']).parse::<IpAddr>().map_err(|_| {
+        ConfigError(format!(
+            "--bind `{bind}` is not an IP address; use 127.0.0.1 (the default), a LAN address of this machine, \
+             or 0.0.0.0 for every interface"
+        ))
+    })?)
+}
+
+/// The address the ready line names: a wildcard bind is reached on loopback by the daemon and local tools
+/// (where they are the owner).
+fn ready_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), local.port())
+        }
+        _ => local,
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C), whatever logging does: the server runs this future in a task of

@@ -33,6 +33,20 @@ use tokio::sync::mpsc;
 
 /// Environment variable overriding `server.port` (tests use it to pick a free port).
 pub const SERVER_PORT_ENV: &str = "OMNIGENT_SERVER_PORT";
+/// The address the local server listens on (`omnigent start --lan` starts the daemon with `0.0.0.0`);
+/// default `127.0.0.1`. Read once when the daemon starts.
+pub const SERVER_BIND_ENV: &str = "OMNIGENT_SERVER_BIND";
+/// Where the local server listens unless [`SERVER_BIND_ENV`] says otherwise.
+pub const DEFAULT_SERVER_BIND: &str = "127.0.0.1";
+
+/// [`SERVER_BIND_ENV`], else [`DEFAULT_SERVER_BIND`].
+pub fn server_bind() -> String {
+    std::env::var(SERVER_BIND_ENV)
+        .ok()
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| DEFAULT_SERVER_BIND.to_owned())
+}
 /// The local server's default port.
 pub const DEFAULT_SERVER_PORT: u16 = 6767;
 /// Largest config file we read.
@@ -485,7 +499,8 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-fn hostname() -> String {
+/// This machine's host name (`localhost` when the system does not say).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -126,6 +126,9 @@ pub struct HostTunnelConfig {
     pub name: String,
     pub installation_id: Option<String>,
     pub auth: Option<HostAuth>,
+    /// `credentials.json` ([`omnigent_proto::credentials`]): without `auth`, each dial sends the device token
+    /// stored there for this server, read afresh, so an `omnigent login` while the tunnel retries takes effect.
+    pub credentials_file: Option<std::path::PathBuf>,
     pub timings: HostTunnelTimings,
     /// Largest inbound frame ([`omnigent_proto::MAX_FRAME_BYTES`]).
     pub max_frame_bytes: usize,
@@ -153,6 +156,7 @@ impl HostTunnelConfig {
             name: name.to_owned(),
             installation_id: None,
             auth: None,
+            credentials_file: None,
             timings: HostTunnelTimings::default(),
             max_frame_bytes: omnigent_proto::MAX_FRAME_BYTES,
             wall_clock: Arc::new(SystemTime::now),
@@ -189,7 +193,7 @@ pub enum HostTunnelError {
     #[error("host id {0:?} is not 32 hex digits; fix or delete host_id in config.toml")]
     InvalidHostId(String),
     #[error(
-        "the server {url} refused this host's credentials (HTTP {status}) {times} times in a row; run `omnigent login` (or set OMNIGENT_HOST_TOKEN) and start the host again"
+        "the server {url} refused this host's credentials (HTTP {status}) {times} times in a row; pair this machine with `omnigent login {url}` (a host-role code from `omnigent share --role host` on the server's machine), or set OMNIGENT_HOST_TOKEN, and start the host again"
     )]
     Unauthorized {
         url: String,
@@ -622,10 +626,15 @@ impl<A: HostActions> Tunnel<A> {
             };
             // A wake that came while we were down is served by this very dial.
             self.wakes.borrow_and_update();
+            let auth = self.config.auth.clone().or_else(|| {
+                let file = self.config.credentials_file.as_deref()?;
+                omnigent_proto::credentials::token_for(file, &self.config.server_url)
+                    .map(HostAuth::Bearer)
+            });
             let dial = dial(
                 &http,
                 &urls,
-                self.config.auth.as_ref(),
+                auth.as_ref(),
                 open_timeout,
                 self.config.max_frame_bytes,
             );
@@ -652,7 +661,8 @@ impl<A: HostActions> Tunnel<A> {
                         format!("the server refused this host's credentials (HTTP {status})");
                     if ever_connected {
                         warning = Some(format!(
-                            "{error}; still retrying. Run `omnigent login` (or renew OMNIGENT_HOST_TOKEN) to fix it"
+                            "{error}; still retrying. Run `omnigent login {}` (or renew OMNIGENT_HOST_TOKEN) to fix it",
+                            self.config.server_url
                         ));
                         Next::Retry {
                             delay: backoff.next_delay(),

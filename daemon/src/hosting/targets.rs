@@ -330,6 +330,7 @@ fn start_target(ctx: &TargetsContext, url: &str, local: bool, persistent: bool) 
     });
     let mut config = HostTunnelConfig::new(url, &ctx.host_id, &ctx.host_name);
     config.timings = ctx.timings.clone();
+    config.credentials_file = Some(ctx.paths.credentials_file());
     if let Ok(token) = std::env::var(HOST_TOKEN_ENV)
         && !token.is_empty()
     {

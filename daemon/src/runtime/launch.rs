@@ -90,6 +90,17 @@ pub async fn ensure_daemon(
     exe: &std::path::Path,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<(ControlClient, Connected), LaunchError> {
+    ensure_daemon_with(paths, exe, progress, &[]).await
+}
+
+/// [`ensure_daemon`], starting a new daemon with `env` added to its environment (`omnigent start --lan`
+/// passes [`crate::config::SERVER_BIND_ENV`]). A daemon already running is reused as it is.
+pub async fn ensure_daemon_with(
+    paths: &Paths,
+    exe: &std::path::Path,
+    progress: &(dyn Fn(&str) + Send + Sync),
+    env: &[(&str, &str)],
+) -> Result<(ControlClient, Connected), LaunchError> {
     runtime::ensure_private_dir(&paths.runtime_dir)?;
     let mut replaced = None;
     if let Some(client) = try_connect(paths, &mut replaced).await? {
@@ -104,7 +115,7 @@ pub async fn ensure_daemon(
         ));
     }
     progress("starting the omnigent daemon…");
-    spawn_and_wait(paths, exe).await?;
+    spawn_and_wait(paths, exe, env).await?;
     let client = ControlClient::connect(paths).await?;
     Ok((
         client,
@@ -281,10 +292,15 @@ async fn kill_daemon(paths: &Paths, pid: u32) {
     runtime::wait_lock_released(paths, Duration::from_secs(5)).await;
 }
 
-async fn spawn_and_wait(paths: &Paths, exe: &std::path::Path) -> Result<(), LaunchError> {
+async fn spawn_and_wait(
+    paths: &Paths,
+    exe: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Result<(), LaunchError> {
     let log = paths.logs_dir().join("daemon.log");
     let mut child = tokio::process::Command::new(exe)
         .args(["daemon", "run"])
+        .envs(env.iter().copied())
         .env(ctl::NOTIFY_ENV, ctl::NOTIFY_STDOUT)
         .env(ctl::STARTED_BY_ENV, "cli")
         .stdin(Stdio::null())

@@ -57,6 +57,8 @@ pub struct ServerContext {
     pub policy: RestartPolicy,
     /// The configured port, re-read at every start (config edits apply to the next start).
     pub port: watch::Receiver<u16>,
+    /// `--bind` of the server (`127.0.0.1`, or `0.0.0.0` for `omnigent start --lan`).
+    pub bind: String,
     pub autostart: bool,
     /// Bumped on every published change (see `STATUS_PATH`'s `after`).
     pub revision: watch::Sender<u64>,
@@ -87,6 +89,7 @@ pub fn spawn_supervisor(ctx: ServerContext) -> ServerHandle {
         last_exits: Vec::new(),
         log_tail: Vec::new(),
         foreign: None,
+        lan_bind: (ctx.bind != crate::config::DEFAULT_SERVER_BIND).then(|| ctx.bind.clone()),
         last_error: None,
         log_file: ctx.log_path.display().to_string(),
     };
@@ -261,7 +264,7 @@ impl Task {
                 "server".into(),
                 "run".into(),
                 "--bind".into(),
-                "127.0.0.1".into(),
+                self.ctx.bind.clone().into(),
                 "--port".into(),
                 spawn_port.to_string().into(),
             ],
@@ -686,6 +689,7 @@ mod tests {
             policy: RestartPolicy::default(),
             // Port 0: no probe, so nothing here waits on real I/O and paused time is safe.
             port: watch::channel(0).1,
+            bind: crate::config::DEFAULT_SERVER_BIND.to_owned(),
             autostart,
             revision,
             tasks: Tasks::new(),

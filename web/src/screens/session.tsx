@@ -3,6 +3,7 @@
 import { Component } from 'preact';
 import { useEffect, useLayoutEffect, useReducer, useRef, useState } from 'preact/hooks';
 import { allItems, ApiError, api, type List, post, type SessionRow } from '../api';
+import { canDrive, useAuth } from '../auth';
 import { Markdown } from '../markdown';
 import { type Entry, entries, initialState, reduce, type WireItem } from '../reducer';
 import { StatusBadge } from '../status';
@@ -19,6 +20,8 @@ const WINDOW = 150;
 
 export function SessionView({ id }: { id: string }) {
   const [state, dispatch] = useReducer(reduce, undefined, () => initialState());
+  const auth = useAuth();
+  const viewer = auth.role !== null && !canDrive(auth.role);
   const [meta, setMeta] = useState<SessionRow | null>(null);
   const [missing, setMissing] = useState<string | null>(null);
   const [runnerOnline, setRunnerOnline] = useState<boolean | null>(null);
@@ -175,15 +178,18 @@ export function SessionView({ id }: { id: string }) {
   }
 
   const running = state.status === 'running' || state.status === 'waiting' || state.status === 'launching';
-  const reason =
-    state.connection === 'gone'
+  const reason = viewer
+    ? `You are watching as a ${auth.role}: only a driver can send messages. Ask the owner for a driver code (\`omnigent share --role driver\`).`
+    : state.connection === 'gone'
       ? 'This session is gone.'
       : state.connection !== 'live'
         ? 'Reconnecting to the server…'
         : runnerOnline === false
           ? 'The session’s runner is offline; waiting for it to connect.'
           : null;
-  const viewers = state.viewers?.length ?? 0;
+  const watching = state.viewers ?? [];
+  const viewers = watching.length;
+  const named = watching.filter((v) => v.device_name);
 
   return (
     <section class="session" aria-labelledby="session-title" data-status={state.status} data-connection={state.connection}>
@@ -196,15 +202,27 @@ export function SessionView({ id }: { id: string }) {
             <span class={runnerOnline ? 'online' : 'offline'} data-testid="runner">
               {runnerOnline === null ? 'runner …' : runnerOnline ? 'runner online' : 'runner offline'}
             </span>
-            {viewers > 0 && (
+            {viewers > 0 && named.length === 0 && (
               <span data-testid="presence" title="Who is watching this session">
                 {viewers === 1 ? 'only you watching' : `${viewers} watching`}
+              </span>
+            )}
+            {named.length > 0 && (
+              <span data-testid="presence" title="Who is watching this session (✎ can drive)">
+                <span>{viewers === 1 ? 'only you watching' : `${viewers} watching`}</span>:{' '}
+                {named.map((v, i) => (
+                  <span key={v.connection_id ?? i} data-testid="watcher" data-role={v.role}>
+                    {i > 0 ? ', ' : ''}
+                    {v.device_name}
+                    {canDrive(v.role) ? ' ✎' : ' (watching only)'}
+                  </span>
+                ))}
               </span>
             )}
             {meta?.workspace && <code class="ws">{meta.workspace}</code>}
           </p>
         </div>
-        <button type="button" class="danger" onClick={stop} disabled={!running || stopping}>
+        <button type="button" class="danger" onClick={stop} disabled={!running || stopping || viewer}>
           Stop
         </button>
       </header>
