@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::HarnessEnv;
-use crate::harness::mcp::{McpServers, Toolbox};
+use crate::agent::{AgentFetcher, AgentLoad};
 use crate::harness::codex::CodexHandle;
 use crate::harness::exec::ExecMemory;
-use crate::harness::pi::PiHandle;
-use crate::agent::{AgentFetcher, AgentLoad};
+use crate::harness::mcp::{McpServers, Toolbox};
 use crate::harness::openai::WireApi;
+use crate::harness::pi::PiHandle;
 use crate::harness::{HarnessKind, HistoryEntry, Turn};
 
 mod backlog;

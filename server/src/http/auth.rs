@@ -231,8 +231,7 @@ pub async fn authorize(
         None => true,
         Some(o) => {
             origin_allowed(o)
-                || ((device.is_some()
-                    || req.uri().path().starts_with("/v1/pairing/"))
+                || ((device.is_some() || req.uri().path().starts_with("/v1/pairing/"))
                     && own_origin(o, req.headers(), st.auth.public_origin.as_deref()))
         }
     };
