@@ -142,7 +142,7 @@ fn exec_script(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(
         &script,
         format!(
-            "exec 3< {fifo}\ni=1\nwhile [ $i -le {LINES} ]; do\n  read -r _ <&3\n  echo \"line $i of $1: {pad}\"\n  \
+            "exec 3< {fifo}\n# The new message is the prompt's last line (exec passes the conversation before it).\nmsg=$(printf '%s\\n' \"$1\" | tail -n 1)\ni=1\nwhile [ $i -le {LINES} ]; do\n  read -r _ <&3\n  echo \"line $i of $msg: {pad}\"\n  \
              i=$((i + 1))\ndone\n",
             fifo = fifo.display(),
             pad = "x".repeat(200),

@@ -575,8 +575,9 @@ executor:
 }
 
 #[tokio::test]
-async fn a_claude_sdk_agent_without_a_key_names_the_anthropic_variables() {
-    let spec = "name: polly\ninstructions: Be Polly.\nexecutor:\n  harness: claude-sdk\n  model: claude-test\n";
+async fn an_anthropic_agent_without_a_key_names_the_anthropic_variables() {
+    // (`claude-sdk` is Claude Code, whose missing login is tested in tests/claude_code.rs.)
+    let spec = "name: polly\ninstructions: Be Polly.\nexecutor:\n  harness: anthropic\n  model: claude-test\n";
     let fixture = start(Some(bundle_of(spec, &[])), &[]).await;
     let message = failure(&one_turn(&fixture, "hi").await);
     assert!(

@@ -512,7 +512,8 @@ fn gated_exec_env() -> HarnessEnv {
         exec_command: Some(vec![
             "sh".into(),
             "-c".into(),
-            "echo \"got: $1\"; while [ ! -e release ]; do sleep 0.02; done".into(),
+            // The new message is the prompt's last line (exec passes the conversation before it).
+            "echo \"got: $(printf '%s\\n' \"$1\" | tail -n 1)\"; while [ ! -e release ]; do sleep 0.02; done".into(),
             "sh".into(),
         ]),
         ..HarnessEnv::default()

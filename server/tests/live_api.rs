@@ -470,7 +470,18 @@ async fn catalogs_harnesses_extensions_and_skills() {
         .iter()
         .map(|e| e["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids, ["echo", "openai", "anthropic", "exec", "claude-sdk"]);
+    assert_eq!(
+        ids,
+        [
+            "echo",
+            "openai",
+            "anthropic",
+            "exec",
+            "claude-sdk",
+            "codex",
+            "pi"
+        ]
+    );
     let openai = &h["data"][1];
     assert_eq!(openai["capabilities"]["interrupt"], true);
     assert_eq!(openai["capabilities"]["streaming"], true);

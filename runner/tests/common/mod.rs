@@ -80,11 +80,12 @@ pub fn summarize(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The next event, failing the test if none comes within 10 s.
+/// The next event, failing the test if none comes within `testkit::WAIT` (a CLI that starts on a loaded
+/// machine can take seconds).
 pub async fn next_event(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+    tokio::time::timeout(omnigent_testkit::WAIT, rx.recv())
         .await
-        .expect("no event within 10 s")
+        .expect("no event within testkit::WAIT")
         .expect("the sink was dropped")
 }
 
