@@ -15,10 +15,12 @@ export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 /** Bound on every wait for a signal; hitting it fails the test instead of hanging it. */
 export const WAIT = 30_000;
 
-/** The exec harness's agent: the prompt is its last argument. `slow…` waits for a file `go` in the
+/** The exec harness's agent: the prompt is its last argument, and the new message that prompt's last line (the
+ * conversation so far comes before it from the second turn on). `slow…` waits for a file `go` in the
  * workspace between two lines; `long…` prints one line and sleeps (a turn only Stop ends); else one line. */
 const AGENT = `#!/bin/sh
 for last; do :; done
+last=$(printf '%s\n' "$last" | tail -n 1)
 case "$last" in
   slow*) echo "first part"; while [ ! -e go ]; do sleep 0.05; done; echo "second part" ;;
   long*) echo "started"; exec sleep 120 ;;
