@@ -106,6 +106,12 @@ pub struct SessionInit {
 /// `session_init.snapshot`: the session as the server stores it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// When the session was created and last updated (epoch s): required by a 0.19.1 runner, which refuses an
+    /// init without them (400 "Invalid session initialization envelope").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Field::is_absent")]
     pub workspace: Field<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +131,9 @@ pub struct SessionFacts<'a> {
     pub sub_agent_name: Option<&'a str>,
     pub workspace: Option<&'a str>,
     pub labels: &'a BTreeMap<String, String>,
+    /// When the session was created and last updated, epoch seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
     /// The sending server's version (`session_init.server_version`).
     pub server_version: &'a str,
 }
@@ -146,6 +155,8 @@ impl SessionCreate {
                 agent_id: Some(facts.agent_id.to_owned()),
                 harness: harness.clone(),
                 snapshot: Some(Snapshot {
+                    created_at: Some(facts.created_at),
+                    updated_at: Some(facts.updated_at),
                     workspace: Field::sent(facts.workspace.map(str::to_owned)),
                     labels: Some(facts.labels.clone()),
                     harness_override: harness,

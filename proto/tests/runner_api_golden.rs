@@ -91,6 +91,8 @@ fn the_init_our_server_builds_has_the_captured_fields_plus_the_harness() {
         sub_agent_name: None,
         workspace: Some("/w"),
         labels: &labels,
+        created_at: 1_796_000_000,
+        updated_at: 1_796_000_001,
         server_version: "0.1.0",
     });
     let ours = serde_json::to_value(&ours).unwrap();
@@ -100,8 +102,21 @@ fn the_init_our_server_builds_has_the_captured_fields_plus_the_harness() {
     assert_eq!(ours["harness"], "echo");
     assert_eq!(
         ours["session_init"]["snapshot"],
-        json!({"workspace": "/w", "labels": {"omnigent.ui": "terminal"}, "harness_override": "echo"})
+        json!({"created_at": 1_796_000_000, "updated_at": 1_796_000_001, "workspace": "/w",
+               "labels": {"omnigent.ui": "terminal"}, "harness_override": "echo"})
     );
+    // The fields a 0.19.1 runner requires of the snapshot (its `RunnerSessionInitSnapshot`): without them it
+    // refuses the whole init.
+    for key in ["created_at", "updated_at"] {
+        assert!(
+            captured["session_init"]["snapshot"].get(key).is_some(),
+            "the capture has `{key}`"
+        );
+        assert!(
+            ours["session_init"]["snapshot"][key].is_i64(),
+            "our snapshot lacks `{key}`"
+        );
+    }
     let back: SessionCreate = round_trips(&ours);
     assert_eq!(back.harness_name(), Some("echo"));
 }

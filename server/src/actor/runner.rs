@@ -163,6 +163,8 @@ impl Actor {
             sub_agent_name: row.sub_agent_name.as_deref(),
             workspace: row.workspace.as_deref(),
             labels: &row.labels,
+            created_at: row.created_at_ms / 1000,
+            updated_at: row.updated_at_ms / 1000,
             server_version: omnigent_proto::BUILD_VERSION,
         });
         let generation = conn.generation();
