@@ -93,8 +93,11 @@ impl TurnRecord {
             "response_id": self.response_id,
             "content": [{"type": "output_text", "text": open.text}],
         });
+        // The agent that spoke, as `model` and `agent`: a 0.19.1 server refuses to store an assistant message
+        // without `agent` (it only logs "Failed to parse persistent item from SSE").
         if let Some(model) = &self.model {
             item["model"] = Value::from(model.clone());
+            item["agent"] = Value::from(model.clone());
         }
         Some(json!({"type": "response.output_item.done", "item": item}))
     }

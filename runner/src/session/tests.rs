@@ -90,6 +90,8 @@ fn a_turns_text_goes_out_as_one_message_completed_with_its_whole_text_before_eac
     assert_eq!(first["status"], "completed");
     assert_eq!(first["response_id"], "resp_1");
     assert_eq!(first["model"], "m");
+    // A 0.19.1 server stores an assistant message only with its `agent`.
+    assert_eq!(first["agent"], "m");
     assert_eq!(first["content"][0]["text"], "Let me look.");
     assert_eq!(out[1]["message_id"], first["id"]);
     assert_eq!((&out[1]["index"], &out[2]["index"]), (&json!(0), &json!(1)));
