@@ -73,7 +73,8 @@ async function bundledSession(url, hostId, fakeUrl, workspace) {
     execFileSync('tar', ['czf', join(dir, 'bundle.tar.gz'), '-C', dir, 'config.yaml']);
     mkdirSync(workspace, { recursive: true });
     const form = new FormData();
-    form.append('metadata', new Blob([JSON.stringify({ host_id: hostId, workspace, host_type: 'external' })], { type: 'application/json' }));
+    // A plain field (not a file part): the Python server reads `metadata` as a form field.
+    form.append('metadata', JSON.stringify({ host_id: hostId, workspace, host_type: 'external' }));
     form.append('bundle', new Blob([readFileSync(join(dir, 'bundle.tar.gz'))], { type: 'application/gzip' }), 'bundle.tar.gz');
     const r = await fetch(`${url}/v1/sessions`, { method: 'POST', body: form });
     if (!r.ok) throw new Error(`multipart POST /v1/sessions: ${r.status} ${await r.text()}`);
