@@ -45,12 +45,14 @@ pub mod kind {
     pub const RESPONSE_FUNCTION_CALL_OUTPUT_DELTA: &str = "response.function_call_output.delta";
     pub const RESPONSE_OUTPUT_ITEM_DONE: &str = "response.output_item.done";
     pub const RESPONSE_ERROR: &str = "response.error";
+    pub const RESPONSE_ELICITATION_REQUEST: &str = "response.elicitation_request";
+    pub const RESPONSE_ELICITATION_RESOLVED: &str = "response.elicitation_resolved";
 
     /// Not a server event: the first line of `omnigent run --json`, naming the session it created.
     pub const SESSION_CREATED: &str = "session.created";
 
     /// Every server event kind above.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
         SESSION_HEARTBEAT,
         SESSION_STATUS,
         SESSION_INPUT_CONSUMED,
@@ -74,6 +76,8 @@ pub mod kind {
         RESPONSE_FUNCTION_CALL_OUTPUT_DELTA,
         RESPONSE_OUTPUT_ITEM_DONE,
         RESPONSE_ERROR,
+        RESPONSE_ELICITATION_REQUEST,
+        RESPONSE_ELICITATION_RESOLVED,
     ];
 }
 
@@ -263,6 +267,22 @@ pub enum ServerEvent {
         tool_name: Option<String>,
         error: Value,
     },
+    /// An agent asks before it uses a tool ([`crate::elicitation`]).
+    #[serde(rename = "response.elicitation_request")]
+    ElicitationRequest {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        #[serde(flatten)]
+        request: crate::elicitation::ElicitationRequest,
+    },
+    /// The question was answered (or the asker stopped waiting).
+    #[serde(rename = "response.elicitation_resolved")]
+    ElicitationResolved {
+        #[serde(default)]
+        sequence_number: Option<i64>,
+        #[serde(flatten)]
+        resolved: crate::elicitation::Resolved,
+    },
 }
 
 /// `session.input.consumed` `data`.
@@ -337,6 +357,8 @@ impl ServerEvent {
             }
             ServerEvent::OutputItemDone { .. } => kind::RESPONSE_OUTPUT_ITEM_DONE,
             ServerEvent::ResponseError { .. } => kind::RESPONSE_ERROR,
+            ServerEvent::ElicitationRequest { .. } => kind::RESPONSE_ELICITATION_REQUEST,
+            ServerEvent::ElicitationResolved { .. } => kind::RESPONSE_ELICITATION_RESOLVED,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`live`]: what a live web client needs beyond sessions (the session-list WebSocket, read state,
 //!   projects, catalogs, presence), omnigent-compatible.
 //! - [`control`]: the local control API (CLI ⇄ daemon), ours.
+//! - [`elicitation`]: approvals (an agent's permission prompt, its answer from any client).
 //! - [`agent`]: agent specs (`config.yaml`) and the `.tar.gz` bundles that carry them (CLI → server → runner).
 //! - [`harness`]: the harness table (names, aliases, credential variables), read by the daemon and the runner.
 //! - [`exit`]: process exit codes.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod auth;
 pub mod control;
 pub mod credentials;
+pub mod elicitation;
 pub mod events;
 pub mod exit;
 pub mod harness;
