@@ -214,6 +214,7 @@ fn with_type(kind: &str, body: &impl Serialize) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
