@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use omnigent_proto::elicitation::{self, Resolution};
 use omnigent_proto::events::kind;
 use omnigent_proto::headers::{TURN_RECORD_HEADER, TURN_RECORD_WANTED};
 use omnigent_proto::runner_api::{EventAccepted, RunnerError, SessionCreate, TurnEvent};
@@ -129,9 +130,9 @@ async fn list_terminals() -> Response {
 async fn post_event(
     State(sessions): State<Sessions>,
     Path(id): Path<String>,
-    body: Bytes,
+    body_bytes: Bytes,
 ) -> Response {
-    let body: TurnEvent = match serde_json::from_slice(&body) {
+    let body: TurnEvent = match serde_json::from_slice(&body_bytes) {
         Ok(body) => body,
         Err(e) => return bad_json(e),
     };
@@ -153,6 +154,34 @@ async fn post_event(
             Ok(false) => "No turn is running.",
             Err(gone) => return gone.into_response(),
         },
+        elicitation::APPROVAL_EVENT => {
+            let resolution = serde_json::from_slice::<Value>(&body_bytes)
+                .and_then(|body| Resolution::from_event(&body));
+            let resolution = match resolution {
+                Ok(resolution) => resolution,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_input",
+                        format!(
+                            "an approval event carries {{\"elicitation_id\", \"action\": \"accept\" | \
+                             \"decline\" | \"cancel\", \"content\"?}} (under \"data\" or flat): {e}"
+                        ),
+                    );
+                }
+            };
+            match handle.resolve(resolution).await {
+                Ok(Ok(())) => "Answer delivered.",
+                Ok(Err(not_pending)) => {
+                    return error(
+                        StatusCode::CONFLICT,
+                        "already_resolved",
+                        not_pending.to_string(),
+                    );
+                }
+                Err(gone) => return gone.into_response(),
+            }
+        }
         other => {
             debug!(
                 event_type = other,
@@ -368,6 +397,88 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    async fn post(app: &Router, uri: &str, body: String) -> (StatusCode, Value) {
+        let response = app
+            .clone()
+            .oneshot(http::Request::post(uri).body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_approval_answers_a_pending_question_once_and_refuses_the_rest() {
+        use omnigent_proto::elicitation::{Action, Answer, ElicitationParams};
+        let sessions = Sessions::new(SessionDefaults {
+            workspace: ".".into(),
+            harness: HarnessKind::Echo,
+            env: Default::default(),
+            harness_name: None,
+            agents: None,
+        });
+        let approvals = sessions.get_or_create("s4").approvals().await.unwrap();
+        let app = router(sessions);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = crate::harness::EventSink::new(tx);
+        let asking = tokio::spawn(async move {
+            let params = ElicitationParams::tool_approval("test", "Bash", "Allow?".into(), "ls");
+            approvals
+                .ask(&sink, params, None, &Default::default())
+                .await
+        });
+        assert_eq!(rx.recv().await.unwrap()["status"], "waiting");
+        let id = rx.recv().await.unwrap()["elicitation_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let answer = |action: Action| Resolution {
+            elicitation_id: id.clone(),
+            answer: Answer::new(action),
+        };
+        let uri = "/v1/sessions/s4/events";
+        // Not a resolution: 400, and the question still waits.
+        let (status, body) = post(
+            &app,
+            uri,
+            json!({"type": "approval", "data": {"action": "accept"}}).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = post(
+            &app,
+            uri,
+            json!({"type": "approval", "elicitation_id": id, "action": "maybe"}).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        // The server's forward (nested, `Resolution::runner_event`): the first answer wins.
+        let (status, body) = post(
+            &app,
+            uri,
+            answer(Action::Decline).runner_event().to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(asking.await.unwrap().action, Action::Decline);
+        let (status, body) =
+            post(&app, uri, answer(Action::Accept).runner_event().to_string()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["code"], "already_resolved");
+        // Flat, for an id nobody waits for.
+        let (status, _) = post(
+            &app,
+            uri,
+            json!({"type": "approval", "elicitation_id": "elicit_x", "action": "accept"})
+                .to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 mod agent;
 mod api;
+pub mod approvals;
 pub mod harness;
 mod session;
 

@@ -10,8 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use omnigent_proto::elicitation::Resolution;
+
 use crate::HarnessEnv;
 use crate::agent::{AgentFetcher, AgentLoad};
+use crate::approvals::{Approvals, NotPending};
 use crate::harness::codex::CodexHandle;
 use crate::harness::exec::ExecMemory;
 use crate::harness::mcp::{McpServers, Toolbox};
@@ -106,6 +109,11 @@ enum Command {
         reply: oneshot::Sender<Accepted>,
     },
     Interrupt(oneshot::Sender<bool>),
+    /// An answer to one of the session's questions (the server's `approval` event).
+    Resolve {
+        resolution: Resolution,
+        reply: oneshot::Sender<Result<(), NotPending>>,
+    },
     Snapshot(oneshot::Sender<Value>),
     TurnFinished {
         turn: u64,
@@ -114,6 +122,9 @@ enum Command {
     /// Publish an event as a turn would.
     #[cfg(test)]
     Emit(Value),
+    /// The session's approvals, to ask as a turn would.
+    #[cfg(test)]
+    Approvals(oneshot::Sender<Approvals>),
 }
 
 /// A stream subscriber's view of a session: what was kept while no subscriber was connected, then the live
@@ -206,6 +217,12 @@ impl SessionHandle {
         let _ = self.tx.send(Command::Emit(event));
     }
 
+    /// The session's approvals, to ask as a turn would.
+    #[cfg(test)]
+    pub async fn approvals(&self) -> Result<Approvals, SessionGone> {
+        self.ask(Command::Approvals).await
+    }
+
     pub fn init(&self, init: SessionInit) -> Result<(), SessionGone> {
         self.tx.send(Command::Init(init)).map_err(|_| SessionGone)
     }
@@ -218,6 +235,15 @@ impl SessionHandle {
     /// Cancel the running turn; `false` when none was running.
     pub async fn interrupt(&self) -> Result<bool, SessionGone> {
         self.ask(Command::Interrupt).await
+    }
+
+    /// Answer one of the session's questions; the first answer wins, a later one is [`NotPending`].
+    pub async fn resolve(
+        &self,
+        resolution: Resolution,
+    ) -> Result<Result<(), NotPending>, SessionGone> {
+        self.ask(|reply| Command::Resolve { resolution, reply })
+            .await
     }
 
     /// The session object of `GET /v1/sessions/{id}`.
@@ -286,6 +312,8 @@ struct Session {
     exec: ExecMemory,
     /// `claude-sdk`: the session's Claude Code agent, started at its first turn; its process dies with it.
     claude_code: Option<crate::harness::claude_code::ClaudeCode>,
+    /// The questions its agents ask (every turn gets a clone); answered through [`Command::Resolve`].
+    approvals: Approvals,
 }
 
 impl Session {
@@ -322,6 +350,7 @@ impl Session {
             pi: None,
             exec: ExecMemory::default(),
             claude_code: None,
+            approvals: Approvals::new(),
         }
     }
 
@@ -496,6 +525,9 @@ impl Session {
                 };
                 let _ = reply.send(was_running);
             }
+            Command::Resolve { resolution, reply } => {
+                let _ = reply.send(self.approvals.resolve(resolution));
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -511,6 +543,10 @@ impl Session {
             }
             #[cfg(test)]
             Command::Emit(event) => self.publish(event),
+            #[cfg(test)]
+            Command::Approvals(reply) => {
+                let _ = reply.send(self.approvals.clone());
+            }
         }
     }
 
@@ -559,7 +595,11 @@ impl Session {
         json!({
             "id": self.id,
             "agent_id": self.agent_id,
-            "status": if self.running.is_some() { "running" } else { "idle" },
+            "status": match (self.record.waiting(), &self.running) {
+                (true, _) => "waiting",
+                (false, Some(_)) => "running",
+                (false, None) => "idle",
+            },
             "created_at": self.created_at,
             "title": null,
             "labels": {},
@@ -615,6 +655,7 @@ impl Session {
                 .then(|| self.pi.get_or_insert_with(PiHandle::spawn).clone()),
             exec: (self.harness == HarnessKind::Exec).then(|| self.exec.clone()),
             claude_code: self.claude_code(),
+            approvals: self.approvals.clone(),
         };
         let cancel = CancellationToken::new();
         self.running = Some(RunningTurn {

@@ -108,6 +108,9 @@ pub struct Turn {
     pub exec: Option<exec::ExecMemory>,
     /// `claude-sdk`: the session's Claude Code agent (its one long-lived process); `None` for the others.
     pub claude_code: Option<claude_code::ClaudeCode>,
+    /// The session's approvals: where an agent CLI asks before it uses a tool, and the first answer from any
+    /// client comes back (`crate::approvals`).
+    pub approvals: crate::approvals::Approvals,
 }
 
 /// How a turn ended, when it was not an error.

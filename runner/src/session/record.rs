@@ -1,15 +1,16 @@
 //! The durable record of a session's current turn ([`TurnRecord`]): what every new stream subscriber that asks
 //! gets first, and how publishing an event changes it.
 
+use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 
 use crate::harness;
 
 /// The durable part of a session's current (or last) turn, as its events went out: the items it completed
-/// (`response.output_item.done`, the assistant messages included) and the message being streamed. Every new
-/// stream subscriber gets it first ([`TurnRecord::resync`]), so a server that restarted, or missed events in
-/// flight when its tunnel went, stores the whole reply: items carry their ids and a server skips those it
-/// has. Reset when the next turn starts.
+/// (`response.output_item.done`, the assistant messages included), the message being streamed and the questions
+/// its agent waits on. Every new stream subscriber gets it first ([`TurnRecord::resync`]), so a server that
+/// restarted, or missed events in flight when its tunnel went, stores the whole reply (items carry their ids
+/// and a server skips those it has) and shows the open questions. Reset when the next turn starts.
 #[derive(Default)]
 pub(super) struct TurnRecord {
     /// The turn's `response.in_progress`, until its response ended.
@@ -20,6 +21,8 @@ pub(super) struct TurnRecord {
     pub(super) items: Vec<Value>,
     /// The assistant message whose deltas are going out.
     pub(super) open: Option<OpenMessage>,
+    /// The turn's questions nobody has answered yet (`response.elicitation_request` events), oldest first.
+    pub(super) asking: Vec<Value>,
 }
 
 pub(super) struct OpenMessage {
@@ -40,6 +43,10 @@ pub(super) enum Recorded {
     Ended,
     Text(String),
     Item(Value),
+    /// An agent asks (`response.elicitation_request`).
+    Asked(Value),
+    /// A question is settled (`response.elicitation_resolved`), by elicitation id.
+    Settled(String),
 }
 
 impl TurnRecord {
@@ -121,6 +128,11 @@ impl TurnRecord {
             {
                 Recorded::Item(event.clone())
             }
+            kind::RESPONSE_ELICITATION_REQUEST => Recorded::Asked(event.clone()),
+            kind::RESPONSE_ELICITATION_RESOLVED => match event["elicitation_id"].as_str() {
+                Some(id) => Recorded::Settled(id.to_owned()),
+                None => Recorded::Nothing,
+            },
             k if is_terminal(k) => Recorded::Ended,
             _ => Recorded::Nothing,
         }
@@ -129,7 +141,14 @@ impl TurnRecord {
     pub(super) fn apply(&mut self, recorded: Recorded) {
         match recorded {
             Recorded::Nothing => {}
-            Recorded::Ended => self.running = None,
+            Recorded::Ended => {
+                self.running = None;
+                self.asking.clear();
+            }
+            Recorded::Asked(event) => self.asking.push(event),
+            Recorded::Settled(id) => self
+                .asking
+                .retain(|e| e["elicitation_id"].as_str() != Some(id.as_str())),
             Recorded::Turn {
                 started,
                 response_id,
@@ -184,7 +203,17 @@ impl TurnRecord {
                 "snapshot": true,
             }));
         }
+        // Its open questions, so a server that restarted still shows them (and knows the session waits).
+        if !self.asking.is_empty() {
+            events.extend(self.asking.iter().cloned());
+            events.push(json!({"type": kind::SESSION_STATUS, "status": "waiting"}));
+        }
         events
+    }
+
+    /// Whether an agent waits for an answer.
+    pub(super) fn waiting(&self) -> bool {
+        !self.asking.is_empty()
     }
 }
 

@@ -221,6 +221,74 @@ fn only_a_subscriber_that_asks_gets_the_turns_record() {
 }
 
 #[test]
+fn a_pending_question_is_part_of_the_record_until_it_is_answered() {
+    let (mut session, mut commands) = session();
+    let first = subscribe(&mut session);
+    session.publish(in_progress());
+    let ask = |id: &str| {
+        json!({"type": "response.elicitation_request", "elicitation_id": id, "method": "elicitation/create",
+            "params": {"mode": "form", "message": "Allow Bash?"}})
+    };
+    session.publish(json!({"type": "session.status", "status": "waiting"}));
+    session.publish(ask("elicit_1"));
+    session.publish(ask("elicit_2"));
+    session.publish(json!({"type": "response.elicitation_resolved", "elicitation_id": "elicit_1", "action": "accept"}));
+    assert_eq!(session.snapshot()["status"], "waiting");
+    drop(first);
+    session.handle(commands.try_recv().unwrap());
+
+    // A server that re-subscribes (restarted, say) learns the turn runs and still waits on elicit_2.
+    let again = subscribe(&mut session);
+    let record: Vec<(String, String)> = again
+        .backlog
+        .iter()
+        .map(|e| {
+            let detail = e["status"]
+                .as_str()
+                .or(e["elicitation_id"].as_str())
+                .unwrap_or("");
+            (e["type"].as_str().unwrap().to_owned(), detail.to_owned())
+        })
+        .take(4)
+        .collect();
+    let pairs: Vec<(&str, &str)> = record
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("session.status", "running"),
+            ("response.in_progress", ""),
+            ("response.elicitation_request", "elicit_2"),
+            ("session.status", "waiting"),
+        ]
+    );
+    drop(again);
+    session.handle(commands.try_recv().unwrap());
+
+    // Answered: the record no longer asks.
+    session.publish(json!({"type": "response.elicitation_resolved", "elicitation_id": "elicit_2", "action": "cancel",
+        "reason": "unanswered"}));
+    let kept = subscribe(&mut session);
+    assert_eq!(
+        kept.backlog.last().unwrap()["type"],
+        "response.elicitation_resolved"
+    );
+    drop(kept);
+    session.handle(commands.try_recv().unwrap());
+    let last = subscribe(&mut session);
+    assert!(
+        last.backlog
+            .iter()
+            .all(|e| e["type"] != "response.elicitation_request" && e["status"] != "waiting"),
+        "{:?}",
+        last.backlog
+    );
+    assert_ne!(session.snapshot()["status"], "waiting");
+}
+
+#[test]
 fn an_interrupted_or_failed_response_completes_its_message_as_incomplete() {
     let (mut session, _commands) = session();
     let mut sub = subscribe(&mut session);

@@ -32,6 +32,7 @@ pub fn turn(workspace: &Path, config: HarnessConfig, history: Vec<HistoryEntry>)
         pi: None,
         exec: None,
         claude_code: None,
+        approvals: Default::default(),
     }
 }
 

@@ -17,6 +17,7 @@ fn turn() -> Turn {
         pi: None,
         exec: None,
         claude_code: None,
+        approvals: Default::default(),
         mcp: None,
     }
 }
