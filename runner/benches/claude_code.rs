@@ -60,6 +60,7 @@ async fn timed_turn(
             ..HarnessConfig::default()
         },
         claude_code: Some(agent.clone()),
+        approvals: Default::default(),
         mcp: None,
         codex: None,
         pi: None,

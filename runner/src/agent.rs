@@ -82,6 +82,9 @@ pub(crate) struct LoadedAgent {
     pub wire_api: Option<WireApi>,
     /// The spec's MCP servers (`tools` entries of `type: mcp`), by name.
     pub mcp_servers: Vec<(String, Tool)>,
+    /// `executor.config.permission_mode` / `executor.permission_mode`: how an agent CLI asks before it uses a
+    /// tool (Claude Code's `--permission-mode`; `bypassPermissions` or `skip`: it never asks).
+    pub permission_mode: Option<String>,
     /// Where the bundle was unpacked.
     pub dir: PathBuf,
 }
@@ -99,6 +102,9 @@ impl LoadedAgent {
             config.api_key.clone_from(&self.api_key);
         }
         config.instructions.clone_from(&self.instructions);
+        if self.permission_mode.is_some() {
+            config.permission_mode.clone_from(&self.permission_mode);
+        }
     }
 }
 
@@ -300,8 +306,15 @@ fn from_spec(spec: &AgentSpec, dir: PathBuf) -> Result<LoadedAgent, AgentError> 
             }
         }
     }
+    let permission_mode = extras[1..]
+        .iter()
+        .flatten()
+        .find_map(|extra| extra.get("permission_mode").and_then(Value::as_str))
+        .map(|mode| mode.trim().to_owned())
+        .filter(|mode| !mode.is_empty());
     Ok(LoadedAgent {
         name: spec.name.clone(),
+        permission_mode,
         harness,
         harness_name,
         model: spec
@@ -410,6 +423,19 @@ tools:
         );
         let err = load("executor: {model: x}\n").unwrap_err();
         assert!(err.to_string().contains("executor.harness"), "{err}");
+    }
+
+    #[test]
+    fn the_permission_mode_is_read_from_config_or_the_executor() {
+        let agent =
+            load("executor: {harness: claude-sdk, config: {permission_mode: bypassPermissions}}\n")
+                .unwrap();
+        assert_eq!(agent.permission_mode.as_deref(), Some("bypassPermissions"));
+        let agent =
+            load("executor: {harness: claude-sdk, permission_mode: ' default '}\n").unwrap();
+        assert_eq!(agent.permission_mode.as_deref(), Some("default"));
+        let agent = load("executor: {harness: claude-sdk}\n").unwrap();
+        assert_eq!(agent.permission_mode, None);
     }
 
     #[test]

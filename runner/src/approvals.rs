@@ -206,7 +206,7 @@ mod tests {
             id = requested(&mut rx) => id,
             _ = &mut asking => panic!("answered before anyone answered"),
         };
-        assert_eq!(approvals.pending_ids(), [id.clone()]);
+        assert_eq!(approvals.pending_ids(), std::slice::from_ref(&id));
         approvals.resolve(resolution(&id, Action::Accept)).unwrap();
         assert_eq!(
             approvals.resolve(resolution(&id, Action::Decline)),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Canned, FakeVendor, user};
+use omnigent_proto::elicitation::{Action, Resolution};
 use omnigent_runner::harness::claude_code::{ClaudeCode, Options, lines};
 use omnigent_runner::harness::{
     self, HarnessConfig, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome,
@@ -489,4 +490,265 @@ async fn a_vendor_refusal_fails_the_turn_with_its_message_and_the_agent_stays_us
     // The CLI's own "API Error" text is not streamed as the model's.
     assert!(common::summarize(&events).is_empty(), "{events:?}");
     assert_eq!(agent.info().await.spawns, 1);
+}
+
+// --- Approvals: Claude Code's permission prompts (`--permission-prompt-tool stdio`). ---
+
+/// A Bash call that `acceptEdits` does not allow by itself (a plain `touch` it would), then `Done.`.
+async fn bash_then_done() -> FakeVendor {
+    let input = json!({"command": "sh -c \"touch approved.txt\"", "description": "Make the file"});
+    let mut tool = vec![message_start("msg_1")];
+    tool.extend(tool_block(0, "toolu_01", "Bash", &input));
+    tool.extend(message_end("tool_use"));
+    FakeVendor::start(vec![Canned::stream(tool), answer("msg_2", &["Done."])]).await
+}
+
+/// Events until the agent asks, kept in `seen`: the request (after `session.status waiting`).
+async fn until_asked(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    seen: &mut Vec<Value>,
+) -> Value {
+    let mut waiting = false;
+    loop {
+        let event = common::next_event(rx).await;
+        seen.push(event.clone());
+        match event["type"].as_str().unwrap() {
+            "session.status" if event["status"] == "waiting" => waiting = true,
+            "response.elicitation_request" => {
+                assert!(waiting, "the status did not become waiting first");
+                return event;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn resolution(request: &Value, action: Action) -> Resolution {
+    Resolution::from_event(&json!({
+        "type": "approval",
+        "data": {"elicitation_id": request["elicitation_id"], "action": action.as_str()},
+    }))
+    .unwrap()
+}
+
+/// The tool result the model got back in the request after the tool call.
+fn tool_result(vendor: &FakeVendor) -> String {
+    let requests = model_requests(vendor);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["type"] == "tool_result")
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| panic!("no tool_result in {}", requests[1]))
+}
+
+/// Run a Bash turn that asks, answer it with `action` once asked; the turn's result and all its events.
+async fn answered(
+    p: &Place,
+    vendor: &FakeVendor,
+    action: Action,
+) -> (Result<TurnOutcome, HarnessError>, Vec<Value>) {
+    let agent = ClaudeCode::spawn(options(&p.home, &omnigent_testkit::agent_cli("claude")));
+    let t = turn(&p.ws, config(vendor), "make the file", &agent);
+    let approvals = t.approvals.clone();
+    let (sink, mut rx) = common::sink();
+    let cancel = CancellationToken::new();
+    let running = harness::run_turn(HarnessKind::ClaudeCode, &t, &sink, &cancel);
+    tokio::pin!(running);
+    let mut seen = Vec::new();
+    let request = tokio::select! {
+        request = until_asked(&mut rx, &mut seen) => request,
+        r = &mut running => panic!("the turn ended without asking: {r:?}"),
+    };
+    assert_eq!(request["params"]["tool_name"], "Bash");
+    assert_eq!(request["params"]["policy_name"], "claude-code");
+    assert_eq!(request["call_id"], "toolu_01");
+    let message = request["params"]["message"].as_str().unwrap();
+    assert!(message.contains("touch approved.txt"), "{message}");
+    assert_eq!(approvals.pending(), 1);
+    // As the server's forward does: `post_event` → the session → `Approvals::resolve`.
+    approvals.resolve(resolution(&request, action)).unwrap();
+    assert!(
+        approvals
+            .resolve(resolution(&request, Action::Accept))
+            .is_err()
+    );
+    let result = common::within(60, running).await;
+    seen.extend(common::drain(&mut rx));
+    (result, seen)
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] != "response.output_text.delta")
+        .map(|e| match e["type"].as_str().unwrap() {
+            "response.output_item.done" => e["item"]["type"].as_str().unwrap().to_owned(),
+            "session.status" => format!("status:{}", e["status"].as_str().unwrap()),
+            "response.elicitation_resolved" => {
+                format!("resolved:{}", e["action"].as_str().unwrap())
+            }
+            other => other.to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_approved_bash_call_runs_after_the_answer() {
+    let p = place();
+    let vendor = bash_then_done().await;
+    let (result, events) = answered(&p, &vendor, Action::Accept).await;
+    let outcome = result.unwrap();
+    assert!(p.ws.join("approved.txt").exists());
+    assert_eq!(
+        kinds(&events),
+        [
+            "function_call",
+            "status:waiting",
+            "response.elicitation_request",
+            "resolved:accept",
+            "status:running",
+            "function_call_output",
+        ]
+    );
+    assert!(matches!(
+        &outcome.new_history[..],
+        [HistoryEntry::ToolCall { name, .. }, HistoryEntry::ToolResult { .. }, HistoryEntry::Assistant { .. }]
+            if name == "Bash"
+    ));
+    let result = tool_result(&vendor);
+    assert!(!result.contains("\"is_error\":true"), "{result}");
+}
+
+#[tokio::test]
+async fn a_denied_bash_call_does_not_run_and_the_model_is_told() {
+    let p = place();
+    let vendor = bash_then_done().await;
+    let (result, events) = answered(&p, &vendor, Action::Decline).await;
+    result.unwrap();
+    assert!(!p.ws.join("approved.txt").exists());
+    assert_eq!(kinds(&events)[3], "resolved:decline");
+    let result = tool_result(&vendor);
+    assert!(
+        result.contains("Denied by a user from omnigent"),
+        "{result}"
+    );
+    let output = events
+        .iter()
+        .find(|e| e["item"]["type"] == "function_call_output")
+        .unwrap();
+    assert!(
+        output["item"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("Denied by a user from omnigent"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_permission_mode_that_skips_approvals_runs_the_call_without_asking() {
+    let p = place();
+    let vendor = bash_then_done().await;
+    let agent = ClaudeCode::spawn(options(&p.home, &omnigent_testkit::agent_cli("claude")));
+    // The spec's `permission_mode` (as `LoadedAgent::apply` puts it on the config); this runs as root too.
+    let skip = HarnessConfig {
+        permission_mode: Some("bypassPermissions".into()),
+        ..config(&vendor)
+    };
+    let t = turn(&p.ws, skip, "make the file", &agent);
+    let (result, events) = run(&t).await;
+    result.unwrap();
+    assert!(p.ws.join("approved.txt").exists());
+    assert!(
+        !kinds(&events)
+            .iter()
+            .any(|k| k.contains("elicitation") || k.contains("resolved")),
+        "{events:?}"
+    );
+    assert_eq!(t.approvals.pending(), 0);
+}
+
+#[tokio::test]
+async fn an_interrupt_while_asking_ends_the_turn_and_the_agent_stays_usable() {
+    let p = place();
+    let input = json!({"command": "sh -c \"touch approved.txt\"", "description": "Make the file"});
+    let mut tool = vec![message_start("msg_1")];
+    tool.extend(tool_block(0, "toolu_01", "Bash", &input));
+    tool.extend(message_end("tool_use"));
+    let vendor = FakeVendor::start(vec![
+        Canned::stream(tool),
+        answer("msg_2", &["Still here."]),
+    ])
+    .await;
+    let agent = ClaudeCode::spawn(options(&p.home, &omnigent_testkit::agent_cli("claude")));
+    let t = turn(&p.ws, config(&vendor), "make the file", &agent);
+    let (sink, mut rx) = common::sink();
+    let cancel = CancellationToken::new();
+    let running = harness::run_turn(HarnessKind::ClaudeCode, &t, &sink, &cancel);
+    tokio::pin!(running);
+    let mut before = Vec::new();
+    let request = tokio::select! {
+        request = until_asked(&mut rx, &mut before) => request,
+        r = &mut running => panic!("the turn ended without asking: {r:?}"),
+    };
+    cancel.cancel();
+    let result = common::within(30, running).await;
+    assert!(
+        matches!(result, Err(HarnessError::Interrupted)),
+        "{result:?}"
+    );
+    let events = common::drain(&mut rx);
+    let resolved = events
+        .iter()
+        .find(|e| e["type"] == "response.elicitation_resolved")
+        .unwrap_or_else(|| panic!("never resolved: {events:?}"));
+    assert_eq!(resolved["elicitation_id"], request["elicitation_id"]);
+    assert_eq!(resolved["action"], "cancel");
+    assert_eq!(resolved["reason"], "unanswered");
+    assert_eq!(t.approvals.pending(), 0);
+    assert!(!p.ws.join("approved.txt").exists());
+    let (next, events) = run(&turn(&p.ws, config(&vendor), "are you there?", &agent)).await;
+    next.unwrap();
+    assert_eq!(common::summarize(&events), ["delta:Still here."]);
+}
+
+#[test]
+fn golden_permission_prompt_maps_to_a_question_and_the_sdks_answers() {
+    let lines_in = golden("claude-code-permission.jsonl");
+    let Some(lines::Control::Permission(request)) = lines::Control::parse(&lines_in[0]) else {
+        panic!("not a permission prompt: {}", lines_in[0]);
+    };
+    assert_eq!(request.tool_name, "Bash");
+    assert_eq!(request.tool_use_id.as_deref(), Some("toolu_01"));
+    let params = request.params();
+    assert_eq!(
+        params.message,
+        "Allow Bash: `sh -c \"touch approved.txt\"`? (make file)"
+    );
+    assert_eq!(params.tool_name.as_deref(), Some("Bash"));
+    assert_eq!(
+        params.content_preview.as_deref(),
+        Some(request.input.to_string().as_str())
+    );
+    let id = "63d01991-9722-4bba-91d3-547174150e6b";
+    assert_eq!(
+        request.respond(&omnigent_proto::elicitation::Answer::new(Action::Accept)),
+        json!({"type": "control_response", "response": {"subtype": "success", "request_id": id,
+            "response": {"behavior": "allow", "updatedInput": request.input}}})
+    );
+    assert_eq!(
+        request.respond(&omnigent_proto::elicitation::Answer::new(Action::Decline))["response"]["response"],
+        json!({"behavior": "deny", "message": "Denied by a user from omnigent"})
+    );
+    assert_eq!(
+        lines::Control::parse(&lines_in[1]),
+        Some(lines::Control::Cancel {
+            request_id: id.into()
+        })
+    );
+    assert_eq!(lines::Control::parse(&lines_in[2]), None);
 }

@@ -12,14 +12,20 @@
 //!   of its `system`/`init` line, so the conversation is kept.
 //! - Interrupt: a `control_request` `interrupt` line; if the turn has not ended after the grace, SIGINT to the
 //!   group, then SIGKILL after another grace. The agent stays usable: the next turn resumes.
-//! - Permission mode: `OMNIGENT_CLAUDE_PERMISSION_MODE`, else `acceptEdits` (file edits run without asking;
-//!   anything that needs a prompt is denied, since nobody can answer one yet — approvals are a later step;
-//!   `bypassPermissions` runs everything but Claude Code refuses it as root).
+//! - Approvals: the CLI runs with `--permission-prompt-tool stdio` (what the Claude Agent SDK passes for its
+//!   `can_use_tool` callback; no MCP server of ours is needed), so each permission prompt comes on stdout as a
+//!   `control_request` `can_use_tool` ([`lines::Control`]). The turn asks the session's clients through
+//!   [`Turn::approvals`] and writes the SDK's `control_response` (`allow` with the input as asked, or `deny`
+//!   with who denied it); a `control_cancel_request` (the CLI was interrupted) withdraws the question.
+//! - Permission mode: the spec's (`HarnessConfig::permission_mode`), else `OMNIGENT_CLAUDE_PERMISSION_MODE`,
+//!   else `acceptEdits` (file edits run without asking, Bash and the rest ask). A mode that skips approvals
+//!   (`bypassPermissions`, `skip`) never asks: the agent allows every prompt itself, which also works as root,
+//!   where Claude Code refuses `--permission-mode bypassPermissions` (it then runs in `acceptEdits`).
 //! - Binary: the harness table's row ([`AgentCli::locate`]: `OMNIGENT_CLAUDE_PATH`, else `PATH`, else the
 //!   usual install locations); a missing binary or missing credentials fail the turn naming the install or
 //!   login command.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,6 +38,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -141,6 +148,8 @@ pub struct AgentInfo {
 enum Request {
     Turn(Box<TurnRequest>),
     Interrupt,
+    /// A control-protocol line for the CLI's stdin (a turn's answer to a permission prompt).
+    Write(Value),
     Info(oneshot::Sender<AgentInfo>),
 }
 
@@ -172,6 +181,7 @@ impl ClaudeCode {
             kill_at: None,
             spawns: 0,
             mcp_file: None,
+            skip_approvals: false,
         };
         tokio::spawn(agent.run(rx));
         ClaudeCode { tx }
@@ -215,18 +225,51 @@ pub async fn run_turn(
         .map_err(|_| gone())?;
     let mut lines = lines::Lines::new(&turn.response_id, sink);
     let mut interrupted = false;
+    // The permission prompts being asked, each its own task (the CLI may ask several at once); dropping the set
+    // at the turn's end withdraws what is still open.
+    let mut asking: JoinSet<Value> = JoinSet::new();
+    let mut open: HashMap<String, AbortHandle> = HashMap::new();
     let ended = loop {
         tokio::select! {
             () = cancel.cancelled(), if !interrupted => {
                 interrupted = true;
                 let _ = agent.tx.send(Request::Interrupt);
             }
-            line = rx.recv() => match line {
-                Some(Line::Json(value)) => {
-                    if let Some(ended) = lines.line(&value) {
-                        break ended;
+            Some(answered) = asking.join_next(), if !asking.is_empty() => {
+                if let Ok(response) = answered {
+                    if let Some(id) = response.pointer("/response/request_id").and_then(Value::as_str) {
+                        open.remove(id);
                     }
+                    let _ = agent.tx.send(Request::Write(response));
                 }
+            }
+            line = rx.recv() => match line {
+                Some(Line::Json(value)) => match lines::Control::parse(&value) {
+                    Some(lines::Control::Permission(request)) => {
+                        let (approvals, sink, cancel) =
+                            (turn.approvals.clone(), sink.clone(), cancel.clone());
+                        let id = request.request_id.clone();
+                        let handle = asking.spawn(async move {
+                            let answer = approvals
+                                .ask(&sink, request.params(), request.tool_use_id.clone(), &cancel)
+                                .await;
+                            request.respond(&answer)
+                        });
+                        open.insert(id, handle);
+                    }
+                    // The CLI withdrew it (it was interrupted): the question is settled as unanswered.
+                    Some(lines::Control::Cancel { request_id }) => {
+                        if let Some(task) = open.remove(&request_id) {
+                            task.abort();
+                        }
+                    }
+                    Some(lines::Control::Other { .. }) => {}
+                    None => {
+                        if let Some(ended) = lines.line(&value) {
+                            break ended;
+                        }
+                    }
+                },
                 Some(Line::Failed(_)) if interrupted => return Err(HarnessError::Interrupted),
                 Some(Line::Failed(err)) => return Err(err),
                 None => return Err(gone()),
@@ -321,6 +364,8 @@ struct Agent {
     kill_at: Option<Instant>,
     spawns: u64,
     mcp_file: Option<PathBuf>,
+    /// The live process's permission mode skips approvals: the agent allows every tool itself.
+    skip_approvals: bool,
 }
 
 impl Agent {
@@ -337,6 +382,7 @@ impl Agent {
                         }
                     }
                     Some(Request::Interrupt) => self.interrupt().await,
+                    Some(Request::Write(line)) => self.write(&line).await,
                     Some(Request::Info(reply)) => {
                         let _ = reply.send(AgentInfo {
                             pid: self.proc.as_ref().and_then(|p| p.pid),
@@ -446,6 +492,19 @@ impl Agent {
                 cli.login_hint
             )));
         }
+        let mode = config
+            .permission_mode
+            .clone()
+            .or_else(|| self.options.permission_mode.clone())
+            .unwrap_or_else(|| DEFAULT_PERMISSION_MODE.to_owned());
+        let skip_approvals = super::skips_approvals(&mode);
+        // Claude Code refuses `bypassPermissions` as root: there it runs in the default mode and the agent allows
+        // whatever it asks.
+        let cli_mode = match skip_approvals {
+            true if nix::unistd::geteuid().is_root() => DEFAULT_PERMISSION_MODE,
+            true => "bypassPermissions",
+            false => mode.as_str(),
+        };
         let mut cmd = tokio::process::Command::new(&binary);
         cmd.args([
             "-p",
@@ -455,14 +514,12 @@ impl Agent {
             "stream-json",
             "--verbose",
             "--include-partial-messages",
+            // Permission prompts come to us as `can_use_tool` control requests (the Agent SDK's route).
+            "--permission-prompt-tool",
+            "stdio",
             "--permission-mode",
         ])
-        .arg(
-            self.options
-                .permission_mode
-                .as_deref()
-                .unwrap_or(DEFAULT_PERMISSION_MODE),
-        );
+        .arg(cli_mode);
         if let Some(model) = &config.model {
             cmd.args(["--model", model]);
         }
@@ -513,8 +570,11 @@ impl Agent {
         tokio::spawn(read_stdout(stdout, out_tx));
         let stderr = tokio::spawn(tail_lines(stderr));
         self.spawns += 1;
+        self.skip_approvals = skip_approvals;
         info!(
             pid,
+            permission_mode = cli_mode,
+            skip_approvals,
             resume = self.claude_session.is_some(),
             binary = %binary.display(),
             "started Claude Code"
@@ -552,7 +612,51 @@ impl Agent {
         Ok(file)
     }
 
+    /// Write one control-protocol line to the CLI.
+    async fn write(&mut self, message: &Value) {
+        let Some(proc) = &mut self.proc else { return };
+        let mut line = message.to_string();
+        line.push('\n');
+        let written = async {
+            proc.stdin.write_all(line.as_bytes()).await?;
+            proc.stdin.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            warn!("could not answer Claude Code's control request: {e}");
+        }
+    }
+
+    /// A control request the agent answers itself: permission prompts when approvals are skipped or no turn
+    /// runs, and the subtypes we never set up. `false`: the turn handles it.
+    async fn answer_control(&mut self, control: &lines::Control) -> bool {
+        let answer = match control {
+            lines::Control::Permission(request) if self.skip_approvals => request.allow(),
+            lines::Control::Permission(request) if self.current.is_none() => {
+                request.deny("No omnigent turn is running to ask anyone")
+            }
+            lines::Control::Permission(_) | lines::Control::Cancel { .. } => return false,
+            lines::Control::Other {
+                request_id,
+                subtype,
+            } => {
+                warn!(
+                    subtype,
+                    "Claude Code sent a control request omnigent does not serve"
+                );
+                lines::control_error(request_id, &format!("omnigent does not serve {subtype}"))
+            }
+        };
+        self.write(&answer).await;
+        true
+    }
+
     async fn on_line(&mut self, value: Value) {
+        if let Some(control) = lines::Control::parse(&value)
+            && self.answer_control(&control).await
+        {
+            return;
+        }
         let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
         if kind == "system"
             && value.get("subtype").and_then(Value::as_str) == Some("init")

@@ -82,6 +82,20 @@ pub struct HarnessConfig {
     /// `OMNIGENT_OPENAI_WIRE_API`, else the spec's `wire_api`, else the harness name's default (Responses for
     /// `openai-agents` and `open-responses`).
     pub wire_api: Option<openai::WireApi>,
+    /// The agent spec's `permission_mode` (`executor.config.permission_mode` / `executor.permission_mode`):
+    /// whether an agent CLI asks before it uses a tool. For Claude Code its `--permission-mode` (`default`,
+    /// `acceptEdits`, `plan`…); for Codex its approval policy (`on-request`, `untrusted`…); a mode that
+    /// [`skips_approvals`] never asks anyone. `None`: the harness's own setting.
+    pub permission_mode: Option<String>,
+}
+
+/// Whether the permission mode `mode` runs every tool without asking: `bypassPermissions` (Claude Code's),
+/// `never` (Codex's) or `skip`.
+pub fn skips_approvals(mode: &str) -> bool {
+    let mode = mode.trim();
+    ["bypassPermissions", "skip", "never"]
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(mode))
 }
 
 /// Everything a harness needs for one turn.

@@ -506,6 +506,7 @@ fn loaded(harness: HarnessKind, name: &str, wire_api: Option<WireApi>) -> AgentL
         instructions: Some("be the spec".into()),
         wire_api,
         mcp_servers: Vec::new(),
+        permission_mode: None,
         dir: ".".into(),
     }))
 }

@@ -7,7 +7,8 @@
 //!   for them); its `tool_use` blocks become `function_call` items.
 //! - `user`: its `tool_result` blocks become `function_call_output` items.
 //! - `result`: the turn's end, with its usage; `is_error` (or an `error_*` subtype) fails the turn.
-//! - `control_response` and anything else: nothing.
+//! - `control_response` and anything else: nothing. `control_request` / `control_cancel_request` are the
+//!   control protocol ([`Control`]: permission prompts), which the agent and its turn handle, not this mapping.
 
 use serde_json::{Value, json};
 
@@ -204,4 +205,135 @@ impl<'a> Lines<'a> {
         }
         Ended::Failed(message)
     }
+}
+
+/// One `control_request` of subtype `can_use_tool`: Claude Code asks (it was started with
+/// `--permission-prompt-tool stdio`, as the Claude Agent SDK starts it for `can_use_tool`) whether it may use a
+/// tool. Seen from the 2.1 CLI:
+/// `{"type":"control_request","request_id":"…","request":{"subtype":"can_use_tool","tool_name":"Bash",
+/// "display_name":"Bash","input":{"command":"…","description":"…"},"description":"…",
+/// "permission_suggestions":[…],"decision_reason":"This command requires approval",
+/// "decision_reason_type":"other","tool_use_id":"toolu_01"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PermissionRequest {
+    pub request_id: String,
+    pub tool_name: String,
+    pub input: Value,
+    pub tool_use_id: Option<String>,
+    /// The CLI's own words for the tool call (`description`), if it gave any.
+    pub description: Option<String>,
+}
+
+/// What the CLI's control protocol asks of us, on one stdout line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// `can_use_tool`.
+    Permission(PermissionRequest),
+    /// Another `control_request` subtype (`hook_callback`, `mcp_message`…), which we never set up.
+    Other { request_id: String, subtype: String },
+    /// `control_cancel_request`: the CLI withdrew the request `request_id` (an interrupt, say).
+    Cancel { request_id: String },
+}
+
+impl Control {
+    /// The control message on `value`, if it is one.
+    pub fn parse(value: &Value) -> Option<Control> {
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let request_id = text(value, "request_id")?;
+        match value.get("type").and_then(Value::as_str)? {
+            "control_cancel_request" => Some(Control::Cancel { request_id }),
+            "control_request" => {
+                let request = value.get("request")?;
+                let subtype = text(request, "subtype").unwrap_or_default();
+                if subtype != "can_use_tool" {
+                    return Some(Control::Other {
+                        request_id,
+                        subtype,
+                    });
+                }
+                Some(Control::Permission(PermissionRequest {
+                    request_id,
+                    tool_name: text(request, "tool_name").unwrap_or_else(|| "tool".to_owned()),
+                    input: request.get("input").cloned().unwrap_or_else(|| json!({})),
+                    tool_use_id: text(request, "tool_use_id"),
+                    description: text(request, "description").filter(|d| !d.is_empty()),
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl PermissionRequest {
+    /// The question for the session's clients: "Allow Bash: `touch a.txt`?" and the input as the preview.
+    pub fn params(&self) -> omnigent_proto::elicitation::ElicitationParams {
+        let field = |k: &str| self.input.get(k).and_then(Value::as_str);
+        let subject = field("command")
+            .or_else(|| field("file_path"))
+            .or_else(|| field("url"))
+            .or_else(|| field("pattern"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.input.to_string());
+        let subject: String = subject.chars().take(200).collect();
+        let mut message = format!("Allow {}: `{subject}`?", self.tool_name);
+        if let Some(description) = &self.description {
+            message.push_str(&format!(" ({description})"));
+        }
+        omnigent_proto::elicitation::ElicitationParams::tool_approval(
+            "claude-code",
+            &self.tool_name,
+            message,
+            &self.input.to_string(),
+        )
+    }
+
+    /// Let the tool run with its input as asked.
+    pub fn allow(&self) -> Value {
+        control_response(
+            &self.request_id,
+            json!({"behavior": "allow", "updatedInput": self.input}),
+        )
+    }
+
+    /// Refuse it, telling the model why (`message` is what its tool result says).
+    pub fn deny(&self, message: &str) -> Value {
+        control_response(
+            &self.request_id,
+            json!({"behavior": "deny", "message": message}),
+        )
+    }
+
+    /// The answer to send for `answer`: allow on `accept`, deny naming who denied otherwise.
+    pub fn respond(&self, answer: &omnigent_proto::elicitation::Answer) -> Value {
+        use omnigent_proto::elicitation::Action;
+        let who = answer
+            .meta
+            .as_ref()
+            .and_then(|m| ["resolved_by", "device_name"].iter().find_map(|k| m.get(k)))
+            .and_then(Value::as_str)
+            .unwrap_or("a user");
+        match answer.action {
+            Action::Accept => self.allow(),
+            Action::Decline => self.deny(&format!("Denied by {who} from omnigent")),
+            Action::Cancel => {
+                self.deny("Not approved: the question was dismissed or not answered in omnigent")
+            }
+        }
+    }
+}
+
+/// The `control_response` envelope the Claude Agent SDK writes to the CLI's stdin for a successful answer.
+pub fn control_response(request_id: &str, response: Value) -> Value {
+    json!({
+        "type": "control_response",
+        "response": {"subtype": "success", "request_id": request_id, "response": response},
+    })
+}
+
+/// The envelope for a request we do not serve.
+pub fn control_error(request_id: &str, error: &str) -> Value {
+    json!({
+        "type": "control_response",
+        "response": {"subtype": "error", "request_id": request_id, "error": error},
+    })
 }
