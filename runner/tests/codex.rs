@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{Canned, FakeVendor, user};
+use omnigent_proto::elicitation::{Action, Resolution};
 use omnigent_runner::harness::codex::CodexHandle;
 use omnigent_runner::harness::{
     self, HarnessConfig, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome,
@@ -361,4 +362,123 @@ async fn missing_credentials_fail_the_turn_naming_the_login() {
     let message = failed_turn(&codex).await;
     assert!(message.contains("OPENAI_API_KEY"), "{message}");
     assert!(message.contains("codex login"), "{message}");
+}
+
+// --- Approvals: the app-server's approval requests, asked of the session's clients. ---
+
+/// A shell call that asks to leave the sandbox (so `on-request` asks), then a text answer.
+async fn escalated_then_done() -> FakeVendor {
+    let arguments = json!({"cmd": "touch approved.txt", "sandbox_permissions": "require_escalated",
+        "justification": "Make the file"});
+    FakeVendor::start(vec![
+        responses::function_call("1", "call_1", "exec_command", arguments),
+        text("2", "Done."),
+    ])
+    .await
+}
+
+/// One turn whose approval request is answered `action` once it comes: the turn's result, its events and
+/// the request.
+async fn answered(
+    session: &mut Session<'_>,
+    action: Action,
+) -> (Result<TurnOutcome, HarnessError>, Vec<Value>, Value) {
+    let turn = session.turn("make the file");
+    let approvals = turn.approvals.clone();
+    let (sink, mut rx) = common::sink();
+    let cancel = CancellationToken::new();
+    let running = harness::run_turn(HarnessKind::Codex, &turn, &sink, &cancel);
+    tokio::pin!(running);
+    let mut events = Vec::new();
+    let request = loop {
+        let event = tokio::select! {
+            event = common::next_event(&mut rx) => event,
+            r = &mut running => panic!("the turn ended without asking: {r:?} after {events:?}"),
+        };
+        events.push(event.clone());
+        if event["type"] == "response.elicitation_request" {
+            break event;
+        }
+    };
+    let answer = Resolution::from_event(&json!({"type": "approval", "data": {
+        "elicitation_id": request["elicitation_id"], "action": action.as_str()}}))
+    .unwrap();
+    // As the server's forward does: `post_event` → the session → `Approvals::resolve`.
+    approvals.resolve(answer).unwrap();
+    let result = common::within(60, running).await;
+    events.extend(common::drain(&mut rx));
+    (result, events, request)
+}
+
+#[tokio::test]
+async fn an_approved_command_runs_after_the_answer() {
+    let vendor = escalated_then_done().await;
+    let codex = codex(Some(&vendor));
+    let mut session = Session::new(&codex);
+    let (result, events, request) = answered(&mut session, Action::Accept).await;
+    result.unwrap();
+    assert_eq!(request["params"]["policy_name"], "codex");
+    assert_eq!(request["params"]["tool_name"], "commandExecution");
+    assert_eq!(request["call_id"], "call_1");
+    let message = request["params"]["message"].as_str().unwrap();
+    assert!(message.contains("touch approved.txt"), "{message}");
+    assert!(codex.ws.join("approved.txt").exists(), "{events:?}");
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "session.status")
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["waiting", "running"]);
+    let resolved = events
+        .iter()
+        .find(|e| e["type"] == "response.elicitation_resolved")
+        .unwrap();
+    assert_eq!(resolved["action"], "accept");
+    let output = events
+        .iter()
+        .find(|e| e["item"]["type"] == "function_call_output")
+        .unwrap();
+    assert!(
+        output["item"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 0"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_declined_command_does_not_run() {
+    let vendor = escalated_then_done().await;
+    let codex = codex(Some(&vendor));
+    let mut session = Session::new(&codex);
+    let (result, events, _) = answered(&mut session, Action::Decline).await;
+    result.unwrap();
+    assert!(!codex.ws.join("approved.txt").exists(), "{events:?}");
+    let resolved = events
+        .iter()
+        .find(|e| e["type"] == "response.elicitation_resolved")
+        .unwrap();
+    assert_eq!(resolved["action"], "decline");
+    // The model heard that the command did not run (`Rejected("rejected by user")`).
+    let requests = vendor.requests();
+    assert_eq!(requests.len(), 2);
+    let sent = requests[1].body["input"].to_string();
+    assert!(sent.contains("rejected by user"), "{sent}");
+}
+
+#[tokio::test]
+async fn a_permission_mode_that_skips_approvals_never_asks() {
+    let vendor = escalated_then_done().await;
+    let mut codex = codex(Some(&vendor));
+    codex.config.permission_mode = Some("skip".into());
+    let mut session = Session::new(&codex);
+    let (result, events) = session.run("make the file").await;
+    result.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "response.elicitation_request"),
+        "{events:?}"
+    );
 }

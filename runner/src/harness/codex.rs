@@ -4,9 +4,14 @@
 //!
 //! - The process starts at the session's first turn, in its workspace: `initialize`, `initialized`, then
 //!   `thread/start` with `cwd` = the workspace, the model (`OMNIGENT_MODEL`, else Codex's own config),
-//!   `approvalPolicy: "never"` (nobody is at the terminal to answer; approval requests that still come are
-//!   declined) and `sandbox: "workspace-write"` (commands may write in the workspace only; Codex's own
-//!   sandbox, with its bundled bubblewrap on Linux).
+//!   `approvalPolicy` from the spec's permission mode (default `on-request`; `never` when it skips approvals)
+//!   and `sandbox: "workspace-write"` (commands may write in the workspace only; Codex's own sandbox, with its
+//!   bundled bubblewrap on Linux).
+//! - Approvals: the app-server's requests `item/commandExecution/requestApproval`,
+//!   `item/fileChange/requestApproval` (and the older `execCommandApproval` / `applyPatchApproval`) are asked
+//!   of the session's clients through [`Turn::approvals`] ([`approval`]) and answered with the decision the
+//!   protocol wants (`accept` / `decline` / `cancel`; `approved` / `denied` / `abort`); a
+//!   `serverRequest/resolved` for one still open withdraws it.
 //! - Each turn is a `turn/start` with the user's text. Its notifications become events: `item/agentMessage/delta`
 //!   → text deltas; `item/started`/`item/completed` of command executions, file changes, MCP tool calls and web
 //!   searches → `function_call` items (at start) and `function_call_output` items (at completion, with the
@@ -22,17 +27,38 @@
 //! a `codex login` (`$CODEX_HOME/auth.json`, `CODEX_HOME` defaulting to `~/.codex`), or a custom
 //! `model_provider` in `$CODEX_HOME/config.toml` (which names its own key variable).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
+use omnigent_proto::elicitation::Action;
 use omnigent_proto::events::kind;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::agent::{self, AgentProcess, INTERRUPT_TIMEOUT, Recorder, STARTUP_TIMEOUT};
 use super::{EventSink, HarnessError, HarnessKind, Turn, TurnOutcome};
+
+mod approval;
+
+/// The approval policy of the session's thread: the spec's `permission_mode` when it is one of Codex's
+/// (`untrusted`, `on-request`, `on-failure`, `never`), `never` when it [`super::skips_approvals`], else
+/// `on-request` (Codex's own "ask for approval": commands run in the workspace sandbox, and the agent asks
+/// before it leaves it).
+fn approval_policy(turn: &Turn) -> &str {
+    match turn.config.permission_mode.as_deref().map(str::trim) {
+        Some(mode @ ("untrusted" | "on-request" | "on-failure" | "never")) => mode,
+        Some(mode) if super::skips_approvals(mode) => "never",
+        _ => "on-request",
+    }
+}
+
+/// Whether the session's approvals are skipped (any request that still comes is accepted).
+fn skips_approvals(turn: &Turn) -> bool {
+    approval_policy(turn) == "never"
+}
 
 /// How to give it credentials, for error messages.
 const LOGIN_HINT: &str = "set OPENAI_API_KEY or run `codex login`";
@@ -177,6 +203,7 @@ enum Incoming {
     Request {
         id: Value,
         method: String,
+        params: Value,
     },
     Notification {
         method: String,
@@ -191,7 +218,14 @@ fn classify(mut message: Value) -> Incoming {
         .map(str::to_owned);
     let id = message.get_mut("id").map(Value::take);
     match (method, id) {
-        (Some(method), Some(id)) => Incoming::Request { id, method },
+        (Some(method), Some(id)) => Incoming::Request {
+            id,
+            method,
+            params: message
+                .get_mut("params")
+                .map(Value::take)
+                .unwrap_or(Value::Null),
+        },
         (Some(method), None) => Incoming::Notification {
             method,
             params: message
@@ -230,8 +264,8 @@ impl Server {
         Ok(id)
     }
 
-    /// Answer a request of the app-server: approvals are declined (approval policy "never": none should
-    /// come), anything else is not supported.
+    /// Answer a request of the app-server outside a turn's approvals: approvals are declined (nobody can be
+    /// asked here), anything else is not supported.
     async fn answer(&mut self, id: Value, method: &str) -> Result<(), HarnessError> {
         let reply = match method {
             "item/commandExecution/requestApproval" | "item/fileChange/requestApproval" => {
@@ -269,7 +303,7 @@ impl Server {
                             ))
                         });
                     }
-                    Incoming::Request { id, method } => self.answer(id, &method).await?,
+                    Incoming::Request { id, method, .. } => self.answer(id, &method).await?,
                     _ => {}
                 }
             }
@@ -340,7 +374,7 @@ impl Agent {
             .await?;
         let mut settings = json!({
             "cwd": turn.workspace.display().to_string(),
-            "approvalPolicy": "never",
+            "approvalPolicy": approval_policy(turn),
             "sandbox": "workspace-write",
         });
         if let Some(model) = &turn.config.model {
@@ -401,9 +435,21 @@ async fn run_codex_turn(
     let mut interrupt_sent = false;
     let deadline = tokio::time::sleep(std::time::Duration::MAX);
     tokio::pin!(deadline);
+    // Approval requests being asked of the session's clients, each its own task, by JSON-RPC id; dropping the
+    // set at the turn's end withdraws what is still open.
+    let mut asking: JoinSet<Value> = JoinSet::new();
+    let mut open: HashMap<String, AbortHandle> = HashMap::new();
+    let skip = skips_approvals(turn);
     loop {
         let message = tokio::select! {
             biased;
+            Some(answered) = asking.join_next(), if !asking.is_empty() => {
+                if let Ok(reply) = answered {
+                    open.remove(&reply["id"].to_string());
+                    server.process.send(&reply).await?;
+                }
+                continue;
+            }
             _ = cancel.cancelled(), if !interrupt_asked => {
                 interrupt_asked = true;
                 deadline.as_mut().reset(tokio::time::Instant::now() + INTERRUPT_TIMEOUT);
@@ -446,7 +492,43 @@ async fn run_codex_turn(
                 }
             },
             Incoming::Response { .. } => {} // turn/interrupt's answer
-            Incoming::Request { id, method } => server.answer(id, &method).await?,
+            Incoming::Request { id, method, params } => {
+                match approval::Question::of(&method, &params, &mapper.arguments) {
+                    Some(question) if skip => {
+                        server
+                            .process
+                            .send(&question.reply(&id, Action::Accept))
+                            .await?
+                    }
+                    Some(question) => {
+                        let (approvals, sink, cancel) =
+                            (turn.approvals.clone(), sink.clone(), cancel.clone());
+                        let key = id.to_string();
+                        let task = asking.spawn(async move {
+                            let answer = approvals
+                                .ask(
+                                    &sink,
+                                    question.params(),
+                                    Some(question.item_id.clone()),
+                                    &cancel,
+                                )
+                                .await;
+                            question.reply(&id, answer.action)
+                        });
+                        open.insert(key, task);
+                    }
+                    None => server.answer(id, &method).await?,
+                }
+            }
+            // Codex settled a request itself (the turn was interrupted, say): a question still open is withdrawn.
+            Incoming::Notification { method, params } if method == "serverRequest/resolved" => {
+                if let Some(task) = params
+                    .get("requestId")
+                    .and_then(|id| open.remove(&id.to_string()))
+                {
+                    task.abort();
+                }
+            }
             Incoming::Notification { method, params } => {
                 let theirs = params.get("turnId").and_then(Value::as_str);
                 if let (Some(ours), Some(theirs)) = (&turn_id, theirs)
@@ -469,6 +551,8 @@ struct Mapper<'a> {
     streamed: HashSet<String>,
     /// Tool items whose `function_call` was emitted at their start.
     called: HashSet<String>,
+    /// Their arguments, by item id: what an approval request about one of them previews.
+    arguments: HashMap<String, String>,
     /// The last error the agent reported that it will not retry.
     error: Option<String>,
 }
@@ -479,6 +563,7 @@ impl<'a> Mapper<'a> {
             recorder: Recorder::new(turn, sink),
             streamed: HashSet::new(),
             called: HashSet::new(),
+            arguments: HashMap::new(),
             error: None,
         }
     }
@@ -510,6 +595,7 @@ impl<'a> Mapper<'a> {
                 {
                     self.called.insert(id.clone());
                     self.recorder.call(&id, name, &arguments);
+                    self.arguments.insert(id, arguments);
                 }
             }
             "item/completed" => {
