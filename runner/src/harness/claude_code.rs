@@ -632,7 +632,12 @@ impl Agent {
     async fn answer_control(&mut self, control: &lines::Control) -> bool {
         let answer = match control {
             lines::Control::Permission(request) if self.skip_approvals => request.allow(),
-            lines::Control::Permission(request) if self.current.is_none() => {
+            lines::Control::Permission(request)
+                if self
+                    .current
+                    .as_ref()
+                    .is_none_or(mpsc::UnboundedSender::is_closed) =>
+            {
                 request.deny("No omnigent turn is running to ask anyone")
             }
             lines::Control::Permission(_) | lines::Control::Cancel { .. } => return false,
