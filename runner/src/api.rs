@@ -311,14 +311,18 @@ mod tests {
     use futures_util::StreamExt;
     use tower::ServiceExt;
 
-    fn app() -> Router {
-        router(Sessions::new(SessionDefaults {
+    fn echo_sessions() -> Sessions {
+        Sessions::new(SessionDefaults {
             workspace: ".".into(),
             harness: HarnessKind::Echo,
             env: Default::default(),
             harness_name: None,
             agents: None,
-        }))
+        })
+    }
+
+    fn app() -> Router {
+        router(echo_sessions())
     }
 
     #[tokio::test(start_paused = true)]
@@ -343,13 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn stream_sends_the_ready_heartbeat_then_what_was_kept_then_live_events() {
-        let sessions = Sessions::new(SessionDefaults {
-            workspace: ".".into(),
-            harness: HarnessKind::Echo,
-            env: Default::default(),
-            harness_name: None,
-            agents: None,
-        });
+        let sessions = echo_sessions();
         let session = sessions.get_or_create("s3");
         // Not text deltas: those of one message would merge while kept.
         let delta = |n: u32| json!({"type": "session.test", "n": n});
@@ -415,13 +413,7 @@ mod tests {
     #[tokio::test]
     async fn an_approval_answers_a_pending_question_once_and_refuses_the_rest() {
         use omnigent_proto::elicitation::{Action, Answer, ElicitationParams};
-        let sessions = Sessions::new(SessionDefaults {
-            workspace: ".".into(),
-            harness: HarnessKind::Echo,
-            env: Default::default(),
-            harness_name: None,
-            agents: None,
-        });
+        let sessions = echo_sessions();
         let approvals = sessions.get_or_create("s4").approvals().await.unwrap();
         let app = router(sessions);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -188,6 +188,17 @@ mod tests {
         request["elicitation_id"].as_str().unwrap().to_owned()
     }
 
+    /// The id of the question `asking` asks (it must not be answered before).
+    async fn asked(
+        rx: &mut mpsc::UnboundedReceiver<Value>,
+        asking: &mut std::pin::Pin<&mut impl std::future::Future<Output = Answer>>,
+    ) -> String {
+        tokio::select! {
+            id = requested(rx) => id,
+            _ = asking => panic!("answered before anyone answered"),
+        }
+    }
+
     fn resolution(id: &str, action: Action) -> Resolution {
         Resolution {
             elicitation_id: id.to_owned(),
@@ -202,10 +213,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let asking = approvals.ask(&sink, params(), Some("toolu_1".into()), &cancel);
         tokio::pin!(asking);
-        let id = tokio::select! {
-            id = requested(&mut rx) => id,
-            _ = &mut asking => panic!("answered before anyone answered"),
-        };
+        let id = asked(&mut rx, &mut asking).await;
         assert_eq!(approvals.pending_ids(), std::slice::from_ref(&id));
         approvals.resolve(resolution(&id, Action::Accept)).unwrap();
         assert_eq!(
@@ -229,10 +237,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let asking = approvals.ask(&sink, params(), Some("toolu_1".into()), &cancel);
         tokio::pin!(asking);
-        let id = tokio::select! {
-            id = requested(&mut rx) => id,
-            _ = &mut asking => panic!("answered before anyone answered"),
-        };
+        let id = asked(&mut rx, &mut asking).await;
         cancel.cancel();
         assert_eq!(asking.await.action, Action::Cancel);
         assert_eq!(
@@ -251,10 +256,7 @@ mod tests {
         {
             let asking = approvals.ask(&sink, params(), Some("toolu_1".into()), &cancel);
             tokio::pin!(asking);
-            tokio::select! {
-                _ = requested(&mut rx) => {},
-                _ = &mut asking => panic!("answered before anyone answered"),
-            };
+            asked(&mut rx, &mut asking).await;
         }
         let resolved = rx.recv().await.unwrap();
         assert_eq!(resolved["action"], "cancel");

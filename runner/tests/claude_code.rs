@@ -494,13 +494,13 @@ async fn a_vendor_refusal_fails_the_turn_with_its_message_and_the_agent_stays_us
 
 // --- Approvals: Claude Code's permission prompts (`--permission-prompt-tool stdio`). ---
 
-/// A Bash call that `acceptEdits` does not allow by itself (a plain `touch` it would), then `Done.`.
-async fn bash_then_done() -> FakeVendor {
+/// A Bash call that `acceptEdits` does not allow by itself (a plain `touch` it would), then `text`.
+async fn bash_then(text: &str) -> FakeVendor {
     let input = json!({"command": "sh -c \"touch approved.txt\"", "description": "Make the file"});
     let mut tool = vec![message_start("msg_1")];
     tool.extend(tool_block(0, "toolu_01", "Bash", &input));
     tool.extend(message_end("tool_use"));
-    FakeVendor::start(vec![Canned::stream(tool), answer("msg_2", &["Done."])]).await
+    FakeVendor::start(vec![Canned::stream(tool), answer("msg_2", &[text])]).await
 }
 
 /// Events until the agent asks, kept in `seen`: the request (after `session.status waiting`).
@@ -599,7 +599,7 @@ fn kinds(events: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn an_approved_bash_call_runs_after_the_answer() {
     let p = place();
-    let vendor = bash_then_done().await;
+    let vendor = bash_then("Done.").await;
     let (result, events) = answered(&p, &vendor, Action::Accept).await;
     let outcome = result.unwrap();
     assert!(p.ws.join("approved.txt").exists());
@@ -626,7 +626,7 @@ async fn an_approved_bash_call_runs_after_the_answer() {
 #[tokio::test]
 async fn a_denied_bash_call_does_not_run_and_the_model_is_told() {
     let p = place();
-    let vendor = bash_then_done().await;
+    let vendor = bash_then("Done.").await;
     let (result, events) = answered(&p, &vendor, Action::Decline).await;
     result.unwrap();
     assert!(!p.ws.join("approved.txt").exists());
@@ -636,15 +636,9 @@ async fn a_denied_bash_call_does_not_run_and_the_model_is_told() {
         result.contains("Denied by a user from omnigent"),
         "{result}"
     );
-    let output = events
-        .iter()
-        .find(|e| e["item"]["type"] == "function_call_output")
-        .unwrap();
+    let output = common::tool_output(&events);
     assert!(
-        output["item"]["output"]
-            .as_str()
-            .unwrap()
-            .contains("Denied by a user from omnigent"),
+        output.contains("Denied by a user from omnigent"),
         "{output}"
     );
 }
@@ -652,7 +646,7 @@ async fn a_denied_bash_call_does_not_run_and_the_model_is_told() {
 #[tokio::test]
 async fn a_permission_mode_that_skips_approvals_runs_the_call_without_asking() {
     let p = place();
-    let vendor = bash_then_done().await;
+    let vendor = bash_then("Done.").await;
     let agent = ClaudeCode::spawn(options(&p.home, &omnigent_testkit::agent_cli("claude")));
     // The spec's `permission_mode` (as `LoadedAgent::apply` puts it on the config); this runs as root too.
     let skip = HarnessConfig {
@@ -675,15 +669,7 @@ async fn a_permission_mode_that_skips_approvals_runs_the_call_without_asking() {
 #[tokio::test]
 async fn an_interrupt_while_asking_ends_the_turn_and_the_agent_stays_usable() {
     let p = place();
-    let input = json!({"command": "sh -c \"touch approved.txt\"", "description": "Make the file"});
-    let mut tool = vec![message_start("msg_1")];
-    tool.extend(tool_block(0, "toolu_01", "Bash", &input));
-    tool.extend(message_end("tool_use"));
-    let vendor = FakeVendor::start(vec![
-        Canned::stream(tool),
-        answer("msg_2", &["Still here."]),
-    ])
-    .await;
+    let vendor = bash_then("Still here.").await;
     let agent = ClaudeCode::spawn(options(&p.home, &omnigent_testkit::agent_cli("claude")));
     let t = turn(&p.ws, config(&vendor), "make the file", &agent);
     let (sink, mut rx) = common::sink();
@@ -702,10 +688,7 @@ async fn an_interrupt_while_asking_ends_the_turn_and_the_agent_stays_usable() {
         "{result:?}"
     );
     let events = common::drain(&mut rx);
-    let resolved = events
-        .iter()
-        .find(|e| e["type"] == "response.elicitation_resolved")
-        .unwrap_or_else(|| panic!("never resolved: {events:?}"));
+    let resolved = common::first(&events, "response.elicitation_resolved");
     assert_eq!(resolved["elicitation_id"], request["elicitation_id"]);
     assert_eq!(resolved["action"], "cancel");
     assert_eq!(resolved["reason"], "unanswered");

@@ -429,22 +429,12 @@ async fn an_approved_command_runs_after_the_answer() {
         .map(|e| e["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["waiting", "running"]);
-    let resolved = events
-        .iter()
-        .find(|e| e["type"] == "response.elicitation_resolved")
-        .unwrap();
-    assert_eq!(resolved["action"], "accept");
-    let output = events
-        .iter()
-        .find(|e| e["item"]["type"] == "function_call_output")
-        .unwrap();
-    assert!(
-        output["item"]["output"]
-            .as_str()
-            .unwrap()
-            .contains("exit code 0"),
-        "{output}"
+    assert_eq!(
+        common::first(&events, "response.elicitation_resolved")["action"],
+        "accept"
     );
+    let output = common::tool_output(&events);
+    assert!(output.contains("exit code 0"), "{output}");
 }
 
 #[tokio::test]
@@ -455,11 +445,10 @@ async fn a_declined_command_does_not_run() {
     let (result, events, _) = answered(&mut session, Action::Decline).await;
     result.unwrap();
     assert!(!codex.ws.join("approved.txt").exists(), "{events:?}");
-    let resolved = events
-        .iter()
-        .find(|e| e["type"] == "response.elicitation_resolved")
-        .unwrap();
-    assert_eq!(resolved["action"], "decline");
+    assert_eq!(
+        common::first(&events, "response.elicitation_resolved")["action"],
+        "decline"
+    );
     // The model heard that the command did not run (`Rejected("rejected by user")`).
     let requests = vendor.requests();
     assert_eq!(requests.len(), 2);

@@ -317,6 +317,14 @@ struct Proc {
 }
 
 impl Proc {
+    /// Write `message` as one line to its stdin.
+    async fn send(&mut self, message: &Value) -> std::io::Result<()> {
+        let mut line = message.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await?;
+        self.stdin.flush().await
+    }
+
     fn signal(&self, signal: Signal) {
         if let Some(group) = self.group {
             let _ = killpg(group, signal);
@@ -413,8 +421,6 @@ impl Agent {
             "parent_tool_use_id": null,
             "session_id": self.claude_session.clone().unwrap_or_default(),
         });
-        let mut line = message.to_string();
-        line.push('\n');
         // A CLI that died since the last turn is replaced (resuming its session); so is one whose stdin is
         // closed (it died just now, its end of output not yet read).
         for attempt in 0..2 {
@@ -436,12 +442,7 @@ impl Agent {
                 }
             }
             let Some(proc) = &mut self.proc else { return };
-            let written = async {
-                proc.stdin.write_all(line.as_bytes()).await?;
-                proc.stdin.flush().await
-            }
-            .await;
-            match written {
+            match proc.send(&message).await {
                 Ok(()) => {
                     self.current = Some(turn.lines);
                     return;
@@ -615,14 +616,7 @@ impl Agent {
     /// Write one control-protocol line to the CLI.
     async fn write(&mut self, message: &Value) {
         let Some(proc) = &mut self.proc else { return };
-        let mut line = message.to_string();
-        line.push('\n');
-        let written = async {
-            proc.stdin.write_all(line.as_bytes()).await?;
-            proc.stdin.flush().await
-        }
-        .await;
-        if let Err(e) = written {
+        if let Err(e) = proc.send(message).await {
             warn!("could not answer Claude Code's control request: {e}");
         }
     }
@@ -715,12 +709,9 @@ impl Agent {
             "request_id": format!("interrupt_{}", uuid::Uuid::new_v4().simple()),
             "request": {"subtype": "interrupt"},
         });
-        let mut line = request.to_string();
-        line.push('\n');
-        if let Err(e) = proc.stdin.write_all(line.as_bytes()).await {
+        if let Err(e) = proc.send(&request).await {
             warn!("could not send the interrupt to Claude Code: {e}");
         }
-        let _ = proc.stdin.flush().await;
         let grace = self
             .options
             .interrupt_grace

@@ -156,3 +156,20 @@ pub async fn read_line(path: std::path::PathBuf) -> String {
         .unwrap();
     line.trim().to_owned()
 }
+
+/// The first event of type `kind`; fails the test if there is none.
+pub fn first<'a>(events: &'a [Value], kind: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {events:?}"))
+}
+
+/// The output of the first `function_call_output` item.
+pub fn tool_output(events: &[Value]) -> &str {
+    events
+        .iter()
+        .find(|e| e["item"]["type"] == "function_call_output")
+        .and_then(|e| e["item"]["output"].as_str())
+        .unwrap_or_else(|| panic!("no function_call_output in {events:?}"))
+}
