@@ -1,6 +1,7 @@
-//! What the long-lived agent CLI harnesses (`codex`, `pi`) share: finding the binary, one child process
-//! speaking JSON lines over stdio (its own process group, killed with it), and the recorder that turns what
-//! the agent did into events and history.
+//! What the long-lived agent CLI harnesses (`codex`, `pi`) share: the session's handle on the one task that
+//! owns its agent ([`AgentHandle`] over a [`CliAgent`]), finding the binary, one child process speaking JSON
+//! lines over stdio (its own process group, killed with it), and the recorder that turns what the agent did
+//! into events and history.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::exec::{read_line_capped, tail_lines};
 use super::{EventSink, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome};
@@ -24,6 +27,137 @@ pub(super) const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an interrupted agent gets to end its turn before the process is killed (the next turn starts a
 /// new one and resumes the conversation).
 pub(super) const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One agent CLI's state in its session task (the process it keeps, the conversation to resume): what the task
+/// does with each turn.
+pub trait CliAgent: Default + Send + 'static {
+    /// The agent, for messages (`codex`, `pi`).
+    const NAME: &'static str;
+
+    /// Run one turn on the agent's process (started or restarted as needed).
+    fn turn(
+        &mut self,
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> impl std::future::Future<Output = Result<TurnOutcome, HarnessError>> + Send;
+
+    /// The pid of its running process, if one runs.
+    fn pid(&self) -> Option<u32>;
+}
+
+/// A session's agent: a handle on the task that owns a [`CliAgent`]. Cheap to clone; its process is killed once
+/// every handle is gone.
+pub struct AgentHandle<A> {
+    tx: mpsc::UnboundedSender<Job>,
+    agent: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for AgentHandle<A> {
+    fn clone(&self) -> Self {
+        AgentHandle {
+            tx: self.tx.clone(),
+            agent: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<A: CliAgent> std::fmt::Debug for AgentHandle<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AgentHandle({})", A::NAME)
+    }
+}
+
+/// What a session asks of its agent's task.
+enum Job {
+    Turn {
+        turn: Box<Turn>,
+        sink: EventSink,
+        cancel: CancellationToken,
+        reply: oneshot::Sender<Result<TurnOutcome, HarnessError>>,
+    },
+    Pid(oneshot::Sender<Option<u32>>),
+}
+
+impl<A: CliAgent> AgentHandle<A> {
+    /// Start the task (the process itself starts at the first turn). Needs a Tokio runtime.
+    pub fn spawn() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_agent::<A>(rx));
+        AgentHandle {
+            tx,
+            agent: std::marker::PhantomData,
+        }
+    }
+
+    /// Run one turn on this session's agent.
+    pub async fn run_turn(
+        &self,
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<TurnOutcome, HarnessError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Turn {
+            turn: Box::new(turn.clone()),
+            sink: sink.clone(),
+            cancel: cancel.clone(),
+            reply,
+        };
+        self.tx.send(job).map_err(|_| gone::<A>())?;
+        rx.await.map_err(|_| gone::<A>())?
+    }
+
+    /// The pid of the agent's running process, if one runs.
+    pub async fn pid(&self) -> Option<u32> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job::Pid(reply)).ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+/// A turn on the session's agent `handle`; without one (a bare turn), on a fresh agent for this turn, which
+/// forgets the conversation after it.
+pub(super) async fn run_turn<A: CliAgent>(
+    handle: Option<&AgentHandle<A>>,
+    turn: &Turn,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<TurnOutcome, HarnessError> {
+    match handle {
+        Some(handle) => handle.run_turn(turn, sink, cancel).await,
+        None => AgentHandle::<A>::spawn().run_turn(turn, sink, cancel).await,
+    }
+}
+
+fn gone<A: CliAgent>() -> HarnessError {
+    HarnessError::Exec(format!(
+        "the {} agent task is gone (the session is closing)",
+        A::NAME
+    ))
+}
+
+/// The task owning one session's agent; when every handle is gone the session is over and dropping the agent
+/// kills its process.
+async fn run_agent<A: CliAgent>(mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut agent = A::default();
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Turn {
+                turn,
+                sink,
+                cancel,
+                reply,
+            } => {
+                let result = agent.turn(&turn, &sink, &cancel).await;
+                let _ = reply.send(result);
+            }
+            Job::Pid(reply) => {
+                let _ = reply.send(agent.pid());
+            }
+        }
+    }
+}
 
 /// One agent CLI process speaking JSON lines on stdin/stdout. Dropping it kills its whole process group.
 pub(super) struct AgentProcess {

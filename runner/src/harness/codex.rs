@@ -33,7 +33,6 @@ use std::path::PathBuf;
 use omnigent_proto::elicitation::Action;
 use omnigent_proto::events::kind;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -65,67 +64,7 @@ const LOGIN_HINT: &str = "set OPENAI_API_KEY or run `codex login`";
 
 /// The session's Codex agent: a handle on the task that owns its `codex app-server`. Cheap to clone; the
 /// process is killed once every handle is gone.
-#[derive(Debug, Clone)]
-pub struct CodexHandle {
-    tx: mpsc::UnboundedSender<Job>,
-}
-
-enum Job {
-    Turn {
-        turn: Box<Turn>,
-        sink: EventSink,
-        cancel: CancellationToken,
-        reply: oneshot::Sender<Result<TurnOutcome, HarnessError>>,
-    },
-    Pid(oneshot::Sender<Option<u32>>),
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Job::Turn { .. } => "Job::Turn",
-            Job::Pid(_) => "Job::Pid",
-        })
-    }
-}
-
-impl CodexHandle {
-    /// Start the task (the process itself starts at the first turn). Needs a Tokio runtime.
-    pub fn spawn() -> CodexHandle {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_agent(rx));
-        CodexHandle { tx }
-    }
-
-    /// Run one turn on this session's agent.
-    pub async fn run_turn(
-        &self,
-        turn: &Turn,
-        sink: &EventSink,
-        cancel: &CancellationToken,
-    ) -> Result<TurnOutcome, HarnessError> {
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Turn {
-            turn: Box::new(turn.clone()),
-            sink: sink.clone(),
-            cancel: cancel.clone(),
-            reply,
-        };
-        self.tx.send(job).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
-    }
-
-    /// The pid of the running `codex app-server`, if one runs.
-    pub async fn pid(&self) -> Option<u32> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Pid(reply)).ok()?;
-        rx.await.ok().flatten()
-    }
-}
-
-fn gone() -> HarnessError {
-    HarnessError::Exec("the codex agent task is gone (the session is closing)".into())
-}
+pub type CodexHandle = agent::AgentHandle<CodexAgent>;
 
 /// A turn on the session's agent (`turn.codex`); without one (a bare turn), on a fresh agent for this turn.
 pub async fn run_turn(
@@ -133,10 +72,7 @@ pub async fn run_turn(
     sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<TurnOutcome, HarnessError> {
-    match &turn.codex {
-        Some(handle) => handle.run_turn(turn, sink, cancel).await,
-        None => CodexHandle::spawn().run_turn(turn, sink, cancel).await,
-    }
+    agent::run_turn(turn.codex.as_ref(), turn, sink, cancel).await
 }
 
 /// Whether Codex's own config.toml (`$CODEX_HOME`, else `~/.codex`) selects a custom `model_provider`, which
@@ -160,33 +96,29 @@ fn has_custom_provider(get: &impl Fn(&str) -> Option<String>) -> bool {
     })
 }
 
-/// The task owning one session's `codex app-server`.
-async fn run_agent(mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut agent = Agent::default();
-    while let Some(job) = jobs.recv().await {
-        match job {
-            Job::Turn {
-                turn,
-                sink,
-                cancel,
-                reply,
-            } => {
-                let result = agent.turn(&turn, &sink, &cancel).await;
-                let _ = reply.send(result);
-            }
-            Job::Pid(reply) => {
-                let _ = reply.send(agent.server.as_ref().and_then(|s| s.process.pid()));
-            }
-        }
-    }
-    // Every handle is gone: the session is over; dropping the server kills it.
-}
-
+/// One session's `codex app-server` and its thread (the state of its [`CodexHandle`]'s task).
 #[derive(Default)]
-struct Agent {
+pub struct CodexAgent {
     server: Option<Server>,
     /// The Codex thread of this session, once started: resumed by a new process.
     thread_id: Option<String>,
+}
+
+impl agent::CliAgent for CodexAgent {
+    const NAME: &'static str = "codex";
+
+    async fn turn(
+        &mut self,
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<TurnOutcome, HarnessError> {
+        CodexAgent::turn(self, turn, sink, cancel).await
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(|s| s.process.pid())
+    }
 }
 
 struct Server {
@@ -321,7 +253,7 @@ impl Server {
     }
 }
 
-impl Agent {
+impl CodexAgent {
     async fn turn(
         &mut self,
         turn: &Turn,

@@ -18,7 +18,6 @@
 
 use omnigent_proto::events::kind;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -27,67 +26,7 @@ use super::{EventSink, HarnessError, HarnessKind, Turn, TurnOutcome};
 
 /// The session's Pi agent: a handle on the task that owns its `pi --mode rpc`. Cheap to clone; the process is
 /// killed once every handle is gone.
-#[derive(Debug, Clone)]
-pub struct PiHandle {
-    tx: mpsc::UnboundedSender<Job>,
-}
-
-enum Job {
-    Turn {
-        turn: Box<Turn>,
-        sink: EventSink,
-        cancel: CancellationToken,
-        reply: oneshot::Sender<Result<TurnOutcome, HarnessError>>,
-    },
-    Pid(oneshot::Sender<Option<u32>>),
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Job::Turn { .. } => "Job::Turn",
-            Job::Pid(_) => "Job::Pid",
-        })
-    }
-}
-
-impl PiHandle {
-    /// Start the task (the process itself starts at the first turn). Needs a Tokio runtime.
-    pub fn spawn() -> PiHandle {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_agent(rx));
-        PiHandle { tx }
-    }
-
-    /// Run one turn on this session's agent.
-    pub async fn run_turn(
-        &self,
-        turn: &Turn,
-        sink: &EventSink,
-        cancel: &CancellationToken,
-    ) -> Result<TurnOutcome, HarnessError> {
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Turn {
-            turn: Box::new(turn.clone()),
-            sink: sink.clone(),
-            cancel: cancel.clone(),
-            reply,
-        };
-        self.tx.send(job).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
-    }
-
-    /// The pid of the running `pi`, if one runs.
-    pub async fn pid(&self) -> Option<u32> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Job::Pid(reply)).ok()?;
-        rx.await.ok().flatten()
-    }
-}
-
-fn gone() -> HarnessError {
-    HarnessError::Exec("the pi agent task is gone (the session is closing)".into())
-}
+pub type PiHandle = agent::AgentHandle<PiAgent>;
 
 /// A turn on the session's agent (`turn.pi`); without one (a bare turn), on a fresh agent for this turn.
 pub async fn run_turn(
@@ -95,41 +34,36 @@ pub async fn run_turn(
     sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<TurnOutcome, HarnessError> {
-    match &turn.pi {
-        Some(handle) => handle.run_turn(turn, sink, cancel).await,
-        None => PiHandle::spawn().run_turn(turn, sink, cancel).await,
+    agent::run_turn(turn.pi.as_ref(), turn, sink, cancel).await
+}
+
+impl agent::CliAgent for PiAgent {
+    const NAME: &'static str = "pi";
+
+    async fn turn(
+        &mut self,
+        turn: &Turn,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<TurnOutcome, HarnessError> {
+        PiAgent::turn(self, turn, sink, cancel).await
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(AgentProcess::pid)
     }
 }
 
-async fn run_agent(mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut agent = Agent::default();
-    while let Some(job) = jobs.recv().await {
-        match job {
-            Job::Turn {
-                turn,
-                sink,
-                cancel,
-                reply,
-            } => {
-                let result = agent.turn(&turn, &sink, &cancel).await;
-                let _ = reply.send(result);
-            }
-            Job::Pid(reply) => {
-                let _ = reply.send(agent.process.as_ref().and_then(AgentProcess::pid));
-            }
-        }
-    }
-}
-
+/// One session's `pi --mode rpc` and its session file (the state of its [`PiHandle`]'s task).
 #[derive(Default)]
-struct Agent {
+pub struct PiAgent {
     process: Option<AgentProcess>,
     /// The file Pi saves this session's conversation to: a new process reloads it.
     session_file: Option<String>,
     next_id: u64,
 }
 
-impl Agent {
+impl PiAgent {
     async fn turn(
         &mut self,
         turn: &Turn,
