@@ -105,6 +105,7 @@ impl LoadedAgent {
         if self.permission_mode.is_some() {
             config.permission_mode.clone_from(&self.permission_mode);
         }
+        config.agent_mcp_servers.clone_from(&self.mcp_servers);
     }
 }
 

@@ -471,3 +471,32 @@ async fn a_permission_mode_that_skips_approvals_never_asks() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn the_specs_instructions_and_mcp_servers_reach_codex() {
+    let vendor = FakeVendor::start(vec![text("1", "Hello.")]).await;
+    let mut codex = codex(Some(&vendor));
+    codex.config.instructions = Some("You are Omni, the omnigent test agent.".into());
+    let server = omnigent_proto::agent::spec::Tool {
+        kind: Some("mcp".into()),
+        command: Some("/usr/bin/python3".into()),
+        args: vec![format!(
+            "{}/tests/fixtures/mcp_server.py",
+            env!("CARGO_MANIFEST_DIR")
+        )],
+        ..Default::default()
+    };
+    codex.config.agent_mcp_servers = vec![("calc".into(), server)];
+    let mut session = Session::new(&codex);
+    let (result, _) = session.run("hi").await;
+    result.unwrap();
+    let requests = vendor.requests();
+    let body = &requests[0].body;
+    let input = body["input"].to_string();
+    assert!(
+        input.contains("You are Omni, the omnigent test agent."),
+        "{input}"
+    );
+    let tools = body["tools"].to_string();
+    assert!(tools.contains("calc") && tools.contains("add"), "{tools}");
+}

@@ -367,3 +367,18 @@ async fn missing_credentials_fail_the_turn_naming_the_login() {
     assert!(message.contains("/login"), "{message}");
     assert!(message.contains("models.json"), "{message}");
 }
+
+#[tokio::test]
+async fn the_specs_instructions_are_appended_to_pis_system_prompt() {
+    let vendor = FakeVendor::start(vec![text("1", "Hello.")]).await;
+    let mut pi = pi(Some(&vendor));
+    pi.config.instructions = Some("You are Omni, the omnigent test agent.".into());
+    let mut session = Session::new(&pi);
+    let (result, _) = session.run("hi").await;
+    result.unwrap();
+    let body = vendor.requests()[0].body.to_string();
+    assert!(
+        body.contains("You are Omni, the omnigent test agent."),
+        "{body}"
+    );
+}

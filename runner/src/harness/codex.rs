@@ -59,6 +59,28 @@ fn skips_approvals(turn: &Turn) -> bool {
     approval_policy(turn) == "never"
 }
 
+/// The agent spec's MCP servers as Codex's `mcp_servers` config (`{name: {command, args, env} | {url,
+/// http_headers}}`); entries that are not MCP servers are left out.
+fn mcp_servers(
+    servers: &[(String, omnigent_proto::agent::spec::Tool)],
+) -> serde_json::Map<String, Value> {
+    use omnigent_proto::agent::spec::McpTransport;
+    let mut out = serde_json::Map::new();
+    for (name, tool) in servers {
+        let entry = match tool.mcp() {
+            Some(McpTransport::Stdio { command, args, env }) => {
+                json!({"command": command, "args": args, "env": env})
+            }
+            Some(McpTransport::Http { url, headers }) => {
+                json!({"url": url, "http_headers": headers})
+            }
+            None => continue,
+        };
+        out.insert(name.clone(), entry);
+    }
+    out
+}
+
 /// How to give it credentials, for error messages.
 const LOGIN_HINT: &str = "set OPENAI_API_KEY or run `codex login`";
 
@@ -311,6 +333,14 @@ impl CodexAgent {
         });
         if let Some(model) = &turn.config.model {
             settings["model"] = json!(model);
+        }
+        // The spec's instructions go after Codex's own prompt; its MCP servers into Codex's config.
+        if let Some(instructions) = &turn.config.instructions {
+            settings["developerInstructions"] = json!(instructions);
+        }
+        let servers = mcp_servers(&turn.config.agent_mcp_servers);
+        if !servers.is_empty() {
+            settings["config"] = json!({"mcp_servers": servers});
         }
         let thread_id = match self.thread_id.clone() {
             Some(thread_id) => {

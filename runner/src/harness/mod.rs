@@ -87,6 +87,9 @@ pub struct HarnessConfig {
     /// `acceptEdits`, `plan`…); for Codex its approval policy (`on-request`, `untrusted`…); a mode that
     /// [`skips_approvals`] never asks anyone. `None`: the harness's own setting.
     pub permission_mode: Option<String>,
+    /// The agent spec's MCP servers (`tools` entries of `type: mcp`), by name, for an agent CLI that is its own
+    /// MCP client (`codex`); the vendor harnesses use the session's `Turn::mcp` instead.
+    pub agent_mcp_servers: Vec<(String, omnigent_proto::agent::spec::Tool)>,
 }
 
 /// Whether the permission mode `mode` runs every tool without asking: `bypassPermissions` (Claude Code's),

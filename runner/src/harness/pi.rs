@@ -104,6 +104,10 @@ impl PiAgent {
         if let Some(model) = &turn.config.model {
             args.extend(["--model", model]);
         }
+        // The spec's instructions go after Pi's own system prompt (Pi has no MCP client).
+        if let Some(instructions) = &turn.config.instructions {
+            args.extend(["--append-system-prompt", instructions]);
+        }
         let mut process = AgentProcess::spawn("pi --mode rpc", &program, &args, turn)?;
         if let Some(file) = &self.session_file {
             info!(

@@ -505,8 +505,8 @@ fn loaded(harness: HarnessKind, name: &str, wire_api: Option<WireApi>) -> AgentL
         api_key: Some("spec-key".into()),
         instructions: Some("be the spec".into()),
         wire_api,
-        mcp_servers: Vec::new(),
-        permission_mode: None,
+        mcp_servers: vec![("files".into(), Default::default())],
+        permission_mode: Some("default".into()),
         dir: ".".into(),
     }))
 }
@@ -532,10 +532,13 @@ fn the_spec_sets_the_harness_and_its_settings_unless_the_init_names_one() {
     assert_eq!(config.api_key.as_deref(), Some("spec-key"));
     assert_eq!(config.base_url.as_deref(), Some("http://spec"));
     assert_eq!(config.instructions.as_deref(), Some("be the spec"));
+    assert_eq!(config.permission_mode.as_deref(), Some("default"));
+    assert_eq!(config.agent_mcp_servers.len(), 1);
     // Back to built-in (the server has no agent any more): the runner's default again, no spec settings.
     s.handle(init(None, Some(AgentLoad::BuiltIn)));
     assert_eq!(s.harness, HarnessKind::Echo);
     assert_eq!(s.turn_config().instructions, None);
+    assert_eq!(s.turn_config().permission_mode, None);
     // An init that names a harness wins over the spec's.
     s.handle(init(
         Some(("anthropic", HarnessKind::Anthropic)),
