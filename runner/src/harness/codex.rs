@@ -135,7 +135,25 @@ impl agent::CliAgent for CodexAgent {
         sink: &EventSink,
         cancel: &CancellationToken,
     ) -> Result<TurnOutcome, HarnessError> {
-        CodexAgent::turn(self, turn, sink, cancel).await
+        if self.server.as_mut().is_some_and(|s| s.process.has_exited()) {
+            info!("codex app-server has exited since the last turn; starting a new one");
+            self.server = None;
+        }
+        let (server, thread_id) = match (self.server.take(), self.thread_id.clone()) {
+            (Some(server), Some(thread_id)) => (server, thread_id),
+            _ => self.start(turn, cancel).await?,
+        };
+        let mut server = server;
+        self.thread_id = Some(thread_id.clone());
+        match run_codex_turn(&mut server, &thread_id, turn, sink, cancel).await {
+            Ok(ended) => {
+                self.server = Some(server);
+                ended
+            }
+            // The process stopped talking or ignored an interrupt: it is dropped (killed); the next turn
+            // starts a new one that resumes the thread.
+            Err(broken) => Err(broken),
+        }
     }
 
     fn pid(&self) -> Option<u32> {
@@ -276,33 +294,6 @@ impl Server {
 }
 
 impl CodexAgent {
-    async fn turn(
-        &mut self,
-        turn: &Turn,
-        sink: &EventSink,
-        cancel: &CancellationToken,
-    ) -> Result<TurnOutcome, HarnessError> {
-        if self.server.as_mut().is_some_and(|s| s.process.has_exited()) {
-            info!("codex app-server has exited since the last turn; starting a new one");
-            self.server = None;
-        }
-        let (server, thread_id) = match (self.server.take(), self.thread_id.clone()) {
-            (Some(server), Some(thread_id)) => (server, thread_id),
-            _ => self.start(turn, cancel).await?,
-        };
-        let mut server = server;
-        self.thread_id = Some(thread_id.clone());
-        match run_codex_turn(&mut server, &thread_id, turn, sink, cancel).await {
-            Ok(ended) => {
-                self.server = Some(server);
-                ended
-            }
-            // The process stopped talking or ignored an interrupt: it is dropped (killed); the next turn
-            // starts a new one that resumes the thread.
-            Err(broken) => Err(broken),
-        }
-    }
-
     /// A new app-server, initialised, with the session's thread started or resumed.
     async fn start(
         &mut self,

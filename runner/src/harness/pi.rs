@@ -46,30 +46,6 @@ impl agent::CliAgent for PiAgent {
         sink: &EventSink,
         cancel: &CancellationToken,
     ) -> Result<TurnOutcome, HarnessError> {
-        PiAgent::turn(self, turn, sink, cancel).await
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.process.as_ref().and_then(AgentProcess::pid)
-    }
-}
-
-/// One session's `pi --mode rpc` and its session file (the state of its [`PiHandle`]'s task).
-#[derive(Default)]
-pub struct PiAgent {
-    process: Option<AgentProcess>,
-    /// The file Pi saves this session's conversation to: a new process reloads it.
-    session_file: Option<String>,
-    next_id: u64,
-}
-
-impl PiAgent {
-    async fn turn(
-        &mut self,
-        turn: &Turn,
-        sink: &EventSink,
-        cancel: &CancellationToken,
-    ) -> Result<TurnOutcome, HarnessError> {
         if self.process.as_mut().is_some_and(AgentProcess::has_exited) {
             info!("pi has exited since the last turn; starting a new one");
             self.process = None;
@@ -90,6 +66,21 @@ impl PiAgent {
         }
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(AgentProcess::pid)
+    }
+}
+
+/// One session's `pi --mode rpc` and its session file (the state of its [`PiHandle`]'s task).
+#[derive(Default)]
+pub struct PiAgent {
+    process: Option<AgentProcess>,
+    /// The file Pi saves this session's conversation to: a new process reloads it.
+    session_file: Option<String>,
+    next_id: u64,
+}
+
+impl PiAgent {
     async fn start(
         &mut self,
         turn: &Turn,
