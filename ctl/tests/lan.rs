@@ -364,7 +364,16 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
     // The owner (loopback) shares a host code; the other machine logs in with it.
     let out = output(
         server_home.omnigent(&[
-            "share", "--role", "host", "--ttl", "5m", "--server", &url, "--json",
+            "share",
+            "--role",
+            "host",
+            "--ttl",
+            "5m",
+            "--device-ttl",
+            "30d",
+            "--server",
+            &url,
+            "--json",
         ]),
         "share",
     )
@@ -373,6 +382,7 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
     let code: Value = serde_json::from_slice(&out.stdout).unwrap();
     let pairing_code = code["code"].as_str().unwrap().to_owned();
     assert_eq!(code["role"], "host");
+    assert_eq!(code["device_ttl_seconds"], 30 * 86_400, "{code}");
     assert!(
         code["urls"].as_array().unwrap().iter().any(|u| u
             .as_str()
@@ -498,13 +508,28 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let devices: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paired = devices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "ns-box" && d["role"] == "host")
+        .unwrap_or_else(|| panic!("{devices}"));
+    // Paired for 30 days (`share --device-ttl 30d`), counted from the pairing.
+    let lifetime = paired["expires_at"].as_i64().unwrap() - paired["created_at"].as_i64().unwrap();
+    assert_eq!(lifetime, 30 * 86_400, "{paired}");
+    let out = output(
+        server_home.omnigent(&["devices", "--server", &url]),
+        "devices text",
+    )
+    .await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let row = listed
+        .lines()
+        .find(|l| l.contains("ns-box"))
+        .unwrap_or_default();
     assert!(
-        devices["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["name"] == "ns-box" && d["role"] == "host"),
-        "{devices}"
+        listed.contains("EXPIRES") && (row.contains("in 30d") || row.contains("in 29d")),
+        "{listed}"
     );
     let _ = output(client.omnigent_in(&ns, &["stop"]), "stop").await;
     let server_log = server.kill_and_read_log().await.join("\n");
@@ -537,7 +562,7 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
 async fn a_runner_tunnel_from_another_machine_without_a_binding_token_is_refused() {
     let ns = Netns::new();
     let home = Home::new();
-    let (mut server, _url, lan) = lan_server(&home, &ns).await;
+    let (mut server, url, lan) = lan_server(&home, &ns).await;
     let ws = tempfile::tempdir().unwrap();
     let client = Home::new();
     let ws_path = ws.path().display().to_string();
@@ -553,6 +578,9 @@ async fn a_runner_tunnel_from_another_machine_without_a_binding_token_is_refused
         "says why: {}",
         text(&out)
     );
+    // Nothing changed: no runner is online.
+    let (_, runners) = get(&format!("{url}/v1/runners")).await;
+    assert_eq!(runners["data"], json!([]), "{runners}");
     let log = server.kill_and_read_log().await.join("\n");
     assert!(
         !log.contains(omnigent_tunnel::server::RUNNER_CONNECTED),
