@@ -336,24 +336,24 @@ fn host_enable_lan_is_kept_in_config_toml_and_the_services_daemon_spawns_its_ser
     // The unit carries no bind: the daemon reads config.toml, as a plain `omnigent start` does.
     let unit = std::fs::read_to_string(f.unit()).unwrap();
     assert!(!unit.contains("OMNIGENT_SERVER_BIND"), "{unit}");
-    let server_cmdline = |st: &Value| {
+    // The server process the daemon spawned really got `--bind BIND`.
+    let assert_spawned_with = |st: &Value, bind: &str| {
         let pid = st["server"]["pid"].as_u64().expect("a server pid");
-        std::fs::read(format!("/proc/{pid}/cmdline"))
+        let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
             .unwrap()
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect::<Vec<_>>()
+            .collect();
+        assert!(
+            args.windows(2).any(|w| w[0] == "--bind" && w[1] == bind),
+            "{args:?}"
+        );
     };
     let st = f.json(&["status", "--json"]);
     assert_eq!(st["daemon"]["started_by"], "systemd", "{st}");
     assert_eq!(st["server"]["bind"], "0.0.0.0", "{st}");
     assert_eq!(st["server"]["lan_bind"], "0.0.0.0", "{st}");
-    let args = server_cmdline(&st);
-    assert!(
-        args.windows(2)
-            .any(|w| w[0] == "--bind" && w[1] == "0.0.0.0"),
-        "{args:?}"
-    );
+    assert_spawned_with(&st, "0.0.0.0");
     let host = f.json(&["host", "status", "--json"]);
     assert_eq!(host["server_bind"], "0.0.0.0", "{host}");
     assert!(
@@ -374,12 +374,7 @@ fn host_enable_lan_is_kept_in_config_toml_and_the_services_daemon_spawns_its_ser
     let st = f.json(&["status", "--json"]);
     assert!(st["server"]["lan_bind"].is_null(), "{st}");
     assert_eq!(st["server"]["bind"], "127.0.0.1", "{st}");
-    let args = server_cmdline(&st);
-    assert!(
-        args.windows(2)
-            .any(|w| w[0] == "--bind" && w[1] == "127.0.0.1"),
-        "{args:?}"
-    );
+    assert_spawned_with(&st, "127.0.0.1");
     // Enabling again with --lan while the service runs loopback: config changed, the service restarted.
     f.take_calls();
     f.ok(&["host", "enable", "--lan"]);

@@ -750,32 +750,12 @@ async fn revoking_a_device_closes_its_open_stream_and_socket_within_a_second() {
     .await;
     assert_eq!(status, 204);
     let revoked = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match body.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        ended.is_ok(),
+        ends_within_a_second(&mut body).await,
         "the stream was still open 1 s after the revocation"
     );
-    let closed = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match ws.next().await {
-                None
-                | Some(Err(_))
-                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closes_within_a_second(&mut ws).await,
         "the socket was still open 1 s after the revocation"
     );
     assert!(revoked.elapsed() < Duration::from_secs(2));
@@ -1014,19 +994,8 @@ async fn a_host_device_registers_keeps_its_id_and_is_cut_off_when_revoked() {
     )
     .await;
     assert_eq!(status, 204);
-    let closed = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match ws.next().await {
-                None
-                | Some(Err(_))
-                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closes_within_a_second(&mut ws).await,
         "the host tunnel was still open 1 s after the revocation"
     );
 }
@@ -1160,6 +1129,24 @@ async fn malformed_pairing_input_and_credentials_are_refused_cleanly() {
     assert_eq!(info["auth"]["device"]["name"], "Tablet");
 }
 
+/// Waits until `ws` closes (or fails); false if it is still open after a second.
+async fn closes_within_a_second<E>(
+    ws: &mut (
+             impl futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, E>> + Unpin
+         ),
+) -> bool {
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Waits until `body` ends (or fails); false if it is still open after a second.
 async fn ends_within_a_second(
     body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
@@ -1277,18 +1264,10 @@ async fn a_device_paired_for_a_limited_time_expires_then_is_refused_saying_so_an
         ends_within_a_second(&mut body).await,
         "the stream outlived the expiry"
     );
-    let closed = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match ws.next().await {
-                None
-                | Some(Err(_))
-                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the socket outlived the expiry");
+    assert!(
+        closes_within_a_second(&mut ws).await,
+        "the socket outlived the expiry"
+    );
     let (status, body) = call(&s, Method::GET, "/v1/sessions", Some(&token), None).await;
     assert_eq!(status, 401, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
