@@ -377,6 +377,11 @@ pub(crate) fn print_server_block(s: &ServerStatus, label: &str) {
                 state_word(s.state),
                 s.pid.map_or("?".into(), |p| p.to_string())
             );
+            if let Some(bind) = &s.lan_bind {
+                println!(
+                    "{pad}listening on {bind} too (the LAN; devices pair with `omnigent share`)"
+                );
+            }
             if let Some(db) = &s.database {
                 println!("{pad}database {db}");
             }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use omnigent_proto::auth::Role;
 use omnigent_proto::credentials::{self, Credentials};
 use omnigent_proto::paths::Paths;
 use reqwest::{Method, StatusCode};
@@ -172,17 +173,63 @@ impl Server {
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
         if status == StatusCode::UNAUTHORIZED && !self.loopback {
-            let hint = if self.has_token() {
-                format!(
-                    "the server {} refused this device's token (HTTP 401: it was revoked or expired); pair \
-                     again: `omnigent login {} --code CODE` with a code from `omnigent share`",
-                    self.base, self.base
-                )
-            } else {
-                login_hint(&self.base)
-            };
-            return ConfigError(hint).into();
+            return self.not_paired(Some(&message));
+        }
+        // A role refusal does not go away by retrying: a configuration error (exit 78) naming the role.
+        if status == StatusCode::FORBIDDEN
+            && let Some(role) = v["error"]["required_role"].as_str()
+        {
+            return ConfigError(format!(
+                "{what}: HTTP 403: {message}; {}",
+                role_hint(&self.base, role)
+            ))
+            .into();
         }
         anyhow!("{what}: HTTP {status}: {message}")
+    }
+
+    /// The error for a caller the server does not know (a 401, or `/v1/info` naming no role): exit 78 naming
+    /// `omnigent login URL`. `message` is the server's own reason, when it gave one (an expired device).
+    pub(crate) fn not_paired(&self, message: Option<&str>) -> anyhow::Error {
+        let hint = if self.has_token() {
+            let why = message
+                .filter(|m| m.contains("expired"))
+                .map_or("it was revoked or expired".to_owned(), |m| {
+                    m.chars().take(300).collect()
+                });
+            format!(
+                "the server {} refused this device's token (HTTP 401: {why}); pair again: `omnigent login {} \
+                 --code CODE` with a code from `omnigent share`",
+                self.base, self.base
+            )
+        } else {
+            login_hint(&self.base)
+        };
+        ConfigError(hint).into()
+    }
+
+    /// This device's role on the server, from `GET /v1/info` (`auth.role`): `Ok(None)` from a server that has
+    /// no roles (a Python omnigent); a server of ours that names no role does not know this device, which is
+    /// [`Server::not_paired`].
+    pub(crate) async fn role(&self) -> Result<Option<Role>> {
+        let info = self.call(Method::GET, "/v1/info", None).await?;
+        if info.get("auth").is_none_or(Value::is_null) {
+            return Ok(None);
+        }
+        match info["auth"]["role"].as_str().and_then(Role::parse) {
+            Some(role) => Ok(Some(role)),
+            None => Err(self.not_paired(None)),
+        }
+    }
+}
+
+/// What to do about a missing role: who can grant it.
+pub(crate) fn role_hint(base: &str, role: &str) -> String {
+    match role {
+        "owner" => format!("only the owner of {base} may do that"),
+        _ => format!(
+            "ask the owner of {base} for a {role} code (`omnigent share --role {role}` on the server's machine), \
+             then `omnigent login {base} --code CODE`"
+        ),
     }
 }

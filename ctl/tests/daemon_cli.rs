@@ -712,6 +712,23 @@ fn a_bind_that_is_no_address_is_refused_and_start_lan_on_a_loopback_daemon_names
         "{}",
         text(&out)
     );
+    // `--lan` is kept in config.toml, so the next plain start serves the LAN (as the service's daemon would).
+    let config = std::fs::read_to_string(h.path().join("config/config.toml")).unwrap();
+    assert!(config.contains("bind = \"0.0.0.0\""), "{config}");
+    assert!(h.run(&["stop"]).status.success());
+    let out = h.run(&["start", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(started["server"]["lan_bind"], "0.0.0.0", "{started}");
+    assert_eq!(started["server"]["bind"], "0.0.0.0", "{started}");
+    // `--bind 127.0.0.1` takes it back out.
+    assert!(h.run(&["stop"]).status.success());
+    let out = h.run(&["start", "--bind", "127.0.0.1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(started["server"]["lan_bind"].is_null(), "{started}");
+    let config = std::fs::read_to_string(h.path().join("config/config.toml")).unwrap();
+    assert!(!config.contains("bind"), "{config}");
 }
 
 #[test]

@@ -364,7 +364,16 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
     // The owner (loopback) shares a host code; the other machine logs in with it.
     let out = output(
         server_home.omnigent(&[
-            "share", "--role", "host", "--ttl", "5m", "--server", &url, "--json",
+            "share",
+            "--role",
+            "host",
+            "--ttl",
+            "5m",
+            "--device-ttl",
+            "30d",
+            "--server",
+            &url,
+            "--json",
         ]),
         "share",
     )
@@ -373,6 +382,7 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
     let code: Value = serde_json::from_slice(&out.stdout).unwrap();
     let pairing_code = code["code"].as_str().unwrap().to_owned();
     assert_eq!(code["role"], "host");
+    assert_eq!(code["device_ttl_seconds"], 30 * 86_400, "{code}");
     assert!(
         code["urls"].as_array().unwrap().iter().any(|u| u
             .as_str()
@@ -498,13 +508,28 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let devices: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paired = devices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "ns-box" && d["role"] == "host")
+        .unwrap_or_else(|| panic!("{devices}"));
+    // Paired for 30 days (`share --device-ttl 30d`), counted from the pairing.
+    let lifetime = paired["expires_at"].as_i64().unwrap() - paired["created_at"].as_i64().unwrap();
+    assert_eq!(lifetime, 30 * 86_400, "{paired}");
+    let out = output(
+        server_home.omnigent(&["devices", "--server", &url]),
+        "devices text",
+    )
+    .await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let row = listed
+        .lines()
+        .find(|l| l.contains("ns-box"))
+        .unwrap_or_default();
     assert!(
-        devices["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["name"] == "ns-box" && d["role"] == "host"),
-        "{devices}"
+        listed.contains("EXPIRES") && (row.contains("in 30d") || row.contains("in 29d")),
+        "{listed}"
     );
     let _ = output(client.omnigent_in(&ns, &["stop"]), "stop").await;
     let server_log = server.kill_and_read_log().await.join("\n");
@@ -537,7 +562,7 @@ async fn a_remote_host_without_a_token_is_refused_and_with_a_host_role_token_reg
 async fn a_runner_tunnel_from_another_machine_without_a_binding_token_is_refused() {
     let ns = Netns::new();
     let home = Home::new();
-    let (mut server, _url, lan) = lan_server(&home, &ns).await;
+    let (mut server, url, lan) = lan_server(&home, &ns).await;
     let ws = tempfile::tempdir().unwrap();
     let client = Home::new();
     let ws_path = ws.path().display().to_string();
@@ -553,9 +578,206 @@ async fn a_runner_tunnel_from_another_machine_without_a_binding_token_is_refused
         "says why: {}",
         text(&out)
     );
+    // Nothing changed: no runner is online.
+    let (_, runners) = get(&format!("{url}/v1/runners")).await;
+    assert_eq!(runners["data"], json!([]), "{runners}");
     let log = server.kill_and_read_log().await.join("\n");
     assert!(
         !log.contains(omnigent_tunnel::server::RUNNER_CONNECTED),
         "no runner connected: {log}"
+    );
+}
+
+/// `omnigent login LAN --code …` from the namespace for a device of `role`, in a home of its own.
+async fn paired_client(server_home: &Home, url: &str, lan: &str, ns: &Netns, role: &str) -> Home {
+    let out = output(
+        server_home.omnigent(&["share", "--role", role, "--server", url, "--json"]),
+        "share",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let code: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client = Home::new();
+    let out = output(
+        client.omnigent_in(
+            ns,
+            &["login", lan, "--code", code["code"].as_str().unwrap()],
+        ),
+        "login",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    client
+}
+
+/// Run `c` with `input` on its stdin, then EOF.
+async fn output_fed(mut c: Command, input: &str, what: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {WAIT:?}"))
+        .unwrap()
+}
+
+/// The NDJSON lines of `run`/`attach --json`, and the answer text their deltas carry.
+fn events_and_answer(out: &std::process::Output) -> (Vec<Value>, String) {
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let answer = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .filter_map(|e| e["delta"].as_str())
+        .collect();
+    (events, answer)
+}
+
+async fn session_ids(url: &str) -> Vec<String> {
+    let (status, list) = get(&format!("{url}/v1/sessions?limit=100")).await;
+    assert_eq!(status, 200, "{list}");
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn run_and_attach_with_server_drive_a_session_on_the_remote_servers_host_and_refuse_viewers_and_strangers()
+ {
+    let ns = Netns::new();
+    let server_home = Home::new();
+    let (_server, url, lan) = lan_server(&server_home, &ns).await;
+    // The server's machine is its host (on loopback: the owner, no token).
+    let host_home = Home::new();
+    let out = output(
+        host_home.omnigent(&["host", &url, "--background"]),
+        "the server's host",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, hosts) = get(&format!("{url}/v1/hosts")).await;
+    let host_id = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["status"] == "online")
+        .unwrap_or_else(|| panic!("an online host: {hosts}"))["host_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ws = tempfile::tempdir().unwrap();
+    let ws_path = ws.path().display().to_string();
+    let run = |home: &Home, prompt: &str| {
+        home.omnigent_in(
+            &ns,
+            &[
+                "run",
+                "--server",
+                &lan,
+                "--workspace",
+                &ws_path,
+                "--json",
+                prompt,
+            ],
+        )
+    };
+
+    // No token: exit 78 naming `omnigent login URL`; nothing created.
+    let stranger = Home::new();
+    let out = output(run(&stranger, "from a stranger"), "run without a token").await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("omnigent login {lan}")),
+        "{}",
+        text(&out)
+    );
+    assert!(session_ids(&url).await.is_empty());
+
+    // A viewer: refused before anything is created, exit 78 naming the driver role.
+    let viewer = paired_client(&server_home, &url, &lan, &ns, "viewer").await;
+    let out = output(run(&viewer, "from a viewer"), "run as a viewer").await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("driver role") && err.contains("this device is a viewer"),
+        "{}",
+        text(&out)
+    );
+    assert!(session_ids(&url).await.is_empty());
+
+    // A driver: the session is created on the server's host and a whole turn streams back.
+    let driver = paired_client(&server_home, &url, &lan, &ns, "driver").await;
+    let out = output(run(&driver, "over the lan"), "run as a driver").await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (events, answer) = events_and_answer(&out);
+    assert_eq!(events[0]["type"], "session.created", "{}", text(&out));
+    let sid = events[0]["session"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(events[0]["session"]["host_id"], host_id.as_str());
+    assert!(answer.contains("over the lan"), "{}", text(&out));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "session.status" && e["status"] == "idle"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(session_ids(&url).await, vec![sid.clone()]);
+    // The driver's machine ran no daemon for it.
+    let out = output(driver.omnigent(&["status", "--json"]), "status").await;
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["running"], false,
+        "a daemon was started on the driver's machine: {status}"
+    );
+
+    // attach --server sees the session and drives a second turn in it.
+    let out = output_fed(
+        driver.omnigent_in(&ns, &["attach", &sid, "--server", &lan, "--json"]),
+        "a second message\n",
+        "attach as a driver",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, answer) = events_and_answer(&out);
+    assert!(answer.contains("a second message"), "{}", text(&out));
+    let (_, items) = get(&format!("{url}/v1/sessions/{sid}/items?order=asc")).await;
+    assert_eq!(items["data"].as_array().unwrap().len(), 4, "{items}");
+
+    // The viewer may attach to watch; its send is refused naming the driver role, and nothing is stored.
+    let out = output_fed(
+        viewer.omnigent_in(&ns, &["attach", &sid, "--server", &lan, "--json"]),
+        "from a viewer\n",
+        "attach as a viewer",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the driver role"),
+        "{}",
+        text(&out)
+    );
+    let (_, after) = get(&format!("{url}/v1/sessions/{sid}/items?order=asc")).await;
+    assert_eq!(after["data"], items["data"]);
+    // A stranger cannot attach at all.
+    let out = output(
+        stranger.omnigent_in(&ns, &["attach", &sid, "--server", &lan]),
+        "attach without a token",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("omnigent login {lan}")),
+        "{}",
+        text(&out)
     );
 }

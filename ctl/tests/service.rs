@@ -326,6 +326,69 @@ impl Fixture {
 }
 
 #[test]
+fn host_enable_lan_is_kept_in_config_toml_and_the_services_daemon_spawns_its_server_with_that_bind()
+{
+    let f = Fixture::new();
+    let out = f.ok(&["host", "enable", "--lan"]);
+    assert!(out.contains("listening on 0.0.0.0"), "{out}");
+    let config = std::fs::read_to_string(f.om().join("config/config.toml")).unwrap();
+    assert!(config.contains("bind = \"0.0.0.0\""), "{config}");
+    // The unit carries no bind: the daemon reads config.toml, as a plain `omnigent start` does.
+    let unit = std::fs::read_to_string(f.unit()).unwrap();
+    assert!(!unit.contains("OMNIGENT_SERVER_BIND"), "{unit}");
+    // The server process the daemon spawned really got `--bind BIND`.
+    let assert_spawned_with = |st: &Value, bind: &str| {
+        let pid = st["server"]["pid"].as_u64().expect("a server pid");
+        let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(
+            args.windows(2).any(|w| w[0] == "--bind" && w[1] == bind),
+            "{args:?}"
+        );
+    };
+    let st = f.json(&["status", "--json"]);
+    assert_eq!(st["daemon"]["started_by"], "systemd", "{st}");
+    assert_eq!(st["server"]["bind"], "0.0.0.0", "{st}");
+    assert_eq!(st["server"]["lan_bind"], "0.0.0.0", "{st}");
+    assert_spawned_with(&st, "0.0.0.0");
+    let host = f.json(&["host", "status", "--json"]);
+    assert_eq!(host["server_bind"], "0.0.0.0", "{host}");
+    assert!(
+        f.ok(&["host", "status"])
+            .contains("bound to 0.0.0.0 (the LAN too")
+    );
+    // A restart through the supervisor keeps it; `start --bind 127.0.0.1` keeps loopback for the next start
+    // and says to restart; the restart applies it.
+    f.ok(&["restart"]);
+    assert_eq!(
+        f.json(&["status", "--json"])["server"]["lan_bind"],
+        "0.0.0.0"
+    );
+    let out = f.run(&["start", "--bind", "127.0.0.1"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("omnigent restart --bind 127.0.0.1"));
+    f.ok(&["restart"]);
+    let st = f.json(&["status", "--json"]);
+    assert!(st["server"]["lan_bind"].is_null(), "{st}");
+    assert_eq!(st["server"]["bind"], "127.0.0.1", "{st}");
+    assert_spawned_with(&st, "127.0.0.1");
+    // Enabling again with --lan while the service runs loopback: config changed, the service restarted.
+    f.take_calls();
+    f.ok(&["host", "enable", "--lan"]);
+    assert!(
+        f.take_calls()
+            .contains(&"systemctl --user restart omnigent-host.service".to_owned())
+    );
+    assert_eq!(
+        f.json(&["status", "--json"])["server"]["lan_bind"],
+        "0.0.0.0"
+    );
+}
+
+#[test]
 fn a_failed_verify_rolls_back_the_unit_the_record_and_the_targets() {
     let f = Fixture::new();
     let config_before = std::fs::read_to_string(f.om().join("config/config.toml")).unwrap();

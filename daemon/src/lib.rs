@@ -142,7 +142,7 @@ pub async fn run(
         log_path,
         policy: config.policy,
         port: port_rx,
-        bind: crate::config::server_bind(),
+        bind: config.config.server_bind(),
         autostart: config.config.server_autostart(),
         revision: revision_tx.clone(),
         tasks: tasks.clone(),

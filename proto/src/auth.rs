@@ -108,7 +108,14 @@ pub struct PairingCodeRequest {
     /// A name for the device, prefilled on the pairing page.
     #[serde(default)]
     pub name: Option<String>,
+    /// How long the device this code pairs stays paired (seconds from its pairing, at most
+    /// [`MAX_DEVICE_TTL_SECS`]); absent: until it is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_ttl_seconds: Option<u64>,
 }
+
+/// Longest `device_ttl_seconds` a pairing code may carry (10 years).
+pub const MAX_DEVICE_TTL_SECS: u64 = 3650 * 24 * 3600;
 
 /// Default lifetime of a pairing code.
 pub const DEFAULT_PAIRING_TTL_SECS: u64 = 600;
@@ -127,6 +134,9 @@ pub struct PairingCode {
     /// `http://<address>:<port>/pair#code=…[&session=…]`, one per non-loopback listening address and the
     /// public URL.
     pub urls: Vec<String>,
+    /// The device's lifetime from its pairing, when the code sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_ttl_seconds: Option<u64>,
 }
 
 /// `POST /v1/pairing/peek`.
@@ -144,6 +154,9 @@ pub struct PairingPeek {
     /// The name the owner suggested, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The device's lifetime from its pairing, when the code sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_ttl_seconds: Option<u64>,
 }
 
 /// Who claims a code: a browser gets a cookie, a CLI the token in the body.

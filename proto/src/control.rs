@@ -268,6 +268,11 @@ pub struct ServerStatus {
     /// --lan`: `0.0.0.0`); `None` on loopback only.
     #[serde(default)]
     pub lan_bind: Option<String>,
+    /// Every address the server is told to listen on (`--bind` of `omnigent server run`: `127.0.0.1`,
+    /// `0.0.0.0`, …), as config.toml's `server.bind` or `OMNIGENT_SERVER_BIND` set it; `None` from an older
+    /// daemon.
+    #[serde(default)]
+    pub bind: Option<String>,
     /// Why the last start failed, if it did.
     pub last_error: Option<String>,
     pub log_file: String,

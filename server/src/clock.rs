@@ -1,6 +1,81 @@
-//! Wall-clock time as the wire and the store record it.
+//! Wall-clock time as the wire and the store record it, and [`Clock`], the clock expiries are judged by
+//! (paired devices, pairing codes): the system's, or a [`ManualClock`] a test moves.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+/// The wall clock expiries are judged by. `Default` is the system clock.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<watch::Sender<i64>>>);
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Clock(manual)"
+        } else {
+            "Clock(system)"
+        })
+    }
+}
+
+impl Clock {
+    /// Now, in epoch seconds.
+    pub fn now_secs(&self) -> i64 {
+        match &self.0 {
+            Some(manual) => *manual.borrow(),
+            None => now_ms() / 1000,
+        }
+    }
+
+    /// Returns once it is `at` (epoch seconds) or later.
+    pub async fn until(&self, at: i64) {
+        match &self.0 {
+            Some(manual) => {
+                let mut now = manual.subscribe();
+                // The sender lives as long as this clock: `changed` only fails if it is gone.
+                while *now.borrow_and_update() < at {
+                    if now.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+            None => loop {
+                let left_ms = at.saturating_mul(1000).saturating_sub(now_ms());
+                if left_ms <= 0 {
+                    return;
+                }
+                // Re-read after waking: the wall clock may have been set meanwhile.
+                tokio::time::sleep(Duration::from_millis(left_ms.unsigned_abs())).await;
+            },
+        }
+    }
+}
+
+/// A clock that stands still until it is moved (tests of expiries that take days).
+#[derive(Clone, Debug)]
+pub struct ManualClock(Clock);
+
+impl ManualClock {
+    /// A clock showing `now` (epoch seconds).
+    pub fn new(now: i64) -> ManualClock {
+        ManualClock(Clock(Some(Arc::new(watch::channel(now).0))))
+    }
+
+    /// The clock to hand to the server ([`crate::ServerConfig::clock`]).
+    pub fn clock(&self) -> Clock {
+        self.0.clone()
+    }
+
+    /// Move the clock forward by `by`; whatever waits for a time now past wakes.
+    pub fn advance(&self, by: Duration) {
+        if let Some(manual) = &self.0.0 {
+            let by = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
+            manual.send_modify(|now| *now = now.saturating_add(by));
+        }
+    }
+}
 
 /// Now, in epoch milliseconds.
 pub fn now_ms() -> i64 {

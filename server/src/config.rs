@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// at start). `omnigent server run` prints it on stderr (`owner pairing URL: …`). The URL carries a secret:
     /// never log it.
     pub owner_pairing_notice: Option<Notice>,
+    /// The clock device and pairing-code expiries are judged by (the system's; tests move a
+    /// [`crate::ManualClock`]).
+    pub clock: crate::clock::Clock,
 }
 
 /// A secret value: `Debug` never shows it.
@@ -131,6 +134,7 @@ impl ServerConfig {
             owner_token: None,
             trust_loopback: true,
             owner_pairing_notice: None,
+            clock: crate::clock::Clock::default(),
         }
     }
 

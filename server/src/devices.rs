@@ -7,7 +7,10 @@
 //!   it lives only in memory. Peek and claim share one budget of [`MAX_WRONG_GUESSES`] wrong codes per
 //!   [`GUESS_WINDOW`] per source address; past it every attempt from that address is refused, right or wrong.
 //! - Revoking a device cancels its [`DeviceIdentity::revoked`] token: every stream and WebSocket opened with it
-//!   waits on that token and ends.
+//!   waits on that token and ends. A device paired with a lifetime (`device_ttl_seconds` of its code) has an
+//!   `expires_at`: from then on its token is refused ([`AuthError::Expired`]) and one task per such device
+//!   cancels the same token at that time, so its streams end as on a revocation. Expiries are judged by the
+//!   server's [`Clock`].
 //!
 //! One mutex guards the in-memory state, held only for short synchronous sections (never across `.await`);
 //! the store is written after it is released.
@@ -23,7 +26,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::store::{DeviceRow, Store, StoreError};
 
 /// Wrong pairing codes one source address may send per [`GUESS_WINDOW`].
@@ -48,8 +51,17 @@ pub struct DeviceIdentity {
     pub id: String,
     pub name: String,
     pub role: Role,
-    /// Cancelled when the device is revoked.
+    /// Cancelled when the device is revoked or expires.
     pub revoked: CancellationToken,
+}
+
+/// Why a presented token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No device has this token (never paired, revoked, mistyped).
+    Unknown,
+    /// The device's pairing ended at `at` (epoch seconds).
+    Expired { at: i64 },
 }
 
 impl std::fmt::Debug for DeviceIdentity {
@@ -86,12 +98,15 @@ pub struct PendingCode {
     pub name: Option<String>,
     /// Epoch seconds.
     pub expires_at: i64,
+    /// The lifetime of the device it pairs, from its pairing.
+    pub device_ttl_secs: Option<u64>,
 }
 
 /// The devices and pairing codes of this server.
 #[derive(Clone, Default)]
 pub struct Devices {
     inner: Arc<Mutex<State>>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Devices {
@@ -141,10 +156,6 @@ fn device_of(row: &DeviceRow, role: Role) -> Device {
         last_seen_at: row.last_seen_at,
         expires_at: row.expires_at,
     }
-}
-
-fn now_secs() -> i64 {
-    now_ms() / 1000
 }
 
 /// A new random device token.
@@ -201,11 +212,18 @@ impl Devices {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Load the devices of `store` (at start).
-    pub async fn load(store: &Store) -> Result<Devices, StoreError> {
+    fn now_secs(&self) -> i64 {
+        self.clock.now_secs()
+    }
+
+    /// Load the devices of `store` (at start); expiries are judged by `clock`.
+    pub async fn load(store: &Store, clock: Clock) -> Result<Devices, StoreError> {
         let rows = store.list_devices().await?;
-        let devices = Devices::default();
-        devices.lock().devices = rows
+        let devices = Devices {
+            inner: Arc::default(),
+            clock,
+        };
+        let entries: Vec<Entry> = rows
             .into_iter()
             .filter_map(|row| {
                 let id = row.id.clone();
@@ -216,7 +234,31 @@ impl Devices {
                 entry
             })
             .collect();
+        for e in &entries {
+            devices.watch_expiry(e);
+        }
+        devices.lock().devices = entries;
         Ok(devices)
+    }
+
+    /// A device with an expiry: its streams are told to end when it comes (the task ends early if the
+    /// device is revoked first).
+    fn watch_expiry(&self, entry: &Entry) {
+        let Some(at) = entry.row.expires_at else {
+            return;
+        };
+        let clock = self.clock.clone();
+        let ended = entry.revoked.clone();
+        let id = entry.row.id.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = clock.until(at) => {
+                    tracing::info!(device = %id, "a device's pairing expired; its streams are closed");
+                    ended.cancel();
+                }
+                () = ended.cancelled() => {}
+            }
+        });
     }
 
     /// Whether some device has the owner role.
@@ -231,7 +273,7 @@ impl Devices {
             name: "owner (OMNIGENT_OWNER_TOKEN)".to_owned(),
             role: Role::Owner.as_str().to_owned(),
             token_sha256: hex::encode(hash_token(token)),
-            created_at: now_secs(),
+            created_at: self.now_secs(),
             last_seen_at: None,
             expires_at: None,
         };
@@ -253,9 +295,9 @@ impl Devices {
 
     /// The device `token` belongs to, if it is valid and unexpired. Records when the device was last seen
     /// (in the store at most once per [`LAST_SEEN_EVERY_SECS`], off the caller's path).
-    pub fn authenticate(&self, token: &str, store: &Store) -> Option<DeviceIdentity> {
+    pub fn authenticate(&self, token: &str, store: &Store) -> Result<DeviceIdentity, AuthError> {
         let presented = hash_token(token.trim());
-        let now = now_secs();
+        let now = self.now_secs();
         let (identity, touch) = {
             let mut state = self.lock();
             // Every hash is compared, so the time taken says nothing about which one matched.
@@ -265,9 +307,11 @@ impl Devices {
                     found = Some(i);
                 }
             }
-            let entry = state.devices.get_mut(found?)?;
-            if entry.row.expires_at.is_some_and(|at| at <= now) {
-                return None;
+            let entry = found
+                .and_then(|i| state.devices.get_mut(i))
+                .ok_or(AuthError::Unknown)?;
+            if let Some(at) = entry.row.expires_at.filter(|at| *at <= now) {
+                return Err(AuthError::Expired { at });
             }
             let touch = entry
                 .row
@@ -293,7 +337,7 @@ impl Devices {
                 }
             });
         }
-        Some(identity)
+        Ok(identity)
     }
 
     /// Every device, oldest first.
@@ -334,15 +378,17 @@ impl Devices {
         Ok(existed || removed.is_some())
     }
 
-    /// A new pairing code for `role`, valid for `ttl`.
+    /// A new pairing code for `role`, valid for `ttl`; the device it pairs stays paired for `device_ttl` (else
+    /// until revoked).
     pub fn create_code(
         &self,
         role: Role,
         ttl: Duration,
         session_id: Option<String>,
         name: Option<String>,
+        device_ttl: Option<Duration>,
     ) -> Result<(String, PendingCode), PairingError> {
-        let now = now_secs();
+        let now = self.now_secs();
         let mut state = self.lock();
         state.codes.retain(|_, c| c.expires_at > now);
         if state.codes.len() >= MAX_PENDING_CODES {
@@ -353,6 +399,7 @@ impl Devices {
             session_id,
             name,
             expires_at: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            device_ttl_secs: device_ttl.map(|t| t.as_secs()),
         };
         let code = loop {
             let code = new_code();
@@ -366,8 +413,8 @@ impl Devices {
 
     /// What `code` would pair, without using it up.
     pub fn peek(&self, code: &str, from: IpAddr) -> Result<PendingCode, PairingError> {
-        let mut state = self.lock();
-        state.check(code, from, false)
+        let now = self.now_secs();
+        self.lock().check(code, from, false, now)
     }
 
     /// Use `code` up: a new device with its role. Answers the device, its token and the code's session.
@@ -378,7 +425,8 @@ impl Devices {
         from: IpAddr,
         name: &str,
     ) -> Result<(Device, String, Option<String>), PairingError> {
-        let pending = self.lock().check(code, from, true)?;
+        let now = self.now_secs();
+        let pending = self.lock().check(code, from, true, now)?;
         let token = new_token();
         let mut id_bytes = [0u8; 8];
         rand::rng().fill_bytes(&mut id_bytes);
@@ -387,24 +435,30 @@ impl Devices {
             name: name.to_owned(),
             role: pending.role.as_str().to_owned(),
             token_sha256: hex::encode(hash_token(&token)),
-            created_at: now_secs(),
-            last_seen_at: Some(now_secs()),
-            expires_at: None,
+            created_at: now,
+            last_seen_at: Some(now),
+            expires_at: pending
+                .device_ttl_secs
+                .map(|t| now.saturating_add(i64::try_from(t).unwrap_or(i64::MAX))),
         };
         store.upsert_device(&row).await?;
         let device = device_of(&row, pending.role);
-        self.lock().devices.extend(Entry::new(row));
+        if let Some(entry) = Entry::new(row) {
+            self.watch_expiry(&entry);
+            self.lock().devices.push(entry);
+        }
         Ok((device, token, pending.session_id))
     }
 }
 
 impl State {
-    /// The guess budget, then the code; `consume` removes it.
+    /// The guess budget, then the code (expired at `now_s`, epoch seconds); `consume` removes it.
     fn check(
         &mut self,
         code: &str,
         from: IpAddr,
         consume: bool,
+        now_s: i64,
     ) -> Result<PendingCode, PairingError> {
         let from = from.to_canonical();
         let now = Instant::now();
@@ -419,7 +473,6 @@ impl State {
                 return Err(PairingError::TooManyAttempts);
             }
         }
-        let now_s = now_secs();
         let found = normalize_code(code).and_then(|c| {
             let valid = self.codes.get(&c).is_some_and(|p| p.expires_at > now_s);
             if !valid {

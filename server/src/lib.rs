@@ -31,6 +31,7 @@ pub mod relay;
 pub mod store;
 pub mod updates;
 
+pub use clock::{Clock, ManualClock};
 pub use config::{Notice, Secret, ServerConfig};
 /// What the server logs when its connection cap closes or refuses connections (black-box tests wait on it).
 pub use conn::CONNECTION_CAP_REACHED;
@@ -151,7 +152,7 @@ pub async fn serve_all(
         }
         None => (None, None),
     };
-    let devices = devices::Devices::load(&store)
+    let devices = devices::Devices::load(&store, config.clock.clone())
         .await
         .map_err(ServerError::Devices)?;
     if let Some(token) = &config.owner_token {
@@ -185,6 +186,7 @@ pub async fn serve_all(
             std::time::Duration::from_secs(OWNER_CODE_TTL_SECS),
             None,
             Some("owner".to_owned()),
+            None,
         ) {
             Ok((code, _)) => {
                 let urls = http::pairing_urls(&auth, &code, None);

@@ -26,6 +26,20 @@ async fn remote_server(home: &std::path::Path) -> TestServer {
     .await
 }
 
+/// [`remote_server`] whose expiries are judged by `clock`.
+async fn remote_server_at(
+    home: &std::path::Path,
+    clock: &omnigent_server::ManualClock,
+) -> TestServer {
+    let clock = clock.clock();
+    TestServer::start_with(home, move |c| {
+        c.trust_loopback = false;
+        c.owner_token = Some(Secret(OWNER.to_owned()));
+        c.clock = clock;
+    })
+    .await
+}
+
 /// One request with an optional bearer token; JSON body for methods that write.
 async fn call(
     s: &TestServer,
@@ -307,7 +321,8 @@ async fn a_viewer_reads_and_streams_but_may_not_drive() {
 #[tokio::test]
 async fn wrong_expired_and_reused_codes_pair_nothing() {
     let home = tempfile::tempdir().unwrap();
-    let s = remote_server(home.path()).await;
+    let clock = omnigent_server::ManualClock::new(1_800_000_000);
+    let s = remote_server_at(home.path(), &clock).await;
     let before = device_ids(&s).await;
     let claim = |code: String| {
         let s = &s;
@@ -338,13 +353,10 @@ async fn wrong_expired_and_reused_codes_pair_nothing() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "pairing_code_invalid");
     assert_eq!(device_ids(&s).await, after_first);
-    // Expired: wait for the expiry the server stated (1 s), then claim.
-    let expiring = code_for(&s, "owner", json!({"ttl_seconds": 1})).await;
-    let expires_at = expiring["expires_at"].as_i64().unwrap();
-    let deadline = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(expires_at).unwrap());
-    if let Ok(left) = deadline.duration_since(std::time::SystemTime::now()) {
-        tokio::time::sleep(left + Duration::from_millis(50)).await;
-    }
+    // Expired: the clock passes the expiry the server stated, then the code is claimed.
+    let expiring = code_for(&s, "owner", json!({"ttl_seconds": 60})).await;
+    assert_eq!(expiring["expires_at"], 1_800_000_000 + 60);
+    clock.advance(Duration::from_secs(60));
     let (status, body) = claim(expiring["code"].as_str().unwrap().to_owned()).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "pairing_code_invalid");
@@ -738,32 +750,12 @@ async fn revoking_a_device_closes_its_open_stream_and_socket_within_a_second() {
     .await;
     assert_eq!(status, 204);
     let revoked = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match body.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        ended.is_ok(),
+        ends_within_a_second(&mut body).await,
         "the stream was still open 1 s after the revocation"
     );
-    let closed = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match ws.next().await {
-                None
-                | Some(Err(_))
-                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closes_within_a_second(&mut ws).await,
         "the socket was still open 1 s after the revocation"
     );
     assert!(revoked.elapsed() < Duration::from_secs(2));
@@ -1002,19 +994,8 @@ async fn a_host_device_registers_keeps_its_id_and_is_cut_off_when_revoked() {
     )
     .await;
     assert_eq!(status, 204);
-    let closed = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match ws.next().await {
-                None
-                | Some(Err(_))
-                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closes_within_a_second(&mut ws).await,
         "the host tunnel was still open 1 s after the revocation"
     );
 }
@@ -1146,4 +1127,304 @@ async fn malformed_pairing_input_and_credentials_are_refused_cleanly() {
         .unwrap();
     let info: Value = resp.json().await.unwrap();
     assert_eq!(info["auth"]["device"]["name"], "Tablet");
+}
+
+/// Waits until `ws` closes (or fails); false if it is still open after a second.
+async fn closes_within_a_second<E>(
+    ws: &mut (
+             impl futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, E>> + Unpin
+         ),
+) -> bool {
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Waits until `body` ends (or fails); false if it is still open after a second.
+async fn ends_within_a_second(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_device_paired_for_a_limited_time_expires_then_is_refused_saying_so_and_its_stream_ends()
+{
+    let home = tempfile::tempdir().unwrap();
+    let start = 1_800_000_000;
+    let clock = omnigent_server::ManualClock::new(start);
+    let s = remote_server_at(home.path(), &clock).await;
+    let (_, created) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(OWNER),
+        Some(json!({"agent_id": "echo", "title": "kept"})),
+    )
+    .await;
+    let session = created["id"].as_str().unwrap().to_owned();
+    // Out of range: refused, no code.
+    for ttl in [json!(0), json!(3650u64 * 24 * 3600 + 1)] {
+        let (status, body) = call(
+            &s,
+            Method::POST,
+            "/v1/pairing/codes",
+            Some(OWNER),
+            Some(json!({"role": "driver", "device_ttl_seconds": ttl})),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("device_ttl_seconds"),
+            "{body}"
+        );
+    }
+    let month = 30 * 24 * 3600;
+    let code = code_for(&s, "driver", json!({"device_ttl_seconds": month})).await;
+    assert_eq!(code["device_ttl_seconds"], month, "{code}");
+    let (status, peek) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/peek",
+        None,
+        Some(json!({"code": code["code"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{peek}");
+    assert_eq!(peek["device_ttl_seconds"], month, "{peek}");
+    let (status, claim) = call(
+        &s,
+        Method::POST,
+        "/v1/pairing/claim",
+        None,
+        Some(json!({"code": code["code"], "name": "for a month", "client": "cli"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{claim}");
+    assert_eq!(claim["device"]["expires_at"], start + month, "{claim}");
+    let token = claim["token"].as_str().unwrap().to_owned();
+    let id = claim["device"]["id"].as_str().unwrap().to_owned();
+    // A code without a lifetime pairs a device that never expires.
+    let (_, forever) = pair_cli(&s, "viewer").await;
+    let (_, list) = call(&s, Method::GET, "/v1/devices", Some(OWNER), None).await;
+    let expiry_of = |list: &Value, id: &str| {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .map(|d| d["expires_at"].clone())
+    };
+    assert_eq!(expiry_of(&list, &id), Some(json!(start + month)), "{list}");
+
+    // Until then it works, and opens a stream and an updates socket.
+    let (status, _) = call(&s, Method::GET, "/v1/sessions", Some(&token), None).await;
+    assert_eq!(status, 200);
+    let resp = s
+        .client
+        .get(s.u(&format!("/v1/sessions/{session}/stream")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.bytes_stream();
+    let first = tokio::time::timeout(WAIT, body.next()).await.unwrap();
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s
+        .u("/v1/sessions/updates")
+        .replacen("http", "ws", 1)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    clock.advance(Duration::from_secs(u64::try_from(month).unwrap() - 1));
+    let (status, _) = call(&s, Method::GET, "/v1/sessions", Some(&token), None).await;
+    assert_eq!(status, 200, "a second before its expiry");
+
+    // Expired: the stream and the socket end, and every request is 401 saying so and how to pair again.
+    clock.advance(Duration::from_secs(1));
+    assert!(
+        ends_within_a_second(&mut body).await,
+        "the stream outlived the expiry"
+    );
+    assert!(
+        closes_within_a_second(&mut ws).await,
+        "the socket outlived the expiry"
+    );
+    let (status, body) = call(&s, Method::GET, "/v1/sessions", Some(&token), None).await;
+    assert_eq!(status, 401, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("expired at 2027-02-14T08:00:00Z")
+            && message.contains("pair it again")
+            && message.contains("omnigent share"),
+        "{message}"
+    );
+    let before = snapshot(&s, &session).await;
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        &format!("/v1/sessions/{session}/events"),
+        Some(&token),
+        Some(json!({"type": "external_conversation_item", "data": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "late"}]
+        }})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(&token),
+        Some(json!({"agent_id": "echo"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(snapshot(&s, &session).await, before);
+    // The device without a lifetime, and the owner, are untouched.
+    let (status, _) = call(&s, Method::GET, "/v1/sessions", Some(&forever), None).await;
+    assert_eq!(status, 200);
+    let (_, list) = call(&s, Method::GET, "/v1/devices", Some(OWNER), None).await;
+    assert_eq!(expiry_of(&list, &id), Some(json!(start + month)), "{list}");
+}
+
+#[tokio::test]
+async fn an_unpaired_peer_learns_only_the_status_from_health_and_nothing_private_from_info() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let (_, created) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(OWNER),
+        Some(json!({"agent_id": "echo"})),
+    )
+    .await;
+    let session = created["id"].as_str().unwrap().to_owned();
+    let probe = format!("/health?session_id={session}&session_ids={session},nope");
+    let (_, host) = pair_cli(&s, "host").await;
+    for token in [
+        None,
+        Some("omd_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        Some(host.as_str()),
+    ] {
+        let resp = s
+            .client
+            .get(s.u(&probe))
+            .header(
+                "authorization",
+                token.map_or(String::new(), |t| format!("Bearer {t}")),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.text().await.unwrap(), r#"{"status":"ok"}"#);
+        let (status, info) = call(&s, Method::GET, "/v1/info", token, None).await;
+        assert_eq!(status, 200, "{info}");
+        for private in ["pid", "database", "started_at", "session_count", "storage"] {
+            assert!(info[private].is_null(), "{private} told: {info}");
+        }
+        assert_eq!(info["implementation"], "omnigent-rs");
+        assert_eq!(info["auth"]["required"], true);
+    }
+    // A device that may read sessions gets the details.
+    let (_, viewer) = pair_cli(&s, "viewer").await;
+    let (status, health) = call(&s, Method::GET, &probe, Some(&viewer), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(health["session"]["id"], session.as_str(), "{health}");
+    assert!(health["sessions"][&session].is_object(), "{health}");
+    let (_, info) = call(&s, Method::GET, "/v1/info", Some(&viewer), None).await;
+    assert_eq!(info["session_count"], 1, "{info}");
+    assert!(info["pid"].is_u64(), "{info}");
+}
+
+#[tokio::test]
+async fn a_revoked_browser_cookie_is_refused_and_changes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let s = remote_server(home.path()).await;
+    let (_, created) = call(
+        &s,
+        Method::POST,
+        "/v1/sessions",
+        Some(OWNER),
+        Some(json!({"agent_id": "echo", "title": "kept"})),
+    )
+    .await;
+    let session = created["id"].as_str().unwrap().to_owned();
+    let code = code_for(&s, "driver", json!({})).await;
+    let resp = s
+        .client
+        .post(s.u("/v1/pairing/claim"))
+        .json(&json!({"code": code["code"], "client": "browser"}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let claim: Value = resp.json().await.unwrap();
+    let id = claim["device"]["id"].as_str().unwrap().to_owned();
+    let rename = |cookie: String| {
+        s.client
+            .patch(s.u(&format!("/v1/sessions/{session}")))
+            .header("cookie", cookie)
+            .json(&json!({"title": "changed"}))
+            .send()
+    };
+    // Its own origin with the cookie may write; once revoked the same request is 401.
+    let (status, _) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/devices/{id}"),
+        Some(OWNER),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let before = snapshot(&s, &session).await;
+    let (status, body) = status_json(rename(cookie.clone()).await.unwrap()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid"),
+        "{body}"
+    );
+    let resp = s
+        .client
+        .post(s.u(&format!("/v1/sessions/{session}/events")))
+        .header("cookie", cookie.clone())
+        .json(&json!({"type": "external_conversation_item", "data": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(snapshot(&s, &session).await, before);
+    assert_eq!(before.1, "kept");
 }

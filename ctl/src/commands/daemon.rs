@@ -275,12 +275,13 @@ pub(crate) fn control_limits_from_env() -> omnigent_daemon::ControlLimits {
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
-    /// Address the local server listens on (default 127.0.0.1). Off loopback every request needs a paired
-    /// device (`omnigent share`).
-    #[arg(long, default_value = "127.0.0.1", conflicts_with = "lan")]
-    pub(crate) bind: String,
-    /// Serve the LAN too: the local server listens on every interface (0.0.0.0); this machine stays the owner
-    /// on loopback, other devices pair with `omnigent share`.
+    /// Address the local server listens on (default 127.0.0.1), kept in config.toml (`server.bind`) for every
+    /// later start, the service's too. Off loopback every request needs a paired device (`omnigent share`).
+    #[arg(long, conflicts_with = "lan")]
+    pub(crate) bind: Option<String>,
+    /// Serve the LAN too: the local server listens on every interface (0.0.0.0), kept in config.toml
+    /// (`server.bind`) for every later start; this machine stays the owner on loopback, other devices pair
+    /// with `omnigent share`. `--bind 127.0.0.1` goes back to loopback only.
     #[arg(long)]
     pub(crate) lan: bool,
     /// Print JSON (schema in docs/cli.md) instead of text.
@@ -288,41 +289,58 @@ pub struct StartArgs {
     pub(crate) json: bool,
 }
 
-/// The `--bind` the local server gets, `None` for loopback only (the default).
-fn check_bind(args: &StartArgs) -> Result<Option<String>> {
+/// What `--lan` / `--bind` ask of `server.bind`: `None` when neither is given (config.toml decides),
+/// `Some(None)` for loopback only, `Some(Some(bind))` otherwise.
+fn check_bind(args: &StartArgs) -> Result<Option<Option<String>>> {
     if args.lan {
-        return Ok(Some("0.0.0.0".to_owned()));
+        return Ok(Some(Some(omnigent_daemon::config::LAN_BIND.to_owned())));
     }
-    match args.bind.as_str() {
-        "127.0.0.1" | "localhost" => Ok(None),
-        other => match other.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-            Ok(ip) if ip.is_loopback() => Ok(None),
-            Ok(ip) => Ok(Some(ip.to_string())),
-            Err(_) => Err(ConfigError(format!(
-                "--bind `{other}` is not an IP address; use 127.0.0.1 (the default), a LAN address of this \
-                 machine, or --lan for every interface"
-            ))
-            .into()),
-        },
+    let Some(bind) = args.bind.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    if omnigent_daemon::config::is_loopback_bind(bind) {
+        return Ok(Some(None));
     }
+    omnigent_daemon::config::check_bind(bind)
+        .map_err(|why| ConfigError(format!("--bind {why}")))?;
+    Ok(Some(Some(bind.to_owned())))
+}
+
+/// Keep what `--lan` / `--bind` ask in config.toml's `server.bind` (nothing without either flag); returns
+/// the non-loopback bind the server should have, or `None` for loopback only, when a flag was given.
+pub(crate) fn persist_bind(
+    paths: &omnigent_proto::paths::Paths,
+    wanted: Option<Option<String>>,
+) -> Result<Option<Option<String>>> {
+    if let Some(bind) = &wanted {
+        omnigent_daemon::config::set_server_bind(&paths.config_file(), bind.as_deref()).map_err(
+            |e| ConfigError(format!("cannot keep the server's bind in config.toml: {e}")),
+        )?;
+    }
+    Ok(wanted)
 }
 
 pub fn start(args: StartArgs) -> Result<()> {
-    let lan = check_bind(&args)?;
+    let wanted = check_bind(&args)?;
     let paths = paths()?;
+    let wanted = persist_bind(&paths, wanted)?;
     runtime()?.block_on(async {
-        let env: Vec<(&str, &str)> = lan
-            .as_deref()
-            .map(|b| (omnigent_daemon::config::SERVER_BIND_ENV, b))
-            .into_iter()
-            .collect();
-        let (mut client, how) = crate::backend::connect_or_start_with(&paths, &env).await?;
+        let (mut client, how) = crate::backend::connect_or_start(&paths).await?;
         let server = client.server_start().await.map_err(client_err)?;
-        if lan.is_some() && server.lan_bind != lan {
+        if let Some(lan) = &wanted
+            && server.lan_bind != *lan
+        {
             return Err(ConfigError(format!(
-                "the running daemon's server listens on {} only; run `omnigent restart {}` to serve the LAN",
-                server.lan_bind.as_deref().unwrap_or("127.0.0.1"),
-                if args.lan { "--lan".to_owned() } else { format!("--bind {}", args.bind) }
+                "the running daemon's server listens on {}; {} is kept in {} for the next start: run \
+                 `omnigent restart {}` to apply it now",
+                server.bind.as_deref().unwrap_or("127.0.0.1"),
+                lan.as_deref().unwrap_or("127.0.0.1"),
+                paths.config_file().display(),
+                if args.lan {
+                    "--lan".to_owned()
+                } else {
+                    format!("--bind {}", args.bind.as_deref().unwrap_or("127.0.0.1"))
+                }
             ))
             .into());
         }

@@ -391,6 +391,7 @@ fn status(args: StatusArgs) -> Result<()> {
                 "host_id": st.config.host_id,
                 "name": st.config.host_name,
                 "daemon_pid": st.daemon.pid,
+                "server_bind": st.server.bind,
                 "targets": st.targets,
                 "runners": st.runners,
                 "harnesses": st.harnesses,
@@ -408,6 +409,14 @@ fn print_host(st: &DaemonStatus) {
         "host     '{}' ({}), daemon pid {}",
         st.config.host_name, st.config.host_id, st.daemon.pid
     );
+    if let Some(bind) = &st.server.bind {
+        let lan = if st.server.lan_bind.is_some() {
+            " (the LAN too: other devices pair with `omnigent share`)"
+        } else {
+            " (loopback only; `omnigent host enable --lan` or `omnigent start --lan` serves the LAN)"
+        };
+        println!("server   local server bound to {bind}{lan}");
+    }
     if st.targets.is_empty() {
         println!("targets  none (`omnigent host URL` or `omnigent start` adds one)");
     }

@@ -7,6 +7,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, anyhow, bail};
+use omnigent_proto::auth::MAX_DEVICE_TTL_SECS;
 use omnigent_proto::credentials::{self, Credential, Credentials};
 use omnigent_proto::paths::Paths;
 use reqwest::Method;
@@ -45,6 +46,10 @@ pub struct ShareArgs {
     /// How long the code stays valid: `90s`, `10m`, `2h` or seconds (at most 24h).
     #[arg(long, default_value = "10m", value_parser = parse_ttl)]
     ttl: u64,
+    /// How long the device it pairs stays paired, from its pairing: `12h`, `30d`… (at most 3650d). Default:
+    /// until it is revoked (`omnigent devices revoke ID`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_device_ttl)]
+    device_ttl: Option<u64>,
     /// Land the paired browser on this session.
     #[arg(long)]
     session: Option<String>,
@@ -99,24 +104,44 @@ enum DevicesCommand {
     Rename { id: String, name: String },
 }
 
-/// `10m` → 600.
-fn parse_ttl(s: &str) -> Result<u64, String> {
+/// `10m` → 600: a number with `s`, `m`, `h` or (`days`) `d`, or plain seconds.
+fn parse_duration(s: &str, days: bool) -> Result<u64, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
+    let examples = if days { "12h or 30d" } else { "90s, 10m or 2h" };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 90s, 10m or 2h"))?;
-    let secs = match unit {
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. {examples}"))?;
+    Ok(match unit {
         "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
+        "d" if days => n.saturating_mul(24 * 3600),
+        _ if days => return Err(format!("{s:?}: the unit must be s, m, h or d")),
         _ => return Err(format!("{s:?}: the unit must be s, m or h")),
-    };
+    })
+}
+
+/// `--ttl`: 1 s to 24 h.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let secs = parse_duration(s, false)?;
     if secs == 0 || secs > 24 * 3600 {
         return Err(format!("{s:?}: a pairing code lasts between 1s and 24h"));
+    }
+    Ok(secs)
+}
+
+/// `--device-ttl`: 1 s to [`MAX_DEVICE_TTL_SECS`].
+fn parse_device_ttl(s: &str) -> Result<u64, String> {
+    let secs = parse_duration(s, true)?;
+    if secs == 0 || secs > MAX_DEVICE_TTL_SECS {
+        return Err(format!(
+            "{s:?}: a device stays paired between 1s and {}d",
+            MAX_DEVICE_TTL_SECS / 86_400
+        ));
     }
     Ok(secs)
 }
@@ -141,12 +166,15 @@ pub fn share(args: ShareArgs) -> Result<()> {
     let paths = paths()?;
     backend::runtime()?.block_on(async {
         let server = target(&paths, args.server.as_deref()).await?;
-        let body = json!({
+        let mut body = json!({
             "role": args.role.as_str(),
             "ttl_seconds": args.ttl,
             "session_id": args.session,
             "name": Value::Null,
         });
+        if let Some(t) = args.device_ttl {
+            body["device_ttl_seconds"] = t.into();
+        }
         let code = server
             .call(Method::POST, "/v1/pairing/codes", Some(&body))
             .await
@@ -176,6 +204,13 @@ fn print_share(server: &Server, code: &Value, role: ShareRole) {
         role.as_str(),
         expires_in(expires)
     );
+    match code["device_ttl_seconds"].as_u64() {
+        Some(t) => println!(
+            "The device it pairs stays paired for {} (then it must pair again).",
+            span(t)
+        ),
+        None => println!("The device it pairs stays paired until you revoke it."),
+    }
     if urls.iter().all(|u| crate::remote::is_loopback(u)) {
         eprintln!(
             "note: the server listens on loopback only, so no other device can reach it; run `omnigent \
@@ -227,6 +262,24 @@ fn expires_in(at: i64) -> String {
         "in {}",
         crate::backend::duration_text(left.unsigned_abs().saturating_mul(1000))
     )
+}
+
+/// `45s`, `9m58s`, `5h00m`, `30d`.
+fn span(secs: u64) -> String {
+    if secs >= 2 * 86_400 {
+        format!("{}d", secs / 86_400)
+    } else {
+        crate::backend::duration_text(secs.saturating_mul(1000))
+    }
+}
+
+/// A device's expiry as the list shows it: `never`, `in 29d`, `expired`.
+fn expiry(at: Option<i64>) -> String {
+    match at {
+        None => "never".to_owned(),
+        Some(t) if t <= now_secs() => "expired".to_owned(),
+        Some(t) => format!("in {}", span((t - now_secs()).unsigned_abs())),
+    }
 }
 
 /// `3m ago`, `never`.
@@ -381,14 +434,18 @@ pub fn devices(args: DevicesArgs) -> Result<()> {
                     println!("No paired devices. Pair one with `omnigent share`.");
                     return Ok(());
                 }
-                println!("{:<28} {:<24} {:<7} LAST SEEN", "ID", "NAME", "ROLE");
+                println!(
+                    "{:<28} {:<24} {:<7} {:<14} EXPIRES",
+                    "ID", "NAME", "ROLE", "LAST SEEN"
+                );
                 for d in rows {
                     println!(
-                        "{:<28} {:<24} {:<7} {}",
+                        "{:<28} {:<24} {:<7} {:<14} {}",
                         d["id"].as_str().unwrap_or("?"),
                         d["name"].as_str().unwrap_or("?"),
                         d["role"].as_str().unwrap_or("?"),
-                        ago(d["last_seen_at"].as_i64())
+                        ago(d["last_seen_at"].as_i64()),
+                        expiry(d["expires_at"].as_i64())
                     );
                 }
                 Ok(())
@@ -451,7 +508,7 @@ fn check_id(id: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use super::{parse_device_ttl, parse_ttl};
 
     #[test]
     fn ttls_take_a_unit_and_are_bounded() {
@@ -463,5 +520,10 @@ mod tests {
         assert!(parse_ttl("25h").is_err());
         assert!(parse_ttl("10d").is_err());
         assert!(parse_ttl("m").is_err());
+        assert_eq!(parse_device_ttl("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_device_ttl("12h"), Ok(12 * 3600));
+        assert!(parse_device_ttl("0d").is_err());
+        assert!(parse_device_ttl("3651d").is_err());
+        assert!(parse_device_ttl("1w").is_err());
     }
 }

@@ -73,10 +73,14 @@ pub struct RunArgs {
     /// Print every session event as one JSON line (NDJSON) instead of text.
     #[arg(long)]
     json: bool,
-    /// Run on a remote server (this machine registers as its host, with the token `omnigent login URL`
-    /// stored) instead of the local one.
+    /// Run on a remote server instead of the local one, with the token `omnigent login URL` stored: a driver
+    /// device runs the session on a host of that server (--host, or its one online host; --workspace is then
+    /// a directory there); an owner device registers this machine as its host unless --host names another.
     #[arg(long)]
     server: Option<String>,
+    /// With --server: the host (name or id, as `GET /v1/hosts` lists them) the session runs on.
+    #[arg(long, requires = "server", value_name = "NAME|ID")]
+    host: Option<String>,
     /// [PATH] then the first message. Without a message: an interactive prompt on a terminal, else stdin.
     #[arg(value_name = "PROMPT")]
     prompt: Vec<String>,
@@ -113,16 +117,11 @@ pub fn run(mut args: RunArgs) -> Result<()> {
             },
         },
     };
-    let workspace = match &args.workspace {
-        Some(w) => w.clone(),
-        None => std::env::current_dir().context("cannot read the current directory")?,
+    // On this machine the workspace is checked now; on a remote server's host it is that host's business.
+    let placement = match &args.server {
+        None => Placement::Local(local_workspace(args.workspace.as_deref())?),
+        Some(url) => Placement::Remote(crate::commands::host::check_url(url.trim())?),
     };
-    let workspace = std::fs::canonicalize(&workspace).map_err(|e| {
-        crate::exit::ConfigError(format!(
-            "workspace {} is not usable: {e}; pass an existing --workspace",
-            workspace.display()
-        ))
-    })?;
     // Everything that can be checked here is checked before the backend starts or the prompt is read.
     let limits = Limits::default();
     let upload = match &choice {
@@ -138,15 +137,16 @@ pub fn run(mut args: RunArgs) -> Result<()> {
     };
     let first = initial_prompt(&args.prompt)?;
     backend::runtime()?.block_on(async move {
-        let (server_url, host_id) = match &args.server {
-            Some(url) => {
-                let url = crate::commands::host::check_url(url.trim())?;
-                backend::ensure_remote_host(&url, HOST_ONLINE_TIMEOUT).await?
+        let (api, host_id, workspace_text) = match placement {
+            Placement::Remote(url) => {
+                remote_placement(&url, args.host.as_deref(), args.workspace.as_deref()).await?
             }
-            None => backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?,
+            Placement::Local(workspace) => {
+                let (url, host_id) = backend::ensure_local_host(HOST_ONLINE_TIMEOUT).await?;
+                (Api::new(&url)?, host_id, workspace.display().to_string())
+            }
         };
-        let api = Api::new(&server_url)?;
-        let workspace_text = workspace.display().to_string();
+        let server_url = api.server.base.clone();
         let (session_id, what, created) = match (&choice, upload) {
             (_, Some((path, prepared))) => {
                 let name = prepared.name(&path);
@@ -200,10 +200,74 @@ pub fn run(mut args: RunArgs) -> Result<()> {
                 json!({"type": kind::SESSION_CREATED, "session": session})
             ));
         } else if std::io::stderr().is_terminal() {
-            eprintln!("session {session_id} ({what} in {})", workspace.display());
+            eprintln!("session {session_id} ({what} in {workspace_text})");
         }
         drive(&api, &session_id, first, args.json).await
     })
+}
+
+/// Where `run` creates its session.
+enum Placement {
+    /// The local server, this machine as its host, in this (checked) directory.
+    Local(PathBuf),
+    /// `--server URL`: see [`remote_placement`].
+    Remote(String),
+}
+
+/// `--workspace` (default: the current directory) as an existing directory of this machine.
+fn local_workspace(given: Option<&std::path::Path>) -> Result<PathBuf> {
+    let workspace = match given {
+        Some(w) => w.to_path_buf(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    std::fs::canonicalize(&workspace).map_err(|e| {
+        crate::exit::ConfigError(format!(
+            "workspace {} is not usable: {e}; pass an existing --workspace",
+            workspace.display()
+        ))
+        .into()
+    })
+}
+
+/// Where `run --server URL` runs its session: (the server, the host id, the workspace on that host).
+///
+/// The device's role (`/v1/info`) decides: creating a session and sending to it needs the driver role, so a
+/// viewer or host device is refused here, before anything is created (exit 78 naming the role); an unpaired
+/// one exits 78 naming `omnigent login URL`. A driver runs the session on a host of the server (`--host`, or
+/// the one that is online), in `--workspace` as a path on that host. An owner (or a server without roles)
+/// makes this machine the server's host, as for a local run, unless `--host` names one.
+async fn remote_placement(
+    url: &str,
+    host: Option<&str>,
+    workspace: Option<&std::path::Path>,
+) -> Result<(Api, String, String)> {
+    use omnigent_proto::auth::Role;
+    let api = Api::new(url)?;
+    let role = api.server.role().await?;
+    if let Some(have) = role
+        && !have.satisfies(Role::Driver)
+    {
+        return Err(crate::exit::ConfigError(format!(
+            "`omnigent run --server {url}` creates a session and sends it messages, which needs the driver \
+             role; this device is a {have} there: {}",
+            crate::remote::role_hint(url, "driver")
+        ))
+        .into());
+    }
+    let this_machine = host.is_none() && role.is_none_or(|r| r == Role::Owner);
+    if this_machine {
+        let workspace = local_workspace(workspace)?;
+        let (_, host_id) = backend::ensure_remote_host(url, HOST_ONLINE_TIMEOUT).await?;
+        return Ok((api, host_id, workspace.display().to_string()));
+    }
+    let (host_id, name) = api.pick_host(url, host).await?;
+    let workspace = workspace.ok_or_else(|| {
+        crate::exit::ConfigError(format!(
+            "the session runs on host '{name}' of {url}, not on this machine: pass --workspace DIR, a \
+             directory on that host"
+        ))
+    })?;
+    Ok((api, host_id, workspace.display().to_string()))
 }
 
 pub fn attach(args: AttachArgs) -> Result<()> {
@@ -290,6 +354,64 @@ impl Api {
             .await
             .with_context(|| format!("POST {path} failed"))?;
         self.check(resp, &format!("POST {path}")).await
+    }
+
+    /// The host of the server a session runs on: the one named `wanted` (id or name), else the one online
+    /// host; (id, name). None online, several, or no such host: a configuration error listing them.
+    async fn pick_host(&self, url: &str, wanted: Option<&str>) -> Result<(String, String)> {
+        let list = self.get_json("/v1/hosts").await?;
+        let hosts: Vec<(String, String, bool)> = list["hosts"]
+            .as_array()
+            .or(list["data"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| {
+                        let id = h["host_id"].as_str().or(h["id"].as_str())?;
+                        let name = h["name"].as_str().unwrap_or(id);
+                        Some((id.to_owned(), name.to_owned(), h["status"] == "online"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shown = |hs: &[&(String, String, bool)]| {
+            hs.iter()
+                .map(|(id, name, online)| {
+                    format!(
+                        "'{name}' ({id}, {})",
+                        if *online { "online" } else { "offline" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let all: Vec<&(String, String, bool)> = hosts.iter().collect();
+        let candidates: Vec<&(String, String, bool)> = match wanted {
+            Some(w) => hosts
+                .iter()
+                .filter(|(id, name, _)| id == w || name == w)
+                .collect(),
+            None => hosts.iter().filter(|(_, _, online)| *online).collect(),
+        };
+        match (candidates.as_slice(), wanted) {
+            ([(id, name, _)], _) => Ok((id.clone(), name.clone())),
+            ([], Some(w)) => Err(crate::exit::ConfigError(format!(
+                "{url} has no host {w:?}; its hosts: {}",
+                if all.is_empty() { "none".to_owned() } else { shown(&all) }
+            ))
+            .into()),
+            ([], None) => Err(crate::exit::ConfigError(format!(
+                "{url} has no online host to run the session on{}; a host joins with `omnigent host {url}` \
+                 on its machine (a host-role device: `omnigent share --role host`)",
+                if all.is_empty() { String::new() } else { format!(" ({})", shown(&all)) }
+            ))
+            .into()),
+            (several, _) => Err(crate::exit::ConfigError(format!(
+                "{url} has {} hosts that match: {}; pass --host ID",
+                several.len(),
+                shown(several)
+            ))
+            .into()),
+        }
     }
 
     /// The built-in agent running `harness` (our name or one of its omnigent aliases); uploaded agents are

@@ -59,6 +59,10 @@ impl From<InitArg> for Init {
 pub struct EnableArgs {
     /// Servers to host, added to config.toml's targets first (the service hosts every target there).
     urls: Vec<String>,
+    /// Serve the LAN too: the daemon's local server listens on every interface (config.toml `server.bind =
+    /// "0.0.0.0"`, what `omnigent start --lan` keeps too); the service is restarted when this changes it.
+    #[arg(long)]
+    lan: bool,
     /// Show the unit (stdout) and what would be done (stderr); change nothing.
     #[arg(long)]
     print: bool,
@@ -166,7 +170,10 @@ pub fn enable(args: EnableArgs) -> Result<()> {
     };
     let text = render::render(&spec);
     let previous = std::fs::read_to_string(&unit).ok();
-    let update = previous.as_deref().is_some_and(|p| p != text);
+    // `--lan` on a service that listens on loopback: its daemon must restart to read the new bind.
+    let lan_bind = omnigent_daemon::config::LAN_BIND;
+    let new_bind = args.lan && config.server.bind.as_deref() != Some(lan_bind);
+    let update = previous.as_deref().is_some_and(|p| p != text) || (new_bind && previous.is_some());
     let commands = supervisor::enable_commands(init, &unit, update);
     let how = match init {
         Init::Systemd => {
@@ -183,6 +190,12 @@ pub fn enable(args: EnableArgs) -> Result<()> {
         eprintln!("would write {}", unit.display());
         for url in &urls {
             eprintln!("would keep {url} in {}", paths.config_file().display());
+        }
+        if new_bind {
+            eprintln!(
+                "would set server.bind = \"{lan_bind}\" in {}",
+                paths.config_file().display()
+            );
         }
         if previous.is_some() {
             for c in supervisor::unload_commands(init) {
@@ -203,6 +216,7 @@ pub fn enable(args: EnableArgs) -> Result<()> {
         commands,
         urls,
         spec,
+        bind: new_bind.then(|| (config.server.bind.clone(), lan_bind)),
     }))
 }
 
@@ -215,10 +229,16 @@ struct Install {
     commands: Vec<supervisor::Cmd>,
     urls: Vec<String>,
     spec: render::Spec,
+    /// `--lan` changes config.toml's `server.bind`: (what it was, what it becomes).
+    bind: Option<(Option<String>, &'static str)>,
 }
 
 async fn install(i: Install) -> Result<()> {
     let config_file = i.paths.config_file();
+    if let Some((_, bind)) = &i.bind {
+        omnigent_daemon::config::set_server_bind(&config_file, Some(bind))
+            .map_err(|e| ConfigError(e.to_string()))?;
+    }
     let mut added = Vec::new();
     for url in &i.urls {
         let edited = omnigent_daemon::config::add_target(&config_file, url)
@@ -257,6 +277,7 @@ async fn install(i: Install) -> Result<()> {
         previous_record: previous_record.as_ref(),
         added: &added,
         handed_over: handed_over.is_some(),
+        bind_before: i.bind.as_ref().map(|(before, _)| before.as_deref()),
     };
     let result = async {
         if i.previous.is_some() {
@@ -323,6 +344,9 @@ async fn install(i: Install) -> Result<()> {
     for t in &st.targets {
         println!("  target: {} {}", t.url, host_line(t, &st));
     }
+    if let Some(bind) = &st.server.lan_bind {
+        println!("  server: listening on {bind} too (the LAN; devices pair with `omnigent share`)");
+    }
     if let Some(hint) = linger_hint(i.init, &service::current_env()) {
         println!("  note: {hint}");
     }
@@ -339,6 +363,8 @@ struct Undo<'a> {
     previous_record: Option<&'a Record>,
     added: &'a [String],
     handed_over: bool,
+    /// `server.bind` before `--lan` changed it.
+    bind_before: Option<Option<&'a str>>,
 }
 
 impl Undo<'_> {
@@ -359,6 +385,9 @@ impl Undo<'_> {
         };
         for url in self.added {
             let _ = omnigent_daemon::config::remove_target(&self.paths.config_file(), url);
+        }
+        if let Some(before) = self.bind_before {
+            let _ = omnigent_daemon::config::set_server_bind(&self.paths.config_file(), before);
         }
         if self.previous.is_some() {
             // The unit that was there before runs again, as it did.

@@ -11,13 +11,17 @@
 //! [server]
 //! port = 6767                        # OMNIGENT_SERVER_PORT overrides it
 //! autostart = true                   # start the local server when the daemon starts
+//! bind = "0.0.0.0"                   # serve the LAN too (`start --lan`, `host enable --lan` write it);
+//!                                    # default 127.0.0.1; OMNIGENT_SERVER_BIND overrides it
 //! [[targets]]
 //! url = "https://team.example.com"   # servers this machine is a host of (restored at every start)
 //! ```
 //!
 //! The daemon edits the file itself in two places only, through `toml_edit` so comments, order and layout
 //! stay as written: the host identity ([`ensure_identity`]) and `[[targets]]` tables ([`add_target`],
-//! [`remove_target`], for `omnigent host URL --background` and `omnigent host stop URL`).
+//! [`remove_target`], for `omnigent host URL --background` and `omnigent host stop URL`). The CLI edits one
+//! more the same way: `server.bind` ([`set_server_bind`], for `omnigent start --lan | --bind` and `omnigent
+//! host enable --lan`), so a daemon the service starts listens where a plain `omnigent start` would.
 
 pub mod logfile;
 pub mod ports;
@@ -33,19 +37,38 @@ use tokio::sync::mpsc;
 
 /// Environment variable overriding `server.port` (tests use it to pick a free port).
 pub const SERVER_PORT_ENV: &str = "OMNIGENT_SERVER_PORT";
-/// The address the local server listens on (`omnigent start --lan` starts the daemon with `0.0.0.0`);
-/// default `127.0.0.1`. Read once when the daemon starts.
+/// Overrides `server.bind`: the address(es) the local server listens on. Read once when the daemon starts.
 pub const SERVER_BIND_ENV: &str = "OMNIGENT_SERVER_BIND";
-/// Where the local server listens unless [`SERVER_BIND_ENV`] says otherwise.
+/// Where the local server listens unless `server.bind` or [`SERVER_BIND_ENV`] says otherwise.
 pub const DEFAULT_SERVER_BIND: &str = "127.0.0.1";
+/// What `omnigent start --lan` writes to `server.bind`: every interface.
+pub const LAN_BIND: &str = "0.0.0.0";
 
-/// [`SERVER_BIND_ENV`], else [`DEFAULT_SERVER_BIND`].
-pub fn server_bind() -> String {
-    std::env::var(SERVER_BIND_ENV)
-        .ok()
-        .map(|b| b.trim().to_owned())
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| DEFAULT_SERVER_BIND.to_owned())
+/// Check a `server.bind` value: IP addresses, comma-separated (what `omnigent server run --bind` takes).
+pub fn check_bind(bind: &str) -> Result<(), String> {
+    for part in bind.split(',').map(str::trim) {
+        if part
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            return Err(format!(
+                "`{part}` is not an IP address; use 127.0.0.1 (the default), a LAN address of this machine, \
+                 or 0.0.0.0 for every interface"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether every address of `bind` is a loopback one (the default's meaning).
+pub fn is_loopback_bind(bind: &str) -> bool {
+    bind.split(',').map(str::trim).all(|p| {
+        p == "localhost"
+            || p.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 /// The local server's default port.
 pub const DEFAULT_SERVER_PORT: u16 = 6767;
@@ -80,6 +103,9 @@ pub struct ServerSection {
     pub port: Option<u16>,
     #[serde(default)]
     pub autostart: Option<bool>,
+    /// Where the local server listens (`--bind` of `omnigent server run`); default 127.0.0.1.
+    #[serde(default)]
+    pub bind: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +124,17 @@ impl Config {
             }),
             _ => Ok(self.server.port.unwrap_or(DEFAULT_SERVER_PORT)),
         }
+    }
+
+    /// Where the local server listens: [`SERVER_BIND_ENV`], else `server.bind`, else
+    /// [`DEFAULT_SERVER_BIND`].
+    pub fn server_bind(&self) -> String {
+        std::env::var(SERVER_BIND_ENV)
+            .ok()
+            .or_else(|| self.server.bind.clone())
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| DEFAULT_SERVER_BIND.to_owned())
     }
 
     pub fn server_autostart(&self) -> bool {
@@ -408,6 +445,51 @@ pub fn add_target(path: &Path, url: &str) -> Result<Edited, ConfigError> {
     // The table is appended as the last one, so there is a trailing newline to keep.
     let new_text = doc.to_string();
     let new = parse_edit(path, &new_text, "appending a [[targets]] table")?;
+    write_atomic(path, &new_text)?;
+    Ok(Edited {
+        config: new,
+        changed: true,
+    })
+}
+
+/// Set `server.bind` to `bind` (`None`: remove it, so the server listens on loopback only), in the `[server]`
+/// table (created at the end when missing); every other byte kept, nothing written when it already says so.
+/// A value that is not a list of IP addresses is refused and nothing is written.
+pub fn set_server_bind(path: &Path, bind: Option<&str>) -> Result<Edited, ConfigError> {
+    if let Some(b) = bind {
+        check_bind(b).map_err(|why| edit_error(path, format!("server.bind: {why}")))?;
+    }
+    let text = read_for_edit(path)?;
+    let config = parse(path, &text)?;
+    if config.server.bind.as_deref() == bind {
+        return Ok(Edited {
+            config,
+            changed: false,
+        });
+    }
+    let mut doc = edit_document(path, &text)?;
+    if doc.get("server").is_none() {
+        if bind.is_none() {
+            return Ok(Edited {
+                config,
+                changed: false,
+            });
+        }
+        append_table(&mut doc, "server", toml_edit::Table::new(), false);
+    }
+    let server = doc["server"]
+        .as_table_like_mut()
+        .ok_or_else(|| edit_error(path, "`server` is not a table; fix it by hand".to_owned()))?;
+    match bind {
+        Some(b) => {
+            server.insert("bind", toml_edit::value(b));
+        }
+        None => {
+            server.remove("bind");
+        }
+    }
+    let new_text = render(&doc, &text);
+    let new = parse_edit(path, &new_text, "setting server.bind")?;
     write_atomic(path, &new_text)?;
     Ok(Edited {
         config: new,
@@ -760,6 +842,40 @@ mod tests {
         assert!(path.is_dir());
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn server_bind_is_set_and_removed_keeping_every_other_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let before = "# mine\n[server] # here\nport = 7000\n\n[[targets]]\nurl = \"http://x\"\n";
+        std::fs::write(&path, before).unwrap();
+        let e = set_server_bind(&path, Some("0.0.0.0")).unwrap();
+        assert!(e.changed);
+        assert_eq!(e.config.server.bind.as_deref(), Some("0.0.0.0"));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# mine\n[server] # here\nport = 7000\nbind = \"0.0.0.0\"\n\n[[targets]]\nurl = \"http://x\"\n"
+        );
+        assert!(!set_server_bind(&path, Some("0.0.0.0")).unwrap().changed);
+        set_server_bind(&path, None).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        // No [server] table: one is added; a bad value is refused and nothing written.
+        let fresh = dir.path().join("fresh.toml");
+        std::fs::write(&fresh, "log_level = \"info\"\n").unwrap();
+        set_server_bind(&fresh, Some("10.0.0.2,127.0.0.1")).unwrap();
+        assert_eq!(
+            load(&fresh).unwrap().server.bind.as_deref(),
+            Some("10.0.0.2,127.0.0.1")
+        );
+        let err = set_server_bind(&fresh, Some("my-laptop.lan")).unwrap_err();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
+        assert_eq!(
+            load(&fresh).unwrap().server.bind.as_deref(),
+            Some("10.0.0.2,127.0.0.1")
+        );
+        assert!(is_loopback_bind("127.0.0.1") && is_loopback_bind("::1,127.0.0.1"));
+        assert!(!is_loopback_bind("0.0.0.0") && !is_loopback_bind("10.0.0.2,127.0.0.1"));
     }
 
     #[test]

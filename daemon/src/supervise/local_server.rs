@@ -89,7 +89,8 @@ pub fn spawn_supervisor(ctx: ServerContext) -> ServerHandle {
         last_exits: Vec::new(),
         log_tail: Vec::new(),
         foreign: None,
-        lan_bind: (ctx.bind != crate::config::DEFAULT_SERVER_BIND).then(|| ctx.bind.clone()),
+        lan_bind: (!crate::config::is_loopback_bind(&ctx.bind)).then(|| ctx.bind.clone()),
+        bind: Some(ctx.bind.clone()),
         last_error: None,
         log_file: ctx.log_path.display().to_string(),
     };

@@ -33,7 +33,7 @@ use omnigent_tunnel::auth::origin_allowed;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{ApiError, AppState};
-use crate::devices::DeviceIdentity;
+use crate::devices::{AuthError, DeviceIdentity};
 
 /// What a route needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,10 +213,15 @@ pub async fn authorize(
     let local_owner = st.auth.trust_loopback
         && !proxied
         && peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
-    let device = if local_owner {
+    let presented = if local_owner {
         None
     } else {
-        presented_token(req.headers()).and_then(|t| st.devices.authenticate(&t, &st.store))
+        presented_token(req.headers()).map(|t| st.devices.authenticate(&t, &st.store))
+    };
+    let (device, refused) = match presented {
+        Some(Ok(device)) => (Some(device), None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
     };
     let role = if local_owner {
         Some(Role::Owner)
@@ -257,10 +262,15 @@ pub async fn authorize(
             .into_response();
         }
         (_, None) => {
-            let why = if presented_token(req.headers()).is_some() {
-                "its device token is not valid (revoked, expired or mistyped)"
-            } else {
-                "it carries no device token"
+            let why = match refused {
+                Some(AuthError::Expired { at }) => format!(
+                    "its device's pairing expired at {} (it was paired for a limited time); pair it again",
+                    crate::clock::iso8601_utc(at)
+                ),
+                Some(AuthError::Unknown) => {
+                    "its device token is not valid (revoked, expired or mistyped)".to_owned()
+                }
+                None => "it carries no device token".to_owned(),
             };
             return ApiError::new(
                 ErrorCode::Unauthenticated,

@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use omnigent_proto::api::ErrorCode;
 use omnigent_proto::auth::{
-    COOKIE_NAME, DEFAULT_PAIRING_TTL_SECS, DeviceList, DevicePatch, MAX_PAIRING_TTL_SECS,
-    PairingClaim, PairingClaimRequest, PairingClient, PairingCode, PairingCodeRequest, PairingPeek,
-    PairingPeekRequest, SECURE_COOKIE_NAME,
+    COOKIE_NAME, DEFAULT_PAIRING_TTL_SECS, DeviceList, DevicePatch, MAX_DEVICE_TTL_SECS,
+    MAX_PAIRING_TTL_SECS, PairingClaim, PairingClaimRequest, PairingClient, PairingCode,
+    PairingCodeRequest, PairingPeek, PairingPeekRequest, SECURE_COOKIE_NAME,
 };
 
 use super::auth::Caller;
@@ -48,6 +48,15 @@ pub async fn create_code(
             "ttl_seconds={ttl} is out of range; use 1 to {MAX_PAIRING_TTL_SECS}"
         )));
     }
+    let device_ttl = match req.device_ttl_seconds {
+        Some(t) if !(1..=MAX_DEVICE_TTL_SECS).contains(&t) => {
+            return Err(ApiError::invalid(format!(
+                "device_ttl_seconds={t} is out of range; use 1 to {MAX_DEVICE_TTL_SECS} (10 years), or leave it \
+                 out for a device that stays paired until it is revoked"
+            )));
+        }
+        t => t.map(Duration::from_secs),
+    };
     let session_id = match req.session_id.as_deref() {
         None => None,
         Some(raw) => {
@@ -63,9 +72,13 @@ pub async fn create_code(
         .as_deref()
         .map(clean_name)
         .filter(|n| !n.is_empty());
-    let (code, pending) =
-        st.devices
-            .create_code(req.role, Duration::from_secs(ttl), session_id.clone(), name)?;
+    let (code, pending) = st.devices.create_code(
+        req.role,
+        Duration::from_secs(ttl),
+        session_id.clone(),
+        name,
+        device_ttl,
+    )?;
     let urls = pairing_urls(&st.auth, &code, session_id.as_deref());
     Ok(json(
         StatusCode::CREATED,
@@ -75,6 +88,7 @@ pub async fn create_code(
             session_id,
             expires_at: pending.expires_at,
             urls,
+            device_ttl_seconds: pending.device_ttl_secs,
         },
     ))
 }
@@ -175,6 +189,7 @@ pub async fn peek(
             session_id: pending.session_id,
             expires_at: pending.expires_at,
             name: pending.name,
+            device_ttl_seconds: pending.device_ttl_secs,
         },
     ))
 }

@@ -27,8 +27,16 @@ pub struct HealthQuery {
     session_ids: Option<String>,
 }
 
+/// Whether `caller` may see the server's inside (sessions' liveness, storage, pid, database): anyone who may
+/// read sessions. `/health` and `/v1/info` are public, but a caller off loopback without such a device gets
+/// only what a login screen or a load balancer needs.
+fn sees_details(caller: &Caller) -> bool {
+    caller.role.is_some_and(|r| r.satisfies(Role::Viewer))
+}
+
 pub async fn health(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Q(q): Q<HealthQuery>,
 ) -> Result<Response, ApiError> {
     let storage = storage_health(&st).await;
@@ -40,6 +48,11 @@ pub async fn health(
         sessions: None,
         storage: (!storage.ok).then_some(storage),
     };
+    if !sees_details(&caller) {
+        // `{"status":…}` only: no session's or runner's state, no storage detail.
+        out.storage = None;
+        return Ok(json(StatusCode::OK, &out));
+    }
     if let Some(raw) = q.session_id.as_deref().filter(|s| !s.is_empty()) {
         let liveness = liveness_of(&st, &[raw.to_owned()]).await?;
         out.session = Some(SessionLiveness {
@@ -131,6 +144,7 @@ pub async fn info(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
+    let details = sees_details(&caller);
     let info = ServerInfo {
         accounts_enabled: false,
         single_user: true,
@@ -140,11 +154,19 @@ pub async fn info(
         server_version: omnigent_proto::BUILD_VERSION.to_owned(),
         features: Map::new(),
         implementation: Some(IMPLEMENTATION.to_owned()),
-        pid: Some(std::process::id()),
-        database: Some(st.database.to_string()),
-        started_at: Some(st.started_at),
-        session_count: Some(st.store.count_sessions().await?),
-        storage: Some(storage_health(&st).await),
+        pid: details.then(std::process::id),
+        database: details.then(|| st.database.to_string()),
+        started_at: details.then_some(st.started_at),
+        session_count: if details {
+            Some(st.store.count_sessions().await?)
+        } else {
+            None
+        },
+        storage: if details {
+            Some(storage_health(&st).await)
+        } else {
+            None
+        },
         auth: Some(AuthInfo {
             required: !caller.local_owner,
             roles: Role::ALL.to_vec(),
