@@ -668,3 +668,183 @@ async fn a_failed_responses_stream_fails_the_turn_with_the_vendor_message() {
     let message = failure(&one_turn(&fixture, "hi").await);
     assert!(message.contains("the model melted"), "{message}");
 }
+
+/// A spec whose `tools` run the MCP stdio server the tests ship (`tests/fixtures/mcp_server.py`, named by
+/// `${MCP_SERVER_SCRIPT}` from the runner's environment: stdio servers run in the workspace, as 0.19.1's),
+/// over the wire `auth_extra` chooses.
+fn mcp_spec(auth_extra: &str) -> String {
+    format!(
+        "name: noter
+instructions: Take notes with the notes tools.
+executor:
+  config:
+    harness: openai-agents
+  model: gpt-agent
+  auth:
+    api_key: sk-mcp
+    base_url: ${{AGENT_TEST_VENDOR}}/v1
+{auth_extra}tools:
+  notes:
+    type: mcp
+    command: /usr/bin/python3
+    args: ['${{MCP_SERVER_SCRIPT}}']
+    tools: [write_note, add]
+"
+    )
+}
+
+fn mcp_script() -> String {
+    format!(
+        "{}/tests/fixtures/mcp_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The `function_call` and `function_call_output` items of a turn, as (type, call_id, name or output).
+fn tool_items(events: &[Value]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.done")
+        .map(|e| &e["item"])
+        .filter(|i| i["type"] == "function_call" || i["type"] == "function_call_output")
+        .map(|i| {
+            let what = if i["type"] == "function_call" {
+                &i["name"]
+            } else {
+                &i["output"]
+            };
+            (
+                i["type"].as_str().unwrap().to_owned(),
+                i["call_id"].as_str().unwrap().to_owned(),
+                what.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_mcp_tool_of_the_spec_is_called_over_the_responses_api() {
+    let args = r#"{"text":"noted over responses"}"#;
+    let vendor = FakeVendor::start(vec![
+        Canned::stream(
+            ResponseStream::new("resp_m1")
+                .function_call("call_m1", "notes__write_note", args)
+                .completed(12, 3),
+        ),
+        Canned::stream(responses::text(&["Noted."])),
+    ])
+    .await;
+    let fixture = start(
+        Some(bundle_of(&mcp_spec(""), &[])),
+        &[
+            ("AGENT_TEST_VENDOR", &vendor.url),
+            ("MCP_SERVER_SCRIPT", &mcp_script()),
+        ],
+    )
+    .await;
+    let turn = one_turn(&fixture, "note it").await;
+    // The MCP server really ran the tool, in the session's workspace.
+    assert_eq!(
+        std::fs::read_to_string(fixture.workspace.path().join("note.txt")).unwrap(),
+        "noted over responses",
+        "{turn:?}"
+    );
+    assert_eq!(deltas(&turn), "Noted.", "{turn:?}");
+    assert_eq!(
+        tool_items(&turn),
+        [
+            (
+                "function_call".to_owned(),
+                "call_m1".to_owned(),
+                "notes__write_note".to_owned()
+            ),
+            (
+                "function_call_output".into(),
+                "call_m1".into(),
+                "wrote note.txt".into()
+            ),
+        ]
+    );
+
+    let requests = vendor.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].path, "/v1/responses");
+    // Offered as Responses function tools, namespaced by server, the allow-list applied.
+    let tools = requests[0].body["tools"].as_array().unwrap();
+    let note = tools
+        .iter()
+        .find(|t| t["name"] == "notes__write_note")
+        .unwrap_or_else(|| panic!("{tools:?}"));
+    assert_eq!(note["type"], "function");
+    assert_eq!(note["description"], "Write a note to note.txt.");
+    assert_eq!(note["parameters"]["required"], json!(["text"]));
+    assert!(tools.iter().any(|t| t["name"] == "notes__add"));
+    assert!(
+        !tools.iter().any(|t| t["name"] == "notes__secret"),
+        "{tools:?}"
+    );
+    // The second request carries the call and the MCP server's result.
+    let input = requests[1].body["input"].as_array().unwrap();
+    let call = input.iter().find(|i| i["type"] == "function_call").unwrap();
+    assert_eq!(
+        (&call["call_id"], &call["name"], &call["arguments"]),
+        (&json!("call_m1"), &json!("notes__write_note"), &json!(args))
+    );
+    let output = input
+        .iter()
+        .find(|i| i["type"] == "function_call_output")
+        .unwrap();
+    assert_eq!(
+        (&output["call_id"], &output["output"]),
+        (&json!("call_m1"), &json!("wrote note.txt"))
+    );
+}
+
+#[tokio::test]
+async fn an_mcp_tool_of_the_spec_is_called_over_chat_completions() {
+    let call = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_c1",
+            "type": "function", "function": {"name": "notes__add", "arguments": "{\"a\": 2, \"b\": 40}"}}]},
+            "finish_reason": "tool_calls"}]})
+    );
+    let vendor = FakeVendor::start(vec![
+        Canned::stream(vec![call, "data: [DONE]\n\n".to_owned()]),
+        Canned::stream(vec![chat_text("42."), "data: [DONE]\n\n".to_owned()]),
+    ])
+    .await;
+    let fixture = start(
+        Some(bundle_of(&mcp_spec("    wire_api: chat\n"), &[])),
+        &[
+            ("AGENT_TEST_VENDOR", &vendor.url),
+            ("MCP_SERVER_SCRIPT", &mcp_script()),
+        ],
+    )
+    .await;
+    let turn = one_turn(&fixture, "add them").await;
+    assert_eq!(deltas(&turn), "42.", "{turn:?}");
+    assert_eq!(
+        tool_items(&turn),
+        [
+            (
+                "function_call".to_owned(),
+                "call_c1".to_owned(),
+                "notes__add".to_owned()
+            ),
+            ("function_call_output".into(), "call_c1".into(), "42".into()),
+        ]
+    );
+    let requests = vendor.requests();
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+    let result = requests[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&result["tool_call_id"], &result["content"]),
+        (&json!("call_c1"), &json!("42"))
+    );
+}
