@@ -693,11 +693,20 @@ executor:
     )
 }
 
-fn mcp_script() -> String {
-    format!(
+/// A runner serving an agent of [`mcp_spec`] against `vendor`.
+async fn start_mcp(vendor: &FakeVendor, auth_extra: &str) -> Fixture {
+    let script = format!(
         "{}/tests/fixtures/mcp_server.py",
         env!("CARGO_MANIFEST_DIR")
+    );
+    start(
+        Some(bundle_of(&mcp_spec(auth_extra), &[])),
+        &[
+            ("AGENT_TEST_VENDOR", &vendor.url),
+            ("MCP_SERVER_SCRIPT", &script),
+        ],
     )
+    .await
 }
 
 /// The `function_call` and `function_call_output` items of a turn, as (type, call_id, name or output).
@@ -734,14 +743,7 @@ async fn an_mcp_tool_of_the_spec_is_called_over_the_responses_api() {
         Canned::stream(responses::text(&["Noted."])),
     ])
     .await;
-    let fixture = start(
-        Some(bundle_of(&mcp_spec(""), &[])),
-        &[
-            ("AGENT_TEST_VENDOR", &vendor.url),
-            ("MCP_SERVER_SCRIPT", &mcp_script()),
-        ],
-    )
-    .await;
+    let fixture = start_mcp(&vendor, "").await;
     let turn = one_turn(&fixture, "note it").await;
     // The MCP server really ran the tool, in the session's workspace.
     assert_eq!(
@@ -813,14 +815,7 @@ async fn an_mcp_tool_of_the_spec_is_called_over_chat_completions() {
         Canned::stream(vec![chat_text("42."), "data: [DONE]\n\n".to_owned()]),
     ])
     .await;
-    let fixture = start(
-        Some(bundle_of(&mcp_spec("    wire_api: chat\n"), &[])),
-        &[
-            ("AGENT_TEST_VENDOR", &vendor.url),
-            ("MCP_SERVER_SCRIPT", &mcp_script()),
-        ],
-    )
-    .await;
+    let fixture = start_mcp(&vendor, "    wire_api: chat\n").await;
     let turn = one_turn(&fixture, "add them").await;
     assert_eq!(deltas(&turn), "42.", "{turn:?}");
     assert_eq!(
