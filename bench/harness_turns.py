@@ -8,8 +8,10 @@ One setup per run, then TURNS turns in one session, each timed from the message 
                          `omnigent server --port P` in a temp HOME)
   --host rust|python     whose host dials it (ours: `omnigent start`'s own host for our server, else
                          `omnigent host URL` in the foreground; Python: `omnigent host --server URL`)
-  --agent polly|bundle   Python's built-in `polly` (Python server only), or an uploaded bundle whose
-                         config.yaml says `harness: claude-sdk` (multipart POST /v1/sessions, as `omnigent run`)
+  --agent polly|bundle|openai-bundle
+                         Python's built-in `polly` (Python server only), or an uploaded bundle whose
+                         config.yaml says `harness: claude-sdk` (multipart POST /v1/sessions, as `omnigent run`),
+                         or one for `openai-agents` whose base_url is web/bench/fake-responses.mjs (node)
 
 Both hosts get the same environment: HOME in the temp dir, ANTHROPIC_BASE_URL = bench/fake_anthropic.py on
 loopback, ANTHROPIC_API_KEY = a fake key, the Claude Code CLI (`--claude`, default testkit's install) first on
@@ -116,12 +118,26 @@ def start_fake(logs):
     return proc, line.removeprefix("listening on ")
 
 
-def bundle_bytes(tmp):
+def start_fake_responses(logs):
+    """web/bench/fake-responses.mjs on a free port: (process, its base_url)."""
+    err = subprocess.PIPE
+    proc = subprocess.Popen(["node", str(ROOT / "web/bench/fake-responses.mjs"), "0"], stdout=open(
+        logs / "fake_responses.log", "wb"), stderr=err, start_new_session=True)
+    line = proc.stderr.readline().decode()
+    url = next(w for w in line.split() if w.startswith("http://"))
+    return proc, url
+
+
+def bundle_bytes(tmp, responses_url=None):
     d = tmp / "agent"
     d.mkdir()
+    if responses_url:
+        executor = ("executor:\n  type: omnigent\n  model: fake-model\n  config:\n    harness: openai-agents\n"
+                    f"  auth:\n    type: api_key\n    api_key: sk-fake\n    base_url: {responses_url}\n")
+    else:
+        executor = "executor:\n  type: omnigent\n  model: claude-sonnet-4-5\n  config:\n    harness: claude-sdk\n"
     (d / "config.yaml").write_text(
-        "spec_version: 1\nname: bench-claude\ninstructions: You answer briefly.\n"
-        "executor:\n  type: omnigent\n  model: claude-sonnet-4-5\n  config:\n    harness: claude-sdk\n"
+        "spec_version: 1\nname: bench-agent\ninstructions: You answer briefly.\n" + executor +
         "os_env:\n  type: caller_process\n  cwd: .\n  sandbox:\n    type: none\n")
     subprocess.run(["tar", "czf", str(tmp / "bundle.tar.gz"), "-C", str(d), "config.yaml"], check=True)
     return (tmp / "bundle.tar.gz").read_bytes()
@@ -201,7 +217,7 @@ def main():
     p.add_argument("--claude", default=str(ROOT / "target/agent-clis/node_modules/.bin/claude"))
     p.add_argument("--server", choices=["rust", "python"], required=True)
     p.add_argument("--host", choices=["rust", "python"], required=True)
-    p.add_argument("--agent", choices=["polly", "bundle"], default="bundle")
+    p.add_argument("--agent", choices=["polly", "bundle", "openai-bundle"], default="bundle")
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--items", action="store_true", help="print the session's items at the end")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, homes)")
@@ -212,6 +228,7 @@ def main():
     logs.mkdir()
     procs = Procs(logs)
     fake, fake_url = start_fake(logs)
+    responses, responses_url = start_fake_responses(logs) if args.agent == "openai-bundle" else (None, None)
     log(f"fake Anthropic API: {fake_url}; temp dir {tmp}")
     claude = Path(args.claude).resolve()
     home = tmp / "home"
@@ -269,8 +286,8 @@ def main():
             status, created = call(base, "POST", "/v1/sessions", body)
         else:
             raw, headers = multipart({"host_id": host_id, "workspace": str(workspace), "host_type": "external"},
-                                     bundle_bytes(tmp))
-            log("POST /v1/sessions (multipart: metadata + bundle, harness claude-sdk)")
+                                     bundle_bytes(tmp, responses_url))
+            log(f"POST /v1/sessions (multipart: metadata + bundle, {args.agent})")
             status, created = call(base, "POST", "/v1/sessions", raw=raw, headers=headers)
         if status >= 300:
             raise SystemExit(f"POST /v1/sessions: {status} {created}")
@@ -304,8 +321,10 @@ def main():
             binary, env = procs.stop_rust
             subprocess.run([binary, "stop"], env=env, capture_output=True)
         procs.stop()
-        os.killpg(fake.pid, signal.SIGTERM)
-        fake.wait()
+        for fake_proc in (fake, responses):
+            if fake_proc:
+                os.killpg(fake_proc.pid, signal.SIGTERM)
+                fake_proc.wait()
         if args.keep:
             log(f"kept {tmp}")
         else:
