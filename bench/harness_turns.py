@@ -259,6 +259,13 @@ def main():
             out = subprocess.run([args.rust, "start", "--json"], env=env, capture_output=True, text=True)
             log(f"$ {args.rust} start --json -> {out.returncode} {out.stdout.strip()[:300]} {out.stderr.strip()[:300]}")
             procs.stop_rust = (args.rust, env)
+        def online_hosts():
+            status, hosts = call(base, "GET", "/v1/hosts")
+            rows = (hosts.get("hosts") or hosts.get("data") or []) if status == 200 else []
+            return [h["host_id"] for h in rows if h.get("status") == "online" or h.get("online")]
+
+        # Our server's own host (`omnigent start`) is not the one to use when a Python host is asked for.
+        others = set(online_hosts()) if args.server == "rust" and args.host == "python" else set()
         if args.host == "python":
             env = dict(host_env, OMNIGENT_HOME=str(home / ".omnigent"))
             procs.start("python-host", [args.python, "host", "--server", base, "--no-open", "--non-interactive"],
@@ -267,14 +274,7 @@ def main():
             env = dict(host_env, OMNIGENT_HOME=str(tmp / "rs-host-home"), OMNIGENT_LOG="info")
             procs.start("rust-host", [args.rust, "host", base], env)
 
-        def online_host():
-            status, hosts = call(base, "GET", "/v1/hosts")
-            if status != 200:
-                return None
-            rows = hosts.get("hosts") or hosts.get("data") or []
-            return next((h["host_id"] for h in rows if h.get("status") == "online" or h.get("online")), None)
-
-        host_id = wait_for("an online host", online_host)
+        host_id = wait_for("an online host", lambda: next((h for h in online_hosts() if h not in others), None))
         log(f"host online: {host_id}")
 
         if args.agent == "polly":
