@@ -446,15 +446,11 @@ async fn a_responses_function_call_runs_in_the_workspace_and_its_output_goes_bac
         .filter(|e| e["type"] == "response.output_item.done")
         .map(|e| &e["item"])
         .collect();
-    let call = items.iter().find(|i| i["type"] == "function_call").unwrap();
+    let (call, output) = call_and_output(items.iter().copied());
     assert_eq!(
         (&call["call_id"], &call["name"], &call["arguments"]),
         (&json!("call_w1"), &json!("write_file"), &json!(args))
     );
-    let output = items
-        .iter()
-        .find(|i| i["type"] == "function_call_output")
-        .unwrap();
     assert_eq!(output["call_id"], "call_w1");
 
     let requests = vendor.requests();
@@ -483,6 +479,13 @@ async fn a_responses_function_call_runs_in_the_workspace_and_its_output_goes_bac
     );
     assert_eq!(input[3]["call_id"], "call_w1");
     assert!(input[3]["output"].as_str().unwrap().contains("out.txt"));
+}
+
+/// The first `function_call` and the first `function_call_output` among `items`.
+fn call_and_output<'a>(items: impl IntoIterator<Item = &'a Value>) -> (&'a Value, &'a Value) {
+    let items: Vec<&Value> = items.into_iter().collect();
+    let find = |kind: &str| *items.iter().find(|i| i["type"] == kind).unwrap();
+    (find("function_call"), find("function_call_output"))
 }
 
 fn chat_text(t: &str) -> String {
@@ -787,15 +790,11 @@ async fn an_mcp_tool_of_the_spec_is_called_over_the_responses_api() {
     );
     // The second request carries the call and the MCP server's result.
     let input = requests[1].body["input"].as_array().unwrap();
-    let call = input.iter().find(|i| i["type"] == "function_call").unwrap();
+    let (call, output) = call_and_output(input);
     assert_eq!(
         (&call["call_id"], &call["name"], &call["arguments"]),
         (&json!("call_m1"), &json!("notes__write_note"), &json!(args))
     );
-    let output = input
-        .iter()
-        .find(|i| i["type"] == "function_call_output")
-        .unwrap();
     assert_eq!(
         (&output["call_id"], &output["output"]),
         (&json!("call_m1"), &json!("wrote note.txt"))
