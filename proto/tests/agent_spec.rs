@@ -356,3 +356,43 @@ fn specs_that_cannot_run_are_refused_with_their_field_path() {
         assert!(!err.reason.is_empty());
     }
 }
+
+#[test]
+fn tools_settings_such_as_pollys_sub_agent_list_are_kept_beside_the_entries() {
+    // The shape of 0.19.1's built-in `polly` (`tools.agents` is a list of sub-agent directories), with the
+    // other settings 0.19.1 reads in `tools`, and an MCP server beside them.
+    let text = "name: polly
+executor: {type: omnigent, config: {harness: claude-sdk}}
+prompt: You are polly.
+tools:
+  agents:
+    - claude_code
+    - codex
+  timeout: 60
+  builtins: []
+  files: {type: mcp, command: mcp-files}
+";
+    let spec = AgentSpec::parse(text).expect("parse");
+    assert_eq!(spec.harness().expect("harness"), Harness::ClaudeCode);
+    assert_eq!(spec.tools.keys().collect::<Vec<_>>(), ["files"]);
+    assert!(spec.tools["files"].mcp().is_some());
+    assert_eq!(
+        spec.tools.settings.get("agents"),
+        Some(&serde_json::json!(["claude_code", "codex"]))
+    );
+    assert_eq!(
+        spec.tools.settings.get("timeout"),
+        Some(&serde_json::json!(60))
+    );
+    spec.validate(files(&[])).expect("valid");
+    // Interpolation (which writes the spec out and reads it back) keeps them.
+    let resolved = spec.interpolate(|_| None).expect("nothing to resolve");
+    assert_eq!(resolved, spec);
+    // A setting that is not a tool is never read as one, whatever its shape.
+    let spec = AgentSpec::parse(
+        "executor: {harness: echo}\ntools: {sandbox: {type: mcp, container_image: x}}\n",
+    )
+    .expect("parse");
+    assert!(spec.tools.entries.is_empty());
+    spec.validate(files(&[])).expect("valid");
+}

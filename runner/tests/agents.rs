@@ -446,15 +446,11 @@ async fn a_responses_function_call_runs_in_the_workspace_and_its_output_goes_bac
         .filter(|e| e["type"] == "response.output_item.done")
         .map(|e| &e["item"])
         .collect();
-    let call = items.iter().find(|i| i["type"] == "function_call").unwrap();
+    let (call, output) = call_and_output(items.iter().copied());
     assert_eq!(
         (&call["call_id"], &call["name"], &call["arguments"]),
         (&json!("call_w1"), &json!("write_file"), &json!(args))
     );
-    let output = items
-        .iter()
-        .find(|i| i["type"] == "function_call_output")
-        .unwrap();
     assert_eq!(output["call_id"], "call_w1");
 
     let requests = vendor.requests();
@@ -483,6 +479,13 @@ async fn a_responses_function_call_runs_in_the_workspace_and_its_output_goes_bac
     );
     assert_eq!(input[3]["call_id"], "call_w1");
     assert!(input[3]["output"].as_str().unwrap().contains("out.txt"));
+}
+
+/// The first `function_call` and the first `function_call_output` among `items`.
+fn call_and_output<'a>(items: impl IntoIterator<Item = &'a Value>) -> (&'a Value, &'a Value) {
+    let items: Vec<&Value> = items.into_iter().collect();
+    let find = |kind: &str| *items.iter().find(|i| i["type"] == kind).unwrap();
+    (find("function_call"), find("function_call_output"))
 }
 
 fn chat_text(t: &str) -> String {
@@ -667,4 +670,175 @@ async fn a_failed_responses_stream_fails_the_turn_with_the_vendor_message() {
     .await;
     let message = failure(&one_turn(&fixture, "hi").await);
     assert!(message.contains("the model melted"), "{message}");
+}
+
+/// A spec whose `tools` run the MCP stdio server the tests ship (`tests/fixtures/mcp_server.py`, named by
+/// `${MCP_SERVER_SCRIPT}` from the runner's environment: stdio servers run in the workspace, as 0.19.1's),
+/// over the wire `auth_extra` chooses.
+fn mcp_spec(auth_extra: &str) -> String {
+    format!(
+        "name: noter
+instructions: Take notes with the notes tools.
+executor:
+  config:
+    harness: openai-agents
+  model: gpt-agent
+  auth:
+    api_key: sk-mcp
+    base_url: ${{AGENT_TEST_VENDOR}}/v1
+{auth_extra}tools:
+  notes:
+    type: mcp
+    command: /usr/bin/python3
+    args: ['${{MCP_SERVER_SCRIPT}}']
+    tools: [write_note, add]
+"
+    )
+}
+
+/// A runner serving an agent of [`mcp_spec`] against `vendor`.
+async fn start_mcp(vendor: &FakeVendor, auth_extra: &str) -> Fixture {
+    let script = format!(
+        "{}/tests/fixtures/mcp_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    start(
+        Some(bundle_of(&mcp_spec(auth_extra), &[])),
+        &[
+            ("AGENT_TEST_VENDOR", &vendor.url),
+            ("MCP_SERVER_SCRIPT", &script),
+        ],
+    )
+    .await
+}
+
+/// The `function_call` and `function_call_output` items of a turn, as (type, call_id, name or output).
+fn tool_items(events: &[Value]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.done")
+        .map(|e| &e["item"])
+        .filter(|i| i["type"] == "function_call" || i["type"] == "function_call_output")
+        .map(|i| {
+            let what = if i["type"] == "function_call" {
+                &i["name"]
+            } else {
+                &i["output"]
+            };
+            (
+                i["type"].as_str().unwrap().to_owned(),
+                i["call_id"].as_str().unwrap().to_owned(),
+                what.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_mcp_tool_of_the_spec_is_called_over_the_responses_api() {
+    let args = r#"{"text":"noted over responses"}"#;
+    let vendor = FakeVendor::start(vec![
+        Canned::stream(
+            ResponseStream::new("resp_m1")
+                .function_call("call_m1", "notes__write_note", args)
+                .completed(12, 3),
+        ),
+        Canned::stream(responses::text(&["Noted."])),
+    ])
+    .await;
+    let fixture = start_mcp(&vendor, "").await;
+    let turn = one_turn(&fixture, "note it").await;
+    // The MCP server really ran the tool, in the session's workspace.
+    assert_eq!(
+        std::fs::read_to_string(fixture.workspace.path().join("note.txt")).unwrap(),
+        "noted over responses",
+        "{turn:?}"
+    );
+    assert_eq!(deltas(&turn), "Noted.", "{turn:?}");
+    assert_eq!(
+        tool_items(&turn),
+        [
+            (
+                "function_call".to_owned(),
+                "call_m1".to_owned(),
+                "notes__write_note".to_owned()
+            ),
+            (
+                "function_call_output".into(),
+                "call_m1".into(),
+                "wrote note.txt".into()
+            ),
+        ]
+    );
+
+    let requests = vendor.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].path, "/v1/responses");
+    // Offered as Responses function tools, namespaced by server, the allow-list applied.
+    let tools = requests[0].body["tools"].as_array().unwrap();
+    let note = tools
+        .iter()
+        .find(|t| t["name"] == "notes__write_note")
+        .unwrap_or_else(|| panic!("{tools:?}"));
+    assert_eq!(note["type"], "function");
+    assert_eq!(note["description"], "Write a note to note.txt.");
+    assert_eq!(note["parameters"]["required"], json!(["text"]));
+    assert!(tools.iter().any(|t| t["name"] == "notes__add"));
+    assert!(
+        !tools.iter().any(|t| t["name"] == "notes__secret"),
+        "{tools:?}"
+    );
+    // The second request carries the call and the MCP server's result.
+    let input = requests[1].body["input"].as_array().unwrap();
+    let (call, output) = call_and_output(input);
+    assert_eq!(
+        (&call["call_id"], &call["name"], &call["arguments"]),
+        (&json!("call_m1"), &json!("notes__write_note"), &json!(args))
+    );
+    assert_eq!(
+        (&output["call_id"], &output["output"]),
+        (&json!("call_m1"), &json!("wrote note.txt"))
+    );
+}
+
+#[tokio::test]
+async fn an_mcp_tool_of_the_spec_is_called_over_chat_completions() {
+    let call = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_c1",
+            "type": "function", "function": {"name": "notes__add", "arguments": "{\"a\": 2, \"b\": 40}"}}]},
+            "finish_reason": "tool_calls"}]})
+    );
+    let vendor = FakeVendor::start(vec![
+        Canned::stream(vec![call, "data: [DONE]\n\n".to_owned()]),
+        Canned::stream(vec![chat_text("42."), "data: [DONE]\n\n".to_owned()]),
+    ])
+    .await;
+    let fixture = start_mcp(&vendor, "    wire_api: chat\n").await;
+    let turn = one_turn(&fixture, "add them").await;
+    assert_eq!(deltas(&turn), "42.", "{turn:?}");
+    assert_eq!(
+        tool_items(&turn),
+        [
+            (
+                "function_call".to_owned(),
+                "call_c1".to_owned(),
+                "notes__add".to_owned()
+            ),
+            ("function_call_output".into(), "call_c1".into(), "42".into()),
+        ]
+    );
+    let requests = vendor.requests();
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+    let result = requests[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&result["tool_call_id"], &result["content"]),
+        (&json!("call_c1"), &json!("42"))
+    );
 }

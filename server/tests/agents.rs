@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use common::fake_runner::{FakeRunner, Seen};
 use common::raw_host::{Ws, next_frame, python_hello, send};
 use common::raw_http::{addr_of, read_head};
 use common::{TestServer, WAIT, status_json};
@@ -377,6 +378,54 @@ async fn an_uploaded_agent_goes_with_the_last_session_that_uses_it() {
     assert_eq!(rows(home.path(), "agent_bundles").await, 0);
     let (_, agents) = srv.get("/v1/agents").await;
     assert_eq!(agents["data"].as_array().map(Vec::len), Some(4), "{agents}");
+}
+
+#[tokio::test]
+async fn a_turn_of_an_uploaded_agent_tells_the_runner_its_revision_as_0_19_1_does() {
+    let home = tempfile::tempdir().expect("tmp");
+    let srv = TestServer::start_with(home.path(), |c| {
+        c.tunnel.ping_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let bundle = good_bundle();
+    let (status, created) = post_multipart(
+        &srv,
+        multipart(Some(&json!({"labels": {"k": "v"}})), Some(&bundle)),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let session = created["session_id"].as_str().expect("id").to_owned();
+    let token = "tok-agent-revision";
+    let mut runner = FakeRunner::connect(&srv, token, "idle").await;
+    let (status, snap) = srv
+        .patch(
+            &format!("/v1/sessions/{session}"),
+            json!({"runner_id": runner_id_for_token(token)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{snap}");
+    let agent_id = snap["agent_id"].as_str().expect("agent_id").to_owned();
+    let message = json!({"type": "message", "data": {"role": "user",
+        "content": [{"type": "input_text", "text": "hi"}]}});
+    let path = format!("/v1/sessions/{session}/events");
+    let (accepted, event) = tokio::join!(srv.post(&path, message), async {
+        runner.stream_opened().await;
+        assert!(matches!(runner.next_seen().await, Seen::Init(_)));
+        match runner.next_seen().await {
+            Seen::Event(event) => event,
+            other => panic!("expected the forwarded message, got {other:?}"),
+        }
+    });
+    assert_eq!(accepted.0, 202, "{}", accepted.1);
+    // 0.19.1 sends its bundle location, `{agent_id}/{sha256 of the bundle}` (runners key caches on it).
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bundle));
+    assert_eq!(event["agent_id"], agent_id.as_str());
+    assert_eq!(
+        event["agent_revision"],
+        format!("{agent_id}/{sha}"),
+        "{event}"
+    );
+    assert_eq!(event["model"], "bundled");
 }
 
 /// The last 6 characters of a token (what a message must not echo).

@@ -40,9 +40,10 @@ pub struct AgentSpec {
     pub executor: Option<Executor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_env: Option<OsEnv>,
-    /// Tools by name: MCP servers (`type: mcp`) and sub-agent declarations (`type: agent`), in name order.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tools: BTreeMap<String, Tool>,
+    /// Tools by name: MCP servers (`type: mcp`) and sub-agent declarations (`type: agent`), in name order,
+    /// beside 0.19.1's `tools` settings (`agents: [..]`, `builtins`, `timeout`, …), kept as written.
+    #[serde(default, skip_serializing_if = "Tools::is_empty")]
+    pub tools: Tools,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -123,6 +124,83 @@ pub struct Sandbox {
     pub kind: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// Keys of `tools` that are settings, not tool entries (0.19.1's `_TOOLS_CONFIG_KEYS`): `agents` lists
+/// sub-agent names (`agents: [claude_code, codex]`, as Python's `polly` writes), `builtins`, `timeout`,
+/// `retry`, `sandbox`.
+pub const TOOLS_SETTINGS: &[&str] = &["agents", "builtins", "timeout", "retry", "sandbox"];
+
+/// The `tools` block: its entries by name (dereferences to them) and its settings ([`TOOLS_SETTINGS`]),
+/// which are kept as written and written back in the same block.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tools {
+    pub entries: BTreeMap<String, Tool>,
+    pub settings: BTreeMap<String, Value>,
+}
+
+impl Tools {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.settings.is_empty()
+    }
+}
+
+impl std::ops::Deref for Tools {
+    type Target = BTreeMap<String, Tool>;
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl<'a> IntoIterator for &'a Tools {
+    type Item = (&'a String, &'a Tool);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Tool>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter()
+    }
+}
+
+impl Serialize for Tools {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.entries.len() + self.settings.len()))?;
+        for (k, v) in &self.settings {
+            map.serialize_entry(k, v)?;
+        }
+        for (k, v) in &self.entries {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Tools {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tools, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Tools;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of tools by name")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Tools, A::Error> {
+                let mut tools = Tools::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if TOOLS_SETTINGS.contains(&key.as_str()) {
+                        let value = map.next_value::<Value>()?;
+                        tools.settings.insert(key, value);
+                    } else {
+                        let tool = map.next_value::<Tool>()?;
+                        tools.entries.insert(key, tool);
+                    }
+                }
+                Ok(tools)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// One entry of `tools`. Which fields matter depends on `type` (see [`Tool::mcp`], [`Tool::is_sub_agent`]);

@@ -223,14 +223,7 @@ impl Actor {
                     warn!(session_id = %self.id, "cannot settle after the runner came back: {e}");
                 }
                 for w in std::mem::take(&mut self.relay.waiting) {
-                    self.forward(
-                        w.input,
-                        &w.runner_id,
-                        &w.agent_id,
-                        w.agent_name.as_deref(),
-                        w.reply,
-                    )
-                    .await;
+                    self.forward(w.input, &w.runner_id, &w.agent, w.reply).await;
                 }
             }
             ReaderEvent::Ended { why } => {

@@ -3,7 +3,7 @@
 
 use omnigent_proto::api::SessionStatus;
 use omnigent_proto::events::{Interrupted, ServerEvent};
-use omnigent_proto::runner_api::TurnEvent;
+use omnigent_proto::runner_api::{Field, TurnEvent};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -18,10 +18,26 @@ use crate::store::SessionRow;
 pub(super) struct Waiting {
     pub(super) input: TurnInput,
     pub(super) runner_id: String,
-    pub(super) agent_id: String,
-    pub(super) agent_name: Option<String>,
+    pub(super) agent: TurnAgent,
     pub(super) deadline: Instant,
     pub(super) reply: Reply<Option<String>>,
+}
+
+/// What a forwarded input tells the runner of the session's agent.
+pub(super) struct TurnAgent {
+    id: String,
+    name: Option<String>,
+    revision: Option<String>,
+}
+
+impl TurnAgent {
+    pub(super) fn of(row: &SessionRow) -> TurnAgent {
+        TurnAgent {
+            id: row.agent_id.clone(),
+            name: row.agent_name().map(str::to_owned),
+            revision: row.agent_revision(),
+        }
+    }
 }
 
 /// 503 for an input whose session has no reachable runner: start one.
@@ -109,15 +125,13 @@ impl Actor {
         };
         match self.ensure_relay(&runner_id, Some(&row)).await {
             Readiness::Ready => {
-                let name = row.agent_name().map(str::to_owned);
-                self.forward(input, &runner_id, &row.agent_id, name.as_deref(), reply)
+                self.forward(input, &runner_id, &TurnAgent::of(&row), reply)
                     .await
             }
             Readiness::Opening => self.relay.waiting.push(Waiting {
                 input,
                 runner_id,
-                agent_name: row.agent_name().map(str::to_owned),
-                agent_id: row.agent_id,
+                agent: TurnAgent::of(&row),
                 deadline: Instant::now() + relay::READY_TIMEOUT + relay::INIT_TIMEOUT,
                 reply,
             }),
@@ -133,8 +147,7 @@ impl Actor {
         &mut self,
         input: TurnInput,
         runner_id: &str,
-        agent_id: &str,
-        agent_name: Option<&str>,
+        agent: &TurnAgent,
         reply: Reply<Option<String>>,
     ) {
         let Some(conn) = self.runners.get(runner_id) else {
@@ -148,13 +161,14 @@ impl Actor {
             },
             None => None,
         };
-        let body = TurnEvent::input(
+        let mut body = TurnEvent::input(
             &input.kind,
             &input.data,
-            agent_id,
-            agent_name,
+            &agent.id,
+            agent.name.as_deref(),
             item_id.as_deref(),
         );
+        body.agent_revision = Field::sent(agent.revision.clone());
         let (id, kind) = (self.id.clone(), input.kind);
         self.spawn_outcome(async move {
             let result = relay::forward_input(&conn, &id, &body).await;

@@ -76,6 +76,7 @@ async fn create_session(
             Some(UploadedAgentRef {
                 name: a.row.name.clone(),
                 harness: a.row.harness.clone(),
+                bundle_sha256: a.row.bundle_sha256.clone(),
             }),
             a.row.harness.clone(),
         ),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::updates::Change;
 
@@ -207,7 +208,12 @@ pub struct UploadedAgentRef {
     pub name: String,
     /// As the spec wrote it (`openai-agents`, …).
     pub harness: String,
+    /// Hex sha256 of its bundle.
+    pub bundle_sha256: String,
 }
+
+/// Session labels of this prefix select MCP services for the session (0.19.1's `MCP_SELECTION_PREFIX`).
+const MCP_SELECTION_PREFIX: &str = "omnigent.mcp_service.";
 
 impl SessionRow {
     /// The name of the session's agent: the uploaded agent's, else the built-in's (`None` for an agent this
@@ -226,6 +232,26 @@ impl SessionRow {
             Some(a) => Some(&a.harness),
             None => crate::agents::find(&self.agent_id).map(|a| a.harness.as_str()),
         }
+    }
+
+    /// What a turn tells the runner its agent's revision is (`agent_revision`), as 0.19.1's
+    /// `mcp_selection_revision`: `{agent_id}/{bundle sha256}` (0.19.1's bundle location), and when the session's
+    /// labels select MCP services, `:mcp:` and the first 16 hex digits of the sha256 of the sorted selection
+    /// as Python's `json.dumps` writes it. `None` for a built-in agent (it has no bundle).
+    pub fn agent_revision(&self) -> Option<String> {
+        let bundle = &self.uploaded_agent.as_ref()?.bundle_sha256;
+        let location = format!("{}/{bundle}", self.agent_id);
+        let selections: Vec<String> = self
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(MCP_SELECTION_PREFIX))
+            .map(|(k, v)| format!("[{}, {}]", py_json_str(k), py_json_str(v)))
+            .collect();
+        if selections.is_empty() {
+            return Some(location);
+        }
+        let digest = Sha256::digest(format!("[{}]", selections.join(", ")));
+        Some(format!("{location}:mcp:{}", &hex::encode(digest)[..16]))
     }
 
     /// An idle top-level session of `agent_id` created at `at_ms`, with nothing else set (callers fill in
@@ -621,9 +647,48 @@ pub fn fts_query(input: &str) -> Option<String> {
     (!literal.is_empty()).then(|| literal.join(" "))
 }
 
+/// `s` as Python's `json.dumps` writes a string (`ensure_ascii`: DEL and every non-ASCII character as `\\uXXXX`,
+/// in UTF-16).
+fn py_json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in serde_json::Value::from(s).to_string().chars() {
+        if c.is_ascii() && c != '\u{7f}' {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_revision_is_0_19_1s_bundle_location_and_mcp_selection_digest() {
+        let mut row = SessionRow::new("s1", "ag1", 0);
+        assert_eq!(row.agent_revision(), None, "a built-in agent has no bundle");
+        row.uploaded_agent = Some(UploadedAgentRef {
+            name: "a".into(),
+            harness: "openai-agents".into(),
+            bundle_sha256: "abc".into(),
+        });
+        row.labels.insert("k".into(), "v".into());
+        assert_eq!(row.agent_revision().as_deref(), Some("ag1/abc"));
+        // The figure 0.19.1's `mcp_selection_revision` gives for the same bundle location and labels.
+        row.labels
+            .insert("omnigent.mcp_service.github".into(), "1".into());
+        row.labels
+            .insert("omnigent.mcp_service.caf\u{e9}\u{7f}".into(), "0".into());
+        assert_eq!(
+            row.agent_revision().as_deref(),
+            Some("ag1/abc:mcp:0e46febf24958678")
+        );
+    }
 
     #[test]
     fn urls_parse_and_redact() {

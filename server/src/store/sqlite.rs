@@ -33,7 +33,8 @@ const SESSION_COLS: &str = "s.id, s.agent_id, s.title, s.labels, s.status, s.cre
      s.workspace, s.git_branch, s.model_override, s.reasoning_effort, s.cost_control_mode_override, \
      s.external_session_id, s.terminal_launch_args, \
      (SELECT a.name FROM agents a WHERE a.id = agent_id) AS uploaded_agent_name, \
-     (SELECT a.harness FROM agents a WHERE a.id = agent_id) AS uploaded_agent_harness";
+     (SELECT a.harness FROM agents a WHERE a.id = agent_id) AS uploaded_agent_harness, \
+     (SELECT a.bundle_sha256 FROM agents a WHERE a.id = agent_id) AS uploaded_agent_bundle";
 
 const ITEM_COLS: &str =
     "i.id, i.position, i.seq, i.type, i.status, i.response_id, i.created_at, i.created_by, i.data";
@@ -533,8 +534,13 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRow, StoreError> {
         uploaded_agent: match (
             row.try_get::<Option<String>, _>("uploaded_agent_name")?,
             row.try_get::<Option<String>, _>("uploaded_agent_harness")?,
+            row.try_get::<Option<String>, _>("uploaded_agent_bundle")?,
         ) {
-            (Some(name), Some(harness)) => Some(super::UploadedAgentRef { name, harness }),
+            (Some(name), Some(harness), Some(bundle_sha256)) => Some(super::UploadedAgentRef {
+                name,
+                harness,
+                bundle_sha256,
+            }),
             _ => None,
         },
     })
