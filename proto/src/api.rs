@@ -52,6 +52,8 @@ pub enum ErrorCode {
     PairingCodeInvalid,
     /// Ours: too many wrong pairing codes from one address (429).
     TooManyAttempts,
+    /// An approval answered after another answer won (409; [`crate::elicitation`]).
+    AlreadyResolved,
 }
 
 impl ErrorCode {
@@ -64,7 +66,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound | ErrorCode::PairingCodeInvalid => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::AlreadyResolved => 409,
             ErrorCode::WorkspaceMissing => 410,
             ErrorCode::HarnessNotConfigured => 412,
             ErrorCode::PayloadTooLarge => 413,

@@ -213,6 +213,33 @@ fn with_type(kind: &str, body: &impl Serialize) -> Value {
     value
 }
 
+/// `GET /v1/sessions/{id}/elicitations/{eid}` (0.19.1's standalone approval page): the question while it is
+/// pending, else only `{"status": "resolved"}` (also for an id the session never asked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum ElicitationState {
+    Pending {
+        message: String,
+        phase: String,
+        policy_name: String,
+        content_preview: String,
+    },
+    Resolved,
+}
+
+impl ElicitationState {
+    /// A pending request as 0.19.1 shows it (absent fields as empty strings).
+    pub fn pending(request: &ElicitationRequest) -> Self {
+        let p = &request.params;
+        ElicitationState::Pending {
+            message: p.message.clone(),
+            phase: p.phase.clone().unwrap_or_default(),
+            policy_name: p.policy_name.clone().unwrap_or_default(),
+            content_preview: p.content_preview.clone().unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

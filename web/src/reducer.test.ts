@@ -4,7 +4,7 @@ import { inline, safeHref } from './markdown';
 
 const run = (actions: Action[], state: SessionState = initialState()) => actions.reduce(reduce, state);
 const ev = (id: number | null, event: Record<string, unknown>): Action => ({ type: 'event', id, event });
-const texts = (s: SessionState) => entries(s).map((e) => `${e.kind === 'message' ? e.role : e.kind}:${'text' in e ? e.text : e.name}`);
+const texts = (s: SessionState) => entries(s).map((e) => `${e.kind === 'message' ? e.role : e.kind}:${'text' in e ? e.text : 'name' in e ? e.name : e.message}`);
 
 const userItem = (id: string, text: string): WireItem => ({
   id,
@@ -213,6 +213,78 @@ describe('event reducer', () => {
     const s = run([{ type: 'items', items }]);
     expect(performance.now() - t).toBeLessThan(200);
     expect(s.order).toHaveLength(2000);
+  });
+});
+
+describe('approvals', () => {
+  const asked = (eid: string, command: string) => ({
+    type: 'response.elicitation_request',
+    elicitation_id: eid,
+    method: 'elicitation/create',
+    params: {
+      mode: 'form',
+      message: `Allow Bash: \`${command}\`?`,
+      phase: 'pre_tool_use',
+      policy_name: 'claude-code',
+      content_preview: JSON.stringify({ command }),
+      tool_name: 'Bash',
+    },
+  });
+  const card = (s: SessionState, eid: string) => s.entries[`approval:${eid}`];
+
+  it('shows a question as a pending card, once, and the answer that won', () => {
+    const s = run([ev(1, asked('elicit_1', 'rm -rf build')), ev(2, { type: 'session.status', status: 'waiting' })]);
+    expect(card(s, 'elicit_1')).toMatchObject({
+      kind: 'approval',
+      message: 'Allow Bash: `rm -rf build`?',
+      tool: 'Bash',
+      preview: '{"command":"rm -rf build"}',
+      asker: 'claude-code',
+      outcome: null,
+    });
+    expect(s.status).toBe('waiting');
+    // The snapshot lists it too (a reload): still one card.
+    const again = run([{ type: 'pending', requests: [asked('elicit_1', 'rm -rf build')] }], s);
+    expect(again.order.filter((id) => id.startsWith('approval:'))).toHaveLength(1);
+    const done = run([ev(3, { type: 'response.elicitation_resolved', elicitation_id: 'elicit_1', action: 'decline' })], again);
+    expect(card(done, 'elicit_1')).toMatchObject({ outcome: 'decline' });
+    // A second resolution (the runner confirming) changes nothing.
+    const twice = run([ev(4, { type: 'response.elicitation_resolved', elicitation_id: 'elicit_1', action: 'accept' })], done);
+    expect(card(twice, 'elicit_1')).toMatchObject({ outcome: 'decline' });
+  });
+
+  it('cards from the snapshot, an expired question, and who answered', () => {
+    const s = run([{ type: 'pending', requests: [asked('elicit_a', 'ls'), asked('elicit_b', 'make'), { params: {} }] }]);
+    expect(s.order).toEqual(['approval:elicit_a', 'approval:elicit_b']);
+    const mine = run(
+      [
+        { type: 'answering', elicitationId: 'elicit_a', action: 'accept' },
+        ev(5, { type: 'response.elicitation_resolved', elicitation_id: 'elicit_a', action: 'accept' }),
+      ],
+      s,
+    );
+    expect(card(mine, 'elicit_a')).toMatchObject({ outcome: 'accept', answering: 'accept' });
+    const lost = run(
+      [
+        { type: 'answering', elicitationId: 'elicit_b', action: 'accept' },
+        ev(6, { type: 'response.elicitation_resolved', elicitation_id: 'elicit_b', action: 'decline' }),
+        { type: 'answer_failed', elicitationId: 'elicit_b', error: 'already resolved', lost: true },
+      ],
+      mine,
+    );
+    expect(card(lost, 'elicit_b')).toMatchObject({ outcome: 'decline', lost: true, answering: undefined });
+    const expired = run(
+      [ev(1, asked('elicit_c', 'x')), ev(2, { type: 'response.elicitation_resolved', elicitation_id: 'elicit_c', reason: 'unanswered' })],
+    );
+    expect(card(expired, 'elicit_c')).toMatchObject({ outcome: 'unanswered' });
+    const failed = run([{ type: 'answering', elicitationId: 'elicit_c', action: 'accept' }, { type: 'answer_failed', elicitationId: 'elicit_c', error: 'offline', lost: false }], run([ev(1, asked('elicit_c', 'x'))]));
+    expect(card(failed, 'elicit_c')).toMatchObject({ outcome: null, error: 'offline', answering: undefined });
+  });
+
+  it('keeps cards through a refetch of the items', () => {
+    const s = run([{ type: 'items', items: [userItem('u1', 'clean')] }, ev(1, asked('elicit_1', 'rm'))]);
+    const after = run([{ type: 'items', items: [userItem('u1', 'clean')] }], s);
+    expect(after.order).toEqual(['u1', 'approval:elicit_1']);
   });
 });
 

@@ -49,7 +49,32 @@ export interface Note {
   text: string;
 }
 
-export type Entry = Message | ToolCall | Note;
+/** How an approval ended: the answer (`accept`, `decline`, `cancel`) or `unanswered` (the asker stopped waiting). */
+export type Outcome = 'accept' | 'decline' | 'cancel' | 'unanswered';
+
+/** A question the agent asked before it uses a tool (`response.elicitation_request`, issue 15 item 6). */
+export interface Approval {
+  kind: 'approval';
+  /** `approval:` and the elicitation id. */
+  id: string;
+  elicitationId: string;
+  message: string;
+  tool: string | null;
+  /** The tool's input (cut by the asker). */
+  preview: string | null;
+  /** Who asks (`claude-code`, `codex`). */
+  asker: string | null;
+  /** Null while pending. */
+  outcome: Outcome | null;
+  /** What this page answered, while its POST is under way or after it (to tell "you" from another device). */
+  answering?: 'accept' | 'decline' | 'cancel';
+  /** Another device answered first (this page's answer got 409). */
+  lost?: boolean;
+  /** This page's answer failed for another reason. */
+  error?: string;
+}
+
+export type Entry = Message | ToolCall | Note | Approval;
 
 export type Connection = 'connecting' | 'live' | 'reconnecting' | 'gone';
 
@@ -86,6 +111,10 @@ export type Action =
   | { type: 'send_failed'; localId: string; error: string }
   | { type: 'connection'; connection: Connection }
   | { type: 'status'; status: string }
+  /** The snapshot's `pending_elicitations` (the request events), on (re)load. */
+  | { type: 'pending'; requests: Record<string, any>[] }
+  | { type: 'answering'; elicitationId: string; action: 'accept' | 'decline' | 'cancel' }
+  | { type: 'answer_failed'; elicitationId: string; error: string; lost: boolean }
   | { type: 'error'; error: string };
 
 export function initialState(status = 'idle'): SessionState {
@@ -251,10 +280,31 @@ class Draft {
   }
 }
 
+/** The card of a `response.elicitation_request` event, or null when it names no id. */
+export function approvalOf(ev: Record<string, any>): Approval | null {
+  const eid = ev?.elicitation_id;
+  if (typeof eid !== 'string' || !eid) return null;
+  const p = ev.params ?? {};
+  const text = (v: unknown) => (typeof v === 'string' && v ? v : null);
+  return {
+    kind: 'approval',
+    id: `approval:${eid}`,
+    elicitationId: eid,
+    message: text(p.message) ?? 'The agent asks for approval',
+    tool: text(p.tool_name),
+    preview: text(p.content_preview),
+    asker: text(p.policy_name),
+    outcome: null,
+  };
+}
+
+const OUTCOMES: Outcome[] = ['accept', 'decline', 'cancel', 'unanswered'];
+
 function sameEntry(a: Entry, b: Entry): boolean {
   if (a.kind !== b.kind) return false;
   if (a.kind === 'message' && b.kind === 'message') return a.text === b.text && a.status === b.status && a.role === b.role;
   if (a.kind === 'tool' && b.kind === 'tool') return a.name === b.name && a.arguments === b.arguments;
+  if (a.kind === 'approval' || b.kind === 'approval') return a === b;
   return (a as Note).text === (b as Note).text;
 }
 
@@ -338,6 +388,19 @@ function applyEvent(state: SessionState, id: number | null, ev: Record<string, a
     case 'response.completed':
       stopStreaming(d, 'completed');
       break;
+    case 'response.elicitation_request': {
+      const card = approvalOf(ev);
+      if (card && !(card.id in d.entries)) d.set(card);
+      break;
+    }
+    case 'response.elicitation_resolved': {
+      const key = `approval:${ev.elicitation_id}`;
+      const card = d.entries[key];
+      if (card?.kind !== 'approval' || card.outcome !== null) break;
+      const said = OUTCOMES.find((o) => o === ev.action) ?? OUTCOMES.find((o) => o === ev.reason);
+      d.set({ ...card, outcome: said ?? 'unanswered' });
+      break;
+    }
     case 'session.interrupted':
       break;
     default:
@@ -393,6 +456,24 @@ export function reduce(state: SessionState, action: Action): SessionState {
       return state.connection === action.connection ? state : { ...state, connection: action.connection };
     case 'status':
       return state.status === action.status ? state : { ...state, status: action.status };
+    case 'pending': {
+      const d = new Draft(state);
+      for (const request of action.requests) {
+        const card = approvalOf(request);
+        if (card && !(card.id in d.entries)) d.set(card);
+      }
+      return finish(state, d);
+    }
+    case 'answering':
+    case 'answer_failed': {
+      const key = `approval:${action.elicitationId}`;
+      const card = state.entries[key];
+      if (card?.kind !== 'approval') return state;
+      const d = new Draft(state);
+      if (action.type === 'answering') d.set({ ...card, answering: action.action, error: undefined });
+      else d.set({ ...card, answering: undefined, lost: action.lost, error: action.lost ? undefined : action.error });
+      return finish(state, d);
+    }
     case 'error':
       return { ...state, error: action.error };
   }

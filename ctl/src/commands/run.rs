@@ -6,16 +6,22 @@
 //! heartbeat, sends the prompt and prints the answer as it streams. The answer text goes to stdout; tool
 //! calls, results and status go to stderr. `--json` prints every event as one JSON line instead. Ctrl-C
 //! interrupts the turn; a second Ctrl-C exits. Without PROMPT it prompts on a terminal, or reads stdin.
+//!
+//! When the agent asks before it uses a tool (`response.elicitation_request`, issue 15 item 6) the question is
+//! printed, and when stdin can answer (a terminal or a pipe; never with `--json`) `Allow? [y/N]` is asked and
+//! the answer posted to `POST …/elicitations/{eid}/resolve`; the first answer from any device wins, and each
+//! resolution is printed with who gave it.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
+use omnigent_proto::elicitation::{Action, Answer, ElicitationRequest, Resolved};
 use omnigent_proto::events::{SseError, SseMessage, SseStream, kind};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use crate::backend;
@@ -526,6 +532,35 @@ impl Api {
         }
     }
 
+    /// Answer the agent's question `elicitation_id` (the first answer from any device wins).
+    async fn resolve(
+        &self,
+        session: &str,
+        elicitation_id: &str,
+        action: Action,
+    ) -> Result<Resolve> {
+        if omnigent_proto::ids::check_path_id(elicitation_id).is_err() {
+            bail!("the question's id `{elicitation_id}` cannot be answered from here");
+        }
+        let path = format!("/v1/sessions/{session}/elicitations/{elicitation_id}/resolve");
+        let resp = self
+            .server
+            .request(reqwest::Method::POST, &path)
+            .json(&Answer::new(action))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .with_context(|| format!("POST {path} failed"))?;
+        match resp.status().as_u16() {
+            409 => Ok(Resolve::TooLate),
+            404 => Ok(Resolve::Gone),
+            _ => self
+                .check(resp, &format!("POST {path}"))
+                .await
+                .map(|_| Resolve::Won),
+        }
+    }
+
     async fn interrupt(&self, session: &str) -> Result<()> {
         self.post_json(
             &format!("/v1/sessions/{session}/events"),
@@ -768,6 +803,184 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
+/// What came of this terminal's answer.
+enum Resolve {
+    Won,
+    /// Another device answered first (409).
+    TooLate,
+    /// The question is not pending any more (404).
+    Gone,
+}
+
+/// Lines of stdin, read on a thread of its own (a blocking read never holds up the exit); closed at EOF.
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::stdin().lock()) {
+            let Ok(line) = line else { return };
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Whether stdin can answer a question: a terminal, a pipe, a socket or a file (not `/dev/null`, not closed).
+fn stdin_readable() -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    if std::io::stdin().is_terminal() {
+        return true;
+    }
+    std::fs::metadata("/dev/fd/0").is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_socket() || t.is_file()
+    })
+}
+
+/// The next line of `lines`; never, when there are none.
+async fn next_line(lines: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match lines {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+const ALLOW: &str = "Allow? [y/N] ";
+
+/// The agent's questions as this terminal follows them: each is printed; when stdin can answer (text mode)
+/// the oldest open one is asked `Allow? [y/N]`; every resolution is printed with who gave it.
+struct Questions {
+    /// Whether to ask here at all.
+    ask: bool,
+    /// Open questions, oldest first (the first is the one asked).
+    open: VecDeque<String>,
+    /// The answers this terminal gave.
+    mine: HashMap<String, Action>,
+}
+
+impl Questions {
+    fn new(json_out: bool) -> Self {
+        Questions {
+            ask: !json_out && stdin_readable(),
+            open: VecDeque::new(),
+            mine: HashMap::new(),
+        }
+    }
+
+    /// The question `Allow? [y/N]` is asking now.
+    fn asking(&self) -> Option<&str> {
+        self.open.front().filter(|_| self.ask).map(String::as_str)
+    }
+
+    /// A stream event (only the two approval kinds matter); `lines` is opened on the first question when
+    /// this terminal asks and has none yet.
+    fn on_event(
+        &mut self,
+        ev: &Value,
+        json_out: bool,
+        at_line_start: &mut bool,
+        lines: &mut Option<mpsc::Receiver<String>>,
+    ) {
+        match ev["type"].as_str().unwrap_or("") {
+            kind::RESPONSE_ELICITATION_REQUEST => {
+                let Ok(request) = serde_json::from_value::<ElicitationRequest>(ev.clone()) else {
+                    return;
+                };
+                let id = request.elicitation_id.clone();
+                if self.open.contains(&id) {
+                    return;
+                }
+                self.open.push_back(id);
+                if json_out {
+                    return;
+                }
+                end_line(at_line_start);
+                let p = &request.params;
+                let asker = p.policy_name.as_deref().unwrap_or("the agent");
+                eprintln!("? {asker} asks: {}", p.message);
+                if let Some(tool) = &p.tool_name {
+                    let preview = p.content_preview.as_deref().unwrap_or("");
+                    eprintln!("  {tool} {}", clip(preview, 300));
+                }
+                if !self.ask {
+                    eprintln!(
+                        "  (not asked here: stdin cannot answer; answer it from another device)"
+                    );
+                } else if self.open.len() == 1 {
+                    if lines.is_none() {
+                        *lines = Some(stdin_lines());
+                    }
+                    eprint!("{ALLOW}");
+                }
+            }
+            kind::RESPONSE_ELICITATION_RESOLVED => {
+                let Ok(resolved) = serde_json::from_value::<Resolved>(ev.clone()) else {
+                    return;
+                };
+                let id = &resolved.elicitation_id;
+                let was_asked = self.asking() == Some(id.as_str());
+                let was_open = self.open.contains(id);
+                self.open.retain(|q| q != id);
+                let mine = self.mine.get(id).copied();
+                if json_out || (!was_open && mine.is_none()) {
+                    return;
+                }
+                if was_asked {
+                    // The prompt line is left unanswered.
+                    eprintln!();
+                } else {
+                    end_line(at_line_start);
+                }
+                let verb = |a: Action| match a {
+                    Action::Accept => "approved",
+                    Action::Decline => "denied",
+                    Action::Cancel => "dismissed",
+                };
+                match (resolved.action, mine) {
+                    (Some(a), Some(m)) if a == m => eprintln!("  → {}", verb(a)),
+                    (Some(a), _) => eprintln!("  → {} by another client", verb(a)),
+                    (None, _) => eprintln!("  → expired: nobody answered in time"),
+                }
+                if was_asked && self.asking().is_some() {
+                    eprint!("{ALLOW}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A line typed at `Allow? [y/N]` (`None`: stdin closed, so nothing more is asked here).
+    async fn answer(&mut self, api: &Api, session: &str, line: Option<String>) {
+        let Some(line) = line else {
+            self.ask = false;
+            eprintln!("\n  (stdin closed: answer it from another device)");
+            return;
+        };
+        let Some(id) = self.open.pop_front() else {
+            return;
+        };
+        let action = match line.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => Action::Accept,
+            _ => Action::Decline,
+        };
+        self.mine.insert(id.clone(), action);
+        match api.resolve(session, &id, action).await {
+            // The resolution comes on the stream.
+            Ok(Resolve::Won) => {}
+            Ok(Resolve::TooLate) => {
+                self.mine.remove(&id);
+                eprintln!("  another device answered first");
+            }
+            Ok(Resolve::Gone) => eprintln!("  the question is no longer pending"),
+            Err(e) => eprintln!("error: cannot answer: {e:#}"),
+        }
+        if self.asking().is_some() {
+            eprint!("{ALLOW}");
+        }
+    }
+}
+
 /// Run turns on `session` until the prompts run out. One prompt: `Ok` only if the turn completed; a failed
 /// turn is an error (exit 1), Ctrl-C is [`crate::exit::Interrupted`] (exit 130).
 async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Result<()> {
@@ -791,31 +1004,17 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
         )
     })??;
 
-    let (lines_tx, mut lines) = mpsc::channel::<String>(4);
+    // Stdin's lines: the messages of an interactive session, and the answers to the agent's questions.
+    let mut lines = None;
+    let mut questions = Questions::new(json_out);
     let once = match prompt {
         Prompt::Once(text) => Some(text),
         Prompt::Interactive => {
-            let show_prompt = std::io::stdin().is_terminal() && !json_out;
-            tokio::spawn(async move {
-                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-                loop {
-                    if show_prompt {
-                        eprint!("> ");
-                    }
-                    match stdin.next_line().await {
-                        Ok(Some(line)) if line.trim().is_empty() => continue,
-                        Ok(Some(line)) => {
-                            if lines_tx.send(line).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => return,
-                    }
-                }
-            });
+            lines = Some(stdin_lines());
             None
         }
     };
+    let show_prompt = std::io::stdin().is_terminal() && !json_out;
     let interactive = once.is_none();
     let mut next = once;
     loop {
@@ -825,18 +1024,28 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
             None => {
                 // Between turns: print what others (co-drivers) do, until our next line or EOF.
                 let mut others = TurnState::new();
+                if show_prompt {
+                    eprint!("> ");
+                }
                 loop {
                     tokio::select! {
-                        line = lines.recv() => match line {
+                        line = next_line(&mut lines) => match line {
+                            _ if questions.asking().is_some() => {
+                                questions.answer(api, session, line).await;
+                            }
+                            Some(l) if l.trim().is_empty() => {}
                             Some(l) => break l,
                             None => return Ok(()),
                         },
                         ev = events.recv() => match ev {
-                            Some(ev) => match show(&ev, json_out, &mut others) {
-                                Step::Ended => return Ok(()),
-                                Step::Idle => others = TurnState::new(),
-                                _ => {}
-                            },
+                            Some(ev) => {
+                                questions.on_event(&ev, json_out, &mut others.at_line_start, &mut lines);
+                                match show(&ev, json_out, &mut others) {
+                                    Step::Ended => return Ok(()),
+                                    Step::Idle => others = TurnState::new(),
+                                    _ => {}
+                                }
+                            }
                             None => bail!("the session stream ended (the server stopped?)"),
                         },
                         _ = sigint.recv() => return Err(crate::exit::Interrupted.into()),
@@ -845,7 +1054,16 @@ async fn drive(api: &Api, session: &str, prompt: Prompt, json_out: bool) -> Resu
             }
         };
         api.send_message(session, &text).await?;
-        let outcome = turn(api, session, &mut events, &mut sigint, json_out).await?;
+        let mut follow = Follow {
+            api,
+            session,
+            events: &mut events,
+            sigint: &mut sigint,
+            json_out,
+            lines: &mut lines,
+            questions: &mut questions,
+        };
+        let outcome = follow.turn().await?;
         match outcome {
             TurnEnd::Done => {}
             TurnEnd::Exit => return Err(crate::exit::Interrupted.into()),
@@ -884,53 +1102,67 @@ enum TurnEnd {
     Exit,
 }
 
-/// Follow one turn to its end. Ctrl-C interrupts it; a second Ctrl-C leaves.
-async fn turn(
-    api: &Api,
-    session: &str,
-    events: &mut mpsc::Receiver<Value>,
-    sigint: &mut tokio::signal::unix::Signal,
+/// What following one turn needs.
+struct Follow<'a> {
+    api: &'a Api,
+    session: &'a str,
+    events: &'a mut mpsc::Receiver<Value>,
+    sigint: &'a mut tokio::signal::unix::Signal,
     json_out: bool,
-) -> Result<TurnEnd> {
-    let mut st = TurnState::new();
-    let mut interrupted = false;
-    loop {
-        tokio::select! {
-            ev = events.recv() => {
-                let Some(ev) = ev else {
-                    end_line(&mut st.at_line_start);
-                    bail!("the session stream ended mid-turn (the server stopped?)");
-                };
-                match show(&ev, json_out, &mut st) {
-                    Step::Continue => {}
-                    Step::Idle => {
+    lines: &'a mut Option<mpsc::Receiver<String>>,
+    questions: &'a mut Questions,
+}
+
+impl Follow<'_> {
+    /// Follow one turn to its end, answering the agent's questions from stdin. Ctrl-C interrupts it; a second
+    /// Ctrl-C leaves.
+    async fn turn(&mut self) -> Result<TurnEnd> {
+        let (api, session, json_out) = (self.api, self.session, self.json_out);
+        let mut st = TurnState::new();
+        let mut interrupted = false;
+        loop {
+            let asking = self.questions.asking().is_some();
+            tokio::select! {
+                line = next_line(self.lines), if asking => {
+                    self.questions.answer(api, session, line).await;
+                }
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else {
                         end_line(&mut st.at_line_start);
-                        if interrupted {
-                            st.cancelled = true;
+                        bail!("the session stream ended mid-turn (the server stopped?)");
+                    };
+                    self.questions.on_event(&ev, json_out, &mut st.at_line_start, self.lines);
+                    match show(&ev, json_out, &mut st) {
+                        Step::Continue => {}
+                        Step::Idle => {
+                            end_line(&mut st.at_line_start);
+                            if interrupted {
+                                st.cancelled = true;
+                            }
+                            return Ok(st.outcome());
                         }
-                        return Ok(st.outcome());
-                    }
-                    Step::Failed(why) => {
-                        end_line(&mut st.at_line_start);
-                        let shown = st.shown.contains(&why);
-                        return Ok(TurnEnd::Failed { why, shown });
-                    }
-                    Step::Ended => {
-                        end_line(&mut st.at_line_start);
-                        bail!("the session was closed by the server");
+                        Step::Failed(why) => {
+                            end_line(&mut st.at_line_start);
+                            let shown = st.shown.contains(&why);
+                            return Ok(TurnEnd::Failed { why, shown });
+                        }
+                        Step::Ended => {
+                            end_line(&mut st.at_line_start);
+                            bail!("the session was closed by the server");
+                        }
                     }
                 }
-            }
-            _ = sigint.recv() => {
-                if interrupted {
+                _ = self.sigint.recv() => {
+                    if interrupted {
+                        end_line(&mut st.at_line_start);
+                        return Ok(TurnEnd::Exit);
+                    }
+                    interrupted = true;
                     end_line(&mut st.at_line_start);
-                    return Ok(TurnEnd::Exit);
-                }
-                interrupted = true;
-                end_line(&mut st.at_line_start);
-                eprintln!("interrupting… (Ctrl-C again to exit)");
-                if let Err(e) = api.interrupt(session).await {
-                    eprintln!("error: cannot interrupt: {e:#}");
+                    eprintln!("interrupting… (Ctrl-C again to exit)");
+                    if let Err(e) = api.interrupt(session).await {
+                        eprintln!("error: cannot interrupt: {e:#}");
+                    }
                 }
             }
         }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::approvals::{Approvals, PendingIndex};
 use super::runner::Relay;
 use super::{ActorError, ActorLimits, Command, Msg, SEQ_BLOCK, Sessions, Subscription};
 use crate::feed::Feed;
@@ -52,6 +53,10 @@ pub(super) struct Actor {
     pub(super) life: Lifecycle,
     /// The turn's text and response, as runner events are translated.
     pub(super) turn: Turn,
+    /// The questions the agent asked that nobody answered yet.
+    pub(super) approvals: Approvals,
+    /// Where they are mirrored for the snapshot and the list.
+    pub(super) pending_index: PendingIndex,
 }
 
 impl Drop for Actor {
@@ -102,6 +107,8 @@ impl Actor {
             relay: Relay::default(),
             life: Lifecycle::new(inner.limits.runner_grace),
             turn: Turn::default(),
+            approvals: Approvals::default(),
+            pending_index: inner.pending.clone(),
             registry,
         }
     }
@@ -127,6 +134,7 @@ impl Actor {
             }
         };
         // Leave the registry first, so new commands start a fresh actor, then deal with what is queued.
+        self.forget_pending();
         self.registry.forget(&self.id, self.generation);
         rx.close();
         while let Some(msg) = rx.recv().await {
@@ -243,6 +251,7 @@ impl Actor {
                 }
             }
             Command::Deliver { input, reply } => self.deliver(input, reply).await,
+            Command::Resolve { resolution, reply } => self.resolve(resolution, reply).await,
             Command::Interrupt {
                 kind,
                 response_id,
@@ -336,6 +345,10 @@ impl Actor {
         response_id: Option<String>,
         error: Option<Value>,
     ) -> Result<u64, ActorError> {
+        if matches!(status, SessionStatus::Idle | SessionStatus::Failed) {
+            // The turn is over: nobody can answer its questions any more.
+            self.drop_pending().await?;
+        }
         if status != self.status {
             self.store.set_status(&self.id, status.as_str()).await?;
             self.status = status;

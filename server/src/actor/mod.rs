@@ -32,9 +32,12 @@ use crate::relay::FromReader;
 use crate::relay::RelayError;
 use crate::store::{ItemRow, NewItem, SessionRow, Store, StoreError};
 
+mod approvals;
 mod core;
 mod runner;
 mod turn;
+
+pub use self::approvals::PendingIndex;
 
 pub use self::core::{item_done_json, wire_item};
 
@@ -86,6 +89,14 @@ pub enum ActorError {
     /// Relaunching the session's runner on its host failed.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// An answer to a question another answer already settled (or that expired).
+    #[error(
+        "elicitation `{0}` was already resolved (another client answered first, or it expired)"
+    )]
+    AlreadyResolved(String),
+    /// An answer to a question this session has not asked.
+    #[error("elicitation `{0}` is not pending on this session")]
+    UnknownElicitation(String),
 }
 
 /// A turn input (reference §3.4): a client event of a type that starts or steers a turn, and the item it
@@ -128,6 +139,11 @@ pub enum Command {
         input: TurnInput,
         reply: Reply<Option<String>>,
     },
+    /// Answer a question the agent asked: the first answer wins (published, forwarded to the runner).
+    Resolve {
+        resolution: omnigent_proto::elicitation::Resolution,
+        reply: Reply<()>,
+    },
     /// Interrupt (`interrupt`) or stop (`stop_session`) the running turn: publish `session.interrupted`, raise
     /// the fence, deliver it to the runner; answers once it was delivered or given up.
     Interrupt {
@@ -160,6 +176,11 @@ pub enum Outcome {
         item_id: Option<String>,
         result: Result<(), RelayError>,
         reply: Reply<Option<String>>,
+    },
+    /// The forward of an answer to the runner.
+    ApprovalForwarded {
+        elicitation_id: String,
+        result: Result<(), RelayError>,
     },
     /// The delivery of an interrupt (`stop`: a `stop_session`).
     InterruptDelivered {
@@ -205,12 +226,14 @@ impl Msg {
                 Command::SetStatus { reply, .. } => drop(reply.send(Err(err()))),
                 Command::Delete { reply } => drop(reply.send(Err(err()))),
                 Command::Deliver { reply, .. } => drop(reply.send(Err(err()))),
+                Command::Resolve { reply, .. } => drop(reply.send(Err(err()))),
                 Command::Interrupt { reply, .. } => drop(reply.send(Err(err()))),
             },
             Msg::Outcome(outcome) => match outcome {
                 Outcome::Relaunched(r) => drop(r.reply.send(Err(err()))),
                 Outcome::Forwarded { reply, .. } => drop(reply.send(Err(err()))),
                 Outcome::InterruptDelivered { reply, .. } => drop(reply.send(Err(err()))),
+                Outcome::ApprovalForwarded { .. } => {}
             },
             Msg::Tunnel(_) | Msg::Reader(_) => {}
         }
@@ -242,6 +265,8 @@ struct SessionsInner {
     runners: RunnerRegistry,
     /// Relaunches the runners of host-bound sessions (none: a message to an offline runner is refused).
     hosts: Option<Hosts>,
+    /// Every live session's pending questions, written by their actors.
+    pending: PendingIndex,
 }
 
 impl Sessions {
@@ -266,6 +291,7 @@ impl Sessions {
                 tracker: TaskTracker::new(),
                 runners,
                 hosts,
+                pending: PendingIndex::default(),
             }),
         }
     }
@@ -273,6 +299,24 @@ impl Sessions {
     /// The runner registry the relays use.
     pub fn runners(&self) -> &RunnerRegistry {
         &self.inner.runners
+    }
+
+    /// The questions live sessions wait on (read without an actor round trip).
+    pub fn pending(&self) -> &PendingIndex {
+        &self.inner.pending
+    }
+
+    /// Answer the question `resolution` names (reference §1.2 `…/elicitations/{eid}/resolve`, and the
+    /// `approval` event): the first answer wins, is published as `response.elicitation_resolved` to every
+    /// stream and forwarded to the runner; [`ActorError::AlreadyResolved`] for a later one,
+    /// [`ActorError::UnknownElicitation`] for an id the session is not waiting on.
+    pub async fn resolve(
+        &self,
+        session_id: &str,
+        resolution: omnigent_proto::elicitation::Resolution,
+    ) -> Result<(), ActorError> {
+        self.call(session_id, |reply| Command::Resolve { resolution, reply })
+            .await
     }
 
     /// Number of live actors.

@@ -403,6 +403,12 @@ impl Actor {
                     response_id,
                     error,
                 } => {
+                    // A question still open keeps the session waiting, whatever else the runner does.
+                    let status = if status == SessionStatus::Running && self.approvals.any() {
+                        SessionStatus::Waiting
+                    } else {
+                        status
+                    };
                     // These two transitions have no effects.
                     let input = match status {
                         SessionStatus::Running => Some(Input::TurnStarted),
@@ -425,6 +431,10 @@ impl Actor {
                         self.turn.restore_text(text);
                         return Err(e);
                     }
+                }
+                Step::Ask { request, event } => self.ask(request, event).await?,
+                Step::Resolved { resolved, event } => {
+                    self.resolved_by_runner(resolved, event).await?;
                 }
                 Step::StoreUnlessStored(item) => {
                     if !self.store.item_exists(&item.id).await? {

@@ -57,7 +57,7 @@ pub(super) fn not_ready(kind: &str, id: &str, why: &str) -> ActorError {
 
 impl Actor {
     /// Run `task` on the actor's tracker and hand its outcome back as a message.
-    fn spawn_outcome<F>(&mut self, task: F)
+    pub(super) fn spawn_outcome<F>(&mut self, task: F)
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
@@ -275,6 +275,10 @@ impl Actor {
                 };
                 drop(reply.send(Err(answer)));
             }
+            Outcome::ApprovalForwarded {
+                elicitation_id,
+                result,
+            } => self.approval_forwarded(&elicitation_id, result),
             Outcome::InterruptDelivered {
                 delivered,
                 stop,

@@ -84,6 +84,17 @@ pub const RULES: &[(&str, &str, Need)] = &[
     ("POST", "/v1/sessions/{id}/fork", DRIVER),
     ("POST", "/v1/sessions/{id}/events", DRIVER),
     ("GET", "/v1/sessions/{id}/stream", VIEWER),
+    // Answering an approval drives the agent (0.19.1: LEVEL_EDIT for both, the question included).
+    (
+        "GET",
+        "/v1/sessions/{id}/elicitations/{elicitation_id}",
+        DRIVER,
+    ),
+    (
+        "POST",
+        "/v1/sessions/{id}/elicitations/{elicitation_id}/resolve",
+        DRIVER,
+    ),
     ("GET", "/v1/sessions/updates", VIEWER),
     ("GET", "/v1/sessions/projects", VIEWER),
     ("PUT", "/v1/sessions/{id}/read-state", DRIVER),

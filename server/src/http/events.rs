@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use omnigent_proto::api::{ErrorCode, EventAccepted, SessionEventInput, SessionStatus};
+use omnigent_proto::elicitation::Resolution;
 use omnigent_proto::events::kind;
 use omnigent_proto::events::{Interrupted, ServerEvent};
 use omnigent_proto::ids::{canonical_id, new_id};
@@ -24,7 +25,6 @@ const RUNNER_TYPES: &[&str] = &[
     "function_call_output",
     "function_call",
     "reasoning",
-    "approval",
     "compact",
     "retry_session",
 ];
@@ -78,6 +78,16 @@ pub async fn post_event(
             };
             let item_id = st.sessions.deliver(&id, input).await?;
             Ok(accepted(true, item_id))
+        }
+        // An answer to the agent's question: the same command as `…/elicitations/{eid}/resolve`.
+        omnigent_proto::elicitation::APPROVAL_EVENT => {
+            let resolution = Resolution::from_event(&ev.data).map_err(|e| {
+                ApiError::invalid(format!(
+                    "`data` of an `approval` event must be {{elicitation_id, action: accept|decline|cancel, \
+                     content?}}: {e}"
+                ))
+            })?;
+            super::elicitations::answer_question(&st, &id, resolution).await
         }
         "interrupt" | "stop_session" => {
             let response_id = opt_str(data, "response_id")?;

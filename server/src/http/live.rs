@@ -433,7 +433,13 @@ pub async fn child_sessions(
         &window[..window.len().min(limit)]
     };
     let has_more = page.len() < window.len();
-    let data: Vec<ChildSessionSummary> = page.iter().map(child_summary).collect();
+    let data: Vec<ChildSessionSummary> = page
+        .iter()
+        .map(|row| ChildSessionSummary {
+            pending_elicitations_count: st.sessions.pending().count(&row.id),
+            ..child_summary(row)
+        })
+        .collect();
     Ok(json(
         StatusCode::OK,
         &ListEnvelope::new(data, has_more, |c| c.id.as_str()),

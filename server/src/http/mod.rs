@@ -26,6 +26,7 @@ pub mod auth;
 mod catalog;
 mod devices;
 pub use devices::pairing_urls;
+mod elicitations;
 mod events;
 mod host_check;
 mod hosts;
@@ -171,6 +172,15 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(events::post_event),
         )
         .route("/v1/sessions/{id}/stream", get(stream::stream))
+        // Approvals (issue 15 item 6): http/elicitations.rs.
+        .route(
+            "/v1/sessions/{id}/elicitations/{elicitation_id}",
+            get(elicitations::get_one),
+        )
+        .route(
+            "/v1/sessions/{id}/elicitations/{elicitation_id}/resolve",
+            axum::routing::post(elicitations::resolve),
+        )
         // Live web client routes (liveapi): http/live.rs, http/catalog.rs.
         .route("/v1/sessions/updates", get(live::updates))
         .route("/v1/sessions/projects", get(catalog::projects))
@@ -338,6 +348,10 @@ impl From<ActorError> for ApiError {
                 ApiError::new(ErrorCode::RunnerUnavailable, message)
             }
             ActorError::Launch(e) => e.into(),
+            ActorError::AlreadyResolved(_) => {
+                ApiError::new(ErrorCode::AlreadyResolved, e.to_string())
+            }
+            ActorError::UnknownElicitation(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
         }
     }
 }

@@ -362,6 +362,7 @@ fn live_response(st: &AppState, row: &SessionRow, items: &[ItemRow]) -> SessionR
         .host_id
         .as_deref()
         .map(|h| st.hosts.registry().is_online(h));
+    response.pending_elicitations = st.sessions.pending().events(&row.id);
     response
 }
 
@@ -478,6 +479,7 @@ pub(super) async fn live_list_items(
                 .host_id
                 .as_deref()
                 .map(|h| st.hosts.registry().is_online(h));
+            item.pending_elicitations_count = st.sessions.pending().count(&row.id);
             if let Some(r) = read.get(&row.id) {
                 item.viewer_last_seen = Some(r.last_seen);
                 item.viewer_unread = r.unread;

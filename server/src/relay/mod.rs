@@ -339,6 +339,17 @@ pub async fn forward_input(
     post_event(conn, session_id, body, budget).await
 }
 
+/// Forward a person's answer to the runner's question (`POST /v1/sessions/{id}/events`
+/// `{"type": "approval", "data": …}`, built by `Resolution::runner_event`).
+pub async fn forward_approval(
+    conn: &RunnerConnection,
+    session_id: &str,
+    body: &Value,
+) -> Result<(), RelayError> {
+    let budget = (FORWARD_CONNECT_TIMEOUT, FORWARD_READ_TIMEOUT);
+    post_event(conn, session_id, body, budget).await
+}
+
 /// Deliver an interrupt (`interrupt` or `stop_session`) to the runner within [`INTERRUPT_TIMEOUT`].
 pub async fn deliver_interrupt(
     conn: &RunnerConnection,
@@ -353,7 +364,7 @@ pub async fn deliver_interrupt(
 async fn post_event(
     conn: &RunnerConnection,
     session_id: &str,
-    body: &TurnEvent,
+    body: &impl serde::Serialize,
     (head, read): (Duration, Duration),
 ) -> Result<(), RelayError> {
     let path = format!("/v1/sessions/{session_id}/events");

@@ -10,6 +10,8 @@ use omnigent_proto::events::kind;
 use omnigent_proto::ids::{canonical_id, new_id};
 use serde_json::{Map, Value, json};
 
+use omnigent_proto::elicitation::{ElicitationRequest, Resolved};
+
 use crate::store::NewItem;
 
 /// Most item-scoped messages a turn assembles at once.
@@ -35,6 +37,14 @@ pub enum Step {
     StoreText { item: NewItem, text: String },
     /// Store a message a turn streamed without its item, unless an item with its id is stored already.
     StoreUnlessStored(NewItem),
+    /// The agent asks a person (`response.elicitation_request`): keep it pending, the session waits, publish it.
+    Ask {
+        request: ElicitationRequest,
+        event: Value,
+    },
+    /// The asker's question was answered or dropped (`response.elicitation_resolved`): publish it unless the
+    /// server already did (the first answer won here).
+    Resolved { resolved: Resolved, event: Value },
 }
 
 /// What a turn's translation remembers between events.
@@ -159,6 +169,19 @@ impl Turn {
                 vec![Step::Publish(event)]
             }
             kind::RESPONSE_OUTPUT_ITEM_DONE => self.item(event, already_stored, now_ms),
+            // A malformed question or answer is relayed as it is: clients ignore what they cannot read.
+            kind::RESPONSE_ELICITATION_REQUEST => {
+                match serde_json::from_value::<ElicitationRequest>(event.clone()) {
+                    Ok(request) => vec![Step::Ask { request, event }],
+                    Err(_) => vec![Step::Publish(event)],
+                }
+            }
+            kind::RESPONSE_ELICITATION_RESOLVED => {
+                match serde_json::from_value::<Resolved>(event.clone()) {
+                    Ok(resolved) => vec![Step::Resolved { resolved, event }],
+                    Err(_) => vec![Step::Publish(event)],
+                }
+            }
             kind::RESPONSE_ERROR => {
                 let mut data = Map::new();
                 for key in ["source", "tool_name", "error"] {
@@ -384,8 +407,29 @@ mod tests {
                 Step::Store(_) => "store",
                 Step::StoreText { .. } => "store_text",
                 Step::StoreUnlessStored(_) => "store_unless_stored",
+                Step::Ask { .. } => "ask",
+                Step::Resolved { .. } => "resolved",
             })
             .collect()
+    }
+
+    #[test]
+    fn a_question_and_its_answer_are_steps_of_their_own_and_a_malformed_one_is_relayed() {
+        let mut turn = Turn::default();
+        let ask = json!({"type": "response.elicitation_request", "elicitation_id": "elicit_1",
+            "method": "elicitation/create", "params": {"message": "Allow Bash?"}, "extra": 1});
+        let steps = turn.translate(ask.clone(), false, NOW);
+        let [Step::Ask { request, event }] = &steps[..] else {
+            panic!("{:?}", kinds(&steps));
+        };
+        assert_eq!(request.elicitation_id, "elicit_1");
+        assert_eq!(request.params.message, "Allow Bash?");
+        assert_eq!(event, &ask, "relayed field for field");
+        let done = json!({"type": "response.elicitation_resolved", "elicitation_id": "elicit_1",
+            "reason": "unanswered"});
+        assert_eq!(kinds(&turn.translate(done, false, NOW)), ["resolved"]);
+        let malformed = json!({"type": "response.elicitation_request", "params": {}});
+        assert_eq!(kinds(&turn.translate(malformed, false, NOW)), ["publish"]);
     }
 
     #[test]

@@ -1,13 +1,19 @@
 // One session at /sessions/{id}: the transcript from its items, then the live stream (reducer.ts), the
-// composer, Stop, status, liveness, presence, and the reconnecting state.
+// composer, Stop, status, liveness, presence, the reconnecting state, and the agent's questions (approval
+// cards: Approve / Deny for a driver, the first answer from any device wins).
 import { Component } from 'preact';
 import { useEffect, useLayoutEffect, useReducer, useRef, useState } from 'preact/hooks';
 import { allItems, ApiError, api, type List, post, type SessionRow } from '../api';
 import { canDrive, useAuth } from '../auth';
 import { Markdown } from '../markdown';
-import { type Entry, entries, initialState, reduce, type WireItem } from '../reducer';
+import { type Approval, type Entry, entries, initialState, reduce, type WireItem } from '../reducer';
 import { StatusBadge } from '../status';
 import { openStream } from '../stream';
+
+/** The snapshot's fields this screen reads beyond the list row. */
+interface Snapshot extends SessionRow {
+  pending_elicitations?: Record<string, any>[];
+}
 
 interface Liveness {
   session?: { runner_online?: boolean; host_online?: boolean | null };
@@ -34,11 +40,13 @@ export function SessionView({ id }: { id: string }) {
   useLayoutEffect(() => {
     let alive = true;
     const loadMeta = () =>
-      api<SessionRow>(`/v1/sessions/${encodeURIComponent(id)}?include_items=false`)
+      api<Snapshot>(`/v1/sessions/${encodeURIComponent(id)}?include_items=false`)
         .then((m) => {
           if (!alive) return;
           setMeta(m);
           dispatch({ type: 'status', status: m.status });
+          // Questions asked before this page opened (their request events are not replayed).
+          if (Array.isArray(m.pending_elicitations)) dispatch({ type: 'pending', requests: m.pending_elicitations });
           if (m.runner_online !== null) setRunnerOnline(m.runner_online);
         })
         .catch((e) => {
@@ -166,6 +174,19 @@ export function SessionView({ id }: { id: string }) {
     }
   };
 
+  const answer = async (card: Approval, action: 'accept' | 'decline') => {
+    dispatch({ type: 'answering', elicitationId: card.elicitationId, action });
+    try {
+      await post(
+        `/v1/sessions/${encodeURIComponent(id)}/elicitations/${encodeURIComponent(card.elicitationId)}/resolve`,
+        { action },
+      );
+    } catch (e) {
+      const lost = e instanceof ApiError && e.status === 409;
+      dispatch({ type: 'answer_failed', elicitationId: card.elicitationId, error: (e as Error).message, lost });
+    }
+  };
+
   if (missing) {
     return (
       <section class="page">
@@ -187,6 +208,11 @@ export function SessionView({ id }: { id: string }) {
         : runnerOnline === false
           ? 'The session’s runner is offline; waiting for it to connect.'
           : null;
+  const answerReason = viewer
+    ? `You are watching as a ${auth.role}: only a driver can answer. Ask the owner for a driver code (\`omnigent share --role driver\`).`
+    : state.connection !== 'live'
+      ? 'Reconnecting to the server…'
+      : null;
   const watching = state.viewers ?? [];
   const viewers = watching.length;
   const named = watching.filter((v) => v.device_name);
@@ -244,9 +270,13 @@ export function SessionView({ id }: { id: string }) {
             Show {Math.min(earlier, WINDOW)} earlier messages ({earlier} not shown)
           </button>
         )}
-        {visible.map((e) => (
-          <EntryView key={e.id} entry={e} />
-        ))}
+        {visible.map((e) =>
+          e.kind === 'approval' ? (
+            <ApprovalCard key={e.id} card={e} onAnswer={answer} reason={answerReason} />
+          ) : (
+            <EntryView key={e.id} entry={e} />
+          ),
+        )}
         {state.error && (
           <p class="entry error" role="alert">
             {state.error}
@@ -312,10 +342,69 @@ class EntryView extends Component<{ entry: Entry }> {
             {entry.text}
           </p>
         );
+      case 'approval':
+        // Rendered by ApprovalCard (it needs the answer callback).
+        return null;
       default:
         return <p class="entry muted">{entry.text}</p>;
     }
   }
+}
+
+const OUTCOME_TEXT = { accept: 'Approved', decline: 'Denied', cancel: 'Dismissed', unanswered: 'Expired' } as const;
+
+/** A question of the agent: what it wants to run, Approve / Deny while pending, then who answered how. */
+function ApprovalCard({
+  card,
+  onAnswer,
+  reason,
+}: {
+  card: Approval;
+  onAnswer: (card: Approval, action: 'accept' | 'decline') => void;
+  reason: string | null;
+}) {
+  const state = card.outcome ?? 'pending';
+  const mine = card.answering !== undefined && !card.lost && card.outcome === card.answering;
+  const who =
+    card.outcome === null ? null : card.outcome === 'unanswered' ? 'nobody answered in time' : mine ? 'by you' : 'by another device';
+  const busy = card.answering !== undefined && card.outcome === null;
+  return (
+    <section class="entry approval" data-testid="approval" data-state={state} data-id={card.elicitationId} aria-label="Approval">
+      <div class="who">
+        {card.outcome === null ? 'Approval needed' : 'Approval'}
+        {card.asker ? ` · ${card.asker}` : ''}
+        {card.tool && (
+          <>
+            {' · '}
+            <code>{card.tool}</code>
+          </>
+        )}
+      </div>
+      <p class="question">{card.message}</p>
+      {card.preview && <pre class="preview">{pretty(card.preview)}</pre>}
+      {card.outcome === null ? (
+        <div class="actions">
+          <button type="button" class="primary" disabled={reason !== null || busy} onClick={() => onAnswer(card, 'accept')}>
+            Approve
+          </button>
+          <button type="button" class="danger" disabled={reason !== null || busy} onClick={() => onAnswer(card, 'decline')}>
+            Deny
+          </button>
+          {reason && <p class="muted reason">{reason}</p>}
+          {card.error && (
+            <p class="error" role="alert">
+              Not answered: {card.error}
+            </p>
+          )}
+        </div>
+      ) : (
+        <p class="outcome" data-testid="outcome" role="status">
+          {OUTCOME_TEXT[card.outcome]} {who}
+          {card.lost ? ' (another device answered first)' : ''}
+        </p>
+      )}
+    </section>
+  );
 }
 
 function pretty(args: string): string {
