@@ -465,7 +465,15 @@ async fn agents_on_the_local_server_lists_its_built_ins() {
         .filter(|a| a["kind"] == "built-in")
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    for want in ["echo", "openai", "anthropic", "exec"] {
+    for want in [
+        "echo",
+        "openai",
+        "anthropic",
+        "exec",
+        "claude-sdk",
+        "codex",
+        "pi",
+    ] {
         assert!(names.contains(&want), "{v:#}");
     }
     assert!(

@@ -17,62 +17,12 @@ use omnigent_runner::harness::{
     self, HarnessConfig, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome,
 };
 use omnigent_testkit::vendor::Step;
+use omnigent_testkit::vendor::anthropic::{
+    answer, message_end, message_start, text_block, tool_block, tool_use,
+};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-fn event(payload: Value) -> String {
-    format!(
-        "event: {}\ndata: {payload}\n\n",
-        payload["type"].as_str().unwrap()
-    )
-}
-
-fn message_start(id: &str) -> String {
-    event(json!({"type": "message_start", "message": {
-        "id": id, "type": "message", "role": "assistant", "content": [], "model": "claude-test",
-        "stop_reason": null, "usage": {"input_tokens": 12, "output_tokens": 1}}}))
-}
-
-fn text_block(index: u64, parts: &[&str]) -> Vec<String> {
-    let mut events = vec![event(
-        json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
-    )];
-    for part in parts {
-        events.push(event(json!({"type": "content_block_delta", "index": index,
-            "delta": {"type": "text_delta", "text": part}})));
-    }
-    events.push(event(json!({"type": "content_block_stop", "index": index})));
-    events
-}
-
-fn tool_block(index: u64, id: &str, name: &str, input: &Value) -> Vec<String> {
-    vec![
-        event(json!({"type": "content_block_start", "index": index,
-            "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}})),
-        event(json!({"type": "content_block_delta", "index": index,
-            "delta": {"type": "input_json_delta", "partial_json": input.to_string()}})),
-        event(json!({"type": "content_block_stop", "index": index})),
-    ]
-}
-
-fn message_end(stop_reason: &str) -> Vec<String> {
-    vec![
-        event(
-            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-            "usage": {"output_tokens": 7}}),
-        ),
-        event(json!({"type": "message_stop"})),
-    ]
-}
-
-/// A whole streamed answer of text `parts`.
-fn answer(id: &str, parts: &[&str]) -> Canned {
-    let mut chunks = vec![message_start(id)];
-    chunks.extend(text_block(0, parts));
-    chunks.extend(message_end("end_turn"));
-    Canned::stream(chunks)
-}
 
 /// A temp dir with a workspace and a home for the CLI (never the real one).
 struct Place {
@@ -230,10 +180,10 @@ async fn the_write_tool_really_writes_and_is_streamed_as_call_and_output() {
     let p = place();
     let target = p.ws.join("hello.txt");
     let input = json!({"file_path": target.display().to_string(), "content": "hi from claude\n"});
-    let mut tool = vec![message_start("msg_1")];
+    let mut tool = vec![message_start("msg_1", 12)];
     tool.extend(text_block(0, &["Writing it."]));
-    tool.extend(tool_block(1, "toolu_01", "Write", &input));
-    tool.extend(message_end("tool_use"));
+    tool.extend(tool_block(1, "toolu_01", "Write", &[&input.to_string()]));
+    tool.extend(message_end("tool_use", 7));
     let vendor = FakeVendor::start(vec![
         Canned::stream(tool),
         answer("msg_2", &["Wrote hello.txt."]),
@@ -274,7 +224,7 @@ async fn the_write_tool_really_writes_and_is_streamed_as_call_and_output() {
 async fn an_interrupt_mid_stream_ends_the_turn_and_the_agent_stays_usable() {
     let p = place();
     let hold = Arc::new(Notify::new());
-    let mut steps = vec![Step::Chunk(message_start("msg_1"))];
+    let mut steps = vec![Step::Chunk(message_start("msg_1", 12))];
     steps.extend(
         text_block(0, &["Counting: 1, 2, "])
             .into_iter()
@@ -497,10 +447,11 @@ async fn a_vendor_refusal_fails_the_turn_with_its_message_and_the_agent_stays_us
 /// A Bash call that `acceptEdits` does not allow by itself (a plain `touch` it would), then `text`.
 async fn bash_then(text: &str) -> FakeVendor {
     let input = json!({"command": "sh -c \"touch approved.txt\"", "description": "Make the file"});
-    let mut tool = vec![message_start("msg_1")];
-    tool.extend(tool_block(0, "toolu_01", "Bash", &input));
-    tool.extend(message_end("tool_use"));
-    FakeVendor::start(vec![Canned::stream(tool), answer("msg_2", &[text])]).await
+    FakeVendor::start(vec![
+        tool_use("msg_1", "toolu_01", "Bash", &input),
+        answer("msg_2", &[text]),
+    ])
+    .await
 }
 
 /// Events until the agent asks, kept in `seen`: the request (after `session.status waiting`).

@@ -10,58 +10,11 @@ use common::{Canned, End, FakeVendor, user};
 use omnigent_runner::harness::{
     self, HarnessConfig, HarnessError, HarnessKind, HistoryEntry, TurnOutcome,
 };
+use omnigent_testkit::vendor::anthropic::{
+    event, message_end, message_start, ping, text_block, tool_block,
+};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-
-fn event(payload: Value) -> String {
-    format!(
-        "event: {}\ndata: {payload}\n\n",
-        payload["type"].as_str().unwrap()
-    )
-}
-
-fn message_start(input_tokens: u64) -> String {
-    event(json!({"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "claude-test",
-        "stop_reason": null, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}))
-}
-
-fn text_block(index: u64, parts: &[&str]) -> Vec<String> {
-    let mut events = vec![event(
-        json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
-    )];
-    for part in parts {
-        events.push(event(json!({"type": "content_block_delta", "index": index,
-            "delta": {"type": "text_delta", "text": part}})));
-    }
-    events.push(event(json!({"type": "content_block_stop", "index": index})));
-    events
-}
-
-fn tool_block(index: u64, id: &str, name: &str, input_parts: &[&str]) -> Vec<String> {
-    let mut events = vec![event(json!({"type": "content_block_start", "index": index,
-        "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}))];
-    for part in input_parts {
-        events.push(event(json!({"type": "content_block_delta", "index": index,
-            "delta": {"type": "input_json_delta", "partial_json": part}})));
-    }
-    events.push(event(json!({"type": "content_block_stop", "index": index})));
-    events
-}
-
-fn message_end(stop_reason: &str, output_tokens: u64) -> Vec<String> {
-    vec![
-        event(
-            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-            "usage": {"output_tokens": output_tokens}}),
-        ),
-        event(json!({"type": "message_stop"})),
-    ]
-}
-
-fn ping() -> String {
-    event(json!({"type": "ping"}))
-}
 
 fn config(vendor: &FakeVendor) -> HarnessConfig {
     HarnessConfig {
@@ -100,7 +53,7 @@ async fn run(
 #[tokio::test]
 async fn a_tool_use_is_assembled_run_and_answered() {
     let command = r#"{"command": "echo made > made.txt && cat made.txt"}"#;
-    let mut first = vec![message_start(50), ping()];
+    let mut first = vec![message_start("msg_1", 50), ping()];
     first.extend(text_block(0, &["I'll run ", "it."]));
     first.extend(tool_block(
         1,
@@ -109,7 +62,7 @@ async fn a_tool_use_is_assembled_run_and_answered() {
         &["", &command[..12], &command[12..]],
     ));
     first.extend(message_end("tool_use", 30));
-    let mut second = vec![message_start(90)];
+    let mut second = vec![message_start("msg_1", 90)];
     second.extend(text_block(0, &["All done."]));
     second.extend(message_end("end_turn", 4));
     let vendor = FakeVendor::start(vec![Canned::stream(first), Canned::stream(second)]).await;
@@ -188,7 +141,7 @@ async fn a_tool_use_is_assembled_run_and_answered() {
 
 #[tokio::test]
 async fn history_alternates_roles_and_drops_orphans() {
-    let mut reply = vec![message_start(1)];
+    let mut reply = vec![message_start("msg_1", 1)];
     reply.extend(text_block(0, &["ok"]));
     reply.extend(message_end("end_turn", 1));
     let vendor = FakeVendor::start(vec![Canned::stream(reply)]).await;
@@ -244,7 +197,7 @@ async fn no_api_key_is_not_configured() {
 
 #[tokio::test]
 async fn an_auth_token_alone_is_sent_as_a_bearer_token() {
-    let mut reply = vec![message_start(5)];
+    let mut reply = vec![message_start("msg_1", 5)];
     reply.extend(text_block(0, &["hi"]));
     reply.extend(message_end("end_turn", 1));
     let vendor = FakeVendor::start(vec![Canned::stream(reply)]).await;
@@ -333,7 +286,7 @@ async fn expect_stream_error(canned: Canned, idle: Duration) -> (String, Vec<Str
 
 #[tokio::test]
 async fn an_error_event_mid_stream_fails_the_turn() {
-    let mut chunks = vec![message_start(1)];
+    let mut chunks = vec![message_start("msg_1", 1)];
     chunks.extend(text_block(0, &["par"]));
     chunks.push(event(
         json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
@@ -349,7 +302,7 @@ async fn an_error_event_mid_stream_fails_the_turn() {
 
 #[tokio::test]
 async fn a_stream_without_message_stop_fails_the_turn() {
-    let mut chunks = vec![message_start(1)];
+    let mut chunks = vec![message_start("msg_1", 1)];
     chunks.extend(text_block(0, &["par"]));
     let (message, _) = expect_stream_error(Canned::stream(chunks), Duration::from_secs(10)).await;
     assert!(message.contains("message_stop"), "{message}");
@@ -358,7 +311,7 @@ async fn a_stream_without_message_stop_fails_the_turn() {
 #[tokio::test]
 async fn a_malformed_event_fails_the_turn() {
     let chunks = vec![
-        message_start(1),
+        message_start("msg_1", 1),
         "event: content_block_delta\ndata: {\"type\": \"content_blo\n\n".into(),
     ];
     let (message, _) = expect_stream_error(Canned::stream(chunks), Duration::from_secs(10)).await;
@@ -367,7 +320,7 @@ async fn a_malformed_event_fails_the_turn() {
 
 #[tokio::test]
 async fn a_stalled_stream_hits_the_idle_timeout() {
-    let mut chunks = vec![message_start(1)];
+    let mut chunks = vec![message_start("msg_1", 1)];
     chunks.extend(text_block(0, &["slow"]));
     let (message, events) = expect_stream_error(
         Canned::stream_ending(chunks, End::Stall),
@@ -383,7 +336,7 @@ async fn an_oversized_event_is_refused() {
     // 9 MiB in one data line, over the 8 MiB cap.
     let huge = format!("data: {}\n\n", "x".repeat(9 << 20));
     let (message, _) = expect_stream_error(
-        Canned::stream(vec![message_start(1), huge]),
+        Canned::stream(vec![message_start("msg_1", 1), huge]),
         Duration::from_secs(10),
     )
     .await;
@@ -392,7 +345,7 @@ async fn an_oversized_event_is_refused() {
 
 #[tokio::test]
 async fn an_interrupt_during_a_tool_run_ends_the_turn_promptly() {
-    let mut chunks = vec![message_start(1)];
+    let mut chunks = vec![message_start("msg_1", 1)];
     chunks.extend(tool_block(
         0,
         "toolu_s",
@@ -425,7 +378,7 @@ async fn an_interrupt_during_a_tool_run_ends_the_turn_promptly() {
 
 #[tokio::test]
 async fn an_interrupt_mid_stream_ends_the_turn_promptly() {
-    let mut chunks = vec![message_start(1)];
+    let mut chunks = vec![message_start("msg_1", 1)];
     chunks.extend(text_block(0, &["partial"]));
     let vendor = FakeVendor::start(vec![Canned::stream_ending(chunks, End::Stall)]).await;
     let ws = tempfile::tempdir().unwrap();

@@ -26,6 +26,20 @@ const BUILTINS: &[(&str, &str)] = &[
         "exec",
         "Runs an agent CLI per turn (claude -p, codex exec, or any command) and maps its JSON lines to events.",
     ),
+    (
+        "claude-sdk",
+        "Claude Code through its own CLI, one process per session: its tools, CLAUDE.md, skills, MCP servers \
+         and the host's login; asks before a tool its permission mode does not allow.",
+    ),
+    (
+        "codex",
+        "Codex through `codex app-server`, one thread per session, with the host's Codex login and config; asks \
+         before a command leaves its sandbox.",
+    ),
+    (
+        "pi",
+        "Pi through `pi --mode rpc`, one process per session, with Pi's own config on the host.",
+    ),
 ];
 
 static AGENTS: LazyLock<Vec<Agent>> = LazyLock::new(|| {
@@ -47,6 +61,15 @@ static AGENTS: LazyLock<Vec<Agent>> = LazyLock::new(|| {
 fn builtin_id(name: &str) -> String {
     let digest = Sha256::digest(format!("omnigent-rs:builtin-agent:{name}").as_bytes());
     hex::encode(&digest[..16])
+}
+
+/// The built-in agents' names, for messages: `echo, openai, …`.
+pub fn names() -> String {
+    BUILTINS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every built-in agent, in a fixed order.
@@ -76,6 +99,15 @@ mod tests {
             Some(&echo.name)
         );
         assert!(find("nope").is_none());
-        assert_eq!(all().len(), 4);
+    }
+
+    #[test]
+    fn every_harness_of_the_table_has_a_built_in_agent_under_its_name() {
+        let names: Vec<&str> = all().iter().map(|a| a.harness.as_str()).collect();
+        let table: Vec<&str> = omnigent_proto::harness::Harness::ALL
+            .iter()
+            .map(|h| h.name())
+            .collect();
+        assert_eq!(names, table);
     }
 }

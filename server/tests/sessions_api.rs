@@ -52,7 +52,18 @@ async fn boot_endpoints_answer_the_reference_shapes() {
         .iter()
         .map(|a| a["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["echo", "openai", "anthropic", "exec"]);
+    assert_eq!(
+        names,
+        [
+            "echo",
+            "openai",
+            "anthropic",
+            "exec",
+            "claude-sdk",
+            "codex",
+            "pi"
+        ]
+    );
     assert_eq!(agents["object"], "list");
     assert_eq!(agents["has_more"], false);
     let (_, page) = srv.get("/v1/agents?limit=2").await;
@@ -70,7 +81,10 @@ async fn boot_endpoints_answer_the_reference_shapes() {
         .iter()
         .map(|a| a["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(rest_names, ["anthropic", "exec"]);
+    assert_eq!(
+        rest_names,
+        ["anthropic", "exec", "claude-sdk", "codex", "pi"]
+    );
 }
 
 #[tokio::test]

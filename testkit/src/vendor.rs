@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::WAIT;
 
+pub mod anthropic;
 pub mod responses;
 
 /// One piece of a streamed body.

@@ -40,8 +40,9 @@ function freePort() {
 }
 
 export class Omnigent {
-  /** `lan`: `omnigent start --lan` (the server also listens on every interface; loopback stays the owner). */
-  static async start({ lan = false } = {}) {
+  /** `lan`: `omnigent start --lan` (the server also listens on every interface; loopback stays the owner).
+   * `env`: more variables for the daemon (and, through its allowlist, its runners). */
+  static async start({ lan = false, env = {} } = {}) {
     const o = new Omnigent();
     o.home = mkdtempSync(join(tmpdir(), 'omnigent-web-'));
     o.port = await freePort();
@@ -54,6 +55,7 @@ export class Omnigent {
       OMNIGENT_SERVER_PORT: String(o.port),
       OMNIGENT_EXEC_COMMAND: `/bin/sh ${join(o.home, 'agent.sh')}`,
       RUST_LOG: 'info,sqlx=warn',
+      ...env,
     };
     const started = await o.json(lan ? ['start', '--lan', '--json'] : ['start', '--json']);
     o.url = started.server.url;

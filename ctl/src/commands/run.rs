@@ -61,8 +61,8 @@ AGENTS:
 #[derive(Debug, clap::Args)]
 #[command(after_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
-    /// The harness: echo (default), openai, anthropic, exec, or an omnigent name (openai-agents, claude-sdk,
-    /// …). With an agent: overrides the spec's executor.harness.
+    /// The harness: echo (default), openai, anthropic, exec, claude-sdk (Claude Code), codex, pi, or an
+    /// omnigent name (openai-agents, …). With an agent: overrides the spec's executor.harness.
     #[arg(long)]
     harness: Option<String>,
     /// The model. With an agent: overrides the spec's executor.model; else sent as the session's

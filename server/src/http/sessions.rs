@@ -41,14 +41,18 @@ pub async fn create(State(st): State<AppState>, req: Request) -> Result<Response
     }
     let JsonBody(req) = JsonBody::<SessionCreateRequest>::from_request(req, &st).await?;
     let agent_ref = req.agent_id.as_deref().ok_or_else(|| {
-        ApiError::invalid(
-            "agent_id is required; GET /v1/agents lists the agents (echo, openai, anthropic, exec)",
-        )
+        ApiError::invalid(format!(
+            "agent_id is required; GET /v1/agents lists the agents ({})",
+            agents::names()
+        ))
     })?;
     let agent = agents::find(agent_ref).ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
-            format!("agent `{agent_ref}` not found; GET /v1/agents lists the agents (echo, openai, anthropic, exec)"),
+            format!(
+                "agent `{agent_ref}` not found; GET /v1/agents lists the agents ({})",
+                agents::names()
+            ),
         )
     })?;
     let (row, rows) = create_session(&st, &req, SessionAgent::Builtin(agent)).await?;
