@@ -92,13 +92,11 @@ impl Agent {
             }
             Agent::Codex => {
                 let codex_home = home.join(".codex");
-                std::fs::create_dir_all(&codex_home).unwrap();
-                let config = format!(
-                    "model = \"gpt-test\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\nname = \"fake\"\n\
-                     base_url = \"{}/v1\"\nwire_api = \"responses\"\nenv_key = \"{CODEX_KEY_VAR}\"\n",
-                    vendor.url
+                omnigent_testkit::agent_clis::write_codex_config(
+                    &codex_home,
+                    &vendor.url,
+                    CODEX_KEY_VAR,
                 );
-                std::fs::write(codex_home.join("config.toml"), config).unwrap();
                 env.extend([
                     (
                         "OMNIGENT_CODEX_PATH",

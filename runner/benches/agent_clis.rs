@@ -92,13 +92,11 @@ fn session(cli: &str, dir: &Path, vendor: &FakeVendor) -> (Turn, HarnessKind) {
         }
         "codex" => {
             let codex_home = home.join(".codex");
-            std::fs::create_dir_all(&codex_home).unwrap();
-            let config = format!(
-                "model = \"gpt-test\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\nname = \"fake\"\n\
-                 base_url = \"{}/v1\"\nwire_api = \"responses\"\nenv_key = \"BENCH_CODEX_KEY\"\n",
-                vendor.url
+            omnigent_testkit::agent_clis::write_codex_config(
+                &codex_home,
+                &vendor.url,
+                "BENCH_CODEX_KEY",
             );
-            std::fs::write(codex_home.join("config.toml"), config).unwrap();
             turn.config.agent_env = vec![
                 ("OMNIGENT_CODEX_PATH".into(), binary),
                 ("HOME".into(), home.display().to_string()),

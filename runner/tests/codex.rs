@@ -42,12 +42,7 @@ fn codex(vendor: Option<&FakeVendor>) -> Codex {
     std::fs::create_dir_all(&ws).unwrap();
     std::fs::create_dir_all(&codex_home).unwrap();
     if let Some(vendor) = vendor {
-        let config = format!(
-            "model = \"gpt-test\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\nname = \"fake\"\n\
-             base_url = \"{}/v1\"\nwire_api = \"responses\"\nenv_key = \"{KEY_VAR}\"\n",
-            vendor.url
-        );
-        std::fs::write(codex_home.join("config.toml"), config).unwrap();
+        omnigent_testkit::agent_clis::write_codex_config(&codex_home, &vendor.url, KEY_VAR);
     }
     let config = HarnessConfig {
         agent_env: vec![

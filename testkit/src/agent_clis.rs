@@ -22,3 +22,14 @@ pub fn agent_cli(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Write `codex_home/config.toml` pointing Codex at a fake Responses API at `base_url` (model `gpt-test`,
+/// provider `fake`, its key read from the variable `env_key`).
+pub fn write_codex_config(codex_home: &std::path::Path, base_url: &str, env_key: &str) {
+    std::fs::create_dir_all(codex_home).expect("create CODEX_HOME");
+    let config = format!(
+        "model = \"gpt-test\"\nmodel_provider = \"fake\"\n\n[model_providers.fake]\nname = \"fake\"\n\
+         base_url = \"{base_url}/v1\"\nwire_api = \"responses\"\nenv_key = \"{env_key}\"\n"
+    );
+    std::fs::write(codex_home.join("config.toml"), config).expect("write the Codex config");
+}

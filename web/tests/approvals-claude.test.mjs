@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import { FakeAnthropic, text, toolUse } from './fake-anthropic.mjs';
-import { launch, Omnigent, WAIT } from './harness.mjs';
+import { launch, Omnigent, openPage } from './harness.mjs';
 
 const ARTIFACTS = resolve(import.meta.dirname, '../../target/web-artifacts');
 const CLAUDE = resolve(import.meta.dirname, '../../target/agent-clis/node_modules/.bin/claude');
@@ -52,15 +52,7 @@ after(async () => {
   vendor?.close();
 });
 
-async function page(options = {}) {
-  const context = await browser.newContext({ baseURL: omni.url, ...options });
-  context.setDefaultTimeout(WAIT);
-  const p = await context.newPage();
-  const errors = [];
-  p.on('pageerror', (e) => errors.push(e));
-  p.errors = errors;
-  return p;
-}
+const page = (options = {}) => openPage(browser, omni.url, options);
 
 const cards = (p) => p.locator('[data-testid=approval]');
 

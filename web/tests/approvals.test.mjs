@@ -8,7 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import { FakeRunner } from './fake-runner.mjs';
-import { launch, Omnigent, WAIT } from './harness.mjs';
+import { launch, Omnigent, openPage } from './harness.mjs';
 
 const ARTIFACTS = resolve(import.meta.dirname, '../../target/web-artifacts');
 const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
@@ -30,16 +30,7 @@ after(async () => {
   await omni?.stop();
 });
 
-async function page(options = {}) {
-  const context = await browser.newContext({ baseURL: omni.url, ...options });
-  context.setDefaultTimeout(WAIT);
-  const p = await context.newPage();
-  const errors = [];
-  p.on('pageerror', (e) => errors.push(e));
-  p.on('console', (m) => m.text().includes('Content Security Policy') && errors.push(m.text()));
-  p.errors = errors;
-  return p;
-}
+const page = (options = {}) => openPage(browser, omni.url, options);
 
 async function done(p) {
   assert.deepEqual(p.errors, []);

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
-import { launch, Omnigent, WAIT } from './harness.mjs';
+import { launch, Omnigent, openPage, WAIT } from './harness.mjs';
 
 const ARTIFACTS = resolve(import.meta.dirname, '../../target/web-artifacts');
 const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
@@ -24,17 +24,7 @@ after(async () => {
   await omni?.stop();
 });
 
-async function page(options = {}) {
-  const context = await browser.newContext({ baseURL: omni.url, ...options });
-  context.setDefaultTimeout(WAIT);
-  const p = await context.newPage();
-  const errors = [];
-  p.on('pageerror', (e) => errors.push(e));
-  // A CSP refusal (an inline script or style, something from elsewhere) is a failure too.
-  p.on('console', (m) => m.text().includes('Content Security Policy') && errors.push(m.text()));
-  p.errors = errors;
-  return p;
-}
+const page = (options = {}) => openPage(browser, omni.url, options);
 
 /** No script error and no CSP refusal happened on the page; then close it. */
 async function done(p) {

@@ -117,6 +117,20 @@ export class Omnigent {
   }
 }
 
+/** A new page of its own browser context on `baseURL` (`options`: a device, say), with every wait bounded by
+ * WAIT; `page.errors` collects its script errors and CSP refusals (an inline script or style, something from
+ * elsewhere), which a test asserts empty. */
+export async function openPage(browser, baseURL, options = {}) {
+  const context = await browser.newContext({ baseURL, ...options });
+  context.setDefaultTimeout(WAIT);
+  const p = await context.newPage();
+  const errors = [];
+  p.on('pageerror', (e) => errors.push(e));
+  p.on('console', (m) => m.text().includes('Content Security Policy') && errors.push(m.text()));
+  p.errors = errors;
+  return p;
+}
+
 /** `executablePath`: another Chromium start command (the LAN tests wrap it in `ip netns exec`). */
 export function launch(executablePath = CHROMIUM) {
   return chromium.launch({
