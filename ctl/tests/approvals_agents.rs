@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Approvals end to end with the real agent CLIs (issue 15 item 6): a real `omnigent server run`, a real
-//! `omnigent runner` whose session runs Claude Code (`claude-sdk`) or Codex (`codex app-server`) against a fake
-//! vendor API on loopback. The agent asks before a shell command; the question reaches a watching client as
+//! `omnigent runner` whose session runs Claude Code (`claude-sdk`), Codex (`codex app-server`) or Pi (`pi --mode
+//! rpc`, with a permission-gate extension, since Pi's extensions are what ask) against a fake vendor API on
+//! loopback. The agent asks before a shell command; the question reaches a watching client as
 //! `response.elicitation_request` with the session `waiting`; a second client answers through
 //! `POST …/elicitations/{eid}/resolve`; a later answer gets 409; every client hears
 //! `response.elicitation_resolved`; the command runs (approved) or does not (denied), and the turn's items
@@ -29,6 +30,7 @@ const MADE: &str = "approved.txt";
 enum Agent {
     ClaudeCode,
     Codex,
+    Pi,
 }
 
 impl Agent {
@@ -36,6 +38,7 @@ impl Agent {
         match self {
             Agent::ClaudeCode => "claude-sdk",
             Agent::Codex => "codex",
+            Agent::Pi => "pi",
         }
     }
 
@@ -69,6 +72,18 @@ impl Agent {
                     ),
                 ]
             }
+            Agent::Pi => vec![
+                Canned::stream(
+                    ResponseStream::new("resp_1")
+                        .function_call("call_1", "bash", &json!({"command": COMMAND}).to_string())
+                        .completed(10, 5),
+                ),
+                Canned::stream(
+                    ResponseStream::new("resp_2")
+                        .text(&["Done."])
+                        .completed(10, 2),
+                ),
+            ],
         }
     }
 
@@ -106,6 +121,32 @@ impl Agent {
                     (CODEX_KEY_VAR, "test-key".to_owned()),
                 ]);
             }
+            Agent::Pi => {
+                // A provider on the fake as Pi's default, and a gate that confirms every bash call.
+                let agent_dir = home.join(".pi/agent");
+                std::fs::create_dir_all(agent_dir.join("extensions")).unwrap();
+                let models = json!({"providers": {"fake": {"baseUrl": format!("{}/v1", vendor.url),
+                    "api": "openai-responses", "apiKey": "test-key", "models": [{"id": "gpt-test"}]}}});
+                std::fs::write(agent_dir.join("models.json"), models.to_string()).unwrap();
+                let settings = json!({"defaultProvider": "fake", "defaultModel": "gpt-test"});
+                std::fs::write(agent_dir.join("settings.json"), settings.to_string()).unwrap();
+                std::fs::write(
+                    agent_dir.join("extensions/gate.ts"),
+                    "export default function (pi) {\n  pi.on(\"tool_call\", async (event, ctx) => {\n    \
+                     if (event.toolName !== \"bash\") return undefined;\n    \
+                     const ok = await ctx.ui.confirm(\"Run this command?\", event.input.command);\n    \
+                     return ok ? undefined : { block: true, reason: \"Blocked by the user\" };\n  });\n}\n",
+                )
+                .unwrap();
+                env.extend([
+                    (
+                        "OMNIGENT_PI_PATH",
+                        omnigent_testkit::agent_cli("pi").display().to_string(),
+                    ),
+                    ("PI_CODING_AGENT_DIR", agent_dir.display().to_string()),
+                    ("PI_OFFLINE", "1".to_owned()),
+                ]);
+            }
         }
         env
     }
@@ -121,7 +162,7 @@ impl Agent {
         assert_eq!(requests.len(), 2, "{requests:?}");
         match self {
             Agent::ClaudeCode => requests[1]["messages"].to_string(),
-            Agent::Codex => requests[1]["input"].to_string(),
+            Agent::Codex | Agent::Pi => requests[1]["input"].to_string(),
         }
     }
 }
@@ -303,7 +344,9 @@ async fn denied_does_not_run(agent: Agent) {
     // The model heard that the command was refused, and the answer after it was stored.
     let told = agent.tool_result(&s.vendor).to_lowercase();
     assert!(
-        told.contains("rejected") || told.contains("denied") || told.contains("declined"),
+        ["rejected", "denied", "declined", "blocked"]
+            .iter()
+            .any(|word| told.contains(word)),
         "{told}"
     );
     let (kinds, _) = stored(&s).await;
@@ -328,4 +371,14 @@ async fn codex_asks_a_second_client_approves_and_the_command_runs() {
 #[tokio::test]
 async fn codex_asks_a_second_client_denies_and_the_command_does_not_run() {
     denied_does_not_run(Agent::Codex).await;
+}
+
+#[tokio::test]
+async fn pi_asks_through_its_extension_a_second_client_approves_and_the_command_runs() {
+    approved_runs(Agent::Pi).await;
+}
+
+#[tokio::test]
+async fn pi_asks_through_its_extension_a_second_client_denies_and_the_command_does_not_run() {
+    denied_does_not_run(Agent::Pi).await;
 }

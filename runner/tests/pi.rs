@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{Canned, FakeVendor, user};
+use omnigent_proto::elicitation::{Action, Resolution};
 use omnigent_runner::harness::pi::PiHandle;
 use omnigent_runner::harness::{
     self, HarnessConfig, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome,
@@ -380,5 +381,146 @@ async fn the_specs_instructions_are_appended_to_pis_system_prompt() {
     assert!(
         body.contains("You are Omni, the omnigent test agent."),
         "{body}"
+    );
+}
+
+// --- Approvals: a Pi extension's yes/no dialog before a tool runs, asked of the session's clients. ---
+
+/// A permission-gate extension in Pi's agent dir (auto-discovered from `extensions/`): before every bash
+/// call it asks, with `ctx.ui.confirm` or (`select`) a Yes/No `ctx.ui.select`, and blocks the call on a no.
+fn gate(pi: &Pi, dialog: &str) {
+    let agent_dir = pi
+        .config
+        .agent_env
+        .iter()
+        .find(|(k, _)| k == "PI_CODING_AGENT_DIR")
+        .map(|(_, v)| PathBuf::from(v))
+        .unwrap();
+    let ask = match dialog {
+        "confirm" => "await ctx.ui.confirm(\"Run this command?\", command)",
+        _ => "(await ctx.ui.select(`Allow ${command}?`, [\"Yes\", \"No\"])) === \"Yes\"",
+    };
+    let source = format!(
+        "export default function (pi) {{\n  pi.on(\"tool_call\", async (event, ctx) => {{\n    \
+         if (event.toolName !== \"bash\") return undefined;\n    const command = event.input.command;\n    \
+         const ok = {ask};\n    return ok ? undefined : {{ block: true, reason: \"Blocked by the user\" }};\n  \
+         }});\n}}\n"
+    );
+    std::fs::create_dir_all(agent_dir.join("extensions")).unwrap();
+    std::fs::write(agent_dir.join("extensions/gate.ts"), source).unwrap();
+}
+
+/// A bash call that the gate asks about, then a text answer.
+async fn touch_then_done() -> FakeVendor {
+    FakeVendor::start(vec![
+        function_call(
+            "1",
+            "call_1",
+            "bash",
+            json!({"command": "touch approved.txt"}),
+        ),
+        text("2", "Done."),
+    ])
+    .await
+}
+
+/// One turn whose question is answered `action` once it comes: the turn's result, its events, the question.
+async fn answered(
+    session: &mut Session<'_>,
+    action: Action,
+) -> (Result<TurnOutcome, HarnessError>, Vec<Value>, Value) {
+    let turn = session.turn("make the file");
+    let approvals = turn.approvals.clone();
+    let (sink, mut rx) = common::sink();
+    let cancel = CancellationToken::new();
+    let running = harness::run_turn(HarnessKind::Pi, &turn, &sink, &cancel);
+    tokio::pin!(running);
+    let mut events = Vec::new();
+    let request = loop {
+        let event = tokio::select! {
+            event = common::next_event(&mut rx) => event,
+            r = &mut running => panic!("the turn ended without asking: {r:?} after {events:?}"),
+        };
+        events.push(event.clone());
+        if event["type"] == "response.elicitation_request" {
+            break event;
+        }
+    };
+    assert!(
+        !session.pi.ws.join("approved.txt").exists(),
+        "the command ran before the answer"
+    );
+    assert_eq!(approvals.pending(), 1);
+    let answer = Resolution::from_event(&json!({"type": "approval", "data": {
+        "elicitation_id": request["elicitation_id"], "action": action.as_str()}}))
+    .unwrap();
+    // As the server's forward does: `post_event` → the session → `Approvals::resolve`.
+    approvals.resolve(answer).unwrap();
+    let result = common::within(60, running).await;
+    events.extend(common::drain(&mut rx));
+    (result, events, request)
+}
+
+#[tokio::test]
+async fn an_extensions_confirm_is_asked_of_the_clients_and_the_approved_command_runs() {
+    let vendor = touch_then_done().await;
+    let pi = pi(Some(&vendor));
+    gate(&pi, "confirm");
+    let mut session = Session::new(&pi);
+    let (result, events, request) = answered(&mut session, Action::Accept).await;
+    result.unwrap();
+    assert_eq!(request["params"]["policy_name"], "pi");
+    assert_eq!(request["params"]["tool_name"], "bash");
+    assert_eq!(request["call_id"], "call_1|fc_1");
+    let message = request["params"]["message"].as_str().unwrap();
+    assert!(message.contains("Run this command?"), "{message}");
+    assert!(message.contains("touch approved.txt"), "{message}");
+    assert!(pi.ws.join("approved.txt").exists(), "{events:?}");
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "session.status")
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["waiting", "running"]);
+    assert_eq!(
+        common::first(&events, "response.elicitation_resolved")["action"],
+        "accept"
+    );
+}
+
+#[tokio::test]
+async fn a_yes_no_select_denied_blocks_the_command_and_the_model_is_told() {
+    let vendor = touch_then_done().await;
+    let pi = pi(Some(&vendor));
+    gate(&pi, "select");
+    let mut session = Session::new(&pi);
+    let (result, events, _) = answered(&mut session, Action::Decline).await;
+    result.unwrap();
+    assert!(!pi.ws.join("approved.txt").exists(), "{events:?}");
+    assert_eq!(
+        common::first(&events, "response.elicitation_resolved")["action"],
+        "decline"
+    );
+    let requests = vendor.requests();
+    assert_eq!(requests.len(), 2);
+    let sent = requests[1].body["input"].to_string();
+    assert!(sent.contains("Blocked by the user"), "{sent}");
+}
+
+#[tokio::test]
+async fn a_permission_mode_that_skips_approvals_confirms_without_asking() {
+    let vendor = touch_then_done().await;
+    let mut pi = pi(Some(&vendor));
+    gate(&pi, "confirm");
+    pi.config.permission_mode = Some("skip".into());
+    let mut session = Session::new(&pi);
+    let (result, events) = session.run("make the file").await;
+    result.unwrap();
+    assert!(pi.ws.join("approved.txt").exists(), "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "response.elicitation_request"),
+        "{events:?}"
     );
 }

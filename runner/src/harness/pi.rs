@@ -12,12 +12,18 @@
 //! - An interrupt sends `abort`; a Pi that does not end its turn within [`INTERRUPT_TIMEOUT`] is killed.
 //! - When the process died, the next turn starts a new one with `--session <file>`, so Pi reloads the
 //!   conversation and goes on.
-//! - Extension dialogs (`extension_ui_request`) are cancelled: nobody is at a terminal to answer them.
+//! - Approvals: Pi has no permission system; its extensions ask (a permission gate's `ctx.ui.confirm` in a
+//!   `tool_call` hook). A yes/no dialog is asked of the session's clients through [`Turn::approvals`] as an
+//!   approval of the tool call Pi just started, and answered with their decision ([`dialog`]); a spec whose
+//!   permission mode skips approvals confirms it at once. Other dialogs (a free choice, text input) are
+//!   cancelled: no client can answer them.
 //!
 //! The binary is `OMNIGENT_PI_PATH`, else `pi` on `PATH`.
 
+use omnigent_proto::elicitation::Action;
 use omnigent_proto::events::kind;
 use serde_json::{Value, json};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -152,9 +158,23 @@ async fn run_pi_turn(
     let mut aborted = false;
     let deadline = tokio::time::sleep(std::time::Duration::MAX);
     tokio::pin!(deadline);
+    // Dialogs being asked of the session's clients, each its own task answering with Pi's response; dropping
+    // the set at the turn's end withdraws what is still open.
+    let mut asking: JoinSet<Value> = JoinSet::new();
+    let skip = turn
+        .config
+        .permission_mode
+        .as_deref()
+        .is_some_and(super::skips_approvals);
     loop {
         let message = tokio::select! {
             biased;
+            Some(answered) = asking.join_next(), if !asking.is_empty() => {
+                if let Ok(reply) = answered {
+                    process.send(&reply).await?;
+                }
+                continue;
+            }
             _ = cancel.cancelled(), if !aborted => {
                 aborted = true;
                 deadline.as_mut().reset(tokio::time::Instant::now() + INTERRUPT_TIMEOUT);
@@ -177,18 +197,27 @@ async fn run_pi_turn(
                     ))));
                 }
             }
-            "extension_ui_request" => {
-                let dialog = matches!(
-                    message.get("method").and_then(Value::as_str),
-                    Some("select" | "confirm" | "input" | "editor")
-                );
-                if dialog && let Some(ui) = message.get("id") {
-                    warn!("a pi extension asked a question nobody can answer here; cancelled");
-                    process
-                        .send(
-                            &json!({"type": "extension_ui_response", "id": ui, "cancelled": true}),
-                        )
-                        .await?;
+            "extension_ui_request" if dialog::is_dialog(&message) => {
+                match dialog::Dialog::of(&message, mapper.last_call.as_ref()) {
+                    Some(dialog) if skip => process.send(&dialog.reply(Action::Accept)).await?,
+                    Some(dialog) => {
+                        let (approvals, sink, cancel) =
+                            (turn.approvals.clone(), sink.clone(), cancel.clone());
+                        asking.spawn(async move {
+                            let answer = approvals
+                                .ask(&sink, dialog.params(), dialog.call_id(), &cancel)
+                                .await;
+                            dialog.reply(answer.action)
+                        });
+                    }
+                    None => {
+                        warn!(
+                            "a pi extension asked a question no client can answer (not yes/no); cancelled"
+                        );
+                        if let Some(id) = message.get("id") {
+                            process.send(&dialog::cancel(id)).await?;
+                        }
+                    }
                 }
             }
             _ => {
@@ -207,6 +236,8 @@ async fn run_pi_turn(
 /// Turns Pi's RPC events into events and history.
 struct Mapper<'a> {
     recorder: Recorder<'a>,
+    /// The tool call Pi started last: what an extension's dialog (from its `tool_call` hook) is about.
+    last_call: Option<dialog::StartedCall>,
     /// The current assistant message streamed text deltas.
     streamed: bool,
     /// The error of the last assistant message that stopped with one, or of a final failed retry.
@@ -218,6 +249,7 @@ impl<'a> Mapper<'a> {
     fn new(turn: &'a Turn, sink: &'a EventSink) -> Self {
         Mapper {
             recorder: Recorder::new(turn, sink),
+            last_call: None,
             streamed: false,
             error: None,
             aborted: false,
@@ -275,11 +307,14 @@ impl<'a> Mapper<'a> {
             }
             "tool_execution_start" => {
                 let args = event.get("args").cloned().unwrap_or_else(|| json!({}));
-                self.recorder.call(
-                    &text(event, "toolCallId"),
-                    &text(event, "toolName"),
-                    &args.to_string(),
-                );
+                let call = dialog::StartedCall {
+                    call_id: text(event, "toolCallId"),
+                    tool_name: text(event, "toolName"),
+                    arguments: args.to_string(),
+                };
+                self.recorder
+                    .call(&call.call_id, &call.tool_name, &call.arguments);
+                self.last_call = Some(call);
             }
             "tool_execution_end" => {
                 let mut output = tool_text(event.get("result").unwrap_or(&Value::Null));
@@ -324,6 +359,8 @@ fn tool_text(result: &Value) -> String {
         None => result.to_string(),
     }
 }
+
+mod dialog;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
