@@ -16,7 +16,7 @@ use common::{Proc, Server, start_runner, start_server, token_and_id};
 use omnigent_testkit::sse::Sse;
 use omnigent_testkit::vendor::anthropic;
 use omnigent_testkit::vendor::responses::ResponseStream;
-use omnigent_testkit::vendor::{Canned, FakeVendor};
+use omnigent_testkit::vendor::{Canned, End, FakeVendor};
 use serde_json::{Value, json};
 
 /// The key variable the fake Codex provider's config names.
@@ -85,6 +85,21 @@ impl Agent {
                 ),
             ],
         }
+    }
+
+    /// The vendor's script for a turn that streams a first delta and then never another byte.
+    fn stalled_script(self) -> Vec<Canned> {
+        let chunks = match self {
+            Agent::ClaudeCode => {
+                let mut chunks = vec![anthropic::message_start("msg_1", 10)];
+                chunks.extend(anthropic::text_block(0, &["Working"]));
+                chunks
+            }
+            Agent::Codex | Agent::Pi => ResponseStream::new("resp_1")
+                .text(&["Working"])
+                .unfinished(),
+        };
+        vec![Canned::stream_ending(chunks, End::Stall)]
     }
 
     /// The runner's environment for this agent's CLI: its binary, a HOME of its own, the fake vendor.
@@ -172,20 +187,25 @@ struct Setup {
     _dir: tempfile::TempDir,
     ws: PathBuf,
     server: Server,
-    _runner: Proc,
+    runner: Proc,
     vendor: FakeVendor,
     session: String,
     watcher: Sse,
 }
 
 async fn setup(agent: Agent) -> Setup {
+    setup_scripted(agent, agent.script()).await
+}
+
+/// [`setup`] with the vendor playing `script`.
+async fn setup_scripted(agent: Agent, script: Vec<Canned>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     // Canonical: the CLIs resolve paths through symlinks.
     let ws = dir.path().canonicalize().unwrap().join("ws");
     let agent_home = dir.path().join("agent-home");
     std::fs::create_dir_all(&ws).unwrap();
     std::fs::create_dir_all(&agent_home).unwrap();
-    let vendor = FakeVendor::start(agent.script()).await;
+    let vendor = FakeVendor::start(script).await;
     let mut server = start_server(&dir.path().join("omnigent"), 0, 30_000).await;
     let (token, runner_id) = token_and_id(agent.harness());
     let runner = start_runner(
@@ -204,7 +224,7 @@ async fn setup(agent: Agent) -> Setup {
         _dir: dir,
         ws,
         server,
-        _runner: runner,
+        runner,
         vendor,
         session,
         watcher,
@@ -353,6 +373,46 @@ async fn denied_does_not_run(agent: Agent) {
     assert!(kinds.iter().any(|k| k == "message"), "{kinds:?}");
 }
 
+/// SIGKILL the runner of `s`; everything it started (the agent CLI and what the CLI started) is gone soon
+/// after: nothing of the session keeps running, or spending, once its runner is gone.
+async fn kill_runner_and_see_nothing_left(s: &mut Setup, agent: Agent) {
+    let runner = i32::try_from(s.runner.child.id()).unwrap();
+    let mut descendants = Vec::new();
+    let mut parents = vec![runner];
+    while let Some(parent) = parents.pop() {
+        let children = omnigent_testkit::process::children(parent);
+        descendants.extend(children.iter().copied());
+        parents.extend(children);
+    }
+    assert!(!descendants.is_empty(), "the runner started no {agent:?}");
+    let watches: Vec<_> = descendants
+        .iter()
+        .map(|&pid| omnigent_testkit::process::watch(pid))
+        .collect();
+    s.runner.kill();
+    for watch in watches {
+        watch.gone().await;
+    }
+}
+
+/// The runner is killed while its agent waits on a question.
+async fn a_runner_killed_while_asking_leaves_nothing(agent: Agent) {
+    let mut s = setup(agent).await;
+    asked(&mut s).await;
+    kill_runner_and_see_nothing_left(&mut s, agent).await;
+}
+
+/// The runner is killed while its agent is in the middle of the vendor's stream.
+async fn a_runner_killed_mid_stream_leaves_nothing(agent: Agent) {
+    let mut s = setup_scripted(agent, agent.stalled_script()).await;
+    let (status, body) = s.server.message(&s.session, "say something").await;
+    assert_eq!(status, 202, "{body}");
+    s.watcher
+        .until(|kind, _| kind == "response.output_text.delta")
+        .await;
+    kill_runner_and_see_nothing_left(&mut s, agent).await;
+}
+
 #[tokio::test]
 async fn claude_code_asks_a_second_client_approves_and_the_command_runs() {
     approved_runs(Agent::ClaudeCode).await;
@@ -381,4 +441,34 @@ async fn pi_asks_through_its_extension_a_second_client_approves_and_the_command_
 #[tokio::test]
 async fn pi_asks_through_its_extension_a_second_client_denies_and_the_command_does_not_run() {
     denied_does_not_run(Agent::Pi).await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_while_claude_code_asks_leaves_nothing_running() {
+    a_runner_killed_while_asking_leaves_nothing(Agent::ClaudeCode).await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_while_claude_code_streams_leaves_nothing_running() {
+    a_runner_killed_mid_stream_leaves_nothing(Agent::ClaudeCode).await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_while_codex_asks_leaves_nothing_running() {
+    a_runner_killed_while_asking_leaves_nothing(Agent::Codex).await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_while_codex_streams_leaves_nothing_running() {
+    a_runner_killed_mid_stream_leaves_nothing(Agent::Codex).await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_while_pi_asks_leaves_nothing_running() {
+    a_runner_killed_while_asking_leaves_nothing(Agent::Pi).await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_while_pi_streams_leaves_nothing_running() {
+    a_runner_killed_mid_stream_leaves_nothing(Agent::Pi).await;
 }

@@ -14,11 +14,15 @@ use common::{TestServer, WAIT, status_json};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use omnigent_proto::agent::bundle::{self, BundleFile, Limits};
+use omnigent_proto::harness::Harness;
 use omnigent_proto::ids::runner_id_for_token;
 use omnigent_tunnel::host::HostRegistry;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The server has one built-in agent per harness.
+const BUILT_IN_AGENTS: usize = Harness::ALL.len();
 
 const BOUNDARY: &str = "omnigent-test-boundary-7d1f";
 
@@ -227,7 +231,11 @@ async fn a_bundle_upload_for_a_host_launches_its_harness_and_only_its_runner_get
     let (s, agents) = srv.get("/v1/agents?limit=100").await;
     assert_eq!(s, 200, "{agents}");
     let list = agents["data"].as_array().expect("data");
-    assert_eq!(list.len(), 5, "the 4 built-ins and the upload: {agents}");
+    assert_eq!(
+        list.len(),
+        BUILT_IN_AGENTS + 1,
+        "the built-ins and the upload: {agents}"
+    );
     let uploaded = list
         .iter()
         .find(|a| a["id"] == agent_id.as_str())
@@ -377,7 +385,11 @@ async fn an_uploaded_agent_goes_with_the_last_session_that_uses_it() {
     assert_eq!(rows(home.path(), "agents").await, 0);
     assert_eq!(rows(home.path(), "agent_bundles").await, 0);
     let (_, agents) = srv.get("/v1/agents").await;
-    assert_eq!(agents["data"].as_array().map(Vec::len), Some(4), "{agents}");
+    assert_eq!(
+        agents["data"].as_array().map(Vec::len),
+        Some(BUILT_IN_AGENTS),
+        "only the built-ins: {agents}"
+    );
 }
 
 #[tokio::test]
@@ -614,7 +626,11 @@ async fn hostile_or_unrunnable_bundles_are_refused_naming_the_entry_or_field_and
         assert_eq!(rows(home.path(), table).await, 0, "{table}: nothing stored");
     }
     let (_, agents) = srv.get("/v1/agents").await;
-    assert_eq!(agents["data"].as_array().map(Vec::len), Some(4), "{agents}");
+    assert_eq!(
+        agents["data"].as_array().map(Vec::len),
+        Some(BUILT_IN_AGENTS),
+        "only the built-ins: {agents}"
+    );
 
     // And a good one after all that is stored whole: one agent, one bundle, one session.
     let (status, body) = post_multipart(&srv, multipart(None, Some(&good_bundle()))).await;

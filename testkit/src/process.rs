@@ -1,10 +1,13 @@
 //! The `omnigent` command under test with its own (temp) `OMNIGENT_HOME` and none of the caller's settings,
-//! and a guard on a child process that kills and reaps it on drop, collecting its stderr lines.
+//! a guard on a child process that kills and reaps it on drop, collecting its stderr lines, and ways to find
+//! a process's children and wait (by signal, not by sleeping) for one to be gone.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -130,4 +133,63 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A handle on a process that tells when it has exited (a pidfd; readable once the process is gone).
+pub struct ProcessWatch(Option<tokio::io::unix::AsyncFd<OwnedFd>>);
+
+/// Watch `pid`. Open it while the process is alive (it cannot be reused then).
+#[allow(unsafe_code)]
+pub fn watch(pid: i32) -> ProcessWatch {
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1; no memory is shared.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::libc::ESRCH),
+            "pidfd_open({pid}): {err}"
+        );
+        return ProcessWatch(None); // already gone
+    }
+    // SAFETY: `fd` is a descriptor the call above just opened, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: an OwnedFd keeps its descriptor open and returns the same one until dropped, which the AsyncFd
+    // that owns it outlives in no way.
+    let watched = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    ProcessWatch(Some(watched.map_err(|e| e.into_parts().1).unwrap()))
+}
+
+impl ProcessWatch {
+    pub fn is_alive(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Wait until the process has exited; fails the test after 10 s.
+    pub async fn gone(self) {
+        if let Some(fd) = self.0 {
+            let ready = tokio::time::timeout(Duration::from_secs(10), fd.readable()).await;
+            assert!(
+                ready.is_ok(),
+                "the process is still running 10 s after it should have been killed"
+            );
+        }
+    }
+}
+
+/// The pids of `pid`'s child processes (every thread's, from `/proc`), in no particular order.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }

@@ -180,23 +180,23 @@ impl AgentProcess {
         args: &[&str],
         turn: &Turn,
     ) -> Result<AgentProcess, HarnessError> {
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .envs(turn.config.agent_env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&turn.workspace)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                HarnessError::Exec(format!(
-                    "cannot start {what} ({}) in {}: {e}",
-                    program.display(),
-                    turn.workspace.display()
-                ))
-            })?;
+        let mut child = super::child::owned_by_runner(
+            tokio::process::Command::new(program)
+                .args(args)
+                .envs(turn.config.agent_env.iter().map(|(k, v)| (k, v)))
+                .current_dir(&turn.workspace)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .spawn()
+        .map_err(|e| {
+            HarnessError::Exec(format!(
+                "cannot start {what} ({}) in {}: {e}",
+                program.display(),
+                turn.workspace.display()
+            ))
+        })?;
         let group = child
             .id()
             .and_then(|id| i32::try_from(id).ok())

@@ -35,7 +35,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use omnigent_proto::harness::{AgentCli, Harness};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::exec::{read_line_capped, tail_lines};
 use super::{EventSink, HarnessConfig, HarnessError, HistoryEntry, Turn, TurnOutcome};
 
 pub mod lines;
@@ -55,9 +56,8 @@ pub const PERMISSION_MODE_VAR: &str = "OMNIGENT_CLAUDE_PERMISSION_MODE";
 pub const DEFAULT_INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 /// Longest stdout line parsed; a longer one is skipped.
 const MAX_LINE_BYTES: usize = 8 << 20;
-/// Stderr lines kept for an error message, and the longest kept line.
-const STDERR_LINES: usize = 20;
-const MAX_STDERR_LINE: usize = 1024;
+/// The longest part of a non-JSON stdout line that is logged.
+const MAX_LOGGED_LINE: usize = 1024;
 /// How long an exited CLI may take to be reaped and its stderr drained.
 const REAP_WAIT: Duration = Duration::from_secs(5);
 
@@ -549,15 +549,15 @@ impl Agent {
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
-            HarnessError::Exec(format!(
-                "could not start Claude Code ({}): {e}",
-                binary.display()
-            ))
-        })?;
+            .stderr(Stdio::piped());
+        let mut child = super::child::owned_by_runner(&mut cmd)
+            .spawn()
+            .map_err(|e| {
+                HarnessError::Exec(format!(
+                    "could not start Claude Code ({}): {e}",
+                    binary.display()
+                ))
+            })?;
         let pid = child.id();
         let group = pid.and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
         let (Some(stdin), Some(stdout), Some(stderr)) =
@@ -773,7 +773,7 @@ async fn read_stdout(stdout: tokio::process::ChildStdout, out: mpsc::Sender<Valu
                     if !text.trim().is_empty() {
                         warn!(
                             "Claude Code printed a line that is not JSON: {}",
-                            text.chars().take(MAX_STDERR_LINE).collect::<String>()
+                            text.chars().take(MAX_LOGGED_LINE).collect::<String>()
                         );
                     }
                 }
@@ -782,52 +782,4 @@ async fn read_stdout(stdout: tokio::process::ChildStdout, out: mpsc::Sender<Valu
         line.clear();
         oversized = false;
     }
-}
-
-/// Read one line (without its newline) into `line`, keeping at most [`MAX_LINE_BYTES`] and setting
-/// `oversized` when more came. `Ok(false)` at end of output.
-async fn read_line_capped<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    line: &mut Vec<u8>,
-    oversized: &mut bool,
-) -> std::io::Result<bool> {
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(!line.is_empty() || *oversized);
-        }
-        let (take, found) = match available.iter().position(|&b| b == b'\n') {
-            Some(at) => (at, true),
-            None => (available.len(), false),
-        };
-        let room = MAX_LINE_BYTES.saturating_sub(line.len());
-        line.extend_from_slice(&available[..take.min(room)]);
-        if take > room {
-            *oversized = true;
-        }
-        reader.consume(if found { take + 1 } else { take });
-        if found {
-            return Ok(true);
-        }
-    }
-}
-
-async fn tail_lines(stderr: tokio::process::ChildStderr) -> VecDeque<String> {
-    let mut reader = BufReader::new(stderr);
-    let mut tail = VecDeque::new();
-    let mut line = Vec::new();
-    let mut oversized = false;
-    while let Ok(true) = read_line_capped(&mut reader, &mut line, &mut oversized).await {
-        let text: String = String::from_utf8_lossy(&line)
-            .chars()
-            .take(MAX_STDERR_LINE)
-            .collect();
-        if tail.len() == STDERR_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(text);
-        line.clear();
-        oversized = false;
-    }
-    tail
 }

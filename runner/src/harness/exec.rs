@@ -123,24 +123,24 @@ pub async fn run_turn(
         None => (Vec::new(), prompt_with_history(&turn.history)),
     };
     let grace = turn.config.kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(&resume_args)
-        .arg(&prompt)
-        .current_dir(&turn.workspace)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            HarnessError::Exec(format!(
-                "cannot start {:?} in {}: {e}; check OMNIGENT_EXEC_COMMAND",
-                argv[0],
-                turn.workspace.display()
-            ))
-        })?;
+    let mut child = super::child::owned_by_runner(
+        tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(&resume_args)
+            .arg(&prompt)
+            .current_dir(&turn.workspace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .spawn()
+    .map_err(|e| {
+        HarnessError::Exec(format!(
+            "cannot start {:?} in {}: {e}; check OMNIGENT_EXEC_COMMAND",
+            argv[0],
+            turn.workspace.display()
+        ))
+    })?;
     let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 mod agent;
 pub mod anthropic;
+mod child;
 pub mod claude_code;
 pub mod codex;
 pub mod echo;

@@ -448,16 +448,16 @@ async fn shell(
         .map(Duration::from_secs)
         .unwrap_or(default_timeout)
         .min(MAX_SHELL_TIMEOUT);
-    let mut child = match tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(workspace)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+    let mut child = match super::child::owned_by_runner(
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(workspace)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .spawn()
     {
         Ok(child) => child,
         Err(e) => return Ok(Err(format!("cannot start sh: {e}"))),

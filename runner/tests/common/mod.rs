@@ -1,15 +1,15 @@
 //! Shared by the harness tests (the fake vendor is the testkit's): turns over a temp workspace, an
-//! event sink over a channel, and a way to wait (by signal, not by sleeping) for a process to be gone.
+//! event sink over a channel, and (from the testkit) a way to wait, by signal, for a process to be gone.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::Path;
-use std::time::Duration;
 
 use omnigent_runner::harness::{EventSink, HarnessConfig, HistoryEntry, Turn};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+#[allow(unused_imports)]
+pub use omnigent_testkit::process::{ProcessWatch, watch};
 #[allow(unused_imports)]
 pub use omnigent_testkit::vendor::{Canned, End, FakeVendor, Recorded};
 pub use omnigent_testkit::within;
@@ -88,50 +88,6 @@ pub async fn next_event(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
         .await
         .expect("no event within testkit::WAIT")
         .expect("the sink was dropped")
-}
-
-/// A handle on a process that tells when it has exited (a pidfd; readable once the process is gone).
-pub struct ProcessWatch(Option<tokio::io::unix::AsyncFd<OwnedFd>>);
-
-/// Watch `pid`. Open it while the process is alive (it cannot be reused then).
-#[allow(unsafe_code)]
-pub fn watch(pid: i32) -> ProcessWatch {
-    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1; no memory is shared.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        assert_eq!(
-            err.raw_os_error(),
-            Some(nix::libc::ESRCH),
-            "pidfd_open({pid}): {err}"
-        );
-        return ProcessWatch(None); // already gone
-    }
-    // SAFETY: `fd` is a descriptor the call above just opened, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // SAFETY: an OwnedFd keeps its descriptor open and returns the same one until dropped, which the AsyncFd
-    // that owns it outlives in no way.
-    let watched = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    };
-    ProcessWatch(Some(watched.map_err(|e| e.into_parts().1).unwrap()))
-}
-
-impl ProcessWatch {
-    pub fn is_alive(&self) -> bool {
-        self.0.is_some()
-    }
-
-    /// Wait until the process has exited; fails the test after 10 s.
-    pub async fn gone(self) {
-        if let Some(fd) = self.0 {
-            let ready = tokio::time::timeout(Duration::from_secs(10), fd.readable()).await;
-            assert!(
-                ready.is_ok(),
-                "the process is still running 10 s after it should have been killed"
-            );
-        }
-    }
 }
 
 /// Make a FIFO at `dir/name`, for a child process to tell the test something (e.g. its pid) without the
