@@ -404,6 +404,72 @@ async fn a_runner_back_within_the_grace_continues_the_turn_with_nothing_lost() {
     );
 }
 
+/// A turn that ends on the runner while the server re-subscribes ends by its own events. The runner's status
+/// comes on a request of its own and may already say `idle` while the turn's last events are still on their way
+/// on the stream; the record at the stream's start said the turn was running, so the server waits for them
+/// instead of settling the turn as lost (which left the reply `incomplete`, with a `turn_lost` error).
+#[tokio::test]
+async fn a_turn_that_ends_while_the_relay_resubscribes_ends_by_its_own_events() {
+    let (_home, srv) = server(Duration::from_secs(30)).await;
+    let mut runner = FakeRunner::connect(&srv, "tok-race", "running").await;
+    let session = bound(&srv, "tok-race").await;
+    let mut sse = srv.stream(&session, None).await;
+    sse.expect().await;
+    start_turn(&srv, &mut runner, &session, "long").await;
+    runner.push(json!({"type": "session.status", "status": "running"}));
+    runner.push(json!({"type": "response.in_progress", "response": {"id": "resp_R"}}));
+    // Deltas as our runner sends them: of one assistant message, numbered.
+    runner.push(
+        json!({"type": "response.output_text.delta", "delta": "one ", "message_id": "msg_R",
+        "index": 0}),
+    );
+    until(&mut sse, |k, _| k == "response.output_text.delta").await;
+    runner.crash();
+
+    // Back with the turn's record (the turn runs), while its status answer says idle (the turn just ended).
+    let resync = vec![
+        json!({"type": "session.status", "status": "running"}),
+        json!({"type": "response.in_progress", "response": {"id": "resp_R"}}),
+        json!({"type": "response.output_text.delta", "delta": "one ", "message_id": "msg_R", "index": 0,
+            "snapshot": true}),
+    ];
+    let mut back = FakeRunner::connect_resyncing(&srv, "tok-race", "idle", resync).await;
+    back.stream_opened().await;
+    assert!(matches!(back.next_seen().await, Seen::Init(_)));
+    // An input waits for the relay and is forwarded once the server has judged the runner's status: the turn's
+    // last events come after that judgement.
+    start_turn(&srv, &mut back, &session, "more").await;
+    back.push(
+        json!({"type": "response.output_text.delta", "delta": "two", "message_id": "msg_R",
+        "index": 1}),
+    );
+    back.push(json!({"type": "response.output_item.done", "item": {"id": "msg_R", "type": "message",
+        "role": "assistant", "status": "completed", "response_id": "resp_R", "model": "echo", "agent": "echo",
+        "content": [{"type": "output_text", "text": "one two"}]}}));
+    back.push(json!({"type": "response.completed", "response": {"id": "resp_R"}}));
+    back.push(json!({"type": "session.status", "status": "idle"}));
+    let events = until(&mut sse, |k, v| {
+        k == "response.completed" || (k == "session.status" && v["status"] == "idle")
+    })
+    .await;
+    assert_eq!(
+        events.last().expect("events").0,
+        "response.completed",
+        "{events:?}"
+    );
+    let (_, items) = srv
+        .get(&format!("/v1/sessions/{session}/items?limit=100"))
+        .await;
+    let items = summary(&items);
+    assert!(
+        items
+            .iter()
+            .any(|i| i == "message|assistant:one two|resp_R"),
+        "{items:?}"
+    );
+    assert!(!items.iter().any(|i| i.starts_with("error|")), "{items:?}");
+}
+
 /// A server that stopped mid-turn does not leave the turn `running` forever: after a restart, a turn whose runner
 /// never returns fails after the grace; one whose runner comes back (still running it) continues.
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! ([`crate::relay::lifecycle`]) and the translation of runner events ([`crate::relay::translate`]) answer.
 
 use omnigent_proto::api::SessionStatus;
+use omnigent_proto::events::kind;
 use omnigent_proto::runner_api::{SessionCreate, SessionFacts};
 use omnigent_tunnel::RunnerConnection;
 use tokio::time::Instant;
@@ -47,6 +48,10 @@ struct Reader {
     generation: u64,
     /// Subscribed and the session initialised.
     ready: bool,
+    /// What came on the stream before it was ready (the runner's record of its turn, or what it kept while
+    /// no relay was subscribed) says a turn is under way (`response.in_progress`): the runner has the turn,
+    /// and its end will come on this stream, whatever its status answer says.
+    turn_under_way: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -178,6 +183,7 @@ impl Actor {
         self.relay.reader = Some(Reader {
             generation,
             ready: false,
+            turn_under_way: false,
             task,
         });
         Readiness::Opening
@@ -201,6 +207,11 @@ impl Actor {
         }
         match from.event {
             ReaderEvent::Events(events) => {
+                if let Some(reader) = self.relay.reader.as_mut().filter(|r| !r.ready) {
+                    reader.turn_under_way |= events
+                        .iter()
+                        .any(|e| e["type"] == kind::RESPONSE_IN_PROGRESS);
+                }
                 for event in events {
                     if let Err(e) = self.relay_event(event).await {
                         warn!(session_id = %self.id, "relaying a runner event failed: {e}");
@@ -208,10 +219,14 @@ impl Actor {
                 }
             }
             ReaderEvent::Ready { runner_status } => {
+                let mut turn_under_way = false;
                 if let Some(reader) = &mut self.relay.reader {
                     reader.ready = true;
+                    turn_under_way = reader.turn_under_way;
                 }
-                let runner_idle = runner_status.as_deref() == Some("idle");
+                // The status answer is a request of its own and may overtake the turn's last events on the
+                // stream: a runner whose stream said the turn runs is not idle until those events say so.
+                let runner_idle = runner_status.as_deref() == Some("idle") && !turn_under_way;
                 let view = self.view();
                 let effects = self
                     .life

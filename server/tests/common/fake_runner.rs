@@ -39,6 +39,17 @@ impl FakeRunner {
     /// Dial `srv` as the runner of `token`; `status` is what it reports for a session (`GET /v1/sessions/{id}`).
     /// Returns once the tunnel is registered (the server's first `ping` proves it).
     pub async fn connect(srv: &TestServer, token: &str, status: &'static str) -> FakeRunner {
+        FakeRunner::connect_resyncing(srv, token, status, Vec::new()).await
+    }
+
+    /// [`FakeRunner::connect`] whose session streams open with `resync` in the heartbeat's chunk, as a runner
+    /// that kept the turn's record sends it.
+    pub async fn connect_resyncing(
+        srv: &TestServer,
+        token: &str,
+        status: &'static str,
+        resync: Vec<Value>,
+    ) -> FakeRunner {
         let runner_id = omnigent_proto::ids::runner_id_for_token(token);
         let url = format!(
             "{}/v1/runners/{runner_id}/tunnel",
@@ -112,8 +123,13 @@ impl FakeRunner {
                         if method == "GET" && path.ends_with("/stream") {
                             send(json!({"kind": "response.head", "id": id, "status": 200,
                                 "headers": [["content-type", "text/event-stream"]]}));
-                            send(json!({"kind": "response.body", "id": id,
-                                "body": "data: {\"type\": \"session.heartbeat\"}\n\n", "encoding": "utf-8"}));
+                            let opening: String =
+                                std::iter::once(json!({"type": "session.heartbeat"}))
+                                    .chain(resync.iter().cloned())
+                                    .map(|event| format!("data: {event}\n\n"))
+                                    .collect();
+                            send(json!({"kind": "response.body", "id": id, "body": opening,
+                                "encoding": "utf-8"}));
                             last_stream = Some(id.clone());
                             let asked = frame["headers"].as_array().is_some_and(|h| {
                                 h.iter().any(|pair| {
