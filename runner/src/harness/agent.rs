@@ -17,11 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::exec::{read_line_capped, tail_lines};
+use super::exec::{MAX_LINE_BYTES, read_line_capped, tail_lines};
 use super::{EventSink, HarnessError, HarnessKind, HistoryEntry, Turn, TurnOutcome};
 
-/// Longest line read from an agent's stdout; a longer one fails the turn (the protocol cannot be followed).
-pub(super) const MAX_LINE_BYTES: usize = 8 << 20;
 /// How long an agent gets to start and answer its handshake.
 pub(super) const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an interrupted agent gets to end its turn before the process is killed (the next turn starts a

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::exec::{read_line_capped, tail_lines};
+use super::exec::{MAX_LINE_BYTES, read_line_capped, tail_lines};
 use super::{EventSink, HarnessConfig, HarnessError, HistoryEntry, Turn, TurnOutcome};
 
 pub mod lines;
@@ -54,8 +54,6 @@ pub const DEFAULT_PERMISSION_MODE: &str = "acceptEdits";
 pub const PERMISSION_MODE_VAR: &str = "OMNIGENT_CLAUDE_PERMISSION_MODE";
 /// Default time between the interrupt request and SIGINT (and between SIGINT and SIGKILL).
 pub const DEFAULT_INTERRUPT_GRACE: Duration = Duration::from_secs(2);
-/// Longest stdout line parsed; a longer one is skipped.
-const MAX_LINE_BYTES: usize = 8 << 20;
 /// The longest part of a non-JSON stdout line that is logged.
 const MAX_LOGGED_LINE: usize = 1024;
 /// How long an exited CLI may take to be reaped and its stderr drained.

@@ -90,8 +90,9 @@ pub fn prompt_with_history(history: &[HistoryEntry]) -> String {
 
 /// Default for `HarnessConfig::kill_grace`.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
-/// Longest stdout line parsed; longer lines are skipped with a notice.
-const MAX_LINE_BYTES: usize = 8 << 20;
+/// Longest line [`read_line_capped`] keeps, for every CLI the runner reads (a longer one is skipped with a
+/// notice here and in `claude_code`, and fails the turn of a JSON-RPC agent in `agent`).
+pub(super) const MAX_LINE_BYTES: usize = 8 << 20;
 /// Stderr lines kept for the error message, and the longest kept line.
 const STDERR_LINES: usize = 20;
 const MAX_STDERR_LINE: usize = 2048;
